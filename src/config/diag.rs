@@ -1,0 +1,197 @@
+//! Load errors with positions: a [`SourceFile`] turns byte offsets into `line:col`, a
+//! [`Diagnostic`] prints as `path:line:col: rule "name": message`, and [`Diagnostics`] collects
+//! every error of a load rather than stopping at the first (as Prometheus' `rulefmt` does).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A file's text, kept to place errors.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    /// Reads a file as UTF-8. Invalid UTF-8 is an error at the first bad byte's position.
+    pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
+        let bytes = std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        SourceFile::from_bytes(path, bytes)
+    }
+
+    /// Wraps bytes already read (tests, stdin).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SourceFile, Diagnostic> {
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(SourceFile { path: path.to_path_buf(), text }),
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+                let probe = SourceFile { path: path.to_path_buf(), text: prefix };
+                Err(probe.error_at(valid, None, "invalid UTF-8 (rollwatch files must be UTF-8 text)"))
+            }
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        (line, col)
+    }
+
+    /// An error at a byte offset, optionally inside a named item (`rule "x"`).
+    pub fn error_at(&self, offset: usize, item: Option<&str>, message: impl Into<String>) -> Diagnostic {
+        let (line, col) = self.position(offset);
+        Diagnostic {
+            path: self.path.clone(),
+            line: Some((line, col)),
+            item: item.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// An error at a span (its start).
+    pub fn error(&self, span: &Range<usize>, item: Option<&str>, message: impl Into<String>) -> Diagnostic {
+        self.error_at(span.start, item, message)
+    }
+
+    /// Parses the text as TOML into `T`; a syntax or schema error (unknown field, wrong type,
+    /// missing field) is placed at its span.
+    pub fn parse_toml<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostic> {
+        toml::from_str(&self.text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => self.error_at(span.start, None, message),
+                None => Diagnostic::file(&self.path, message),
+            }
+        })
+    }
+
+    /// The path relative to which this file's own paths (`profiles = [...]`) are resolved.
+    pub fn resolve(&self, relative: &str) -> PathBuf {
+        let rel = Path::new(relative);
+        if rel.is_absolute() {
+            return rel.to_path_buf();
+        }
+        self.path.parent().unwrap_or(Path::new(".")).join(rel)
+    }
+}
+
+/// One load error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    /// Line and column, when the error has a place in the file.
+    pub line: Option<(usize, usize)>,
+    /// What it concerns: `rule "error-rate"`, `signal "x"`, `[[decide]] 2`.
+    pub item: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// An error about a whole file (cannot read it, and the like).
+    pub fn file(path: &Path, message: impl Into<String>) -> Diagnostic {
+        Diagnostic { path: path.to_path_buf(), line: None, item: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, col)) = self.line {
+            write!(f, ":{line}:{col}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(item) = &self.item {
+            write!(f, "{item}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found while loading; never empty when returned as an error.
+#[derive(Debug, Clone, Default, PartialEq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `Ok(value)` when nothing was collected, else these errors.
+    pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
+    }
+}
+
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Suggests the closest known name for a misspelling (`avg_ovr` → `avg_over`).
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::levenshtein(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_lines_and_characters() {
+        let f = SourceFile { path: "x.toml".into(), text: "a = 1\nbé = 2\n".into() };
+        assert_eq!(f.position(0), (1, 1));
+        assert_eq!(f.position(6), (2, 1));
+        assert_eq!(f.position(9), (2, 3), "é is one column");
+        let d = f.error_at(6, Some("rule \"r\""), "boom");
+        assert_eq!(d.to_string(), "x.toml:2:1: rule \"r\": boom");
+    }
+
+    #[test]
+    fn invalid_utf8_is_placed() {
+        let e = SourceFile::from_bytes(Path::new("bad.toml"), b"a = 1\nb = \"\xff\"".to_vec()).unwrap_err();
+        assert_eq!(e.line, Some((2, 6)));
+        assert!(e.message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn suggestions_are_close_names_only() {
+        assert_eq!(did_you_mean("avg_ovr", ["avg_over", "rate"]), " (did you mean avg_over?)");
+        assert_eq!(did_you_mean("zzz", ["avg_over", "rate"]), "");
+    }
+}

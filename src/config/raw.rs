@@ -1,0 +1,153 @@
+//! The files as written: serde structs for profiles (`rules/*.toml`) and `rollwatch.toml`,
+//! unknown fields rejected, fields that need semantic checks wrapped in [`Spanned`] so that
+//! validation can name their line and column.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A profile: one runbook's signals, rules, decision tree and procedures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    /// Defaults to the file's stem (`rules/mdm.toml` → `mdm`).
+    pub name: Option<Spanned<String>>,
+    pub description: Option<String>,
+    /// Named numeric expressions rules can read as variables.
+    #[serde(default)]
+    pub signals: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawRule>>,
+    /// Outcome when no question holds; `monitor` if unset.
+    pub default: Option<Spanned<String>>,
+    /// A `consider` outcome acts by itself after this long without an answer (unset: never).
+    pub consider_auto_after: Option<Spanned<String>>,
+    #[serde(default)]
+    pub decide: Vec<Spanned<RawQuestion>>,
+    /// Steps per outcome (`[[procedure.rollback]]`), bound to actions by the config.
+    #[serde(default)]
+    pub procedure: BTreeMap<String, Vec<Spanned<RawStep>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub when: Spanned<String>,
+    #[serde(rename = "for")]
+    pub for_: Option<Spanned<String>>,
+    pub keep_firing_for: Option<Spanned<String>>,
+    pub on_no_data: Option<Spanned<String>>,
+    pub severity: Option<Spanned<String>>,
+    pub summary: Option<String>,
+    pub value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuestion {
+    pub ask: Spanned<String>,
+    #[serde(rename = "if")]
+    pub if_: Spanned<String>,
+    pub then: Spanned<String>,
+    /// Which procedure level this answer calls for (`fast`, `full`, `feature-flag`, …).
+    pub level: Option<Spanned<String>>,
+}
+
+/// One procedure step: announce a template, or run an action (optionally verified by another).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub announce: Option<Spanned<String>>,
+    pub run: Option<Spanned<String>>,
+    pub verify: Option<Spanned<String>>,
+    /// Only for these levels (empty: every level).
+    #[serde(default)]
+    pub levels: Vec<Spanned<String>>,
+}
+
+/// `rollwatch.toml`: what to watch and how to act for one deployment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub profiles: Spanned<Vec<Spanned<String>>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub eval_interval: Option<Spanned<String>>,
+    pub version: Option<Spanned<RawVersion>>,
+    #[serde(default)]
+    pub target: Vec<Spanned<RawTarget>>,
+    pub policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, Spanned<RawChannel>>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, Spanned<RawAction>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub target: Spanned<String>,
+    pub field: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub critical: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub mode: Option<Spanned<String>>,
+    pub cooldown: Option<Spanned<String>>,
+    pub max_rollbacks: Option<Spanned<RawRateLimit>>,
+    pub verify_for: Option<Spanned<String>>,
+    pub slow_rollback: Option<Spanned<String>>,
+    pub blind_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub count: u32,
+    pub per: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub kind: Spanned<String>,
+    pub channel: Option<String>,
+    pub token_env: Option<String>,
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub from: Option<String>,
+    pub smtp: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    pub url: Option<Spanned<String>>,
+    pub method: Option<String>,
+    pub body: Option<String>,
+    pub path: Option<String>,
+    pub timeout: Option<Spanned<String>>,
+}

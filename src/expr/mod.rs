@@ -1,0 +1,11 @@
+//! The rule language: evalexpr expressions plus rollwatch's window functions, compiled once at
+//! load ([`compile`]) and evaluated three-valued each tick ([`eval`]); [`functions`] holds the
+//! function table and argument checking.
+
+pub mod compile;
+pub mod eval;
+pub mod functions;
+
+pub use compile::{Compiled, Compiler, Expected, Names};
+pub use eval::{Cond, Num, Slots, Truth, Value};
+pub use functions::{Call, CallSpec};

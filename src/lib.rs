@@ -1,0 +1,5 @@
+pub mod config;
+pub mod expr;
+pub mod selector;
+pub mod time;
+pub mod window;

@@ -1,0 +1,605 @@
+//! The window store: one ring buffer of samples per series, keyed by name + labels, and the
+//! window aggregates the rule functions read. Pure: every call takes the time it is asked about.
+//!
+//! Semantics (DESIGN.md, "Window store"):
+//! - a window is `(t − w, t]`, shifted back by an optional offset;
+//! - counters: a drop is a reset (the new value counts as the increase since the reset); the sample
+//!   just before the window is the baseline when it is no older than the window itself, otherwise
+//!   the series' first sample in the window is; rates are not extrapolated;
+//! - NaN samples, stale series and empty windows are *no data* (`None`), never 0;
+//! - `last`/`up` look back at most [`LOOKBACK`]; a stale marker ends a series until it is written again;
+//! - retention is set by the caller from the longest window (+ offset) any rule needs, so memory
+//!   is bounded by configuration; series that have received nothing for longer are dropped.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::selector::{Selector, SeriesKey};
+use crate::time::{Span, Timestamp};
+
+/// How far back `last`, `up` and `down_for` look for a latest sample, as Prometheus does.
+pub const LOOKBACK: Span = Span(5 * 60 * 1000);
+
+/// Bit pattern of a stale marker (Prometheus' `StaleNaN`): a NaN that is not data but the end of
+/// a series.
+const STALE_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Index of a series in the store.
+pub type SeriesId = usize;
+/// Index of a selector registered with [`Store::add_selector`].
+pub type SelectorId = usize;
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    t: i64,
+    v: f64,
+}
+
+impl Sample {
+    fn is_stale(&self) -> bool {
+        self.v.to_bits() == STALE_BITS
+    }
+    /// Usable as data: neither NaN nor a stale marker.
+    fn is_value(&self) -> bool {
+        !self.v.is_nan()
+    }
+}
+
+#[derive(Debug)]
+struct Series {
+    key: SeriesKey,
+    samples: VecDeque<Sample>,
+    /// Start of the current unbroken run of zero values, for `down_for`.
+    zero_since: Option<i64>,
+}
+
+impl Series {
+    /// The latest sample at or before `end`, if it is data and no older than [`LOOKBACK`].
+    fn latest(&self, end: i64) -> Option<Sample> {
+        let hi = self.samples.partition_point(|s| s.t <= end);
+        let s = *self.samples.get(hi.checked_sub(1)?)?;
+        (s.is_value() && end - s.t <= LOOKBACK.0).then_some(s)
+    }
+
+    /// Samples with `start < t <= end`, and the one just before them.
+    fn range(&self, start: i64, end: i64) -> (Option<Sample>, impl Iterator<Item = &Sample>) {
+        let lo = self.samples.partition_point(|s| s.t <= start);
+        let hi = self.samples.partition_point(|s| s.t <= end);
+        let before = lo.checked_sub(1).and_then(|i| self.samples.get(i)).copied();
+        (before, self.samples.range(lo..hi.max(lo)))
+    }
+
+    /// Counter increase over `(start, end]`, reset-aware, without extrapolation.
+    fn increase(&self, start: i64, end: i64) -> Option<f64> {
+        let (before, inside) = self.range(start, end);
+        let window = end - start;
+        let mut prev = before.filter(|b| b.is_value() && start - b.t < window).map(|b| b.v);
+        let mut total = 0.0;
+        let mut have = false;
+        for s in inside {
+            if s.is_stale() {
+                prev = None;
+                continue;
+            }
+            if !s.is_value() {
+                continue;
+            }
+            if let Some(p) = prev {
+                total += if s.v < p { s.v } else { s.v - p };
+                have = true;
+            }
+            prev = Some(s.v);
+        }
+        (have && !total.is_nan()).then_some(total)
+    }
+}
+
+/// Aggregations over every sample of every matching series in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Over {
+    Avg,
+    Max,
+    Min,
+    Count,
+}
+
+/// Per-series ring buffers plus the selectors rules registered at load, with their matches kept
+/// current as series come and go (so evaluation never matches labels).
+#[derive(Debug)]
+pub struct Store {
+    series: Vec<Option<Series>>,
+    free: Vec<SeriesId>,
+    index: HashMap<SeriesKey, SeriesId>,
+    selectors: Vec<Selector>,
+    matches: Vec<Vec<SeriesId>>,
+    retention: Span,
+    /// Samples refused because they were older than the series' latest one.
+    pub out_of_order: u64,
+}
+
+impl Store {
+    /// A store that keeps each series' samples for `retention` (plus the one before, as a
+    /// counter baseline).
+    pub fn new(retention: Span) -> Store {
+        Store {
+            series: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            selectors: Vec::new(),
+            matches: Vec::new(),
+            retention: Span(retention.0.max(LOOKBACK.0)),
+            out_of_order: 0,
+        }
+    }
+
+    pub fn retention(&self) -> Span {
+        self.retention
+    }
+
+    /// Registers a selector (at load). Returns its id for the query functions.
+    pub fn add_selector(&mut self, selector: Selector) -> SelectorId {
+        let matched = self
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().filter(|s| selector.matches(&s.key)).map(|_| id))
+            .collect();
+        self.selectors.push(selector);
+        self.matches.push(matched);
+        self.selectors.len() - 1
+    }
+
+    /// Number of live series.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Keys of every live series (for recording and status pages).
+    pub fn keys(&self) -> impl Iterator<Item = &SeriesKey> {
+        self.index.keys()
+    }
+
+    /// Returns the id of `key`, creating the series if it is new.
+    pub fn intern(&mut self, key: &SeriesKey) -> SeriesId {
+        if let Some(&id) = self.index.get(key) {
+            return id;
+        }
+        let series = Series { key: key.clone(), samples: VecDeque::new(), zero_since: None };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.series[id] = Some(series);
+                id
+            }
+            None => {
+                self.series.push(Some(series));
+                self.series.len() - 1
+            }
+        };
+        for (sel, matched) in self.selectors.iter().zip(self.matches.iter_mut()) {
+            if sel.matches(key) {
+                matched.push(id);
+            }
+        }
+        self.index.insert(key.clone(), id);
+        id
+    }
+
+    /// Appends a sample. Samples older than the series' latest are dropped and counted.
+    pub fn push(&mut self, key: &SeriesKey, t: Timestamp, v: f64) {
+        let id = self.intern(key);
+        self.push_id(id, t, v);
+    }
+
+    /// Ends a series at `t` (a target went down, a scrape lost it, a fixture said `stale`).
+    pub fn mark_stale(&mut self, key: &SeriesKey, t: Timestamp) {
+        if let Some(&id) = self.index.get(key) {
+            self.push_id(id, t, f64::from_bits(STALE_BITS));
+        }
+    }
+
+    fn push_id(&mut self, id: SeriesId, t: Timestamp, v: f64) {
+        let retention = self.retention.0;
+        let Some(series) = self.series.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(last) = series.samples.back() {
+            if t.0 < last.t || (t.0 == last.t && !last.is_stale()) {
+                self.out_of_order += 1;
+                return;
+            }
+        }
+        let sample = Sample { t: t.0, v };
+        series.zero_since = match (sample.is_value() && v == 0.0, series.zero_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(t.0),
+            (false, _) => None,
+        };
+        series.samples.push_back(sample);
+        let horizon = t.0.saturating_sub(retention);
+        while series.samples.len() >= 2 && series.samples[1].t <= horizon {
+            series.samples.pop_front();
+        }
+    }
+
+    /// Drops series whose newest sample is older than the retention: memory follows the series
+    /// that exist now, not every series ever seen.
+    pub fn collect_garbage(&mut self, now: Timestamp) {
+        let horizon = now.0.saturating_sub(self.retention.0);
+        let mut dropped = Vec::new();
+        for (id, slot) in self.series.iter_mut().enumerate() {
+            let expired = slot
+                .as_ref()
+                .is_some_and(|s| s.samples.back().is_none_or(|last| last.t < horizon));
+            if expired && let Some(s) = slot.take() {
+                self.index.remove(&s.key);
+                dropped.push(id);
+            }
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        for matched in &mut self.matches {
+            matched.retain(|id| !dropped.contains(id));
+        }
+        self.free.extend(dropped);
+    }
+
+    fn matching(&self, sel: SelectorId) -> impl Iterator<Item = &Series> {
+        self.matches[sel].iter().filter_map(|&id| self.series[id].as_ref())
+    }
+
+    /// Counter increase over the window, summed over matching series.
+    pub fn increase(&self, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
+        let end = now.minus(offset).0;
+        let start = end.saturating_sub(window.0);
+        sum_present(self.matching(sel).map(|s| s.increase(start, end)))
+    }
+
+    /// Per-second rate over the window (increase / window), summed over matching series.
+    pub fn rate(&self, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
+        let secs = window.as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        self.increase(sel, now, window, offset).map(|inc| inc / secs)
+    }
+
+    /// `increase(num) / increase(den)`; no data when the denominator's increase is 0 or below
+    /// `min_den`. A numerator with no series at all counts as 0 while the denominator has data:
+    /// error series commonly do not exist until the first error.
+    pub fn ratio(
+        &self,
+        num: SelectorId,
+        den: SelectorId,
+        now: Timestamp,
+        window: Span,
+        offset: Span,
+        min_den: f64,
+    ) -> Option<f64> {
+        let d = self.increase(den, now, window, offset)?;
+        if d <= 0.0 || d < min_den {
+            return None;
+        }
+        let n = match self.increase(num, now, window, offset) {
+            Some(n) => n,
+            None if self.matching(num).next().is_none() => 0.0,
+            None => return None,
+        };
+        finite_or_none(n / d)
+    }
+
+    /// avg/max/min/count over all samples of all matching series in the window.
+    pub fn over(&self, how: Over, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
+        let end = now.minus(offset).0;
+        let start = end.saturating_sub(window.0);
+        let (mut n, mut sum, mut max, mut min) = (0u64, 0.0, f64::NEG_INFINITY, f64::INFINITY);
+        for series in self.matching(sel) {
+            for s in series.range(start, end).1.filter(|s| s.is_value()) {
+                n += 1;
+                sum += s.v;
+                max = max.max(s.v);
+                min = min.min(s.v);
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let value = match how {
+            Over::Avg => sum / n as f64,
+            Over::Max => max,
+            Over::Min => min,
+            Over::Count => n as f64,
+        };
+        finite_or_none(value)
+    }
+
+    /// Latest value (within [`LOOKBACK`]) summed over matching series.
+    pub fn last(&self, sel: SelectorId, now: Timestamp, offset: Span) -> Option<f64> {
+        let end = now.minus(offset).0;
+        sum_present(self.matching(sel).map(|s| s.latest(end).map(|s| s.v)))
+    }
+
+    /// Minimum of the latest `up` values of matching targets.
+    pub fn up(&self, sel: SelectorId, now: Timestamp) -> Option<f64> {
+        self.matching(sel).filter_map(|s| s.latest(now.0)).map(|s| s.v).reduce(f64::min)
+    }
+
+    /// Longest current run of `up == 0` among matching targets, in seconds (0 when all are up).
+    pub fn down_for(&self, sel: SelectorId, now: Timestamp) -> Option<f64> {
+        self.matching(sel)
+            .filter_map(|s| {
+                let latest = s.latest(now.0)?;
+                Some(match (latest.v == 0.0, s.zero_since) {
+                    (true, Some(since)) => now.saturating_since(Timestamp(since)).as_secs_f64(),
+                    _ => 0.0,
+                })
+            })
+            .reduce(f64::max)
+    }
+
+    /// Histogram quantile from cumulative `_bucket` counters (label `le`), over the increase in
+    /// the window, summed across matching series per bucket bound — PromQL's
+    /// `histogram_quantile(q, sum by (le) (increase(sel[w])))`.
+    pub fn quantile(&self, q: f64, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
+        let end = now.minus(offset).0;
+        let start = end.saturating_sub(window.0);
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for series in self.matching(sel) {
+            let Some(le) = parse_le(series.key.label("le")) else { continue };
+            let Some(inc) = series.increase(start, end) else { continue };
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, count)) => *count += inc,
+                None => buckets.push((le, inc)),
+            }
+        }
+        bucket_quantile(q, buckets)
+    }
+}
+
+fn sum_present(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let total = values.flatten().fold(None, |acc: Option<f64>, v| Some(acc.unwrap_or(0.0) + v))?;
+    finite_or_none(total)
+}
+
+/// NaN is no data; infinities are kept (a real `+Inf` bound or value is data).
+fn finite_or_none(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
+}
+
+fn parse_le(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        _ => text.parse::<f64>().ok().filter(|v| !v.is_nan()),
+    }
+}
+
+/// Prometheus' `bucketQuantile`: linear interpolation inside the bucket holding the rank; the
+/// lowest bucket starts at 0 (if its bound is positive); a rank in the `+Inf` bucket returns the
+/// highest finite bound. No `+Inf` bucket or no observations → no data.
+fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.last()?.0 != f64::INFINITY || buckets.len() < 2 {
+        return None;
+    }
+    // Counters scraped at slightly different moments can be non-monotonic; force monotonicity.
+    for i in 1..buckets.len() {
+        if buckets[i].1 < buckets[i - 1].1 {
+            buckets[i].1 = buckets[i - 1].1;
+        }
+    }
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let b = buckets.iter().position(|(_, c)| *c >= rank)?;
+    if b == buckets.len() - 1 {
+        return Some(buckets[b - 1].0);
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return Some(buckets[0].0);
+    }
+    let (start, below) = if b == 0 { (0.0, 0.0) } else { (buckets[b - 1].0, buckets[b - 1].1) };
+    let (end, count) = (buckets[b].0, buckets[b].1 - below);
+    if count <= 0.0 {
+        return Some(end);
+    }
+    Some(start + (end - start) * ((rank - below) / count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1000;
+
+    fn key(s: &str) -> SeriesKey {
+        SeriesKey::parse(s).unwrap()
+    }
+
+    /// A store holding `series` as (key, values every 15 s from t=0; None = missing sample).
+    fn store(selector: &str, series: &[(&str, &[Option<f64>])]) -> (Store, SelectorId) {
+        let mut st = Store::new(Span(3600 * S));
+        let sel = st.add_selector(Selector::parse(selector).unwrap());
+        for (k, values) in series {
+            let k = key(k);
+            for (i, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    st.push(&k, Timestamp(i as i64 * 15 * S), *v);
+                }
+            }
+        }
+        (st, sel)
+    }
+
+    fn vals(v: &[f64]) -> Vec<Option<f64>> {
+        v.iter().map(|x| Some(*x)).collect()
+    }
+
+    const M1: Span = Span(60 * S);
+
+    #[test]
+    fn increase_uses_the_sample_before_the_window_as_baseline() {
+        let v = vals(&[0.0, 10.0, 20.0, 30.0, 40.0, 50.0]);
+        let (st, sel) = store("c", &[("c", &v)]);
+        // Window (15s, 75s]: samples 30,45,60,75 → 20..50 plus baseline 10 at 15s → 40.
+        assert_eq!(st.increase(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0));
+        assert_eq!(st.rate(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0 / 60.0));
+        // At t=0 there is one sample and no baseline: no data, not 0.
+        assert_eq!(st.increase(sel, Timestamp(0), M1, Span::ZERO), None);
+        // The series' first sample is its baseline.
+        assert_eq!(st.increase(sel, Timestamp(30 * S), M1, Span::ZERO), Some(20.0));
+    }
+
+    #[test]
+    fn counter_resets_count_the_new_value() {
+        let v = vals(&[100.0, 110.0, 5.0, 15.0]);
+        let (st, sel) = store("c", &[("c", &v)]);
+        // 100→110 (+10), reset to 5 (+5), 5→15 (+10).
+        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(25.0));
+    }
+
+    #[test]
+    fn gaps_and_nan_are_skipped_and_stale_restarts_the_series() {
+        let v = [Some(0.0), None, Some(f64::NAN), Some(30.0), Some(40.0)];
+        let (st, sel) = store("c", &[("c", &v)]);
+        assert_eq!(st.increase(sel, Timestamp(60 * S), M1, Span::ZERO), Some(40.0));
+
+        let mut st = Store::new(Span(3600 * S));
+        let sel = st.add_selector(Selector::parse("c").unwrap());
+        let k = key("c");
+        st.push(&k, Timestamp(0), 100.0);
+        st.mark_stale(&k, Timestamp(15 * S));
+        st.push(&k, Timestamp(30 * S), 5.0);
+        st.push(&k, Timestamp(45 * S), 8.0);
+        // After the stale marker 5 is a new baseline, not an increase of 5 or a reset.
+        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(3.0));
+        assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), None, "stale ends the series");
+        assert_eq!(st.last(sel, Timestamp(45 * S), Span::ZERO), Some(8.0));
+    }
+
+    #[test]
+    fn ratio_has_a_traffic_floor_and_no_data_for_zero_traffic() {
+        let errs = vals(&[0.0, 1.0]);
+        let all = vals(&[0.0, 2.0]);
+        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &errs), (r#"r{code="200"}"#, &all)]);
+        let den = st.add_selector(Selector::parse("r").unwrap());
+        let t = Timestamp(15 * S);
+        // 1 error in 3 requests.
+        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), Some(1.0 / 3.0));
+        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 100.0), None, "under the floor");
+        // 0/0: no traffic at all is no data.
+        let flat = vals(&[5.0, 5.0]);
+        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)]);
+        let den = st.add_selector(Selector::parse("r").unwrap());
+        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), None);
+    }
+
+    #[test]
+    fn ratio_numerator_without_series_is_zero_only_with_traffic() {
+        let all = vals(&[0.0, 200.0]);
+        let (mut st, num) = store(r#"r{code=~"5.."}"#, &[(r#"r{code="200"}"#, &all)]);
+        let den = st.add_selector(Selector::parse("r").unwrap());
+        assert_eq!(st.ratio(num, den, Timestamp(15 * S), M1, Span::ZERO, 100.0), Some(0.0));
+    }
+
+    #[test]
+    fn over_functions_cover_all_samples_of_all_series() {
+        let a = vals(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        let b = [Some(10.0), None, Some(f64::NAN), None, Some(20.0)];
+        let (st, sel) = store("g", &[(r#"g{i="a"}"#, &a), (r#"g{i="b"}"#, &b)]);
+        let t = Timestamp(60 * S);
+        // Window (0, 60s]: a → 2,3,4,5; b → 20 (NaN skipped).
+        assert_eq!(st.over(Over::Count, sel, t, M1, Span::ZERO), Some(5.0));
+        assert_eq!(st.over(Over::Avg, sel, t, M1, Span::ZERO), Some(34.0 / 5.0));
+        assert_eq!(st.over(Over::Max, sel, t, M1, Span::ZERO), Some(20.0));
+        assert_eq!(st.over(Over::Min, sel, t, M1, Span::ZERO), Some(2.0));
+        // An offset of 45s: window (-45s, 15s] → a: 1,2; b: 10.
+        assert_eq!(st.over(Over::Max, sel, t, M1, Span(45 * S)), Some(10.0));
+        // An empty window is no data.
+        assert_eq!(st.over(Over::Avg, sel, Timestamp(600 * S), M1, Span::ZERO), None);
+    }
+
+    #[test]
+    fn last_sums_and_looks_back_five_minutes() {
+        let (st, sel) = store("g", &[(r#"g{i="a"}"#, &vals(&[1.0, 2.0])), (r#"g{i="b"}"#, &vals(&[5.0]))]);
+        assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), Some(7.0));
+        assert_eq!(st.last(sel, Timestamp(15 * S + LOOKBACK.0), Span::ZERO), Some(2.0));
+        assert_eq!(st.last(sel, Timestamp(16 * S + LOOKBACK.0), Span::ZERO), None);
+        assert_eq!(st.last(sel, Timestamp(15 * S), Span(15 * S)), Some(6.0), "offset");
+    }
+
+    #[test]
+    fn up_is_the_minimum_and_down_for_the_longest_run() {
+        let api = vals(&[1.0, 1.0, 0.0, 0.0, 0.0]);
+        let db = vals(&[1.0, 0.0, 1.0, 0.0, 0.0]);
+        let (st, sel) = store("up", &[(r#"up{target="api"}"#, &api), (r#"up{target="db"}"#, &db)]);
+        assert_eq!(st.up(sel, Timestamp(0)), Some(1.0));
+        assert_eq!(st.up(sel, Timestamp(15 * S)), Some(0.0));
+        assert_eq!(st.down_for(sel, Timestamp(60 * S)), Some(30.0), "api down since 30s, db since 45s");
+        assert_eq!(st.down_for(sel, Timestamp(0)), Some(0.0));
+        let (st, sel) = store("up", &[]);
+        assert_eq!(st.up(sel, Timestamp(0)), None, "no target is no data");
+    }
+
+    #[test]
+    fn quantile_interpolates_like_prometheus() {
+        // Increases over the window: le=0.1 → 50, le=0.5 → 90, +Inf → 100.
+        let b1 = vals(&[0.0, 50.0]);
+        let b2 = vals(&[0.0, 90.0]);
+        let b3 = vals(&[0.0, 100.0]);
+        let (st, sel) = store(
+            "h_bucket",
+            &[(r#"h_bucket{le="0.1"}"#, &b1), (r#"h_bucket{le="0.5"}"#, &b2), (r#"h_bucket{le="+Inf"}"#, &b3)],
+        );
+        let t = Timestamp(15 * S);
+        // rank 50 → exactly the 0.1 bucket: 0 + 0.1 * 50/50.
+        assert_eq!(st.quantile(0.5, sel, t, M1, Span::ZERO), Some(0.1));
+        // rank 70 → 0.1 + 0.4 * (70-50)/(90-50) = 0.3.
+        let p70 = st.quantile(0.7, sel, t, M1, Span::ZERO).unwrap();
+        assert!((p70 - 0.3).abs() < 1e-12, "{p70}");
+        // rank 99 → in +Inf bucket: highest finite bound.
+        assert_eq!(st.quantile(0.99, sel, t, M1, Span::ZERO), Some(0.5));
+        // No observations → no data.
+        assert_eq!(st.quantile(0.5, sel, Timestamp(0), M1, Span::ZERO), None);
+        assert_eq!(bucket_quantile(0.5, vec![(0.1, 3.0)]), None, "no +Inf bucket");
+    }
+
+    #[test]
+    fn memory_is_bounded_by_retention() {
+        let mut st = Store::new(Span(600 * S));
+        let sel = st.add_selector(Selector::parse("g").unwrap());
+        let k = key("g");
+        for i in 0..100_000i64 {
+            st.push(&k, Timestamp(i * S), i as f64);
+        }
+        let id = st.index[&k];
+        let len = st.series[id].as_ref().unwrap().samples.len();
+        assert!(len <= 602, "kept {len} samples");
+        assert_eq!(st.last(sel, Timestamp(99_999 * S), Span::ZERO), Some(99_999.0));
+        // A series that stops reporting is dropped after the retention, and can come back.
+        st.collect_garbage(Timestamp((99_999 + 601) * S));
+        assert!(st.is_empty());
+        assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), None);
+        st.push(&k, Timestamp(200_000 * S), 1.0);
+        assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), Some(1.0));
+    }
+
+    #[test]
+    fn out_of_order_samples_are_refused_and_counted() {
+        let mut st = Store::new(Span(600 * S));
+        let sel = st.add_selector(Selector::parse("g").unwrap());
+        let k = key("g");
+        st.push(&k, Timestamp(10 * S), 1.0);
+        st.push(&k, Timestamp(5 * S), 2.0);
+        st.push(&k, Timestamp(10 * S), 3.0);
+        assert_eq!(st.out_of_order, 2);
+        assert_eq!(st.last(sel, Timestamp(10 * S), Span::ZERO), Some(1.0));
+    }
+}
