@@ -1,7 +1,10 @@
 //! Loading files: [`raw`] holds the serde structs as written, [`diag`] the positioned errors,
-//! [`profile`] and [`deploy`] the checks that turn raw files into what the engine runs.
+//! [`profile`] reads profiles and [`deploy`] reads and checks `rollwatch.toml`.
 
+pub mod deploy;
 pub mod diag;
+pub mod profile;
 pub mod raw;
 
 pub use diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
+pub use profile::LoadedProfile;

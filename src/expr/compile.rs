@@ -27,8 +27,10 @@ pub struct Names<'a> {
     pub signals: &'a HashMap<String, usize>,
     /// Rules by name → (firing slot, pending slot). Empty for signals.
     pub rules: &'a HashMap<String, (usize, usize)>,
-    /// Whether window functions may be called (not in decision questions).
+    /// Whether window functions and numbers may be used (not in decision questions).
     pub data: bool,
+    /// Whether `firing()`/`pending()` may be used (not in signals, which read data only).
+    pub states: bool,
     /// What the expression is, for messages: "a signal", "a decision question".
     pub what: &'a str,
 }
@@ -201,8 +203,8 @@ impl Compiler {
                     return;
                 }
             };
-            if names.rules.is_empty() && names.data && names.signals.is_empty() {
-                errors.push(format!("{name}() cannot be used in {}", names.what));
+            if !names.states {
+                errors.push(format!("{name}() cannot be used in {}: signals read data, rules read rule states", names.what));
                 return;
             }
             match names.rules.get(&rule) {
@@ -388,7 +390,7 @@ mod tests {
     use super::*;
 
     fn names<'a>(signals: &'a HashMap<String, usize>, rules: &'a HashMap<String, (usize, usize)>) -> Names<'a> {
-        Names { signals, rules, data: true, what: "a condition" }
+        Names { signals, rules, data: true, states: true, what: "a condition" }
     }
 
     fn compile_err(text: &str) -> String {
@@ -438,7 +440,7 @@ mod tests {
         let mut c = Compiler::new();
         let rules = HashMap::from([("r".to_string(), (c.boolean_slot(), c.boolean_slot()))]);
         let sig = HashMap::new();
-        let n = Names { signals: &sig, rules: &rules, data: false, what: "a decision question" };
+        let n = Names { signals: &sig, rules: &rules, data: false, states: true, what: "a decision question" };
         assert!(c.compile("firing(\"r\") && !pending(\"r\")", &n, Expected::Boolean).is_ok());
         let e = c.compile("rate(\"m\", \"1m\") > 1", &n, Expected::Boolean).unwrap_err().join("; ");
         assert!(e.contains("rule states only"), "{e}");

@@ -1,0 +1,1 @@
+//! `rollwatch.toml`: read and checked (placeholder until the live sidecar lands).

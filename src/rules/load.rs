@@ -1,0 +1,410 @@
+//! Compiling loaded profiles into an [`Evaluator`]: signals, rules and decision questions parsed
+//! and type-checked once, selectors registered with the window store, rule names checked unique
+//! across every profile, signals and rules put in dependency order (a cycle is an error), and
+//! every problem reported with its file, line, column and item.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::state::{OnNoData, Timing};
+use super::tree::{Outcome, Question, Tree};
+use super::{Evaluator, Profile, Rule, Signal, Step};
+use crate::config::{Diagnostic, Diagnostics, LoadedProfile, SourceFile};
+use crate::expr::{Compiled, Compiler, Expected, Names};
+use crate::time::{Span, parse_duration};
+use crate::window::Store;
+
+/// Severities a rule may carry.
+pub const SEVERITIES: &[&str] = &["critical", "warning", "info"];
+
+/// Extra retention beyond the longest reach, so a tick that comes late still finds its data.
+const RETENTION_MARGIN: Span = Span(60_000);
+
+struct Ctx<'a> {
+    file: &'a SourceFile,
+    errors: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: &Range<usize>, item: Option<&str>, message: impl Into<String>) {
+        self.errors.push(self.file.error(span, item, message));
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, item: Option<&str>, field: &str) -> Span {
+        let Some(v) = value else { return Span::ZERO };
+        parse_duration(v.get_ref()).unwrap_or_else(|e| {
+            self.err(&v.span(), item, format!("{field}: {e}"));
+            Span::ZERO
+        })
+    }
+
+    fn compiled(
+        &mut self,
+        compiler: &mut Compiler,
+        text: &Spanned<String>,
+        names: &Names,
+        expected: Expected,
+        item: &str,
+    ) -> Option<Compiled> {
+        match compiler.compile(text.get_ref(), names, expected) {
+            Ok(c) => Some(c),
+            Err(messages) => {
+                for m in messages {
+                    self.err(&text.span(), Some(item), m);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Orders nodes so each comes after what it depends on; `Err` holds a cycle.
+fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Visiting,
+        Done,
+    }
+    fn visit(n: usize, deps: &[Vec<usize>], marks: &mut [Mark], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Result<(), Vec<usize>> {
+        match marks[n] {
+            Mark::Done => return Ok(()),
+            Mark::Visiting => {
+                let start = stack.iter().position(|&s| s == n).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(n);
+                return Err(cycle);
+            }
+            Mark::New => {}
+        }
+        marks[n] = Mark::Visiting;
+        stack.push(n);
+        for &d in &deps[n] {
+            visit(d, deps, marks, order, stack)?;
+        }
+        stack.pop();
+        marks[n] = Mark::Done;
+        order.push(n);
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; deps.len()];
+    let mut order = Vec::with_capacity(deps.len());
+    for n in 0..deps.len() {
+        visit(n, deps, &mut marks, &mut order, &mut Vec::new())?;
+    }
+    Ok(order)
+}
+
+/// Builds the evaluator for a set of profiles, or every error found in them.
+pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
+    let mut errors = Diagnostics::default();
+    let mut compiler = Compiler::new();
+
+    // Profile names must be unique too: decisions and expectations name them.
+    let mut seen_profiles: HashMap<&str, &SourceFile> = HashMap::new();
+    for p in profiles {
+        if let Some(first) = seen_profiles.insert(&p.name, &p.file) {
+            errors.push(Diagnostic::file(
+                &p.file.path,
+                format!("profile name {:?} is also used by {}", p.name, first.path.display()),
+            ));
+        }
+    }
+
+    // Slots for every signal (per profile) and every rule (global), before compiling anything,
+    // so that expressions may refer to items defined later in the file.
+    let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
+    for p in profiles {
+        let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
+        signal_slots.push(map);
+    }
+    let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut rule_origin: HashMap<String, String> = HashMap::new();
+    for p in profiles {
+        for r in &p.raw.rule {
+            let name = r.get_ref().name.get_ref();
+            let span = r.get_ref().name.span();
+            let here = {
+                let (line, col) = p.file.position(span.start);
+                format!("{}:{line}:{col}", p.file.path.display())
+            };
+            if name.is_empty() {
+                errors.push(p.file.error(&span, None, "a rule needs a non-empty name"));
+            } else if let Some(first) = rule_origin.get(name) {
+                errors.push(p.file.error(&span, Some(&format!("rule {name:?}")), format!("duplicate rule name (first defined at {first})")));
+            } else {
+                rule_origin.insert(name.clone(), here);
+                rule_slots.insert(name.clone(), (compiler.boolean_slot(), compiler.boolean_slot()));
+            }
+        }
+    }
+
+    let mut signals: Vec<Signal> = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut out_profiles: Vec<Profile> = Vec::new();
+    let no_signals = HashMap::new();
+    let no_rules = HashMap::new();
+
+    for (pi, p) in profiles.iter().enumerate() {
+        let mut ctx = Ctx { file: &p.file, errors: &mut errors };
+
+        // Signals, in dependency order within the profile.
+        let sig_names = Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
+        let mut compiled_signals = Vec::new();
+        for (name, text) in &p.raw.signals {
+            let item = format!("signal {name:?}");
+            if let Some(c) = ctx.compiled(&mut compiler, text, &sig_names, Expected::Number, &item) {
+                compiled_signals.push((name.clone(), text.span(), c));
+            }
+        }
+        let index: HashMap<&str, usize> = compiled_signals.iter().enumerate().map(|(i, (n, _, _))| (n.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> = compiled_signals
+            .iter()
+            .map(|(_, _, c)| c.signals_read.iter().filter_map(|s| index.get(s.as_str()).copied()).collect())
+            .collect();
+        match dependency_order(&deps) {
+            Ok(order) => {
+                for i in order {
+                    let (name, _, c) = &compiled_signals[i];
+                    signals.push(Signal { name: name.clone(), slot: signal_slots[pi][name], num: c.to_num() });
+                }
+            }
+            Err(cycle) => {
+                let names: Vec<&str> = cycle.iter().map(|&i| compiled_signals[i].0.as_str()).collect();
+                let (first, span, _) = &compiled_signals[cycle[0]];
+                ctx.err(span, Some(&format!("signal {first:?}")), format!("signals form a cycle: {}", names.join(" → ")));
+            }
+        }
+
+        // Rules.
+        let rule_names = Names { signals: &signal_slots[pi], rules: &rule_slots, data: true, states: true, what: "a rule condition" };
+        for r in &p.raw.rule {
+            let raw = r.get_ref();
+            let name = raw.name.get_ref().clone();
+            let item = format!("rule {name:?}");
+            let Some(&(firing_slot, pending_slot)) = rule_slots.get(&name) else { continue };
+            if rules.iter().any(|x| x.name == name) {
+                continue;
+            }
+            let when = ctx.compiled(&mut compiler, &raw.when, &rule_names, Expected::Boolean, &item);
+            let value_names = Names { what: "a rule value", ..rule_names };
+            let value = match &raw.value {
+                Some(v) => ctx.compiled(&mut compiler, v, &value_names, Expected::Number, &item).map(|c| Some(c.to_num())),
+                None => Some(when.as_ref().and_then(Compiled::comparison_left)),
+            };
+            let for_ = ctx.duration(&raw.for_, Some(&item), "for");
+            let keep_firing_for = ctx.duration(&raw.keep_firing_for, Some(&item), "keep_firing_for");
+            let on_no_data = match &raw.on_no_data {
+                None => OnNoData::Keep,
+                Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
+                    ctx.err(&v.span(), Some(&item), format!("on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}", v.get_ref()));
+                    OnNoData::Keep
+                }),
+            };
+            let severity = match &raw.severity {
+                None => "warning".to_string(),
+                Some(s) if SEVERITIES.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
+                Some(s) => {
+                    ctx.err(&s.span(), Some(&item), format!("severity must be one of {}, not {:?}", SEVERITIES.join(", "), s.get_ref()));
+                    "warning".to_string()
+                }
+            };
+            let (Some(when), Some(value)) = (when, value) else { continue };
+            rules.push(Rule {
+                name,
+                profile: pi,
+                cond: when.to_cond(),
+                depends_on: when.rules_read.clone(),
+                span: raw.when.span(),
+                value,
+                timing: Timing { for_, keep_firing_for, on_no_data },
+                severity,
+                summary: raw.summary.clone(),
+                labels: raw.labels.clone(),
+                firing_slot,
+                pending_slot,
+            });
+        }
+
+        // The decision tree.
+        let tree_names = Names { signals: &no_signals, rules: &rule_slots, data: false, states: true, what: "a decision question" };
+        let mut questions = Vec::new();
+        for (qi, q) in p.raw.decide.iter().enumerate() {
+            let raw = q.get_ref();
+            let item = format!("[[decide]] {} {:?}", qi + 1, raw.ask.get_ref());
+            let then = Outcome::parse(raw.then.get_ref());
+            if then.is_none() {
+                ctx.err(&raw.then.span(), Some(&item), format!("then must be rollback, consider or monitor, not {:?}", raw.then.get_ref()));
+            }
+            let cond = ctx.compiled(&mut compiler, &raw.if_, &tree_names, Expected::Boolean, &item);
+            if let (Some(then), Some(cond)) = (then, cond) {
+                questions.push(Question {
+                    ask: raw.ask.get_ref().clone(),
+                    cond: cond.to_cond(),
+                    then,
+                    level: raw.level.as_ref().map(|l| l.get_ref().clone()),
+                });
+            }
+        }
+        let default = match &p.raw.default {
+            None => Outcome::Monitor,
+            Some(d) => Outcome::parse(d.get_ref()).unwrap_or_else(|| {
+                ctx.err(&d.span(), None, format!("default must be rollback, consider or monitor, not {:?}", d.get_ref()));
+                Outcome::Monitor
+            }),
+        };
+        let consider_auto_after = p.raw.consider_auto_after.as_ref().map(|_| ctx.duration(&p.raw.consider_auto_after, None, "consider_auto_after"));
+        let procedures = procedures(&mut ctx, &p.raw.procedure);
+        out_profiles.push(Profile {
+            name: p.name.clone(),
+            path: p.file.path.clone(),
+            description: p.raw.description.clone(),
+            tree: Tree { questions, default },
+            consider_auto_after,
+            procedures,
+        });
+    }
+
+    // Rules in dependency order (firing("x") reads x's state of this tick).
+    let index: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = rules
+        .iter()
+        .map(|r| r.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
+        .collect();
+    let order = match dependency_order(&deps) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| rules[i].name.as_str()).collect();
+            let first = &rules[cycle[0]];
+            let file = &profiles[first.profile].file;
+            errors.push(file.error(&first.span, Some(&format!("rule {:?}", first.name)), format!("rules form a cycle: {}", names.join(" → "))));
+            (0..rules.len()).collect()
+        }
+    };
+    if !errors.is_empty() {
+        errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+        return Err(errors);
+    }
+    let mut slots_rules: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
+    let rules: Vec<Rule> = order.into_iter().filter_map(|i| slots_rules[i].take()).collect();
+
+    let mut store = Store::new(Span(compiler.reach().0 + RETENTION_MARGIN.0));
+    let (slots, calls) = compiler.finish(&mut store);
+    Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
+}
+
+fn procedures(ctx: &mut Ctx, raw: &BTreeMap<String, Vec<Spanned<crate::config::raw::RawStep>>>) -> BTreeMap<String, Vec<Step>> {
+    let mut out = BTreeMap::new();
+    for (outcome, steps) in raw {
+        if Outcome::parse(outcome).is_none() {
+            let span = steps.first().map(|s| s.span()).unwrap_or(0..0);
+            ctx.err(&span, Some(&format!("procedure {outcome:?}")), "procedures are named after an outcome: rollback, consider or monitor");
+            continue;
+        }
+        let mut typed = Vec::new();
+        for (i, s) in steps.iter().enumerate() {
+            let item = format!("procedure {outcome:?} step {}", i + 1);
+            let raw = s.get_ref();
+            let levels = raw.levels.iter().map(|l| l.get_ref().clone()).collect();
+            let get = |v: &Option<Spanned<String>>| v.as_ref().map(|x| x.get_ref().clone());
+            match (&raw.announce, &raw.run, &raw.verify) {
+                (Some(_), None, None) => typed.push(Step::Announce { template: get(&raw.announce).unwrap_or_default(), levels }),
+                (None, Some(_), verify) => typed.push(Step::Run {
+                    action: get(&raw.run).unwrap_or_default(),
+                    verify: verify.as_ref().map(|v| v.get_ref().clone()),
+                    levels,
+                }),
+                _ => ctx.err(&s.span(), Some(&item), "a step either announces a template (announce = \"...\") or runs an action (run = \"...\", optional verify = \"...\")"),
+            }
+        }
+        out.insert(outcome.clone(), typed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn load(text: &str) -> Result<Evaluator, Diagnostics> {
+        let file = SourceFile { path: Path::new("p.toml").to_path_buf(), text: text.to_string() };
+        build(&[LoadedProfile::from_source(file).map_err(Diagnostics::from)?])
+    }
+
+    #[test]
+    fn orders_signals_and_rules_by_dependency() {
+        let ev = load(
+            r#"
+[signals]
+b = 'a * 2'
+a = 'last("m")'
+[[rule]]
+name = "second"
+when = 'firing("first")'
+[[rule]]
+name = "first"
+when = 'b > 1'
+"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = ev.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        let sigs: Vec<&str> = ev.signals.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(sigs, ["a", "b"]);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_place() {
+        let e = load(
+            r#"[signals]
+x = 'y + 1'
+y = 'x + 1'
+[[rule]]
+name = "r"
+when = 'avg_ovr("m", "5m") > 1'
+for = "soon"
+[[rule]]
+name = "r"
+when = 'x > 1'
+[[rule]]
+name = "s"
+when = 'firing("t")'
+[[rule]]
+name = "t"
+when = 'firing("s")'
+on_no_data = "maybe"
+[[decide]]
+ask = "Bad?"
+if = 'rate("m", "1m") > 1'
+then = "panic"
+"#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "p.toml:2:5: signal \"x\": signals form a cycle: x → y → x",
+            "p.toml:6:8: rule \"r\": unknown function \"avg_ovr\" (did you mean avg_over?)",
+            "p.toml:7:7: rule \"r\": for: bad duration",
+            "p.toml:9:8: rule \"r\": duplicate rule name (first defined at p.toml:5:8)",
+            "on_no_data must be \"keep\", \"ok\" or \"fire\"",
+            "then must be rollback, consider or monitor, not \"panic\"",
+            "rule states only",
+            "p.toml:13:8: rule \"s\": rules form a cycle: s → t → s",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // Errors come in file order.
+        let lines: Vec<usize> = e.0.iter().filter_map(|d| d.line).map(|(l, _)| l).collect();
+        assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_position() {
+        let e = load("[[rule]]\nname = \"r\"\nwhen = 'true'\nfour = \"5m\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("p.toml:4:1: unknown field `four`"), "{text}");
+    }
+}

@@ -1,0 +1,219 @@
+//! Rules and decisions: [`state`] is the per-rule state machine, [`tree`] the decision tree,
+//! [`load`] compiles profiles, and the [`Evaluator`] here runs one tick — window calls →
+//! signals → rules in dependency order → one decision per profile — on the time it is given.
+//! It is the sole owner of the window store and the rule states (no locks): replay and the live
+//! sidecar drive the same evaluator.
+
+pub mod load;
+pub mod state;
+pub mod tree;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use crate::expr::{Call, Cond, Num, Slots, Truth, Value};
+use crate::time::{Span, Timestamp};
+use crate::window::Store;
+pub use state::{OnNoData, Phase, RuleState, Timing};
+pub use tree::{Decision, Outcome, RuleValue, Tree};
+
+/// A named numeric expression of a profile.
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub name: String,
+    pub slot: usize,
+    pub num: Num,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// Index of its profile.
+    pub profile: usize,
+    pub cond: Cond,
+    /// What its messages report: `value = '...'`, else the left side of its first comparison.
+    pub value: Option<Num>,
+    pub timing: Timing,
+    pub severity: String,
+    pub summary: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Rules whose state this one reads.
+    pub depends_on: Vec<String>,
+    /// Where its condition is written, for messages.
+    pub span: Range<usize>,
+    firing_slot: usize,
+    pending_slot: usize,
+}
+
+/// One step of a procedure, as the profile names it (bound to actions by `rollwatch.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Announce { template: String, levels: Vec<String> },
+    Run { action: String, verify: Option<String>, levels: Vec<String> },
+}
+
+/// A compiled profile: its tree and procedures (its rules live in the evaluator).
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub path: PathBuf,
+    pub description: Option<String>,
+    pub tree: Tree,
+    pub consider_auto_after: Option<Span>,
+    pub procedures: BTreeMap<String, Vec<Step>>,
+}
+
+/// A rule changing state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Transition {
+    pub at: Timestamp,
+    pub rule: String,
+    #[serde(serialize_with = "phase_str")]
+    pub from: Phase,
+    #[serde(serialize_with = "phase_str")]
+    pub to: Phase,
+    /// The rule's value on the tick it changed.
+    pub value: Option<f64>,
+}
+
+fn phase_str<S: serde::Serializer>(p: &Phase, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string())
+}
+
+/// What one tick produced.
+#[derive(Debug, Clone, Default)]
+pub struct Tick {
+    pub transitions: Vec<Transition>,
+    pub decisions: Vec<Decision>,
+}
+
+/// Runs rules over the window store on the time it is given.
+#[derive(Debug)]
+pub struct Evaluator {
+    pub profiles: Vec<Profile>,
+    pub signals: Vec<Signal>,
+    pub rules: Vec<Rule>,
+    calls: Vec<(Call, usize)>,
+    slots: Slots,
+    store: Store,
+    states: Vec<RuleState>,
+    values: Vec<Option<f64>>,
+    truths: Vec<Truth>,
+    /// Rule indices per profile, in the order the profile lists them.
+    by_profile: Vec<Vec<usize>>,
+    next_gc: Timestamp,
+    /// Ticks evaluated so far.
+    pub ticks: u64,
+}
+
+/// How often the store drops series that stopped reporting.
+const GC_EVERY: Span = Span(60_000);
+
+impl Evaluator {
+    fn new(profiles: Vec<Profile>, signals: Vec<Signal>, rules: Vec<Rule>, calls: Vec<(Call, usize)>, slots: Slots, store: Store) -> Evaluator {
+        let mut by_profile = vec![Vec::new(); profiles.len()];
+        for (i, r) in rules.iter().enumerate() {
+            by_profile[r.profile].push(i);
+        }
+        let n = rules.len();
+        Evaluator {
+            profiles,
+            signals,
+            rules,
+            calls,
+            slots,
+            store,
+            states: vec![RuleState::Inactive; n],
+            values: vec![None; n],
+            truths: vec![Truth::Unknown; n],
+            by_profile,
+            next_gc: Timestamp(i64::MIN),
+            ticks: 0,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where sources write samples.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// A rule's current state, by name.
+    pub fn state(&self, rule: &str) -> Option<RuleState> {
+        self.rules.iter().position(|r| r.name == rule).map(|i| self.states[i])
+    }
+
+    /// A rule's value on the last tick.
+    pub fn value(&self, rule: &str) -> Option<f64> {
+        self.rules.iter().position(|r| r.name == rule).and_then(|i| self.values[i])
+    }
+
+    /// Current signal values (no data as `None`).
+    pub fn signal_values(&self) -> Vec<(&str, Option<f64>)> {
+        self.signals
+            .iter()
+            .map(|s| {
+                let v = match self.slots.get(s.slot) {
+                    Value::Float(f) => Some(*f),
+                    _ => None,
+                };
+                (s.name.as_str(), v)
+            })
+            .collect()
+    }
+
+    /// Evaluates everything at `now`: the one place rule states change.
+    pub fn tick(&mut self, now: Timestamp) -> Tick {
+        if now >= self.next_gc {
+            self.store.collect_garbage(now);
+            self.next_gc = now.plus(GC_EVERY);
+        }
+        self.ticks += 1;
+        for (call, slot) in &self.calls {
+            self.slots.set_number(*slot, call.eval(&self.store, now));
+        }
+        for s in &self.signals {
+            let v = s.num.eval(&self.slots);
+            self.slots.set_number(s.slot, v);
+        }
+        let mut tick = Tick::default();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let truth = rule.cond.eval(&self.slots);
+            let value = rule.value.as_ref().and_then(|v| v.eval(&self.slots));
+            let before = self.states[i];
+            let after = before.step(now, truth, &rule.timing);
+            if before.phase() != after.phase() {
+                tick.transitions.push(Transition { at: now, rule: rule.name.clone(), from: before.phase(), to: after.phase(), value });
+            }
+            self.states[i] = after;
+            self.values[i] = value;
+            self.truths[i] = truth;
+            self.slots.set(rule.firing_slot, Value::Boolean(after.is_firing()));
+            self.slots.set(rule.pending_slot, Value::Boolean(after.is_pending()));
+        }
+        for (pi, profile) in self.profiles.iter().enumerate() {
+            let (outcome, level, path, by_default) = profile.tree.decide(&self.slots);
+            let rules = &self.by_profile[pi];
+            tick.decisions.push(Decision {
+                at: now,
+                profile: profile.name.clone(),
+                outcome,
+                level,
+                path,
+                by_default,
+                firing: rules
+                    .iter()
+                    .filter(|&&i| self.states[i].is_firing())
+                    .map(|&i| RuleValue { rule: self.rules[i].name.clone(), value: self.values[i] })
+                    .collect(),
+                unknown: rules.iter().filter(|&&i| self.truths[i] == Truth::Unknown).map(|&i| self.rules[i].name.clone()).collect(),
+            });
+        }
+        tick
+    }
+}

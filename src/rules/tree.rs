@@ -1,0 +1,156 @@
+//! The decision tree (runbook 004, the matrix of 003): ordered questions over rule states; the
+//! first that holds gives the outcome, and the path walked is kept as the explanation.
+
+use std::fmt;
+
+use crate::expr::{Cond, Slots, Truth};
+use crate::time::Timestamp;
+
+/// What to do about a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Record only.
+    Monitor,
+    /// Notify and ask for approval.
+    Consider,
+    /// Act now.
+    Rollback,
+}
+
+impl Outcome {
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text {
+            "rollback" => Some(Outcome::Rollback),
+            "consider" => Some(Outcome::Consider),
+            "monitor" => Some(Outcome::Monitor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Rollback => "rollback",
+            Outcome::Consider => "consider",
+            Outcome::Monitor => "monitor",
+        })
+    }
+}
+
+/// One `[[decide]]` entry, compiled.
+#[derive(Debug, Clone)]
+pub struct Question {
+    pub ask: String,
+    pub cond: Cond,
+    pub then: Outcome,
+    /// The procedure level this answer calls for, if any.
+    pub level: Option<String>,
+}
+
+/// A profile's tree.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub questions: Vec<Question>,
+    pub default: Outcome,
+}
+
+/// One answered question on the path.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Answer {
+    pub ask: String,
+    pub yes: bool,
+}
+
+/// A rule behind a decision, with its latest value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleValue {
+    pub rule: String,
+    pub value: Option<f64>,
+}
+
+/// The outcome of one tick for one profile, with why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub at: Timestamp,
+    pub profile: String,
+    pub outcome: Outcome,
+    pub level: Option<String>,
+    /// Questions asked, in order, up to the one that held.
+    pub path: Vec<Answer>,
+    /// Whether no question held and the default was taken.
+    pub by_default: bool,
+    /// The profile's firing rules and their values.
+    pub firing: Vec<RuleValue>,
+    /// The profile's rules whose inputs had no data this tick.
+    pub unknown: Vec<String>,
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
+impl Tree {
+    /// Walks the questions. Questions read rule states only, which are always known.
+    pub fn decide(&self, slots: &Slots) -> (Outcome, Option<String>, Vec<Answer>, bool) {
+        let mut path = Vec::new();
+        for q in &self.questions {
+            let yes = q.cond.eval(slots) == Truth::True;
+            path.push(Answer { ask: q.ask.clone(), yes });
+            if yes {
+                return (q.then, q.level.clone(), path, false);
+            }
+        }
+        (self.default, None, path, true)
+    }
+}
+
+impl Decision {
+    /// `Is system down? no → Is error rate > 5%? YES → rollback`.
+    pub fn explanation(&self) -> String {
+        let mut parts: Vec<String> = self
+            .path
+            .iter()
+            .map(|a| format!("{} {}", a.ask, if a.yes { "YES" } else { "no" }))
+            .collect();
+        let mut end = self.outcome.to_string();
+        if let Some(level) = &self.level {
+            end.push_str(&format!(" ({level})"));
+        }
+        if self.by_default {
+            end.push_str(" (default)");
+        }
+        parts.push(end);
+        parts.join(" → ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explanation_reads_like_the_runbook() {
+        let d = Decision {
+            at: Timestamp(0),
+            profile: "p".into(),
+            outcome: Outcome::Rollback,
+            level: None,
+            path: vec![
+                Answer { ask: "Is system down?".into(), yes: false },
+                Answer { ask: "Is error rate > 5%?".into(), yes: true },
+            ],
+            by_default: false,
+            firing: vec![],
+            unknown: vec![],
+        };
+        assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
+        let d = Decision { outcome: Outcome::Monitor, by_default: true, path: vec![], ..d };
+        assert_eq!(d.explanation(), "monitor (default)");
+        assert_eq!(Outcome::parse("consider"), Some(Outcome::Consider));
+        assert_eq!(Outcome::parse("panic"), None);
+    }
+}
