@@ -1,5 +1,24 @@
+//! # rollwatch
+//!
+//! An automated rollback trigger engine: it watches a deployment's health endpoints and metrics,
+//! decides the way a runbook decides whether to roll back, and (later) acts on that decision.
+//!
+//! # Layout
+//!
+//! - [`time`]: timestamps, spans, duration parsing, the clock — the only reader of wall time.
+//! - [`selector`]: series keys and PromQL-style selectors.
+//! - [`window`]: per-series ring buffers and the window aggregates rules read.
+//! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
+//! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick.
+//! - [`config`]: TOML loading (profiles, `rollwatch.toml`), every error with file:line:col.
+//! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
+//! - [`cli`]: the command line (`check`, `test`, `replay`).
+#![forbid(unsafe_code)]
+
+pub mod cli;
 pub mod config;
 pub mod expr;
+pub mod fixture;
 pub mod rules;
 pub mod selector;
 pub mod time;

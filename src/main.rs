@@ -1,1 +1,25 @@
-fn main(){}
+//! The `rollwatch` binary: logging set up, the command line parsed, [`rollwatch::cli::run`]
+//! called, and its error printed with its causes. Exit codes: 0 ok, 1 findings, 2 usage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROLLWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = rollwatch::cli::Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match rollwatch::cli::run(cli, &mut stdout) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rollwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

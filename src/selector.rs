@@ -16,12 +16,18 @@ pub struct SeriesKey {
 
 impl SeriesKey {
     /// Builds a key, sorting labels and dropping empty values as Prometheus does.
-    pub fn new(name: impl Into<String>, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        labels: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         let mut labels: Vec<(String, String)> =
             labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         labels.sort();
         labels.dedup_by(|a, b| a.0 == b.0);
-        SeriesKey { name: name.into(), labels }
+        SeriesKey {
+            name: name.into(),
+            labels,
+        }
     }
 
     /// The value of label `name`, `""` when absent (PromQL semantics).
@@ -47,7 +53,10 @@ impl SeriesKey {
             if m.op != MatchOp::Equal {
                 return Err(SelectorError {
                     column: 1,
-                    message: format!("a series takes only `=` labels, found `{}{}`", m.label, m.op),
+                    message: format!(
+                        "a series takes only `=` labels, found `{}{}`",
+                        m.label, m.op
+                    ),
                 });
             }
             if m.label == "__name__" {
@@ -159,11 +168,17 @@ pub struct SelectorError {
 impl Selector {
     /// Parses `name{l="v",...}`, `name`, or `{l="v"}`.
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
-        let mut p = Parser { chars: text.chars().collect(), pos: 0 };
+        let mut p = Parser {
+            chars: text.chars().collect(),
+            pos: 0,
+        };
         let sel = p.selector(text)?;
         p.skip_ws();
         if p.pos < p.chars.len() {
-            return Err(p.err(format!("unexpected {:?} after the selector", p.chars[p.pos])));
+            return Err(p.err(format!(
+                "unexpected {:?} after the selector",
+                p.chars[p.pos]
+            )));
         }
         Ok(sel)
     }
@@ -200,7 +215,10 @@ struct Parser {
 
 impl Parser {
     fn err(&self, message: impl Into<String>) -> SelectorError {
-        SelectorError { column: self.pos + 1, message: message.into() }
+        SelectorError {
+            column: self.pos + 1,
+            message: message.into(),
+        }
     }
 
     fn peek(&self) -> Option<char> {
@@ -262,7 +280,11 @@ impl Parser {
                 message: "a selector without a metric name needs a matcher that does not match the empty string".into(),
             });
         }
-        Ok(Selector { name, matchers, text: text.trim().to_string() })
+        Ok(Selector {
+            name,
+            matchers,
+            text: text.trim().to_string(),
+        })
     }
 
     fn matcher(&mut self) -> Result<LabelMatcher, SelectorError> {
@@ -286,12 +308,20 @@ impl Parser {
             MatchOp::Regex | MatchOp::NotRegex => Some(
                 Regex::new(&format!("^(?:{value})$")).map_err(|e| SelectorError {
                     column: value_col + 1,
-                    message: format!("bad regex {value:?} for label {label:?}: {}", first_line(&e.to_string())),
+                    message: format!(
+                        "bad regex {value:?} for label {label:?}: {}",
+                        first_line(&e.to_string())
+                    ),
                 })?,
             ),
             _ => None,
         };
-        Ok(LabelMatcher { label, op, value, regex })
+        Ok(LabelMatcher {
+            label,
+            op,
+            value,
+            regex,
+        })
     }
 
     fn string(&mut self) -> Result<String, SelectorError> {
@@ -337,7 +367,12 @@ impl Parser {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or(s).to_string()
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .last()
+        .unwrap_or(s)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -369,9 +404,16 @@ mod tests {
 
     #[test]
     fn matchers_follow_promql() {
-        let s = Selector::parse(r#"http_requests_total{code=~"5..",method!="HEAD",path!~"/health.*"}"#).unwrap();
-        assert!(s.matches(&key(r#"http_requests_total{code="503",method="GET",path="/api"}"#)));
-        assert!(!s.matches(&key(r#"http_requests_total{code="5000",method="GET"}"#)), "regex is anchored");
+        let s =
+            Selector::parse(r#"http_requests_total{code=~"5..",method!="HEAD",path!~"/health.*"}"#)
+                .unwrap();
+        assert!(s.matches(&key(
+            r#"http_requests_total{code="503",method="GET",path="/api"}"#
+        )));
+        assert!(
+            !s.matches(&key(r#"http_requests_total{code="5000",method="GET"}"#)),
+            "regex is anchored"
+        );
         assert!(!s.matches(&key(r#"http_requests_total{code="500",method="HEAD"}"#)));
         assert!(!s.matches(&key(r#"http_requests_total{code="500",path="/healthz"}"#)));
         assert!(!s.matches(&key(r#"other{code="500"}"#)));

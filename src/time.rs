@@ -57,7 +57,12 @@ impl fmt::Display for Span {
             f.write_str("-")?;
             ms = -ms;
         }
-        let units = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)];
+        let units = [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ];
         for (name, size) in units {
             if ms >= size {
                 write!(f, "{}{}", ms / size, name)?;
@@ -140,11 +145,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        assert!(matches!(parse_duration("5"), Err(DurationError::Syntax(..))));
-        assert!(matches!(parse_duration("5 minutes later"), Err(DurationError::Syntax(..))));
-        assert!(matches!(parse_duration("-5m"), Err(DurationError::Syntax(..))));
-        assert!(matches!(parse_duration("1us"), Err(DurationError::SubMillisecond(_))));
-        assert!(matches!(parse_duration("100000y"), Err(DurationError::TooLong(_))));
+        assert!(matches!(
+            parse_duration("5"),
+            Err(DurationError::Syntax(..))
+        ));
+        assert!(matches!(
+            parse_duration("5 minutes later"),
+            Err(DurationError::Syntax(..))
+        ));
+        assert!(matches!(
+            parse_duration("-5m"),
+            Err(DurationError::Syntax(..))
+        ));
+        assert!(matches!(
+            parse_duration("1us"),
+            Err(DurationError::SubMillisecond(_))
+        ));
+        assert!(matches!(
+            parse_duration("100000y"),
+            Err(DurationError::TooLong(_))
+        ));
     }
 
     #[test]

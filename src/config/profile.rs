@@ -25,7 +25,11 @@ impl LoadedProfile {
         let raw: RawProfile = file.parse_toml()?;
         let name = match &raw.name {
             Some(n) => n.get_ref().clone(),
-            None => file.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => file
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         };
         Ok(LoadedProfile { file, raw, name })
     }

@@ -3,20 +3,43 @@
 //! they are parsed once, into a [`Call`] holding registered selector ids and spans.
 
 use crate::selector::Selector;
+use crate::time::Timestamp;
 use crate::time::{Span, parse_duration};
 use crate::window::{LOOKBACK, Over, SelectorId, Store};
-use crate::time::Timestamp;
 
 /// Every function name the rule language adds to evalexpr's builtins.
 pub const FUNCTION_NAMES: &[&str] = &[
-    "rate", "increase", "ratio", "avg_over", "max_over", "min_over", "count_over", "last", "quantile", "up",
-    "down_for", "firing", "pending",
+    "rate",
+    "increase",
+    "ratio",
+    "avg_over",
+    "max_over",
+    "min_over",
+    "count_over",
+    "last",
+    "quantile",
+    "up",
+    "down_for",
+    "firing",
+    "pending",
 ];
 
 /// evalexpr builtins allowed in rules (pure math; no string or assignment functions).
 pub const BUILTIN_NAMES: &[&str] = &[
-    "min", "max", "floor", "round", "ceil", "if", "math::abs", "math::sqrt", "math::ln", "math::log",
-    "math::log2", "math::log10", "math::exp", "math::pow",
+    "min",
+    "max",
+    "floor",
+    "round",
+    "ceil",
+    "if",
+    "math::abs",
+    "math::sqrt",
+    "math::ln",
+    "math::log",
+    "math::log2",
+    "math::log10",
+    "math::exp",
+    "math::pow",
 ];
 
 /// A literal argument.
@@ -38,27 +61,89 @@ impl Arg {
 /// A window function call as written, arguments checked; selectors not yet registered.
 #[derive(Debug, Clone)]
 pub enum CallSpec {
-    Rate { sel: Selector, window: Span, offset: Span },
-    Increase { sel: Selector, window: Span, offset: Span },
-    Ratio { num: Selector, den: Selector, window: Span, min_den: f64, offset: Span },
-    Over { how: Over, sel: Selector, window: Span, offset: Span },
-    Last { sel: Selector, offset: Span },
-    Quantile { q: f64, sel: Selector, window: Span, offset: Span },
-    Up { sel: Selector },
-    DownFor { sel: Selector },
+    Rate {
+        sel: Selector,
+        window: Span,
+        offset: Span,
+    },
+    Increase {
+        sel: Selector,
+        window: Span,
+        offset: Span,
+    },
+    Ratio {
+        num: Selector,
+        den: Selector,
+        window: Span,
+        min_den: f64,
+        offset: Span,
+    },
+    Over {
+        how: Over,
+        sel: Selector,
+        window: Span,
+        offset: Span,
+    },
+    Last {
+        sel: Selector,
+        offset: Span,
+    },
+    Quantile {
+        q: f64,
+        sel: Selector,
+        window: Span,
+        offset: Span,
+    },
+    Up {
+        sel: Selector,
+    },
+    DownFor {
+        sel: Selector,
+    },
 }
 
 /// A call ready to evaluate: selectors registered with the store.
 #[derive(Debug, Clone)]
 pub enum Call {
-    Rate { sel: SelectorId, window: Span, offset: Span },
-    Increase { sel: SelectorId, window: Span, offset: Span },
-    Ratio { num: SelectorId, den: SelectorId, window: Span, min_den: f64, offset: Span },
-    Over { how: Over, sel: SelectorId, window: Span, offset: Span },
-    Last { sel: SelectorId, offset: Span },
-    Quantile { q: f64, sel: SelectorId, window: Span, offset: Span },
-    Up { sel: SelectorId },
-    DownFor { sel: SelectorId },
+    Rate {
+        sel: SelectorId,
+        window: Span,
+        offset: Span,
+    },
+    Increase {
+        sel: SelectorId,
+        window: Span,
+        offset: Span,
+    },
+    Ratio {
+        num: SelectorId,
+        den: SelectorId,
+        window: Span,
+        min_den: f64,
+        offset: Span,
+    },
+    Over {
+        how: Over,
+        sel: SelectorId,
+        window: Span,
+        offset: Span,
+    },
+    Last {
+        sel: SelectorId,
+        offset: Span,
+    },
+    Quantile {
+        q: f64,
+        sel: SelectorId,
+        window: Span,
+        offset: Span,
+    },
+    Up {
+        sel: SelectorId,
+    },
+    DownFor {
+        sel: SelectorId,
+    },
 }
 
 fn signature(name: &str) -> &'static str {
@@ -97,8 +182,12 @@ impl Args<'_> {
     }
 
     fn selector(&self, i: usize) -> Result<Selector, String> {
-        let text = self.string(i, "a selector string such as \"http_requests_total{code=~\\\"5..\\\"}\"")?;
-        Selector::parse(text).map_err(|e| format!("argument {} of {}: {e} in {text:?}", i + 1, self.name))
+        let text = self.string(
+            i,
+            "a selector string such as \"http_requests_total{code=~\\\"5..\\\"}\"",
+        )?;
+        Selector::parse(text)
+            .map_err(|e| format!("argument {} of {}: {e} in {text:?}", i + 1, self.name))
     }
 
     fn duration(&self, i: usize, what: &str) -> Result<Span, String> {
@@ -109,13 +198,21 @@ impl Args<'_> {
     fn window(&self, i: usize) -> Result<Span, String> {
         let w = self.duration(i, "window")?;
         if w.is_zero() {
-            return Err(format!("argument {} of {}: a window must be longer than 0s", i + 1, self.name));
+            return Err(format!(
+                "argument {} of {}: a window must be longer than 0s",
+                i + 1,
+                self.name
+            ));
         }
         Ok(w)
     }
 
     fn offset(&self, i: usize) -> Result<Span, String> {
-        if i < self.args.len() { self.duration(i, "offset") } else { Ok(Span::ZERO) }
+        if i < self.args.len() {
+            self.duration(i, "offset")
+        } else {
+            Ok(Span::ZERO)
+        }
     }
 
     fn number(&self, i: usize, wanted: &str) -> Result<f64, String> {
@@ -128,7 +225,11 @@ impl Args<'_> {
     fn arity(&self, min: usize, max: usize) -> Result<(), String> {
         let n = self.args.len();
         if n < min || n > max {
-            let count = if min == max { format!("{min}") } else { format!("{min} to {max}") };
+            let count = if min == max {
+                format!("{min}")
+            } else {
+                format!("{min} to {max}")
+            };
             return Err(format!(
                 "{}{} takes {count} argument{}, got {n}",
                 self.name,
@@ -143,9 +244,15 @@ impl Args<'_> {
     fn target(&self, i: usize) -> Result<Selector, String> {
         let text = self.string(i, "a target name or an `up{...}` selector")?;
         if !text.contains('{') {
-            let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+            let plain = !text.is_empty()
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
             if !plain {
-                return Err(format!("argument 1 of {}: {text:?} is neither a target name nor a selector", self.name));
+                return Err(format!(
+                    "argument 1 of {}: {text:?} is neither a target name nor a selector",
+                    self.name
+                ));
             }
             return Ok(Selector::for_label("up", "target", text));
         }
@@ -154,7 +261,10 @@ impl Args<'_> {
             None => sel.name = Some("up".into()),
             Some("up") => {}
             Some(other) => {
-                return Err(format!("argument 1 of {}: selects {other:?}; it reads `up` series only", self.name));
+                return Err(format!(
+                    "argument 1 of {}: selects {other:?}; it reads `up` series only",
+                    self.name
+                ));
             }
         }
         Ok(sel)
@@ -168,16 +278,29 @@ impl CallSpec {
         let a = Args { name, args };
         let over = |how| -> Result<CallSpec, String> {
             a.arity(2, 3)?;
-            Ok(CallSpec::Over { how, sel: a.selector(0)?, window: a.window(1)?, offset: a.offset(2)? })
+            Ok(CallSpec::Over {
+                how,
+                sel: a.selector(0)?,
+                window: a.window(1)?,
+                offset: a.offset(2)?,
+            })
         };
         match name {
             "rate" | "increase" => {
                 a.arity(2, 3)?;
                 let (sel, window, offset) = (a.selector(0)?, a.window(1)?, a.offset(2)?);
                 Ok(if name == "rate" {
-                    CallSpec::Rate { sel, window, offset }
+                    CallSpec::Rate {
+                        sel,
+                        window,
+                        offset,
+                    }
                 } else {
-                    CallSpec::Increase { sel, window, offset }
+                    CallSpec::Increase {
+                        sel,
+                        window,
+                        offset,
+                    }
                 })
             }
             "ratio" => {
@@ -190,9 +313,17 @@ impl CallSpec {
                     Some(Arg::Str(_)) => return Err(a.wrong_type(3, "a traffic floor (number)")),
                 };
                 if min_den < 0.0 {
-                    return Err(format!("argument 4 of ratio: the traffic floor must not be negative, got {min_den}"));
+                    return Err(format!(
+                        "argument 4 of ratio: the traffic floor must not be negative, got {min_den}"
+                    ));
                 }
-                Ok(CallSpec::Ratio { num, den, window, min_den, offset })
+                Ok(CallSpec::Ratio {
+                    num,
+                    den,
+                    window,
+                    min_den,
+                    offset,
+                })
             }
             "avg_over" => over(Over::Avg),
             "max_over" => over(Over::Max),
@@ -200,20 +331,34 @@ impl CallSpec {
             "count_over" => over(Over::Count),
             "last" => {
                 a.arity(1, 2)?;
-                Ok(CallSpec::Last { sel: a.selector(0)?, offset: a.offset(1)? })
+                Ok(CallSpec::Last {
+                    sel: a.selector(0)?,
+                    offset: a.offset(1)?,
+                })
             }
             "quantile" => {
                 a.arity(3, 4)?;
                 let q = a.number(0, "a quantile between 0 and 1")?;
                 if !(0.0..=1.0).contains(&q) {
-                    return Err(format!("argument 1 of quantile must lie between 0 and 1, got {q}"));
+                    return Err(format!(
+                        "argument 1 of quantile must lie between 0 and 1, got {q}"
+                    ));
                 }
-                Ok(CallSpec::Quantile { q, sel: a.selector(1)?, window: a.window(2)?, offset: a.offset(3)? })
+                Ok(CallSpec::Quantile {
+                    q,
+                    sel: a.selector(1)?,
+                    window: a.window(2)?,
+                    offset: a.offset(3)?,
+                })
             }
             "up" | "down_for" => {
                 a.arity(1, 1)?;
                 let sel = a.target(0)?;
-                Ok(if name == "up" { CallSpec::Up { sel } } else { CallSpec::DownFor { sel } })
+                Ok(if name == "up" {
+                    CallSpec::Up { sel }
+                } else {
+                    CallSpec::DownFor { sel }
+                })
             }
             other => Err(format!("{other} is not a window function")),
         }
@@ -222,14 +367,41 @@ impl CallSpec {
     /// A key that is equal for calls that compute the same thing (they share one slot).
     pub fn key(&self) -> String {
         match self {
-            CallSpec::Rate { sel, window, offset } => format!("rate|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Increase { sel, window, offset } => format!("increase|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Ratio { num, den, window, min_den, offset } => {
-                format!("ratio|{}|{}|{}|{}|{}", num.text, den.text, window.0, min_den, offset.0)
+            CallSpec::Rate {
+                sel,
+                window,
+                offset,
+            } => format!("rate|{}|{}|{}", sel.text, window.0, offset.0),
+            CallSpec::Increase {
+                sel,
+                window,
+                offset,
+            } => format!("increase|{}|{}|{}", sel.text, window.0, offset.0),
+            CallSpec::Ratio {
+                num,
+                den,
+                window,
+                min_den,
+                offset,
+            } => {
+                format!(
+                    "ratio|{}|{}|{}|{}|{}",
+                    num.text, den.text, window.0, min_den, offset.0
+                )
             }
-            CallSpec::Over { how, sel, window, offset } => format!("{how:?}|{}|{}|{}", sel.text, window.0, offset.0),
+            CallSpec::Over {
+                how,
+                sel,
+                window,
+                offset,
+            } => format!("{how:?}|{}|{}|{}", sel.text, window.0, offset.0),
             CallSpec::Last { sel, offset } => format!("last|{}|{}", sel.text, offset.0),
-            CallSpec::Quantile { q, sel, window, offset } => format!("quantile|{q}|{}|{}|{}", sel.text, window.0, offset.0),
+            CallSpec::Quantile {
+                q,
+                sel,
+                window,
+                offset,
+            } => format!("quantile|{q}|{}|{}|{}", sel.text, window.0, offset.0),
             CallSpec::Up { sel } => format!("up|{}", sel.text),
             CallSpec::DownFor { sel } => format!("down_for|{}", sel.text),
         }
@@ -252,22 +424,69 @@ impl CallSpec {
     /// Registers the selectors with the store.
     pub fn register(self, store: &mut Store) -> Call {
         match self {
-            CallSpec::Rate { sel, window, offset } => Call::Rate { sel: store.add_selector(sel), window, offset },
-            CallSpec::Increase { sel, window, offset } => Call::Increase { sel: store.add_selector(sel), window, offset },
-            CallSpec::Ratio { num, den, window, min_den, offset } => Call::Ratio {
+            CallSpec::Rate {
+                sel,
+                window,
+                offset,
+            } => Call::Rate {
+                sel: store.add_selector(sel),
+                window,
+                offset,
+            },
+            CallSpec::Increase {
+                sel,
+                window,
+                offset,
+            } => Call::Increase {
+                sel: store.add_selector(sel),
+                window,
+                offset,
+            },
+            CallSpec::Ratio {
+                num,
+                den,
+                window,
+                min_den,
+                offset,
+            } => Call::Ratio {
                 num: store.add_selector(num),
                 den: store.add_selector(den),
                 window,
                 min_den,
                 offset,
             },
-            CallSpec::Over { how, sel, window, offset } => Call::Over { how, sel: store.add_selector(sel), window, offset },
-            CallSpec::Last { sel, offset } => Call::Last { sel: store.add_selector(sel), offset },
-            CallSpec::Quantile { q, sel, window, offset } => {
-                Call::Quantile { q, sel: store.add_selector(sel), window, offset }
-            }
-            CallSpec::Up { sel } => Call::Up { sel: store.add_selector(sel) },
-            CallSpec::DownFor { sel } => Call::DownFor { sel: store.add_selector(sel) },
+            CallSpec::Over {
+                how,
+                sel,
+                window,
+                offset,
+            } => Call::Over {
+                how,
+                sel: store.add_selector(sel),
+                window,
+                offset,
+            },
+            CallSpec::Last { sel, offset } => Call::Last {
+                sel: store.add_selector(sel),
+                offset,
+            },
+            CallSpec::Quantile {
+                q,
+                sel,
+                window,
+                offset,
+            } => Call::Quantile {
+                q,
+                sel: store.add_selector(sel),
+                window,
+                offset,
+            },
+            CallSpec::Up { sel } => Call::Up {
+                sel: store.add_selector(sel),
+            },
+            CallSpec::DownFor { sel } => Call::DownFor {
+                sel: store.add_selector(sel),
+            },
         }
     }
 }
@@ -276,12 +495,36 @@ impl Call {
     /// The call's value at `now`; `None` is no data.
     pub fn eval(&self, store: &Store, now: Timestamp) -> Option<f64> {
         match *self {
-            Call::Rate { sel, window, offset } => store.rate(sel, now, window, offset),
-            Call::Increase { sel, window, offset } => store.increase(sel, now, window, offset),
-            Call::Ratio { num, den, window, min_den, offset } => store.ratio(num, den, now, window, offset, min_den),
-            Call::Over { how, sel, window, offset } => store.over(how, sel, now, window, offset),
+            Call::Rate {
+                sel,
+                window,
+                offset,
+            } => store.rate(sel, now, window, offset),
+            Call::Increase {
+                sel,
+                window,
+                offset,
+            } => store.increase(sel, now, window, offset),
+            Call::Ratio {
+                num,
+                den,
+                window,
+                min_den,
+                offset,
+            } => store.ratio(num, den, now, window, offset, min_den),
+            Call::Over {
+                how,
+                sel,
+                window,
+                offset,
+            } => store.over(how, sel, now, window, offset),
             Call::Last { sel, offset } => store.last(sel, now, offset),
-            Call::Quantile { q, sel, window, offset } => store.quantile(q, sel, now, window, offset),
+            Call::Quantile {
+                q,
+                sel,
+                window,
+                offset,
+            } => store.quantile(q, sel, now, window, offset),
             Call::Up { sel } => store.up(sel, now),
             Call::DownFor { sel } => store.down_for(sel, now),
         }
@@ -299,9 +542,17 @@ mod tests {
     #[test]
     fn arity_and_types_are_checked() {
         let e = CallSpec::parse("rate", &[s("m")]).unwrap_err();
-        assert_eq!(e, "rate(selector, window[, offset]) takes 2 to 3 arguments, got 1");
+        assert_eq!(
+            e,
+            "rate(selector, window[, offset]) takes 2 to 3 arguments, got 1"
+        );
         let e = CallSpec::parse("rate", &[Arg::Num(1.0), s("1m")]).unwrap_err();
-        assert!(e.starts_with("argument 1 of rate(selector, window[, offset]) must be a selector string"), "{e}");
+        assert!(
+            e.starts_with(
+                "argument 1 of rate(selector, window[, offset]) must be a selector string"
+            ),
+            "{e}"
+        );
         let e = CallSpec::parse("rate", &[s("m"), s("5 mins ago")]).unwrap_err();
         assert!(e.contains("bad duration"), "{e}");
         let e = CallSpec::parse("rate", &[s("m"), s("0s")]).unwrap_err();
@@ -317,18 +568,27 @@ mod tests {
     #[test]
     fn ratio_tells_a_floor_from_an_offset() {
         let floor = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(100.0)]).unwrap();
-        assert!(matches!(floor, CallSpec::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero()));
+        assert!(
+            matches!(floor, CallSpec::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero())
+        );
         let offset = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), s("1h")]).unwrap();
-        assert!(matches!(offset, CallSpec::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000)));
-        let both = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
+        assert!(
+            matches!(offset, CallSpec::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000))
+        );
+        let both =
+            CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
         assert!(matches!(both, CallSpec::Ratio { min_den, .. } if min_den == 5.0));
     }
 
     #[test]
     fn up_takes_a_target_name_or_a_selector() {
-        let CallSpec::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else { panic!() };
+        let CallSpec::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else {
+            panic!()
+        };
         assert_eq!(sel.text, r#"up{target="api"}"#);
-        let CallSpec::DownFor { sel } = CallSpec::parse("down_for", &[s(r#"{critical="true"}"#)]).unwrap() else {
+        let CallSpec::DownFor { sel } =
+            CallSpec::parse("down_for", &[s(r#"{critical="true"}"#)]).unwrap()
+        else {
             panic!()
         };
         assert_eq!(sel.name.as_deref(), Some("up"));

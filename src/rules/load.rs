@@ -32,7 +32,12 @@ impl Ctx<'_> {
         self.errors.push(self.file.error(span, item, message));
     }
 
-    fn duration(&mut self, value: &Option<Spanned<String>>, item: Option<&str>, field: &str) -> Span {
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        item: Option<&str>,
+        field: &str,
+    ) -> Span {
         let Some(v) = value else { return Span::ZERO };
         parse_duration(v.get_ref()).unwrap_or_else(|e| {
             self.err(&v.span(), item, format!("{field}: {e}"));
@@ -68,7 +73,13 @@ fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
         Visiting,
         Done,
     }
-    fn visit(n: usize, deps: &[Vec<usize>], marks: &mut [Mark], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Result<(), Vec<usize>> {
+    fn visit(
+        n: usize,
+        deps: &[Vec<usize>],
+        marks: &mut [Mark],
+        order: &mut Vec<usize>,
+        stack: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
         match marks[n] {
             Mark::Done => return Ok(()),
             Mark::Visiting => {
@@ -108,7 +119,11 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         if let Some(first) = seen_profiles.insert(&p.name, &p.file) {
             errors.push(Diagnostic::file(
                 &p.file.path,
-                format!("profile name {:?} is also used by {}", p.name, first.path.display()),
+                format!(
+                    "profile name {:?} is also used by {}",
+                    p.name,
+                    first.path.display()
+                ),
             ));
         }
     }
@@ -117,7 +132,12 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     // so that expressions may refer to items defined later in the file.
     let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
     for p in profiles {
-        let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
+        let map = p
+            .raw
+            .signals
+            .keys()
+            .map(|name| (name.clone(), compiler.number_slot()))
+            .collect();
         signal_slots.push(map);
     }
     let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
@@ -133,10 +153,17 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             if name.is_empty() {
                 errors.push(p.file.error(&span, None, "a rule needs a non-empty name"));
             } else if let Some(first) = rule_origin.get(name) {
-                errors.push(p.file.error(&span, Some(&format!("rule {name:?}")), format!("duplicate rule name (first defined at {first})")));
+                errors.push(p.file.error(
+                    &span,
+                    Some(&format!("rule {name:?}")),
+                    format!("duplicate rule name (first defined at {first})"),
+                ));
             } else {
                 rule_origin.insert(name.clone(), here);
-                rule_slots.insert(name.clone(), (compiler.boolean_slot(), compiler.boolean_slot()));
+                rule_slots.insert(
+                    name.clone(),
+                    (compiler.boolean_slot(), compiler.boolean_slot()),
+                );
             }
         }
     }
@@ -148,58 +175,115 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let no_rules = HashMap::new();
 
     for (pi, p) in profiles.iter().enumerate() {
-        let mut ctx = Ctx { file: &p.file, errors: &mut errors };
+        let mut ctx = Ctx {
+            file: &p.file,
+            errors: &mut errors,
+        };
 
         // Signals, in dependency order within the profile.
-        let sig_names = Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
+        let sig_names = Names {
+            signals: &signal_slots[pi],
+            rules: &no_rules,
+            data: true,
+            states: false,
+            what: "a signal",
+        };
         let mut compiled_signals = Vec::new();
         for (name, text) in &p.raw.signals {
             let item = format!("signal {name:?}");
-            if let Some(c) = ctx.compiled(&mut compiler, text, &sig_names, Expected::Number, &item) {
+            if let Some(c) = ctx.compiled(&mut compiler, text, &sig_names, Expected::Number, &item)
+            {
                 compiled_signals.push((name.clone(), text.span(), c));
             }
         }
-        let index: HashMap<&str, usize> = compiled_signals.iter().enumerate().map(|(i, (n, _, _))| (n.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = compiled_signals
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _, _))| (n.as_str(), i))
+            .collect();
         let deps: Vec<Vec<usize>> = compiled_signals
             .iter()
-            .map(|(_, _, c)| c.signals_read.iter().filter_map(|s| index.get(s.as_str()).copied()).collect())
+            .map(|(_, _, c)| {
+                c.signals_read
+                    .iter()
+                    .filter_map(|s| index.get(s.as_str()).copied())
+                    .collect()
+            })
             .collect();
         match dependency_order(&deps) {
             Ok(order) => {
                 for i in order {
                     let (name, _, c) = &compiled_signals[i];
-                    signals.push(Signal { name: name.clone(), slot: signal_slots[pi][name], num: c.to_num() });
+                    signals.push(Signal {
+                        name: name.clone(),
+                        slot: signal_slots[pi][name],
+                        num: c.to_num(),
+                    });
                 }
             }
             Err(cycle) => {
-                let names: Vec<&str> = cycle.iter().map(|&i| compiled_signals[i].0.as_str()).collect();
+                let names: Vec<&str> = cycle
+                    .iter()
+                    .map(|&i| compiled_signals[i].0.as_str())
+                    .collect();
                 let (first, span, _) = &compiled_signals[cycle[0]];
-                ctx.err(span, Some(&format!("signal {first:?}")), format!("signals form a cycle: {}", names.join(" → ")));
+                ctx.err(
+                    span,
+                    Some(&format!("signal {first:?}")),
+                    format!("signals form a cycle: {}", names.join(" → ")),
+                );
             }
         }
 
         // Rules.
-        let rule_names = Names { signals: &signal_slots[pi], rules: &rule_slots, data: true, states: true, what: "a rule condition" };
+        let rule_names = Names {
+            signals: &signal_slots[pi],
+            rules: &rule_slots,
+            data: true,
+            states: true,
+            what: "a rule condition",
+        };
         for r in &p.raw.rule {
             let raw = r.get_ref();
             let name = raw.name.get_ref().clone();
             let item = format!("rule {name:?}");
-            let Some(&(firing_slot, pending_slot)) = rule_slots.get(&name) else { continue };
+            let Some(&(firing_slot, pending_slot)) = rule_slots.get(&name) else {
+                continue;
+            };
             if rules.iter().any(|x| x.name == name) {
                 continue;
             }
-            let when = ctx.compiled(&mut compiler, &raw.when, &rule_names, Expected::Boolean, &item);
-            let value_names = Names { what: "a rule value", ..rule_names };
+            let when = ctx.compiled(
+                &mut compiler,
+                &raw.when,
+                &rule_names,
+                Expected::Boolean,
+                &item,
+            );
+            let value_names = Names {
+                what: "a rule value",
+                ..rule_names
+            };
             let value = match &raw.value {
-                Some(v) => ctx.compiled(&mut compiler, v, &value_names, Expected::Number, &item).map(|c| Some(c.to_num())),
+                Some(v) => ctx
+                    .compiled(&mut compiler, v, &value_names, Expected::Number, &item)
+                    .map(|c| Some(c.to_num())),
                 None => Some(when.as_ref().and_then(Compiled::comparison_left)),
             };
             let for_ = ctx.duration(&raw.for_, Some(&item), "for");
-            let keep_firing_for = ctx.duration(&raw.keep_firing_for, Some(&item), "keep_firing_for");
+            let keep_firing_for =
+                ctx.duration(&raw.keep_firing_for, Some(&item), "keep_firing_for");
             let on_no_data = match &raw.on_no_data {
                 None => OnNoData::Keep,
                 Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
-                    ctx.err(&v.span(), Some(&item), format!("on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}", v.get_ref()));
+                    ctx.err(
+                        &v.span(),
+                        Some(&item),
+                        format!(
+                            "on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}",
+                            v.get_ref()
+                        ),
+                    );
                     OnNoData::Keep
                 }),
             };
@@ -207,11 +291,21 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 None => "warning".to_string(),
                 Some(s) if SEVERITIES.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
                 Some(s) => {
-                    ctx.err(&s.span(), Some(&item), format!("severity must be one of {}, not {:?}", SEVERITIES.join(", "), s.get_ref()));
+                    ctx.err(
+                        &s.span(),
+                        Some(&item),
+                        format!(
+                            "severity must be one of {}, not {:?}",
+                            SEVERITIES.join(", "),
+                            s.get_ref()
+                        ),
+                    );
                     "warning".to_string()
                 }
             };
-            let (Some(when), Some(value)) = (when, value) else { continue };
+            let (Some(when), Some(value)) = (when, value) else {
+                continue;
+            };
             rules.push(Rule {
                 name,
                 profile: pi,
@@ -219,7 +313,11 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 depends_on: when.rules_read.clone(),
                 span: raw.when.span(),
                 value,
-                timing: Timing { for_, keep_firing_for, on_no_data },
+                timing: Timing {
+                    for_,
+                    keep_firing_for,
+                    on_no_data,
+                },
                 severity,
                 summary: raw.summary.clone(),
                 labels: raw.labels.clone(),
@@ -229,16 +327,35 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         }
 
         // The decision tree.
-        let tree_names = Names { signals: &no_signals, rules: &rule_slots, data: false, states: true, what: "a decision question" };
+        let tree_names = Names {
+            signals: &no_signals,
+            rules: &rule_slots,
+            data: false,
+            states: true,
+            what: "a decision question",
+        };
         let mut questions = Vec::new();
         for (qi, q) in p.raw.decide.iter().enumerate() {
             let raw = q.get_ref();
             let item = format!("[[decide]] {} {:?}", qi + 1, raw.ask.get_ref());
             let then = Outcome::parse(raw.then.get_ref());
             if then.is_none() {
-                ctx.err(&raw.then.span(), Some(&item), format!("then must be rollback, consider or monitor, not {:?}", raw.then.get_ref()));
+                ctx.err(
+                    &raw.then.span(),
+                    Some(&item),
+                    format!(
+                        "then must be rollback, consider or monitor, not {:?}",
+                        raw.then.get_ref()
+                    ),
+                );
             }
-            let cond = ctx.compiled(&mut compiler, &raw.if_, &tree_names, Expected::Boolean, &item);
+            let cond = ctx.compiled(
+                &mut compiler,
+                &raw.if_,
+                &tree_names,
+                Expected::Boolean,
+                &item,
+            );
             if let (Some(then), Some(cond)) = (then, cond) {
                 questions.push(Question {
                     ask: raw.ask.get_ref().clone(),
@@ -251,11 +368,22 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         let default = match &p.raw.default {
             None => Outcome::Monitor,
             Some(d) => Outcome::parse(d.get_ref()).unwrap_or_else(|| {
-                ctx.err(&d.span(), None, format!("default must be rollback, consider or monitor, not {:?}", d.get_ref()));
+                ctx.err(
+                    &d.span(),
+                    None,
+                    format!(
+                        "default must be rollback, consider or monitor, not {:?}",
+                        d.get_ref()
+                    ),
+                );
                 Outcome::Monitor
             }),
         };
-        let consider_auto_after = p.raw.consider_auto_after.as_ref().map(|_| ctx.duration(&p.raw.consider_auto_after, None, "consider_auto_after"));
+        let consider_auto_after = p
+            .raw
+            .consider_auto_after
+            .as_ref()
+            .map(|_| ctx.duration(&p.raw.consider_auto_after, None, "consider_auto_after"));
         let procedures = procedures(&mut ctx, &p.raw.procedure);
         out_profiles.push(Profile {
             name: p.name.clone(),
@@ -268,10 +396,19 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     }
 
     // Rules in dependency order (firing("x") reads x's state of this tick).
-    let index: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
     let deps: Vec<Vec<usize>> = rules
         .iter()
-        .map(|r| r.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect())
+        .map(|r| {
+            r.depends_on
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect()
+        })
         .collect();
     let order = match dependency_order(&deps) {
         Ok(order) => order,
@@ -279,28 +416,51 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             let names: Vec<&str> = cycle.iter().map(|&i| rules[i].name.as_str()).collect();
             let first = &rules[cycle[0]];
             let file = &profiles[first.profile].file;
-            errors.push(file.error(&first.span, Some(&format!("rule {:?}", first.name)), format!("rules form a cycle: {}", names.join(" → "))));
+            errors.push(file.error(
+                &first.span,
+                Some(&format!("rule {:?}", first.name)),
+                format!("rules form a cycle: {}", names.join(" → ")),
+            ));
             (0..rules.len()).collect()
         }
     };
     if !errors.is_empty() {
-        errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+        errors
+            .0
+            .sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
         return Err(errors);
     }
     let mut slots_rules: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
-    let rules: Vec<Rule> = order.into_iter().filter_map(|i| slots_rules[i].take()).collect();
+    let rules: Vec<Rule> = order
+        .into_iter()
+        .filter_map(|i| slots_rules[i].take())
+        .collect();
 
     let mut store = Store::new(Span(compiler.reach().0 + RETENTION_MARGIN.0));
     let (slots, calls) = compiler.finish(&mut store);
-    Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
+    Ok(Evaluator::new(
+        out_profiles,
+        signals,
+        rules,
+        calls,
+        slots,
+        store,
+    ))
 }
 
-fn procedures(ctx: &mut Ctx, raw: &BTreeMap<String, Vec<Spanned<crate::config::raw::RawStep>>>) -> BTreeMap<String, Vec<Step>> {
+fn procedures(
+    ctx: &mut Ctx,
+    raw: &BTreeMap<String, Vec<Spanned<crate::config::raw::RawStep>>>,
+) -> BTreeMap<String, Vec<Step>> {
     let mut out = BTreeMap::new();
     for (outcome, steps) in raw {
         if Outcome::parse(outcome).is_none() {
             let span = steps.first().map(|s| s.span()).unwrap_or(0..0);
-            ctx.err(&span, Some(&format!("procedure {outcome:?}")), "procedures are named after an outcome: rollback, consider or monitor");
+            ctx.err(
+                &span,
+                Some(&format!("procedure {outcome:?}")),
+                "procedures are named after an outcome: rollback, consider or monitor",
+            );
             continue;
         }
         let mut typed = Vec::new();
@@ -330,7 +490,10 @@ mod tests {
     use std::path::Path;
 
     fn load(text: &str) -> Result<Evaluator, Diagnostics> {
-        let file = SourceFile { path: Path::new("p.toml").to_path_buf(), text: text.to_string() };
+        let file = SourceFile {
+            path: Path::new("p.toml").to_path_buf(),
+            text: text.to_string(),
+        };
         build(&[LoadedProfile::from_source(file).map_err(Diagnostics::from)?])
     }
 
@@ -405,6 +568,9 @@ then = "panic"
     fn unknown_fields_are_rejected_with_position() {
         let e = load("[[rule]]\nname = \"r\"\nwhen = 'true'\nfour = \"5m\"\n").unwrap_err();
         let text = e.to_string();
-        assert!(text.starts_with("p.toml:4:1: unknown field `four`"), "{text}");
+        assert!(
+            text.starts_with("p.toml:4:1: unknown field `four`"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,101 @@
+//! `rollwatch check PATH...`: load every profile, fixture and config named (directories are
+//! searched for `*.toml`), print every error found, exit 1 if there was one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::toml_files;
+use crate::config::deploy::Config;
+use crate::config::{Diagnostics, LoadedProfile, SourceFile};
+use crate::fixture::Fixture;
+use crate::rules::load;
+
+/// What a file is, told by its top-level keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Profile,
+    Fixture,
+    Config,
+}
+
+/// Classifies a TOML file: fixtures have `series`/`expect`; configs have targets, policy,
+/// channels, actions or a state dir; everything else is a profile.
+pub fn kind_of(file: &SourceFile) -> Kind {
+    let Ok(table) = file.text.parse::<toml::Table>() else {
+        return Kind::Profile;
+    };
+    let has = |k: &str| table.contains_key(k);
+    if has("series") || has("expect") || has("interval") {
+        Kind::Fixture
+    } else if [
+        "target",
+        "policy",
+        "channels",
+        "actions",
+        "state_dir",
+        "listen",
+    ]
+    .iter()
+    .any(|k| has(k))
+    {
+        Kind::Config
+    } else {
+        Kind::Profile
+    }
+}
+
+/// Loads one file of whatever kind and returns every error in it.
+pub fn check_file(path: &Path) -> Result<Kind, Diagnostics> {
+    let file = SourceFile::read(path)?;
+    let kind = kind_of(&file);
+    match kind {
+        Kind::Profile => {
+            let profile = LoadedProfile::from_source(file)?;
+            load::build(std::slice::from_ref(&profile))?;
+        }
+        Kind::Fixture => {
+            Fixture::from_source(file)?;
+        }
+        Kind::Config => {
+            Config::from_source(file)?;
+        }
+    }
+    Ok(kind)
+}
+
+pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let files = match toml_files(paths) {
+        Ok(files) => files,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut error_count = 0;
+    let mut bad_files = 0;
+    for path in &files {
+        if let Err(errors) = check_file(path) {
+            bad_files += 1;
+            error_count += errors.len();
+            writeln!(out, "{errors}")?;
+        }
+    }
+    if error_count == 0 {
+        writeln!(
+            out,
+            "{} file{} OK",
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        )?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(
+            out,
+            "{error_count} error{} in {bad_files} of {} files",
+            if error_count == 1 { "" } else { "s" },
+            files.len()
+        )?;
+        Ok(ExitCode::FAILURE)
+    }
+}

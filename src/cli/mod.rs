@@ -1,0 +1,94 @@
+//! The command line (clap derive), one file per subcommand; [`report`] formats human output.
+//! This is the binary's edge: subcommands return `anyhow::Result` and an exit code —
+//! 0 all well, 1 findings (`check` errors, failed fixtures), 2 usage errors (clap's own).
+
+pub mod check;
+pub mod replay;
+pub mod report;
+pub mod test;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Diagnostic, Diagnostics};
+
+/// rollwatch: automated rollback triggers from runbook thresholds.
+#[derive(Debug, Parser)]
+#[command(name = "rollwatch", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate profiles, fixtures and configs; list every error; exit 1 if any.
+    Check {
+        /// Files or directories (every *.toml below them).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run fixtures against their profiles; print failures as expected/got; exit 1 on any.
+    Test {
+        /// Fixture files or directories (every *.toml below them).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Replay one fixture and print its timeline: rule state changes and decisions.
+    Replay {
+        fixture: PathBuf,
+        /// Print a decision only when it differs from the previous tick's.
+        #[arg(long)]
+        changes: bool,
+    },
+}
+
+/// Runs a parsed command line, writing to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { paths } => check::run(&paths, out),
+        Command::Test { paths } => test::run(&paths, out),
+        Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
+    }
+}
+
+/// Every `*.toml` file named or below a named directory, sorted; a missing path is an error.
+pub fn toml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Diagnostics) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return errors.push(Diagnostic::file(dir, format!("cannot read directory: {e}")));
+            }
+        };
+        let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        found.sort();
+        for p in found {
+            if p.is_dir() {
+                walk(&p, out, errors);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut errors = Diagnostics::default();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out, &mut errors);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            errors.push(Diagnostic::file(p, "no such file or directory"));
+        }
+    }
+    if out.is_empty() && errors.is_empty() {
+        for p in paths {
+            errors.push(Diagnostic::file(p, "no .toml files here"));
+        }
+    }
+    errors.into_result(out)
+}

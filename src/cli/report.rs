@@ -1,0 +1,97 @@
+//! Human output shared by the subcommands: numbers, times, failures, timelines.
+
+use std::io::{self, Write};
+
+use crate::fixture::Failure;
+use crate::rules::{Decision, Transition};
+
+/// A number as people read it: `0.052`, `1200`, `3.5e-7`, `NaN`.
+pub fn number(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    if v == v.trunc() && v.abs() < 1e15 {
+        return format!("{}", v as i64);
+    }
+    if v.abs() < 1e-4 {
+        return format!("{v:.3e}");
+    }
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `0.052` or `no data`.
+pub fn maybe(v: Option<f64>) -> String {
+    v.map(number).unwrap_or_else(|| "no data".into())
+}
+
+/// A failed expectation as an expected/got block.
+pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
+    writeln!(out, "  {}: at {}: {}", f.place, f.at, f.what)?;
+    writeln!(out, "    expected: {}", f.expected)?;
+    writeln!(out, "    got:      {}", f.got)?;
+    writeln!(out, "    decision: {}", f.explanation)
+}
+
+/// One rule state change on a timeline.
+pub fn transition(out: &mut dyn Write, t: &Transition) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>9}  rule {:<28} {} → {}  (value {})",
+        t.at.to_string(),
+        t.rule,
+        t.from,
+        t.to,
+        maybe(t.value)
+    )
+}
+
+/// One decision on a timeline, with its firing rules, values and unknown inputs.
+pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Result<()> {
+    let who = if show_profile {
+        format!("[{}] ", d.profile)
+    } else {
+        String::new()
+    };
+    write!(
+        out,
+        "{:>9}  {who}{:<8}  {}",
+        d.at.to_string(),
+        d.outcome.to_string().to_uppercase(),
+        d.explanation()
+    )?;
+    if !d.firing.is_empty() {
+        let firing: Vec<String> = d
+            .firing
+            .iter()
+            .map(|r| format!("{}={}", r.rule, maybe(r.value)))
+            .collect();
+        write!(out, "  | firing: {}", firing.join(", "))?;
+    }
+    if !d.unknown.is_empty() {
+        write!(out, "  | no data: {}", d.unknown.join(", "))?;
+    }
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(number(0.052), "0.052");
+        assert_eq!(number(1200.0), "1200");
+        assert_eq!(number(1.0 / 3.0), "0.333333");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(0.00000035), "3.500e-7");
+        assert_eq!(maybe(None), "no data");
+    }
+}
