@@ -310,7 +310,7 @@ impl Parser {
                     column: value_col + 1,
                     message: format!(
                         "bad regex {value:?} for label {label:?}: {}",
-                        first_line(&e.to_string())
+                        last_line(&e.to_string())
                     ),
                 })?,
             ),
@@ -366,11 +366,11 @@ impl Parser {
     }
 }
 
-fn first_line(s: &str) -> String {
+/// The regex crate's messages span several lines; the last non-empty one says what is wrong.
+fn last_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .last()
+        .rfind(|l| !l.is_empty())
         .unwrap_or(s)
         .to_string()
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::time::{Span, parse_duration};
+
 /// A file's text, kept to place errors.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -184,6 +186,81 @@ impl fmt::Display for Diagnostics {
             write!(f, "{d}")?;
         }
         Ok(())
+    }
+}
+
+/// Collects the errors of one file while its fields are checked; shared by every loader.
+pub struct Checker<'a> {
+    pub file: &'a SourceFile,
+    pub errors: &'a mut Diagnostics,
+}
+
+impl Checker<'_> {
+    /// Records an error at `span`.
+    pub fn err(&mut self, span: &Range<usize>, item: Option<&str>, message: impl Into<String>) {
+        self.errors.push(self.file.error(span, item, message));
+    }
+
+    /// A duration field: `default` when absent; an error (and `default`) when malformed.
+    pub fn duration(
+        &mut self,
+        value: &Option<toml::Spanned<String>>,
+        default: Span,
+        item: Option<&str>,
+        field: &str,
+    ) -> Span {
+        let Some(v) = value else { return default };
+        parse_duration(v.get_ref()).unwrap_or_else(|e| {
+            self.err(&v.span(), item, format!("{field}: {e}"));
+            default
+        })
+    }
+
+    /// A duration field that must be longer than zero; `None` (with an error) otherwise.
+    pub fn positive_duration(
+        &mut self,
+        value: &toml::Spanned<String>,
+        item: Option<&str>,
+        field: &str,
+    ) -> Option<Span> {
+        match parse_duration(value.get_ref()) {
+            Ok(s) if s.is_zero() => {
+                self.err(
+                    &value.span(),
+                    item,
+                    format!("{field} must be longer than 0s"),
+                );
+                None
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(&value.span(), item, format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A field restricted to a closed set of words.
+    pub fn one_of(
+        &mut self,
+        value: &toml::Spanned<String>,
+        allowed: &[&str],
+        item: Option<&str>,
+        field: &str,
+    ) -> bool {
+        let ok = allowed.contains(&value.get_ref().as_str());
+        if !ok {
+            self.err(
+                &value.span(),
+                item,
+                format!(
+                    "{field} must be one of {}, not {:?}",
+                    allowed.join(", "),
+                    value.get_ref()
+                ),
+            );
+        }
+        ok
     }
 }
 

@@ -6,5 +6,5 @@ pub mod diag;
 pub mod profile;
 pub mod raw;
 
-pub use diag::{Diagnostic, Diagnostics, SourceFile, did_you_mean};
+pub use diag::{Checker, Diagnostic, Diagnostics, SourceFile, did_you_mean};
 pub use profile::LoadedProfile;

@@ -4,16 +4,15 @@
 //! every problem reported with its file, line, column and item.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 
 use toml::Spanned;
 
 use super::state::{OnNoData, Timing};
 use super::tree::{Outcome, Question, Tree};
 use super::{Evaluator, Profile, Rule, Signal, Step};
-use crate::config::{Diagnostic, Diagnostics, LoadedProfile, SourceFile};
+use crate::config::{Checker, Diagnostic, Diagnostics, LoadedProfile, SourceFile};
 use crate::expr::{Compiled, Compiler, Expected, Names};
-use crate::time::{Span, parse_duration};
+use crate::time::Span;
 use crate::window::Store;
 
 /// Severities a rule may carry.
@@ -22,45 +21,22 @@ pub const SEVERITIES: &[&str] = &["critical", "warning", "info"];
 /// Extra retention beyond the longest reach, so a tick that comes late still finds its data.
 const RETENTION_MARGIN: Span = Span(60_000);
 
-struct Ctx<'a> {
-    file: &'a SourceFile,
-    errors: &'a mut Diagnostics,
-}
-
-impl Ctx<'_> {
-    fn err(&mut self, span: &Range<usize>, item: Option<&str>, message: impl Into<String>) {
-        self.errors.push(self.file.error(span, item, message));
-    }
-
-    fn duration(
-        &mut self,
-        value: &Option<Spanned<String>>,
-        item: Option<&str>,
-        field: &str,
-    ) -> Span {
-        let Some(v) = value else { return Span::ZERO };
-        parse_duration(v.get_ref()).unwrap_or_else(|e| {
-            self.err(&v.span(), item, format!("{field}: {e}"));
-            Span::ZERO
-        })
-    }
-
-    fn compiled(
-        &mut self,
-        compiler: &mut Compiler,
-        text: &Spanned<String>,
-        names: &Names,
-        expected: Expected,
-        item: &str,
-    ) -> Option<Compiled> {
-        match compiler.compile(text.get_ref(), names, expected) {
-            Ok(c) => Some(c),
-            Err(messages) => {
-                for m in messages {
-                    self.err(&text.span(), Some(item), m);
-                }
-                None
+/// Compiles one expression field, recording its errors at the field's position.
+fn compiled(
+    ctx: &mut Checker,
+    compiler: &mut Compiler,
+    text: &Spanned<String>,
+    names: &Names,
+    expected: Expected,
+    item: &str,
+) -> Option<Compiled> {
+    match compiler.compile(text.get_ref(), names, expected) {
+        Ok(c) => Some(c),
+        Err(messages) => {
+            for m in messages {
+                ctx.err(&text.span(), Some(item), m);
             }
+            None
         }
     }
 }
@@ -175,7 +151,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let no_rules = HashMap::new();
 
     for (pi, p) in profiles.iter().enumerate() {
-        let mut ctx = Ctx {
+        let mut ctx = Checker {
             file: &p.file,
             errors: &mut errors,
         };
@@ -191,8 +167,14 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         let mut compiled_signals = Vec::new();
         for (name, text) in &p.raw.signals {
             let item = format!("signal {name:?}");
-            if let Some(c) = ctx.compiled(&mut compiler, text, &sig_names, Expected::Number, &item)
-            {
+            if let Some(c) = compiled(
+                &mut ctx,
+                &mut compiler,
+                text,
+                &sig_names,
+                Expected::Number,
+                &item,
+            ) {
                 compiled_signals.push((name.clone(), text.span(), c));
             }
         }
@@ -253,7 +235,8 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             if rules.iter().any(|x| x.name == name) {
                 continue;
             }
-            let when = ctx.compiled(
+            let when = compiled(
+                &mut ctx,
                 &mut compiler,
                 &raw.when,
                 &rule_names,
@@ -265,14 +248,24 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 ..rule_names
             };
             let value = match &raw.value {
-                Some(v) => ctx
-                    .compiled(&mut compiler, v, &value_names, Expected::Number, &item)
-                    .map(|c| Some(c.to_num())),
+                Some(v) => compiled(
+                    &mut ctx,
+                    &mut compiler,
+                    v,
+                    &value_names,
+                    Expected::Number,
+                    &item,
+                )
+                .map(|c| Some(c.to_num())),
                 None => Some(when.as_ref().and_then(Compiled::comparison_left)),
             };
-            let for_ = ctx.duration(&raw.for_, Some(&item), "for");
-            let keep_firing_for =
-                ctx.duration(&raw.keep_firing_for, Some(&item), "keep_firing_for");
+            let for_ = ctx.duration(&raw.for_, Span::ZERO, Some(&item), "for");
+            let keep_firing_for = ctx.duration(
+                &raw.keep_firing_for,
+                Span::ZERO,
+                Some(&item),
+                "keep_firing_for",
+            );
             let on_no_data = match &raw.on_no_data {
                 None => OnNoData::Keep,
                 Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
@@ -349,7 +342,8 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                     ),
                 );
             }
-            let cond = ctx.compiled(
+            let cond = compiled(
+                &mut ctx,
                 &mut compiler,
                 &raw.if_,
                 &tree_names,
@@ -379,11 +373,14 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 Outcome::Monitor
             }),
         };
-        let consider_auto_after = p
-            .raw
-            .consider_auto_after
-            .as_ref()
-            .map(|_| ctx.duration(&p.raw.consider_auto_after, None, "consider_auto_after"));
+        let consider_auto_after = p.raw.consider_auto_after.as_ref().map(|_| {
+            ctx.duration(
+                &p.raw.consider_auto_after,
+                Span::ZERO,
+                None,
+                "consider_auto_after",
+            )
+        });
         let procedures = procedures(&mut ctx, &p.raw.procedure);
         out_profiles.push(Profile {
             name: p.name.clone(),
@@ -449,7 +446,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
 }
 
 fn procedures(
-    ctx: &mut Ctx,
+    ctx: &mut Checker,
     raw: &BTreeMap<String, Vec<Spanned<crate::config::raw::RawStep>>>,
 ) -> BTreeMap<String, Vec<Step>> {
     let mut out = BTreeMap::new();
