@@ -1,0 +1,185 @@
+//! The command line end to end: exit codes, every error listed, expected/got reports, timelines.
+
+mod common;
+
+use common::{PROFILE, rollwatch, write};
+
+#[test]
+fn shipped_fixtures_all_pass() {
+    let (code, out, err) = rollwatch(&["test", "fixtures/"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let fixtures = std::fs::read_dir("fixtures").unwrap().count();
+    assert!(fixtures >= 20, "only {fixtures} fixtures");
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("{fixtures} passed, 0 failed").as_str()),
+        "{out}"
+    );
+}
+
+#[test]
+fn shipped_profiles_and_fixtures_check_clean() {
+    let (code, out, err) = rollwatch(&["check", "rules", "fixtures", "examples"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim_end().ends_with("files OK"), "{out}");
+}
+
+#[test]
+fn a_failed_expectation_prints_expected_got_and_the_explanation() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let fixture = write(
+        dir.path(),
+        "f.toml",
+        r#"
+profiles = ["p.toml"]
+interval = "15s"
+[series]
+'http_requests_total{code="200"}' = "0+100x8"
+'up{target="api"}' = "1x8"
+[[expect]]
+at = "1m"
+decision = "rollback"
+firing = ["errors"]
+"#,
+    );
+    let (code, out, _) = rollwatch(&["test", fixture.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("f.toml:7:1: at 1m: decision"), "{out}");
+    assert!(
+        out.contains("    expected: rollback\n    got:      monitor\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "    decision: Is system down? no → Is error rate > 5%? no → monitor (default)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("firing \"errors\"\n    expected: firing\n    got:      inactive (value 0)"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("0 passed, 1 failed"));
+}
+
+#[test]
+fn check_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        r#"[signals]
+error_rate = 'ratio("m{code=~\"5(\"}", "m", "1m")'
+
+[[rule]]
+name = "a"
+when = 'avg_ovr("m", "5m") > 1'
+
+[[rule]]
+name = "b"
+when = 'error_rate >'
+for = "five minutes"
+
+[[rule]]
+name = "a"
+when = 'firing("zzz")'
+"#,
+    );
+    let (code, out, _) = rollwatch(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let path = bad.display().to_string();
+    for want in [
+        format!(
+            "{path}:2:14: signal \"error_rate\": argument 1 of ratio: bad selector at column 9: bad regex \"5(\" for label \"code\""
+        ),
+        format!("{path}:6:8: rule \"a\": unknown function \"avg_ovr\" (did you mean avg_over?)"),
+        format!("{path}:10:8: rule \"b\": incomplete expression"),
+        format!("{path}:11:7: rule \"b\": for: bad duration \"five minutes\""),
+        format!("{path}:14:8: rule \"a\": duplicate rule name (first defined at {path}:5:8)"),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in\n{out}");
+    }
+    assert!(out.trim_end().ends_with("errors in 1 of 1 files"), "{out}");
+}
+
+#[test]
+fn check_reports_a_missing_path() {
+    let (code, out, _) = rollwatch(&["check", "no/such/file.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no/such/file.toml: no such file or directory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_procedures_must_name_defined_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        format!("{PROFILE}\n[[procedure.rollback]]\nrun = \"undo\"\nverify = \"status\"\n"),
+    );
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        r#"profiles = ["p.toml"]
+state_dir = "/tmp/rw"
+[actions.undo]
+kind = "exec"
+argv = ["kubectl", "rollout", "undo", "deployment/x"]
+[[target]]
+name = "api"
+kind = "health"
+url = "http://127.0.0.1:1/health"
+interval = "5 parsecs"
+"#,
+    );
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("procedure \"rollback\" step 1: runs action \"status\", which this config does not define"), "{out}");
+    assert!(
+        out.contains("target \"api\": interval: bad duration"),
+        "{out}"
+    );
+}
+
+#[test]
+fn replay_prints_state_changes_and_decisions_with_values() {
+    let (code, out, _) = rollwatch(&["replay", "fixtures/solvereign-error-rate-4.8pct.toml"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("15s  rule error-rate-elevated"), "{out}");
+    assert!(out.contains("inactive → pending  (value 0.048)"), "{out}");
+    assert!(out.contains("pending → firing  (value 0.048)"), "{out}");
+    assert!(out.contains("5m15s  CONSIDER  Is system down? no → Is data at risk? no → Is error rate > 5%? no → Is error rate > 1% (5 min)? YES → consider  | firing: error-rate-elevated=0.048"), "{out}");
+    // Every tick's decision is printed: 25 ticks.
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("MONITOR") || l.contains("CONSIDER"))
+            .count(),
+        25,
+        "{out}"
+    );
+    let (_, changes, _) = rollwatch(&[
+        "replay",
+        "--changes",
+        "fixtures/solvereign-error-rate-4.8pct.toml",
+    ]);
+    assert_eq!(
+        changes
+            .lines()
+            .filter(|l| l.contains("MONITOR") || l.contains("CONSIDER"))
+            .count(),
+        2,
+        "{changes}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = rollwatch(&["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = rollwatch(&["test"]);
+    assert_eq!(code, 2);
+}
