@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::diag::{Checker, Diagnostics, SourceFile};
-use super::profile::LoadedProfile;
+use super::profile::read_listed;
 use super::raw::RawConfig;
 use crate::rules::{Evaluator, Step, load};
 use crate::time::Span;
@@ -173,19 +173,7 @@ impl Config {
             c.duration(&a.timeout, Span::ZERO, Some(&item), "timeout");
         }
 
-        let mut profiles = Vec::new();
-        for p in raw.profiles.get_ref() {
-            let resolved = file.resolve(p.get_ref());
-            match LoadedProfile::read(&resolved) {
-                Ok(lp) => profiles.push(lp),
-                Err(d) if d.line.is_none() => c.err(
-                    &p.span(),
-                    None,
-                    format!("profile {}: {}", resolved.display(), d.message),
-                ),
-                Err(d) => c.errors.push(d),
-            }
-        }
+        let profiles = read_listed(&file, &raw.profiles, c.errors);
         let evaluator = match load::build(&profiles) {
             Ok(ev) => ev,
             Err(e) => {

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::diag::{Diagnostic, SourceFile};
+use toml::Spanned;
+
+use super::diag::{Diagnostic, Diagnostics, SourceFile};
 use super::raw::RawProfile;
 
 /// A profile as read from disk.
@@ -33,4 +35,31 @@ impl LoadedProfile {
         };
         Ok(LoadedProfile { file, raw, name })
     }
+}
+
+/// Reads the profiles a fixture or config lists (`profiles = [...]`, relative to that file).
+/// A profile that cannot be read is reported at its name in the list; errors inside a profile
+/// keep their own position. An empty list is an error too.
+pub fn read_listed(
+    file: &SourceFile,
+    list: &Spanned<Vec<Spanned<String>>>,
+    errors: &mut Diagnostics,
+) -> Vec<LoadedProfile> {
+    if list.get_ref().is_empty() {
+        errors.push(file.error(&list.span(), None, "profiles lists no profile"));
+    }
+    let mut profiles = Vec::new();
+    for p in list.get_ref() {
+        let resolved = file.resolve(p.get_ref());
+        match LoadedProfile::read(&resolved) {
+            Ok(lp) => profiles.push(lp),
+            Err(d) if d.line.is_none() => errors.push(file.error(
+                &p.span(),
+                None,
+                format!("profile {}: {}", resolved.display(), d.message),
+            )),
+            Err(d) => errors.push(d),
+        }
+    }
+    profiles
 }

@@ -58,92 +58,124 @@ impl Arg {
     }
 }
 
-/// A window function call as written, arguments checked; selectors not yet registered.
+/// A window function call with its arguments checked, generic over how selectors are held:
+/// [`CallSpec`] as written (parsed selectors), [`Call`] ready to evaluate (registered ids).
 #[derive(Debug, Clone)]
-pub enum CallSpec {
+pub enum CallOf<S> {
     Rate {
-        sel: Selector,
+        sel: S,
         window: Span,
         offset: Span,
     },
     Increase {
-        sel: Selector,
+        sel: S,
         window: Span,
         offset: Span,
     },
     Ratio {
-        num: Selector,
-        den: Selector,
+        num: S,
+        den: S,
         window: Span,
         min_den: f64,
         offset: Span,
     },
     Over {
         how: Over,
-        sel: Selector,
+        sel: S,
         window: Span,
         offset: Span,
     },
     Last {
-        sel: Selector,
+        sel: S,
         offset: Span,
     },
     Quantile {
         q: f64,
-        sel: Selector,
+        sel: S,
         window: Span,
         offset: Span,
     },
     Up {
-        sel: Selector,
+        sel: S,
     },
     DownFor {
-        sel: Selector,
+        sel: S,
     },
 }
 
+/// A call as written, selectors parsed but not yet registered.
+pub type CallSpec = CallOf<Selector>;
 /// A call ready to evaluate: selectors registered with the store.
-#[derive(Debug, Clone)]
-pub enum Call {
-    Rate {
-        sel: SelectorId,
-        window: Span,
-        offset: Span,
-    },
-    Increase {
-        sel: SelectorId,
-        window: Span,
-        offset: Span,
-    },
-    Ratio {
-        num: SelectorId,
-        den: SelectorId,
-        window: Span,
-        min_den: f64,
-        offset: Span,
-    },
-    Over {
-        how: Over,
-        sel: SelectorId,
-        window: Span,
-        offset: Span,
-    },
-    Last {
-        sel: SelectorId,
-        offset: Span,
-    },
-    Quantile {
-        q: f64,
-        sel: SelectorId,
-        window: Span,
-        offset: Span,
-    },
-    Up {
-        sel: SelectorId,
-    },
-    DownFor {
-        sel: SelectorId,
-    },
+pub type Call = CallOf<SelectorId>;
+
+impl<S> CallOf<S> {
+    /// The same call with each selector converted by `f` (in argument order).
+    pub fn map<T>(self, mut f: impl FnMut(S) -> T) -> CallOf<T> {
+        match self {
+            CallOf::Rate {
+                sel,
+                window,
+                offset,
+            } => CallOf::Rate {
+                sel: f(sel),
+                window,
+                offset,
+            },
+            CallOf::Increase {
+                sel,
+                window,
+                offset,
+            } => CallOf::Increase {
+                sel: f(sel),
+                window,
+                offset,
+            },
+            CallOf::Ratio {
+                num,
+                den,
+                window,
+                min_den,
+                offset,
+            } => {
+                let num = f(num);
+                CallOf::Ratio {
+                    num,
+                    den: f(den),
+                    window,
+                    min_den,
+                    offset,
+                }
+            }
+            CallOf::Over {
+                how,
+                sel,
+                window,
+                offset,
+            } => CallOf::Over {
+                how,
+                sel: f(sel),
+                window,
+                offset,
+            },
+            CallOf::Last { sel, offset } => CallOf::Last {
+                sel: f(sel),
+                offset,
+            },
+            CallOf::Quantile {
+                q,
+                sel,
+                window,
+                offset,
+            } => CallOf::Quantile {
+                q,
+                sel: f(sel),
+                window,
+                offset,
+            },
+            CallOf::Up { sel } => CallOf::Up { sel: f(sel) },
+            CallOf::DownFor { sel } => CallOf::DownFor { sel: f(sel) },
+        }
+    }
 }
 
 fn signature(name: &str) -> &'static str {
@@ -271,14 +303,14 @@ impl Args<'_> {
     }
 }
 
-impl CallSpec {
+impl CallOf<Selector> {
     /// Checks a window function's arguments (`name` is one of [`FUNCTION_NAMES`] other than
     /// `firing`/`pending`).
     pub fn parse(name: &str, args: &[Arg]) -> Result<CallSpec, String> {
         let a = Args { name, args };
         let over = |how| -> Result<CallSpec, String> {
             a.arity(2, 3)?;
-            Ok(CallSpec::Over {
+            Ok(CallOf::Over {
                 how,
                 sel: a.selector(0)?,
                 window: a.window(1)?,
@@ -290,13 +322,13 @@ impl CallSpec {
                 a.arity(2, 3)?;
                 let (sel, window, offset) = (a.selector(0)?, a.window(1)?, a.offset(2)?);
                 Ok(if name == "rate" {
-                    CallSpec::Rate {
+                    CallOf::Rate {
                         sel,
                         window,
                         offset,
                     }
                 } else {
-                    CallSpec::Increase {
+                    CallOf::Increase {
                         sel,
                         window,
                         offset,
@@ -317,7 +349,7 @@ impl CallSpec {
                         "argument 4 of ratio: the traffic floor must not be negative, got {min_den}"
                     ));
                 }
-                Ok(CallSpec::Ratio {
+                Ok(CallOf::Ratio {
                     num,
                     den,
                     window,
@@ -331,7 +363,7 @@ impl CallSpec {
             "count_over" => over(Over::Count),
             "last" => {
                 a.arity(1, 2)?;
-                Ok(CallSpec::Last {
+                Ok(CallOf::Last {
                     sel: a.selector(0)?,
                     offset: a.offset(1)?,
                 })
@@ -344,7 +376,7 @@ impl CallSpec {
                         "argument 1 of quantile must lie between 0 and 1, got {q}"
                     ));
                 }
-                Ok(CallSpec::Quantile {
+                Ok(CallOf::Quantile {
                     q,
                     sel: a.selector(1)?,
                     window: a.window(2)?,
@@ -355,9 +387,9 @@ impl CallSpec {
                 a.arity(1, 1)?;
                 let sel = a.target(0)?;
                 Ok(if name == "up" {
-                    CallSpec::Up { sel }
+                    CallOf::Up { sel }
                 } else {
-                    CallSpec::DownFor { sel }
+                    CallOf::DownFor { sel }
                 })
             }
             other => Err(format!("{other} is not a window function")),
@@ -366,167 +398,65 @@ impl CallSpec {
 
     /// A key that is equal for calls that compute the same thing (they share one slot).
     pub fn key(&self) -> String {
-        match self {
-            CallSpec::Rate {
-                sel,
-                window,
-                offset,
-            } => format!("rate|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Increase {
-                sel,
-                window,
-                offset,
-            } => format!("increase|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Ratio {
-                num,
-                den,
-                window,
-                min_den,
-                offset,
-            } => {
-                format!(
-                    "ratio|{}|{}|{}|{}|{}",
-                    num.text, den.text, window.0, min_den, offset.0
-                )
-            }
-            CallSpec::Over {
-                how,
-                sel,
-                window,
-                offset,
-            } => format!("{how:?}|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Last { sel, offset } => format!("last|{}|{}", sel.text, offset.0),
-            CallSpec::Quantile {
-                q,
-                sel,
-                window,
-                offset,
-            } => format!("quantile|{q}|{}|{}|{}", sel.text, window.0, offset.0),
-            CallSpec::Up { sel } => format!("up|{}", sel.text),
-            CallSpec::DownFor { sel } => format!("down_for|{}", sel.text),
-        }
+        format!("{:?}", self.clone().map(|sel| sel.text))
     }
 
     /// How far back this call reads: the store must retain at least this much.
     pub fn reach(&self) -> Span {
         let windowed = |w: Span, o: Span| Span(o.0 + 2 * w.0);
         match self {
-            CallSpec::Rate { window, offset, .. }
-            | CallSpec::Increase { window, offset, .. }
-            | CallSpec::Ratio { window, offset, .. }
-            | CallSpec::Over { window, offset, .. }
-            | CallSpec::Quantile { window, offset, .. } => windowed(*window, *offset),
-            CallSpec::Last { offset, .. } => Span(offset.0 + LOOKBACK.0),
-            CallSpec::Up { .. } | CallSpec::DownFor { .. } => LOOKBACK,
+            CallOf::Rate { window, offset, .. }
+            | CallOf::Increase { window, offset, .. }
+            | CallOf::Ratio { window, offset, .. }
+            | CallOf::Over { window, offset, .. }
+            | CallOf::Quantile { window, offset, .. } => windowed(*window, *offset),
+            CallOf::Last { offset, .. } => Span(offset.0 + LOOKBACK.0),
+            CallOf::Up { .. } | CallOf::DownFor { .. } => LOOKBACK,
         }
     }
 
     /// Registers the selectors with the store.
     pub fn register(self, store: &mut Store) -> Call {
-        match self {
-            CallSpec::Rate {
-                sel,
-                window,
-                offset,
-            } => Call::Rate {
-                sel: store.add_selector(sel),
-                window,
-                offset,
-            },
-            CallSpec::Increase {
-                sel,
-                window,
-                offset,
-            } => Call::Increase {
-                sel: store.add_selector(sel),
-                window,
-                offset,
-            },
-            CallSpec::Ratio {
-                num,
-                den,
-                window,
-                min_den,
-                offset,
-            } => Call::Ratio {
-                num: store.add_selector(num),
-                den: store.add_selector(den),
-                window,
-                min_den,
-                offset,
-            },
-            CallSpec::Over {
-                how,
-                sel,
-                window,
-                offset,
-            } => Call::Over {
-                how,
-                sel: store.add_selector(sel),
-                window,
-                offset,
-            },
-            CallSpec::Last { sel, offset } => Call::Last {
-                sel: store.add_selector(sel),
-                offset,
-            },
-            CallSpec::Quantile {
-                q,
-                sel,
-                window,
-                offset,
-            } => Call::Quantile {
-                q,
-                sel: store.add_selector(sel),
-                window,
-                offset,
-            },
-            CallSpec::Up { sel } => Call::Up {
-                sel: store.add_selector(sel),
-            },
-            CallSpec::DownFor { sel } => Call::DownFor {
-                sel: store.add_selector(sel),
-            },
-        }
+        self.map(|sel| store.add_selector(sel))
     }
 }
 
-impl Call {
+impl CallOf<SelectorId> {
     /// The call's value at `now`; `None` is no data.
     pub fn eval(&self, store: &Store, now: Timestamp) -> Option<f64> {
         match *self {
-            Call::Rate {
+            CallOf::Rate {
                 sel,
                 window,
                 offset,
             } => store.rate(sel, now, window, offset),
-            Call::Increase {
+            CallOf::Increase {
                 sel,
                 window,
                 offset,
             } => store.increase(sel, now, window, offset),
-            Call::Ratio {
+            CallOf::Ratio {
                 num,
                 den,
                 window,
                 min_den,
                 offset,
             } => store.ratio(num, den, now, window, offset, min_den),
-            Call::Over {
+            CallOf::Over {
                 how,
                 sel,
                 window,
                 offset,
             } => store.over(how, sel, now, window, offset),
-            Call::Last { sel, offset } => store.last(sel, now, offset),
-            Call::Quantile {
+            CallOf::Last { sel, offset } => store.last(sel, now, offset),
+            CallOf::Quantile {
                 q,
                 sel,
                 window,
                 offset,
             } => store.quantile(q, sel, now, window, offset),
-            Call::Up { sel } => store.up(sel, now),
-            Call::DownFor { sel } => store.down_for(sel, now),
+            CallOf::Up { sel } => store.up(sel, now),
+            CallOf::DownFor { sel } => store.down_for(sel, now),
         }
     }
 }
@@ -569,24 +499,24 @@ mod tests {
     fn ratio_tells_a_floor_from_an_offset() {
         let floor = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(100.0)]).unwrap();
         assert!(
-            matches!(floor, CallSpec::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero())
+            matches!(floor, CallOf::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero())
         );
         let offset = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), s("1h")]).unwrap();
         assert!(
-            matches!(offset, CallSpec::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000))
+            matches!(offset, CallOf::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000))
         );
         let both =
             CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
-        assert!(matches!(both, CallSpec::Ratio { min_den, .. } if min_den == 5.0));
+        assert!(matches!(both, CallOf::Ratio { min_den, .. } if min_den == 5.0));
     }
 
     #[test]
     fn up_takes_a_target_name_or_a_selector() {
-        let CallSpec::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else {
+        let CallOf::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else {
             panic!()
         };
         assert_eq!(sel.text, r#"up{target="api"}"#);
-        let CallSpec::DownFor { sel } =
+        let CallOf::DownFor { sel } =
             CallSpec::parse("down_for", &[s(r#"{critical="true"}"#)]).unwrap()
         else {
             panic!()
