@@ -30,10 +30,7 @@ fn big_profile() -> Evaluator {
         ));
     }
     text.push_str("[[decide]]\nask = \"Any service failing?\"\nif = 'firing(\"errors-s0\") || firing(\"errors-s1\")'\nthen = \"rollback\"\n");
-    let file = SourceFile {
-        path: PathBuf::from("bench.toml"),
-        text,
-    };
+    let file = SourceFile { path: PathBuf::from("bench.toml"), text };
     load::build(&[LoadedProfile::from_source(file).expect("parse")]).expect("compile")
 }
 
@@ -43,15 +40,8 @@ fn keys() -> Vec<SeriesKey> {
     for s in 0..SERVICES {
         for code in CODES {
             for method in METHODS {
-                let labels = [
-                    ("service", format!("s{s}")),
-                    ("code", code.to_string()),
-                    ("method", method.to_string()),
-                ];
-                keys.push(SeriesKey::new(
-                    "http_requests_total",
-                    labels.map(|(k, v)| (k.to_string(), v)),
-                ));
+                let labels = [("service", format!("s{s}")), ("code", code.to_string()), ("method", method.to_string())];
+                keys.push(SeriesKey::new("http_requests_total", labels.map(|(k, v)| (k.to_string(), v))));
             }
         }
     }
@@ -120,10 +110,7 @@ decision = "monitor"
         b2 = errs_bad_end + 5,
         rest = n - bad_from - bad - 1,
     );
-    SourceFile {
-        path: root.join("fixtures/bench-day.toml"),
-        text,
-    }
+    SourceFile { path: root.join("fixtures/bench-day.toml"), text }
 }
 
 fn replay(c: &mut Criterion) {

@@ -16,18 +16,11 @@ pub struct SeriesKey {
 
 impl SeriesKey {
     /// Builds a key, sorting labels and dropping empty values as Prometheus does.
-    pub fn new(
-        name: impl Into<String>,
-        labels: impl IntoIterator<Item = (String, String)>,
-    ) -> Self {
-        let mut labels: Vec<(String, String)> =
-            labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    pub fn new(name: impl Into<String>, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut labels: Vec<(String, String)> = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         labels.sort();
         labels.dedup_by(|a, b| a.0 == b.0);
-        SeriesKey {
-            name: name.into(),
-            labels,
-        }
+        SeriesKey { name: name.into(), labels }
     }
 
     /// The value of label `name`, `""` when absent (PromQL semantics).
@@ -35,28 +28,22 @@ impl SeriesKey {
         if name == "__name__" {
             return &self.name;
         }
-        self.labels
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .map(|i| self.labels[i].1.as_str())
-            .unwrap_or("")
+        self.labels.binary_search_by(|(k, _)| k.as_str().cmp(name)).map(|i| self.labels[i].1.as_str()).unwrap_or("")
     }
 
     /// Parses a series written as in a fixture: `name{l="v",...}`, equality matchers only.
     pub fn parse(text: &str) -> Result<SeriesKey, SelectorError> {
         let sel = Selector::parse(text)?;
-        let name = sel.name.clone().ok_or_else(|| SelectorError {
-            column: 1,
-            message: "a series needs a metric name".into(),
-        })?;
+        let name = sel
+            .name
+            .clone()
+            .ok_or_else(|| SelectorError { column: 1, message: "a series needs a metric name".into() })?;
         let mut labels = Vec::new();
         for m in &sel.matchers {
             if m.op != MatchOp::Equal {
                 return Err(SelectorError {
                     column: 1,
-                    message: format!(
-                        "a series takes only `=` labels, found `{}{}`",
-                        m.label, m.op
-                    ),
+                    message: format!("a series takes only `=` labels, found `{}{}`", m.label, m.op),
                 });
             }
             if m.label == "__name__" {
@@ -66,10 +53,7 @@ impl SeriesKey {
                 });
             }
             if labels.iter().any(|(k, _): &(String, String)| k == &m.label) {
-                return Err(SelectorError {
-                    column: 1,
-                    message: format!("label {:?} given twice", m.label),
-                });
+                return Err(SelectorError { column: 1, message: format!("label {:?} given twice", m.label) });
             }
             labels.push((m.label.clone(), m.value.clone()));
         }
@@ -168,17 +152,11 @@ pub struct SelectorError {
 impl Selector {
     /// Parses `name{l="v",...}`, `name`, or `{l="v"}`.
     pub fn parse(text: &str) -> Result<Selector, SelectorError> {
-        let mut p = Parser {
-            chars: text.chars().collect(),
-            pos: 0,
-        };
+        let mut p = Parser { chars: text.chars().collect(), pos: 0 };
         let sel = p.selector(text)?;
         p.skip_ws();
         if p.pos < p.chars.len() {
-            return Err(p.err(format!(
-                "unexpected {:?} after the selector",
-                p.chars[p.pos]
-            )));
+            return Err(p.err(format!("unexpected {:?} after the selector", p.chars[p.pos])));
         }
         Ok(sel)
     }
@@ -215,10 +193,7 @@ struct Parser {
 
 impl Parser {
     fn err(&self, message: impl Into<String>) -> SelectorError {
-        SelectorError {
-            column: self.pos + 1,
-            message: message.into(),
-        }
+        SelectorError { column: self.pos + 1, message: message.into() }
     }
 
     fn peek(&self) -> Option<char> {
@@ -280,11 +255,7 @@ impl Parser {
                 message: "a selector without a metric name needs a matcher that does not match the empty string".into(),
             });
         }
-        Ok(Selector {
-            name,
-            matchers,
-            text: text.trim().to_string(),
-        })
+        Ok(Selector { name, matchers, text: text.trim().to_string() })
     }
 
     fn matcher(&mut self) -> Result<LabelMatcher, SelectorError> {
@@ -305,23 +276,15 @@ impl Parser {
         let value_col = self.pos;
         let value = self.string()?;
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(
-                Regex::new(&format!("^(?:{value})$")).map_err(|e| SelectorError {
+            MatchOp::Regex | MatchOp::NotRegex => {
+                Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| SelectorError {
                     column: value_col + 1,
-                    message: format!(
-                        "bad regex {value:?} for label {label:?}: {}",
-                        last_line(&e.to_string())
-                    ),
-                })?,
-            ),
+                    message: format!("bad regex {value:?} for label {label:?}: {}", last_line(&e.to_string())),
+                })?)
+            }
             _ => None,
         };
-        Ok(LabelMatcher {
-            label,
-            op,
-            value,
-            regex,
-        })
+        Ok(LabelMatcher { label, op, value, regex })
     }
 
     fn string(&mut self) -> Result<String, SelectorError> {
@@ -368,11 +331,7 @@ impl Parser {
 
 /// The regex crate's messages span several lines; the last non-empty one says what is wrong.
 fn last_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or(s)
-        .to_string()
+    s.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or(s).to_string()
 }
 
 #[cfg(test)]
@@ -404,16 +363,9 @@ mod tests {
 
     #[test]
     fn matchers_follow_promql() {
-        let s =
-            Selector::parse(r#"http_requests_total{code=~"5..",method!="HEAD",path!~"/health.*"}"#)
-                .unwrap();
-        assert!(s.matches(&key(
-            r#"http_requests_total{code="503",method="GET",path="/api"}"#
-        )));
-        assert!(
-            !s.matches(&key(r#"http_requests_total{code="5000",method="GET"}"#)),
-            "regex is anchored"
-        );
+        let s = Selector::parse(r#"http_requests_total{code=~"5..",method!="HEAD",path!~"/health.*"}"#).unwrap();
+        assert!(s.matches(&key(r#"http_requests_total{code="503",method="GET",path="/api"}"#)));
+        assert!(!s.matches(&key(r#"http_requests_total{code="5000",method="GET"}"#)), "regex is anchored");
         assert!(!s.matches(&key(r#"http_requests_total{code="500",method="HEAD"}"#)));
         assert!(!s.matches(&key(r#"http_requests_total{code="500",path="/healthz"}"#)));
         assert!(!s.matches(&key(r#"other{code="500"}"#)));

@@ -57,12 +57,7 @@ impl fmt::Display for Span {
             f.write_str("-")?;
             ms = -ms;
         }
-        let units = [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1000),
-        ];
+        let units = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)];
         for (name, size) in units {
             if ms >= size {
                 write!(f, "{}{}", ms / size, name)?;
@@ -98,8 +93,8 @@ pub enum DurationError {
 /// milliseconds. Bare numbers are rejected: a unit must be said.
 pub fn parse_duration(text: &str) -> Result<Span, DurationError> {
     let trimmed = text.trim();
-    let parsed = humantime::parse_duration(trimmed)
-        .map_err(|e| DurationError::Syntax(text.to_string(), e.to_string()))?;
+    let parsed =
+        humantime::parse_duration(trimmed).map_err(|e| DurationError::Syntax(text.to_string(), e.to_string()))?;
     if parsed.subsec_nanos() % 1_000_000 != 0 {
         return Err(DurationError::SubMillisecond(text.to_string()));
     }
@@ -123,9 +118,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Timestamp {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(since_epoch.as_millis() as i64)
     }
 }
@@ -145,26 +138,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        assert!(matches!(
-            parse_duration("5"),
-            Err(DurationError::Syntax(..))
-        ));
-        assert!(matches!(
-            parse_duration("5 minutes later"),
-            Err(DurationError::Syntax(..))
-        ));
-        assert!(matches!(
-            parse_duration("-5m"),
-            Err(DurationError::Syntax(..))
-        ));
-        assert!(matches!(
-            parse_duration("1us"),
-            Err(DurationError::SubMillisecond(_))
-        ));
-        assert!(matches!(
-            parse_duration("100000y"),
-            Err(DurationError::TooLong(_))
-        ));
+        assert!(matches!(parse_duration("5"), Err(DurationError::Syntax(..))));
+        assert!(matches!(parse_duration("5 minutes later"), Err(DurationError::Syntax(..))));
+        assert!(matches!(parse_duration("-5m"), Err(DurationError::Syntax(..))));
+        assert!(matches!(parse_duration("1us"), Err(DurationError::SubMillisecond(_))));
+        assert!(matches!(parse_duration("100000y"), Err(DurationError::TooLong(_))));
     }
 
     #[test]

@@ -72,9 +72,7 @@ impl Series {
     fn increase(&self, start: i64, end: i64) -> Option<f64> {
         let (before, inside) = self.range(start, end);
         let window = end - start;
-        let mut prev = before
-            .filter(|b| b.is_value() && start - b.t < window)
-            .map(|b| b.v);
+        let mut prev = before.filter(|b| b.is_value() && start - b.t < window).map(|b| b.v);
         let mut total = 0.0;
         let mut have = false;
         for s in inside {
@@ -169,11 +167,7 @@ impl Store {
         if let Some(&id) = self.index.get(key) {
             return id;
         }
-        let series = Series {
-            key: key.clone(),
-            samples: VecDeque::new(),
-            zero_since: None,
-        };
+        let series = Series { key: key.clone(), samples: VecDeque::new(), zero_since: None };
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id] = Some(series);
@@ -236,9 +230,7 @@ impl Store {
         let horizon = now.0.saturating_sub(self.retention.0);
         let mut dropped = Vec::new();
         for (id, slot) in self.series.iter_mut().enumerate() {
-            let expired = slot
-                .as_ref()
-                .is_some_and(|s| s.samples.back().is_none_or(|last| last.t < horizon));
+            let expired = slot.as_ref().is_some_and(|s| s.samples.back().is_none_or(|last| last.t < horizon));
             if expired && let Some(s) = slot.take() {
                 self.index.remove(&s.key);
                 dropped.push(id);
@@ -254,19 +246,11 @@ impl Store {
     }
 
     fn matching(&self, sel: SelectorId) -> impl Iterator<Item = &Series> {
-        self.matches[sel]
-            .iter()
-            .filter_map(|&id| self.series[id].as_ref())
+        self.matches[sel].iter().filter_map(|&id| self.series[id].as_ref())
     }
 
     /// Counter increase over the window, summed over matching series.
-    pub fn increase(
-        &self,
-        sel: SelectorId,
-        now: Timestamp,
-        window: Span,
-        offset: Span,
-    ) -> Option<f64> {
+    pub fn increase(&self, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
         let end = now.minus(offset).0;
         let start = end.saturating_sub(window.0);
         sum_present(self.matching(sel).map(|s| s.increase(start, end)))
@@ -278,8 +262,7 @@ impl Store {
         if secs <= 0.0 {
             return None;
         }
-        self.increase(sel, now, window, offset)
-            .map(|inc| inc / secs)
+        self.increase(sel, now, window, offset).map(|inc| inc / secs)
     }
 
     /// `increase(num) / increase(den)`; no data when the denominator's increase is 0 or below
@@ -307,14 +290,7 @@ impl Store {
     }
 
     /// avg/max/min/count over all samples of all matching series in the window.
-    pub fn over(
-        &self,
-        how: Over,
-        sel: SelectorId,
-        now: Timestamp,
-        window: Span,
-        offset: Span,
-    ) -> Option<f64> {
+    pub fn over(&self, how: Over, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
         let end = now.minus(offset).0;
         let start = end.saturating_sub(window.0);
         let (mut n, mut sum, mut max, mut min) = (0u64, 0.0, f64::NEG_INFINITY, f64::INFINITY);
@@ -346,10 +322,7 @@ impl Store {
 
     /// Minimum of the latest `up` values of matching targets.
     pub fn up(&self, sel: SelectorId, now: Timestamp) -> Option<f64> {
-        self.matching(sel)
-            .filter_map(|s| s.latest(now.0))
-            .map(|s| s.v)
-            .reduce(f64::min)
+        self.matching(sel).filter_map(|s| s.latest(now.0)).map(|s| s.v).reduce(f64::min)
     }
 
     /// Longest current run of `up == 0` among matching targets, in seconds (0 when all are up).
@@ -368,14 +341,7 @@ impl Store {
     /// Histogram quantile from cumulative `_bucket` counters (label `le`), over the increase in
     /// the window, summed across matching series per bucket bound — PromQL's
     /// `histogram_quantile(q, sum by (le) (increase(sel[w])))`.
-    pub fn quantile(
-        &self,
-        q: f64,
-        sel: SelectorId,
-        now: Timestamp,
-        window: Span,
-        offset: Span,
-    ) -> Option<f64> {
+    pub fn quantile(&self, q: f64, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
         let end = now.minus(offset).0;
         let start = end.saturating_sub(window.0);
         let mut buckets: Vec<(f64, f64)> = Vec::new();
@@ -396,9 +362,7 @@ impl Store {
 }
 
 fn sum_present(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    let total = values
-        .flatten()
-        .fold(None, |acc: Option<f64>, v| Some(acc.unwrap_or(0.0) + v))?;
+    let total = values.flatten().fold(None, |acc: Option<f64>, v| Some(acc.unwrap_or(0.0) + v))?;
     finite_or_none(total)
 }
 
@@ -443,11 +407,7 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> Option<f64> {
     if b == 0 && buckets[0].0 <= 0.0 {
         return Some(buckets[0].0);
     }
-    let (start, below) = if b == 0 {
-        (0.0, 0.0)
-    } else {
-        (buckets[b - 1].0, buckets[b - 1].1)
-    };
+    let (start, below) = if b == 0 { (0.0, 0.0) } else { (buckets[b - 1].0, buckets[b - 1].1) };
     let (end, count) = (buckets[b].0, buckets[b].1 - below);
     if count <= 0.0 {
         return Some(end);
@@ -491,21 +451,12 @@ mod tests {
         let v = vals(&[0.0, 10.0, 20.0, 30.0, 40.0, 50.0]);
         let (st, sel) = store("c", &[("c", &v)]);
         // Window (15s, 75s]: samples 30,45,60,75 → 20..50 plus baseline 10 at 15s → 40.
-        assert_eq!(
-            st.increase(sel, Timestamp(75 * S), M1, Span::ZERO),
-            Some(40.0)
-        );
-        assert_eq!(
-            st.rate(sel, Timestamp(75 * S), M1, Span::ZERO),
-            Some(40.0 / 60.0)
-        );
+        assert_eq!(st.increase(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0));
+        assert_eq!(st.rate(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0 / 60.0));
         // At t=0 there is one sample and no baseline: no data, not 0.
         assert_eq!(st.increase(sel, Timestamp(0), M1, Span::ZERO), None);
         // The series' first sample is its baseline.
-        assert_eq!(
-            st.increase(sel, Timestamp(30 * S), M1, Span::ZERO),
-            Some(20.0)
-        );
+        assert_eq!(st.increase(sel, Timestamp(30 * S), M1, Span::ZERO), Some(20.0));
     }
 
     #[test]
@@ -513,20 +464,14 @@ mod tests {
         let v = vals(&[100.0, 110.0, 5.0, 15.0]);
         let (st, sel) = store("c", &[("c", &v)]);
         // 100→110 (+10), reset to 5 (+5), 5→15 (+10).
-        assert_eq!(
-            st.increase(sel, Timestamp(45 * S), M1, Span::ZERO),
-            Some(25.0)
-        );
+        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(25.0));
     }
 
     #[test]
     fn gaps_and_nan_are_skipped_and_stale_restarts_the_series() {
         let v = [Some(0.0), None, Some(f64::NAN), Some(30.0), Some(40.0)];
         let (st, sel) = store("c", &[("c", &v)]);
-        assert_eq!(
-            st.increase(sel, Timestamp(60 * S), M1, Span::ZERO),
-            Some(40.0)
-        );
+        assert_eq!(st.increase(sel, Timestamp(60 * S), M1, Span::ZERO), Some(40.0));
 
         let mut st = Store::new(Span(3600 * S));
         let sel = st.add_selector(Selector::parse("c").unwrap());
@@ -536,15 +481,8 @@ mod tests {
         st.push(&k, Timestamp(30 * S), 5.0);
         st.push(&k, Timestamp(45 * S), 8.0);
         // After the stale marker 5 is a new baseline, not an increase of 5 or a reset.
-        assert_eq!(
-            st.increase(sel, Timestamp(45 * S), M1, Span::ZERO),
-            Some(3.0)
-        );
-        assert_eq!(
-            st.last(sel, Timestamp(15 * S), Span::ZERO),
-            None,
-            "stale ends the series"
-        );
+        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(3.0));
+        assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), None, "stale ends the series");
         assert_eq!(st.last(sel, Timestamp(45 * S), Span::ZERO), Some(8.0));
     }
 
@@ -552,25 +490,15 @@ mod tests {
     fn ratio_has_a_traffic_floor_and_no_data_for_zero_traffic() {
         let errs = vals(&[0.0, 1.0]);
         let all = vals(&[0.0, 2.0]);
-        let (mut st, num) = store(
-            r#"r{code="500"}"#,
-            &[(r#"r{code="500"}"#, &errs), (r#"r{code="200"}"#, &all)],
-        );
+        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &errs), (r#"r{code="200"}"#, &all)]);
         let den = st.add_selector(Selector::parse("r").unwrap());
         let t = Timestamp(15 * S);
         // 1 error in 3 requests.
         assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), Some(1.0 / 3.0));
-        assert_eq!(
-            st.ratio(num, den, t, M1, Span::ZERO, 100.0),
-            None,
-            "under the floor"
-        );
+        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 100.0), None, "under the floor");
         // 0/0: no traffic at all is no data.
         let flat = vals(&[5.0, 5.0]);
-        let (mut st, num) = store(
-            r#"r{code="500"}"#,
-            &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)],
-        );
+        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)]);
         let den = st.add_selector(Selector::parse("r").unwrap());
         assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), None);
     }
@@ -580,10 +508,7 @@ mod tests {
         let all = vals(&[0.0, 200.0]);
         let (mut st, num) = store(r#"r{code=~"5.."}"#, &[(r#"r{code="200"}"#, &all)]);
         let den = st.add_selector(Selector::parse("r").unwrap());
-        assert_eq!(
-            st.ratio(num, den, Timestamp(15 * S), M1, Span::ZERO, 100.0),
-            Some(0.0)
-        );
+        assert_eq!(st.ratio(num, den, Timestamp(15 * S), M1, Span::ZERO, 100.0), Some(0.0));
     }
 
     #[test]
@@ -600,52 +525,26 @@ mod tests {
         // An offset of 45s: window (-45s, 15s] → a: 1,2; b: 10.
         assert_eq!(st.over(Over::Max, sel, t, M1, Span(45 * S)), Some(10.0));
         // An empty window is no data.
-        assert_eq!(
-            st.over(Over::Avg, sel, Timestamp(600 * S), M1, Span::ZERO),
-            None
-        );
+        assert_eq!(st.over(Over::Avg, sel, Timestamp(600 * S), M1, Span::ZERO), None);
     }
 
     #[test]
     fn last_sums_and_looks_back_five_minutes() {
-        let (st, sel) = store(
-            "g",
-            &[
-                (r#"g{i="a"}"#, &vals(&[1.0, 2.0])),
-                (r#"g{i="b"}"#, &vals(&[5.0])),
-            ],
-        );
+        let (st, sel) = store("g", &[(r#"g{i="a"}"#, &vals(&[1.0, 2.0])), (r#"g{i="b"}"#, &vals(&[5.0]))]);
         assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), Some(7.0));
-        assert_eq!(
-            st.last(sel, Timestamp(15 * S + LOOKBACK.0), Span::ZERO),
-            Some(2.0)
-        );
-        assert_eq!(
-            st.last(sel, Timestamp(16 * S + LOOKBACK.0), Span::ZERO),
-            None
-        );
-        assert_eq!(
-            st.last(sel, Timestamp(15 * S), Span(15 * S)),
-            Some(6.0),
-            "offset"
-        );
+        assert_eq!(st.last(sel, Timestamp(15 * S + LOOKBACK.0), Span::ZERO), Some(2.0));
+        assert_eq!(st.last(sel, Timestamp(16 * S + LOOKBACK.0), Span::ZERO), None);
+        assert_eq!(st.last(sel, Timestamp(15 * S), Span(15 * S)), Some(6.0), "offset");
     }
 
     #[test]
     fn up_is_the_minimum_and_down_for_the_longest_run() {
         let api = vals(&[1.0, 1.0, 0.0, 0.0, 0.0]);
         let db = vals(&[1.0, 0.0, 1.0, 0.0, 0.0]);
-        let (st, sel) = store(
-            "up",
-            &[(r#"up{target="api"}"#, &api), (r#"up{target="db"}"#, &db)],
-        );
+        let (st, sel) = store("up", &[(r#"up{target="api"}"#, &api), (r#"up{target="db"}"#, &db)]);
         assert_eq!(st.up(sel, Timestamp(0)), Some(1.0));
         assert_eq!(st.up(sel, Timestamp(15 * S)), Some(0.0));
-        assert_eq!(
-            st.down_for(sel, Timestamp(60 * S)),
-            Some(30.0),
-            "api down since 30s, db since 45s"
-        );
+        assert_eq!(st.down_for(sel, Timestamp(60 * S)), Some(30.0), "api down since 30s, db since 45s");
         assert_eq!(st.down_for(sel, Timestamp(0)), Some(0.0));
         let (st, sel) = store("up", &[]);
         assert_eq!(st.up(sel, Timestamp(0)), None, "no target is no data");
@@ -659,11 +558,7 @@ mod tests {
         let b3 = vals(&[0.0, 100.0]);
         let (st, sel) = store(
             "h_bucket",
-            &[
-                (r#"h_bucket{le="0.1"}"#, &b1),
-                (r#"h_bucket{le="0.5"}"#, &b2),
-                (r#"h_bucket{le="+Inf"}"#, &b3),
-            ],
+            &[(r#"h_bucket{le="0.1"}"#, &b1), (r#"h_bucket{le="0.5"}"#, &b2), (r#"h_bucket{le="+Inf"}"#, &b3)],
         );
         let t = Timestamp(15 * S);
         // rank 50 → exactly the 0.1 bucket: 0 + 0.1 * 50/50.
@@ -675,11 +570,7 @@ mod tests {
         assert_eq!(st.quantile(0.99, sel, t, M1, Span::ZERO), Some(0.5));
         // No observations → no data.
         assert_eq!(st.quantile(0.5, sel, Timestamp(0), M1, Span::ZERO), None);
-        assert_eq!(
-            bucket_quantile(0.5, vec![(0.1, 3.0)]),
-            None,
-            "no +Inf bucket"
-        );
+        assert_eq!(bucket_quantile(0.5, vec![(0.1, 3.0)]), None, "no +Inf bucket");
     }
 
     #[test]
@@ -693,10 +584,7 @@ mod tests {
         let id = st.index[&k];
         let len = st.series[id].as_ref().unwrap().samples.len();
         assert!(len <= 602, "kept {len} samples");
-        assert_eq!(
-            st.last(sel, Timestamp(99_999 * S), Span::ZERO),
-            Some(99_999.0)
-        );
+        assert_eq!(st.last(sel, Timestamp(99_999 * S), Span::ZERO), Some(99_999.0));
         // A series that stops reporting is dropped after the retention, and can come back.
         st.collect_garbage(Timestamp((99_999 + 601) * S));
         assert!(st.is_empty());

@@ -10,11 +10,7 @@ fn shipped_fixtures_all_pass() {
     assert_eq!(code, 0, "{out}{err}");
     let fixtures = std::fs::read_dir("fixtures").unwrap().count();
     assert!(fixtures >= 20, "only {fixtures} fixtures");
-    assert_eq!(
-        out.lines().last(),
-        Some(format!("{fixtures} passed, 0 failed").as_str()),
-        "{out}"
-    );
+    assert_eq!(out.lines().last(), Some(format!("{fixtures} passed, 0 failed").as_str()), "{out}");
 }
 
 #[test]
@@ -46,20 +42,9 @@ firing = ["errors"]
     let (code, out, _) = rollwatch(&["test", fixture.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("f.toml:7:1: at 1m: decision"), "{out}");
-    assert!(
-        out.contains("    expected: rollback\n    got:      monitor\n"),
-        "{out}"
-    );
-    assert!(
-        out.contains(
-            "    decision: Is system down? no → Is error rate > 5%? no → monitor (default)"
-        ),
-        "{out}"
-    );
-    assert!(
-        out.contains("firing \"errors\"\n    expected: firing\n    got:      inactive (value 0)"),
-        "{out}"
-    );
+    assert!(out.contains("    expected: rollback\n    got:      monitor\n"), "{out}");
+    assert!(out.contains("    decision: Is system down? no → Is error rate > 5%? no → monitor (default)"), "{out}");
+    assert!(out.contains("firing \"errors\"\n    expected: firing\n    got:      inactive (value 0)"), "{out}");
     assert_eq!(out.lines().last(), Some("0 passed, 1 failed"));
 }
 
@@ -107,20 +92,13 @@ when = 'firing("zzz")'
 fn check_reports_a_missing_path() {
     let (code, out, _) = rollwatch(&["check", "no/such/file.toml"]);
     assert_eq!(code, 1);
-    assert!(
-        out.contains("no/such/file.toml: no such file or directory"),
-        "{out}"
-    );
+    assert!(out.contains("no/such/file.toml: no such file or directory"), "{out}");
 }
 
 #[test]
 fn config_procedures_must_name_defined_actions() {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "p.toml",
-        format!("{PROFILE}\n[[procedure.rollback]]\nrun = \"undo\"\nverify = \"status\"\n"),
-    );
+    write(dir.path(), "p.toml", format!("{PROFILE}\n[[procedure.rollback]]\nrun = \"undo\"\nverify = \"status\"\n"));
     let config = write(
         dir.path(),
         "rollwatch.toml",
@@ -138,11 +116,11 @@ interval = "5 parsecs"
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("procedure \"rollback\" step 1: runs action \"status\", which this config does not define"), "{out}");
     assert!(
-        out.contains("target \"api\": interval: bad duration"),
+        out.contains("procedure \"rollback\" step 1: runs action \"status\", which this config does not define"),
         "{out}"
     );
+    assert!(out.contains("target \"api\": interval: bad duration"), "{out}");
 }
 
 #[test]
@@ -154,26 +132,9 @@ fn replay_prints_state_changes_and_decisions_with_values() {
     assert!(out.contains("pending → firing  (value 0.048)"), "{out}");
     assert!(out.contains("5m15s  CONSIDER  Is system down? no → Is data at risk? no → Is error rate > 5%? no → Is error rate > 1% (5 min)? YES → consider  | firing: error-rate-elevated=0.048"), "{out}");
     // Every tick's decision is printed: 25 ticks.
-    assert_eq!(
-        out.lines()
-            .filter(|l| l.contains("MONITOR") || l.contains("CONSIDER"))
-            .count(),
-        25,
-        "{out}"
-    );
-    let (_, changes, _) = rollwatch(&[
-        "replay",
-        "--changes",
-        "fixtures/solvereign-error-rate-4.8pct.toml",
-    ]);
-    assert_eq!(
-        changes
-            .lines()
-            .filter(|l| l.contains("MONITOR") || l.contains("CONSIDER"))
-            .count(),
-        2,
-        "{changes}"
-    );
+    assert_eq!(out.lines().filter(|l| l.contains("MONITOR") || l.contains("CONSIDER")).count(), 25, "{out}");
+    let (_, changes, _) = rollwatch(&["replay", "--changes", "fixtures/solvereign-error-rate-4.8pct.toml"]);
+    assert_eq!(changes.lines().filter(|l| l.contains("MONITOR") || l.contains("CONSIDER")).count(), 2, "{changes}");
 }
 
 #[test]

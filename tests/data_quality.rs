@@ -20,18 +20,11 @@ fn replay(rules: &str, series: &str, expects: &str) -> (Vec<Decision>, Vec<Strin
     );
     let (fixture, mut ev) = Fixture::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let mut decisions = Vec::new();
-    let report = run(&fixture, &mut ev, |_, tick| {
-        decisions.extend(tick.decisions.iter().cloned())
-    });
+    let report = run(&fixture, &mut ev, |_, tick| decisions.extend(tick.decisions.iter().cloned()));
     let failures = report
         .failures
         .iter()
-        .map(|f| {
-            format!(
-                "{} {}: expected {}, got {}",
-                f.at, f.what, f.expected, f.got
-            )
-        })
+        .map(|f| format!("{} {}: expected {}, got {}", f.at, f.what, f.expected, f.got))
         .collect();
     (decisions, failures)
 }
@@ -51,11 +44,7 @@ fn a_stale_series_keeps_a_firing_rule_firing_by_default() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(decisions[1].unknown, Vec::<String>::new());
-    assert_eq!(
-        decisions[2].unknown,
-        ["r"],
-        "the decision notes the rule whose input went stale"
-    );
+    assert_eq!(decisions[2].unknown, ["r"], "the decision notes the rule whose input went stale");
 }
 
 #[test]
@@ -105,32 +94,20 @@ fn or_is_true_when_one_side_is_true_and_the_other_unknown() {
         "",
     );
     // No traffic (ratio has no data) but the api is down: the rule fires.
-    let (_, failures) = replay(
-        &rules,
-        "'up{target=\"api\"}' = \"1 0 0\"",
-        "[[expect]]\nat = \"15s\"\nfiring = [\"r\"]\n",
-    );
+    let (_, failures) =
+        replay(&rules, "'up{target=\"api\"}' = \"1 0 0\"", "[[expect]]\nat = \"15s\"\nfiring = [\"r\"]\n");
     assert!(failures.is_empty(), "{failures:?}");
     // And `false && unknown` is false, not unknown.
-    let rules = rule(
-        r#"up("api") == 0 && last("nothing") > 1"#,
-        "on_no_data = \"fire\"",
-    );
-    let (decisions, failures) = replay(
-        &rules,
-        "'up{target=\"api\"}' = \"1 1\"",
-        "[[expect]]\nat = \"15s\"\nnot_firing = [\"r\"]\n",
-    );
+    let rules = rule(r#"up("api") == 0 && last("nothing") > 1"#, "on_no_data = \"fire\"");
+    let (decisions, failures) =
+        replay(&rules, "'up{target=\"api\"}' = \"1 1\"", "[[expect]]\nat = \"15s\"\nnot_firing = [\"r\"]\n");
     assert!(failures.is_empty(), "{failures:?}");
     assert!(decisions[1].unknown.is_empty());
 }
 
 #[test]
 fn zero_traffic_is_no_data_and_a_reset_is_not_a_spike() {
-    let rules = rule(
-        r#"ratio("http_requests_total{code=\"500\"}", "http_requests_total", "1m") > 0.05"#,
-        "",
-    );
+    let rules = rule(r#"ratio("http_requests_total{code=\"500\"}", "http_requests_total", "1m") > 0.05"#, "");
     // 0/0 for a minute; then a counter reset of the 200s (a restart) and normal traffic.
     let (decisions, failures) = replay(
         &rules,
@@ -139,20 +116,13 @@ fn zero_traffic_is_no_data_and_a_reset_is_not_a_spike() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(decisions[4].unknown, ["r"], "0/0 is no data");
-    assert!(
-        decisions[8].unknown.is_empty(),
-        "after the reset there is traffic again"
-    );
+    assert!(decisions[8].unknown.is_empty(), "after the reset there is traffic again");
 }
 
 #[test]
 fn rule_values_come_from_the_comparison_or_value_field() {
     let (decisions, _) = replay(&rule(r#"last("g") * 2 > 5"#, ""), "'g' = \"10\"", "");
     assert_eq!(decisions[0].firing[0].value, Some(20.0));
-    let (decisions, _) = replay(
-        &rule(r#"last("g") > 5"#, "value = 'last(\"g\") / 100'"),
-        "'g' = \"10\"",
-        "",
-    );
+    let (decisions, _) = replay(&rule(r#"last("g") > 5"#, "value = 'last(\"g\") / 100'"), "'g' = \"10\"", "");
     assert_eq!(decisions[0].firing[0].value, Some(0.1));
 }

@@ -16,9 +16,7 @@ fn fixture_errors(text: impl AsRef<[u8]>) -> String {
     let path = write(dir.path(), "f.toml", text);
     match Fixture::load(&path) {
         Ok(_) => String::new(),
-        Err(e) => e
-            .to_string()
-            .replace(&dir.path().display().to_string(), "DIR"),
+        Err(e) => e.to_string().replace(&dir.path().display().to_string(), "DIR"),
     }
 }
 
@@ -42,25 +40,22 @@ fn invalid_utf8_is_placed() {
     bytes.extend([0xff, 0xfe]);
     bytes.extend(b"x3\"\n");
     let e = fixture_errors(bytes);
-    assert_eq!(
-        e,
-        "DIR/f.toml:4:10: invalid UTF-8 (rollwatch files must be UTF-8 text)"
-    );
+    assert_eq!(e, "DIR/f.toml:4:10: invalid UTF-8 (rollwatch files must be UTF-8 text)");
 }
 
 #[test]
 fn unknown_fields_are_rejected() {
     let e = fixture_errors("profiles = [\"p.toml\"]\ninterval = \"15s\"\nintervall = \"1m\"\n");
-    assert!(
-        e.starts_with("DIR/f.toml:3:1: unknown field `intervall`"),
-        "{e}"
-    );
+    assert!(e.starts_with("DIR/f.toml:3:1: unknown field `intervall`"), "{e}");
 }
 
 #[test]
 fn huge_numbers_and_counts_are_errors() {
     let e = fixture_errors(fixture_with_series("'up{target=\"api\"}' = \"1e999\""));
-    assert!(e.contains("DIR/f.toml:4:22: series \"up{target=\\\"api\\\"}\": segment 1 \"1e999\": 1e999 is out of range"), "{e}");
+    assert!(
+        e.contains("DIR/f.toml:4:22: series \"up{target=\\\"api\\\"}\": segment 1 \"1e999\": 1e999 is out of range"),
+        "{e}"
+    );
     let e = fixture_errors(fixture_with_series("'up' = \"1x99999999999999999999999\""));
     assert!(e.contains("repetition count"), "{e}");
     let e = fixture_errors(fixture_with_series("'up' = \"0+1e308x10\""));
@@ -70,68 +65,37 @@ fn huge_numbers_and_counts_are_errors() {
 #[test]
 fn empty_and_malformed_series_are_errors() {
     let e = fixture_errors(fixture_with_series("'up' = \"\""));
-    assert!(
-        e.contains("DIR/f.toml:4:8: series \"up\": empty series"),
-        "{e}"
-    );
+    assert!(e.contains("DIR/f.toml:4:8: series \"up\": empty series"), "{e}");
     let e = fixture_errors(fixture_with_series("'up' = \"1 2 three\""));
-    assert!(
-        e.contains("segment 3 \"three\": \"three\" is not a number"),
-        "{e}"
-    );
+    assert!(e.contains("segment 3 \"three\": \"three\" is not a number"), "{e}");
     let e = fixture_errors(fixture_with_series("'up{target=api}' = \"1\""));
-    assert!(
-        e.contains("DIR/f.toml:4:1: series \"up{target=api}\": bad selector"),
-        "{e}"
-    );
+    assert!(e.contains("DIR/f.toml:4:1: series \"up{target=api}\": bad selector"), "{e}");
     let e = fixture_errors("profiles = [\"p.toml\"]\ninterval = \"15s\"\n");
     assert!(e.contains("needs a [series] table"), "{e}");
     let e = fixture_errors(fixture_with_series("'up' = 17"));
-    assert!(
-        e.contains("DIR/f.toml:4:8: invalid type: integer `17`, expected a string"),
-        "{e}"
-    );
+    assert!(e.contains("DIR/f.toml:4:8: invalid type: integer `17`, expected a string"), "{e}");
 }
 
 #[test]
 fn nan_and_inf_values_load_as_data() {
     // NaN and Inf are values in the notation (no data and infinity when evaluated), not errors.
-    assert_eq!(
-        fixture_errors(fixture_with_series(
-            "'up{target=\"api\"}' = \"NaN Inf -Inf 1\""
-        )),
-        ""
-    );
+    assert_eq!(fixture_errors(fixture_with_series("'up{target=\"api\"}' = \"NaN Inf -Inf 1\"")), "");
 }
 
 #[test]
 fn expectations_off_the_grid_or_past_the_end_are_errors() {
     let base = "profiles = [\"p.toml\"]\ninterval = \"15s\"\neval_interval = \"30s\"\n[series]\n'up{target=\"api\"}' = \"1x8\"\n";
-    let e = fixture_errors(format!(
-        "{base}[[expect]]\nat = \"45s\"\ndecision = \"monitor\"\n"
-    ));
-    assert!(e.contains("DIR/f.toml:7:6: [[expect]]: at = \"45s\" is not on the evaluation grid (every 30s): try 30s or 1m"), "{e}");
-    let e = fixture_errors(format!(
-        "{base}[[expect]]\nat = \"3m\"\ndecision = \"monitor\"\n"
-    ));
+    let e = fixture_errors(format!("{base}[[expect]]\nat = \"45s\"\ndecision = \"monitor\"\n"));
     assert!(
-        e.contains("at = \"3m\" is past the end of the data (the last sample is at 2m)"),
+        e.contains("DIR/f.toml:7:6: [[expect]]: at = \"45s\" is not on the evaluation grid (every 30s): try 30s or 1m"),
         "{e}"
     );
-    let e = fixture_errors(format!(
-        "{base}[[expect]]\nat = \"1m\"\nfiring = [\"erors\"]\n"
-    ));
-    assert!(
-        e.contains("no rule named \"erors\" is loaded (did you mean errors?)"),
-        "{e}"
-    );
-    let e = fixture_errors(format!(
-        "{base}[[expect]]\nat = \"1m\"\ndecision = \"panic\"\n"
-    ));
-    assert!(
-        e.contains("decision must be rollback, consider or monitor"),
-        "{e}"
-    );
+    let e = fixture_errors(format!("{base}[[expect]]\nat = \"3m\"\ndecision = \"monitor\"\n"));
+    assert!(e.contains("at = \"3m\" is past the end of the data (the last sample is at 2m)"), "{e}");
+    let e = fixture_errors(format!("{base}[[expect]]\nat = \"1m\"\nfiring = [\"erors\"]\n"));
+    assert!(e.contains("no rule named \"erors\" is loaded (did you mean errors?)"), "{e}");
+    let e = fixture_errors(format!("{base}[[expect]]\nat = \"1m\"\ndecision = \"panic\"\n"));
+    assert!(e.contains("decision must be rollback, consider or monitor"), "{e}");
     let e = fixture_errors(format!("{base}[[expect]]\nat = \"1m\"\n"));
     assert!(e.contains("an expectation checks something"), "{e}");
     let e = fixture_errors(base.replace("\"15s\"", "\"0s\""));
@@ -140,12 +104,8 @@ fn expectations_off_the_grid_or_past_the_end_are_errors() {
 
 #[test]
 fn a_missing_profile_is_placed_at_its_name() {
-    let e =
-        fixture_errors("profiles = [\"nope.toml\"]\ninterval = \"15s\"\n[series]\n'up' = \"1\"\n");
-    assert!(
-        e.contains("DIR/f.toml:1:13: profile DIR/nope.toml: cannot read"),
-        "{e}"
-    );
+    let e = fixture_errors("profiles = [\"nope.toml\"]\ninterval = \"15s\"\n[series]\n'up' = \"1\"\n");
+    assert!(e.contains("DIR/f.toml:1:13: profile DIR/nope.toml: cannot read"), "{e}");
 }
 
 /// A deterministic generator, so a failure reproduces.
@@ -153,10 +113,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -203,8 +160,5 @@ fn mutated_files_never_panic() {
             }
         }
     }
-    assert!(
-        errors_seen > 100,
-        "the mutations should mostly break the files ({errors_seen})"
-    );
+    assert!(errors_seen > 100, "the mutations should mostly break the files ({errors_seen})");
 }

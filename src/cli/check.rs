@@ -28,17 +28,7 @@ pub fn kind_of(file: &SourceFile) -> Kind {
     let has = |k: &str| table.contains_key(k);
     if has("series") || has("expect") || has("interval") {
         Kind::Fixture
-    } else if [
-        "target",
-        "policy",
-        "channels",
-        "actions",
-        "state_dir",
-        "listen",
-    ]
-    .iter()
-    .any(|k| has(k))
-    {
+    } else if ["target", "policy", "channels", "actions", "state_dir", "listen"].iter().any(|k| has(k)) {
         Kind::Config
     } else {
         Kind::Profile
@@ -82,12 +72,7 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         }
     }
     if error_count == 0 {
-        writeln!(
-            out,
-            "{} file{} OK",
-            files.len(),
-            if files.len() == 1 { "" } else { "s" }
-        )?;
+        writeln!(out, "{} file{} OK", files.len(), if files.len() == 1 { "" } else { "s" })?;
         Ok(ExitCode::SUCCESS)
     } else {
         writeln!(

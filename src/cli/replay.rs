@@ -54,16 +54,6 @@ pub fn run(path: &Path, changes_only: bool, out: &mut dyn Write) -> anyhow::Resu
     for f in &result.failures {
         report::failure(out, f)?;
     }
-    writeln!(
-        out,
-        "{} ticks; {} expectations checked, {} failed",
-        result.ticks,
-        result.checked,
-        result.failures.len()
-    )?;
-    Ok(if result.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    writeln!(out, "{} ticks; {} expectations checked, {} failed", result.ticks, result.checked, result.failures.len())?;
+    Ok(if result.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

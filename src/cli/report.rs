@@ -11,11 +11,7 @@ pub fn number(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        };
+        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
     }
     if v == v.trunc() && v.abs() < 1e15 {
         return format!("{}", v as i64);
@@ -42,37 +38,15 @@ pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
 
 /// One rule state change on a timeline.
 pub fn transition(out: &mut dyn Write, t: &Transition) -> io::Result<()> {
-    writeln!(
-        out,
-        "{:>9}  rule {:<28} {} → {}  (value {})",
-        t.at.to_string(),
-        t.rule,
-        t.from,
-        t.to,
-        maybe(t.value)
-    )
+    writeln!(out, "{:>9}  rule {:<28} {} → {}  (value {})", t.at.to_string(), t.rule, t.from, t.to, maybe(t.value))
 }
 
 /// One decision on a timeline, with its firing rules, values and unknown inputs.
 pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Result<()> {
-    let who = if show_profile {
-        format!("[{}] ", d.profile)
-    } else {
-        String::new()
-    };
-    write!(
-        out,
-        "{:>9}  {who}{:<8}  {}",
-        d.at.to_string(),
-        d.outcome.to_string().to_uppercase(),
-        d.explanation()
-    )?;
+    let who = if show_profile { format!("[{}] ", d.profile) } else { String::new() };
+    write!(out, "{:>9}  {who}{:<8}  {}", d.at.to_string(), d.outcome.to_string().to_uppercase(), d.explanation())?;
     if !d.firing.is_empty() {
-        let firing: Vec<String> = d
-            .firing
-            .iter()
-            .map(|r| format!("{}={}", r.rule, maybe(r.value)))
-            .collect();
+        let firing: Vec<String> = d.firing.iter().map(|r| format!("{}={}", r.rule, maybe(r.value))).collect();
         write!(out, "  | firing: {}", firing.join(", "))?;
     }
     if !d.unknown.is_empty() {

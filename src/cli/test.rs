@@ -31,13 +31,7 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 let result = replay(&fixture, &mut ev, |_, _| {});
                 if result.passed() {
                     passed += 1;
-                    writeln!(
-                        out,
-                        "ok   {} ({} expectations, {} ticks)",
-                        path.display(),
-                        result.checked,
-                        result.ticks
-                    )?;
+                    writeln!(out, "ok   {} ({} expectations, {} ticks)", path.display(), result.checked, result.ticks)?;
                 } else {
                     failed += 1;
                     writeln!(out, "FAIL {}", path.display())?;
@@ -49,9 +43,5 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         }
     }
     writeln!(out, "{passed} passed, {failed} failed")?;
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -51,31 +51,15 @@ impl Config {
     pub fn from_source(file: SourceFile) -> Result<(Config, Evaluator), Diagnostics> {
         let raw: RawConfig = file.parse_toml()?;
         let mut errors = Diagnostics::default();
-        let mut c = Checker {
-            file: &file,
-            errors: &mut errors,
-        };
+        let mut c = Checker { file: &file, errors: &mut errors };
 
-        let eval_interval = c.duration(
-            &raw.eval_interval,
-            Span::from_secs(15),
-            None,
-            "eval_interval",
-        );
-        let state_dir = PathBuf::from(
-            raw.state_dir
-                .as_ref()
-                .map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()),
-        );
+        let eval_interval = c.duration(&raw.eval_interval, Span::from_secs(15), None, "eval_interval");
+        let state_dir = PathBuf::from(raw.state_dir.as_ref().map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()));
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
         let listen = match &raw.listen {
             None => default_listen,
             Some(l) => l.get_ref().parse().unwrap_or_else(|e| {
-                c.err(
-                    &l.span(),
-                    None,
-                    format!("listen must be an address such as \"127.0.0.1:9464\": {e}"),
-                );
+                c.err(&l.span(), None, format!("listen must be an address such as \"127.0.0.1:9464\": {e}"));
                 default_listen
             }),
         };
@@ -96,34 +80,19 @@ impl Config {
                 _ => None,
             };
             if let Some((field, false)) = needs {
-                c.err(
-                    &t.kind.span(),
-                    item,
-                    format!("a {} target needs {field} = \"...\"", t.kind.get_ref()),
-                );
+                c.err(&t.kind.span(), item, format!("a {} target needs {field} = \"...\"", t.kind.get_ref()));
             }
             if let Some(url) = &t.url
                 && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
             {
-                c.err(
-                    &url.span(),
-                    item,
-                    format!(
-                        "url must start with http:// or https://, got {:?}",
-                        url.get_ref()
-                    ),
-                );
+                c.err(&url.span(), item, format!("url must start with http:// or https://, got {:?}", url.get_ref()));
             }
             let interval = c.duration(&t.interval, Span::from_secs(5), item, "interval");
             let timeout = c.duration(&t.timeout, Span::from_secs(2), item, "timeout");
             if interval.is_zero() {
                 c.err(&t.name.span(), item, "interval must be longer than 0s");
             }
-            targets.push(TargetTiming {
-                name: t.name.get_ref().clone(),
-                interval,
-                timeout,
-            });
+            targets.push(TargetTiming { name: t.name.get_ref().clone(), interval, timeout });
         }
         if let Some(v) = &raw.version
             && !names.contains(v.get_ref().target.get_ref())
@@ -152,23 +121,14 @@ impl Config {
             }
         }
         for (name, ch) in &raw.channels {
-            c.one_of(
-                &ch.get_ref().kind,
-                CHANNEL_KINDS,
-                Some(&format!("channel {name:?}")),
-                "kind",
-            );
+            c.one_of(&ch.get_ref().kind, CHANNEL_KINDS, Some(&format!("channel {name:?}")), "kind");
         }
         for (name, a) in &raw.actions {
             let item = format!("action {name:?}");
             let a = a.get_ref();
             c.one_of(&a.kind, ACTION_KINDS, Some(&item), "kind");
             if a.kind.get_ref() == "exec" && a.argv.is_empty() {
-                c.err(
-                    &a.kind.span(),
-                    Some(&item),
-                    "an exec action needs argv = [\"program\", \"arg\", ...]",
-                );
+                c.err(&a.kind.span(), Some(&item), "an exec action needs argv = [\"program\", \"arg\", ...]");
             }
             c.duration(&a.timeout, Span::ZERO, Some(&item), "timeout");
         }
@@ -181,22 +141,8 @@ impl Config {
                 return Err(errors);
             }
         };
-        check_procedures(
-            &mut Checker {
-                file: &file,
-                errors: &mut errors,
-            },
-            &raw,
-            &evaluator,
-        );
-        let config = Config {
-            path: file.path.clone(),
-            raw,
-            state_dir,
-            listen,
-            eval_interval,
-            targets,
-        };
+        check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
+        let config = Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets };
         errors.into_result((config, evaluator))
     }
 }
@@ -212,13 +158,14 @@ fn check_procedures(c: &mut Checker, raw: &RawConfig, ev: &Evaluator) {
                 };
                 for name in std::iter::once(action).chain(verify) {
                     if !defined.contains(&name.as_str()) {
-                        let item =
-                            format!("profile {:?} procedure {outcome:?} step {}", p.name, i + 1);
+                        let item = format!("profile {:?} procedure {outcome:?} step {}", p.name, i + 1);
                         let hint = super::did_you_mean(name, defined.iter().copied());
                         c.err(
                             &raw.profiles.span(),
                             Some(&item),
-                            format!("runs action {name:?}, which this config does not define in [actions.{name}]{hint}"),
+                            format!(
+                                "runs action {name:?}, which this config does not define in [actions.{name}]{hint}"
+                            ),
                         );
                     }
                 }

@@ -18,30 +18,19 @@ pub struct SourceFile {
 impl SourceFile {
     /// Reads a file as UTF-8. Invalid UTF-8 is an error at the first bad byte's position.
     pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
         SourceFile::from_bytes(path, bytes)
     }
 
     /// Wraps bytes already read (tests, stdin).
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SourceFile, Diagnostic> {
         match String::from_utf8(bytes) {
-            Ok(text) => Ok(SourceFile {
-                path: path.to_path_buf(),
-                text,
-            }),
+            Ok(text) => Ok(SourceFile { path: path.to_path_buf(), text }),
             Err(e) => {
                 let valid = e.utf8_error().valid_up_to();
                 let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
-                let probe = SourceFile {
-                    path: path.to_path_buf(),
-                    text: prefix,
-                };
-                Err(probe.error_at(
-                    valid,
-                    None,
-                    "invalid UTF-8 (rollwatch files must be UTF-8 text)",
-                ))
+                let probe = SourceFile { path: path.to_path_buf(), text: prefix };
+                Err(probe.error_at(valid, None, "invalid UTF-8 (rollwatch files must be UTF-8 text)"))
             }
         }
     }
@@ -60,12 +49,7 @@ impl SourceFile {
     }
 
     /// An error at a byte offset, optionally inside a named item (`rule "x"`).
-    pub fn error_at(
-        &self,
-        offset: usize,
-        item: Option<&str>,
-        message: impl Into<String>,
-    ) -> Diagnostic {
+    pub fn error_at(&self, offset: usize, item: Option<&str>, message: impl Into<String>) -> Diagnostic {
         let (line, col) = self.position(offset);
         Diagnostic {
             path: self.path.clone(),
@@ -76,12 +60,7 @@ impl SourceFile {
     }
 
     /// An error at a span (its start).
-    pub fn error(
-        &self,
-        span: &Range<usize>,
-        item: Option<&str>,
-        message: impl Into<String>,
-    ) -> Diagnostic {
+    pub fn error(&self, span: &Range<usize>, item: Option<&str>, message: impl Into<String>) -> Diagnostic {
         self.error_at(span.start, item, message)
     }
 
@@ -121,12 +100,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error about a whole file (cannot read it, and the like).
     pub fn file(path: &Path, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            path: path.to_path_buf(),
-            line: None,
-            item: None,
-            message: message.into(),
-        }
+        Diagnostic { path: path.to_path_buf(), line: None, item: None, message: message.into() }
     }
 }
 
@@ -163,11 +137,7 @@ impl Diagnostics {
 
     /// `Ok(value)` when nothing was collected, else these errors.
     pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(self)
-        }
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
     }
 }
 
@@ -225,11 +195,7 @@ impl Checker<'_> {
     ) -> Option<Span> {
         match parse_duration(value.get_ref()) {
             Ok(s) if s.is_zero() => {
-                self.err(
-                    &value.span(),
-                    item,
-                    format!("{field} must be longer than 0s"),
-                );
+                self.err(&value.span(), item, format!("{field} must be longer than 0s"));
                 None
             }
             Ok(s) => Some(s),
@@ -241,23 +207,13 @@ impl Checker<'_> {
     }
 
     /// A field restricted to a closed set of words.
-    pub fn one_of(
-        &mut self,
-        value: &toml::Spanned<String>,
-        allowed: &[&str],
-        item: Option<&str>,
-        field: &str,
-    ) -> bool {
+    pub fn one_of(&mut self, value: &toml::Spanned<String>, allowed: &[&str], item: Option<&str>, field: &str) -> bool {
         let ok = allowed.contains(&value.get_ref().as_str());
         if !ok {
             self.err(
                 &value.span(),
                 item,
-                format!(
-                    "{field} must be one of {}, not {:?}",
-                    allowed.join(", "),
-                    value.get_ref()
-                ),
+                format!("{field} must be one of {}, not {:?}", allowed.join(", "), value.get_ref()),
             );
         }
         ok
@@ -281,10 +237,7 @@ mod tests {
 
     #[test]
     fn positions_count_lines_and_characters() {
-        let f = SourceFile {
-            path: "x.toml".into(),
-            text: "a = 1\nbé = 2\n".into(),
-        };
+        let f = SourceFile { path: "x.toml".into(), text: "a = 1\nbé = 2\n".into() };
         assert_eq!(f.position(0), (1, 1));
         assert_eq!(f.position(6), (2, 1));
         assert_eq!(f.position(9), (2, 3), "é is one column");
@@ -294,18 +247,14 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_placed() {
-        let e = SourceFile::from_bytes(Path::new("bad.toml"), b"a = 1\nb = \"\xff\"".to_vec())
-            .unwrap_err();
+        let e = SourceFile::from_bytes(Path::new("bad.toml"), b"a = 1\nb = \"\xff\"".to_vec()).unwrap_err();
         assert_eq!(e.line, Some((2, 6)));
         assert!(e.message.contains("UTF-8"));
     }
 
     #[test]
     fn suggestions_are_close_names_only() {
-        assert_eq!(
-            did_you_mean("avg_ovr", ["avg_over", "rate"]),
-            " (did you mean avg_over?)"
-        );
+        assert_eq!(did_you_mean("avg_ovr", ["avg_over", "rate"]), " (did you mean avg_over?)");
         assert_eq!(did_you_mean("zzz", ["avg_over", "rate"]), "");
     }
 }

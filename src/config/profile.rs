@@ -27,11 +27,7 @@ impl LoadedProfile {
         let raw: RawProfile = file.parse_toml()?;
         let name = match &raw.name {
             Some(n) => n.get_ref().clone(),
-            None => file
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            None => file.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         };
         Ok(LoadedProfile { file, raw, name })
     }
@@ -53,11 +49,9 @@ pub fn read_listed(
         let resolved = file.resolve(p.get_ref());
         match LoadedProfile::read(&resolved) {
             Ok(lp) => profiles.push(lp),
-            Err(d) if d.line.is_none() => errors.push(file.error(
-                &p.span(),
-                None,
-                format!("profile {}: {}", resolved.display(), d.message),
-            )),
+            Err(d) if d.line.is_none() => {
+                errors.push(file.error(&p.span(), None, format!("profile {}: {}", resolved.display(), d.message)))
+            }
             Err(d) => errors.push(d),
         }
     }

@@ -72,37 +72,20 @@ impl Compiler {
 
     /// The longest reach of any call compiled so far: the store's retention.
     pub fn reach(&self) -> Span {
-        self.calls
-            .iter()
-            .map(|(c, _)| c.reach())
-            .max()
-            .unwrap_or(Span::ZERO)
+        self.calls.iter().map(|(c, _)| c.reach()).max().unwrap_or(Span::ZERO)
     }
 
     /// Registers every call's selectors with `store`; returns the calls with their slots.
     pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize)>) {
-        let calls = self
-            .calls
-            .into_iter()
-            .map(|(spec, slot)| (spec.register(store), slot))
-            .collect();
+        let calls = self.calls.into_iter().map(|(spec, slot)| (spec.register(store), slot)).collect();
         (self.slots, calls)
     }
 
     /// Compiles `text`; every problem found is returned, not just the first.
-    pub fn compile(
-        &mut self,
-        text: &str,
-        names: &Names,
-        expected: Expected,
-    ) -> Result<Compiled, Vec<String>> {
+    pub fn compile(&mut self, text: &str, names: &Names, expected: Expected) -> Result<Compiled, Vec<String>> {
         let mut node = evalexpr::build_operator_tree::<DefaultNumericTypes>(text)
             .map_err(|e| vec![format!("syntax error: {e}")])?;
-        let mut out = Compiled {
-            node: Node::default_placeholder(),
-            signals_read: vec![],
-            rules_read: vec![],
-        };
+        let mut out = Compiled { node: Node::default_placeholder(), signals_read: vec![], rules_read: vec![] };
         let mut errors = Vec::new();
         self.rewrite(&mut node, names, &mut out, &mut errors);
         if errors.is_empty() {
@@ -112,8 +95,7 @@ impl Compiler {
             return Err(errors);
         }
         match (node.eval_with_context(&self.trial), expected) {
-            (Ok(Value::Boolean(_)), Expected::Boolean)
-            | (Ok(Value::Float(_)), Expected::Number) => {}
+            (Ok(Value::Boolean(_)), Expected::Boolean) | (Ok(Value::Float(_)), Expected::Number) => {}
             (Ok(Value::Float(_)), Expected::Boolean) => {
                 return Err(vec![format!(
                     "{} must be true or false, but this is a number: compare it (e.g. `... > 0.05`)",
@@ -121,17 +103,10 @@ impl Compiler {
                 )]);
             }
             (Ok(Value::Boolean(_)), Expected::Number) => {
-                return Err(vec![format!(
-                    "{} must be a number, but this is a condition",
-                    names.what
-                )]);
+                return Err(vec![format!("{} must be a number, but this is a condition", names.what)]);
             }
             (Ok(other), _) => {
-                return Err(vec![format!(
-                    "{} must be {}, but this gives {other:?}",
-                    names.what,
-                    expected.noun()
-                )]);
+                return Err(vec![format!("{} must be {}, but this gives {other:?}", names.what, expected.noun())]);
             }
             (Err(e), _) => return Err(vec![format!("type error: {e}")]),
         }
@@ -139,13 +114,7 @@ impl Compiler {
         Ok(out)
     }
 
-    fn rewrite(
-        &mut self,
-        node: &mut Node,
-        names: &Names,
-        out: &mut Compiled,
-        errors: &mut Vec<String>,
-    ) {
+    fn rewrite(&mut self, node: &mut Node, names: &Names, out: &mut Compiled, errors: &mut Vec<String>) {
         match node.operator().clone() {
             Operator::Const { value: Value::Int(i) } => {
                 *node.operator_mut() = Operator::Const { value: Value::Float(i as f64) };
@@ -213,10 +182,7 @@ impl Compiler {
     ) {
         if BUILTIN_NAMES.contains(&name) {
             if !names.data {
-                errors.push(format!(
-                    "{} combines rule states only, not {name}()",
-                    names.what
-                ));
+                errors.push(format!("{} combines rule states only, not {name}()", names.what));
                 return;
             }
             for child in node.children_mut() {
@@ -226,10 +192,7 @@ impl Compiler {
         }
         if !FUNCTION_NAMES.contains(&name) {
             let known = FUNCTION_NAMES.iter().chain(BUILTIN_NAMES).copied();
-            errors.push(format!(
-                "unknown function {name:?}{}",
-                did_you_mean(name, known)
-            ));
+            errors.push(format!("unknown function {name:?}{}", did_you_mean(name, known)));
             return;
         }
         let args = match literal_args(node, name) {
@@ -243,9 +206,7 @@ impl Compiler {
             let rule = match args.as_slice() {
                 [Arg::Str(rule)] => rule.clone(),
                 _ => {
-                    errors.push(format!(
-                        "{name}(\"rule-name\") takes one rule name (a string)"
-                    ));
+                    errors.push(format!("{name}(\"rule-name\") takes one rule name (a string)"));
                     return;
                 }
             };
@@ -310,15 +271,12 @@ trait Placeholder {
 
 impl Placeholder for Node {
     fn default_placeholder() -> Self {
-        evalexpr::build_operator_tree::<DefaultNumericTypes>("0.0")
-            .unwrap_or_else(|_| unreachable!())
+        evalexpr::build_operator_tree::<DefaultNumericTypes>("0.0").unwrap_or_else(|_| unreachable!())
     }
 }
 
 fn read_slot(node: &mut Node, slot: usize) {
-    *node.operator_mut() = Operator::VariableIdentifierRead {
-        identifier: Slots::identifier(slot),
-    };
+    *node.operator_mut() = Operator::VariableIdentifierRead { identifier: Slots::identifier(slot) };
     node.children_mut().clear();
 }
 
@@ -384,10 +342,7 @@ fn check_complete(node: &Node, errors: &mut Vec<String>) {
     if let Some(n) = wanted
         && node.children().len() != n
     {
-        errors.push(format!(
-            "incomplete expression: `{op}` needs {n} operand{}",
-            if n == 1 { "" } else { "s" }
-        ));
+        errors.push(format!("incomplete expression: `{op}` needs {n} operand{}", if n == 1 { "" } else { "s" }));
         return;
     }
     for child in node.children() {
@@ -397,10 +352,8 @@ fn check_complete(node: &Node, errors: &mut Vec<String>) {
 
 /// Slots read anywhere in a rewritten tree.
 fn inputs_of(node: &Node) -> Vec<usize> {
-    let mut slots: Vec<usize> = node
-        .iter_read_variable_identifiers()
-        .filter_map(|id| id.strip_prefix("__slot")?.parse().ok())
-        .collect();
+    let mut slots: Vec<usize> =
+        node.iter_read_variable_identifiers().filter_map(|id| id.strip_prefix("__slot")?.parse().ok()).collect();
     slots.sort_unstable();
     slots.dedup();
     slots
@@ -409,10 +362,7 @@ fn inputs_of(node: &Node) -> Vec<usize> {
 impl Compiled {
     /// As a numeric expression.
     pub fn to_num(&self) -> Num {
-        Num {
-            node: self.node.clone(),
-            inputs: inputs_of(&self.node),
-        }
+        Num { node: self.node.clone(), inputs: inputs_of(&self.node) }
     }
 
     /// As a three-valued condition.
@@ -424,10 +374,7 @@ impl Compiled {
                 Operator::And => Cond::And(Box::new(build(&kids[0])), Box::new(build(&kids[1]))),
                 Operator::Or => Cond::Or(Box::new(build(&kids[0])), Box::new(build(&kids[1]))),
                 Operator::Not => Cond::Not(Box::new(build(&kids[0]))),
-                _ => Cond::Leaf(Num {
-                    node: node.clone(),
-                    inputs: inputs_of(node),
-                }),
+                _ => Cond::Leaf(Num { node: node.clone(), inputs: inputs_of(node) }),
             }
         }
         build(&self.node)
@@ -437,20 +384,14 @@ impl Compiled {
     pub fn comparison_left(&self) -> Option<Num> {
         fn find(node: &Node) -> Option<&Node> {
             match node.operator() {
-                Operator::Gt
-                | Operator::Lt
-                | Operator::Geq
-                | Operator::Leq
-                | Operator::Eq
-                | Operator::Neq => node.children().first(),
+                Operator::Gt | Operator::Lt | Operator::Geq | Operator::Leq | Operator::Eq | Operator::Neq => {
+                    node.children().first()
+                }
                 _ => node.children().iter().find_map(find),
             }
         }
         let left = find(&self.node)?;
-        Some(Num {
-            node: left.clone(),
-            inputs: inputs_of(left),
-        })
+        Some(Num { node: left.clone(), inputs: inputs_of(left) })
     }
 }
 
@@ -458,33 +399,21 @@ impl Compiled {
 mod tests {
     use super::*;
 
-    fn names<'a>(
-        signals: &'a HashMap<String, usize>,
-        rules: &'a HashMap<String, (usize, usize)>,
-    ) -> Names<'a> {
-        Names {
-            signals,
-            rules,
-            data: true,
-            states: true,
-            what: "a condition",
-        }
+    fn names<'a>(signals: &'a HashMap<String, usize>, rules: &'a HashMap<String, (usize, usize)>) -> Names<'a> {
+        Names { signals, rules, data: true, states: true, what: "a condition" }
     }
 
     fn compile_err(text: &str) -> String {
         let mut c = Compiler::new();
         let sig = HashMap::from([("error_rate".to_string(), c.number_slot())]);
         let rules = HashMap::from([("known".to_string(), (c.boolean_slot(), c.boolean_slot()))]);
-        c.compile(text, &names(&sig, &rules), Expected::Boolean)
-            .unwrap_err()
-            .join("; ")
+        c.compile(text, &names(&sig, &rules), Expected::Boolean).unwrap_err().join("; ")
     }
 
     #[test]
     fn reports_each_kind_of_mistake() {
         assert!(
-            compile_err("avg_ovr(\"m\", \"5m\") > 1")
-                .contains("unknown function \"avg_ovr\" (did you mean avg_over?)")
+            compile_err("avg_ovr(\"m\", \"5m\") > 1").contains("unknown function \"avg_ovr\" (did you mean avg_over?)")
         );
         assert!(
             compile_err("eror_rate > 1")
@@ -502,10 +431,7 @@ mod tests {
         assert!(compile_err("(((").contains("syntax error"));
         // Two mistakes, two messages.
         let both = compile_err("eror_rate > 1 && avg_ovr(\"m\",\"1m\") > 2");
-        assert!(
-            both.contains("eror_rate") && both.contains("avg_ovr"),
-            "{both}"
-        );
+        assert!(both.contains("eror_rate") && both.contains("avg_ovr"), "{both}");
     }
 
     #[test]
@@ -513,17 +439,9 @@ mod tests {
         let mut c = Compiler::new();
         let (sig, rules) = (HashMap::new(), HashMap::new());
         let n = names(&sig, &rules);
-        let a = c
-            .compile("up(\"api\") == 0", &n, Expected::Boolean)
-            .unwrap();
-        let b = c
-            .compile("up(\"api\") == 0 || 3/4 > 0.5", &n, Expected::Boolean)
-            .unwrap();
-        assert_eq!(
-            a.to_num().inputs,
-            b.to_num().inputs,
-            "identical calls share one slot"
-        );
+        let a = c.compile("up(\"api\") == 0", &n, Expected::Boolean).unwrap();
+        let b = c.compile("up(\"api\") == 0 || 3/4 > 0.5", &n, Expected::Boolean).unwrap();
+        assert_eq!(a.to_num().inputs, b.to_num().inputs, "identical calls share one slot");
         let mut slots = c.slots.clone();
         slots.set_number(a.to_num().inputs[0], Some(0.0));
         assert_eq!(a.to_cond().eval(&slots), super::super::eval::Truth::True);
@@ -537,26 +455,11 @@ mod tests {
         let mut c = Compiler::new();
         let rules = HashMap::from([("r".to_string(), (c.boolean_slot(), c.boolean_slot()))]);
         let sig = HashMap::new();
-        let n = Names {
-            signals: &sig,
-            rules: &rules,
-            data: false,
-            states: true,
-            what: "a decision question",
-        };
-        assert!(
-            c.compile("firing(\"r\") && !pending(\"r\")", &n, Expected::Boolean)
-                .is_ok()
-        );
-        let e = c
-            .compile("rate(\"m\", \"1m\") > 1", &n, Expected::Boolean)
-            .unwrap_err()
-            .join("; ");
+        let n = Names { signals: &sig, rules: &rules, data: false, states: true, what: "a decision question" };
+        assert!(c.compile("firing(\"r\") && !pending(\"r\")", &n, Expected::Boolean).is_ok());
+        let e = c.compile("rate(\"m\", \"1m\") > 1", &n, Expected::Boolean).unwrap_err().join("; ");
         assert!(e.contains("rule states only"), "{e}");
-        let e = c
-            .compile("error_rate", &n, Expected::Boolean)
-            .unwrap_err()
-            .join("; ");
+        let e = c.compile("error_rate", &n, Expected::Boolean).unwrap_err().join("; ");
         assert!(e.contains("rule states only"), "{e}");
     }
 }

@@ -69,9 +69,7 @@ impl Context for Slots {
     }
 
     fn call_function(&self, identifier: &str, _argument: &Value) -> EvalexprResultValue {
-        Err(EvalexprError::FunctionIdentifierNotFound(
-            identifier.to_string(),
-        ))
+        Err(EvalexprError::FunctionIdentifierNotFound(identifier.to_string()))
     }
 
     fn are_builtin_functions_disabled(&self) -> bool {
@@ -79,9 +77,7 @@ impl Context for Slots {
     }
 
     fn set_builtin_functions_disabled(&mut self, _disabled: bool) -> EvalexprResult<()> {
-        Err(EvalexprError::CustomMessage(
-            "builtin functions are always on".into(),
-        ))
+        Err(EvalexprError::CustomMessage("builtin functions are always on".into()))
     }
 }
 

@@ -62,45 +62,14 @@ impl Arg {
 /// [`CallSpec`] as written (parsed selectors), [`Call`] ready to evaluate (registered ids).
 #[derive(Debug, Clone)]
 pub enum CallOf<S> {
-    Rate {
-        sel: S,
-        window: Span,
-        offset: Span,
-    },
-    Increase {
-        sel: S,
-        window: Span,
-        offset: Span,
-    },
-    Ratio {
-        num: S,
-        den: S,
-        window: Span,
-        min_den: f64,
-        offset: Span,
-    },
-    Over {
-        how: Over,
-        sel: S,
-        window: Span,
-        offset: Span,
-    },
-    Last {
-        sel: S,
-        offset: Span,
-    },
-    Quantile {
-        q: f64,
-        sel: S,
-        window: Span,
-        offset: Span,
-    },
-    Up {
-        sel: S,
-    },
-    DownFor {
-        sel: S,
-    },
+    Rate { sel: S, window: Span, offset: Span },
+    Increase { sel: S, window: Span, offset: Span },
+    Ratio { num: S, den: S, window: Span, min_den: f64, offset: Span },
+    Over { how: Over, sel: S, window: Span, offset: Span },
+    Last { sel: S, offset: Span },
+    Quantile { q: f64, sel: S, window: Span, offset: Span },
+    Up { sel: S },
+    DownFor { sel: S },
 }
 
 /// A call as written, selectors parsed but not yet registered.
@@ -112,66 +81,15 @@ impl<S> CallOf<S> {
     /// The same call with each selector converted by `f` (in argument order).
     pub fn map<T>(self, mut f: impl FnMut(S) -> T) -> CallOf<T> {
         match self {
-            CallOf::Rate {
-                sel,
-                window,
-                offset,
-            } => CallOf::Rate {
-                sel: f(sel),
-                window,
-                offset,
-            },
-            CallOf::Increase {
-                sel,
-                window,
-                offset,
-            } => CallOf::Increase {
-                sel: f(sel),
-                window,
-                offset,
-            },
-            CallOf::Ratio {
-                num,
-                den,
-                window,
-                min_den,
-                offset,
-            } => {
+            CallOf::Rate { sel, window, offset } => CallOf::Rate { sel: f(sel), window, offset },
+            CallOf::Increase { sel, window, offset } => CallOf::Increase { sel: f(sel), window, offset },
+            CallOf::Ratio { num, den, window, min_den, offset } => {
                 let num = f(num);
-                CallOf::Ratio {
-                    num,
-                    den: f(den),
-                    window,
-                    min_den,
-                    offset,
-                }
+                CallOf::Ratio { num, den: f(den), window, min_den, offset }
             }
-            CallOf::Over {
-                how,
-                sel,
-                window,
-                offset,
-            } => CallOf::Over {
-                how,
-                sel: f(sel),
-                window,
-                offset,
-            },
-            CallOf::Last { sel, offset } => CallOf::Last {
-                sel: f(sel),
-                offset,
-            },
-            CallOf::Quantile {
-                q,
-                sel,
-                window,
-                offset,
-            } => CallOf::Quantile {
-                q,
-                sel: f(sel),
-                window,
-                offset,
-            },
+            CallOf::Over { how, sel, window, offset } => CallOf::Over { how, sel: f(sel), window, offset },
+            CallOf::Last { sel, offset } => CallOf::Last { sel: f(sel), offset },
+            CallOf::Quantile { q, sel, window, offset } => CallOf::Quantile { q, sel: f(sel), window, offset },
             CallOf::Up { sel } => CallOf::Up { sel: f(sel) },
             CallOf::DownFor { sel } => CallOf::DownFor { sel: f(sel) },
         }
@@ -214,12 +132,8 @@ impl Args<'_> {
     }
 
     fn selector(&self, i: usize) -> Result<Selector, String> {
-        let text = self.string(
-            i,
-            "a selector string such as \"http_requests_total{code=~\\\"5..\\\"}\"",
-        )?;
-        Selector::parse(text)
-            .map_err(|e| format!("argument {} of {}: {e} in {text:?}", i + 1, self.name))
+        let text = self.string(i, "a selector string such as \"http_requests_total{code=~\\\"5..\\\"}\"")?;
+        Selector::parse(text).map_err(|e| format!("argument {} of {}: {e} in {text:?}", i + 1, self.name))
     }
 
     fn duration(&self, i: usize, what: &str) -> Result<Span, String> {
@@ -230,21 +144,13 @@ impl Args<'_> {
     fn window(&self, i: usize) -> Result<Span, String> {
         let w = self.duration(i, "window")?;
         if w.is_zero() {
-            return Err(format!(
-                "argument {} of {}: a window must be longer than 0s",
-                i + 1,
-                self.name
-            ));
+            return Err(format!("argument {} of {}: a window must be longer than 0s", i + 1, self.name));
         }
         Ok(w)
     }
 
     fn offset(&self, i: usize) -> Result<Span, String> {
-        if i < self.args.len() {
-            self.duration(i, "offset")
-        } else {
-            Ok(Span::ZERO)
-        }
+        if i < self.args.len() { self.duration(i, "offset") } else { Ok(Span::ZERO) }
     }
 
     fn number(&self, i: usize, wanted: &str) -> Result<f64, String> {
@@ -257,11 +163,7 @@ impl Args<'_> {
     fn arity(&self, min: usize, max: usize) -> Result<(), String> {
         let n = self.args.len();
         if n < min || n > max {
-            let count = if min == max {
-                format!("{min}")
-            } else {
-                format!("{min} to {max}")
-            };
+            let count = if min == max { format!("{min}") } else { format!("{min} to {max}") };
             return Err(format!(
                 "{}{} takes {count} argument{}, got {n}",
                 self.name,
@@ -276,15 +178,9 @@ impl Args<'_> {
     fn target(&self, i: usize) -> Result<Selector, String> {
         let text = self.string(i, "a target name or an `up{...}` selector")?;
         if !text.contains('{') {
-            let plain = !text.is_empty()
-                && text
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+            let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
             if !plain {
-                return Err(format!(
-                    "argument 1 of {}: {text:?} is neither a target name nor a selector",
-                    self.name
-                ));
+                return Err(format!("argument 1 of {}: {text:?} is neither a target name nor a selector", self.name));
             }
             return Ok(Selector::for_label("up", "target", text));
         }
@@ -293,10 +189,7 @@ impl Args<'_> {
             None => sel.name = Some("up".into()),
             Some("up") => {}
             Some(other) => {
-                return Err(format!(
-                    "argument 1 of {}: selects {other:?}; it reads `up` series only",
-                    self.name
-                ));
+                return Err(format!("argument 1 of {}: selects {other:?}; it reads `up` series only", self.name));
             }
         }
         Ok(sel)
@@ -310,29 +203,16 @@ impl CallOf<Selector> {
         let a = Args { name, args };
         let over = |how| -> Result<CallSpec, String> {
             a.arity(2, 3)?;
-            Ok(CallOf::Over {
-                how,
-                sel: a.selector(0)?,
-                window: a.window(1)?,
-                offset: a.offset(2)?,
-            })
+            Ok(CallOf::Over { how, sel: a.selector(0)?, window: a.window(1)?, offset: a.offset(2)? })
         };
         match name {
             "rate" | "increase" => {
                 a.arity(2, 3)?;
                 let (sel, window, offset) = (a.selector(0)?, a.window(1)?, a.offset(2)?);
                 Ok(if name == "rate" {
-                    CallOf::Rate {
-                        sel,
-                        window,
-                        offset,
-                    }
+                    CallOf::Rate { sel, window, offset }
                 } else {
-                    CallOf::Increase {
-                        sel,
-                        window,
-                        offset,
-                    }
+                    CallOf::Increase { sel, window, offset }
                 })
             }
             "ratio" => {
@@ -345,17 +225,9 @@ impl CallOf<Selector> {
                     Some(Arg::Str(_)) => return Err(a.wrong_type(3, "a traffic floor (number)")),
                 };
                 if min_den < 0.0 {
-                    return Err(format!(
-                        "argument 4 of ratio: the traffic floor must not be negative, got {min_den}"
-                    ));
+                    return Err(format!("argument 4 of ratio: the traffic floor must not be negative, got {min_den}"));
                 }
-                Ok(CallOf::Ratio {
-                    num,
-                    den,
-                    window,
-                    min_den,
-                    offset,
-                })
+                Ok(CallOf::Ratio { num, den, window, min_den, offset })
             }
             "avg_over" => over(Over::Avg),
             "max_over" => over(Over::Max),
@@ -363,34 +235,20 @@ impl CallOf<Selector> {
             "count_over" => over(Over::Count),
             "last" => {
                 a.arity(1, 2)?;
-                Ok(CallOf::Last {
-                    sel: a.selector(0)?,
-                    offset: a.offset(1)?,
-                })
+                Ok(CallOf::Last { sel: a.selector(0)?, offset: a.offset(1)? })
             }
             "quantile" => {
                 a.arity(3, 4)?;
                 let q = a.number(0, "a quantile between 0 and 1")?;
                 if !(0.0..=1.0).contains(&q) {
-                    return Err(format!(
-                        "argument 1 of quantile must lie between 0 and 1, got {q}"
-                    ));
+                    return Err(format!("argument 1 of quantile must lie between 0 and 1, got {q}"));
                 }
-                Ok(CallOf::Quantile {
-                    q,
-                    sel: a.selector(1)?,
-                    window: a.window(2)?,
-                    offset: a.offset(3)?,
-                })
+                Ok(CallOf::Quantile { q, sel: a.selector(1)?, window: a.window(2)?, offset: a.offset(3)? })
             }
             "up" | "down_for" => {
                 a.arity(1, 1)?;
                 let sel = a.target(0)?;
-                Ok(if name == "up" {
-                    CallOf::Up { sel }
-                } else {
-                    CallOf::DownFor { sel }
-                })
+                Ok(if name == "up" { CallOf::Up { sel } } else { CallOf::DownFor { sel } })
             }
             other => Err(format!("{other} is not a window function")),
         }
@@ -425,36 +283,12 @@ impl CallOf<SelectorId> {
     /// The call's value at `now`; `None` is no data.
     pub fn eval(&self, store: &Store, now: Timestamp) -> Option<f64> {
         match *self {
-            CallOf::Rate {
-                sel,
-                window,
-                offset,
-            } => store.rate(sel, now, window, offset),
-            CallOf::Increase {
-                sel,
-                window,
-                offset,
-            } => store.increase(sel, now, window, offset),
-            CallOf::Ratio {
-                num,
-                den,
-                window,
-                min_den,
-                offset,
-            } => store.ratio(num, den, now, window, offset, min_den),
-            CallOf::Over {
-                how,
-                sel,
-                window,
-                offset,
-            } => store.over(how, sel, now, window, offset),
+            CallOf::Rate { sel, window, offset } => store.rate(sel, now, window, offset),
+            CallOf::Increase { sel, window, offset } => store.increase(sel, now, window, offset),
+            CallOf::Ratio { num, den, window, min_den, offset } => store.ratio(num, den, now, window, offset, min_den),
+            CallOf::Over { how, sel, window, offset } => store.over(how, sel, now, window, offset),
             CallOf::Last { sel, offset } => store.last(sel, now, offset),
-            CallOf::Quantile {
-                q,
-                sel,
-                window,
-                offset,
-            } => store.quantile(q, sel, now, window, offset),
+            CallOf::Quantile { q, sel, window, offset } => store.quantile(q, sel, now, window, offset),
             CallOf::Up { sel } => store.up(sel, now),
             CallOf::DownFor { sel } => store.down_for(sel, now),
         }
@@ -472,17 +306,9 @@ mod tests {
     #[test]
     fn arity_and_types_are_checked() {
         let e = CallSpec::parse("rate", &[s("m")]).unwrap_err();
-        assert_eq!(
-            e,
-            "rate(selector, window[, offset]) takes 2 to 3 arguments, got 1"
-        );
+        assert_eq!(e, "rate(selector, window[, offset]) takes 2 to 3 arguments, got 1");
         let e = CallSpec::parse("rate", &[Arg::Num(1.0), s("1m")]).unwrap_err();
-        assert!(
-            e.starts_with(
-                "argument 1 of rate(selector, window[, offset]) must be a selector string"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("argument 1 of rate(selector, window[, offset]) must be a selector string"), "{e}");
         let e = CallSpec::parse("rate", &[s("m"), s("5 mins ago")]).unwrap_err();
         assert!(e.contains("bad duration"), "{e}");
         let e = CallSpec::parse("rate", &[s("m"), s("0s")]).unwrap_err();
@@ -498,27 +324,18 @@ mod tests {
     #[test]
     fn ratio_tells_a_floor_from_an_offset() {
         let floor = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(100.0)]).unwrap();
-        assert!(
-            matches!(floor, CallOf::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero())
-        );
+        assert!(matches!(floor, CallOf::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero()));
         let offset = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), s("1h")]).unwrap();
-        assert!(
-            matches!(offset, CallOf::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000))
-        );
-        let both =
-            CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
+        assert!(matches!(offset, CallOf::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000)));
+        let both = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
         assert!(matches!(both, CallOf::Ratio { min_den, .. } if min_den == 5.0));
     }
 
     #[test]
     fn up_takes_a_target_name_or_a_selector() {
-        let CallOf::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else {
-            panic!()
-        };
+        let CallOf::Up { sel } = CallSpec::parse("up", &[s("api")]).unwrap() else { panic!() };
         assert_eq!(sel.text, r#"up{target="api"}"#);
-        let CallOf::DownFor { sel } =
-            CallSpec::parse("down_for", &[s(r#"{critical="true"}"#)]).unwrap()
-        else {
+        let CallOf::DownFor { sel } = CallSpec::parse("down_for", &[s(r#"{critical="true"}"#)]).unwrap() else {
             panic!()
         };
         assert_eq!(sel.name.as_deref(), Some("up"));

@@ -95,11 +95,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         if let Some(first) = seen_profiles.insert(&p.name, &p.file) {
             errors.push(Diagnostic::file(
                 &p.file.path,
-                format!(
-                    "profile name {:?} is also used by {}",
-                    p.name,
-                    first.path.display()
-                ),
+                format!("profile name {:?} is also used by {}", p.name, first.path.display()),
             ));
         }
     }
@@ -108,12 +104,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     // so that expressions may refer to items defined later in the file.
     let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
     for p in profiles {
-        let map = p
-            .raw
-            .signals
-            .keys()
-            .map(|name| (name.clone(), compiler.number_slot()))
-            .collect();
+        let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
         signal_slots.push(map);
     }
     let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
@@ -136,10 +127,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 ));
             } else {
                 rule_origin.insert(name.clone(), here);
-                rule_slots.insert(
-                    name.clone(),
-                    (compiler.boolean_slot(), compiler.boolean_slot()),
-                );
+                rule_slots.insert(name.clone(), (compiler.boolean_slot(), compiler.boolean_slot()));
             }
         }
     }
@@ -151,63 +139,33 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let no_rules = HashMap::new();
 
     for (pi, p) in profiles.iter().enumerate() {
-        let mut ctx = Checker {
-            file: &p.file,
-            errors: &mut errors,
-        };
+        let mut ctx = Checker { file: &p.file, errors: &mut errors };
 
         // Signals, in dependency order within the profile.
-        let sig_names = Names {
-            signals: &signal_slots[pi],
-            rules: &no_rules,
-            data: true,
-            states: false,
-            what: "a signal",
-        };
+        let sig_names =
+            Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
         let mut compiled_signals = Vec::new();
         for (name, text) in &p.raw.signals {
             let item = format!("signal {name:?}");
-            if let Some(c) = compiled(
-                &mut ctx,
-                &mut compiler,
-                text,
-                &sig_names,
-                Expected::Number,
-                &item,
-            ) {
+            if let Some(c) = compiled(&mut ctx, &mut compiler, text, &sig_names, Expected::Number, &item) {
                 compiled_signals.push((name.clone(), text.span(), c));
             }
         }
-        let index: HashMap<&str, usize> = compiled_signals
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _, _))| (n.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> =
+            compiled_signals.iter().enumerate().map(|(i, (n, _, _))| (n.as_str(), i)).collect();
         let deps: Vec<Vec<usize>> = compiled_signals
             .iter()
-            .map(|(_, _, c)| {
-                c.signals_read
-                    .iter()
-                    .filter_map(|s| index.get(s.as_str()).copied())
-                    .collect()
-            })
+            .map(|(_, _, c)| c.signals_read.iter().filter_map(|s| index.get(s.as_str()).copied()).collect())
             .collect();
         match dependency_order(&deps) {
             Ok(order) => {
                 for i in order {
                     let (name, _, c) = &compiled_signals[i];
-                    signals.push(Signal {
-                        name: name.clone(),
-                        slot: signal_slots[pi][name],
-                        num: c.to_num(),
-                    });
+                    signals.push(Signal { name: name.clone(), slot: signal_slots[pi][name], num: c.to_num() });
                 }
             }
             Err(cycle) => {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .map(|&i| compiled_signals[i].0.as_str())
-                    .collect();
+                let names: Vec<&str> = cycle.iter().map(|&i| compiled_signals[i].0.as_str()).collect();
                 let (first, span, _) = &compiled_signals[cycle[0]];
                 ctx.err(
                     span,
@@ -235,47 +193,22 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             if rules.iter().any(|x| x.name == name) {
                 continue;
             }
-            let when = compiled(
-                &mut ctx,
-                &mut compiler,
-                &raw.when,
-                &rule_names,
-                Expected::Boolean,
-                &item,
-            );
-            let value_names = Names {
-                what: "a rule value",
-                ..rule_names
-            };
+            let when = compiled(&mut ctx, &mut compiler, &raw.when, &rule_names, Expected::Boolean, &item);
+            let value_names = Names { what: "a rule value", ..rule_names };
             let value = match &raw.value {
-                Some(v) => compiled(
-                    &mut ctx,
-                    &mut compiler,
-                    v,
-                    &value_names,
-                    Expected::Number,
-                    &item,
-                )
-                .map(|c| Some(c.to_num())),
+                Some(v) => compiled(&mut ctx, &mut compiler, v, &value_names, Expected::Number, &item)
+                    .map(|c| Some(c.to_num())),
                 None => Some(when.as_ref().and_then(Compiled::comparison_left)),
             };
             let for_ = ctx.duration(&raw.for_, Span::ZERO, Some(&item), "for");
-            let keep_firing_for = ctx.duration(
-                &raw.keep_firing_for,
-                Span::ZERO,
-                Some(&item),
-                "keep_firing_for",
-            );
+            let keep_firing_for = ctx.duration(&raw.keep_firing_for, Span::ZERO, Some(&item), "keep_firing_for");
             let on_no_data = match &raw.on_no_data {
                 None => OnNoData::Keep,
                 Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
                     ctx.err(
                         &v.span(),
                         Some(&item),
-                        format!(
-                            "on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}",
-                            v.get_ref()
-                        ),
+                        format!("on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}", v.get_ref()),
                     );
                     OnNoData::Keep
                 }),
@@ -287,11 +220,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                     ctx.err(
                         &s.span(),
                         Some(&item),
-                        format!(
-                            "severity must be one of {}, not {:?}",
-                            SEVERITIES.join(", "),
-                            s.get_ref()
-                        ),
+                        format!("severity must be one of {}, not {:?}", SEVERITIES.join(", "), s.get_ref()),
                     );
                     "warning".to_string()
                 }
@@ -306,11 +235,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 depends_on: when.rules_read.clone(),
                 span: raw.when.span(),
                 value,
-                timing: Timing {
-                    for_,
-                    keep_firing_for,
-                    on_no_data,
-                },
+                timing: Timing { for_, keep_firing_for, on_no_data },
                 severity,
                 summary: raw.summary.clone(),
                 labels: raw.labels.clone(),
@@ -320,13 +245,8 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         }
 
         // The decision tree.
-        let tree_names = Names {
-            signals: &no_signals,
-            rules: &rule_slots,
-            data: false,
-            states: true,
-            what: "a decision question",
-        };
+        let tree_names =
+            Names { signals: &no_signals, rules: &rule_slots, data: false, states: true, what: "a decision question" };
         let mut questions = Vec::new();
         for (qi, q) in p.raw.decide.iter().enumerate() {
             let raw = q.get_ref();
@@ -336,20 +256,10 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 ctx.err(
                     &raw.then.span(),
                     Some(&item),
-                    format!(
-                        "then must be rollback, consider or monitor, not {:?}",
-                        raw.then.get_ref()
-                    ),
+                    format!("then must be rollback, consider or monitor, not {:?}", raw.then.get_ref()),
                 );
             }
-            let cond = compiled(
-                &mut ctx,
-                &mut compiler,
-                &raw.if_,
-                &tree_names,
-                Expected::Boolean,
-                &item,
-            );
+            let cond = compiled(&mut ctx, &mut compiler, &raw.if_, &tree_names, Expected::Boolean, &item);
             if let (Some(then), Some(cond)) = (then, cond) {
                 questions.push(Question {
                     ask: raw.ask.get_ref().clone(),
@@ -365,22 +275,16 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 ctx.err(
                     &d.span(),
                     None,
-                    format!(
-                        "default must be rollback, consider or monitor, not {:?}",
-                        d.get_ref()
-                    ),
+                    format!("default must be rollback, consider or monitor, not {:?}", d.get_ref()),
                 );
                 Outcome::Monitor
             }),
         };
-        let consider_auto_after = p.raw.consider_auto_after.as_ref().map(|_| {
-            ctx.duration(
-                &p.raw.consider_auto_after,
-                Span::ZERO,
-                None,
-                "consider_auto_after",
-            )
-        });
+        let consider_auto_after = p
+            .raw
+            .consider_auto_after
+            .as_ref()
+            .map(|_| ctx.duration(&p.raw.consider_auto_after, Span::ZERO, None, "consider_auto_after"));
         let procedures = procedures(&mut ctx, &p.raw.procedure);
         out_profiles.push(Profile {
             name: p.name.clone(),
@@ -393,20 +297,9 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     }
 
     // Rules in dependency order (firing("x") reads x's state of this tick).
-    let index: HashMap<&str, usize> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
-    let deps: Vec<Vec<usize>> = rules
-        .iter()
-        .map(|r| {
-            r.depends_on
-                .iter()
-                .filter_map(|d| index.get(d.as_str()).copied())
-                .collect()
-        })
-        .collect();
+    let index: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> =
+        rules.iter().map(|r| r.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()).collect();
     let order = match dependency_order(&deps) {
         Ok(order) => order,
         Err(cycle) => {
@@ -422,27 +315,15 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         }
     };
     if !errors.is_empty() {
-        errors
-            .0
-            .sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+        errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
         return Err(errors);
     }
     let mut slots_rules: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
-    let rules: Vec<Rule> = order
-        .into_iter()
-        .filter_map(|i| slots_rules[i].take())
-        .collect();
+    let rules: Vec<Rule> = order.into_iter().filter_map(|i| slots_rules[i].take()).collect();
 
     let mut store = Store::new(Span(compiler.reach().0 + RETENTION_MARGIN.0));
     let (slots, calls) = compiler.finish(&mut store);
-    Ok(Evaluator::new(
-        out_profiles,
-        signals,
-        rules,
-        calls,
-        slots,
-        store,
-    ))
+    Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
 }
 
 fn procedures(
@@ -487,10 +368,7 @@ mod tests {
     use std::path::Path;
 
     fn load(text: &str) -> Result<Evaluator, Diagnostics> {
-        let file = SourceFile {
-            path: Path::new("p.toml").to_path_buf(),
-            text: text.to_string(),
-        };
+        let file = SourceFile { path: Path::new("p.toml").to_path_buf(), text: text.to_string() };
         build(&[LoadedProfile::from_source(file).map_err(Diagnostics::from)?])
     }
 
@@ -565,9 +443,6 @@ then = "panic"
     fn unknown_fields_are_rejected_with_position() {
         let e = load("[[rule]]\nname = \"r\"\nwhen = 'true'\nfour = \"5m\"\n").unwrap_err();
         let text = e.to_string();
-        assert!(
-            text.starts_with("p.toml:4:1: unknown field `four`"),
-            "{text}"
-        );
+        assert!(text.starts_with("p.toml:4:1: unknown field `four`"), "{text}");
     }
 }

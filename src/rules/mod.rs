@@ -50,15 +50,8 @@ pub struct Rule {
 /// One step of a procedure, as the profile names it (bound to actions by `rollwatch.toml`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Announce {
-        template: String,
-        levels: Vec<String>,
-    },
-    Run {
-        action: String,
-        verify: Option<String>,
-        levels: Vec<String>,
-    },
+    Announce { template: String, levels: Vec<String> },
+    Run { action: String, verify: Option<String>, levels: Vec<String> },
 }
 
 /// A compiled profile: its tree and procedures (its rules live in the evaluator).
@@ -159,18 +152,12 @@ impl Evaluator {
 
     /// A rule's current state, by name.
     pub fn state(&self, rule: &str) -> Option<RuleState> {
-        self.rules
-            .iter()
-            .position(|r| r.name == rule)
-            .map(|i| self.states[i])
+        self.rules.iter().position(|r| r.name == rule).map(|i| self.states[i])
     }
 
     /// A rule's value on the last tick.
     pub fn value(&self, rule: &str) -> Option<f64> {
-        self.rules
-            .iter()
-            .position(|r| r.name == rule)
-            .and_then(|i| self.values[i])
+        self.rules.iter().position(|r| r.name == rule).and_then(|i| self.values[i])
     }
 
     /// Current signal values (no data as `None`).
@@ -219,10 +206,8 @@ impl Evaluator {
             self.states[i] = after;
             self.values[i] = value;
             self.truths[i] = truth;
-            self.slots
-                .set(rule.firing_slot, Value::Boolean(after.is_firing()));
-            self.slots
-                .set(rule.pending_slot, Value::Boolean(after.is_pending()));
+            self.slots.set(rule.firing_slot, Value::Boolean(after.is_firing()));
+            self.slots.set(rule.pending_slot, Value::Boolean(after.is_pending()));
         }
         for (pi, profile) in self.profiles.iter().enumerate() {
             let (outcome, level, path, by_default) = profile.tree.decide(&self.slots);
@@ -237,10 +222,7 @@ impl Evaluator {
                 firing: rules
                     .iter()
                     .filter(|&&i| self.states[i].is_firing())
-                    .map(|&i| RuleValue {
-                        rule: self.rules[i].name.clone(),
-                        value: self.values[i],
-                    })
+                    .map(|&i| RuleValue { rule: self.rules[i].name.clone(), value: self.values[i] })
                     .collect(),
                 unknown: rules
                     .iter()

@@ -49,11 +49,7 @@ pub enum RuleState {
     Pending { since: Timestamp },
     /// Firing since `since` (condition first true at `active_since`); `clearing_since` is when
     /// the condition became false while `keep_firing_for` holds it.
-    Firing {
-        since: Timestamp,
-        active_since: Timestamp,
-        clearing_since: Option<Timestamp>,
-    },
+    Firing { since: Timestamp, active_since: Timestamp, clearing_since: Option<Timestamp> },
 }
 
 /// The three state names, for output and expectations.
@@ -101,42 +97,18 @@ impl RuleState {
         match (self, truth) {
             (state, Truth::Unknown) => state,
             (RuleState::Inactive, Truth::False) => RuleState::Inactive,
-            (RuleState::Inactive, Truth::True) => {
-                RuleState::Pending { since: now }.promote(now, timing)
-            }
-            (RuleState::Pending { since }, Truth::True) => {
-                RuleState::Pending { since }.promote(now, timing)
-            }
+            (RuleState::Inactive, Truth::True) => RuleState::Pending { since: now }.promote(now, timing),
+            (RuleState::Pending { since }, Truth::True) => RuleState::Pending { since }.promote(now, timing),
             (RuleState::Pending { .. }, Truth::False) => RuleState::Inactive,
-            (
-                RuleState::Firing {
-                    since,
-                    active_since,
-                    ..
-                },
-                Truth::True,
-            ) => RuleState::Firing {
-                since,
-                active_since,
-                clearing_since: None,
-            },
-            (
-                RuleState::Firing {
-                    since,
-                    active_since,
-                    clearing_since,
-                },
-                Truth::False,
-            ) => {
+            (RuleState::Firing { since, active_since, .. }, Truth::True) => {
+                RuleState::Firing { since, active_since, clearing_since: None }
+            }
+            (RuleState::Firing { since, active_since, clearing_since }, Truth::False) => {
                 let clearing = clearing_since.unwrap_or(now);
                 if now.saturating_since(clearing) >= timing.keep_firing_for {
                     RuleState::Inactive
                 } else {
-                    RuleState::Firing {
-                        since,
-                        active_since,
-                        clearing_since: Some(clearing),
-                    }
+                    RuleState::Firing { since, active_since, clearing_since: Some(clearing) }
                 }
             }
         }
@@ -145,11 +117,7 @@ impl RuleState {
     fn promote(self, now: Timestamp, timing: &Timing) -> RuleState {
         match self {
             RuleState::Pending { since } if now.saturating_since(since) >= timing.for_ => {
-                RuleState::Firing {
-                    since: now,
-                    active_since: since,
-                    clearing_since: None,
-                }
+                RuleState::Firing { since: now, active_since: since, clearing_since: None }
             }
             state => state,
         }
@@ -185,10 +153,7 @@ mod tests {
 
     #[test]
     fn for_is_clock_time() {
-        let timing = Timing {
-            for_: Span(30 * S),
-            ..Timing::default()
-        };
+        let timing = Timing { for_: Span(30 * S), ..Timing::default() };
         // True at 0s, 15s, 30s: firing at 30s (30s ≥ for).
         assert_eq!(run(timing, &[T, T, T, T, F]), [Pe, Pe, Fi, Fi, In]);
         // A false tick resets the pending clock.
@@ -197,22 +162,13 @@ mod tests {
 
     #[test]
     fn keep_firing_for_damps_flapping() {
-        let timing = Timing {
-            keep_firing_for: Span(30 * S),
-            ..Timing::default()
-        };
-        assert_eq!(
-            run(timing, &[T, F, F, T, F, F, F]),
-            [Fi, Fi, Fi, Fi, Fi, Fi, In]
-        );
+        let timing = Timing { keep_firing_for: Span(30 * S), ..Timing::default() };
+        assert_eq!(run(timing, &[T, F, F, T, F, F, F]), [Fi, Fi, Fi, Fi, Fi, Fi, In]);
     }
 
     #[test]
     fn on_no_data_keep_holds_every_state() {
-        let timing = Timing {
-            for_: Span(30 * S),
-            ..Timing::default()
-        };
+        let timing = Timing { for_: Span(30 * S), ..Timing::default() };
         // Inactive stays inactive.
         assert_eq!(run(timing, &[U, U]), [In, In]);
         // Pending neither advances nor resets: true at 0, unknown at 15..45, true at 60 → 60s ≥ 30s.
@@ -224,37 +180,17 @@ mod tests {
 
     #[test]
     fn on_no_data_ok_and_fire() {
-        let ok = Timing {
-            on_no_data: OnNoData::Ok,
-            ..Timing::default()
-        };
+        let ok = Timing { on_no_data: OnNoData::Ok, ..Timing::default() };
         assert_eq!(run(ok, &[T, U]), [Fi, In]);
-        let fire = Timing {
-            on_no_data: OnNoData::Fire,
-            for_: Span(15 * S),
-            ..Timing::default()
-        };
+        let fire = Timing { on_no_data: OnNoData::Fire, for_: Span(15 * S), ..Timing::default() };
         assert_eq!(run(fire, &[U, U, F]), [Pe, Fi, In], "for still applies");
     }
 
     #[test]
     fn firing_records_when_it_started() {
-        let timing = Timing {
-            for_: Span(15 * S),
-            ..Timing::default()
-        };
-        let s =
-            RuleState::Inactive
-                .step(Timestamp(0), T, &timing)
-                .step(Timestamp(15 * S), T, &timing);
-        assert_eq!(
-            s,
-            RuleState::Firing {
-                since: Timestamp(15 * S),
-                active_since: Timestamp(0),
-                clearing_since: None
-            }
-        );
+        let timing = Timing { for_: Span(15 * S), ..Timing::default() };
+        let s = RuleState::Inactive.step(Timestamp(0), T, &timing).step(Timestamp(15 * S), T, &timing);
+        assert_eq!(s, RuleState::Firing { since: Timestamp(15 * S), active_since: Timestamp(0), clearing_since: None });
         assert_eq!(OnNoData::parse("fire"), Some(OnNoData::Fire));
         assert_eq!(OnNoData::parse("maybe"), None);
     }

@@ -99,10 +99,7 @@ impl Tree {
         let mut path = Vec::new();
         for q in &self.questions {
             let yes = q.cond.eval(slots) == Truth::True;
-            path.push(Answer {
-                ask: q.ask.clone(),
-                yes,
-            });
+            path.push(Answer { ask: q.ask.clone(), yes });
             if yes {
                 return (q.then, q.level.clone(), path, false);
             }
@@ -114,11 +111,8 @@ impl Tree {
 impl Decision {
     /// `Is system down? no → Is error rate > 5%? YES → rollback`.
     pub fn explanation(&self) -> String {
-        let mut parts: Vec<String> = self
-            .path
-            .iter()
-            .map(|a| format!("{} {}", a.ask, if a.yes { "YES" } else { "no" }))
-            .collect();
+        let mut parts: Vec<String> =
+            self.path.iter().map(|a| format!("{} {}", a.ask, if a.yes { "YES" } else { "no" })).collect();
         let mut end = self.outcome.to_string();
         if let Some(level) = &self.level {
             end.push_str(&format!(" ({level})"));
@@ -143,29 +137,15 @@ mod tests {
             outcome: Outcome::Rollback,
             level: None,
             path: vec![
-                Answer {
-                    ask: "Is system down?".into(),
-                    yes: false,
-                },
-                Answer {
-                    ask: "Is error rate > 5%?".into(),
-                    yes: true,
-                },
+                Answer { ask: "Is system down?".into(), yes: false },
+                Answer { ask: "Is error rate > 5%?".into(), yes: true },
             ],
             by_default: false,
             firing: vec![],
             unknown: vec![],
         };
-        assert_eq!(
-            d.explanation(),
-            "Is system down? no → Is error rate > 5%? YES → rollback"
-        );
-        let d = Decision {
-            outcome: Outcome::Monitor,
-            by_default: true,
-            path: vec![],
-            ..d
-        };
+        assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
+        let d = Decision { outcome: Outcome::Monitor, by_default: true, path: vec![], ..d };
         assert_eq!(d.explanation(), "monitor (default)");
         assert_eq!(Outcome::parse("consider"), Some(Outcome::Consider));
         assert_eq!(Outcome::parse("panic"), None);
