@@ -11,6 +11,7 @@
 //! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
 //! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick.
 //! - [`config`]: TOML loading (profiles, `rollwatch.toml`), every error with file:line:col.
+//! - [`source`]: the Prometheus text exposition parser (the pollers come with the live sidecar).
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
 //! - [`cli`]: the command line (`check`, `test`, `replay`).
 #![forbid(unsafe_code)]
@@ -21,5 +22,6 @@ pub mod expr;
 pub mod fixture;
 pub mod rules;
 pub mod selector;
+pub mod source;
 pub mod time;
 pub mod window;
