@@ -30,6 +30,13 @@ impl Timestamp {
     }
 }
 
+/// Serialized as milliseconds (journal lines, JSON output).
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
 impl Span {
     pub const ZERO: Span = Span(0);
 

@@ -322,6 +322,13 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let rules: Vec<Rule> = order.into_iter().filter_map(|i| slots_rules[i].take()).collect();
 
     let mut store = Store::new(Span(compiler.reach().0 + RETENTION_MARGIN.0));
+    tracing::debug!(
+        profiles = out_profiles.len(),
+        signals = signals.len(),
+        rules = rules.len(),
+        retention = %store.retention(),
+        "compiled profiles"
+    );
     let (slots, calls) = compiler.finish(&mut store);
     Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
 }

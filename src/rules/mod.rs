@@ -195,6 +195,7 @@ impl Evaluator {
             let before = self.states[i];
             let after = before.step(now, truth, &rule.timing);
             if before.phase() != after.phase() {
+                tracing::debug!(rule = %rule.name, at = %now, from = %before.phase(), to = %after.phase(), ?value, "rule state changed");
                 tick.transitions.push(Transition {
                     at: now,
                     rule: rule.name.clone(),

@@ -87,12 +87,6 @@ pub struct Decision {
     pub unknown: Vec<String>,
 }
 
-impl serde::Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64(self.0)
-    }
-}
-
 impl Tree {
     /// Walks the questions. Questions read rule states only, which are always known.
     pub fn decide(&self, slots: &Slots) -> (Outcome, Option<String>, Vec<Answer>, bool) {
