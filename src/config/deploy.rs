@@ -49,8 +49,8 @@ impl Config {
     }
 
     pub fn from_source(file: SourceFile) -> Result<(Config, Evaluator), Diagnostics> {
-        let raw: RawConfig = file.parse_toml()?;
         let mut errors = Diagnostics::default();
+        let Some(raw) = file.parse_toml::<RawConfig>(&mut errors) else { return Err(errors) };
         let mut c = Checker { file: &file, errors: &mut errors };
 
         let eval_interval = c.duration(&raw.eval_interval, Span::from_secs(15), None, "eval_interval");

@@ -64,16 +64,38 @@ impl SourceFile {
         self.error_at(span.start, item, message)
     }
 
-    /// Parses the text as TOML into `T`; a syntax or schema error (unknown field, wrong type,
-    /// missing field) is placed at its span.
-    pub fn parse_toml<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostic> {
-        toml::from_str(&self.text).map_err(|e| {
+    /// Parses the text as TOML into `T`, reporting every unknown field rather than the first:
+    /// after an unknown-field error the offending line is blanked (offsets kept) and parsing
+    /// retried, so one typo does not hide the next. Any other syntax or schema error (wrong type,
+    /// missing field) is reported and ends the attempt. Returns the value when the file is
+    /// usable apart from its unknown fields, which are already in `errors`.
+    pub fn parse_toml<T: serde::de::DeserializeOwned>(&self, errors: &mut Diagnostics) -> Option<T> {
+        let mut text = self.text.clone();
+        // Each round removes one line, so this bounds the work on a hostile file.
+        for _ in 0..=64 {
+            let e = match toml::from_str::<T>(&text) {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
             let message = e.message().trim().to_string();
-            match e.span() {
-                Some(span) => self.error_at(span.start, None, message),
-                None => Diagnostic::file(&self.path, message),
+            let Some(span) = e.span() else {
+                errors.push(Diagnostic::file(&self.path, message));
+                return None;
+            };
+            errors.push(self.error_at(span.start, None, message.clone()));
+            if !message.starts_with("unknown field") {
+                return None;
             }
-        })
+            let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[span.end..].find('\n').map_or(text.len(), |i| span.end + i);
+            text.replace_range(start..end, &" ".repeat(end - start));
+            // A multi-line value would leave debris: if blanking broke the syntax, stop quietly
+            // (the unknown field is already reported).
+            if text.parse::<toml::Table>().is_err() {
+                return None;
+            }
+        }
+        None
     }
 
     /// The path relative to which this file's own paths (`profiles = [...]`) are resolved.

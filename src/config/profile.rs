@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::diag::{Diagnostic, Diagnostics, SourceFile};
+use super::diag::{Diagnostics, SourceFile};
 use super::raw::RawProfile;
 
 /// A profile as read from disk.
@@ -15,21 +15,25 @@ pub struct LoadedProfile {
     pub raw: RawProfile,
     /// `name = "..."`, else the file stem.
     pub name: String,
+    /// Unknown fields found while reading (the rest of the file was still read and is checked).
+    pub unknown_fields: Diagnostics,
 }
 
 impl LoadedProfile {
-    /// Reads and parses one profile; schema errors (unknown fields, wrong types) come back here.
-    pub fn read(path: &Path) -> Result<LoadedProfile, Diagnostic> {
+    /// Reads and parses one profile. Syntax and type errors come back here; unknown fields are
+    /// kept in `unknown_fields` so that the compiler can report them with everything else.
+    pub fn read(path: &Path) -> Result<LoadedProfile, Diagnostics> {
         LoadedProfile::from_source(SourceFile::read(path)?)
     }
 
-    pub fn from_source(file: SourceFile) -> Result<LoadedProfile, Diagnostic> {
-        let raw: RawProfile = file.parse_toml()?;
+    pub fn from_source(file: SourceFile) -> Result<LoadedProfile, Diagnostics> {
+        let mut unknown_fields = Diagnostics::default();
+        let Some(raw) = file.parse_toml::<RawProfile>(&mut unknown_fields) else { return Err(unknown_fields) };
         let name = match &raw.name {
             Some(n) => n.get_ref().clone(),
             None => file.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         };
-        Ok(LoadedProfile { file, raw, name })
+        Ok(LoadedProfile { file, raw, name, unknown_fields })
     }
 }
 
@@ -49,10 +53,19 @@ pub fn read_listed(
         let resolved = file.resolve(p.get_ref());
         match LoadedProfile::read(&resolved) {
             Ok(lp) => profiles.push(lp),
-            Err(d) if d.line.is_none() => {
-                errors.push(file.error(&p.span(), None, format!("profile {}: {}", resolved.display(), d.message)))
+            Err(found) => {
+                for d in found.0 {
+                    if d.line.is_none() {
+                        errors.push(file.error(
+                            &p.span(),
+                            None,
+                            format!("profile {}: {}", resolved.display(), d.message),
+                        ));
+                    } else {
+                        errors.push(d);
+                    }
+                }
             }
-            Err(d) => errors.push(d),
         }
     }
     profiles

@@ -87,6 +87,9 @@ fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
 /// Builds the evaluator for a set of profiles, or every error found in them.
 pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let mut errors = Diagnostics::default();
+    for p in profiles {
+        errors.0.extend(p.unknown_fields.0.iter().cloned());
+    }
     let mut compiler = Compiler::new();
 
     // Profile names must be unique too: decisions and expectations name them.
@@ -376,7 +379,7 @@ mod tests {
 
     fn load(text: &str) -> Result<Evaluator, Diagnostics> {
         let file = SourceFile { path: Path::new("p.toml").to_path_buf(), text: text.to_string() };
-        build(&[LoadedProfile::from_source(file).map_err(Diagnostics::from)?])
+        build(&[LoadedProfile::from_source(file)?])
     }
 
     #[test]
@@ -451,5 +454,18 @@ then = "panic"
         let e = load("[[rule]]\nname = \"r\"\nwhen = 'true'\nfour = \"5m\"\n").unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("p.toml:4:1: unknown field `four`"), "{text}");
+    }
+
+    #[test]
+    fn every_unknown_field_and_the_errors_after_them_are_reported() {
+        let e = load(
+            "[[rule]]\nname = \"r\"\nwhen = 'true'\nfour = \"5m\"\n[[rule]]\nname = \"s\"\nwhen = 'nope > 1'\nsevrity = \"critical\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("p.toml:4:1: unknown field `four`"), "{text}");
+        assert!(text.contains("p.toml:8:1: unknown field `sevrity`"), "{text}");
+        assert!(text.contains("p.toml:7:8: rule \"s\": unknown signal or variable \"nope\""), "{text}");
+        assert_eq!(e.len(), 3, "{text}");
     }
 }
