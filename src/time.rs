@@ -40,6 +40,10 @@ impl serde::Serialize for Timestamp {
 impl Span {
     pub const ZERO: Span = Span(0);
 
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+
     pub fn from_secs(secs: i64) -> Span {
         Span(secs.saturating_mul(1000))
     }
@@ -127,6 +131,26 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(since_epoch.as_millis() as i64)
+    }
+}
+
+/// Measures how long something took on the monotonic clock (probe durations, evaluation time).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Stopwatch {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Span {
+        Span(self.0.elapsed().as_millis().min(i64::MAX as u128) as i64)
+    }
+
+    /// Elapsed seconds with sub-millisecond precision.
+    pub fn elapsed_secs(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
     }
 }
 

@@ -1,5 +1,207 @@
-//! Sources: what the poller reads. So far the pure part — [`exposition`], the Prometheus text
-//! format parser. The pollers (health, prometheus, promql, tcp, alertmanager) come with the live
-//! sidecar.
+//! Sources: what the poller reads and how it lands in the window store.
+//!
+//! - [`exposition`]: the Prometheus text format parser (pure, fuzzed, benchmarked).
+//! - [`health`]: a health endpoint's JSON body → fields.
+//! - [`poller`]: one task per target — interval, jitter, hard timeout, capped body — yielding an
+//!   [`Observation`] per poll; a failed poll is data (`up=0` with its reason), never a crash.
+//! - [`TargetSeries`] (here): applies observations to the store, marking a target's series stale
+//!   while it is down, so they read as *unknown*, never stale-but-healthy.
+//!
+//! Not yet here (live-sidecar issue): `promql` and `alertmanager` sources, the engine that runs
+//! the pollers with the evaluator, and rollwatch's own endpoints.
 
 pub mod exposition;
+pub mod health;
+pub mod poller;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::selector::SeriesKey;
+use crate::time::{Span, Timestamp};
+use crate::window::Store;
+pub use poller::{probe, run_target};
+
+/// Default cap on a response body: the read stops there; nothing larger is buffered.
+pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// A secret read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How a target authenticates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    Bearer(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// What kind of target, with its address.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetKind {
+    /// HTTP GET; up = a 2xx status within the timeout; JSON fields become series.
+    Health { url: String },
+    /// A Prometheus text exposition; every sample becomes a series.
+    Prometheus { url: String },
+    /// A TCP connect check.
+    Tcp { address: String },
+}
+
+/// One target to poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    pub interval: Span,
+    pub timeout: Span,
+    /// Adds `critical="true"` to its `up` and `probe_duration_seconds`.
+    pub critical: bool,
+    pub max_body: usize,
+    pub auth: Option<Auth>,
+}
+
+/// Why a poll failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("no answer within {0}")]
+    Timeout(Span),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("body larger than max_body ({0} bytes); read stopped there")]
+    BodyTooLarge(usize),
+    #[error("body is not UTF-8 (first bad byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("malformed exposition: {bad} bad lines and no sample (line {line}: {reason})")]
+    Malformed { bad: usize, line: usize, reason: String },
+    #[error("request failed: {0}")]
+    Http(String),
+}
+
+impl SourceError {
+    /// A short stable name for counting failures by reason in rollwatch's own metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Status(_) => "status",
+            SourceError::Timeout(_) => "timeout",
+            SourceError::Connect(_) => "connect",
+            SourceError::BodyTooLarge(_) => "body_too_large",
+            SourceError::NotUtf8(_) => "not_utf8",
+            SourceError::Malformed { .. } => "malformed",
+            SourceError::Http(_) => "http",
+        }
+    }
+}
+
+/// The result of one poll of one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub target: String,
+    pub critical: bool,
+    pub at: Timestamp,
+    pub up: bool,
+    /// Seconds the probe took.
+    pub duration_secs: f64,
+    /// Scraped series (without the `target` label yet) and their values.
+    pub samples: Vec<(SeriesKey, f64)>,
+    /// String fields of a health body (`version`).
+    pub strings: Vec<(String, String)>,
+    /// Exposition lines skipped as malformed (the scrape still counted).
+    pub bad_lines: usize,
+    pub error: Option<SourceError>,
+}
+
+/// Writes observations into the store; remembers each target's series so that when a target
+/// goes down, or a series disappears from its scrape, the series is ended (stale) rather than
+/// left holding its last healthy value.
+#[derive(Debug, Default)]
+pub struct TargetSeries {
+    seen: HashMap<String, HashSet<SeriesKey>>,
+    /// Latest string fields per target (`version`).
+    pub strings: HashMap<String, Vec<(String, String)>>,
+}
+
+impl TargetSeries {
+    pub fn apply(&mut self, obs: &Observation, store: &mut Store) {
+        let mut labels = vec![("target".to_string(), obs.target.clone())];
+        if obs.critical {
+            labels.push(("critical".to_string(), "true".to_string()));
+        }
+        store.push(&SeriesKey::new("up", labels.clone()), obs.at, if obs.up { 1.0 } else { 0.0 });
+        store.push(&SeriesKey::new("probe_duration_seconds", labels), obs.at, obs.duration_secs);
+
+        let now: HashSet<SeriesKey> = obs
+            .samples
+            .iter()
+            .map(|(key, v)| {
+                let mut labels = key.labels.clone();
+                labels.retain(|(k, _)| k != "target");
+                labels.push(("target".to_string(), obs.target.clone()));
+                let key = SeriesKey::new(key.name.clone(), labels);
+                store.push(&key, obs.at, *v);
+                key
+            })
+            .collect();
+        let before = self.seen.insert(obs.target.clone(), now).unwrap_or_default();
+        let current = &self.seen[&obs.target];
+        for gone in before.iter().filter(|k| !current.contains(*k)) {
+            store.mark_stale(gone, obs.at);
+        }
+        if obs.up {
+            self.strings.insert(obs.target.clone(), obs.strings.clone());
+        } else {
+            self.strings.remove(&obs.target);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+
+    fn obs(at: i64, up: bool, samples: &[(&str, f64)]) -> Observation {
+        Observation {
+            target: "api".into(),
+            critical: true,
+            at: Timestamp(at),
+            up,
+            duration_secs: 0.01,
+            samples: samples.iter().map(|(k, v)| (SeriesKey::parse(k).unwrap(), *v)).collect(),
+            strings: vec![("version".into(), "v1".into())],
+            bad_lines: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn series_of_a_down_target_become_unknown() {
+        let mut store = Store::new(Span(600_000));
+        let m = store.add_selector(Selector::parse(r#"m{target="api"}"#).unwrap());
+        let up = store.add_selector(Selector::parse(r#"up{critical="true"}"#).unwrap());
+        let mut ts = TargetSeries::default();
+        ts.apply(&obs(0, true, &[("m", 5.0)]), &mut store);
+        assert_eq!(store.last(m, Timestamp(0), Span::ZERO), Some(5.0));
+        assert_eq!(store.up(up, Timestamp(0)), Some(1.0));
+        assert_eq!(ts.strings["api"][0].1, "v1");
+        ts.apply(&obs(1000, false, &[]), &mut store);
+        assert_eq!(store.last(m, Timestamp(1000), Span::ZERO), None, "unknown, not the last healthy value");
+        assert_eq!(store.up(up, Timestamp(1000)), Some(0.0));
+        assert!(!ts.strings.contains_key("api"));
+        ts.apply(&obs(2000, true, &[("m", 6.0)]), &mut store);
+        assert_eq!(store.last(m, Timestamp(2000), Span::ZERO), Some(6.0));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let auth = Auth::Basic { username: "u".into(), password: Secret("hunter2".into()) };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Polling one target: [`probe`] does one poll under a hard timeout and reads at most
+//! `max_body` bytes; [`run_target`] repeats it on the target's interval (with a per-target
+//! jitter, skipped ticks not replayed) in its own task, so a slow target never delays another.
+//! Parsing stays pure ([`super::exposition`], [`super::health`]).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::{Auth, Observation, SourceError, Target, TargetKind, exposition, health};
+use crate::time::{Clock, Span, Stopwatch};
+
+/// A client for polling: rustls with ring, no proxies from the environment, no redirects beyond
+/// a few. Installs the ring crypto provider if none is installed yet.
+pub fn http_client() -> Result<reqwest::Client, SourceError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("rollwatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| SourceError::Http(e.to_string()))
+}
+
+/// Polls `target` once.
+pub async fn probe(client: &reqwest::Client, target: &Target, clock: &dyn Clock) -> Observation {
+    let at = clock.now();
+    let watch = Stopwatch::start();
+    let result = match tokio::time::timeout(target.timeout.as_std(), fetch(client, target)).await {
+        Ok(result) => result,
+        Err(_) => Err(SourceError::Timeout(target.timeout)),
+    };
+    let mut obs = Observation {
+        target: target.name.clone(),
+        critical: target.critical,
+        at,
+        up: false,
+        duration_secs: watch.elapsed_secs(),
+        samples: Vec::new(),
+        strings: Vec::new(),
+        bad_lines: 0,
+        error: None,
+    };
+    match result {
+        Ok(Fetched { samples, strings, bad_lines }) => {
+            obs.up = true;
+            obs.samples = samples;
+            obs.strings = strings;
+            obs.bad_lines = bad_lines;
+        }
+        Err(e) => {
+            tracing::warn!(target = %target.name, reason = e.reason(), error = %e, "poll failed");
+            obs.error = Some(e);
+        }
+    }
+    obs
+}
+
+struct Fetched {
+    samples: Vec<(crate::selector::SeriesKey, f64)>,
+    strings: Vec<(String, String)>,
+    bad_lines: usize,
+}
+
+async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, SourceError> {
+    let url = match &target.kind {
+        TargetKind::Tcp { address } => {
+            tokio::net::TcpStream::connect(address).await.map_err(|e| SourceError::Connect(e.to_string()))?;
+            return Ok(Fetched { samples: vec![], strings: vec![], bad_lines: 0 });
+        }
+        TargetKind::Health { url } | TargetKind::Prometheus { url } => url,
+    };
+    let mut request = client.get(url).timeout(target.timeout.as_std());
+    request = match &target.auth {
+        None => request,
+        Some(Auth::Bearer(token)) => request.bearer_auth(&token.0),
+        Some(Auth::Basic { username, password }) => request.basic_auth(username, Some(&password.0)),
+    };
+    if matches!(target.kind, TargetKind::Prometheus { .. }) {
+        request = request.header(reqwest::header::ACCEPT, "text/plain;version=0.0.4;q=1,*/*;q=0.1");
+    }
+    let response = request.send().await.map_err(classify)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(SourceError::Status(status.as_u16()));
+    }
+    let body = read_capped(response, target.max_body).await?;
+    match target.kind {
+        TargetKind::Health { .. } => {
+            let fields = health::read(&body);
+            let samples =
+                fields.numbers.into_iter().map(|(name, v)| (crate::selector::SeriesKey::new(name, []), v)).collect();
+            Ok(Fetched { samples, strings: fields.strings, bad_lines: 0 })
+        }
+        _ => {
+            if let Err(e) = std::str::from_utf8(&body) {
+                return Err(SourceError::NotUtf8(e.valid_up_to()));
+            }
+            let parsed = exposition::parse(&body);
+            if parsed.samples.is_empty() && parsed.bad_lines > 0 {
+                let first =
+                    parsed.first_bad.first().cloned().unwrap_or(exposition::BadLine { line: 0, reason: String::new() });
+                return Err(SourceError::Malformed { bad: parsed.bad_lines, line: first.line, reason: first.reason });
+            }
+            if parsed.bad_lines > 0 {
+                tracing::debug!(target = %target.name, bad = parsed.bad_lines, first = ?parsed.first_bad.first(), "skipped bad exposition lines");
+            }
+            let samples = parsed.samples.into_iter().map(|s| (s.key, s.value)).collect();
+            Ok(Fetched { samples, strings: vec![], bad_lines: parsed.bad_lines })
+        }
+    }
+}
+
+fn classify(e: reqwest::Error) -> SourceError {
+    if e.is_timeout() {
+        SourceError::Http(format!("timed out: {e}"))
+    } else if e.is_connect() {
+        SourceError::Connect(error_chain(&e))
+    } else {
+        SourceError::Http(error_chain(&e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Reads the body, stopping (with an error) past `max` bytes: nothing larger is buffered.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, SourceError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(SourceError::BodyTooLarge(max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > max {
+            return Err(SourceError::BodyTooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A stable offset in `[0, interval/10)` from the target's name, so targets with the same
+/// interval do not all poll at the same instant.
+pub fn jitter(name: &str, interval: Span) -> Span {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let spread = (interval.0 / 10).max(1) as u64;
+    Span((h.finish() % spread) as i64)
+}
+
+/// Polls `target` every interval until `shutdown` turns true or the receiver is gone.
+pub async fn run_target(
+    target: Target,
+    client: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Observation>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(jitter(&target.name, target.interval).as_std()) => {}
+        _ = shutdown.changed() => return,
+    }
+    let mut ticker = tokio::time::interval(target.interval.as_std());
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let obs = tokio::select! {
+            obs = probe(&client, &target, clock.as_ref()) => obs,
+            _ = shutdown.changed() => return,
+        };
+        if tx.send(obs).await.is_err() {
+            return;
+        }
+    }
+}
