@@ -13,13 +13,17 @@
 //! - [`config`]: TOML loading (profiles, `rollwatch.toml`), every error with file:line:col.
 //! - [`source`]: the Prometheus text exposition parser (the pollers come with the live sidecar).
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
-//! - [`cli`]: the command line (`check`, `test`, `replay`).
+//! - [`journal`]: the append-only, fsynced JSONL journal in `state_dir`.
+//! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
+//! - [`cli`]: the command line (`check`, `test`, `replay`, `run`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod expr;
 pub mod fixture;
+pub mod journal;
 pub mod rules;
 pub mod selector;
 pub mod source;

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod replay;
 pub mod report;
+pub mod run;
 pub mod test;
 
 use std::io::Write;
@@ -37,6 +38,12 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run the sidecar: poll targets, evaluate, log and journal decisions (until SIGTERM/SIGINT).
+    Run {
+        /// The deployment's rollwatch.toml.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Replay one fixture and print its timeline: rule state changes and decisions.
     Replay {
         fixture: PathBuf,
@@ -52,6 +59,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Check { paths } => check::run(&paths, out),
         Command::Test { paths } => test::run(&paths, out),
         Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
+        Command::Run { config } => run::run(&config, out),
     }
 }
 

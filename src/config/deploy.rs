@@ -11,6 +11,7 @@ use super::diag::{Checker, Diagnostics, SourceFile};
 use super::profile::read_listed;
 use super::raw::RawConfig;
 use crate::rules::{Evaluator, Step, load};
+use crate::source::{Auth, DEFAULT_MAX_BODY, Secret, Target, TargetKind};
 use crate::time::Span;
 
 /// Kinds of target the poller knows.
@@ -22,12 +23,24 @@ pub const CHANNEL_KINDS: &[&str] = &["slack", "email", "webhook", "console"];
 /// Policy modes.
 pub const MODES: &[&str] = &["auto", "approve", "dry-run"];
 
-/// A target's polling schedule.
+/// Where a target's secret comes from (resolved when the sidecar starts, never stored here).
 #[derive(Debug, Clone, PartialEq)]
-pub struct TargetTiming {
+pub enum AuthEnv {
+    Bearer { token_env: String },
+    Basic { username: String, password_env: String },
+}
+
+/// A checked target; [`Config::targets`] turns it into a pollable [`Target`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
     pub name: String,
+    /// `None` for kinds the poller does not run yet (promql, alertmanager).
+    pub kind: Option<TargetKind>,
     pub interval: Span,
     pub timeout: Span,
+    pub critical: bool,
+    pub max_body: usize,
+    pub auth: Option<AuthEnv>,
 }
 
 /// A checked config (the raw file kept for the parts later stages read).
@@ -38,8 +51,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     pub eval_interval: Span,
-    /// Each target's poll interval and timeout, in file order.
-    pub targets: Vec<TargetTiming>,
+    /// Targets in file order.
+    pub targets: Vec<TargetConfig>,
 }
 
 impl Config {
@@ -92,7 +105,47 @@ impl Config {
             if interval.is_zero() {
                 c.err(&t.name.span(), item, "interval must be longer than 0s");
             }
-            targets.push(TargetTiming { name: t.name.get_ref().clone(), interval, timeout });
+            let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
+            let kind = match t.kind.get_ref().as_str() {
+                "health" => Some(TargetKind::Health { url }),
+                "prometheus" => Some(TargetKind::Prometheus { url }),
+                "tcp" => Some(TargetKind::Tcp {
+                    address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            let auth = match (&t.bearer_token_env, &t.basic_auth_user, &t.basic_auth_password_env) {
+                (None, None, None) => None,
+                (Some(token), None, None) => Some(AuthEnv::Bearer { token_env: token.get_ref().clone() }),
+                (None, Some(user), Some(pw)) => {
+                    Some(AuthEnv::Basic { username: user.clone(), password_env: pw.get_ref().clone() })
+                }
+                _ => {
+                    c.err(
+                        &t.name.span(),
+                        item,
+                        "authenticate with bearer_token_env, or with basic_auth_user and basic_auth_password_env",
+                    );
+                    None
+                }
+            };
+            let max_body = match &t.max_body {
+                None => DEFAULT_MAX_BODY,
+                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 1 << 30 => {
+                    c.err(&m.span(), item, "max_body must be between 1 byte and 1 GiB");
+                    DEFAULT_MAX_BODY
+                }
+                Some(m) => *m.get_ref() as usize,
+            };
+            targets.push(TargetConfig {
+                name: t.name.get_ref().clone(),
+                kind,
+                interval,
+                timeout,
+                critical: t.critical,
+                max_body,
+                auth,
+            });
         }
         if let Some(v) = &raw.version
             && !names.contains(v.get_ref().target.get_ref())
@@ -144,6 +197,46 @@ impl Config {
         check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
         let config = Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets };
         errors.into_result((config, evaluator))
+    }
+}
+
+impl Config {
+    /// The targets the poller runs, secrets read through `env` (the process environment in
+    /// production). A secret whose variable is unset is an error naming the target and variable
+    /// — never the value.
+    pub fn targets(&self, env: impl Fn(&str) -> Option<String>) -> Result<Vec<Target>, Diagnostics> {
+        let mut errors = Diagnostics::default();
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let Some(kind) = t.kind.clone() else { continue };
+            let mut secret = |var: &str| match env(var) {
+                Some(v) => Some(Secret(v)),
+                None => {
+                    errors.push(super::Diagnostic::file(
+                        &self.path,
+                        format!("target {:?}: environment variable {var} is not set", t.name),
+                    ));
+                    None
+                }
+            };
+            let auth = match &t.auth {
+                None => None,
+                Some(AuthEnv::Bearer { token_env }) => secret(token_env).map(Auth::Bearer),
+                Some(AuthEnv::Basic { username, password_env }) => {
+                    secret(password_env).map(|password| Auth::Basic { username: username.clone(), password })
+                }
+            };
+            out.push(Target {
+                name: t.name.clone(),
+                kind,
+                interval: t.interval,
+                timeout: t.timeout,
+                critical: t.critical,
+                max_body: t.max_body,
+                auth,
+            });
+        }
+        errors.into_result(out)
     }
 }
 

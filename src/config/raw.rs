@@ -106,6 +106,13 @@ pub struct RawTarget {
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub critical: bool,
+    /// Largest body read, in bytes (default 10 MiB).
+    pub max_body: Option<Spanned<u64>>,
+    /// Name of the environment variable holding a bearer token.
+    pub bearer_token_env: Option<Spanned<String>>,
+    /// Basic auth: the user name, and the env var holding the password.
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

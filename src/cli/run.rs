@@ -1,0 +1,54 @@
+//! `rollwatch run -c FILE`: the sidecar. Loads and checks the config, reads target secrets from
+//! the environment, runs the engine until SIGTERM or SIGINT, then exits 0 with the journal
+//! flushed. (Config reload on SIGHUP is not implemented yet.)
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::deploy::Config;
+use crate::engine;
+use crate::time::SystemClock;
+
+pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let (config, ev) = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let targets = match config.targets(|var| std::env::var(var).ok()) {
+        Ok(t) => t,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            let _ = stop.send(true);
+        });
+        engine::run(&config, ev, targets, Arc::new(SystemClock), shutdown, None).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process is stopped the hard way; wait forever.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

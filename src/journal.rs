@@ -1,0 +1,109 @@
+//! The journal: `state_dir/journal.jsonl`, one JSON object per line, each line written whole and
+//! fsynced before the event it records counts as done. Reading back drops a torn last line (a
+//! crash mid-write) with a warning. (Restoring cooldowns, approvals and in-flight steps from it
+//! comes with the dispatcher.)
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::time::Timestamp;
+
+/// An append-only JSONL file.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+#[derive(Serialize)]
+struct Line<'a, T: Serialize> {
+    at: Timestamp,
+    event: &'a str,
+    #[serde(flatten)]
+    data: &'a T,
+}
+
+/// Why the journal could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl Journal {
+    /// Opens (creating) `dir/journal.jsonl` for appending; creates `dir` if needed.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        let path = dir.join("journal.jsonl");
+        let io = |source| JournalError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        Ok(Journal { path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event as one line, then fsyncs: when this returns Ok the event is durable.
+    pub fn append<T: Serialize>(&mut self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(&Line { at, event, data })
+            .map_err(|e| JournalError::Io { path: self.path.clone(), source: io::Error::other(e) })?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+
+    /// Reads every whole line back; a torn or unparsable last line is dropped with a warning,
+    /// an unparsable line elsewhere is skipped with a warning (nothing else is lost).
+    pub fn read_back(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(JournalError::Io { path: path.to_path_buf(), source }),
+        };
+        let mut out = Vec::new();
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice(line) {
+                Ok(v) => out.push(v),
+                Err(e) if i == last => {
+                    tracing::warn!(path = %path.display(), error = %e, "dropping a torn last journal line");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable journal line")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_whole_lines_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("state")).unwrap();
+        j.append(Timestamp(1), "started", &serde_json::json!({"version": "1"})).unwrap();
+        j.append(Timestamp(2), "decision", &serde_json::json!({"outcome": "rollback"})).unwrap();
+        let path = j.path().to_path_buf();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"at\":3,\"event\":\"deci").unwrap();
+        let back = Journal::read_back(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1]["outcome"], "rollback");
+        assert_eq!(back[0]["event"], "started");
+        assert_eq!(back[0]["at"], 1);
+    }
+}

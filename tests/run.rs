@@ -1,0 +1,150 @@
+//! The sidecar end to end on loopback: a real health server goes down and the live engine
+//! decides `rollback` within one poll plus one evaluation interval plus the rule's `for`; the
+//! binary shuts down cleanly on SIGTERM with its journal whole. Real sockets: short real
+//! intervals and generous deadlines.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::write;
+use rollwatch::config::deploy::Config;
+use rollwatch::journal::Journal;
+use rollwatch::rules::Outcome;
+use rollwatch::time::SystemClock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A health endpoint answering 200 or 503 as `healthy` says.
+async fn health_server(healthy: Arc<AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let healthy = healthy.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let status = if healthy.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
+                let body = r#"{"status":"ok","version":"v1.2.4"}"#;
+                let reply =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/health/ready")
+}
+
+const PROFILE: &str = r#"
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+for = "300ms"
+
+[[decide]]
+ask = "Is system down?"
+if = 'firing("down")'
+then = "rollback"
+"#;
+
+fn config_text(url: &str, state: &std::path::Path) -> String {
+    format!(
+        "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\neval_interval = \"100ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"{url}\"\ninterval = \"50ms\"\ntimeout = \"1s\"\n",
+        state.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_target_going_down_gives_rollback() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let url = health_server(healthy.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
+    let (config, ev) = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let targets = config.targets(|_| None).unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let config = Arc::new(config);
+    let engine = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            rollwatch::engine::run(&config, ev, targets, Arc::new(SystemClock), shutdown, Some(tx)).await
+        })
+    };
+
+    // Healthy first: wait for a tick that saw the target up and decided monitor.
+    let healthy_seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(tick) = ticks.recv().await {
+            if tick.decisions[0].outcome == Outcome::Monitor && tick.decisions[0].unknown.is_empty() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(healthy_seen, Ok(true));
+
+    healthy.store(false, Ordering::SeqCst);
+    let went_down = rollwatch::time::Stopwatch::start();
+    let rollback = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(tick) = ticks.recv().await {
+            if tick.decisions[0].outcome == Outcome::Rollback {
+                return Some(tick.decisions[0].explanation());
+            }
+        }
+        None
+    })
+    .await
+    .expect("rollback within the deadline");
+    assert_eq!(rollback.as_deref(), Some("Is system down? YES → rollback"));
+    // Poll (50ms) + evaluation (100ms) + for (300ms) + the first tick past it; generous slack.
+    assert!(went_down.elapsed().0 >= 300, "not before the rule's `for`");
+
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+    let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+    let events: Vec<&str> = journal.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert_eq!(events.first(), Some(&"started"));
+    assert_eq!(events.last(), Some(&"stopped"));
+    assert!(journal.iter().any(|v| v["event"] == "decision" && v["outcome"] == "rollback"), "{journal:?}");
+    assert!(journal.iter().any(|v| v["event"] == "transition" && v["rule"] == "down" && v["to"] == "firing"));
+}
+
+#[test]
+fn sigterm_stops_the_sidecar_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    // Nothing listens on port 9 of loopback: the target is simply down.
+    let path = write(dir.path(), "rollwatch.toml", config_text("http://127.0.0.1:9/health", &dir.path().join("state")));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("ROLLWATCH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("rollwatch started") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the sidecar exited before starting");
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let stopped = rollwatch::time::Stopwatch::start();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped.elapsed().0 < 5000, "not stopped within 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+    assert_eq!(journal.last().and_then(|v| v["event"].as_str()), Some("stopped"));
+}
