@@ -1,19 +1,24 @@
 //! The live pipeline: pollers → observations → window store → evaluator on wall-clock ticks →
-//! decisions, logged and journalled when they change. The evaluator is the same one `test`
-//! replays; only the clock and the source of samples differ. `run(…, shutdown)` returns once
+//! decisions, logged and journalled when they change; alerts from the webhook become `ALERTS`
+//! series; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the
+//! same one `test` replays; only the clock and the source of samples differ. [`run`] returns once
 //! shutdown is signalled, with the journal flushed.
 
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::deploy::Config;
 use crate::journal::{Journal, JournalError};
 use crate::rules::{Evaluator, Tick};
+use crate::server::{self, Shared};
+use crate::source::alertmanager::{Alerts, RESOLVE_TIMEOUT};
 use crate::source::poller::{http_client, run_target};
-use crate::source::{SourceError, Target, TargetSeries};
-use crate::time::Clock;
+use crate::source::{Observation, Secret, SourceError, Target, TargetSeries};
+use crate::status::{RECENT, RuleStatus, Snapshot, TargetStatus};
+use crate::time::{Clock, Stopwatch};
 
 /// Why the sidecar could not run.
 #[derive(Debug, thiserror::Error)]
@@ -24,49 +29,89 @@ pub enum EngineError {
     Client(#[from] SourceError),
 }
 
-/// Runs until `shutdown` becomes true. `events`, when given, receives every tick (tests, demo).
-pub async fn run(
-    config: &Config,
-    mut ev: Evaluator,
-    targets: Vec<Target>,
-    clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
-    events: Option<mpsc::UnboundedSender<Tick>>,
-) -> Result<(), EngineError> {
+/// Everything the engine runs with.
+pub struct Parts {
+    pub evaluator: Evaluator,
+    pub targets: Vec<Target>,
+    pub clock: Arc<dyn Clock>,
+    /// Where to serve the own endpoints (bound by the caller); `None` serves nothing.
+    pub listener: Option<TcpListener>,
+    /// Bearer token required on the hook, when set.
+    pub token: Option<Secret>,
+    /// Receives every tick (tests, the demo).
+    pub events: Option<mpsc::UnboundedSender<Tick>>,
+}
+
+/// Runs until `shutdown` becomes true.
+pub async fn run(config: &Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
+    let Parts { evaluator: mut ev, targets, clock, listener, token, events } = parts;
     let mut journal = Journal::open(&config.state_dir)?;
     let client = http_client()?;
-    let (tx, mut rx) = mpsc::channel(1024);
-    let (stop_pollers, pollers_shutdown) = watch::channel(false);
+    let (obs_tx, mut observations) = mpsc::channel(1024);
+    let (stop_tasks, tasks_shutdown) = watch::channel(false);
+    let mut snapshot = Snapshot {
+        targets: targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect(),
+        ..Snapshot::default()
+    };
     for t in targets {
-        tokio::spawn(run_target(t, client.clone(), clock.clone(), tx.clone(), pollers_shutdown.clone()));
+        tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), tasks_shutdown.clone()));
     }
-    drop(tx);
+    drop(obs_tx);
+    let (status_tx, status_rx) = watch::channel(Arc::new(snapshot.clone()));
+    let (alerts_tx, mut alert_updates) = mpsc::channel(64);
+    let server = listener.map(|listener| {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
+        let shared = Shared { status: status_rx, alerts: alerts_tx.clone(), token };
+        tokio::spawn(server::serve(listener, shared, tasks_shutdown.clone()))
+    });
+    drop(alerts_tx);
+
     let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
     journal.append(clock.now(), "started", &serde_json::json!({ "profiles": names }))?;
     tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
 
     let mut series = TargetSeries::default();
+    let mut alerts = Alerts::default();
     let mut ticker = tokio::time::interval(config.eval_interval.as_std());
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut last: Vec<Option<(String, String)>> = vec![None; ev.profiles.len()];
     loop {
         tokio::select! {
-            Some(obs) = rx.recv() => series.apply(&obs, ev.store_mut()),
+            Some(obs) = observations.recv() => {
+                series.apply(&obs, ev.store_mut());
+                record_poll(&mut snapshot, &obs);
+            }
+            Some(updates) = alert_updates.recv() => {
+                let now = clock.now();
+                tracing::info!(count = updates.len(), "alerts received");
+                let list: Vec<_> = updates.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
+                journal.append(now, "alerts", &serde_json::json!({ "alerts": list }))?;
+                alerts.update(updates, now, ev.store_mut());
+            }
             _ = ticker.tick() => {
                 let now = clock.now();
+                alerts.refresh(now, RESOLVE_TIMEOUT, ev.store_mut());
+                let watch = Stopwatch::start();
                 let tick = ev.tick(now);
+                snapshot.last_evaluation_seconds = watch.elapsed_secs();
                 for t in &tick.transitions {
                     tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
                     journal.append(now, "transition", t)?;
                 }
                 for (i, d) in tick.decisions.iter().enumerate() {
-                    let summary = (d.outcome.to_string(), d.explanation());
-                    if last[i].as_ref() != Some(&summary) {
-                        tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %summary.1, "decision");
+                    let changed = snapshot.decisions.get(i).is_none_or(|prev| prev.outcome != d.outcome || prev.explanation() != d.explanation());
+                    if changed {
+                        tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
                         journal.append(now, "decision", d)?;
-                        last[i] = Some(summary);
+                        snapshot.recent.push_back(d.clone());
+                        if snapshot.recent.len() > RECENT {
+                            snapshot.recent.pop_front();
+                        }
                     }
+                    *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
                 }
+                update_snapshot(&mut snapshot, &ev, &tick, &alerts, &series, now);
+                let _ = status_tx.send(Arc::new(snapshot.clone()));
                 if let Some(events) = &events {
                     let _ = events.send(tick);
                 }
@@ -74,8 +119,51 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
-    let _ = stop_pollers.send(true);
+    let _ = stop_tasks.send(true);
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     journal.append(clock.now(), "stopped", &serde_json::json!({}))?;
     tracing::info!("rollwatch stopped");
     Ok(())
+}
+
+fn record_poll(snapshot: &mut Snapshot, obs: &Observation) {
+    let Some(t) = snapshot.targets.iter_mut().find(|t| t.name == obs.target) else { return };
+    t.up = Some(obs.up);
+    t.polls_total += 1;
+    t.duration_seconds = obs.duration_secs;
+    t.last_error = obs.error.as_ref().map(|e| e.to_string());
+    if let Some(e) = &obs.error {
+        *t.errors_total.entry(e.reason().to_string()).or_insert(0) += 1;
+    }
+}
+
+fn update_snapshot(
+    snapshot: &mut Snapshot,
+    ev: &Evaluator,
+    tick: &Tick,
+    alerts: &Alerts,
+    series: &TargetSeries,
+    now: crate::time::Timestamp,
+) {
+    snapshot.at = now;
+    snapshot.ticks_total = ev.ticks;
+    snapshot.series = ev.store().len();
+    snapshot.decisions = tick.decisions.clone();
+    snapshot.firing_alerts = alerts.firing();
+    snapshot.signals = ev.signal_values().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    snapshot.rules = ev
+        .rule_states()
+        .map(|(r, state, value)| RuleStatus {
+            name: r.name.clone(),
+            profile: ev.profiles[r.profile].name.clone(),
+            state: state.phase().to_string(),
+            value,
+            severity: r.severity.clone(),
+        })
+        .collect();
+    for t in &mut snapshot.targets {
+        t.fields = series.strings.get(&t.name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
+    }
 }

@@ -14,6 +14,8 @@
 //! - [`source`]: the Prometheus text exposition parser (the pollers come with the live sidecar).
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
 //! - [`journal`]: the append-only, fsynced JSONL journal in `state_dir`.
+//! - [`status`]: the snapshot behind `/status` and `/metrics`.
+//! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, `POST /hooks/alertmanager`.
 //! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
 //! - [`cli`]: the command line (`check`, `test`, `replay`, `run`).
 #![forbid(unsafe_code)]
@@ -26,6 +28,8 @@ pub mod fixture;
 pub mod journal;
 pub mod rules;
 pub mod selector;
+pub mod server;
 pub mod source;
+pub mod status;
 pub mod time;
 pub mod window;

@@ -53,7 +53,7 @@ then = "rollback"
 
 fn config_text(url: &str, state: &std::path::Path) -> String {
     format!(
-        "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\neval_interval = \"100ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"{url}\"\ninterval = \"50ms\"\ntimeout = \"1s\"\n",
+        "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"100ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"{url}\"\ninterval = \"50ms\"\ntimeout = \"1s\"\n",
         state.display()
     )
 }
@@ -72,9 +72,17 @@ async fn a_health_target_going_down_gives_rollback() {
     let config = Arc::new(config);
     let engine = {
         let config = config.clone();
-        tokio::spawn(async move {
-            rollwatch::engine::run(&config, ev, targets, Arc::new(SystemClock), shutdown, Some(tx)).await
-        })
+        {
+            let parts = rollwatch::engine::Parts {
+                evaluator: ev,
+                targets,
+                clock: Arc::new(SystemClock),
+                listener: None,
+                token: None,
+                events: Some(tx),
+            };
+            tokio::spawn(async move { rollwatch::engine::run(&config, parts, shutdown).await })
+        }
     };
 
     // Healthy first: wait for a tick that saw the target up and decided monitor.

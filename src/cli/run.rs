@@ -28,15 +28,36 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let token = match &config.api_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(crate::source::Secret(v)),
+            _ => {
+                writeln!(out, "{}: api_token_env names {var}, which is not set", config.path.display())?;
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown signal received");
             let _ = stop.send(true);
         });
-        engine::run(&config, ev, targets, Arc::new(SystemClock), shutdown, None).await
+        let parts = engine::Parts {
+            evaluator: ev,
+            targets,
+            clock: Arc::new(SystemClock),
+            listener: Some(listener),
+            token,
+            events: None,
+        };
+        engine::run(&config, parts, shutdown).await.map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
 }

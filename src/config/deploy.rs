@@ -53,6 +53,8 @@ pub struct Config {
     pub eval_interval: Span,
     /// Targets in file order.
     pub targets: Vec<TargetConfig>,
+    /// Env var holding the API bearer token (hook, approvals).
+    pub api_token_env: Option<String>,
 }
 
 impl Config {
@@ -76,6 +78,16 @@ impl Config {
                 default_listen
             }),
         };
+
+        if !listen.ip().is_loopback() && raw.api_token_env.is_none() {
+            let span = raw.listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+            c.err(
+                &span,
+                None,
+                "listening beyond loopback needs api_token_env: a forged alert must not roll back production",
+            );
+        }
+        let api_token_env = raw.api_token_env.as_ref().map(|t| t.get_ref().clone());
 
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
@@ -195,7 +207,7 @@ impl Config {
             }
         };
         check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
-        let config = Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets };
+        let config = Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets, api_token_env };
         errors.into_result((config, evaluator))
     }
 }

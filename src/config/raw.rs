@@ -76,6 +76,8 @@ pub struct RawConfig {
     pub profiles: Spanned<Vec<Spanned<String>>>,
     pub state_dir: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
+    /// Env var holding the bearer token for the hook and approval endpoints.
+    pub api_token_env: Option<Spanned<String>>,
     pub eval_interval: Option<Spanned<String>>,
     pub version: Option<Spanned<RawVersion>>,
     #[serde(default)]

@@ -160,6 +160,11 @@ impl Evaluator {
         self.rules.iter().position(|r| r.name == rule).and_then(|i| self.values[i])
     }
 
+    /// Every rule with its current state and value, in evaluation order.
+    pub fn rule_states(&self) -> impl Iterator<Item = (&Rule, RuleState, Option<f64>)> {
+        self.rules.iter().enumerate().map(|(i, r)| (r, self.states[i], self.values[i]))
+    }
+
     /// Current signal values (no data as `None`).
     pub fn signal_values(&self) -> Vec<(&str, Option<f64>)> {
         self.signals

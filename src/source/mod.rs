@@ -10,6 +10,7 @@
 //! Not yet here (live-sidecar issue): `promql` and `alertmanager` sources, the engine that runs
 //! the pollers with the evaluator, and rollwatch's own endpoints.
 
+pub mod alertmanager;
 pub mod exposition;
 pub mod health;
 pub mod poller;

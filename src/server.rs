@@ -1,0 +1,113 @@
+//! rollwatch's own endpoints (axum): `/healthz`, `/metrics` and `/status` read the latest
+//! [`Snapshot`]; `POST /hooks/alertmanager` takes an Alertmanager webhook (version 4) and hands
+//! its alerts to the engine. A bearer token protects the hook when configured (and `run` refuses
+//! to listen beyond loopback without one): a forged alert must not roll back production.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{mpsc, watch};
+
+use crate::source::Secret;
+use crate::source::alertmanager::{self, AlertUpdate};
+use crate::status::Snapshot;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Shared {
+    pub status: watch::Receiver<Arc<Snapshot>>,
+    pub alerts: mpsc::Sender<Vec<AlertUpdate>>,
+    pub token: Option<Secret>,
+}
+
+/// The routes.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/hooks/alertmanager", post(hook))
+        .with_state(shared)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let text = s.status.borrow().metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// JSON for machines; a small HTML page when a browser asks.
+async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let snap = s.status.borrow().clone();
+    let wants_html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if !wants_html {
+        return axum::Json(snap.as_ref().clone()).into_response();
+    }
+    let mut page = String::from(
+        "<!doctype html><meta charset=utf-8><title>rollwatch</title><h1>rollwatch</h1><h2>Decisions</h2><ul>",
+    );
+    for d in &snap.decisions {
+        page.push_str(&format!("<li><b>{}</b>: {} — {}</li>", html(&d.profile), d.outcome, html(&d.explanation())));
+    }
+    page.push_str("</ul><h2>Rules</h2><table><tr><th>rule<th>state<th>value");
+    for r in &snap.rules {
+        let value = r.value.map(|v| v.to_string()).unwrap_or_else(|| "no data".into());
+        page.push_str(&format!("<tr><td>{}<td>{}<td>{}", html(&r.name), r.state, value));
+    }
+    page.push_str("</table><h2>Targets</h2><table><tr><th>target<th>up<th>last error");
+    for t in &snap.targets {
+        let up = match t.up {
+            Some(true) => "up",
+            Some(false) => "DOWN",
+            None => "not polled yet",
+        };
+        page.push_str(&format!("<tr><td>{}<td>{up}<td>{}", html(&t.name), html(t.last_error.as_deref().unwrap_or(""))));
+    }
+    page.push_str("</table>");
+    Html(page).into_response()
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(token) = &s.token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.0.as_bytes())) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
+        }
+    }
+    match alertmanager::parse(&body) {
+        Ok(updates) => {
+            let n = updates.len();
+            match s.alerts.send(updates).await {
+                Ok(()) => (StatusCode::OK, format!("accepted {n} alerts\n")).into_response(),
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+            }
+        }
+        Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

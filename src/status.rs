@@ -1,0 +1,210 @@
+//! What rollwatch tells about itself: a [`Snapshot`] the engine publishes after every tick, served
+//! as JSON on `/status` and as Prometheus text on `/metrics`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::rules::Decision;
+use crate::selector::escape_label_value;
+use crate::time::Timestamp;
+
+/// How many recent decision changes `/status` keeps.
+pub const RECENT: usize = 20;
+
+/// One target as last polled.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub up: Option<bool>,
+    pub duration_seconds: f64,
+    pub last_error: Option<String>,
+    /// Failed polls by reason (`timeout`, `status`, ...).
+    pub errors_total: BTreeMap<String, u64>,
+    pub polls_total: u64,
+    /// String fields of its health body (`version`).
+    pub fields: BTreeMap<String, String>,
+}
+
+/// One rule now.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub profile: String,
+    pub state: String,
+    pub value: Option<f64>,
+    pub severity: String,
+}
+
+/// Everything `/status` and `/metrics` show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub at: Timestamp,
+    pub targets: Vec<TargetStatus>,
+    pub signals: BTreeMap<String, Option<f64>>,
+    pub rules: Vec<RuleStatus>,
+    /// Current decision per profile.
+    pub decisions: Vec<Decision>,
+    /// The latest decision changes, newest last.
+    pub recent: VecDeque<Decision>,
+    /// Decisions made, by profile and outcome (every tick counts).
+    pub decisions_total: BTreeMap<String, BTreeMap<String, u64>>,
+    pub firing_alerts: Vec<String>,
+    pub ticks_total: u64,
+    pub last_evaluation_seconds: f64,
+    pub series: usize,
+}
+
+fn label(v: &str) -> String {
+    escape_label_value(v)
+}
+
+/// `value` for the text format.
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Snapshot {
+    /// Prometheus text exposition of rollwatch's own state.
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        let mut section = |name: &str, kind: &str, help: &str, rows: Vec<String>| {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for r in rows {
+                let _ = writeln!(text, "{name}{r}");
+            }
+        };
+        section(
+            "rollwatch_rule_state",
+            "gauge",
+            "Rule state: 0 inactive, 1 pending, 2 firing.",
+            self.rules
+                .iter()
+                .map(|r| {
+                    let v = match r.state.as_str() {
+                        "firing" => 2,
+                        "pending" => 1,
+                        _ => 0,
+                    };
+                    format!("{{rule=\"{}\",profile=\"{}\"}} {v}", label(&r.name), label(&r.profile))
+                })
+                .collect(),
+        );
+        section(
+            "rollwatch_decision",
+            "gauge",
+            "Current outcome per profile (1 for the outcome in force).",
+            self.decisions
+                .iter()
+                .map(|d| format!("{{profile=\"{}\",outcome=\"{}\"}} 1", label(&d.profile), d.outcome))
+                .collect(),
+        );
+        section(
+            "rollwatch_decisions_total",
+            "counter",
+            "Decisions made, by profile and outcome.",
+            self.decisions_total
+                .iter()
+                .flat_map(|(p, by)| {
+                    by.iter().map(move |(o, n)| format!("{{profile=\"{}\",outcome=\"{o}\"}} {n}", label(p)))
+                })
+                .collect(),
+        );
+        section(
+            "rollwatch_target_up",
+            "gauge",
+            "Whether the target's last poll succeeded.",
+            self.targets
+                .iter()
+                .filter_map(|t| t.up.map(|up| format!("{{target=\"{}\"}} {}", label(&t.name), u8::from(up))))
+                .collect(),
+        );
+        section(
+            "rollwatch_target_probe_duration_seconds",
+            "gauge",
+            "Duration of the target's last poll.",
+            self.targets
+                .iter()
+                .map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), num(t.duration_seconds)))
+                .collect(),
+        );
+        section(
+            "rollwatch_target_polls_total",
+            "counter",
+            "Polls of the target.",
+            self.targets.iter().map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), t.polls_total)).collect(),
+        );
+        section(
+            "rollwatch_target_errors_total",
+            "counter",
+            "Failed polls by reason.",
+            self.targets
+                .iter()
+                .flat_map(|t| {
+                    t.errors_total
+                        .iter()
+                        .map(move |(r, n)| format!("{{target=\"{}\",reason=\"{r}\"}} {n}", label(&t.name)))
+                })
+                .collect(),
+        );
+        section(
+            "rollwatch_evaluation_duration_seconds",
+            "gauge",
+            "Duration of the last evaluation tick.",
+            vec![format!(" {}", num(self.last_evaluation_seconds))],
+        );
+        section("rollwatch_ticks_total", "counter", "Evaluation ticks.", vec![format!(" {}", self.ticks_total)]);
+        section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);
+        section(
+            "rollwatch_firing_alerts",
+            "gauge",
+            "Alertmanager alerts firing now.",
+            vec![format!(" {}", self.firing_alerts.len())],
+        );
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_parse_back_with_our_own_parser() {
+        let snap = Snapshot {
+            targets: vec![TargetStatus {
+                name: "a\"pi".into(),
+                up: Some(false),
+                errors_total: BTreeMap::from([("timeout".to_string(), 3)]),
+                polls_total: 7,
+                ..TargetStatus::default()
+            }],
+            rules: vec![RuleStatus {
+                name: "r".into(),
+                profile: "p".into(),
+                state: "firing".into(),
+                value: None,
+                severity: "critical".into(),
+            }],
+            ticks_total: 9,
+            ..Snapshot::default()
+        };
+        let text = snap.metrics();
+        let parsed = crate::source::exposition::parse(text.as_bytes());
+        assert_eq!(parsed.bad_lines, 0, "{text}");
+        let get = |name: &str| parsed.samples.iter().find(|s| s.key.name == name).map(|s| s.value);
+        assert_eq!(get("rollwatch_rule_state"), Some(2.0));
+        assert_eq!(get("rollwatch_target_up"), Some(0.0));
+        assert_eq!(get("rollwatch_target_errors_total"), Some(3.0));
+        assert_eq!(get("rollwatch_ticks_total"), Some(9.0));
+        let up = parsed.samples.iter().find(|s| s.key.name == "rollwatch_target_up").unwrap();
+        assert_eq!(up.key.label("target"), "a\"pi");
+    }
+}

@@ -1,0 +1,121 @@
+//! rollwatch's own endpoints on loopback: `/healthz`, `/metrics` (parseable by our own parser),
+//! `/status` (JSON and HTML), and the Alertmanager hook — token enforced, malformed payloads
+//! answered 400, and a firing alert reaching a `rollback` decision.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{rollwatch, write};
+use rollwatch::config::deploy::Config;
+use rollwatch::rules::Outcome;
+use rollwatch::source::Secret;
+use rollwatch::source::poller::http_client;
+use rollwatch::time::SystemClock;
+
+const PROFILE: &str = r#"
+[[rule]]
+name = "security-incident"
+when = 'last("ALERTS{alertname=\"SecurityIncident\"}") > 0'
+on_no_data = "ok"
+
+[[decide]]
+ask = "Security incident?"
+if = 'firing("security-incident")'
+then = "rollback"
+"#;
+
+const ALERT: &str = r#"{"version":"4","groupKey":"g","status":"firing","receiver":"rollwatch","groupLabels":{},"commonLabels":{},
+"commonAnnotations":{},"externalURL":"","truncatedAlerts":0,"alerts":[{"status":"firing","labels":{"alertname":"SecurityIncident",
+"severity":"critical"},"annotations":{},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f"}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let cfg = format!(
+        "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TEST_TOKEN\"\neval_interval = \"100ms\"\n",
+        dir.path().join("state").display()
+    );
+    let (config, ev) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let parts = rollwatch::engine::Parts {
+        evaluator: ev,
+        targets: vec![],
+        clock: Arc::new(SystemClock),
+        listener: Some(listener),
+        token: Some(Secret("t0k".into())),
+        events: Some(tx),
+    };
+    let engine = tokio::spawn(async move { rollwatch::engine::run(&config, parts, shutdown).await });
+    let http = http_client().unwrap();
+
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok\n");
+    ticks.recv().await.unwrap();
+    ticks.recv().await.unwrap();
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let parsed = rollwatch::source::exposition::parse(metrics.as_bytes());
+    assert_eq!(parsed.bad_lines, 0, "{metrics}");
+    assert!(
+        parsed
+            .samples
+            .iter()
+            .any(|s| s.key.name == "rollwatch_rule_state" && s.key.label("rule") == "security-incident")
+    );
+    let status: serde_json::Value = http.get(format!("{base}/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["rules"][0]["state"], "inactive");
+    assert_eq!(status["decisions"][0]["outcome"], "monitor");
+    let page =
+        http.get(format!("{base}/status")).header("accept", "text/html").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<h2>Rules</h2>") && page.contains("security-incident"), "{page}");
+
+    // The hook: no token, a wrong token, garbage, then a real alert.
+    let hook = format!("{base}/hooks/alertmanager");
+    let r = http.post(&hook).body(ALERT).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(&hook).bearer_auth("guess").body(ALERT).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(&hook).bearer_auth("t0k").body("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().starts_with("not an Alertmanager webhook payload"));
+    let r = http.post(&hook).bearer_auth("t0k").body(ALERT).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let decided = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(tick) = ticks.recv().await {
+            if tick.decisions[0].outcome == Outcome::Rollback {
+                return tick.decisions[0].explanation();
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the alert reaches a decision");
+    if decided.is_empty() {
+        panic!("engine ended: {:?}", engine.await);
+    }
+    assert_eq!(decided, "Security incident? YES → rollback");
+    let status: serde_json::Value = http.get(format!("{base}/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["firing_alerts"][0], r#"ALERTS{alertname="SecurityIncident",severity="critical"}"#);
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), engine).await.expect("stops").unwrap().unwrap();
+}
+
+#[test]
+fn listening_beyond_loopback_requires_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let cfg = write(
+        dir.path(),
+        "rollwatch.toml",
+        "profiles = [\"p.toml\"]\nstate_dir = \"/tmp/x\"\nlisten = \"0.0.0.0:9464\"\n",
+    );
+    let (code, out, _) = rollwatch(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("rollwatch.toml:3:10: listening beyond loopback needs api_token_env"), "{out}");
+}
