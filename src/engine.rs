@@ -39,7 +39,16 @@ pub struct Parts {
     /// Bearer token required on the hook, when set.
     pub token: Option<Secret>,
     /// Receives every tick (tests, the demo).
-    pub events: Option<mpsc::UnboundedSender<Tick>>,
+    pub events: Option<mpsc::UnboundedSender<TickEvent>>,
+}
+
+/// One evaluation as the engine saw it.
+#[derive(Debug, Clone)]
+pub struct TickEvent {
+    pub tick: Tick,
+    pub at: crate::time::Timestamp,
+    /// Signal values at this tick (no data as `None`).
+    pub signals: Vec<(String, Option<f64>)>,
 }
 
 /// Runs until `shutdown` becomes true.
@@ -113,7 +122,8 @@ pub async fn run(config: &Config, parts: Parts, mut shutdown: watch::Receiver<bo
                 update_snapshot(&mut snapshot, &ev, &tick, &alerts, &series, now);
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
                 if let Some(events) = &events {
-                    let _ = events.send(tick);
+                    let signals = snapshot.signals.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    let _ = events.send(TickEvent { tick, at: now, signals });
                 }
             }
             _ = shutdown.changed() => break,

@@ -17,11 +17,13 @@
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
 //! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, `POST /hooks/alertmanager`.
 //! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
-//! - [`cli`]: the command line (`check`, `test`, `replay`, `run`).
+//! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
+//! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `demo`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod expr;
 pub mod fixture;

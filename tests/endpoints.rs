@@ -87,8 +87,8 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
 
     let decided = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(tick) = ticks.recv().await {
-            if tick.decisions[0].outcome == Outcome::Rollback {
-                return tick.decisions[0].explanation();
+            if tick.tick.decisions[0].outcome == Outcome::Rollback {
+                return tick.tick.decisions[0].explanation();
             }
         }
         String::new()

@@ -88,7 +88,7 @@ async fn a_health_target_going_down_gives_rollback() {
     // Healthy first: wait for a tick that saw the target up and decided monitor.
     let healthy_seen = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(tick) = ticks.recv().await {
-            if tick.decisions[0].outcome == Outcome::Monitor && tick.decisions[0].unknown.is_empty() {
+            if tick.tick.decisions[0].outcome == Outcome::Monitor && tick.tick.decisions[0].unknown.is_empty() {
                 return true;
             }
         }
@@ -101,8 +101,8 @@ async fn a_health_target_going_down_gives_rollback() {
     let went_down = rollwatch::time::Stopwatch::start();
     let rollback = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(tick) = ticks.recv().await {
-            if tick.decisions[0].outcome == Outcome::Rollback {
-                return Some(tick.decisions[0].explanation());
+            if tick.tick.decisions[0].outcome == Outcome::Rollback {
+                return Some(tick.tick.decisions[0].explanation());
             }
         }
         None

@@ -3,6 +3,7 @@
 //! 0 all well, 1 findings (`check` errors, failed fixtures), 2 usage errors (clap's own).
 
 pub mod check;
+pub mod demo;
 pub mod replay;
 pub mod report;
 pub mod run;
@@ -44,6 +45,8 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Watch an embedded simulated deployment with the SOLVEREIGN profile until it rolls back.
+    Demo,
     /// Replay one fixture and print its timeline: rule state changes and decisions.
     Replay {
         fixture: PathBuf,
@@ -60,6 +63,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Test { paths } => test::run(&paths, out),
         Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
         Command::Run { config } => run::run(&config, out),
+        Command::Demo => demo::run(),
     }
 }
 

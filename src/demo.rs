@@ -1,0 +1,191 @@
+//! `rollwatch demo`: a simulated deployment on loopback — a health endpoint and a metrics
+//! endpoint whose error rate climbs (0.5% → 3% → 12%) — watched by the shipped SOLVEREIGN profile
+//! through the real engine: the same pollers, store, evaluator and journal as `run`. It prints
+//! each tick's signals, every rule state change and the decision path, and ends by itself once
+//! the decision is `rollback` (or after a minute).
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::cli::report;
+use crate::config::deploy::Config;
+use crate::engine::{self, Parts, TickEvent};
+use crate::rules::Outcome;
+use crate::time::{Stopwatch, SystemClock};
+
+/// The SOLVEREIGN profile, shipped inside the binary.
+pub const PROFILE: &str = include_str!("../rules/solvereign.toml");
+
+/// The simulated service's counters.
+#[derive(Debug, Default)]
+struct Sim {
+    ok: f64,
+    errors: f64,
+}
+
+/// The share of failing requests `secs` into the demo.
+pub fn error_share(secs: f64) -> f64 {
+    match secs {
+        s if s < 8.0 => 0.005,
+        s if s < 16.0 => 0.03,
+        _ => 0.12,
+    }
+}
+
+/// Requests a second the simulated service handles.
+const RPS: f64 = 200.0;
+
+async fn serve_sim(listener: tokio::net::TcpListener, sim: Arc<Mutex<Sim>>) {
+    let metrics = {
+        let sim = sim.clone();
+        move || {
+            let sim = sim.clone();
+            async move {
+                let s = sim.lock().map(|s| (s.ok, s.errors)).unwrap_or_default();
+                let mut body = String::from("# TYPE http_requests_total counter\n");
+                let _ = writeln!(body, "http_requests_total{{code=\"200\"}} {}", s.0.floor());
+                let _ = writeln!(body, "http_requests_total{{code=\"500\"}} {}", s.1.floor());
+                body
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/health/ready", get(|| async { r#"{"status":"ok","version":"v1.2.4"}"# }))
+        .route("/metrics", get(metrics));
+    let _ = axum::serve(listener, app).await;
+}
+
+/// Runs the demo, writing its story to `out`.
+pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<bool> {
+    let sim = Arc::new(Mutex::new(Sim::default()));
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = sim_listener.local_addr()?;
+    tokio::spawn(serve_sim(sim_listener, sim.clone()));
+    let clock = Stopwatch::start();
+    {
+        // Traffic: RPS requests a second, a growing share of them failing.
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                let share = error_share(clock.elapsed_secs());
+                if let Ok(mut s) = sim.lock() {
+                    s.errors += RPS / 10.0 * share;
+                    s.ok += RPS / 10.0 * (1.0 - share);
+                }
+            }
+        });
+    }
+
+    let dir = std::env::temp_dir().join(format!("rollwatch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("solvereign.toml"), PROFILE)?;
+    let config_text = format!(
+        r#"profiles = ["solvereign.toml"]
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+eval_interval = "1s"
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{sim_addr}/health/ready"
+interval = "500ms"
+timeout = "1s"
+critical = true
+
+[[target]]
+name = "api-metrics"
+kind = "prometheus"
+url = "http://{sim_addr}/metrics"
+interval = "500ms"
+timeout = "1s"
+
+# What the profile's rollback procedure names, bound to the simulation (acting on decisions
+# comes with the dispatcher; until then the demo decides and journals only).
+[actions.undo]
+kind = "http"
+method = "POST"
+url = "http://{sim_addr}/rollback"
+
+[actions.rollout-status]
+kind = "http"
+method = "GET"
+url = "http://{sim_addr}/health/ready"
+
+[actions.health-ready]
+kind = "http"
+method = "GET"
+url = "http://{sim_addr}/health/ready"
+
+[actions.version-check]
+kind = "http"
+method = "GET"
+url = "http://{sim_addr}/health/ready"
+"#,
+        state = dir.join("state").display()
+    );
+    let config_path: PathBuf = dir.join("rollwatch.toml");
+    std::fs::write(&config_path, config_text)?;
+    let (config, evaluator) = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let targets = config.targets(|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    writeln!(
+        out,
+        "rollwatch demo: a simulated deployment on {sim_addr} ({RPS} requests/s; 0.5% errors, 3% from 8 s, 12% from 16 s)"
+    )?;
+    writeln!(
+        out,
+        "watched by the SOLVEREIGN profile (runbook 004): error rate > 5% → rollback, > 1% for 5 min → consider\n"
+    )?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<TickEvent>();
+    let parts =
+        Parts { evaluator, targets, clock: Arc::new(SystemClock), listener: None, token: None, events: Some(tx) };
+    let config = Arc::new(config);
+    let engine = {
+        let config = config.clone();
+        tokio::spawn(async move { engine::run(&config, parts, shutdown).await })
+    };
+    let mut rolled_back = false;
+    let mut last_path = String::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(60));
+    tokio::pin!(deadline);
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => break },
+            _ = &mut deadline => break,
+        };
+        let secs = clock.elapsed_secs();
+        for t in &event.tick.transitions {
+            writeln!(out, "{secs:6.1}s  rule {} {} → {} (value {})", t.rule, t.from, t.to, report::maybe(t.value))?;
+        }
+        let error_rate = event.signals.iter().find(|(name, _)| name == "error_rate").and_then(|(_, v)| *v);
+        let rate = error_rate.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "no data".into());
+        let d = &event.tick.decisions[0];
+        let path = d.explanation();
+        let shown = if path == last_path { String::new() } else { format!("  {path}") };
+        let line = format!("{secs:6.1}s  error_rate {rate:>8}  {:<8}{shown}", d.outcome.to_string().to_uppercase());
+        writeln!(out, "{}", line.trim_end())?;
+        last_path = path;
+        if d.outcome == Outcome::Rollback {
+            writeln!(out, "\nROLLBACK decided after {secs:.1}s: {}", d.explanation())?;
+            let firing: Vec<String> =
+                d.firing.iter().map(|r| format!("{} = {}", r.rule, report::maybe(r.value))).collect();
+            writeln!(out, "firing: {}", firing.join(", "))?;
+            rolled_back = true;
+            break;
+        }
+    }
+    let _ = stop.send(true);
+    let _ = engine.await;
+    writeln!(out, "journal: {}", config.state_dir.join("journal.jsonl").display())?;
+    Ok(rolled_back)
+}
