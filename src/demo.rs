@@ -147,13 +147,17 @@ url = "http://{sim_addr}/health/ready"
     )?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<TickEvent>();
-    let parts =
-        Parts { evaluator, targets, clock: Arc::new(SystemClock), listener: None, token: None, events: Some(tx) };
-    let config = Arc::new(config);
-    let engine = {
-        let config = config.clone();
-        tokio::spawn(async move { engine::run(&config, parts, shutdown).await })
+    let parts = Parts {
+        evaluator,
+        targets,
+        clock: Arc::new(SystemClock),
+        listener: None,
+        token: None,
+        events: Some(tx),
+        reload: None,
     };
+    let journal = config.state_dir.join("journal.jsonl");
+    let engine = tokio::spawn(async move { engine::run(config, parts, shutdown).await });
     let mut rolled_back = false;
     let mut last_path = String::new();
     let deadline = tokio::time::sleep(Duration::from_secs(60));
@@ -186,6 +190,6 @@ url = "http://{sim_addr}/health/ready"
     }
     let _ = stop.send(true);
     let _ = engine.await;
-    writeln!(out, "journal: {}", config.state_dir.join("journal.jsonl").display())?;
+    writeln!(out, "journal: {}", journal.display())?;
     Ok(rolled_back)
 }

@@ -40,6 +40,9 @@ pub struct Parts {
     pub token: Option<Secret>,
     /// Receives every tick (tests, the demo).
     pub events: Option<mpsc::UnboundedSender<TickEvent>>,
+    /// Each message reloads the config from its file (SIGHUP): a bad new config is reported and
+    /// the old one kept; rule states carry over by rule name, the window store keeps its data.
+    pub reload: Option<mpsc::Receiver<()>>,
 }
 
 /// One evaluation as the engine saw it.
@@ -52,20 +55,21 @@ pub struct TickEvent {
 }
 
 /// Runs until `shutdown` becomes true.
-pub async fn run(config: &Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
-    let Parts { evaluator: mut ev, targets, clock, listener, token, events } = parts;
+pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
+    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload } = parts;
+    let mut reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
     let mut journal = Journal::open(&config.state_dir)?;
     let client = http_client()?;
     let (obs_tx, mut observations) = mpsc::channel(1024);
     let (stop_tasks, tasks_shutdown) = watch::channel(false);
+    let (mut stop_pollers, mut pollers_shutdown) = watch::channel(false);
     let mut snapshot = Snapshot {
         targets: targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect(),
         ..Snapshot::default()
     };
     for t in targets {
-        tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), tasks_shutdown.clone()));
+        tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
     }
-    drop(obs_tx);
     let (status_tx, status_rx) = watch::channel(Arc::new(snapshot.clone()));
     let (alerts_tx, mut alert_updates) = mpsc::channel(64);
     let server = listener.map(|listener| {
@@ -126,9 +130,37 @@ pub async fn run(config: &Config, parts: Parts, mut shutdown: watch::Receiver<bo
                     let _ = events.send(TickEvent { tick, at: now, signals });
                 }
             }
+            Some(()) = reload.recv() => {
+                let now = clock.now();
+                match load_again(&config) {
+                    Ok((new_config, new_ev, new_targets)) => {
+                        let old = std::mem::replace(&mut ev, new_ev);
+                        ev.adopt(old);
+                        let _ = stop_pollers.send(true);
+                        (stop_pollers, pollers_shutdown) = watch::channel(false);
+                        snapshot.targets = new_targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
+                        snapshot.decisions.clear();
+                        for t in new_targets {
+                            tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
+                        }
+                        if new_config.eval_interval != config.eval_interval {
+                            ticker = tokio::time::interval(new_config.eval_interval.as_std());
+                            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                        }
+                        config = new_config;
+                        tracing::info!(path = %config.path.display(), "config reloaded");
+                        journal.append(now, "reloaded", &serde_json::json!({ "path": config.path }))?;
+                    }
+                    Err(errors) => {
+                        tracing::error!(path = %config.path.display(), %errors, "config reload failed; keeping the running config");
+                        journal.append(now, "reload_failed", &serde_json::json!({ "errors": errors.to_string() }))?;
+                    }
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }
+    let _ = stop_pollers.send(true);
     let _ = stop_tasks.send(true);
     if let Some(server) = server {
         let _ = server.await;
@@ -136,6 +168,16 @@ pub async fn run(config: &Config, parts: Parts, mut shutdown: watch::Receiver<bo
     journal.append(clock.now(), "stopped", &serde_json::json!({}))?;
     tracing::info!("rollwatch stopped");
     Ok(())
+}
+
+/// Loads the config file again, with its evaluator and targets (secrets from the environment).
+fn load_again(config: &Config) -> Result<(Config, Evaluator, Vec<Target>), crate::config::Diagnostics> {
+    let (new_config, ev) = Config::load(&config.path)?;
+    let targets = new_config.targets(|var| std::env::var(var).ok())?;
+    if new_config.state_dir != config.state_dir || new_config.listen != config.listen {
+        tracing::warn!("state_dir and listen changes take effect at the next restart");
+    }
+    Ok((new_config, ev, targets))
 }
 
 fn record_poll(snapshot: &mut Snapshot, obs: &Observation) {

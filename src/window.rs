@@ -148,6 +148,17 @@ impl Store {
         self.selectors.len() - 1
     }
 
+    /// Keeps this store's samples but answers to `other`'s selectors and retention from now on —
+    /// a config reload keeps the data it has; selector ids are `other`'s.
+    pub fn adopt_selectors_of(&mut self, other: Store) {
+        self.retention = other.retention;
+        self.selectors = Vec::new();
+        self.matches = Vec::new();
+        for sel in other.selectors {
+            self.add_selector(sel);
+        }
+    }
+
     /// Number of live series.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -591,6 +602,16 @@ mod tests {
         assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), None);
         st.push(&k, Timestamp(200_000 * S), 1.0);
         assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), Some(1.0));
+    }
+
+    #[test]
+    fn a_reloaded_store_keeps_samples_under_new_selectors() {
+        let (mut old, _) = store("g", &[(r#"g{i="a"}"#, &vals(&[1.0, 2.0])), (r#"h{i="b"}"#, &vals(&[7.0]))]);
+        let mut new = Store::new(Span(60 * S));
+        let h = new.add_selector(Selector::parse("h").unwrap());
+        old.adopt_selectors_of(new);
+        assert_eq!(old.last(h, Timestamp(15 * S), Span::ZERO), Some(7.0));
+        assert_eq!(old.retention(), LOOKBACK, "the new retention (at least the lookback)");
     }
 
     #[test]

@@ -106,9 +106,16 @@ async fn start() -> Running {
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let parts =
-        Parts { evaluator, targets, clock: Arc::new(SystemClock), listener: None, token: None, events: Some(tx) };
-    tokio::spawn(async move { rollwatch::engine::run(&config, parts, shutdown).await });
+    let parts = Parts {
+        evaluator,
+        targets,
+        clock: Arc::new(SystemClock),
+        listener: None,
+        token: None,
+        events: Some(tx),
+        reload: None,
+    };
+    tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     Running { permille, events, stop, _dir: dir }
 }
 

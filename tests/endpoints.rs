@@ -50,8 +50,9 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         listener: Some(listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
+        reload: None,
     };
-    let engine = tokio::spawn(async move { rollwatch::engine::run(&config, parts, shutdown).await });
+    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let http = http_client().unwrap();
 
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok\n");

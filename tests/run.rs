@@ -69,9 +69,7 @@ async fn a_health_target_going_down_gives_rollback() {
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-    let config = Arc::new(config);
     let engine = {
-        let config = config.clone();
         {
             let parts = rollwatch::engine::Parts {
                 evaluator: ev,
@@ -80,8 +78,9 @@ async fn a_health_target_going_down_gives_rollback() {
                 listener: None,
                 token: None,
                 events: Some(tx),
+                reload: None,
             };
-            tokio::spawn(async move { rollwatch::engine::run(&config, parts, shutdown).await })
+            tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await })
         }
     };
 
@@ -155,4 +154,85 @@ fn sigterm_stops_the_sidecar_cleanly() {
     assert!(status.success(), "{status}");
     let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
     assert_eq!(journal.last().and_then(|v| v["event"].as_str()), Some("stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let url = health_server(healthy.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
+    let (config, ev) = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let targets = config.targets(|_| None).unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let parts = rollwatch::engine::Parts {
+        evaluator: ev,
+        targets,
+        clock: Arc::new(SystemClock),
+        listener: None,
+        token: None,
+        events: Some(tx),
+        reload: Some(reloads),
+    };
+    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
+    let firing = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = ticks.recv().await {
+            if e.tick.decisions[0].outcome == Outcome::Rollback {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(firing, Ok(true));
+
+    // A new profile version: same rule name with a longer `for`, and a new rule. The firing
+    // state carries over by name (no re-pending), the new rule starts inactive.
+    write(
+        dir.path(),
+        "p.toml",
+        PROFILE.replace("for = \"300ms\"", "for = \"1h\"") + "\n[[rule]]\nname = \"new\"\nwhen = 'up(\"api\") == 0'\n",
+    );
+    reload.send(()).await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = ticks.recv().await {
+            let d = &e.tick.decisions[0];
+            if d.firing.iter().any(|r| r.rule == "new") {
+                return (d.outcome, d.firing.iter().any(|r| r.rule == "down"));
+            }
+        }
+        (Outcome::Monitor, false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(after, (Outcome::Rollback, true), "`down` still firing after the reload despite for = 1h");
+
+    // A broken config: reported, the running one kept.
+    write(dir.path(), "rollwatch.toml", "profiles = [\"p.toml\"]\nbogus = 1\n");
+    reload.send(()).await.unwrap();
+    let kept = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+            if let Some(failed) = journal.iter().find(|v| v["event"] == "reload_failed") {
+                return failed["errors"].as_str().unwrap_or_default().to_string();
+            }
+            ticks.recv().await.expect("the engine keeps running");
+        }
+    })
+    .await
+    .unwrap();
+    assert!(kept.contains("unknown field `bogus`"), "{kept}");
+    let e = ticks.recv().await.expect("still ticking after a failed reload");
+    assert_eq!(e.tick.decisions[0].outcome, Outcome::Rollback);
+
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+    let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+    let events: Vec<&str> = journal.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert!(events.contains(&"reloaded"), "{events:?}");
+    let down_transitions = journal.iter().filter(|v| v["event"] == "transition" && v["rule"] == "down").count();
+    assert_eq!(down_transitions, 2, "inactive → pending → firing once, nothing after the reload: {journal:?}");
 }

@@ -1,6 +1,6 @@
 //! `rollwatch run -c FILE`: the sidecar. Loads and checks the config, reads target secrets from
 //! the environment, runs the engine until SIGTERM or SIGINT, then exits 0 with the journal
-//! flushed. (Config reload on SIGHUP is not implemented yet.)
+//! flushed. SIGHUP reloads the config (a bad one is reported and the old kept).
 
 use std::io::Write;
 use std::path::Path;
@@ -49,6 +49,15 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             tracing::info!("shutdown signal received");
             let _ = stop.send(true);
         });
+        let (reload_tx, reload) = tokio::sync::mpsc::channel(1);
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = reload_tx.try_send(());
+                }
+            });
+        }
         let parts = engine::Parts {
             evaluator: ev,
             targets,
@@ -56,8 +65,9 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             listener: Some(listener),
             token,
             events: None,
+            reload: Some(reload),
         };
-        engine::run(&config, parts, shutdown).await.map_err(anyhow::Error::from)
+        engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from)
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -160,6 +160,24 @@ impl Evaluator {
         self.rules.iter().position(|r| r.name == rule).and_then(|i| self.values[i])
     }
 
+    /// Takes over a running evaluator's data and rule states (a config reload): the window store
+    /// keeps its samples under this evaluator's selectors, and each rule carries over the state
+    /// of the old rule with the same name (as Prometheus' `CopyState`); new rules start inactive.
+    pub fn adopt(&mut self, old: Evaluator) {
+        let fresh = std::mem::replace(&mut self.store, Store::new(Span::ZERO));
+        self.store = old.store;
+        self.store.adopt_selectors_of(fresh);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if let Some(j) = old.rules.iter().position(|r| r.name == rule.name) {
+                self.states[i] = old.states[j];
+                self.values[i] = old.values[j];
+                self.slots.set(rule.firing_slot, Value::Boolean(self.states[i].is_firing()));
+                self.slots.set(rule.pending_slot, Value::Boolean(self.states[i].is_pending()));
+            }
+        }
+        self.ticks = old.ticks;
+    }
+
     /// Every rule with its current state and value, in evaluation order.
     pub fn rule_states(&self) -> impl Iterator<Item = (&Rule, RuleState, Option<f64>)> {
         self.rules.iter().enumerate().map(|(i, r)| (r, self.states[i], self.values[i]))
