@@ -34,7 +34,7 @@ pub enum AuthEnv {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetConfig {
     pub name: String,
-    /// `None` for kinds the poller does not run yet (promql, alertmanager).
+    /// `None` for `alertmanager` (its alerts arrive on the webhook, nothing is polled).
     pub kind: Option<TargetKind>,
     pub interval: Span,
     pub timeout: Span,

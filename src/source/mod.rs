@@ -7,13 +7,14 @@
 //! - [`TargetSeries`] (here): applies observations to the store, marking a target's series stale
 //!   while it is down, so they read as *unknown*, never stale-but-healthy.
 //!
-//! Not yet here (live-sidecar issue): `promql` and `alertmanager` sources, the engine that runs
-//! the pollers with the evaluator, and rollwatch's own endpoints.
+//! - [`promql`]: the `/api/v1/query` response → samples.
+//! - [`alertmanager`]: webhook payloads → `ALERTS` series.
 
 pub mod alertmanager;
 pub mod exposition;
 pub mod health;
 pub mod poller;
+pub mod promql;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -52,6 +53,9 @@ pub enum TargetKind {
     Prometheus { url: String },
     /// A TCP connect check.
     Tcp { address: String },
+    /// An instant query against a Prometheus-compatible `/api/v1/query` (Prometheus, Thanos,
+    /// Mimir, VictoriaMetrics); each result element becomes a series.
+    Promql { url: String, query: String },
 }
 
 /// One target to poll.

@@ -70,9 +70,15 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
             tokio::net::TcpStream::connect(address).await.map_err(|e| SourceError::Connect(e.to_string()))?;
             return Ok(Fetched { samples: vec![], strings: vec![], bad_lines: 0 });
         }
-        TargetKind::Health { url } | TargetKind::Prometheus { url } => url,
+        TargetKind::Health { url } | TargetKind::Prometheus { url } => url.clone(),
+        TargetKind::Promql { url, query } => {
+            let mut u = reqwest::Url::parse(&format!("{}/api/v1/query", url.trim_end_matches('/')))
+                .map_err(|e| SourceError::Http(format!("bad url {url:?}: {e}")))?;
+            u.query_pairs_mut().append_pair("query", query);
+            u.to_string()
+        }
     };
-    let mut request = client.get(url).timeout(target.timeout.as_std());
+    let mut request = client.get(&url).timeout(target.timeout.as_std());
     request = match &target.auth {
         None => request,
         Some(Auth::Bearer(token)) => request.bearer_auth(&token.0),
@@ -83,11 +89,21 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
     }
     let response = request.send().await.map_err(classify)?;
     let status = response.status();
-    if !status.is_success() {
+    // A failed PromQL query answers 4xx/5xx with a JSON error worth reading.
+    if !status.is_success() && !matches!(target.kind, TargetKind::Promql { .. }) {
         return Err(SourceError::Status(status.as_u16()));
     }
     let body = read_capped(response, target.max_body).await?;
-    match target.kind {
+    match &target.kind {
+        TargetKind::Promql { .. } => {
+            let samples = super::promql::read(&body, &target.name).map_err(|e| match e {
+                super::promql::PromqlError::Api(msg) if !status.is_success() => {
+                    SourceError::Http(format!("HTTP {}: {msg}", status.as_u16()))
+                }
+                other => SourceError::Http(other.to_string()),
+            })?;
+            Ok(Fetched { samples, strings: vec![], bad_lines: 0 })
+        }
         TargetKind::Health { .. } => {
             let fields = health::read(&body);
             let samples =

@@ -1,0 +1,229 @@
+//! rollwatch against real peers, started by the test on free loopback ports: Debian's
+//! `prometheus` answers the `promql` source's queries about a loopback service it scrapes, and
+//! `prometheus-alertmanager`, fed by a real Prometheus alert rule, delivers its webhook to
+//! rollwatch's hook, which reaches a `rollback` decision. `scripts/test.sh` (the README's test
+//! command) installs both; without them these tests fail, saying so.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::write;
+use rollwatch::config::deploy::Config;
+use rollwatch::rules::Outcome;
+use rollwatch::source::poller::http_client;
+use rollwatch::source::{Secret, Target, TargetKind, probe};
+use rollwatch::time::{Span, SystemClock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A child process killed when the test ends, however it ends.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(binary: &str, args: &[String], log: &Path) -> Peer {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(binary).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| {
+        panic!("cannot start {binary} ({e}): run the tests with scripts/test.sh, which installs it")
+    });
+    Peer(child)
+}
+
+/// Waits until `url` answers 200 (the peer is ready), up to 30 s.
+async fn ready(url: &str, log: &Path) {
+    let http = http_client().unwrap();
+    let ok = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{url} not ready: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+/// A loopback service exposing two counters.
+async fn metrics_service() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let body = "app_requests_total{code=\"200\"} 993\napp_requests_total{code=\"500\"} 7\n";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr.to_string()
+}
+
+fn prometheus(dir: &Path, config: &str) -> (Peer, String) {
+    let port = free_port();
+    write(dir, "prometheus.yml", config);
+    let args = vec![
+        format!("--config.file={}", dir.join("prometheus.yml").display()),
+        format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        // The first alert is often sent before Alertmanager discovery completes and is dropped;
+        // the default resend delay would then wait a minute.
+        "--rules.alert.resend-delay=1s".to_string(),
+    ];
+    (start("prometheus", &args, &dir.join("prometheus.log")), format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promql_source_reads_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = metrics_service().await;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: [\"{service}\"]\n"
+    );
+    let (_prom, url) = prometheus(dir.path(), &config);
+    ready(&format!("{url}/-/ready"), &dir.path().join("prometheus.log")).await;
+
+    let http = http_client().unwrap();
+    let target = |query: &str| Target {
+        name: "errors".into(),
+        kind: TargetKind::Promql { url: url.clone(), query: query.into() },
+        interval: Span(1000),
+        timeout: Span(5000),
+        critical: false,
+        max_body: 1 << 20,
+        auth: None,
+    };
+    let errors = target(r#"app_requests_total{code="500"}"#);
+    let obs = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let obs = probe(&http, &errors, &SystemClock).await;
+            if !obs.samples.is_empty() {
+                return obs;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("Prometheus scraped the service within 30 s");
+    assert!(obs.up, "{:?}", obs.error);
+    let (key, value) = &obs.samples[0];
+    assert_eq!(key.name, "app_requests_total");
+    assert_eq!((key.label("code"), key.label("job"), key.label("instance")), ("500", "app", service.as_str()));
+    assert_eq!(*value, 7.0);
+
+    // An aggregate has no metric name: it is named after the target.
+    let ratio =
+        probe(&http, &target(r#"sum(app_requests_total{code="500"}) / sum(app_requests_total)"#), &SystemClock).await;
+    assert_eq!(ratio.samples[0].0.name, "errors");
+    assert!((ratio.samples[0].1 - 0.007).abs() < 1e-12);
+
+    // A broken query is a failed poll with Prometheus' own message.
+    let bad = probe(&http, &target("sum("), &SystemClock).await;
+    assert!(!bad.up);
+    let msg = bad.error.unwrap().to_string();
+    assert!(msg.contains("HTTP 400") && msg.contains("bad_data"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollwatch_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hooks/alertmanager", rollwatch_listener.local_addr().unwrap());
+
+    // Alertmanager, delivering to rollwatch with a bearer token.
+    let am_port = free_port();
+    write(
+        dir.path(),
+        "alertmanager.yml",
+        format!(
+            "route:\n  receiver: rollwatch\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1m\nreceivers:\n  - name: rollwatch\n    webhook_configs:\n      - url: {hook}\n        send_resolved: true\n        http_config:\n          authorization:\n            credentials: t0k\n"
+        ),
+    );
+    let am_args = vec![
+        format!("--config.file={}", dir.path().join("alertmanager.yml").display()),
+        format!("--storage.path={}", dir.path().join("am").display()),
+        format!("--web.listen-address=127.0.0.1:{am_port}"),
+        "--cluster.listen-address=".to_string(),
+    ];
+    let _am = start("prometheus-alertmanager", &am_args, &dir.path().join("alertmanager.log"));
+    ready(&format!("http://127.0.0.1:{am_port}/-/ready"), &dir.path().join("alertmanager.log")).await;
+
+    // Prometheus, with an alert rule that fires at once.
+    write(
+        dir.path(),
+        "rules.yml",
+        "groups:\n  - name: security\n    interval: 1s\n    rules:\n      - alert: SecurityIncident\n        expr: vector(1)\n        labels:\n          severity: critical\n",
+    );
+    let prom_config = format!(
+        "global:\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n",
+        dir.path().join("rules.yml").display()
+    );
+    let (_prom, prom_url) = prometheus(dir.path(), &prom_config);
+    ready(&format!("{prom_url}/-/ready"), &dir.path().join("prometheus.log")).await;
+
+    // rollwatch with the SOLVEREIGN profile.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/solvereign.toml"),
+        dir.path().join("solvereign.toml"),
+    )
+    .unwrap();
+    let cfg = format!(
+        "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n{}",
+        dir.path().join("state").display(),
+        ACTIONS
+    );
+    let (config, evaluator) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let parts = rollwatch::engine::Parts {
+        evaluator,
+        targets: vec![],
+        clock: Arc::new(SystemClock),
+        listener: Some(rollwatch_listener),
+        token: Some(Secret("t0k".into())),
+        events: Some(tx),
+        reload: None,
+    };
+    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
+    let decided = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(e) = ticks.recv().await {
+            let d = &e.tick.decisions[0];
+            if d.outcome == Outcome::Rollback {
+                return d.explanation();
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no rollback within 60 s; alertmanager log:\n{}\nprometheus log:\n{}",
+            std::fs::read_to_string(dir.path().join("alertmanager.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(decided, "Is system down? no → Is data at risk? YES → rollback");
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+}
+
+/// The SOLVEREIGN procedure's actions, bound to nothing that runs (the dispatcher is not here yet).
+const ACTIONS: &str = "[actions.undo]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.rollout-status]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.health-ready]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.version-check]\nkind = \"exec\"\nargv = [\"true\"]\n";
