@@ -155,6 +155,7 @@ url = "http://{sim_addr}/health/ready"
         token: None,
         events: Some(tx),
         reload: None,
+        recorder: None,
     };
     let journal = config.state_dir.join("journal.jsonl");
     let engine = tokio::spawn(async move { engine::run(config, parts, shutdown).await });

@@ -43,6 +43,8 @@ pub struct Parts {
     /// Each message reloads the config from its file (SIGHUP): a bad new config is reported and
     /// the old one kept; rule states carry over by rule name, the window store keeps its data.
     pub reload: Option<mpsc::Receiver<()>>,
+    /// Records every tick's series and decisions (`rollwatch record`).
+    pub recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
 }
 
 /// One evaluation as the engine saw it.
@@ -56,7 +58,7 @@ pub struct TickEvent {
 
 /// Runs until `shutdown` becomes true.
 pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
-    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload } = parts;
+    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload, recorder } = parts;
     let mut reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
     let mut journal = Journal::open(&config.state_dir)?;
     let client = http_client()?;
@@ -122,6 +124,11 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                         }
                     }
                     *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
+                }
+                if let Some(recorder) = &recorder
+                    && let Ok(mut r) = recorder.lock()
+                {
+                    r.observe(ev.store(), now, &tick.decisions);
                 }
                 update_snapshot(&mut snapshot, &ev, &tick, &alerts, &series, now);
                 let _ = status_tx.send(Arc::new(snapshot.clone()));

@@ -16,6 +16,7 @@
 //! - [`journal`]: the append-only, fsynced JSONL journal in `state_dir`.
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
 //! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, `POST /hooks/alertmanager`.
+//! - [`record`]: a live run written as a fixture (`rollwatch record`).
 //! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
 //! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
 //! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `demo`).
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod expr;
 pub mod fixture;
 pub mod journal;
+pub mod record;
 pub mod rules;
 pub mod selector;
 pub mod server;

@@ -93,6 +93,16 @@ impl Series {
     }
 }
 
+/// A series' state at an instant, for recording.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Latest {
+    Value(f64),
+    /// Ended by a stale marker.
+    Stale,
+    /// Nothing within the lookback.
+    Absent,
+}
+
 /// Aggregations over every sample of every matching series in a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Over {
@@ -233,6 +243,19 @@ impl Store {
         while series.samples.len() >= 2 && series.samples[1].t <= horizon {
             series.samples.pop_front();
         }
+    }
+
+    /// Every live series and its latest state at `now` (last sample at or before `now`).
+    pub fn latest(&self, now: Timestamp) -> impl Iterator<Item = (&SeriesKey, Latest)> {
+        self.series.iter().flatten().map(move |s| {
+            let hi = s.samples.partition_point(|x| x.t <= now.0);
+            let state = match hi.checked_sub(1).and_then(|i| s.samples.get(i)) {
+                Some(x) if x.is_stale() => Latest::Stale,
+                Some(x) if now.0 - x.t <= LOOKBACK.0 => Latest::Value(x.v),
+                _ => Latest::Absent,
+            };
+            (&s.key, state)
+        })
     }
 
     /// Drops series whose newest sample is older than the retention: memory follows the series

@@ -114,6 +114,7 @@ async fn start() -> Running {
         token: None,
         events: Some(tx),
         reload: None,
+        recorder: None,
     };
     tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     Running { permille, events, stop, _dir: dir }

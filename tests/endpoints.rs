@@ -51,6 +51,7 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         token: Some(Secret("t0k".into())),
         events: Some(tx),
         reload: None,
+        recorder: None,
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let http = http_client().unwrap();

@@ -201,6 +201,7 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
         token: Some(Secret("t0k".into())),
         events: Some(tx),
         reload: None,
+        recorder: None,
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let decided = tokio::time::timeout(Duration::from_secs(60), async {

@@ -79,6 +79,7 @@ async fn a_health_target_going_down_gives_rollback() {
                 token: None,
                 events: Some(tx),
                 reload: None,
+                recorder: None,
             };
             tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await })
         }
@@ -176,6 +177,7 @@ async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
         token: None,
         events: Some(tx),
         reload: Some(reloads),
+        recorder: None,
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let firing = tokio::time::timeout(Duration::from_secs(10), async {

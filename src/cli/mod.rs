@@ -45,6 +45,18 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run the sidecar for a while and write every series it saw (resampled onto the evaluation
+    /// grid) and its decisions as a fixture.
+    Record {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How long to record, e.g. "10m".
+        #[arg(long = "for", value_parser = parse_span)]
+        duration: crate::time::Span,
+        /// The fixture to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Watch an embedded simulated deployment with the SOLVEREIGN profile until it rolls back.
     Demo,
     /// Replay one fixture and print its timeline: rule state changes and decisions.
@@ -64,7 +76,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
         Command::Run { config } => run::run(&config, out),
         Command::Demo => demo::run(),
+        Command::Record { config, duration, output } => run::record(&config, duration, &output, out),
     }
+}
+
+fn parse_span(text: &str) -> Result<crate::time::Span, String> {
+    crate::time::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Every `*.toml` file named or below a named directory, sorted; a missing path is an error.

@@ -1,19 +1,34 @@
 //! `rollwatch run -c FILE`: the sidecar. Loads and checks the config, reads target secrets from
 //! the environment, runs the engine until SIGTERM or SIGINT, then exits 0 with the journal
 //! flushed. SIGHUP reloads the config (a bad one is reported and the old kept).
+//! `rollwatch record` runs the same sidecar for a set time and writes what it saw as a fixture.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
 use crate::config::deploy::Config;
 use crate::engine;
-use crate::time::SystemClock;
+use crate::record::Recorder;
+use crate::time::{Span, SystemClock};
 
 pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    sidecar(path, None, out)
+}
+
+/// `rollwatch record -c FILE --for D -o FIXTURE`.
+pub fn record(path: &Path, duration: Span, output: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let code = sidecar(path, Some((duration, output)), out)?;
+    if code == ExitCode::SUCCESS {
+        writeln!(out, "recorded {} to {}", duration, output.display())?;
+    }
+    Ok(code)
+}
+
+fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let (config, ev) = match Config::load(path) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -38,15 +53,25 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             }
         },
     };
+    let profiles: Vec<std::path::PathBuf> =
+        ev.profiles.iter().map(|p| std::fs::canonicalize(&p.path).unwrap_or_else(|_| p.path.clone())).collect();
+    let recorder = record.map(|_| Arc::new(Mutex::new(Recorder::new(config.eval_interval))));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let limit = record.map(|(d, _)| d);
         tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received");
+            match limit {
+                Some(d) => tokio::select! {
+                    _ = wait_for_signal() => {}
+                    _ = tokio::time::sleep(d.as_std()) => {}
+                },
+                None => wait_for_signal().await,
+            }
+            tracing::info!("stopping");
             let _ = stop.send(true);
         });
         let (reload_tx, reload) = tokio::sync::mpsc::channel(1);
@@ -66,9 +91,15 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             token,
             events: None,
             reload: Some(reload),
+            recorder: recorder.clone(),
         };
         engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from)
     })?;
+    if let (Some((_, output)), Some(recorder)) = (record, recorder) {
+        let recorder = recorder.lock().map_err(|_| anyhow::anyhow!("recorder poisoned"))?;
+        let paths: Vec<&Path> = profiles.iter().map(|p| p.as_path()).collect();
+        std::fs::write(output, recorder.fixture(&paths)).with_context(|| format!("writing {}", output.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,95 @@
+//! `rollwatch record` records a live run — a loopback service whose error rate jumps to 20% —
+//! and the recording, replayed by `rollwatch test`, reaches the same rule states and decisions.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{rollwatch, write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PROFILE: &str = r#"
+[signals]
+error_rate = 'ratio("http_requests_total{code=~\"5..\"}", "http_requests_total", "1s", 10)'
+
+[[rule]]
+name = "critical"
+when = 'error_rate > 0.05'
+for = "400ms"   # not a multiple of the tick: late ticks cannot shift when it fires
+
+[[decide]]
+ask = "Is error rate > 5%?"
+if = 'firing("critical")'
+then = "rollback"
+"#;
+
+/// Counters growing by 100 requests every 100 ms; the share failing is `permille` / 1000.
+async fn service(permille: Arc<AtomicU64>) -> String {
+    let counters = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                let bad = permille.load(Ordering::SeqCst) / 10;
+                let mut c = counters.lock().unwrap();
+                c.0 += 100 - bad;
+                c.1 += bad;
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let (ok, err) = *counters.lock().unwrap();
+                let body =
+                    format!("http_requests_total{{code=\"200\"}} {ok}\nhttp_requests_total{{code=\"500\"}} {err}\n");
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_run_replays_to_the_same_decisions() {
+    let permille = Arc::new(AtomicU64::new(0));
+    let url = service(permille.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let cfg = write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"250ms\"\n[[target]]\nname = \"app\"\nkind = \"prometheus\"\nurl = \"{url}\"\ninterval = \"250ms\"\ntimeout = \"1s\"\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let fixture = dir.path().join("recorded.toml");
+    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
+    let recording =
+        tokio::task::spawn_blocking(move || rollwatch(&["record", "-c", &cfg_s, "--for", "6s", "-o", &fixture_s]));
+    // Errors jump to 20% a few seconds in.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    permille.store(200, Ordering::SeqCst);
+    let (code, out, err) = recording.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    assert!(text.contains("'up{target=\"app\"}' = \"_ 1x"), "the first tick precedes the first poll: {text}");
+    assert!(text.contains("'http_requests_total{code=\"500\",target=\"app\"}'"), "{text}");
+    assert!(text.contains("decision = \"rollback\"\nfiring = [\"critical\"]"), "the live run rolled back:\n{text}");
+    // The recording is a fixture that replays to the same decisions, at the same ticks.
+    let (code, out, err) = rollwatch(&["test", &fixture.display().to_string()]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\nfixture:\n{text}");
+    assert!(out.ends_with("1 passed, 0 failed\n"), "{out}");
+}
