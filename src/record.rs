@@ -146,7 +146,7 @@ pub fn notation(entries: &[Entry]) -> String {
                 }
                 parts.push(match (n, step) {
                     (1, _) => value(start),
-                    (_, s) if s == 0.0 => format!("{}x{}", value(start), n - 1),
+                    (_, 0.0) => format!("{}x{}", value(start), n - 1),
                     (_, s) if s > 0.0 => format!("{}+{}x{}", value(start), value(s), n - 1),
                     (_, s) => format!("{}-{}x{}", value(start), value(-s), n - 1),
                 });
