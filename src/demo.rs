@@ -17,7 +17,7 @@ use crate::cli::report;
 use crate::config::deploy::Config;
 use crate::engine::{self, Parts, TickEvent};
 use crate::rules::Outcome;
-use crate::time::{Stopwatch, SystemClock};
+use crate::time::Stopwatch;
 
 /// The SOLVEREIGN profile, shipped inside the binary.
 pub const PROFILE: &str = include_str!("../rules/solvereign.toml");
@@ -147,16 +147,7 @@ url = "http://{sim_addr}/health/ready"
     )?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<TickEvent>();
-    let parts = Parts {
-        evaluator,
-        targets,
-        clock: Arc::new(SystemClock),
-        listener: None,
-        token: None,
-        events: Some(tx),
-        reload: None,
-        recorder: None,
-    };
+    let parts = Parts { events: Some(tx), ..Parts::new(evaluator, targets) };
     let journal = config.state_dir.join("journal.jsonl");
     let engine = tokio::spawn(async move { engine::run(config, parts, shutdown).await });
     let mut rolled_back = false;

@@ -47,6 +47,22 @@ pub struct Parts {
     pub recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
 }
 
+impl Parts {
+    /// The usual parts: wall-clock time, no endpoints, no token, no observers.
+    pub fn new(evaluator: Evaluator, targets: Vec<Target>) -> Parts {
+        Parts {
+            evaluator,
+            targets,
+            clock: Arc::new(crate::time::SystemClock),
+            listener: None,
+            token: None,
+            events: None,
+            reload: None,
+            recorder: None,
+        }
+    }
+}
+
 /// One evaluation as the engine saw it.
 #[derive(Debug, Clone)]
 pub struct TickEvent {

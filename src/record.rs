@@ -11,6 +11,7 @@ use std::path::Path;
 use crate::fixture::Entry;
 use crate::rules::{Decision, Outcome};
 use crate::selector::SeriesKey;
+use crate::source::exposition::format_value;
 use crate::time::{Span, Timestamp};
 use crate::window::{Latest, Store};
 
@@ -104,16 +105,6 @@ fn toml_key(key: &str) -> String {
     if !key.contains('\'') && !key.contains('\n') { format!("'{key}'") } else { format!("{key:?}") }
 }
 
-fn value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{v}")
-    }
-}
-
 /// Writes entries in promtool notation, runs compressed: `5x3`, `0+2x4`, `_x2`, `stale`.
 pub fn notation(entries: &[Entry]) -> String {
     let mut parts = Vec::new();
@@ -145,10 +136,10 @@ pub fn notation(entries: &[Entry]) -> String {
                     n = 1; // `a b` reads better than `a+bx1`
                 }
                 parts.push(match (n, step) {
-                    (1, _) => value(start),
-                    (_, 0.0) => format!("{}x{}", value(start), n - 1),
-                    (_, s) if s > 0.0 => format!("{}+{}x{}", value(start), value(s), n - 1),
-                    (_, s) => format!("{}-{}x{}", value(start), value(-s), n - 1),
+                    (1, _) => format_value(start),
+                    (_, 0.0) => format!("{}x{}", format_value(start), n - 1),
+                    (_, s) if s > 0.0 => format!("{}+{}x{}", format_value(start), format_value(s), n - 1),
+                    (_, s) => format!("{}-{}x{}", format_value(start), format_value(-s), n - 1),
                 });
                 i += n;
             }

@@ -78,6 +78,17 @@ impl fmt::Display for SeriesKey {
     }
 }
 
+/// Makes any text a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`): other characters become `_`,
+/// and a leading digit gets a `_` in front (`checks.db` → `checks_db`, `9lives` → `_9lives`).
+pub fn metric_name(text: &str) -> String {
+    let mut out: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
 /// Escapes a label value for the text formats: `\`, `"` and newline.
 pub fn escape_label_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());

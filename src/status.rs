@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::rules::Decision;
 use crate::selector::escape_label_value;
+use crate::source::exposition::format_value;
 use crate::time::Timestamp;
 
 /// How many recent decision changes `/status` keeps.
@@ -58,17 +59,6 @@ pub struct Snapshot {
 
 fn label(v: &str) -> String {
     escape_label_value(v)
-}
-
-/// `value` for the text format.
-fn num(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{v}")
-    }
 }
 
 impl Snapshot {
@@ -132,7 +122,7 @@ impl Snapshot {
             "Duration of the target's last poll.",
             self.targets
                 .iter()
-                .map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), num(t.duration_seconds)))
+                .map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), format_value(t.duration_seconds)))
                 .collect(),
         );
         section(
@@ -158,7 +148,7 @@ impl Snapshot {
             "rollwatch_evaluation_duration_seconds",
             "gauge",
             "Duration of the last evaluation tick.",
-            vec![format!(" {}", num(self.last_evaluation_seconds))],
+            vec![format!(" {}", format_value(self.last_evaluation_seconds))],
         );
         section("rollwatch_ticks_total", "counter", "Evaluation ticks.", vec![format!(" {}", self.ticks_total)]);
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::write;
+use common::{counters_service, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::engine::{Parts, TickEvent};
 use rollwatch::rules::Outcome;
-use rollwatch::time::{Stopwatch, SystemClock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rollwatch::time::Stopwatch;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const WINDOW_S: f64 = 2.0;
@@ -49,43 +48,6 @@ if = 'firing("elevated")'
 then = "consider"
 "#;
 
-/// A service answering /metrics with counters that grow at 2,000 requests/s, a share of them
-/// (in thousandths, from `permille`) failing.
-async fn service(permille: Arc<AtomicU64>) -> String {
-    let counters = Arc::new(std::sync::Mutex::new((0.0f64, 0.0f64)));
-    {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                every.tick().await;
-                let share = permille.load(Ordering::SeqCst) as f64 / 1000.0;
-                let mut c = counters.lock().unwrap();
-                c.0 += 100.0 * (1.0 - share);
-                c.1 += 100.0 * share;
-            }
-        });
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let (ok, err) = *counters.lock().unwrap();
-                let body =
-                    format!("http_requests_total{{code=\"200\"}} {ok}\nhttp_requests_total{{code=\"500\"}} {err}\n");
-                let reply =
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}/metrics")
-}
-
 struct Running {
     permille: Arc<AtomicU64>,
     events: UnboundedReceiver<TickEvent>,
@@ -95,7 +57,7 @@ struct Running {
 
 async fn start() -> Running {
     let permille = Arc::new(AtomicU64::new(5));
-    let url = service(permille.clone()).await;
+    let url = counters_service(permille.clone(), 100.0, Duration::from_millis(50)).await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
     let cfg = format!(
@@ -106,16 +68,7 @@ async fn start() -> Running {
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let parts = Parts {
-        evaluator,
-        targets,
-        clock: Arc::new(SystemClock),
-        listener: None,
-        token: None,
-        events: Some(tx),
-        reload: None,
-        recorder: None,
-    };
+    let parts = Parts { events: Some(tx), ..Parts::new(evaluator, targets) };
     tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     Running { permille, events, stop, _dir: dir }
 }

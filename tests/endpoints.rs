@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{rollwatch, write};
@@ -12,7 +11,6 @@ use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
 use rollwatch::source::Secret;
 use rollwatch::source::poller::http_client;
-use rollwatch::time::SystemClock;
 
 const PROFILE: &str = r#"
 [[rule]]
@@ -44,14 +42,10 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let parts = rollwatch::engine::Parts {
-        evaluator: ev,
-        targets: vec![],
-        clock: Arc::new(SystemClock),
         listener: Some(listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
-        reload: None,
-        recorder: None,
+        ..rollwatch::engine::Parts::new(ev, vec![])
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let http = http_client().unwrap();

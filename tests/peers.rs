@@ -8,16 +8,14 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::write;
+use common::{serve_http, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
 use rollwatch::source::poller::http_client;
 use rollwatch::source::{Secret, Target, TargetKind, probe};
 use rollwatch::time::{Span, SystemClock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A child process killed when the test ends, however it ends.
 struct Peer(Child);
@@ -58,23 +56,8 @@ async fn ready(url: &str, log: &Path) {
 
 /// A loopback service exposing two counters.
 async fn metrics_service() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let body = "app_requests_total{code=\"200\"} 993\napp_requests_total{code=\"500\"} 7\n";
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    addr.to_string()
+    serve_http(|_| ("200 OK", "app_requests_total{code=\"200\"} 993\napp_requests_total{code=\"500\"} 7\n".to_string()))
+        .await
 }
 
 fn prometheus(dir: &Path, config: &str) -> (Peer, String) {
@@ -194,14 +177,10 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let parts = rollwatch::engine::Parts {
-        evaluator,
-        targets: vec![],
-        clock: Arc::new(SystemClock),
         listener: Some(rollwatch_listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
-        reload: None,
-        recorder: None,
+        ..rollwatch::engine::Parts::new(evaluator, vec![])
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let decided = tokio::time::timeout(Duration::from_secs(60), async {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{rollwatch, write};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{counters_service, rollwatch, write};
 
 const PROFILE: &str = r#"
 [signals]
@@ -25,46 +24,10 @@ if = 'firing("critical")'
 then = "rollback"
 "#;
 
-/// Counters growing by 100 requests every 100 ms; the share failing is `permille` / 1000.
-async fn service(permille: Arc<AtomicU64>) -> String {
-    let counters = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
-    {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                every.tick().await;
-                let bad = permille.load(Ordering::SeqCst) / 10;
-                let mut c = counters.lock().unwrap();
-                c.0 += 100 - bad;
-                c.1 += bad;
-            }
-        });
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let counters = counters.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let (ok, err) = *counters.lock().unwrap();
-                let body =
-                    format!("http_requests_total{{code=\"200\"}} {ok}\nhttp_requests_total{{code=\"500\"}} {err}\n");
-                let reply =
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}/metrics")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_run_replays_to_the_same_decisions() {
     let permille = Arc::new(AtomicU64::new(0));
-    let url = service(permille.clone()).await;
+    let url = counters_service(permille.clone(), 100.0, Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
     let cfg = write(

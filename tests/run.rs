@@ -11,31 +11,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::write;
+use common::{serve_http, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::journal::Journal;
 use rollwatch::rules::Outcome;
-use rollwatch::time::SystemClock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A health endpoint answering 200 or 503 as `healthy` says.
 async fn health_server(healthy: Arc<AtomicBool>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let healthy = healthy.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let status = if healthy.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
-                let body = r#"{"status":"ok","version":"v1.2.4"}"#;
-                let reply =
-                    format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
+    let addr = serve_http(move |_| {
+        let status = if healthy.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
+        (status, r#"{"status":"ok","version":"v1.2.4"}"#.to_string())
+    })
+    .await;
     format!("http://{addr}/health/ready")
 }
 
@@ -71,16 +58,7 @@ async fn a_health_target_going_down_gives_rollback() {
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let engine = {
         {
-            let parts = rollwatch::engine::Parts {
-                evaluator: ev,
-                targets,
-                clock: Arc::new(SystemClock),
-                listener: None,
-                token: None,
-                events: Some(tx),
-                reload: None,
-                recorder: None,
-            };
+            let parts = rollwatch::engine::Parts { events: Some(tx), ..rollwatch::engine::Parts::new(ev, targets) };
             tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await })
         }
     };
@@ -173,14 +151,9 @@ async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let (reload, reloads) = tokio::sync::mpsc::channel(1);
     let parts = rollwatch::engine::Parts {
-        evaluator: ev,
-        targets,
-        clock: Arc::new(SystemClock),
-        listener: None,
-        token: None,
         events: Some(tx),
         reload: Some(reloads),
-        recorder: None,
+        ..rollwatch::engine::Parts::new(ev, targets)
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let firing = tokio::time::timeout(Duration::from_secs(10), async {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::config::deploy::Config;
 use crate::engine;
 use crate::record::Recorder;
-use crate::time::{Span, SystemClock};
+use crate::time::Span;
 
 pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     sidecar(path, None, out)
@@ -84,14 +84,11 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             });
         }
         let parts = engine::Parts {
-            evaluator: ev,
-            targets,
-            clock: Arc::new(SystemClock),
             listener: Some(listener),
             token,
-            events: None,
             reload: Some(reload),
             recorder: recorder.clone(),
+            ..engine::Parts::new(ev, targets)
         };
         engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from)
     })?;

@@ -236,6 +236,18 @@ fn parse_line<'a>(line: &'a [u8], labels: &mut Vec<(&'a str, Cow<'a, str>)>) -> 
     Ok((name, value, timestamp_ms))
 }
 
+/// A value as the text format writes it: `NaN`, `+Inf`, `-Inf`, or the shortest decimal that
+/// reads back to the same float (also valid in fixture notation).
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{v}")
+    }
+}
+
 fn parse_value(text: &[u8]) -> Result<f64, String> {
     let s = std::str::from_utf8(text).map_err(|_| "value is not UTF-8")?;
     match s {

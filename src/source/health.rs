@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::selector::metric_name;
+
 /// Fields kept from one body; more are ignored.
 pub const MAX_FIELDS: usize = 256;
 /// Nesting followed; deeper objects are ignored.
@@ -49,16 +51,6 @@ fn walk(prefix: &str, value: &Value, depth: usize, out: &mut HealthFields) {
         Value::String(s) if !prefix.is_empty() => out.strings.push((prefix.to_string(), s.clone())),
         _ => {}
     }
-}
-
-/// A JSON key as a metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, other characters become `_`.
-fn metric_name(key: &str) -> String {
-    let mut out: String =
-        key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 #[cfg(test)]

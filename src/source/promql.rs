@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::selector::SeriesKey;
+use crate::selector::{SeriesKey, metric_name};
 
 #[derive(Debug, Deserialize)]
 struct Response {
@@ -78,15 +78,6 @@ fn value(text: &str) -> Result<f64, PromqlError> {
         "-Inf" => Ok(f64::NEG_INFINITY),
         _ => text.parse().map_err(|_| PromqlError::Format(format!("bad sample value {text:?}"))),
     }
-}
-
-fn metric_name(target: &str) -> String {
-    let mut out: String =
-        target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 #[cfg(test)]
