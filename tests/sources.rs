@@ -90,12 +90,14 @@ async fn once(t: &Target) -> rollwatch::source::Observation {
 
 #[tokio::test]
 async fn a_healthy_exposition_becomes_samples() {
-    let body = b"# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 10\njob:x:rate5m 0.5\n".to_vec();
+    let body = b"# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 10\njob:x:rate5m{target=\"spoofed\"} 0.5\n".to_vec();
     let (url, _) = serve(move |_| Reply::Http(200, "content-type: text/plain\r\n", body.clone())).await;
     let obs = once(&prom(&url)).await;
     assert!(obs.up, "{:?}", obs.error);
     assert_eq!(obs.samples.len(), 2);
     assert_eq!(obs.samples[1].0.name, "job:x:rate5m");
+    // Every scraped series carries target="NAME", overriding one the exposition claims.
+    assert!(obs.samples.iter().all(|(k, _)| k.label("target") == "app"), "{:?}", obs.samples);
     assert!(obs.duration_secs > 0.0);
 }
 

@@ -114,7 +114,7 @@ pub struct Observation {
     pub up: bool,
     /// Seconds the probe took.
     pub duration_secs: f64,
-    /// Scraped series (without the `target` label yet) and their values.
+    /// Scraped series, each carrying `target="NAME"`, and their values.
     pub samples: Vec<(SeriesKey, f64)>,
     /// String fields of a health body (`version`).
     pub strings: Vec<(String, String)>,
@@ -146,12 +146,8 @@ impl TargetSeries {
             .samples
             .iter()
             .map(|(key, v)| {
-                let mut labels = key.labels.clone();
-                labels.retain(|(k, _)| k != "target");
-                labels.push(("target".to_string(), obs.target.clone()));
-                let key = SeriesKey::new(key.name.clone(), labels);
-                store.push(&key, obs.at, *v);
-                key
+                store.push(key, obs.at, *v);
+                key.clone()
             })
             .collect();
         let before = self.seen.insert(obs.target.clone(), now).unwrap_or_default();
@@ -179,7 +175,10 @@ mod tests {
             at: Timestamp(at),
             up,
             duration_secs: 0.01,
-            samples: samples.iter().map(|(k, v)| (SeriesKey::parse(k).unwrap(), *v)).collect(),
+            samples: samples
+                .iter()
+                .map(|(k, v)| (SeriesKey::new(*k, [("target".to_string(), "api".to_string())]), *v))
+                .collect(),
             strings: vec![("version".into(), "v1".into())],
             bad_lines: 0,
             error: None,

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::{Auth, Observation, SourceError, Target, TargetKind, exposition, health};
+use crate::selector::SeriesKey;
 use crate::time::{Clock, Span, Stopwatch};
 
 /// A client for polling: rustls with ring, no proxies from the environment, no redirects beyond
@@ -59,7 +60,7 @@ pub async fn probe(client: &reqwest::Client, target: &Target, clock: &dyn Clock)
 }
 
 struct Fetched {
-    samples: Vec<(crate::selector::SeriesKey, f64)>,
+    samples: Vec<(SeriesKey, f64)>,
     strings: Vec<(String, String)>,
     bad_lines: usize,
 }
@@ -96,37 +97,60 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
     let body = read_capped(response, target.max_body).await?;
     match &target.kind {
         TargetKind::Promql { .. } => {
-            let samples = super::promql::read(&body, &target.name).map_err(|e| match e {
-                super::promql::PromqlError::Api(msg) if !status.is_success() => {
-                    SourceError::Http(format!("HTTP {}: {msg}", status.as_u16()))
-                }
-                other => SourceError::Http(other.to_string()),
-            })?;
+            let samples = super::promql::read(&body, &target.name).map(|s| with_target(s, &target.name)).map_err(
+                |e| match e {
+                    super::promql::PromqlError::Api(msg) if !status.is_success() => {
+                        SourceError::Http(format!("HTTP {}: {msg}", status.as_u16()))
+                    }
+                    other => SourceError::Http(other.to_string()),
+                },
+            )?;
             Ok(Fetched { samples, strings: vec![], bad_lines: 0 })
         }
         TargetKind::Health { .. } => {
             let fields = health::read(&body);
+            let target_label = [("target".to_string(), target.name.clone())];
             let samples =
-                fields.numbers.into_iter().map(|(name, v)| (crate::selector::SeriesKey::new(name, []), v)).collect();
+                fields.numbers.into_iter().map(|(name, v)| (SeriesKey::new(name, target_label.clone()), v)).collect();
             Ok(Fetched { samples, strings: fields.strings, bad_lines: 0 })
         }
         _ => {
             if let Err(e) = std::str::from_utf8(&body) {
                 return Err(SourceError::NotUtf8(e.valid_up_to()));
             }
-            let parsed = exposition::parse(&body);
-            if parsed.samples.is_empty() && parsed.bad_lines > 0 {
+            // Borrowed parsing: each sample's key is built once, target label included.
+            let mut samples = Vec::new();
+            let (bad_lines, first_bad) = exposition::parse_each(&body, |s| {
+                let labels = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| *k != "target")
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .chain(std::iter::once(("target".to_string(), target.name.clone())));
+                samples.push((SeriesKey::new(s.name, labels), s.value));
+            });
+            if samples.is_empty() && bad_lines > 0 {
                 let first =
-                    parsed.first_bad.first().cloned().unwrap_or(exposition::BadLine { line: 0, reason: String::new() });
-                return Err(SourceError::Malformed { bad: parsed.bad_lines, line: first.line, reason: first.reason });
+                    first_bad.first().cloned().unwrap_or(exposition::BadLine { line: 0, reason: String::new() });
+                return Err(SourceError::Malformed { bad: bad_lines, line: first.line, reason: first.reason });
             }
-            if parsed.bad_lines > 0 {
-                tracing::debug!(target = %target.name, bad = parsed.bad_lines, first = ?parsed.first_bad.first(), "skipped bad exposition lines");
+            if bad_lines > 0 {
+                tracing::debug!(target = %target.name, bad = bad_lines, first = ?first_bad.first(), "skipped bad exposition lines");
             }
-            let samples = parsed.samples.into_iter().map(|s| (s.key, s.value)).collect();
-            Ok(Fetched { samples, strings: vec![], bad_lines: parsed.bad_lines })
+            Ok(Fetched { samples, strings: vec![], bad_lines })
         }
     }
+}
+
+/// Adds (or overrides) the `target` label on each sample's key.
+fn with_target(samples: Vec<(SeriesKey, f64)>, target: &str) -> Vec<(SeriesKey, f64)> {
+    samples
+        .into_iter()
+        .map(|(key, v)| {
+            let labels = key.labels.into_iter().filter(|(k, _)| k != "target");
+            (SeriesKey::new(key.name, labels.chain(std::iter::once(("target".to_string(), target.to_string())))), v)
+        })
+        .collect()
 }
 
 fn classify(e: reqwest::Error) -> SourceError {
