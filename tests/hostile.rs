@@ -162,3 +162,22 @@ fn mutated_files_never_panic() {
     }
     assert!(errors_seen > 100, "the mutations should mostly break the files ({errors_seen})");
 }
+
+#[test]
+fn a_missing_secret_names_the_target_and_variable_never_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let cfg = write(
+        dir.path(),
+        "rollwatch.toml",
+        "profiles = [\"p.toml\"]\nstate_dir = \"/tmp/rw\"\n[[target]]\nname = \"api\"\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1/metrics\"\nbearer_token_env = \"RW_API_TOKEN\"\n[[target]]\nname = \"db\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/h\"\nbasic_auth_user = \"ops\"\nbasic_auth_password_env = \"RW_DB_PASSWORD\"\n",
+    );
+    let (config, _) = rollwatch::config::deploy::Config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let e = config.targets(|_| None).unwrap_err().to_string();
+    assert!(e.contains("target \"api\": environment variable RW_API_TOKEN is not set"), "{e}");
+    assert!(e.contains("target \"db\": environment variable RW_DB_PASSWORD is not set"), "{e}");
+    let targets = config.targets(|var| Some(format!("secret-of-{var}"))).unwrap();
+    let shown = format!("{targets:?}");
+    assert!(!shown.contains("secret-of-"), "secrets never print: {shown}");
+    assert_eq!(targets.len(), 2);
+}
