@@ -23,13 +23,19 @@ for h in range(50):
         lines.append(f'http_request_duration_seconds_bucket{{handler="/api/h{h}",le="{le}"}} {100 * (i + 1)}')
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+rwport=$(free_port)
 (cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+for _ in $(seq 100); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/metrics')" 2>/dev/null && break
+  sleep 0.1
+done
 cp rules/solvereign.toml "$dir/"
 {
   echo 'profiles = ["solvereign.toml"]'
   echo "state_dir = \"$dir/state\""
-  echo 'listen = "127.0.0.1:0"'
+  echo "listen = \"127.0.0.1:$rwport\""
   echo 'eval_interval = "1s"'
   for i in $(seq 1 10); do
     printf '[[target]]\nname = "t%s"\nkind = "prometheus"\nurl = "http://127.0.0.1:%s/metrics"\ninterval = "1s"\ntimeout = "900ms"\n' "$i" "$port"
@@ -38,9 +44,10 @@ cp rules/solvereign.toml "$dir/"
     printf '[actions.%s]\nkind = "exec"\nargv = ["true"]\n' "$a"
   done
 } > "$dir/rollwatch.toml"
-./target/release/rollwatch run -c "$dir/rollwatch.toml" &
+./target/release/rollwatch run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
 pid=$!
 rss() { grep -E 'VmRSS|VmHWM' "/proc/$pid/status" | tr -s ' ' | tr '\n' ' '; echo; }
 sleep 60; echo "after 60 s: $(rss)"
 sleep $((secs - 60)); echo "after $secs s: $(rss)"
+echo "$(curl -s "http://127.0.0.1:$rwport/metrics" | grep -E '^rollwatch_(series|ticks_total|target_polls_total\{target="t1"\})')"
 kill -TERM "$pid"; wait "$pid"

@@ -8,8 +8,10 @@
 //!   the series' first sample in the window is; rates are not extrapolated;
 //! - NaN samples, stale series and empty windows are *no data* (`None`), never 0;
 //! - `last`/`up` look back at most [`LOOKBACK`]; a stale marker ends a series until it is written again;
-//! - retention is set by the caller from the longest window (+ offset) any rule needs, so memory
-//!   is bounded by configuration; series that have received nothing for longer are dropped.
+//! - retention is per series: the longest reach (window + offset) of the selectors that match it,
+//!   plus a margin; a series no rule reads keeps only its latest sample (for status and
+//!   recording). Memory is bounded by configuration, not uptime; series that have received
+//!   nothing for longer than the longest retention are dropped.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -44,9 +46,14 @@ impl Sample {
     }
 }
 
+/// Kept beyond a selector's reach, so a tick that comes late still finds its data.
+pub const MARGIN: Span = Span(60_000);
+
 #[derive(Debug)]
 struct Series {
     key: SeriesKey,
+    /// How long this series' samples are kept (ms): the reach of the selectors matching it.
+    keep: i64,
     samples: VecDeque<Sample>,
     /// Start of the current unbroken run of zero values, for `down_for`.
     zero_since: Option<i64>,
@@ -120,6 +127,8 @@ pub struct Store {
     free: Vec<SeriesId>,
     index: HashMap<SeriesKey, SeriesId>,
     selectors: Vec<Selector>,
+    /// How far back each selector's calls read (window + offset), plus [`MARGIN`].
+    reach: Vec<i64>,
     matches: Vec<Vec<SeriesId>>,
     retention: Span,
     /// Samples refused because they were older than the series' latest one.
@@ -135,6 +144,7 @@ impl Store {
             free: Vec::new(),
             index: HashMap::new(),
             selectors: Vec::new(),
+            reach: Vec::new(),
             matches: Vec::new(),
             retention: Span(retention.0.max(LOOKBACK.0)),
             out_of_order: 0,
@@ -145,15 +155,25 @@ impl Store {
         self.retention
     }
 
-    /// Registers a selector (at load). Returns its id for the query functions.
+    /// Registers a selector whose calls read back the store's whole retention.
     pub fn add_selector(&mut self, selector: Selector) -> SelectorId {
-        let matched = self
-            .series
-            .iter()
-            .enumerate()
-            .filter_map(|(id, s)| s.as_ref().filter(|s| selector.matches(&s.key)).map(|_| id))
-            .collect();
+        let reach = self.retention;
+        self.add_selector_reaching(selector, reach)
+    }
+
+    /// Registers a selector (at load) whose calls read `reach` back (window + offset): the
+    /// series it matches keep that much, plus [`MARGIN`]. Returns its id for the query functions.
+    pub fn add_selector_reaching(&mut self, selector: Selector, reach: Span) -> SelectorId {
+        let keep = reach.0.saturating_add(MARGIN.0);
+        let mut matched = Vec::new();
+        for (id, slot) in self.series.iter_mut().enumerate() {
+            if let Some(s) = slot.as_mut().filter(|s| selector.matches(&s.key)) {
+                s.keep = s.keep.max(keep);
+                matched.push(id);
+            }
+        }
         self.selectors.push(selector);
+        self.reach.push(keep);
         self.matches.push(matched);
         self.selectors.len() - 1
     }
@@ -163,9 +183,13 @@ impl Store {
     pub fn adopt_selectors_of(&mut self, other: Store) {
         self.retention = other.retention;
         self.selectors = Vec::new();
+        self.reach = Vec::new();
         self.matches = Vec::new();
-        for sel in other.selectors {
-            self.add_selector(sel);
+        for s in self.series.iter_mut().flatten() {
+            s.keep = 0;
+        }
+        for (sel, keep) in other.selectors.into_iter().zip(other.reach) {
+            self.add_selector_reaching(sel, Span(keep - MARGIN.0));
         }
     }
 
@@ -188,7 +212,7 @@ impl Store {
         if let Some(&id) = self.index.get(key) {
             return id;
         }
-        let series = Series { key: key.clone(), samples: VecDeque::new(), zero_since: None };
+        let series = Series { key: key.clone(), keep: 0, samples: VecDeque::new(), zero_since: None };
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id] = Some(series);
@@ -199,9 +223,12 @@ impl Store {
                 self.series.len() - 1
             }
         };
-        for (sel, matched) in self.selectors.iter().zip(self.matches.iter_mut()) {
+        for ((sel, matched), keep) in self.selectors.iter().zip(self.matches.iter_mut()).zip(&self.reach) {
             if sel.matches(key) {
                 matched.push(id);
+                if let Some(s) = self.series[id].as_mut() {
+                    s.keep = s.keep.max(*keep);
+                }
             }
         }
         self.index.insert(key.clone(), id);
@@ -222,7 +249,6 @@ impl Store {
     }
 
     fn push_id(&mut self, id: SeriesId, t: Timestamp, v: f64) {
-        let retention = self.retention.0;
         let Some(series) = self.series.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -239,7 +265,7 @@ impl Store {
             (false, _) => None,
         };
         series.samples.push_back(sample);
-        let horizon = t.0.saturating_sub(retention);
+        let horizon = t.0.saturating_sub(series.keep);
         while series.samples.len() >= 2 && series.samples[1].t <= horizon {
             series.samples.pop_front();
         }
@@ -461,8 +487,14 @@ mod tests {
 
     /// A store holding `series` as (key, values every 15 s from t=0; None = missing sample).
     fn store(selector: &str, series: &[(&str, &[Option<f64>])]) -> (Store, SelectorId) {
+        let (st, sels) = store_with(&[selector], series);
+        (st, sels[0])
+    }
+
+    /// Selectors are registered at load, before any data arrives.
+    fn store_with(selectors: &[&str], series: &[(&str, &[Option<f64>])]) -> (Store, Vec<SelectorId>) {
         let mut st = Store::new(Span(3600 * S));
-        let sel = st.add_selector(Selector::parse(selector).unwrap());
+        let sel = selectors.iter().map(|s| st.add_selector(Selector::parse(s).unwrap())).collect();
         for (k, values) in series {
             let k = key(k);
             for (i, v) in values.iter().enumerate() {
@@ -524,24 +556,26 @@ mod tests {
     fn ratio_has_a_traffic_floor_and_no_data_for_zero_traffic() {
         let errs = vals(&[0.0, 1.0]);
         let all = vals(&[0.0, 2.0]);
-        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &errs), (r#"r{code="200"}"#, &all)]);
-        let den = st.add_selector(Selector::parse("r").unwrap());
+        let (st, sel) =
+            store_with(&[r#"r{code="500"}"#, "r"], &[(r#"r{code="500"}"#, &errs), (r#"r{code="200"}"#, &all)]);
+        let (num, den) = (sel[0], sel[1]);
         let t = Timestamp(15 * S);
         // 1 error in 3 requests.
         assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), Some(1.0 / 3.0));
         assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 100.0), None, "under the floor");
         // 0/0: no traffic at all is no data.
         let flat = vals(&[5.0, 5.0]);
-        let (mut st, num) = store(r#"r{code="500"}"#, &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)]);
-        let den = st.add_selector(Selector::parse("r").unwrap());
+        let (st, sel) =
+            store_with(&[r#"r{code="500"}"#, "r"], &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)]);
+        let (num, den) = (sel[0], sel[1]);
         assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), None);
     }
 
     #[test]
     fn ratio_numerator_without_series_is_zero_only_with_traffic() {
         let all = vals(&[0.0, 200.0]);
-        let (mut st, num) = store(r#"r{code=~"5.."}"#, &[(r#"r{code="200"}"#, &all)]);
-        let den = st.add_selector(Selector::parse("r").unwrap());
+        let (st, sel) = store_with(&[r#"r{code=~"5.."}"#, "r"], &[(r#"r{code="200"}"#, &all)]);
+        let (num, den) = (sel[0], sel[1]);
         assert_eq!(st.ratio(num, den, Timestamp(15 * S), M1, Span::ZERO, 100.0), Some(0.0));
     }
 
@@ -617,7 +651,7 @@ mod tests {
         }
         let id = st.index[&k];
         let len = st.series[id].as_ref().unwrap().samples.len();
-        assert!(len <= 602, "kept {len} samples");
+        assert!(len <= 600 + 60 + 2, "kept {len} samples (retention + margin)");
         assert_eq!(st.last(sel, Timestamp(99_999 * S), Span::ZERO), Some(99_999.0));
         // A series that stops reporting is dropped after the retention, and can come back.
         st.collect_garbage(Timestamp((99_999 + 601) * S));
@@ -635,6 +669,24 @@ mod tests {
         old.adopt_selectors_of(new);
         assert_eq!(old.last(h, Timestamp(15 * S), Span::ZERO), Some(7.0));
         assert_eq!(old.retention(), LOOKBACK, "the new retention (at least the lookback)");
+    }
+
+    #[test]
+    fn each_series_keeps_what_its_readers_reach() {
+        let mut st = Store::new(Span(3_600 * S));
+        st.add_selector_reaching(Selector::parse("short").unwrap(), Span(60 * S));
+        let (short, unread) = (key("short"), key("unread"));
+        for i in 0..1000i64 {
+            st.push(&short, Timestamp(i * S), i as f64);
+            st.push(&unread, Timestamp(i * S), i as f64);
+        }
+        let len = |k: &SeriesKey| st.series[st.index[k]].as_ref().unwrap().samples.len();
+        assert!(len(&short) <= 60 + 60 + 2, "window + margin: {}", len(&short));
+        assert!(len(&unread) <= 2, "a series no rule reads keeps its latest sample: {}", len(&unread));
+        assert_eq!(
+            st.latest(Timestamp(999 * S)).find(|(k, _)| **k == unread).map(|(_, l)| l),
+            Some(Latest::Value(999.0))
+        );
     }
 
     #[test]

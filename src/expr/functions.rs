@@ -275,7 +275,8 @@ impl CallOf<Selector> {
 
     /// Registers the selectors with the store.
     pub fn register(self, store: &mut Store) -> Call {
-        self.map(|sel| store.add_selector(sel))
+        let reach = self.reach();
+        self.map(|sel| store.add_selector_reaching(sel, reach))
     }
 }
 
