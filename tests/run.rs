@@ -45,9 +45,18 @@ fn config_text(url: &str, state: &std::path::Path) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_health_target_going_down_gives_rollback() {
-    let healthy = Arc::new(AtomicBool::new(true));
+/// A running engine watching a health server, and the handles a test drives it with.
+struct Running {
+    healthy: Arc<AtomicBool>,
+    dir: tempfile::TempDir,
+    ticks: tokio::sync::mpsc::UnboundedReceiver<rollwatch::engine::TickEvent>,
+    stop: tokio::sync::watch::Sender<bool>,
+    reload: tokio::sync::mpsc::Sender<()>,
+    engine: tokio::task::JoinHandle<Result<(), rollwatch::engine::EngineError>>,
+}
+
+async fn start(healthy: bool) -> Running {
+    let healthy = Arc::new(AtomicBool::new(healthy));
     let url = health_server(healthy.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
@@ -55,13 +64,20 @@ async fn a_health_target_going_down_gives_rollback() {
     let (config, ev) = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-    let engine = {
-        {
-            let parts = rollwatch::engine::Parts { events: Some(tx), ..rollwatch::engine::Parts::new(ev, targets) };
-            tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await })
-        }
+    let (tx, ticks) = tokio::sync::mpsc::unbounded_channel();
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let parts = rollwatch::engine::Parts {
+        events: Some(tx),
+        reload: Some(reloads),
+        ..rollwatch::engine::Parts::new(ev, targets)
     };
+    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
+    Running { healthy, dir, ticks, stop, reload, engine }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_target_going_down_gives_rollback() {
+    let Running { healthy, dir, mut ticks, stop, engine, .. } = start(true).await;
 
     // Healthy first: wait for a tick that saw the target up and decided monitor.
     let healthy_seen = tokio::time::timeout(Duration::from_secs(5), async {
@@ -140,22 +156,7 @@ fn sigterm_stops_the_sidecar_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let url = health_server(healthy.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p.toml", PROFILE);
-    let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
-    let (config, ev) = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let targets = config.targets(|_| None).unwrap();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-    let (reload, reloads) = tokio::sync::mpsc::channel(1);
-    let parts = rollwatch::engine::Parts {
-        events: Some(tx),
-        reload: Some(reloads),
-        ..rollwatch::engine::Parts::new(ev, targets)
-    };
-    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
+    let Running { dir, mut ticks, stop, reload, engine, .. } = start(false).await;
     let firing = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(e) = ticks.recv().await {
             if e.tick.decisions[0].outcome == Outcome::Rollback {
