@@ -1,8 +1,9 @@
 //! The live pipeline: pollers → observations → window store → evaluator on wall-clock ticks →
-//! decisions, logged and journalled when they change; alerts from the webhook become `ALERTS`
-//! series; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the
+//! decisions, logged and journalled when they change → the dispatcher, which acts on them;
+//! alerts from the webhook become `ALERTS` series; approvals, pauses and silences arrive as
+//! commands; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the
 //! same one `test` replays; only the clock and the source of samples differ. [`run`] returns once
-//! shutdown is signalled, with the journal flushed.
+//! shutdown is signalled, with the journal flushed and queued notifications given a moment.
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, SharedJournal};
+use crate::notify::{Console, Notifier};
 use crate::rules::{Evaluator, Tick};
 use crate::server::{self, Shared};
 use crate::source::alertmanager::{Alerts, RESOLVE_TIMEOUT};
@@ -27,6 +30,16 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] SourceError),
+    #[error("{0}")]
+    Config(crate::config::Diagnostics),
+}
+
+/// Where secrets come from: the process environment in production, a map in tests.
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The process environment.
+pub fn process_env() -> Env {
+    Arc::new(|var| std::env::var(var).ok())
 }
 
 /// Everything the engine runs with.
@@ -45,6 +58,12 @@ pub struct Parts {
     pub reload: Option<mpsc::Receiver<()>>,
     /// Records every tick's series and decisions (`rollwatch record`).
     pub recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
+    /// Where `console` channels write.
+    pub console: Console,
+    /// Where channel and action secrets are read (also on reload).
+    pub env: Env,
+    /// Approvals, pauses and silences from elsewhere than the HTTP API (tests).
+    pub commands: Option<mpsc::Receiver<CommandRequest>>,
 }
 
 impl Parts {
@@ -59,6 +78,9 @@ impl Parts {
             events: None,
             reload: None,
             recorder: None,
+            console: Console::Stdout,
+            env: process_env(),
+            commands: None,
         }
     }
 }
@@ -74,10 +96,19 @@ pub struct TickEvent {
 
 /// Runs until `shutdown` becomes true.
 pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
-    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload, recorder } = parts;
+    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload, recorder, console, env, commands } =
+        parts;
     let mut reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
-    let mut journal = Journal::open(&config.state_dir)?;
+    let (commands_tx, mut commands) = match commands {
+        Some(rx) => (mpsc::channel(1).0, rx),
+        None => mpsc::channel(16),
+    };
+    let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
+    let history = Journal::read_back(&journal.path())?;
     let client = http_client()?;
+    let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
+    let (mut dispatcher, mut procedures) =
+        Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
     let (obs_tx, mut observations) = mpsc::channel(1024);
     let (stop_tasks, tasks_shutdown) = watch::channel(false);
     let (mut stop_pollers, mut pollers_shutdown) = watch::channel(false);
@@ -93,10 +124,11 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     let server = listener.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
-        let shared = Shared { status: status_rx, alerts: alerts_tx.clone(), token };
+        let shared = Shared { status: status_rx, alerts: alerts_tx.clone(), commands: commands_tx.clone(), token };
         tokio::spawn(server::serve(listener, shared, tasks_shutdown.clone()))
     });
     drop(alerts_tx);
+    drop(commands_tx);
 
     let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
     journal.append(clock.now(), "started", &serde_json::json!({ "profiles": names }))?;
@@ -141,6 +173,9 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                     }
                     *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
                 }
+                let version = deployed_version(&config, &series);
+                dispatcher.on_tick(now, &tick.decisions, version.as_deref())?;
+                snapshot.acting = dispatcher.status();
                 if let Some(recorder) = &recorder
                     && let Ok(mut r) = recorder.lock()
                 {
@@ -153,10 +188,30 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                     let _ = events.send(TickEvent { tick, at: now, signals });
                 }
             }
+            Some(done) = procedures.recv() => {
+                dispatcher.on_done(done)?;
+                snapshot.acting = dispatcher.status();
+                let _ = status_tx.send(Arc::new(snapshot.clone()));
+            }
+            Some((command, reply)) = commands.recv() => {
+                tracing::info!(?command, "command received");
+                let answer = dispatcher.command(command)?;
+                snapshot.acting = dispatcher.status();
+                let _ = status_tx.send(Arc::new(snapshot.clone()));
+                let _ = reply.send(answer);
+            }
             Some(()) = reload.recv() => {
                 let now = clock.now();
-                match load_again(&config) {
-                    Ok((new_config, new_ev, new_targets)) => {
+                let reloaded = load_again(&config, &env).and_then(|(c, e, t)| {
+                    let acting = acting_parts(&c, &e, &env, &client, &console, &journal, &clock).map_err(|err| match err {
+                        EngineError::Config(d) => d,
+                        other => crate::config::Diagnostic::file(&c.path, other.to_string()).into(),
+                    })?;
+                    Ok((c, e, t, acting))
+                });
+                match reloaded {
+                    Ok((new_config, new_ev, new_targets, (acting, notifier))) => {
+                        dispatcher.reconfigure(acting, notifier);
                         let old = std::mem::replace(&mut ev, new_ev);
                         ev.adopt(old);
                         let _ = stop_pollers.send(true);
@@ -188,15 +243,52 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     if let Some(server) = server {
         let _ = server.await;
     }
-    journal.append(clock.now(), "stopped", &serde_json::json!({}))?;
+    dispatcher.notifier().flush(std::time::Duration::from_secs(3)).await;
+    let in_flight = dispatcher.status().in_flight.map(|f| f.rollback_id);
+    if let Some(id) = &in_flight {
+        tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
+    }
+    journal.append(clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }))?;
     tracing::info!("rollwatch stopped");
     Ok(())
 }
 
-/// Loads the config file again, with its evaluator and targets (secrets from the environment).
-fn load_again(config: &Config) -> Result<(Config, Evaluator, Vec<Target>), crate::config::Diagnostics> {
+/// The dispatcher's parts from a config: policy, actions and plans, and a started notifier.
+fn acting_parts(
+    config: &Config,
+    ev: &Evaluator,
+    env: &Env,
+    client: &reqwest::Client,
+    console: &Console,
+    journal: &SharedJournal,
+    clock: &Arc<dyn Clock>,
+) -> Result<(Acting, Notifier), EngineError> {
+    let spec = &config.acting;
+    let actions = spec.actions(&config.path, env.as_ref()).map_err(EngineError::Config)?;
+    let channels = spec.channels(&config.path, env.as_ref()).map_err(EngineError::Config)?;
+    let notifier = Notifier::start(
+        channels,
+        spec.templates.clone(),
+        client.clone(),
+        console.clone(),
+        Some(journal.clone()),
+        clock.clone(),
+    );
+    let acting = Acting { policy: spec.policy.clone(), actions: Arc::new(actions), plans: Plan::from_evaluator(ev) };
+    Ok((acting, notifier))
+}
+
+/// The deployed version, from the field of the target `version = {...}` names.
+fn deployed_version(config: &Config, series: &TargetSeries) -> Option<String> {
+    let v = config.raw.version.as_ref()?.get_ref();
+    let fields = series.strings.get(v.target.get_ref())?;
+    fields.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.clone())
+}
+
+/// Loads the config file again, with its evaluator and targets (secrets through `env`).
+fn load_again(config: &Config, env: &Env) -> Result<(Config, Evaluator, Vec<Target>), crate::config::Diagnostics> {
     let (new_config, ev) = Config::load(&config.path)?;
-    let targets = new_config.targets(|var| std::env::var(var).ok())?;
+    let targets = new_config.targets(|var| env(var))?;
     if new_config.state_dir != config.state_dir || new_config.listen != config.listen {
         tracing::warn!("state_dir and listen changes take effect at the next restart");
     }

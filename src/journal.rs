@@ -1,11 +1,12 @@
 //! The journal: `state_dir/journal.jsonl`, one JSON object per line, each line written whole and
 //! fsynced before the event it records counts as done. Reading back drops a torn last line (a
-//! crash mid-write) with a warning. (Restoring cooldowns, approvals and in-flight steps from it
-//! comes with the dispatcher.)
+//! crash mid-write) with a warning. [`SharedJournal`] lets the engine, the dispatcher's procedure
+//! task and the notifier append to one file; the dispatcher restores its state from [`Journal::read_back`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -83,6 +84,34 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+}
+
+/// One journal shared by the tasks that write to it; each append is whole and fsynced.
+#[derive(Debug, Clone)]
+pub struct SharedJournal(Arc<Mutex<Journal>>);
+
+impl SharedJournal {
+    pub fn new(journal: Journal) -> SharedJournal {
+        SharedJournal(Arc::new(Mutex::new(journal)))
+    }
+
+    /// See [`Journal::append`].
+    pub fn append<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
+        let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        j.append(at, event, data)
+    }
+
+    /// Appends, logging (not returning) a failure: for records whose loss must not stop the
+    /// caller (a notification result).
+    pub fn note<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) {
+        if let Err(e) = self.append(at, event, data) {
+            tracing::error!(error = %e, event, "cannot write to the journal");
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).path.clone()
     }
 }
 

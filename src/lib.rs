@@ -1,7 +1,7 @@
 //! # rollwatch
 //!
 //! An automated rollback trigger engine: it watches a deployment's health endpoints and metrics,
-//! decides the way a runbook decides whether to roll back, and (later) acts on that decision.
+//! decides the way a runbook decides whether to roll back, and acts on that decision: runs the runbook's procedure, verifies, escalates and tells people.
 //!
 //! # Layout
 //!
@@ -17,11 +17,14 @@
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
 //! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, `POST /hooks/alertmanager`.
 //! - [`record`]: a live run written as a fixture (`rollwatch record`).
+//! - [`act`]: acting on decisions — templates, actions, policy, the dispatcher, history.
+//! - [`notify`]: notification channels (console, webhook, Slack, email), templates, retries.
 //! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
 //! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
 //! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `demo`).
 #![forbid(unsafe_code)]
 
+pub mod act;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -29,6 +32,7 @@ pub mod engine;
 pub mod expr;
 pub mod fixture;
 pub mod journal;
+pub mod notify;
 pub mod record;
 pub mod rules;
 pub mod selector;

@@ -1,18 +1,21 @@
 //! rollwatch's own endpoints (axum): `/healthz`, `/metrics` and `/status` read the latest
 //! [`Snapshot`]; `POST /hooks/alertmanager` takes an Alertmanager webhook (version 4) and hands
-//! its alerts to the engine. A bearer token protects the hook when configured (and `run` refuses
-//! to listen beyond loopback without one): a forged alert must not roll back production.
+//! its alerts to the engine; `POST /approve/{id}`, `/pause[?for=D]`, `/resume`,
+//! `/silence/{rule}?for=D` and `/unsilence/{rule}` are commands to the dispatcher. A bearer token
+//! protects every POST when configured (and `run` refuses to listen beyond loopback without one):
+//! a forged alert or approval must not roll back production.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
 
+use crate::act::{Command, CommandRequest};
 use crate::source::Secret;
 use crate::source::alertmanager::{self, AlertUpdate};
 use crate::status::Snapshot;
@@ -22,6 +25,7 @@ use crate::status::Snapshot;
 pub struct Shared {
     pub status: watch::Receiver<Arc<Snapshot>>,
     pub alerts: mpsc::Sender<Vec<AlertUpdate>>,
+    pub commands: mpsc::Sender<CommandRequest>,
     pub token: Option<Secret>,
 }
 
@@ -32,6 +36,11 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/hooks/alertmanager", post(hook))
+        .route("/approve/{id}", post(approve))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/silence/{rule}", post(silence))
+        .route("/unsilence/{rule}", post(unsilence))
         .with_state(shared)
 }
 
@@ -88,13 +97,84 @@ fn html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// `Some(401)` unless the request carries the configured bearer token.
+fn unauthorized(s: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = s.token.as_ref()?;
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.0.as_bytes())) {
+        None
+    } else {
+        Some((StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response())
+    }
+}
+
+/// Hands a command to the engine and answers with its reply.
+async fn command(s: &Shared, headers: &HeaderMap, cmd: Command) -> Response {
+    if let Some(denied) = unauthorized(s, headers) {
+        return denied;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.commands.send((cmd, tx)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(text)) => (StatusCode::OK, format!("{text}\n")).into_response(),
+        Ok(Err(text)) => (StatusCode::CONFLICT, format!("{text}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct For {
+    #[serde(rename = "for")]
+    for_: Option<String>,
+}
+
+/// The `?for=` duration, if given; a malformed one is the caller's 400.
+fn span_of(q: &For) -> Result<Option<crate::time::Span>, String> {
+    q.for_.as_deref().map(crate::time::parse_duration).transpose().map_err(|e| format!("for: {e}"))
+}
+
+fn bad_request(s: &Shared, headers: &HeaderMap, message: String) -> Response {
+    unauthorized(s, headers).unwrap_or_else(|| (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response())
+}
+
+async fn approve(State(s): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::Approve { id }).await
+}
+
+async fn pause(State(s): State<Shared>, Query(q): Query<For>, headers: HeaderMap) -> Response {
+    match span_of(&q) {
+        Ok(for_) => command(&s, &headers, Command::Pause { for_ }).await,
+        Err(e) => bad_request(&s, &headers, e),
+    }
+}
+
+async fn resume(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::Resume).await
+}
+
+async fn silence(
+    State(s): State<Shared>,
+    Path(rule): Path<String>,
+    Query(q): Query<For>,
+    headers: HeaderMap,
+) -> Response {
+    match span_of(&q) {
+        Ok(Some(for_)) => command(&s, &headers, Command::Silence { rule, for_ }).await,
+        Ok(None) => bad_request(&s, &headers, "say how long: ?for=30m".into()),
+        Err(e) => bad_request(&s, &headers, e),
+    }
+}
+
+async fn unsilence(State(s): State<Shared>, Path(rule): Path<String>, headers: HeaderMap) -> Response {
+    command(&s, &headers, Command::Unsilence { rule }).await
+}
+
 async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(token) = &s.token {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.0.as_bytes())) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-        }
+    if let Some(denied) = unauthorized(&s, &headers) {
+        return denied;
     }
     match alertmanager::parse(&body) {
         Ok(updates) => {

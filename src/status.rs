@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub ticks_total: u64,
     pub last_evaluation_seconds: f64,
     pub series: usize,
+    /// The dispatcher: mode, rollback in flight, approvals, pause, silences, rollbacks by result.
+    pub acting: crate::act::dispatch::ActingStatus,
 }
 
 fn label(v: &str) -> String {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::acting::ActingSpec;
 use super::diag::{Checker, Diagnostics, SourceFile};
 use super::profile::read_listed;
 use super::raw::RawConfig;
@@ -55,6 +56,8 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Env var holding the API bearer token (hook, approvals).
     pub api_token_env: Option<String>,
+    /// Policy, actions, channels and templates.
+    pub acting: ActingSpec,
 }
 
 impl Config {
@@ -168,35 +171,7 @@ impl Config {
                 format!("no target named {:?}", v.get_ref().target.get_ref()),
             );
         }
-        if let Some(p) = &raw.policy {
-            let p = p.get_ref();
-            if let Some(m) = &p.mode {
-                c.one_of(m, MODES, Some("policy"), "mode");
-            }
-            for (v, field) in [
-                (&p.cooldown, "cooldown"),
-                (&p.verify_for, "verify_for"),
-                (&p.slow_rollback, "slow_rollback"),
-                (&p.blind_after, "blind_after"),
-            ] {
-                c.duration(v, Span::ZERO, Some("policy"), field);
-            }
-            if let Some(m) = &p.max_rollbacks {
-                c.positive_duration(&m.get_ref().per, Some("policy"), "max_rollbacks.per");
-            }
-        }
-        for (name, ch) in &raw.channels {
-            c.one_of(&ch.get_ref().kind, CHANNEL_KINDS, Some(&format!("channel {name:?}")), "kind");
-        }
-        for (name, a) in &raw.actions {
-            let item = format!("action {name:?}");
-            let a = a.get_ref();
-            c.one_of(&a.kind, ACTION_KINDS, Some(&item), "kind");
-            if a.kind.get_ref() == "exec" && a.argv.is_empty() {
-                c.err(&a.kind.span(), Some(&item), "an exec action needs argv = [\"program\", \"arg\", ...]");
-            }
-            c.duration(&a.timeout, Span::ZERO, Some(&item), "timeout");
-        }
+        let acting = super::acting::check(&mut c, &raw);
 
         let profiles = read_listed(&file, &raw.profiles, c.errors);
         let evaluator = match load::build(&profiles) {
@@ -206,8 +181,9 @@ impl Config {
                 return Err(errors);
             }
         };
-        check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
-        let config = Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets, api_token_env };
+        check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &acting, &evaluator);
+        let config =
+            Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets, api_token_env, acting };
         errors.into_result((config, evaluator))
     }
 }
@@ -252,14 +228,23 @@ impl Config {
     }
 }
 
-/// Every action a procedure runs or verifies with must be defined in `[actions]`.
-fn check_procedures(c: &mut Checker, raw: &RawConfig, ev: &Evaluator) {
+/// Every action a procedure runs or verifies with must be defined in `[actions]`, and every
+/// template it announces must exist.
+fn check_procedures(c: &mut Checker, raw: &RawConfig, acting: &ActingSpec, ev: &Evaluator) {
     let defined: Vec<&str> = raw.actions.keys().map(String::as_str).collect();
     for p in &ev.profiles {
         for (outcome, steps) in &p.procedures {
             for (i, step) in steps.iter().enumerate() {
-                let Step::Run { action, verify, .. } = step else {
-                    continue;
+                let (action, verify) = match step {
+                    Step::Run { action, verify, .. } => (action, verify),
+                    Step::Announce { template, .. } => {
+                        if acting.templates.get(template).is_none() {
+                            let item = format!("profile {:?} procedure {outcome:?} step {}", p.name, i + 1);
+                            let hint = super::did_you_mean(template, acting.templates.names());
+                            c.err(&raw.profiles.span(), Some(&item), format!("announces template {template:?}, which neither rollwatch nor [templates] defines{hint}"));
+                        }
+                        continue;
+                    }
                 };
                 for name in std::iter::once(action).chain(verify) {
                     if !defined.contains(&name.as_str()) {

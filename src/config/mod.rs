@@ -1,6 +1,8 @@
 //! Loading files: [`raw`] holds the serde structs as written, [`diag`] the positioned errors,
-//! [`profile`] reads profiles and [`deploy`] reads and checks `rollwatch.toml`.
+//! [`profile`] reads profiles, [`deploy`] reads and checks `rollwatch.toml` and [`acting`] its
+//! policy, actions, channels and templates.
 
+pub mod acting;
 pub mod deploy;
 pub mod diag;
 pub mod profile;

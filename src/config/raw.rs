@@ -87,6 +87,9 @@ pub struct RawConfig {
     pub channels: BTreeMap<String, Spanned<RawChannel>>,
     #[serde(default)]
     pub actions: BTreeMap<String, Spanned<RawAction>>,
+    /// Overrides of the notification templates, by name (`rollback_in_progress`, …).
+    #[serde(default)]
+    pub templates: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +129,8 @@ pub struct RawPolicy {
     pub verify_for: Option<Spanned<String>>,
     pub slow_rollback: Option<Spanned<String>>,
     pub blind_after: Option<Spanned<String>>,
+    /// How long a `consider` approval stays open.
+    pub approval_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,24 +144,51 @@ pub struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawChannel {
     pub kind: Spanned<String>,
+    /// Slack: the conversation to post to.
     pub channel: Option<String>,
-    pub token_env: Option<String>,
+    /// Slack: the env var holding the bot token; webhook: an optional bearer token.
+    pub token_env: Option<Spanned<String>>,
+    /// Slack: the Web API base URL (default `https://slack.com/api/`).
+    pub api_url: Option<Spanned<String>>,
+    /// Webhook: where to POST.
     pub url: Option<Spanned<String>>,
+    /// Email: recipients, sender, SMTP relay `host:port`.
     #[serde(default)]
     pub to: Vec<String>,
     pub from: Option<String>,
-    pub smtp: Option<String>,
+    pub smtp: Option<Spanned<String>>,
+    /// Email: `starttls` (default), `tls`, or `none` (loopback only).
+    pub smtp_security: Option<Spanned<String>>,
+    pub smtp_user: Option<String>,
+    pub smtp_password_env: Option<Spanned<String>>,
+    /// Another channel to use when this one keeps failing.
+    pub fallback: Option<Spanned<String>>,
+    /// Attempts before giving up (default 4) and the first backoff (default 1s, doubling).
+    pub attempts: Option<Spanned<u32>>,
+    pub backoff: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
     pub kind: Spanned<String>,
+    /// exec: the program and its arguments, each one argument (no shell).
     #[serde(default)]
     pub argv: Vec<String>,
+    /// exec: extra environment for the child.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// http: the request.
     pub url: Option<Spanned<String>>,
-    pub method: Option<String>,
+    pub method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub bearer_token_env: Option<Spanned<String>>,
     pub body: Option<String>,
-    pub path: Option<String>,
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    /// file: the marker, and whether the step makes it `present` or `absent`.
+    pub path: Option<Spanned<String>>,
+    pub state: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
 }

@@ -1,0 +1,359 @@
+//! Rollback actions: `exec` (an argv run directly, never through a shell, killed at its
+//! timeout), `http` (a request whose status must match) and `file` (a kill-switch marker made or
+//! removed). Each template value fills exactly one argv element, header, URL component or JSON
+//! string, so a hostile label value stays data. Every run reports success, a one-line detail and
+//! capped output for the journal.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::template::{Escape, TemplateError, Vars, render};
+use crate::source::Secret;
+use crate::time::{Span, Stopwatch};
+
+/// Output kept per action for the journal.
+pub const OUTPUT_CAP: usize = 4096;
+
+/// What an action does.
+#[derive(Debug, Clone)]
+pub enum ActionKind {
+    Exec {
+        argv: Vec<String>,
+        /// Set in the child's environment (on top of rollwatch's own).
+        env: BTreeMap<String, String>,
+    },
+    Http {
+        method: reqwest::Method,
+        url: String,
+        headers: Vec<(String, String)>,
+        /// Sent as `Authorization: Bearer …`; read from an env var at start.
+        bearer: Option<Secret>,
+        body: Option<String>,
+        /// Statuses that count as success (empty: any 2xx).
+        expect_status: Vec<u16>,
+    },
+    File {
+        path: PathBuf,
+        /// `true` creates the marker, `false` removes it.
+        present: bool,
+    },
+}
+
+/// A configured action (`[actions.NAME]`).
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub name: String,
+    pub kind: ActionKind,
+    pub timeout: Span,
+}
+
+/// How one run of an action went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionResult {
+    pub ok: bool,
+    /// `exit status 0`, `HTTP 200`, `timed out after 2s`, `created /run/killswitch`, …
+    pub detail: String,
+    /// Captured stdout+stderr or response body, at most [`OUTPUT_CAP`] bytes, lossily decoded.
+    pub output: String,
+    pub duration_ms: i64,
+}
+
+impl ActionResult {
+    fn failed(detail: impl Into<String>, watch: Stopwatch) -> ActionResult {
+        ActionResult { ok: false, detail: detail.into(), output: String::new(), duration_ms: watch.elapsed().0 }
+    }
+}
+
+impl Action {
+    /// The placeholders this action's templates name (checked against the known names at load).
+    pub fn templates(&self) -> Vec<&str> {
+        match &self.kind {
+            ActionKind::Exec { argv, env } => argv.iter().chain(env.values()).map(String::as_str).collect(),
+            ActionKind::Http { url, headers, body, .. } => std::iter::once(url.as_str())
+                .chain(headers.iter().map(|h| h.1.as_str()))
+                .chain(body.as_deref())
+                .collect(),
+            ActionKind::File { .. } => vec![],
+        }
+    }
+
+    /// Runs the action once with `vars` filled in. Never panics; every failure is a result.
+    pub async fn run(&self, vars: &Vars, client: &reqwest::Client) -> ActionResult {
+        let watch = Stopwatch::start();
+        let rendered = match self.kind.render(vars) {
+            Ok(k) => k,
+            Err(e) => return ActionResult::failed(format!("template: {e}"), watch),
+        };
+        match rendered {
+            ActionKind::Exec { argv, env } => exec(&argv, &env, self.timeout, watch).await,
+            ActionKind::Http { method, url, headers, bearer, body, expect_status } => {
+                let mut req = client.request(method, &url).timeout(self.timeout.as_std());
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                if let Some(token) = bearer {
+                    req = req.bearer_auth(&token.0);
+                }
+                if let Some(body) = body {
+                    req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+                }
+                let resp = match req.send().await {
+                    Ok(r) => r,
+                    // reqwest's error text names the URL, never headers: no secret leaks here.
+                    Err(e) => return ActionResult::failed(format!("request failed: {}", error_chain(&e)), watch),
+                };
+                let status = resp.status();
+                let output = match read_capped(resp).await {
+                    Ok(o) => o,
+                    Err(e) => format!("(body unreadable: {e})"),
+                };
+                let ok = if expect_status.is_empty() {
+                    status.is_success()
+                } else {
+                    expect_status.contains(&status.as_u16())
+                };
+                ActionResult { ok, detail: format!("HTTP {}", status.as_u16()), output, duration_ms: watch.elapsed().0 }
+            }
+            ActionKind::File { path, present } => {
+                let result = if present {
+                    std::fs::write(&path, format!("rollwatch kill-switch: {}\n", vars.get("reason").map_or("", |s| s)))
+                        .map(|()| format!("created {}", path.display()))
+                } else {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => Ok(format!("removed {}", path.display())),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            Ok(format!("{} was already absent", path.display()))
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                match result {
+                    Ok(detail) => {
+                        ActionResult { ok: true, detail, output: String::new(), duration_ms: watch.elapsed().0 }
+                    }
+                    Err(e) => ActionResult::failed(format!("{}: {e}", path.display()), watch),
+                }
+            }
+        }
+    }
+}
+
+impl ActionKind {
+    /// A copy with every template filled, each value escaped for its place.
+    fn render(&self, vars: &Vars) -> Result<ActionKind, TemplateError> {
+        Ok(match self {
+            ActionKind::Exec { argv, env } => ActionKind::Exec {
+                argv: argv.iter().map(|a| render(a, vars, Escape::None)).collect::<Result<_, _>>()?,
+                env: env
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), render(v, vars, Escape::None)?)))
+                    .collect::<Result<_, _>>()?,
+            },
+            ActionKind::Http { method, url, headers, bearer, body, expect_status } => ActionKind::Http {
+                method: method.clone(),
+                url: render(url, vars, Escape::Url)?,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), render(v, vars, Escape::None)?)))
+                    .collect::<Result<_, _>>()?,
+                bearer: bearer.clone(),
+                body: body.as_ref().map(|b| render(b, vars, Escape::Json)).transpose()?,
+                expect_status: expect_status.clone(),
+            },
+            ActionKind::File { path, present } => ActionKind::File { path: path.clone(), present: *present },
+        })
+    }
+}
+
+/// Runs `argv` with no shell; kills the child (and drops its pipes) at `timeout`.
+async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, watch: Stopwatch) -> ActionResult {
+    let Some((program, args)) = argv.split_first() else {
+        return ActionResult::failed("empty argv", watch);
+    };
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return ActionResult::failed(format!("cannot start {program:?}: {e}"), watch),
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let finished = async {
+        let (out, err, status) = tokio::join!(drain(stdout), drain(stderr), child.wait());
+        (out, err, status)
+    };
+    match tokio::time::timeout(timeout.as_std(), finished).await {
+        Ok((out, err, status)) => {
+            let mut output = out;
+            output.extend_from_slice(&err);
+            output.truncate(OUTPUT_CAP);
+            let output = String::from_utf8_lossy(&output).into_owned();
+            match status {
+                Ok(s) => ActionResult {
+                    ok: s.success(),
+                    detail: match s.code() {
+                        Some(code) => format!("exit status {code}"),
+                        None => format!("ended by {s}"),
+                    },
+                    output,
+                    duration_ms: watch.elapsed().0,
+                },
+                Err(e) => ActionResult::failed(format!("waiting for {program:?}: {e}"), watch),
+            }
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            ActionResult::failed(format!("timed out after {timeout}; killed"), watch)
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping the first [`OUTPUT_CAP`] bytes.
+async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else { return kept };
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = OUTPUT_CAP.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut kept = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = OUTPUT_CAP.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room == 0 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&kept).into_owned())
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_action(argv: &[&str], timeout_ms: i64) -> Action {
+        Action {
+            name: "t".into(),
+            kind: ActionKind::Exec { argv: argv.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new() },
+            timeout: Span(timeout_ms),
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    #[tokio::test]
+    async fn exec_reports_exit_status_and_output() {
+        let ok = exec_action(&["/bin/echo", "hello", "{{who}}"], 5_000);
+        let vars = Vars::from([("who".to_string(), "world".to_string())]);
+        let r = ok.run(&vars, &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.detail, "exit status 0");
+        assert_eq!(r.output, "hello world\n");
+        let bad = exec_action(&["/bin/false"], 5_000).run(&Vars::new(), &client()).await;
+        assert!(!bad.ok);
+        assert_eq!(bad.detail, "exit status 1");
+        let missing = exec_action(&["/no/such/program"], 5_000).run(&Vars::new(), &client()).await;
+        assert!(!missing.ok);
+        assert!(missing.detail.contains("cannot start"), "{}", missing.detail);
+    }
+
+    #[tokio::test]
+    async fn exec_is_killed_at_its_timeout() {
+        let watch = Stopwatch::start();
+        let r = exec_action(&["/bin/sleep", "30"], 200).run(&Vars::new(), &client()).await;
+        assert!(!r.ok);
+        assert!(r.detail.starts_with("timed out after 200ms"), "{}", r.detail);
+        assert!(watch.elapsed() < Span::from_secs(10), "not killed: {}", watch.elapsed());
+    }
+
+    #[tokio::test]
+    async fn exec_output_is_capped() {
+        let r = exec_action(&["/usr/bin/head", "-c", "100000", "/dev/zero"], 5_000).run(&Vars::new(), &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.output.len(), OUTPUT_CAP);
+    }
+
+    #[tokio::test]
+    async fn a_hostile_value_stays_one_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let hostile = format!("$(touch {}); echo pwned", pwned.display());
+        let vars = Vars::from([("label".to_string(), hostile.clone())]);
+        // printf prints each argument on its own line: one line means one argument.
+        let r = exec_action(&["/usr/bin/printf", "[%s]\\n", "{{label}}"], 5_000).run(&vars, &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.output, format!("[{hostile}]\n"));
+        assert!(!pwned.exists(), "the label value ran as shell code");
+    }
+
+    #[tokio::test]
+    async fn file_marker_is_created_and_removed_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("killswitch");
+        let on = Action {
+            name: "on".into(),
+            kind: ActionKind::File { path: path.clone(), present: true },
+            timeout: Span(1000),
+        };
+        let off = Action {
+            name: "off".into(),
+            kind: ActionKind::File { path: path.clone(), present: false },
+            timeout: Span(1000),
+        };
+        assert!(on.run(&Vars::new(), &client()).await.ok);
+        assert!(path.exists());
+        assert!(off.run(&Vars::new(), &client()).await.ok);
+        assert!(!path.exists());
+        let again = off.run(&Vars::new(), &client()).await;
+        assert!(again.ok && again.detail.contains("already absent"), "{again:?}");
+        let nowhere = Action {
+            name: "bad".into(),
+            kind: ActionKind::File { path: dir.path().join("no/such/dir/marker"), present: true },
+            timeout: Span(1000),
+        };
+        assert!(!nowhere.run(&Vars::new(), &client()).await.ok);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_placeholder_fails_the_action_without_running_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let a = exec_action(&["/usr/bin/touch", &marker.display().to_string(), "{{nope}}"], 5_000);
+        let r = a.run(&Vars::new(), &client()).await;
+        assert!(!r.ok);
+        assert!(r.detail.contains("unknown placeholder {{nope}}"), "{}", r.detail);
+        assert!(!marker.exists());
+    }
+}

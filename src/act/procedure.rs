@@ -1,0 +1,106 @@
+//! One rollback's steps, run in their own task so the engine keeps evaluating meanwhile: each
+//! `run` (and its `verify`) is journalled as started, run, and journalled as finished — the
+//! finished line fsynced before the next step begins. Announcements are queued, never awaited.
+//! The first failed step ends the procedure.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::action::Action;
+use super::state::StepEvent;
+use super::template::Vars;
+use crate::journal::SharedJournal;
+use crate::notify::Notifier;
+use crate::rules::Step;
+use crate::time::Clock;
+
+/// A step that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFailure {
+    pub step: usize,
+    pub action: String,
+    pub error: String,
+}
+
+/// What the task reports when it ends.
+#[derive(Debug)]
+pub struct ProcedureDone {
+    pub rollback_id: String,
+    pub result: Result<(), StepFailure>,
+}
+
+/// Everything a procedure task needs.
+pub struct Procedure {
+    pub rollback_id: String,
+    /// The steps before verification (everything up to the last `run`).
+    pub steps: Vec<Step>,
+    pub vars: Vars,
+    pub actions: Arc<BTreeMap<String, Action>>,
+    pub notifier: Notifier,
+    pub journal: SharedJournal,
+    pub client: reqwest::Client,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Procedure {
+    /// Runs the steps in order and reports on `done`.
+    pub async fn run(self, done: mpsc::UnboundedSender<ProcedureDone>) {
+        let result = self.steps().await;
+        let _ = done.send(ProcedureDone { rollback_id: self.rollback_id.clone(), result });
+    }
+
+    async fn steps(&self) -> Result<(), StepFailure> {
+        for (i, step) in self.steps.iter().enumerate() {
+            let n = i + 1;
+            match step {
+                Step::Announce { template, .. } => self.notifier.announce(template, &self.vars),
+                Step::Run { action, verify, .. } => {
+                    self.one(n, action, "run").await?;
+                    if let Some(v) = verify {
+                        self.one(n, v, "verify").await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn one(&self, step: usize, name: &str, role: &str) -> Result<(), StepFailure> {
+        let fail = |error: String| StepFailure { step, action: name.to_string(), error };
+        let action = self.actions.get(name).ok_or_else(|| fail(format!("no action named {name:?}")))?;
+        // An explicit target must be known: an undo "to the previous version" run twice flips
+        // back to the bad one.
+        if action.templates().iter().any(|t| t.contains("target_version"))
+            && self.vars.get("target_version").is_none_or(|v| v == "unknown")
+        {
+            return Err(fail("the step names {{target_version}} but no last-good version is recorded".into()));
+        }
+        let mut event = StepEvent {
+            rollback_id: self.rollback_id.clone(),
+            step,
+            action: name.to_string(),
+            role: role.to_string(),
+            ok: None,
+            detail: None,
+            output: None,
+            duration_ms: None,
+        };
+        self.journal.append(self.clock.now(), "step_started", &event).map_err(|e| fail(e.to_string()))?;
+        tracing::info!(rollback = %self.rollback_id, step, action = name, role, "step started");
+        let result = action.run(&self.vars, &self.client).await;
+        event.ok = Some(result.ok);
+        event.detail = Some(result.detail.clone());
+        event.output = Some(result.output.clone());
+        event.duration_ms = Some(result.duration_ms);
+        self.journal.append(self.clock.now(), "step_finished", &event).map_err(|e| fail(e.to_string()))?;
+        if result.ok {
+            tracing::info!(rollback = %self.rollback_id, step, action = name, role, detail = %result.detail, "step succeeded");
+            Ok(())
+        } else {
+            tracing::error!(rollback = %self.rollback_id, step, action = name, role, detail = %result.detail, "step failed");
+            Err(fail(result.detail))
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Templates: `{{name}}` placeholders filled from [`Vars`], each value escaped for where it goes
+//! (a Slack message, a JSON body, a URL, a single argv element). Rendering never re-reads its
+//! output, so a value can never become a placeholder, an extra argument or shell code.
+
+use std::collections::BTreeMap;
+
+/// The values a template may name.
+pub type Vars = BTreeMap<String, String>;
+
+/// How a value is escaped where it is inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// As is: one argv element, a file path, a console line, an email body.
+    None,
+    /// Slack mrkdwn control characters `&`, `<`, `>`.
+    Slack,
+    /// Inside a JSON string literal (the quotes are the template's).
+    Json,
+    /// A URL component (percent-encoded).
+    Url,
+}
+
+/// A placeholder the template names but the values lack, or an unclosed one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unknown placeholder {{{{{0}}}}}")]
+    Unknown(String),
+    #[error("unclosed placeholder after {0:?}")]
+    Unclosed(String),
+}
+
+/// The placeholder names a template uses, in order (for load-time checks).
+pub fn placeholders(text: &str) -> Result<Vec<&str>, TemplateError> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(TemplateError::Unclosed(rest[start..].chars().take(20).collect()));
+        };
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    Ok(out)
+}
+
+/// Fills every `{{name}}` from `vars`, escaping each value; text outside placeholders is kept.
+pub fn render(text: &str, vars: &Vars, escape: Escape) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(TemplateError::Unclosed(rest[start..].chars().take(20).collect()));
+        };
+        let name = after[..end].trim();
+        let value = vars.get(name).ok_or_else(|| TemplateError::Unknown(name.to_string()))?;
+        escape_into(&mut out, value, escape);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn escape_into(out: &mut String, value: &str, escape: Escape) {
+    match escape {
+        Escape::None => out.push_str(value),
+        Escape::Slack => {
+            for c in value.chars() {
+                match c {
+                    '&' => out.push_str("&amp;"),
+                    '<' => out.push_str("&lt;"),
+                    '>' => out.push_str("&gt;"),
+                    c => out.push(c),
+                }
+            }
+        }
+        Escape::Json => {
+            let quoted = serde_json::Value::String(value.to_string()).to_string();
+            out.push_str(&quoted[1..quoted.len() - 1]);
+        }
+        Escape::Url => {
+            for b in value.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn fills_placeholders_and_keeps_the_rest() {
+        let v = vars(&[("version", "v1.2.3"), ("profile", "api")]);
+        assert_eq!(render("roll {{profile}} to {{ version }}!", &v, Escape::None).unwrap(), "roll api to v1.2.3!");
+        assert_eq!(render("no placeholders", &v, Escape::None).unwrap(), "no placeholders");
+    }
+
+    #[test]
+    fn a_value_is_never_read_as_a_placeholder() {
+        let v = vars(&[("a", "{{b}}"), ("b", "secret")]);
+        assert_eq!(render("{{a}}", &v, Escape::None).unwrap(), "{{b}}");
+    }
+
+    #[test]
+    fn unknown_and_unclosed_placeholders_are_errors() {
+        let v = vars(&[]);
+        assert_eq!(render("x {{nope}}", &v, Escape::None), Err(TemplateError::Unknown("nope".into())));
+        assert!(matches!(render("x {{nope", &v, Escape::None), Err(TemplateError::Unclosed(_))));
+        assert_eq!(placeholders("{{a}} and {{ b }}").unwrap(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn values_are_escaped_for_their_channel() {
+        let v = vars(&[("x", "<@here> & \"q\"\n")]);
+        assert_eq!(render("{{x}}", &v, Escape::Slack).unwrap(), "&lt;@here&gt; &amp; \"q\"\n");
+        assert_eq!(render("{\"t\":\"{{x}}\"}", &v, Escape::Json).unwrap(), r#"{"t":"<@here> & \"q\"\n"}"#);
+        assert_eq!(render("?v={{x}}", &v, Escape::Url).unwrap(), "?v=%3C%40here%3E%20%26%20%22q%22%0A");
+    }
+}

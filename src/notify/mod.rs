@@ -1,0 +1,315 @@
+//! Notifications: channels (`console`, `webhook`, `slack`, `email`), the [`templates`], and the
+//! [`Notifier`] that delivers them — one queue and worker per channel so messages of an incident
+//! keep their order and never block an action, retries with exponential backoff (a Slack 429's
+//! `Retry-After` wins), a fallback channel when one keeps failing, and every result journalled.
+
+pub mod email;
+pub mod slack;
+pub mod templates;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::act::template::{Escape, Vars};
+use crate::journal::SharedJournal;
+use crate::source::Secret;
+use crate::time::{Clock, Span};
+pub use templates::Templates;
+
+/// The longest `Retry-After` honoured (a hostile or confused server cannot park a channel).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// How long one delivery attempt may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a channel delivers.
+#[derive(Debug)]
+pub enum ChannelKind {
+    /// Lines on rollwatch's standard output (or a test's receiver).
+    Console,
+    /// A JSON POST: `{"template", "text", "vars"}`.
+    Webhook {
+        url: String,
+        bearer: Option<Secret>,
+    },
+    Slack(slack::SlackChannel),
+    Email(email::EmailChannel),
+}
+
+/// A configured channel (`[channels.NAME]`).
+#[derive(Debug)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Tried when this channel has failed every attempt.
+    pub fallback: Option<String>,
+    /// Attempts per message (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time.
+    pub backoff: Span,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendFailure {
+    pub message: String,
+    /// The server said when to come back (Slack's 429 `Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// Retrying cannot help (bad token, unknown channel, 5xx SMTP reply).
+    pub permanent: bool,
+}
+
+impl SendFailure {
+    pub fn transient(message: impl Into<String>) -> SendFailure {
+        SendFailure { message: message.into(), retry_after: None, permanent: false }
+    }
+}
+
+/// Why a message was not delivered anywhere.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("no channel named {0:?}")]
+    NoChannel(String),
+    #[error(transparent)]
+    Render(#[from] templates::RenderError),
+    #[error("channel {channel:?} failed after {attempts} attempt(s): {message}")]
+    Failed { channel: String, attempts: u32, message: String },
+}
+
+/// Where console messages go.
+#[derive(Debug, Clone)]
+pub enum Console {
+    Stdout,
+    /// Each message as one string (the demo, tests).
+    Sender(mpsc::UnboundedSender<String>),
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    /// The channel that took it (the fallback's name when the first failed).
+    pub channel: String,
+    pub attempts: u32,
+}
+
+struct Job {
+    template: String,
+    vars: Vars,
+}
+
+struct Inner {
+    channels: BTreeMap<String, Channel>,
+    templates: Templates,
+    client: reqwest::Client,
+    console: Console,
+    journal: Option<SharedJournal>,
+    clock: Arc<dyn Clock>,
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+/// Delivers templates to channels; cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+    queues: Arc<BTreeMap<String, mpsc::UnboundedSender<Job>>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").field("channels", &self.inner.channels.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Notifier {
+    /// Starts one worker per channel (call inside a tokio runtime).
+    pub fn start(
+        channels: Vec<Channel>,
+        templates: Templates,
+        client: reqwest::Client,
+        console: Console,
+        journal: Option<SharedJournal>,
+        clock: Arc<dyn Clock>,
+    ) -> Notifier {
+        let inner = Arc::new(Inner {
+            channels: channels.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            templates,
+            client,
+            console,
+            journal,
+            clock,
+            pending: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let mut queues = BTreeMap::new();
+        for name in inner.channels.keys() {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+            queues.insert(name.clone(), tx);
+            let inner = inner.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    let _ = deliver(&inner, &name, &job.template, &job.vars).await;
+                    if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        inner.idle.notify_waiters();
+                    }
+                }
+            });
+        }
+        Notifier { inner, queues: Arc::new(queues) }
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.inner.templates
+    }
+
+    pub fn has_channels(&self) -> bool {
+        !self.queues.is_empty()
+    }
+
+    /// Queues `template` for every channel and returns at once: notifications never block actions.
+    pub fn announce(&self, template: &str, vars: &Vars) {
+        for (name, queue) in self.queues.iter() {
+            // A channel that is only someone's fallback still gets announcements: it is a channel.
+            self.inner.pending.fetch_add(1, Ordering::SeqCst);
+            if queue.send(Job { template: template.to_string(), vars: vars.clone() }).is_err() {
+                self.inner.pending.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(channel = %name, "notification worker is gone");
+            }
+        }
+    }
+
+    /// Sends now, with retries and fallback, and says how it went (`rollwatch notify`).
+    pub async fn send(&self, channel: &str, template: &str, vars: &Vars) -> Result<Delivery, NotifyError> {
+        deliver(&self.inner, channel, template, vars).await
+    }
+
+    /// Waits until every queued message has been delivered or given up, at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.inner.pending.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// Delivers to `first`, then along its fallback chain (each channel once), journalling each result.
+async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Result<Delivery, NotifyError> {
+    let mut tried: Vec<&str> = Vec::new();
+    let mut name = first;
+    loop {
+        let channel = inner.channels.get(name).ok_or_else(|| NotifyError::NoChannel(name.to_string()))?;
+        tried.push(&channel.name);
+        let result = try_channel(inner, channel, template, vars).await;
+        let now = inner.clock.now();
+        match &result {
+            Ok(attempts) => {
+                tracing::info!(channel = %channel.name, template, attempts, "notification sent");
+                if let Some(j) = &inner.journal {
+                    j.note(now, "notified", &serde_json::json!({"channel": channel.name, "template": template, "attempts": attempts, "rollback_id": vars.get("rollback_id")}));
+                }
+                return Ok(Delivery { channel: channel.name.clone(), attempts: *attempts });
+            }
+            Err(e) => {
+                tracing::warn!(channel = %channel.name, template, error = %e, "notification failed");
+                if let Some(j) = &inner.journal {
+                    j.note(
+                        now,
+                        "notify_failed",
+                        &serde_json::json!({"channel": channel.name, "template": template, "error": e.to_string()}),
+                    );
+                }
+                match &channel.fallback {
+                    Some(next) if !tried.contains(&next.as_str()) => name = next,
+                    _ => return Err(e.clone()),
+                }
+            }
+        }
+    }
+}
+
+/// Up to `attempts` tries with doubling backoff; a `Retry-After` replaces the backoff once.
+async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Vars) -> Result<u32, NotifyError> {
+    let escape = match channel.kind {
+        ChannelKind::Slack(_) => Escape::Slack,
+        _ => Escape::None,
+    };
+    let text = inner.templates.render(template, vars, escape)?;
+    let attempts = channel.attempts.max(1);
+    let mut backoff = channel.backoff.as_std();
+    let mut last = SendFailure::transient("not tried");
+    for attempt in 1..=attempts {
+        match send_once(inner, channel, template, &text, vars).await {
+            Ok(()) => return Ok(attempt),
+            Err(f) => {
+                tracing::debug!(channel = %channel.name, attempt, error = %f.message, "notification attempt failed");
+                let permanent = f.permanent;
+                let wait = f.retry_after.map_or(backoff, |d| d.min(MAX_RETRY_AFTER));
+                last = f;
+                if permanent || attempt == attempts {
+                    return Err(NotifyError::Failed {
+                        channel: channel.name.clone(),
+                        attempts: attempt,
+                        message: last.message,
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                backoff = backoff.saturating_mul(2);
+            }
+        }
+    }
+    Err(NotifyError::Failed { channel: channel.name.clone(), attempts, message: last.message })
+}
+
+async fn send_once(
+    inner: &Inner,
+    channel: &Channel,
+    template: &str,
+    text: &str,
+    vars: &Vars,
+) -> Result<(), SendFailure> {
+    match &channel.kind {
+        ChannelKind::Console => {
+            match &inner.console {
+                Console::Stdout => println!("[{}] {text}", channel.name),
+                Console::Sender(tx) => {
+                    let _ = tx.send(text.to_string());
+                }
+            }
+            Ok(())
+        }
+        ChannelKind::Webhook { url, bearer } => {
+            let body = serde_json::json!({ "template": template, "text": text, "vars": vars });
+            let mut req = inner.client.post(url).timeout(ATTEMPT_TIMEOUT).json(&body);
+            if let Some(token) = bearer {
+                req = req.bearer_auth(&token.0);
+            }
+            let resp = req.send().await.map_err(|e| SendFailure::transient(crate::act::action::error_chain(&e)))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let permanent = status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408;
+            Err(SendFailure { message: format!("HTTP {}", status.as_u16()), retry_after, permanent })
+        }
+        ChannelKind::Slack(s) => s.post(text, ATTEMPT_TIMEOUT).await,
+        ChannelKind::Email(e) => e.send(text).await,
+    }
+}
