@@ -1,8 +1,11 @@
 //! `rollwatch demo`: a simulated deployment on loopback — a health endpoint and a metrics
 //! endpoint whose error rate climbs (0.5% → 3% → 12%) — watched by the shipped SOLVEREIGN profile
-//! through the real engine: the same pollers, store, evaluator and journal as `run`. It prints
-//! each tick's signals, every rule state change and the decision path, and ends by itself once
-//! the decision is `rollback` (or after a minute).
+//! through the real engine: the same pollers, store, evaluator, dispatcher and journal as `run`.
+//! It prints each tick's signals, every rule state change and the decision path; on `rollback`
+//! the profile's procedure runs against the simulation — announce, `POST /rollback` (which
+//! restores the previous version), health and version checks — then verifies that the error
+//! rules stop firing and announces "ROLLBACK COMPLETE" with the duration on a console channel.
+//! It ends by itself when the rollback completes (or fails, or after 90 seconds).
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -11,23 +14,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::State;
+use axum::routing::{get, post};
 
 use crate::cli::report;
 use crate::config::deploy::Config;
 use crate::engine::{self, Parts, TickEvent};
+use crate::notify::Console;
 use crate::rules::Outcome;
 use crate::time::Stopwatch;
 
 /// The SOLVEREIGN profile, shipped inside the binary.
 pub const PROFILE: &str = include_str!("../rules/solvereign.toml");
 
-/// The simulated service's counters.
+/// The simulated service: its counters and what is deployed.
 #[derive(Debug, Default)]
 struct Sim {
     ok: f64,
     errors: f64,
+    /// Set by `POST /rollback`: the previous version is back and errors return to normal.
+    rolled_back: bool,
 }
+
+/// The bad release and the one before it.
+pub const BAD_VERSION: &str = "v1.2.4";
+pub const GOOD_VERSION: &str = "v1.2.3";
 
 /// The share of failing requests `secs` into the demo.
 pub fn error_share(secs: f64) -> f64 {
@@ -55,8 +66,21 @@ async fn serve_sim(listener: tokio::net::TcpListener, sim: Arc<Mutex<Sim>>) {
             }
         }
     };
+    async fn health(State(sim): State<Arc<Mutex<Sim>>>) -> String {
+        let rolled_back = sim.lock().map(|s| s.rolled_back).unwrap_or(false);
+        let version = if rolled_back { GOOD_VERSION } else { BAD_VERSION };
+        format!(r#"{{"status":"ok","version":"{version}"}}"#)
+    }
+    async fn rollback(State(sim): State<Arc<Mutex<Sim>>>) -> String {
+        if let Ok(mut s) = sim.lock() {
+            s.rolled_back = true;
+        }
+        format!("rolled back to {GOOD_VERSION}\n")
+    }
     let app = Router::new()
-        .route("/health/ready", get(|| async { r#"{"status":"ok","version":"v1.2.4"}"# }))
+        .route("/health/ready", get(health))
+        .route("/rollback", post(rollback))
+        .with_state(sim.clone())
         .route("/metrics", get(metrics));
     let _ = axum::serve(listener, app).await;
 }
@@ -75,8 +99,8 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<bool> {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;
-                let share = error_share(clock.elapsed_secs());
                 if let Ok(mut s) = sim.lock() {
+                    let share = if s.rolled_back { error_share(0.0) } else { error_share(clock.elapsed_secs()) };
                     s.errors += RPS / 10.0 * share;
                     s.ok += RPS / 10.0 * (1.0 - share);
                 }
@@ -92,6 +116,7 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<bool> {
 state_dir = "{state}"
 listen = "127.0.0.1:0"
 eval_interval = "1s"
+version = {{ target = "api", field = "version" }}
 
 [[target]]
 name = "api"
@@ -108,8 +133,14 @@ url = "http://{sim_addr}/metrics"
 interval = "500ms"
 timeout = "1s"
 
-# What the profile's rollback procedure names, bound to the simulation (acting on decisions
-# comes with the dispatcher; until then the demo decides and journals only).
+[policy]
+mode = "auto"
+verify_for = "60s"
+
+[channels.console]
+kind = "console"
+
+# What the profile's rollback procedure names, bound to the simulation.
 [actions.undo]
 kind = "http"
 method = "POST"
@@ -147,16 +178,34 @@ url = "http://{sim_addr}/health/ready"
     )?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<TickEvent>();
-    let parts = Parts { events: Some(tx), ..Parts::new(evaluator, targets) };
+    let (console_tx, mut console) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let parts = Parts { events: Some(tx), console: Console::Sender(console_tx), ..Parts::new(evaluator, targets) };
     let journal = config.state_dir.join("journal.jsonl");
     let engine = tokio::spawn(async move { engine::run(config, parts, shutdown).await });
-    let mut rolled_back = false;
+    let mut completed = false;
+    let mut decided = false;
     let mut last_path = String::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(60));
+    let deadline = tokio::time::sleep(Duration::from_secs(90));
     tokio::pin!(deadline);
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break },
+            Some(message) = console.recv() => {
+                let secs = clock.elapsed_secs();
+                writeln!(out, "\n{secs:6.1}s  [console]")?;
+                for line in message.lines() {
+                    writeln!(out, "         | {line}")?;
+                }
+                writeln!(out)?;
+                if message.contains("ROLLBACK COMPLETE") {
+                    completed = true;
+                    break;
+                }
+                if message.contains("ROLLBACK FAILED") {
+                    break;
+                }
+                continue;
+            }
             _ = &mut deadline => break,
         };
         let secs = clock.elapsed_secs();
@@ -171,17 +220,38 @@ url = "http://{sim_addr}/health/ready"
         let line = format!("{secs:6.1}s  error_rate {rate:>8}  {:<8}{shown}", d.outcome.to_string().to_uppercase());
         writeln!(out, "{}", line.trim_end())?;
         last_path = path;
-        if d.outcome == Outcome::Rollback {
+        if d.outcome == Outcome::Rollback && !decided {
+            decided = true;
             writeln!(out, "\nROLLBACK decided after {secs:.1}s: {}", d.explanation())?;
             let firing: Vec<String> =
                 d.firing.iter().map(|r| format!("{} = {}", r.rule, report::maybe(r.value))).collect();
             writeln!(out, "firing: {}", firing.join(", "))?;
-            rolled_back = true;
-            break;
+            writeln!(
+                out,
+                "acting: the profile's rollback procedure runs against the simulation; verifying for up to 60s\n"
+            )?;
         }
     }
     let _ = stop.send(true);
     let _ = engine.await;
     writeln!(out, "journal: {}", journal.display())?;
-    Ok(rolled_back)
+    if let Ok(entries) = crate::act::history::read(&journal) {
+        for e in entries {
+            writeln!(
+                out,
+                "history: {} {} {} → {}, {} in {}: {}",
+                e.id,
+                e.profile,
+                e.version_from.as_deref().unwrap_or("?"),
+                e.version_to.as_deref().unwrap_or("?"),
+                e.result,
+                e.duration.as_deref().unwrap_or("?"),
+                e.reason
+            )?;
+            for step in &e.steps {
+                writeln!(out, "  step {step}")?;
+            }
+        }
+    }
+    Ok(completed)
 }

@@ -21,7 +21,8 @@
 //! - [`notify`]: notification channels (console, webhook, Slack, email), templates, retries.
 //! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
 //! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
-//! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `demo`).
+//! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `record`, `demo`, `approve`, `pause`,
+//!   `resume`, `silence`, `notify`, `history`, `annotate`).
 #![forbid(unsafe_code)]
 
 pub mod act;

@@ -23,6 +23,10 @@ pub struct Entry {
     /// `completed`, `failed`, `issue_persists`, `interrupted`, or `in_flight`.
     pub result: String,
     pub duration_minutes: Option<f64>,
+    /// The same for people: `2m 5s`.
+    pub duration: Option<String>,
+    /// Each run/verify step: `1 run undo: HTTP 200`.
+    pub steps: Vec<String>,
     pub root_cause: Option<String>,
     pub error: Option<String>,
 }
@@ -51,6 +55,15 @@ pub fn entries(state: &State) -> Vec<Entry> {
                     serde_json::to_value(f.result).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
                 }),
                 duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
+                duration: finished.map(|f| super::dispatch::human(crate::time::Span(f.duration_ms))),
+                steps: r
+                    .steps_done
+                    .iter()
+                    .map(|s| {
+                        let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
+                        format!("{} {} {}: {ok}, {}", s.step, s.role, s.action, s.detail.as_deref().unwrap_or(""))
+                    })
+                    .collect(),
                 root_cause: r.root_cause.clone(),
                 error: finished.and_then(|f| f.error.clone()),
             }

@@ -2,6 +2,7 @@
 //! This is the binary's edge: subcommands return `anyhow::Result` and an exit code —
 //! 0 all well, 1 findings (`check` errors, failed fixtures), 2 usage errors (clap's own).
 
+pub mod act;
 pub mod check;
 pub mod demo;
 pub mod replay;
@@ -39,7 +40,7 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Run the sidecar: poll targets, evaluate, log and journal decisions (until SIGTERM/SIGINT).
+    /// Run the sidecar: poll targets, evaluate, decide and act under the policy (until SIGTERM/SIGINT).
     Run {
         /// The deployment's rollwatch.toml.
         #[arg(short, long)]
@@ -57,8 +58,69 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Watch an embedded simulated deployment with the SOLVEREIGN profile until it rolls back.
+    /// Watch an embedded simulated deployment with the SOLVEREIGN profile; roll it back, verify, announce.
     Demo,
+    /// Approve a pending rollback (asks the running sidecar).
+    Approve {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The approval id from the approval-needed message or /status.
+        id: String,
+    },
+    /// Stop acting (decisions are still made and journalled as suppressed), for a while or until resumed.
+    Pause {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long = "for", value_parser = parse_span)]
+        duration: Option<crate::time::Span>,
+    },
+    /// Act again after `pause`.
+    Resume {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Suppress rollbacks driven only by this rule, for a while.
+    Silence {
+        #[arg(short, long)]
+        config: PathBuf,
+        rule: String,
+        #[arg(long = "for", value_parser = parse_span)]
+        duration: crate::time::Span,
+    },
+    /// End a silence early.
+    Unsilence {
+        #[arg(short, long)]
+        config: PathBuf,
+        rule: String,
+    },
+    /// Send a notification template through a configured channel (for incident channels).
+    Notify {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        template: String,
+        /// A template value, e.g. --var reason="error spike" (repeatable).
+        #[arg(long = "var")]
+        vars: Vec<String>,
+    },
+    /// Print the rollback history (runbook 004's fields) from the journal.
+    History {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a rollback's root cause in the journal.
+    Annotate {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The rollback id (see `history`).
+        id: String,
+        #[arg(long)]
+        root_cause: String,
+    },
     /// Replay one fixture and print its timeline: rule state changes and decisions.
     Replay {
         fixture: PathBuf,
@@ -77,7 +139,23 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run::run(&config, out),
         Command::Demo => demo::run(),
         Command::Record { config, duration, output } => run::record(&config, duration, &output, out),
+        Command::Approve { config, id } => act::post(&config, &format!("/approve/{}", url_segment(&id)), out),
+        Command::Pause { config, duration } => act::post(&config, &format!("/pause{}", act::for_query(duration)), out),
+        Command::Resume { config } => act::post(&config, "/resume", out),
+        Command::Silence { config, rule, duration } => {
+            act::post(&config, &format!("/silence/{}{}", url_segment(&rule), act::for_query(Some(duration))), out)
+        }
+        Command::Unsilence { config, rule } => act::post(&config, &format!("/unsilence/{}", url_segment(&rule)), out),
+        Command::Notify { config, channel, template, vars } => act::notify(&config, &channel, &template, &vars, out),
+        Command::History { config, json } => act::history(&config, json, out),
+        Command::Annotate { config, id, root_cause } => act::annotate(&config, &id, &root_cause, out),
     }
+}
+
+/// A path segment, percent-encoded.
+fn url_segment(text: &str) -> String {
+    let vars = crate::act::template::Vars::from([("v".to_string(), text.to_string())]);
+    crate::act::template::render("{{v}}", &vars, crate::act::template::Escape::Url).unwrap_or_default()
 }
 
 fn parse_span(text: &str) -> Result<crate::time::Span, String> {

@@ -1,0 +1,177 @@
+//! The acting subcommands. `approve`, `pause`, `resume`, `silence` and `unsilence` ask the
+//! running sidecar (at the config's `listen` address, with the bearer token from
+//! `api_token_env`); `notify` sends a template through the config's channels directly;
+//! `history` and `annotate` read and append to the journal in `state_dir`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::act::history;
+use crate::config::deploy::Config;
+use crate::notify::{Console, Notifier, templates::blank_vars};
+use crate::time::{Clock, Span, SystemClock};
+
+fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
+    match Config::load(path) {
+        Ok((config, _)) => Ok(Some(config)),
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            Ok(None)
+        }
+    }
+}
+
+/// POSTs `path_and_query` to the running sidecar and prints its answer.
+pub fn post(config: &Path, path_and_query: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let token = match &config.api_token_env {
+        None => None,
+        Some(var) => Some(std::env::var(var).with_context(|| format!("api_token_env names {var}, which is not set"))?),
+    };
+    let url = format!("http://{addr}{path_and_query}");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (status, text) = runtime.block_on(async {
+        let client = crate::source::poller::http_client().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut req = client.post(&url).timeout(std::time::Duration::from_secs(10));
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        let resp =
+            req.send().await.with_context(|| format!("cannot reach the sidecar at {addr} (is `rollwatch run` up?)"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        anyhow::Ok((status, text))
+    })?;
+    write!(out, "{text}")?;
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `rollwatch notify -c FILE --channel NAME --template NAME [--var k=v]...`
+pub fn notify(
+    config: &Path,
+    channel: &str,
+    template: &str,
+    vars: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let spec = &config.acting;
+    if spec.templates.get(template).is_none() {
+        let hint = crate::config::did_you_mean(template, spec.templates.names());
+        let known: Vec<&str> = spec.templates.names().collect();
+        writeln!(out, "no template named {template:?}{hint}; known: {}", known.join(", "))?;
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut values = blank_vars();
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            writeln!(out, "--var {v:?}: write name=value")?;
+            return Ok(ExitCode::FAILURE);
+        };
+        if !values.contains_key(k) {
+            let hint = crate::config::did_you_mean(k, crate::notify::templates::VARS.iter().copied());
+            writeln!(out, "--var {k:?}: no such variable{hint}; known: {}", crate::notify::templates::VARS.join(", "))?;
+            return Ok(ExitCode::FAILURE);
+        }
+        values.insert(k.to_string(), val.to_string());
+    }
+    let env = |var: &str| std::env::var(var).ok();
+    let channels = match spec.channels(&config.path, &env) {
+        Ok(c) => c,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if !channels.iter().any(|c| c.name == channel) {
+        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        let hint = crate::config::did_you_mean(channel, names.iter().copied());
+        writeln!(out, "no channel named {channel:?}{hint}; configured: {}", names.join(", "))?;
+        return Ok(ExitCode::FAILURE);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let client = crate::source::poller::http_client().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let notifier =
+            Notifier::start(channels, spec.templates.clone(), client, Console::Stdout, None, Arc::new(SystemClock));
+        anyhow::Ok(notifier.send(channel, template, &values).await)
+    })?;
+    match result {
+        Ok(d) if d.channel == channel => {
+            writeln!(out, "sent {template} to {} ({} attempt(s))", d.channel, d.attempts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(d) => {
+            writeln!(
+                out,
+                "{channel} failed; sent {template} to its fallback {} ({} attempt(s))",
+                d.channel, d.attempts
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "not sent: {e}")?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `rollwatch history -c FILE [--json]`
+pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let entries = history::read(&config.state_dir.join("journal.jsonl"))?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "rollbacks": entries }))?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        writeln!(out, "no rollbacks in {}", config.state_dir.join("journal.jsonl").display())?;
+    }
+    for e in entries {
+        writeln!(
+            out,
+            "{}  {}  {}  {} → {}  {}  {}\n    reason: {}\n    root cause: {}",
+            e.id,
+            e.date,
+            e.profile,
+            e.version_from.as_deref().unwrap_or("?"),
+            e.version_to.as_deref().unwrap_or("?"),
+            e.result,
+            e.duration.as_deref().unwrap_or("-"),
+            e.reason,
+            e.root_cause.as_deref().unwrap_or("(not recorded: rollwatch annotate ID --root-cause \"...\")"),
+        )?;
+        if let Some(err) = &e.error {
+            writeln!(out, "    error: {err}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rollwatch annotate -c FILE ID --root-cause TEXT`
+pub fn annotate(config: &Path, id: &str, root_cause: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    match history::annotate(&config.state_dir, id, root_cause, SystemClock.now()) {
+        Ok(()) => {
+            writeln!(out, "{id}: root cause recorded")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "{e}")?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `--for` for `pause` and `silence`, as a query string.
+pub fn for_query(d: Option<Span>) -> String {
+    d.map(|d| format!("?for={d}")).unwrap_or_default()
+}
