@@ -1,0 +1,520 @@
+//! The dispatcher under its policy, driven tick by tick on a manual clock with real actions
+//! (argv programs writing to a log) and a real journal: procedures, single flight, idempotency,
+//! cooldown, the loop guard, dry runs, approvals (granted, stale, expired, automatic), pause,
+//! silences, verification and every escalation, explicit target versions, and restarts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rollwatch::act::action::{Action, ActionKind};
+use rollwatch::act::procedure::ProcedureDone;
+use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy};
+use rollwatch::journal::{Journal, SharedJournal};
+use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, Templates};
+use rollwatch::rules::tree::Answer;
+use rollwatch::rules::{Decision, Outcome, RuleValue, Step};
+use rollwatch::time::{Clock, Span, Timestamp};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Time that moves only when told.
+struct ManualClock(AtomicI64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+const PROFILE: &str = "api";
+const START: i64 = 1_800_000_000_000;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    d: Dispatcher,
+    done: mpsc::UnboundedReceiver<ProcedureDone>,
+    console: mpsc::UnboundedReceiver<String>,
+    policy: Policy,
+    actions: BTreeMap<String, Action>,
+    plan: Plan,
+}
+
+fn sh(script: &str, args: &[&str]) -> ActionKind {
+    let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    ActionKind::Exec { argv, env: BTreeMap::new() }
+}
+
+impl Harness {
+    /// A profile whose rollback announces, runs `undo` verified by `check`, then announces
+    /// completion; each action appends a line to `runs.log`.
+    fn new(policy: Policy) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("runs.log").display().to_string();
+        let append = "echo \"$1\" >> \"$2\"";
+        let mut actions = BTreeMap::new();
+        for (name, line) in [("undo", "undo {{version_from}}"), ("check", "check")] {
+            actions.insert(
+                name.to_string(),
+                Action { name: name.into(), kind: sh(append, &[line, &log]), timeout: Span::from_secs(10) },
+            );
+        }
+        let procedures = BTreeMap::from([
+            (
+                "rollback".to_string(),
+                vec![
+                    Step::Announce { template: "rollback_in_progress".into(), levels: vec![] },
+                    Step::Run { action: "undo".into(), verify: Some("check".into()), levels: vec![] },
+                    Step::Announce { template: "rollback_complete".into(), levels: vec![] },
+                ],
+            ),
+            (
+                "consider".to_string(),
+                vec![Step::Announce { template: "rollback_approval_needed".into(), levels: vec![] }],
+            ),
+        ]);
+        let plan = Plan { procedures, consider_auto_after: None, rules: vec!["errors".into(), "down".into()] };
+        let clock = Arc::new(ManualClock(AtomicI64::new(START)));
+        let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);
+        Harness { dir, clock, d, done, console, policy, actions, plan }
+    }
+
+    /// The undo names its explicit target: `undo FROM to TARGET`.
+    fn with_target_undo(mut self) -> Harness {
+        let log = self.dir.path().join("runs.log").display().to_string();
+        let kind = sh("echo \"$1\" >> \"$2\"", &["undo {{version_from}} to {{target_version}}", &log]);
+        self.actions.insert("undo".into(), Action { name: "undo".into(), kind, timeout: Span::from_secs(10) });
+        self.restart();
+        self
+    }
+
+    /// A new dispatcher on the same journal, as after a crash.
+    fn restart(&mut self) {
+        let (d, done, console) = start(self.dir.path(), &self.clock, &self.policy, &self.actions, &self.plan);
+        (self.d, self.done, self.console) = (d, done, console);
+    }
+
+    fn advance(&self, span: Span) {
+        self.clock.0.fetch_add(span.0, Ordering::SeqCst);
+    }
+
+    fn tick(&mut self, outcome: Outcome, firing: &[&str], version: Option<&str>) {
+        let d = Decision {
+            at: self.clock.now(),
+            profile: PROFILE.into(),
+            outcome,
+            level: None,
+            path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: outcome != Outcome::Monitor }],
+            by_default: outcome == Outcome::Monitor,
+            firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
+            unknown: vec![],
+        };
+        self.d.on_tick(self.clock.now(), &[d], version).unwrap();
+    }
+
+    /// Waits for the procedure task to end and hands its report to the dispatcher.
+    async fn steps_done(&mut self) {
+        let done = tokio::time::timeout(Duration::from_secs(20), self.done.recv()).await.expect("procedure ended");
+        self.d.on_done(done.unwrap()).unwrap();
+    }
+
+    fn runs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn events(&self, kind: &str) -> Vec<Value> {
+        Journal::read_back(&self.dir.path().join("journal.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter(|v| v["event"] == kind)
+            .collect()
+    }
+
+    /// Every console message so far, once the notifier has drained its queue.
+    async fn messages(&mut self) -> Vec<String> {
+        self.d.notifier().flush(Duration::from_secs(10)).await;
+        let mut out = vec![];
+        while let Ok(m) = self.console.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<String, String> {
+        self.d.command(cmd).unwrap()
+    }
+}
+
+fn start(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    policy: &Policy,
+    actions: &BTreeMap<String, Action>,
+    plan: &Plan,
+) -> (Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>, mpsc::UnboundedReceiver<String>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let journal = SharedJournal::new(Journal::open(dir).unwrap());
+    let lines = Journal::read_back(&dir.join("journal.jsonl")).unwrap();
+    let (tx, console) = mpsc::unbounded_channel();
+    let clock: Arc<dyn Clock> = clock.clone();
+    let channel =
+        Channel { name: "console".into(), kind: ChannelKind::Console, fallback: None, attempts: 1, backoff: Span(10) };
+    let client = reqwest::Client::new();
+    let notifier = Notifier::start(
+        vec![channel],
+        Templates::default(),
+        client.clone(),
+        Console::Sender(tx),
+        Some(journal.clone()),
+        clock.clone(),
+    );
+    let acting = Acting {
+        policy: policy.clone(),
+        actions: Arc::new(actions.clone()),
+        plans: BTreeMap::from([(PROFILE.to_string(), plan.clone())]),
+    };
+    let (d, done) = Dispatcher::new(acting, notifier, journal, client, clock, &lines).unwrap();
+    (d, done, console)
+}
+
+fn quick_policy() -> Policy {
+    Policy {
+        cooldown: Span::from_secs(600),
+        verify_for: Span::from_secs(120),
+        slow_rollback: Span::from_secs(900),
+        blind_after: Span::from_secs(300),
+        approval_timeout: Span::from_secs(1800),
+        ..Policy::default()
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_runs_its_steps_verifies_and_completes_once() {
+    let mut h = Harness::new(quick_policy()).with_target_undo();
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.advance(Span::from_secs(60));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.advance(Span::from_secs(60));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    // The explicit target is the version deployed before v2.
+    assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
+    assert_eq!(h.d.status().in_flight.as_ref().map(|f| f.phase), Some("verifying"));
+    // Still firing: not verified yet, and no second rollback while one is in flight.
+    h.advance(Span::from_secs(15));
+    h.tick(Outcome::Rollback, &["errors"], Some("v1"));
+    assert_eq!(h.runs().len(), 2);
+    h.advance(Span::from_secs(15));
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    assert!(h.d.status().in_flight.is_none());
+    let finished = h.events("rollback_finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["result"], "completed");
+    assert_eq!(finished[0]["duration_ms"], 30_000);
+    assert_eq!(finished[0]["version_to"], "v1");
+    let messages = h.messages().await;
+    assert!(messages[0].starts_with("🔄 ROLLBACK IN PROGRESS"), "{messages:?}");
+    assert!(messages[1].starts_with("✅ ROLLBACK COMPLETE"), "{messages:?}");
+    assert!(messages[1].contains("Duration: 30s") && messages[1].contains("restored: v1"), "{messages:?}");
+    // Steps were journalled started and finished, with the action's result.
+    let steps = h.events("step_finished");
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["action"], "undo");
+    assert_eq!(steps[0]["detail"], "exit status 0");
+    assert_eq!(h.events("step_started").len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_version_is_never_rolled_back_twice_and_cooldown_holds_the_next() {
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    assert_eq!(h.events("rollback_finished")[0]["result"], "completed");
+    // The version did not change (the undo did nothing): the key is spent.
+    h.advance(Span::from_secs(3600));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert_eq!(h.events("rollback_started").len(), 1);
+    let suppressed = h.events("suppressed");
+    assert!(
+        suppressed[0]["reason"].as_str().unwrap().contains("version v2 was already rolled back by rb-1"),
+        "{suppressed:?}"
+    );
+    // A new version inside the cooldown is held back too, then acted on after it.
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Rollback, &["errors"], Some("v3"));
+    h.steps_done().await;
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.advance(Span::from_secs(60));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert_eq!(h.events("rollback_started").len(), 1);
+    assert!(h.events("suppressed").last().unwrap()["reason"].as_str().unwrap().starts_with("cooldown after rb-1"));
+    h.advance(Span::from_secs(600));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert_eq!(h.events("rollback_started").len(), 2);
+}
+
+#[tokio::test]
+async fn the_loop_guard_stops_acting_and_pages_s1() {
+    let policy =
+        Policy { cooldown: Span::ZERO, max_rollbacks: 2, max_rollbacks_per: Span::from_secs(3600), ..quick_policy() };
+    let mut h = Harness::new(policy);
+    for v in ["v5", "v4"] {
+        h.tick(Outcome::Rollback, &["errors"], Some(v));
+        h.steps_done().await;
+        h.tick(Outcome::Monitor, &[], Some(v));
+        h.advance(Span::from_secs(60));
+    }
+    h.tick(Outcome::Rollback, &["errors"], Some("v3"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v3"));
+    assert_eq!(h.events("rollback_started").len(), 2);
+    let escalations = h.events("escalation");
+    assert_eq!(escalations.len(), 1, "paged once: {escalations:?}");
+    assert_eq!(escalations[0]["severity"], "S1");
+    assert!(escalations[0]["finding"].as_str().unwrap().contains("loop guard: 2 rollbacks"));
+    let messages = h.messages().await;
+    assert!(messages.iter().any(|m| m.starts_with("🚨 S1: loop guard")), "{messages:?}");
+    // Once the period has passed, acting resumes.
+    h.advance(Span::from_secs(3600));
+    h.tick(Outcome::Rollback, &["errors"], Some("v3"));
+    assert_eq!(h.events("rollback_started").len(), 3);
+}
+
+#[tokio::test]
+async fn dry_run_journals_what_would_run_and_runs_nothing() {
+    let mut h = Harness::new(Policy { mode: Mode::DryRun, ..quick_policy() });
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let dry = h.events("dry_run");
+    assert_eq!(dry.len(), 1);
+    assert_eq!(
+        dry[0]["would_run"],
+        serde_json::json!(["announce rollback_in_progress", "run undo (verify check)", "announce rollback_complete"])
+    );
+    assert!(h.events("rollback_started").is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(h.runs().is_empty());
+    assert!(h.messages().await.is_empty());
+}
+
+#[tokio::test]
+async fn approve_mode_waits_for_a_person_and_refuses_a_stale_approval() {
+    let mut h = Harness::new(Policy { mode: Mode::Approve, ..quick_policy() });
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let opened = h.events("approval_opened");
+    assert_eq!(opened.len(), 1, "one approval per profile and version");
+    let id = opened[0]["approval_id"].as_str().unwrap().to_string();
+    let messages = h.messages().await;
+    assert!(
+        messages[0].contains("ROLLBACK APPROVAL NEEDED") && messages[0].contains(&format!("rollwatch approve {id}")),
+        "{messages:?}"
+    );
+    assert!(h.runs().is_empty());
+    assert!(h.command(Command::Approve { id: "ap-99".into() }).unwrap_err().contains("no open approval"));
+    let answer = h.command(Command::Approve { id: id.clone() }).unwrap();
+    assert!(answer.contains("rollback rb-"), "{answer}");
+    h.steps_done().await;
+    assert_eq!(h.runs().len(), 2);
+    assert_eq!(h.events("approval_closed")[0]["how"], "granted");
+
+    // An approval for a version that is no longer deployed does nothing.
+    let mut h = Harness::new(Policy { mode: Mode::Approve, ..quick_policy() });
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let id = h.events("approval_opened")[0]["approval_id"].as_str().unwrap().to_string();
+    h.tick(Outcome::Monitor, &[], Some("v3"));
+    let refused = h.command(Command::Approve { id }).unwrap_err();
+    assert!(refused.contains("stale: the deployed version changed from v2 to v3"), "{refused}");
+    assert!(h.events("rollback_started").is_empty());
+}
+
+#[tokio::test]
+async fn consider_opens_an_approval_that_expires_or_acts_after_consider_auto_after() {
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Consider, &["errors"], Some("v2"));
+    assert_eq!(h.events("approval_opened").len(), 1);
+    h.advance(Span::from_secs(1800));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    assert_eq!(h.events("approval_closed")[0]["how"], "expired");
+    assert!(h.events("rollback_started").is_empty());
+
+    let mut h = Harness::new(quick_policy());
+    h.plan.consider_auto_after = Some(Span::from_secs(300));
+    h.restart();
+    h.tick(Outcome::Consider, &["errors"], Some("v2"));
+    h.advance(Span::from_secs(299));
+    h.tick(Outcome::Consider, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty());
+    h.advance(Span::from_secs(1));
+    h.tick(Outcome::Consider, &["errors"], Some("v2"));
+    assert_eq!(h.events("rollback_started").len(), 1);
+    assert_eq!(h.events("approval_closed")[0]["how"], "auto");
+    h.steps_done().await;
+}
+
+#[tokio::test]
+async fn pause_and_silences_suppress_acting_but_decisions_are_journalled() {
+    let mut h = Harness::new(quick_policy());
+    let paused = h.command(Command::Pause { for_: Some(Span::from_secs(600)) }).unwrap();
+    assert!(paused.starts_with("paused until"), "{paused}");
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty());
+    assert!(h.events("suppressed")[0]["reason"].as_str().unwrap().starts_with("paused until"));
+    // The pause survives a restart, then expires by itself.
+    h.restart();
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty());
+    h.advance(Span::from_secs(600));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    assert_eq!(h.events("resumed").len(), 1);
+
+    let err = h.command(Command::Silence { rule: "erors".into(), for_: Span::from_secs(60) }).unwrap_err();
+    assert!(err.contains("did you mean errors?"), "{err}");
+    h.command(Command::Silence { rule: "errors".into(), for_: Span::from_secs(60) }).unwrap();
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty());
+    assert_eq!(h.events("suppressed").last().unwrap()["reason"], "silenced: errors");
+    // A rule that is not silenced still acts.
+    h.tick(Outcome::Rollback, &["errors", "down"], Some("v2"));
+    assert_eq!(h.events("rollback_started").len(), 1);
+    h.steps_done().await;
+    assert_eq!(h.events("decision").len(), 0, "decisions are the engine's to journal");
+}
+
+#[tokio::test]
+async fn an_issue_that_persists_past_verify_for_is_s2() {
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    h.advance(Span::from_secs(119));
+    h.tick(Outcome::Rollback, &["errors"], Some("v1"));
+    assert!(h.events("rollback_finished").is_empty());
+    h.advance(Span::from_secs(1));
+    h.tick(Outcome::Rollback, &["errors"], Some("v1"));
+    assert_eq!(h.events("rollback_finished")[0]["result"], "issue_persists");
+    let e = &h.events("escalation")[0];
+    assert_eq!(e["severity"], "S2");
+    assert!(e["finding"].as_str().unwrap().contains("rollback succeeded but issue persists: errors still firing"));
+    let messages = h.messages().await;
+    assert!(messages.iter().any(|m| m.starts_with("🚨 S2")), "{messages:?}");
+    assert!(!messages.iter().any(|m| m.contains("ROLLBACK COMPLETE")), "{messages:?}");
+}
+
+#[tokio::test]
+async fn a_failed_step_is_s1_and_stops_the_procedure() {
+    let mut h = Harness::new(quick_policy());
+    h.actions.insert(
+        "undo".into(),
+        Action { name: "undo".into(), kind: sh("echo boom >&2; exit 3", &[]), timeout: Span::from_secs(10) },
+    );
+    h.restart();
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    assert!(h.runs().is_empty(), "check must not run after a failed undo");
+    let finished = &h.events("rollback_finished")[0];
+    assert_eq!(finished["result"], "failed");
+    assert!(finished["error"].as_str().unwrap().contains("exit status 3"));
+    let step = &h.events("step_finished")[0];
+    assert_eq!(step["ok"], false);
+    assert_eq!(step["output"], "boom\n");
+    assert_eq!(h.events("escalation")[0]["severity"], "S1");
+    let messages = h.messages().await;
+    assert!(
+        messages.iter().any(|m| m.starts_with("❌ ROLLBACK FAILED") && m.contains("exit status 3")),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_rollback_is_s3_and_an_unknown_target_version_fails_the_step() {
+    let mut h = Harness::new(quick_policy()).with_target_undo();
+    // No version seen before v2: the undo names {{target_version}}, which is unknown.
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    let finished = &h.events("rollback_finished")[0];
+    assert!(finished["error"].as_str().unwrap().contains("no last-good version is recorded"), "{finished}");
+    assert!(h.runs().is_empty());
+
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    h.advance(Span::from_secs(901));
+    // Still verifying after 15 minutes (verify_for is longer here).
+    h.policy.verify_for = Span::from_secs(3600);
+    h.tick(Outcome::Rollback, &["errors"], Some("v1"));
+    let escalations = h.events("escalation");
+    assert!(
+        escalations.iter().any(|e| e["severity"] == "S3" && e["finding"].as_str().unwrap().contains("longer than 15m")),
+        "{escalations:?}"
+    );
+}
+
+#[tokio::test]
+async fn blindness_longer_than_blind_after_is_notified_once() {
+    let mut h = Harness::new(quick_policy());
+    let blind = |h: &mut Harness| {
+        let d = Decision {
+            at: h.clock.now(),
+            profile: PROFILE.into(),
+            outcome: Outcome::Monitor,
+            level: None,
+            path: vec![],
+            by_default: true,
+            firing: vec![],
+            unknown: vec!["errors".into(), "down".into()],
+        };
+        h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
+    };
+    blind(&mut h);
+    h.advance(Span::from_secs(299));
+    blind(&mut h);
+    assert!(h.events("blind").is_empty());
+    h.advance(Span::from_secs(1));
+    blind(&mut h);
+    h.advance(Span::from_secs(60));
+    blind(&mut h);
+    assert_eq!(h.events("blind").len(), 1);
+    let messages = h.messages().await;
+    assert!(messages.iter().any(|m| m.contains("is BLIND") && m.contains("5m 0s")), "{messages:?}");
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    assert_eq!(h.events("sighted").len(), 1);
+}
+
+#[tokio::test]
+async fn a_restart_reports_an_unfinished_rollback_and_never_reruns_it() {
+    let mut h = Harness::new(quick_policy()).with_target_undo();
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    // The process dies while verifying: the rollback has no `rollback_finished`.
+    h.restart();
+    let finished = h.events("rollback_finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["result"], "interrupted");
+    assert!(finished[0]["error"].as_str().unwrap().contains("after step 2 (\"check\") finished"), "{finished:?}");
+    assert_eq!(h.events("escalation")[0]["severity"], "S1");
+    // The same decision after the restart does not run anything again.
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
+    assert_eq!(h.events("rollback_started").len(), 1);
+    // A second restart does not report it again.
+    h.restart();
+    assert_eq!(h.events("rollback_finished").len(), 1);
+    let history = rollwatch::act::history::read(&h.dir.path().join("journal.jsonl")).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].version_from.as_deref(), Some("v2"));
+    assert_eq!(history[0].result, "interrupted");
+}
