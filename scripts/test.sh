@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The README's test command: installs the real peers the tests run against (Debian's
-# prometheus and prometheus-alertmanager; the tests start them themselves on free loopback
-# ports), then runs every test.
+# prometheus, prometheus-alertmanager and python3-aiosmtpd, a real SMTP server; the tests start
+# them themselves on free loopback ports), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     sudo_cmd=()

@@ -1,0 +1,315 @@
+//! Notifications against real servers on loopback: a server speaking Slack's Web API
+//! (`chat.postMessage`, answering 429 with `Retry-After` once), Debian's aiosmtpd receiving
+//! mail from lettre, a webhook that keeps failing (retries, then the fallback channel), and
+//! `rollwatch notify` from the command line.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use rollwatch::journal::{Journal, SharedJournal};
+use rollwatch::notify::email::{EmailChannel, Security};
+use rollwatch::notify::slack::SlackChannel;
+use rollwatch::notify::templates::blank_vars;
+use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, NotifyError, Templates};
+use rollwatch::source::Secret;
+use rollwatch::time::{Span, SystemClock};
+
+/// What a fake server saw: (authorization header, body) per request, and when.
+#[derive(Default)]
+struct Seen {
+    requests: Vec<(String, String, Instant)>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+/// `chat.postMessage` as Slack answers it; the first call is rate limited.
+async fn slack_api(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let n = {
+        let mut s = seen.lock().unwrap();
+        s.requests.push((auth, String::from_utf8_lossy(&body).into_owned(), Instant::now()));
+        s.requests.len()
+    };
+    if n == 1 {
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response();
+    }
+    let reply = serde_json::json!({"ok": true, "channel": "C024BE91L", "ts": "1700000000.000100",
+        "message": {"type": "message", "text": "posted", "ts": "1700000000.000100"}});
+    axum::Json(reply).into_response()
+}
+
+fn notifier(
+    channels: Vec<Channel>,
+    journal: Option<SharedJournal>,
+) -> (Notifier, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let n = Notifier::start(
+        channels,
+        Templates::default(),
+        reqwest::Client::new(),
+        Console::Sender(tx),
+        journal,
+        Arc::new(SystemClock),
+    );
+    (n, rx)
+}
+
+fn channel(name: &str, kind: ChannelKind, fallback: Option<&str>, attempts: u32) -> Channel {
+    Channel { name: name.into(), kind, fallback: fallback.map(str::to_string), attempts, backoff: Span(10) }
+}
+
+#[tokio::test]
+async fn slack_gets_the_post_after_honouring_retry_after() {
+    let seen: Shared = Arc::default();
+    let url = serve(Router::new().route("/api/chat.postMessage", post(slack_api)).with_state(seen.clone())).await;
+    let slack =
+        SlackChannel::new("#incidents".into(), &Secret("xoxb-test-token".into()), Some(&format!("{url}/api"))).unwrap();
+    let (n, _) = notifier(vec![channel("incident", ChannelKind::Slack(slack), None, 3)], None);
+    let mut vars = blank_vars();
+    vars.insert("reason".into(), "error rate <8%> & rising".into());
+    vars.insert("rollback_id".into(), "rb-7".into());
+    let delivery = n.send("incident", "rollback_in_progress", &vars).await.unwrap();
+    assert_eq!(delivery.attempts, 2);
+    let s = seen.lock().unwrap();
+    assert_eq!(s.requests.len(), 2);
+    // The backoff is 10 ms: only the server's Retry-After explains a wait of a second.
+    let waited = s.requests[1].2 - s.requests[0].2;
+    assert!(waited >= Duration::from_millis(950), "waited {waited:?}");
+    let (auth, body, _) = &s.requests[1];
+    assert_eq!(auth, "Bearer xoxb-test-token");
+    assert!(body.contains("#incidents"), "{body}");
+    assert!(body.contains("ROLLBACK IN PROGRESS"), "{body}");
+    // Values are escaped for Slack's mrkdwn.
+    assert!(body.contains("error rate &lt;8%&gt; &amp; rising"), "{body}");
+}
+
+#[tokio::test]
+async fn a_slack_api_error_is_not_retried() {
+    let url = serve(Router::new().route(
+        "/api/chat.postMessage",
+        post(|| async { axum::Json(serde_json::json!({"ok": false, "error": "channel_not_found"})) }),
+    ))
+    .await;
+    let slack = SlackChannel::new("#nowhere".into(), &Secret("xoxb-x".into()), Some(&format!("{url}/api"))).unwrap();
+    let (n, _) = notifier(vec![channel("incident", ChannelKind::Slack(slack), None, 4)], None);
+    match n.send("incident", "escalation", &blank_vars()).await {
+        Err(NotifyError::Failed { attempts, message, .. }) => {
+            assert_eq!(attempts, 1);
+            assert!(message.contains("channel_not_found"), "{message}");
+        }
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_then_the_fallback_channel_gets_the_message() {
+    let seen: Shared = Arc::default();
+    let url = serve(
+        Router::new()
+            .route(
+                "/hook",
+                post(|State(seen): State<Shared>, body: Bytes| async move {
+                    seen.lock().unwrap().requests.push((
+                        String::new(),
+                        String::from_utf8_lossy(&body).into_owned(),
+                        Instant::now(),
+                    ));
+                    StatusCode::BAD_GATEWAY
+                }),
+            )
+            .with_state(seen.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SharedJournal::new(Journal::open(dir.path()).unwrap());
+    let hook = ChannelKind::Webhook { url: format!("{url}/hook"), bearer: None };
+    let (n, mut console) = notifier(
+        vec![channel("hook", hook, Some("console"), 3), channel("console", ChannelKind::Console, None, 1)],
+        Some(journal),
+    );
+    let delivery = n.send("hook", "rollback_complete", &blank_vars()).await.unwrap();
+    assert_eq!(delivery.channel, "console");
+    assert_eq!(seen.lock().unwrap().requests.len(), 3, "three attempts at the webhook");
+    let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap().requests[0].1).unwrap();
+    assert_eq!(body["template"], "rollback_complete");
+    assert!(body["text"].as_str().unwrap().starts_with("✅ ROLLBACK COMPLETE"));
+    assert!(console.recv().await.unwrap().starts_with("✅ ROLLBACK COMPLETE"));
+    let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["notify_failed", "notified"]);
+    assert!(lines[0]["error"].as_str().unwrap().contains("failed after 3 attempt(s): HTTP 502"), "{lines:?}");
+}
+
+/// Debian's aiosmtpd writing what it receives into a Maildir; killed on drop.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn smtp_server() -> SmtpServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let maildir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new("/usr/bin/python3")
+        .args(["-u", "-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir.path().join("mail"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3-aiosmtpd is installed by scripts/test.sh");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    SmtpServer { child, port, maildir }
+}
+
+#[tokio::test]
+async fn email_reaches_a_real_smtp_server() {
+    let server = smtp_server().await;
+    let email = EmailChannel::new(
+        &format!("127.0.0.1:{}", server.port),
+        Security::None,
+        "rollwatch@example.com",
+        &["oncall@example.com".to_string()],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let (n, _) = notifier(vec![channel("mail", ChannelKind::Email(email), None, 3)], None);
+    let mut vars = blank_vars();
+    vars.insert("rollback_id".into(), "rb-42".into());
+    vars.insert("duration".into(), "3m 5s".into());
+    n.send("mail", "rollback_complete", &vars).await.unwrap();
+    let new = server.maildir.path().join("mail").join("new");
+    let files: Vec<_> = std::fs::read_dir(&new).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let mail = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(mail.contains("To: oncall@example.com"), "{mail}");
+    assert!(mail.contains("From: rollwatch@example.com"), "{mail}");
+    assert!(mail.contains("Subject: "), "{mail}");
+    assert!(mail.contains("rb-42") && mail.contains("3m 5s"), "{mail}");
+}
+
+#[tokio::test]
+async fn a_refused_smtp_connection_is_retried_then_reported() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let email = EmailChannel::new(
+        &format!("127.0.0.1:{port}"),
+        Security::None,
+        "rollwatch@example.com",
+        &["oncall@example.com".to_string()],
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (n, _) = notifier(vec![channel("mail", ChannelKind::Email(email), None, 3)], None);
+    match n.send("mail", "escalation", &blank_vars()).await {
+        Err(NotifyError::Failed { attempts, .. }) => assert_eq!(attempts, 3),
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_notify_command_sends_a_template_with_values() {
+    let seen: Shared = Arc::default();
+    let url = serve(
+        Router::new()
+            .route(
+                "/hook",
+                post(|State(seen): State<Shared>, headers: HeaderMap, body: Bytes| async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    seen.lock().unwrap().requests.push((
+                        auth,
+                        String::from_utf8_lossy(&body).into_owned(),
+                        Instant::now(),
+                    ));
+                    "ok"
+                }),
+            )
+            .with_state(seen.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = common::write(dir.path(), "p.toml", common::PROFILE);
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "profiles = [{:?}]\nstate_dir = {:?}\n[channels.hook]\nkind = \"webhook\"\nurl = \"{url}/hook\"\n",
+            profile.display().to_string(),
+            dir.path().join("state").display().to_string()
+        ),
+    );
+    let config = config.display().to_string();
+    let c = config.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args = [
+            "notify",
+            "-c",
+            &c,
+            "--channel",
+            "hook",
+            "--template",
+            "rollback_in_progress",
+            "--var",
+            "reason=checkout errors",
+        ];
+        common::rollwatch(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("sent rollback_in_progress to hook"), "{stdout}");
+    let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap().requests[0].1).unwrap();
+    assert!(body["text"].as_str().unwrap().contains("Issue: checkout errors"), "{body}");
+
+    let c = config.clone();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        common::rollwatch(&["notify", "-c", &c, "--channel", "hook", "--template", "rollback_complet"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.contains("did you mean rollback_complete?"), "{stdout}");
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        common::rollwatch(&[
+            "notify",
+            "-c",
+            &config,
+            "--channel",
+            "hook",
+            "--template",
+            "escalation",
+            "--var",
+            "sevrity=S1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.contains("did you mean severity?"), "{stdout}");
+}
