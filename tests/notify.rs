@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,12 +20,12 @@ use rollwatch::notify::slack::SlackChannel;
 use rollwatch::notify::templates::blank_vars;
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, NotifyError, Templates};
 use rollwatch::source::Secret;
-use rollwatch::time::{Span, SystemClock};
+use rollwatch::time::{Span, Stopwatch, SystemClock};
 
 /// What a fake server saw: (authorization header, body) per request, and when.
 #[derive(Default)]
 struct Seen {
-    requests: Vec<(String, String, Instant)>,
+    requests: Vec<(String, String, Stopwatch)>,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -42,7 +42,7 @@ async fn slack_api(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) 
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let n = {
         let mut s = seen.lock().unwrap();
-        s.requests.push((auth, String::from_utf8_lossy(&body).into_owned(), Instant::now()));
+        s.requests.push((auth, String::from_utf8_lossy(&body).into_owned(), Stopwatch::start()));
         s.requests.len()
     };
     if n == 1 {
@@ -89,8 +89,8 @@ async fn slack_gets_the_post_after_honouring_retry_after() {
     let s = seen.lock().unwrap();
     assert_eq!(s.requests.len(), 2);
     // The backoff is 10 ms: only the server's Retry-After explains a wait of a second.
-    let waited = s.requests[1].2 - s.requests[0].2;
-    assert!(waited >= Duration::from_millis(950), "waited {waited:?}");
+    let waited = s.requests[0].2.elapsed_secs() - s.requests[1].2.elapsed_secs();
+    assert!(waited >= 0.95, "waited {waited}s");
     let (auth, body, _) = &s.requests[1];
     assert_eq!(auth, "Bearer xoxb-test-token");
     assert!(body.contains("#incidents"), "{body}");
@@ -128,7 +128,7 @@ async fn a_failing_webhook_is_retried_then_the_fallback_channel_gets_the_message
                     seen.lock().unwrap().requests.push((
                         String::new(),
                         String::from_utf8_lossy(&body).into_owned(),
-                        Instant::now(),
+                        Stopwatch::start(),
                     ));
                     StatusCode::BAD_GATEWAY
                 }),
@@ -179,9 +179,9 @@ async fn smtp_server() -> SmtpServer {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("python3-aiosmtpd is installed by scripts/test.sh");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting = Stopwatch::start();
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        assert!(waiting.elapsed_secs() < 20.0, "aiosmtpd did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     SmtpServer { child, port, maildir }
@@ -245,7 +245,7 @@ async fn the_notify_command_sends_a_template_with_values() {
                     seen.lock().unwrap().requests.push((
                         auth,
                         String::from_utf8_lossy(&body).into_owned(),
-                        Instant::now(),
+                        Stopwatch::start(),
                     ));
                     "ok"
                 }),
