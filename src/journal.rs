@@ -35,12 +35,21 @@ pub enum JournalError {
 }
 
 impl Journal {
-    /// Opens (creating) `dir/journal.jsonl` for appending; creates `dir` if needed.
+    /// Opens (creating) `dir/journal.jsonl` for appending; creates `dir` if needed. A torn last
+    /// line (a crash mid-write: no final newline) is cut off with a warning, so that new lines
+    /// start whole and the file keeps reading back whole.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         let path = dir.join("journal.jsonl");
         let io = |source| JournalError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
+        let bytes = std::fs::read(&path).map_err(io)?;
+        if bytes.last().is_some_and(|&b| b != b'\n') {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            tracing::warn!(path = %path.display(), bytes = bytes.len() - keep, "dropping a torn last journal line");
+            file.set_len(keep as u64).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
         Ok(Journal { path, file })
     }
 
@@ -134,5 +143,11 @@ mod tests {
         assert_eq!(back[1]["outcome"], "rollback");
         assert_eq!(back[0]["event"], "started");
         assert_eq!(back[0]["at"], 1);
+        // Opening again cuts the torn tail, so the next line starts whole.
+        let mut j = Journal::open(&dir.path().join("state")).unwrap();
+        j.append(Timestamp(4), "started", &serde_json::json!({})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(Journal::read_back(&path).unwrap().len(), 3);
     }
 }

@@ -14,7 +14,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = rollwatch::cli::Cli::parse();
-    let mut stdout = std::io::stdout().lock();
+    // Not locked for the whole run: console notification channels print from other threads.
+    let mut stdout = std::io::stdout();
     match rollwatch::cli::run(cli, &mut stdout) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,256 @@
+//! Crash safety of the real binary: `rollwatch run` is SIGKILLed at several points of a
+//! rollback (during the first step, during the second, after completion, and with a torn
+//! journal line appended), then restarted on the same state. No step may run twice, the
+//! unfinished rollback must be reported (interrupted, S1) rather than re-run, and the journal
+//! must read back whole.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rollwatch::journal::Journal;
+use rollwatch::time::Stopwatch;
+use serde_json::Value;
+
+const PROFILE: &str = r#"
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+
+[[decide]]
+ask = "Is system down?"
+if = 'firing("down")'
+then = "rollback"
+
+[[procedure.rollback]]
+announce = "rollback_in_progress"
+
+[[procedure.rollback]]
+run = "step1"
+
+[[procedure.rollback]]
+run = "step2"
+
+[[procedure.rollback]]
+announce = "rollback_complete"
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// Whether the watched service answers its health check.
+    healthy: Arc<AtomicBool>,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        // The service is down from the start: the rollback decision comes at once. Its version
+        // is read from a second endpoint that stays up.
+        let healthy = Arc::new(AtomicBool::new(false));
+        let h = healthy.clone();
+        let health = common::serve_http(move |_| match h.load(Ordering::SeqCst) {
+            true => ("200 OK", "ok".to_string()),
+            false => ("503 Service Unavailable", "down".to_string()),
+        })
+        .await;
+        let version = common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.to_string())).await;
+        let profile = common::write(dir.path(), "profile.toml", PROFILE);
+        let log = dir.path().join("steps.log");
+        // Each step logs its start, works for a while, logs its end.
+        let step = |name: &str| {
+            format!(
+                "[actions.{name}]\nkind = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"echo \\\"start $1\\\" >> \\\"$2\\\"; sleep 1.5; echo \\\"end $1\\\" >> \\\"$2\\\"\", \"sh\", \"{name}\", {log:?}]\ntimeout = \"20s\"\n"
+            )
+        };
+        let text = format!(
+            r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "127.0.0.1:0"
+eval_interval = "200ms"
+version = {{ target = "app", field = "version" }}
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{health}/health"
+interval = "200ms"
+
+[[target]]
+name = "app"
+kind = "health"
+url = "http://{version}/version"
+interval = "200ms"
+
+[policy]
+verify_for = "30s"
+
+[channels.console]
+kind = "console"
+
+{step1}
+{step2}"#,
+            profile = profile.display().to_string(),
+            state = dir.path().join("state").display().to_string(),
+            step1 = step("step1"),
+            step2 = step("step2"),
+        );
+        let config = common::write(dir.path(), "rollwatch.toml", text);
+        Setup { dir, config, healthy }
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.path().join("state").join("journal.jsonl")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        Journal::read_back(&self.journal()).unwrap()
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == event).count()
+    }
+
+    fn steps(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("steps.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn start(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("ROLLWATCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("stderr-{}", self.count("started")))).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (up to 30 s) until `ready` holds.
+    async fn until(&self, what: &str, ready: impl Fn(&Setup) -> bool) {
+        let waiting = Stopwatch::start();
+        while !ready(self) {
+            assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}; journal: {:#?}", self.events());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn sigterm(child: &mut Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    child.wait().unwrap();
+}
+
+/// Restarts after a crash and waits until the restored dispatcher has held the still-standing
+/// rollback decision back; then stops and checks what every scenario must hold.
+async fn restart_and_check(s: &Setup, interrupted: bool) {
+    let before = s.count("started");
+    let mut again = s.start();
+    s.until("the restarted sidecar to hold the decision back", |s| {
+        let events = s.events();
+        let restart = events.iter().rposition(|e| e["event"] == "started").unwrap_or(0);
+        s.count("started") > before && events[restart..].iter().any(|e| e["event"] == "suppressed")
+    })
+    .await;
+    sigterm(&mut again);
+    let steps = s.steps();
+    for step in ["start step1", "start step2"] {
+        assert!(steps.iter().filter(|l| *l == step).count() <= 1, "{step} ran twice: {steps:?}");
+    }
+    assert_eq!(s.count("rollback_started"), 1, "{:#?}", s.events());
+    let text = std::fs::read_to_string(s.journal()).unwrap();
+    assert_eq!(text.lines().count(), s.events().len(), "every line reads back");
+    assert!(text.ends_with('\n'));
+    let finished: Vec<Value> = s.events().into_iter().filter(|e| e["event"] == "rollback_finished").collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    if interrupted {
+        assert_eq!(finished[0]["result"], "interrupted");
+        let escalations: Vec<Value> = s.events().into_iter().filter(|e| e["event"] == "escalation").collect();
+        assert!(
+            escalations.iter().any(|e| e["severity"] == "S1" && e["finding"].as_str().unwrap().contains("not re-run"))
+        );
+    } else {
+        assert_eq!(finished[0]["result"], "completed");
+    }
+    let suppressed = s.events().into_iter().rfind(|e| e["event"] == "suppressed").unwrap();
+    assert!(
+        suppressed["reason"].as_str().unwrap().contains("version v2 was already rolled back by rb-1"),
+        "{suppressed}"
+    );
+}
+
+fn has(s: &Setup, line: &str) -> bool {
+    s.steps().iter().any(|l| l == line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_first_step() {
+    let s = Setup::new().await;
+    let mut first = s.start();
+    s.until("step 1 to start", |s| has(s, "start step1")).await;
+    sigkill(&mut first);
+    restart_and_check(&s, true).await;
+    assert_eq!(s.steps(), vec!["start step1"]);
+    let finished = s.events().into_iter().find(|e| e["event"] == "rollback_finished").unwrap();
+    assert!(
+        finished["error"].as_str().unwrap().contains("during step 2 run \"step1\" (started, not finished)"),
+        "{finished}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_second_step_with_a_torn_journal_line() {
+    let s = Setup::new().await;
+    let mut first = s.start();
+    s.until("step 2 to start", |s| has(s, "start step2")).await;
+    sigkill(&mut first);
+    // A crash in the middle of writing a line leaves it torn.
+    let mut f = std::fs::OpenOptions::new().append(true).open(s.journal()).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"at\":1,\"event\":\"step_fini").unwrap();
+    drop(f);
+    restart_and_check(&s, true).await;
+    assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2"]);
+    let stderr = std::fs::read_to_string(s.dir.path().join("stderr-1")).unwrap_or_default();
+    assert!(stderr.contains("dropping a torn last journal line"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_verifying() {
+    let s = Setup::new().await;
+    let mut first = s.start();
+    s.until("both steps to finish", |s| s.count("step_finished") == 2).await;
+    sigkill(&mut first);
+    restart_and_check(&s, true).await;
+    let finished = s.events().into_iter().find(|e| e["event"] == "rollback_finished").unwrap();
+    assert!(finished["error"].as_str().unwrap().contains("after step 3 (\"step2\") finished"), "{finished}");
+    assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2", "end step2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_rollback_completed_and_the_issue_came_back() {
+    let s = Setup::new().await;
+    let mut first = s.start();
+    s.until("both steps to finish", |s| s.count("step_finished") == 2).await;
+    // The rollback worked: the service is healthy, the rule stops firing, the rollback verifies.
+    s.healthy.store(true, Ordering::SeqCst);
+    s.until("the rollback to complete", |s| s.count("rollback_finished") == 1).await;
+    sigkill(&mut first);
+    // The same version fails again: the restarted sidecar must not roll it back a second time.
+    s.healthy.store(false, Ordering::SeqCst);
+    restart_and_check(&s, false).await;
+    assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2", "end step2"]);
+}
