@@ -76,7 +76,12 @@ impl Harness {
                 vec![Step::Announce { template: "rollback_approval_needed".into(), levels: vec![] }],
             ),
         ]);
-        let plan = Plan { procedures, consider_auto_after: None, rules: vec!["errors".into(), "down".into()] };
+        let plan = Plan {
+            procedures,
+            consider_auto_after: None,
+            rules: vec!["errors".into(), "down".into()],
+            labels: BTreeMap::new(),
+        };
         let clock = Arc::new(ManualClock(AtomicI64::new(START)));
         let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);
         Harness { dir, clock, d, done, console, policy, actions, plan }
@@ -517,4 +522,80 @@ async fn a_restart_reports_an_unfinished_rollback_and_never_reruns_it() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].version_from.as_deref(), Some("v2"));
     assert_eq!(history[0].result, "interrupted");
+}
+
+#[tokio::test]
+async fn hostile_label_and_version_values_never_run_as_code() {
+    let hostile = "$(touch /tmp/pwned); echo pwned";
+    let _ = std::fs::remove_file("/tmp/pwned");
+    let mut h = Harness::new(quick_policy());
+    h.plan.labels =
+        BTreeMap::from([("errors".to_string(), BTreeMap::from([("team".to_string(), hostile.to_string())]))]);
+    let log = h.dir.path().join("runs.log").display().to_string();
+    // Through a shell as positional parameters, and as a program's direct argument.
+    let kind = sh("printf '%s|%s\\n' \"$1\" \"$2\" >> \"$3\"", &["{{labels.team}}", "{{version_from}}", &log]);
+    h.actions.insert("undo".into(), Action { name: "undo".into(), kind, timeout: Span::from_secs(10) });
+    let echo = ActionKind::Exec {
+        argv: vec!["/bin/echo".into(), "{{labels.team}}".into(), "{{labels.absent}}".into()],
+        env: BTreeMap::new(),
+    };
+    h.actions.insert("check".into(), Action { name: "check".into(), kind: echo, timeout: Span::from_secs(10) });
+    h.restart();
+    h.tick(Outcome::Rollback, &["errors"], Some(hostile));
+    h.steps_done().await;
+    assert_eq!(h.runs(), vec![format!("{hostile}|{hostile}")]);
+    let steps = h.events("step_finished");
+    assert_eq!(steps[1]["output"], format!("{hostile} \n"));
+    assert!(!std::path::Path::new("/tmp/pwned").exists(), "a template value ran as shell code");
+}
+
+#[tokio::test]
+async fn an_http_action_sends_its_templated_request_and_checks_the_status() {
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/deploy/{version}",
+        post(
+            move |axum::extract::Path(v): axum::extract::Path<String>, headers: axum::http::HeaderMap, body: String| {
+                let s = s.clone();
+                async move {
+                    let h = headers.get("x-reason").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    s.lock().unwrap().push((v, h, body));
+                    axum::http::StatusCode::ACCEPTED
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let action = |expect: Vec<u16>| Action {
+        name: "undo".into(),
+        kind: ActionKind::Http {
+            method: reqwest::Method::POST,
+            url: format!("http://{addr}/deploy/{{{{version_from}}}}"),
+            headers: vec![("x-reason".into(), "{{rollback_id}}".into())],
+            bearer: None,
+            body: Some(r#"{"version":"{{version_from}}","id":"{{rollback_id}}"}"#.into()),
+            expect_status: expect,
+        },
+        timeout: Span::from_secs(10),
+    };
+    let vars = rollwatch::act::template::Vars::from([
+        ("version_from".to_string(), "v2\" /x?y".to_string()),
+        ("rollback_id".to_string(), "rb-9".to_string()),
+    ]);
+    let client = reqwest::Client::new();
+    let r = action(vec![202]).run(&vars, &client).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.detail, "HTTP 202");
+    let (path_version, header, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(path_version, "v2\" /x?y", "one URL component, decoded back whole");
+    assert_eq!(header, "rb-9");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["version"], "v2\" /x?y");
+    let r = action(vec![200]).run(&vars, &client).await;
+    assert!(!r.ok, "202 is not the expected 200: {r:?}");
 }

@@ -28,6 +28,8 @@ pub struct Plan {
     pub procedures: BTreeMap<String, Vec<Step>>,
     pub consider_auto_after: Option<Span>,
     pub rules: Vec<String>,
+    /// Each rule's `labels`, offered to templates as `{{labels.NAME}}`.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Plan {
@@ -37,8 +39,13 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let rules = ev.rules.iter().filter(|r| r.profile == i).map(|r| r.name.clone()).collect();
-                let plan = Plan { procedures: p.procedures.clone(), consider_auto_after: p.consider_auto_after, rules };
+                let mine = || ev.rules.iter().filter(move |r| r.profile == i);
+                let plan = Plan {
+                    procedures: p.procedures.clone(),
+                    consider_auto_after: p.consider_auto_after,
+                    rules: mine().map(|r| r.name.clone()).collect(),
+                    labels: mine().map(|r| (r.name.clone(), r.labels.clone())).collect(),
+                };
                 (p.name.clone(), plan)
             })
             .collect()
@@ -682,6 +689,14 @@ impl Dispatcher {
         v.insert("firing".into(), s.firing.join(", "));
         v.insert("version_from".into(), s.version.clone().unwrap_or_else(|| "unknown".into()));
         v.insert("mode".into(), self.acting.policy.mode.to_string());
+        // The firing rules' labels; the first rule to name a label wins.
+        if let Some(plan) = self.acting.plans.get(&s.profile) {
+            for rule in &s.firing {
+                for (k, val) in plan.labels.get(rule).into_iter().flatten() {
+                    v.entry(format!("labels.{k}")).or_insert_with(|| val.clone());
+                }
+            }
+        }
         v
     }
 

@@ -55,7 +55,12 @@ pub fn render(text: &str, vars: &Vars, escape: Escape) -> Result<String, Templat
             return Err(TemplateError::Unclosed(rest[start..].chars().take(20).collect()));
         };
         let name = after[..end].trim();
-        let value = vars.get(name).ok_or_else(|| TemplateError::Unknown(name.to_string()))?;
+        let value = match vars.get(name) {
+            Some(v) => v.as_str(),
+            // A label no firing rule carries reads empty.
+            None if name.starts_with("labels.") => "",
+            None => return Err(TemplateError::Unknown(name.to_string())),
+        };
         escape_into(&mut out, value, escape);
         rest = &after[end + 2..];
     }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use crate::act::template::{self, Escape, TemplateError, Vars};
 
 /// Every value a template (or an action's argv, URL or body) may name. Each is always set when
-/// rendering; what is not known yet reads `unknown`.
+/// rendering; what is not known yet reads `unknown`. Besides these, `{{labels.NAME}}` names a
+/// label of the firing rules (empty when none has it).
 pub const VARS: &[&str] = &[
     "profile",
     "outcome",
@@ -112,7 +113,7 @@ pub fn blank_vars() -> Vars {
 pub fn check(text: &str) -> Result<(), String> {
     let names = template::placeholders(text).map_err(|e| e.to_string())?;
     for n in names {
-        if !VARS.contains(&n) {
+        if !VARS.contains(&n) && !n.strip_prefix("labels.").is_some_and(|l| !l.is_empty()) {
             let hint = crate::config::did_you_mean(n, VARS.iter().copied());
             return Err(format!("unknown placeholder {{{{{n}}}}}{hint}; known: {}", VARS.join(", ")));
         }
