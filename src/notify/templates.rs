@@ -113,7 +113,7 @@ pub fn blank_vars() -> Vars {
 pub fn check(text: &str) -> Result<(), String> {
     let names = template::placeholders(text).map_err(|e| e.to_string())?;
     for n in names {
-        if !VARS.contains(&n) && !n.strip_prefix("labels.").is_some_and(|l| !l.is_empty()) {
+        if !VARS.contains(&n) && n.strip_prefix("labels.").is_none_or(|l| l.is_empty()) {
             let hint = crate::config::did_you_mean(n, VARS.iter().copied());
             return Err(format!("unknown placeholder {{{{{n}}}}}{hint}; known: {}", VARS.join(", ")));
         }
