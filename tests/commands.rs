@@ -1,0 +1,185 @@
+//! The acting subcommands against a real running sidecar in `approve` mode: `approve` (wrong
+//! id, held back by `pause` and by `silence`, then granted), `resume`, `unsilence`, the bearer
+//! token; then `history` (text and `--json`) and `annotate` on the journal it left.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rollwatch::journal::Journal;
+use rollwatch::time::Stopwatch;
+use serde_json::Value;
+
+const TOKEN: &str = "approve-token-for-tests";
+
+const PROFILE: &str = r#"
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+
+[[decide]]
+ask = "Is system down?"
+if = 'firing("down")'
+then = "rollback"
+
+[[procedure.rollback]]
+announce = "rollback_in_progress"
+
+[[procedure.rollback]]
+run = "undo"
+
+[[procedure.rollback]]
+announce = "rollback_complete"
+"#;
+
+/// Runs the binary with the API token set (or not); returns (code, stdout + stderr).
+fn cli(args: &[&str], token: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollwatch"));
+    cmd.args(args);
+    if token {
+        cmd.env("RW_TOKEN", TOKEN);
+    } else {
+        cmd.env_remove("RW_TOKEN");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+async fn until(journal: &std::path::Path, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let waiting = Stopwatch::start();
+    loop {
+        let events = Journal::read_back(journal).unwrap_or_default();
+        if ready(&events) {
+            return events;
+        }
+        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_pause_silence_history_and_annotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let health = common::serve_http(move |_| match h.load(Ordering::SeqCst) {
+        true => ("200 OK", r#"{"version":"v2"}"#.into()),
+        false => ("503 Service Unavailable", "down".into()),
+    })
+    .await;
+    let version = common::serve_http(|_| ("200 OK", r#"{"version":"v2"}"#.into())).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let profile = common::write(dir.path(), "profile.toml", PROFILE);
+    let marker = dir.path().join("undone");
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "127.0.0.1:{port}"
+api_token_env = "RW_TOKEN"
+eval_interval = "200ms"
+version = {{ target = "app", field = "version" }}
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{health}/health"
+interval = "200ms"
+
+[[target]]
+name = "app"
+kind = "health"
+url = "http://{version}/version"
+interval = "200ms"
+
+[policy]
+mode = "approve"
+verify_for = "30s"
+
+[actions.undo]
+kind = "exec"
+argv = ["/usr/bin/touch", {marker:?}]
+"#,
+            profile = profile.display().to_string(),
+            state = dir.path().join("state").display().to_string(),
+            marker = marker.display().to_string(),
+        ),
+    );
+    let config = config.display().to_string();
+    let journal = dir.path().join("state").join("journal.jsonl");
+    let mut sidecar: Child = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(["run", "-c", &config])
+        .env("RW_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let events = until(&journal, "an approval", |e| e.iter().any(|e| e["event"] == "approval_opened")).await;
+    let id =
+        events.iter().find(|e| e["event"] == "approval_opened").unwrap()["approval_id"].as_str().unwrap().to_string();
+    let c = config.as_str();
+    let run = |args: &[&str]| cli(args, true);
+    let (code, out) = run(&["approve", "-c", c, "ap-999"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no open approval \"ap-999\""), "{out}");
+    let (code, out) = cli(&["approve", "-c", c, &id], false);
+    assert_eq!(code, 1);
+    assert!(out.contains("api_token_env names RW_TOKEN, which is not set"), "{out}");
+
+    let (code, out) = run(&["pause", "-c", c, "--for", "10m"]);
+    assert_eq!((code, out.starts_with("paused until")), (0, true), "{out}");
+    let (code, out) = run(&["approve", "-c", c, &id]);
+    assert_eq!(code, 1);
+    assert!(out.contains("paused until"), "{out}");
+    assert_eq!(run(&["resume", "-c", c]), (0, "resumed\n".to_string()));
+
+    let (code, out) = run(&["silence", "-c", c, "down", "--for", "1m"]);
+    assert_eq!((code, out.starts_with("down silenced until")), (0, true), "{out}");
+    let (code, out) = run(&["approve", "-c", c, &id]);
+    assert_eq!(code, 1);
+    assert!(out.contains("silenced: down"), "{out}");
+    assert_eq!(run(&["unsilence", "-c", c, "down"]).0, 0);
+    assert!(!marker.exists(), "nothing acted before the approval");
+
+    let (code, out) = run(&["approve", "-c", c, &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("approval {id} granted: rollback rb-")), "{out}");
+    until(&journal, "the undo step", |e| e.iter().any(|e| e["event"] == "step_finished")).await;
+    assert!(marker.exists());
+    healthy.store(true, Ordering::SeqCst);
+    until(&journal, "the rollback to verify", |e| e.iter().any(|e| e["event"] == "rollback_finished")).await;
+    let kill = Command::new("kill").args(["-TERM", &sidecar.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    assert!(sidecar.wait().unwrap().success());
+
+    let (code, out) = run(&["history", "-c", c]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("profile  v2 → v2  completed"), "{out}");
+    assert!(out.contains("reason: Is system down (down = 0)"), "{out}");
+    let rb = out.split_whitespace().next().unwrap().to_string();
+    let (code, out) = run(&["annotate", "-c", c, "rb-404", "--root-cause", "x"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(&format!("no rollback \"rb-404\" in the journal (known: {rb})")), "{out}");
+    let (code, out) = run(&["annotate", "-c", c, &rb, "--root-cause", "Missing null check in new code path"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["history", "-c", c, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let history: Value = serde_json::from_str(&out).unwrap();
+    let entry = &history["rollbacks"][0];
+    assert_eq!(entry["id"], rb.as_str());
+    assert_eq!(entry["version_from"], "v2");
+    assert_eq!(entry["result"], "completed");
+    assert_eq!(entry["root_cause"], "Missing null check in new code path");
+    assert!(entry["date"].as_str().unwrap().ends_with('Z'), "{entry}");
+    assert!(entry["duration_minutes"].is_number(), "{entry}");
+    assert!(entry["reason"].as_str().unwrap().contains("Is system down"), "{entry}");
+}
