@@ -599,3 +599,44 @@ async fn an_http_action_sends_its_templated_request_and_checks_the_status() {
     let r = action(vec![200]).run(&vars, &client).await;
     assert!(!r.ok, "202 is not the expected 200: {r:?}");
 }
+
+/// Every shipped profile has an example config binding its procedure, and every rollback level
+/// its decision tree can choose runs at least one action, announced before and after.
+#[test]
+fn every_runbook_profile_has_a_procedure_for_each_level_it_decides() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = vec![];
+    for example in ["rollwatch", "mace", "mycelia", "piforge", "mdm"] {
+        let (config, ev) = rollwatch::config::deploy::Config::load(&root.join(format!("examples/{example}.toml")))
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        assert!(!config.acting.actions.is_empty());
+        for p in &ev.profiles {
+            seen.push(p.name.clone());
+            let steps = &p.procedures["rollback"];
+            let mut levels: Vec<Option<String>> =
+                p.tree.questions.iter().filter(|q| q.then == Outcome::Rollback).map(|q| q.level.clone()).collect();
+            levels.dedup();
+            for level in levels {
+                let chosen: Vec<&Step> = steps
+                    .iter()
+                    .filter(|s| {
+                        let l = match s {
+                            Step::Announce { levels, .. } | Step::Run { levels, .. } => levels,
+                        };
+                        l.is_empty() || level.as_ref().is_some_and(|x| l.contains(x))
+                    })
+                    .collect();
+                let runs = chosen.iter().filter(|s| matches!(s, Step::Run { .. })).count();
+                assert!(runs >= 1, "{}: level {level:?} runs nothing", p.name);
+                assert!(
+                    matches!(chosen.first(), Some(Step::Announce { template, .. }) if template == "rollback_in_progress")
+                );
+                assert!(
+                    matches!(chosen.last(), Some(Step::Announce { template, .. }) if template == "rollback_complete")
+                );
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["mace", "mdm", "mycelia", "piforge", "solvereign"]);
+}
