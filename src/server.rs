@@ -75,7 +75,29 @@ async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
     for d in &snap.decisions {
         page.push_str(&format!("<li><b>{}</b>: {} — {}</li>", html(&d.profile), d.outcome, html(&d.explanation())));
     }
-    page.push_str("</ul><h2>Rules</h2><table><tr><th>rule<th>state<th>value");
+    let a = &snap.acting;
+    page.push_str(&format!("</ul><h2>Acting</h2><p>mode <b>{}</b>", html(&a.mode)));
+    if let Some(f) = &a.in_flight {
+        page.push_str(&format!(
+            "; rollback <b>{}</b> of {} in flight ({})",
+            html(&f.rollback_id),
+            html(&f.profile),
+            f.phase
+        ));
+    }
+    if a.paused_until.is_some() {
+        page.push_str("; <b>PAUSED</b>");
+    }
+    for ap in &a.approvals {
+        page.push_str(&format!(
+            "<br>approval <b>{}</b> needed for {}: {} — <code>rollwatch approve {}</code>",
+            html(&ap.approval_id),
+            html(&ap.profile),
+            html(&ap.reason),
+            html(&ap.approval_id)
+        ));
+    }
+    page.push_str("<h2>Rules</h2><table><tr><th>rule<th>state<th>value");
     for r in &snap.rules {
         let value = r.value.map(|v| v.to_string()).unwrap_or_else(|| "no data".into());
         page.push_str(&format!("<tr><td>{}<td>{}<td>{}", html(&r.name), r.state, value));

@@ -153,6 +153,38 @@ impl Snapshot {
             vec![format!(" {}", format_value(self.last_evaluation_seconds))],
         );
         section("rollwatch_ticks_total", "counter", "Evaluation ticks.", vec![format!(" {}", self.ticks_total)]);
+        let a = &self.acting;
+        section(
+            "rollwatch_rollbacks",
+            "gauge",
+            "Rollbacks in the journal by result (in_flight: the running one).",
+            a.rollbacks.iter().map(|(result, n)| format!("{{result=\"{}\"}} {n}", label(result))).collect(),
+        );
+        section(
+            "rollwatch_rollback_in_flight",
+            "gauge",
+            "1 while a rollback's steps run or it is being verified.",
+            vec![format!(" {}", u8::from(a.in_flight.is_some()))],
+        );
+        section(
+            "rollwatch_approvals_open",
+            "gauge",
+            "Approvals waiting for a person.",
+            vec![format!(" {}", a.approvals.len())],
+        );
+        section(
+            "rollwatch_paused",
+            "gauge",
+            "1 while acting is paused.",
+            vec![format!(" {}", u8::from(a.paused_until.is_some()))],
+        );
+        section("rollwatch_silences", "gauge", "Rules silenced now.", vec![format!(" {}", a.silences.len())]);
+        section(
+            "rollwatch_escalations_total",
+            "counter",
+            "Escalations (S1, S2, S3, blind) since start.",
+            vec![format!(" {}", a.escalations_total)],
+        );
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);
         section(
             "rollwatch_firing_alerts",

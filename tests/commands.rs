@@ -126,6 +126,15 @@ argv = ["/usr/bin/touch", {marker:?}]
     let events = until(&journal, "an approval", |e| e.iter().any(|e| e["event"] == "approval_opened")).await;
     let id =
         events.iter().find(|e| e["event"] == "approval_opened").unwrap()["approval_id"].as_str().unwrap().to_string();
+    // The open approval shows on /status and /metrics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let status: Value =
+        client.get(format!("http://127.0.0.1:{port}/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["acting"]["mode"], "approve");
+    assert_eq!(status["acting"]["approvals"][0]["approval_id"], id.as_str());
+    let metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rollwatch_approvals_open 1\n"), "{metrics}");
     let c = config.as_str();
     let run = |args: &[&str]| cli(args, true);
     let (code, out) = run(&["approve", "-c", c, "ap-999"]);
