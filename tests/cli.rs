@@ -144,3 +144,70 @@ fn usage_errors_exit_2() {
     let (code, _, _) = rollwatch(&["test"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn check_places_every_acting_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", format!("{PROFILE}\n[[procedure.rollback]]\nannounce = \"rollback_in_progres\"\n"));
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        r##"profiles = ["p.toml"]
+state_dir = "/tmp/rw"
+
+[policy]
+mode = "yolo"
+max_rollbacks = { count = 2, per = "0s" }
+
+[channels.slack]
+kind = "slack"
+channel = "#x"
+
+[channels.hook]
+kind = "webhook"
+url = "http://127.0.0.1:1/hook"
+fallback = "pagr"
+
+[channels.pager]
+kind = "console"
+
+[templates]
+escalation = "{{severty}} {{finding}}"
+
+[actions.undo]
+kind = "exec"
+argv = ["kubectl", "rollout", "undo", "--to-revision={{target_versoin}}"]
+
+[actions.marker]
+kind = "file"
+path = "/run/x"
+
+[actions.call]
+kind = "http"
+method = "FETCH ME"
+url = "ftp://x"
+"##,
+    );
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        "policy: mode must be one of auto, approve, dry-run, not \"yolo\"",
+        "policy: max_rollbacks.per must be longer than 0s",
+        "channel \"slack\": a slack channel needs token_env",
+        "channel \"hook\": fallback names no channel \"pagr\" (did you mean pager?)",
+        "template \"escalation\": unknown placeholder {{severty}} (did you mean severity?)",
+        "action \"undo\": unknown placeholder {{target_versoin}} (did you mean target_version?)",
+        "action \"marker\": a file action needs state = \"present\" or \"absent\"",
+        "action \"call\": method \"FETCH ME\" is not an HTTP method",
+        "action \"call\": url must start with http:// or https://",
+        "announces template \"rollback_in_progres\", which neither rollwatch nor [templates] defines (did you mean rollback_in_progress?)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // Every error is placed: file:line:col.
+    for line in out.lines().filter(|l| l.contains("rollwatch.toml:")) {
+        let rest = line.split("rollwatch.toml:").nth(1).unwrap();
+        let mut parts = rest.splitn(3, ':');
+        assert!(parts.next().unwrap().parse::<u32>().is_ok() && parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
+    }
+}
