@@ -640,3 +640,26 @@ fn every_runbook_profile_has_a_procedure_for_each_level_it_decides() {
     seen.sort();
     assert_eq!(seen, vec!["mace", "mdm", "mycelia", "piforge", "solvereign"]);
 }
+
+#[tokio::test]
+async fn a_rule_can_choose_the_level_when_the_decision_does_not() {
+    let mut h = Harness::new(quick_policy());
+    let log = h.dir.path().join("runs.log").display().to_string();
+    let full = sh("echo \"$1\" >> \"$2\"", &["full {{level}}", &log]);
+    h.actions.insert("full".into(), Action { name: "full".into(), kind: full, timeout: Span::from_secs(10) });
+    let steps = h.plan.procedures.get_mut("rollback").unwrap();
+    steps.insert(2, Step::Run { action: "full".into(), verify: None, levels: vec!["full".into()] });
+    h.plan.labels = BTreeMap::from([("down".to_string(), BTreeMap::from([("level".to_string(), "full".to_string())]))]);
+    h.restart();
+    // "errors" carries no level: the full-level step is skipped.
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    assert_eq!(h.runs(), vec!["undo v2", "check"]);
+    h.tick(Outcome::Monitor, &[], Some("v3"));
+    h.advance(Span::from_secs(3600));
+    // "down" says level = "full".
+    h.tick(Outcome::Rollback, &["down"], Some("v3"));
+    h.steps_done().await;
+    assert_eq!(h.runs()[2..], ["undo v3", "check", "full full"]);
+    assert_eq!(h.events("rollback_started")[1]["level"], "full");
+}

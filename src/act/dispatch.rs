@@ -440,8 +440,23 @@ impl Dispatcher {
             }
             _ if self.acting.policy.mode == Mode::DryRun => self.dry_run(now, d),
             _ if wants_approval => self.ask(now, d),
-            _ => self.try_start(now, Start::from_decision(d, self.state.version.clone()), None).map(|_| ()),
+            _ => {
+                let start = self.start_of(d);
+                self.try_start(now, start, None).map(|_| ())
+            }
         }
+    }
+
+    /// A rollback from a decision. The level is the decision's, else the `level` label of the
+    /// first firing rule that has one (a rule can choose its tier).
+    fn start_of(&self, d: &Decision) -> Start {
+        let mut start = Start::from_decision(d, self.state.version.clone());
+        if start.level.is_none()
+            && let Some(plan) = self.acting.plans.get(&d.profile)
+        {
+            start.level = start.firing.iter().find_map(|r| plan.labels.get(r).and_then(|l| l.get("level")).cloned());
+        }
+        start
     }
 
     fn key(&self, profile: &str) -> String {
@@ -454,7 +469,7 @@ impl Dispatcher {
             return Ok(());
         }
         self.dry_runs.push(key.clone());
-        let steps = self.steps_for(&d.profile, d.level.as_deref());
+        let steps = self.steps_for(&d.profile, self.start_of(d).level.as_deref());
         let names: Vec<String> = steps.iter().map(describe).collect();
         tracing::warn!(profile = %d.profile, outcome = %d.outcome, steps = ?names, "dry run: would act");
         let data = serde_json::json!({"profile": d.profile, "outcome": d.outcome, "key": key,
@@ -483,12 +498,12 @@ impl Dispatcher {
             return self.suppress(now, d, "this version was already rolled back".into());
         }
         let id = self.state.new_id("ap");
-        let start = Start::from_decision(d, version.clone());
+        let start = self.start_of(d);
         let opened = ApprovalOpened {
             approval_id: id.clone(),
             profile: d.profile.clone(),
             version,
-            level: d.level.clone(),
+            level: start.level.clone(),
             reason: start.reason.clone(),
             explanation: start.explanation.clone(),
             firing: start.firing.clone(),
@@ -499,7 +514,7 @@ impl Dispatcher {
         let mut vars = self.base_vars(&start);
         vars.insert("approval_id".into(), id);
         vars.insert("expires_in".into(), human(self.acting.policy.approval_timeout));
-        let consider: Vec<Step> = self.steps_of(&d.profile, "consider", d.level.as_deref());
+        let consider: Vec<Step> = self.steps_of(&d.profile, "consider", start.level.as_deref());
         let announced = consider.iter().any(|s| matches!(s, Step::Announce { .. }));
         for step in consider {
             if let Step::Announce { template, .. } = step {
