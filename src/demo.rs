@@ -237,17 +237,7 @@ url = "http://{sim_addr}/health/ready"
     writeln!(out, "journal: {}", journal.display())?;
     if let Ok(entries) = crate::act::history::read(&journal) {
         for e in entries {
-            writeln!(
-                out,
-                "history: {} {} {} → {}, {} in {}: {}",
-                e.id,
-                e.profile,
-                e.version_from.as_deref().unwrap_or("?"),
-                e.version_to.as_deref().unwrap_or("?"),
-                e.result,
-                e.duration.as_deref().unwrap_or("?"),
-                e.reason
-            )?;
+            writeln!(out, "history: {}", e.summary())?;
             for step in &e.steps {
                 writeln!(out, "  step {step}")?;
             }

@@ -42,3 +42,15 @@ pub mod source;
 pub mod status;
 pub mod time;
 pub mod window;
+
+/// An error with its causes on one line (`a: b: c`), for logs and journal lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

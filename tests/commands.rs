@@ -7,33 +7,10 @@ mod common;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use rollwatch::journal::Journal;
-use rollwatch::time::Stopwatch;
 use serde_json::Value;
 
 const TOKEN: &str = "approve-token-for-tests";
-
-const PROFILE: &str = r#"
-[[rule]]
-name = "down"
-when = 'up("api") == 0'
-
-[[decide]]
-ask = "Is system down?"
-if = 'firing("down")'
-then = "rollback"
-
-[[procedure.rollback]]
-announce = "rollback_in_progress"
-
-[[procedure.rollback]]
-run = "undo"
-
-[[procedure.rollback]]
-announce = "rollback_complete"
-"#;
 
 /// Runs the binary with the API token set (or not); returns (code, stdout + stderr).
 fn cli(args: &[&str], token: bool) -> (i32, String) {
@@ -51,18 +28,6 @@ fn cli(args: &[&str], token: bool) -> (i32, String) {
     )
 }
 
-async fn until(journal: &std::path::Path, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let waiting = Stopwatch::start();
-    loop {
-        let events = Journal::read_back(journal).unwrap_or_default();
-        if ready(&events) {
-            return events;
-        }
-        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_pause_silence_history_and_annotate() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +40,7 @@ async fn approve_pause_silence_history_and_annotate() {
     .await;
     let version = common::serve_http(|_| ("200 OK", r#"{"version":"v2"}"#.into())).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let profile = common::write(dir.path(), "profile.toml", PROFILE);
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
     let marker = dir.path().join("undone");
     let config = common::write(
         dir.path(),
@@ -123,7 +88,8 @@ argv = ["/usr/bin/touch", {marker:?}]
         .spawn()
         .unwrap();
 
-    let events = until(&journal, "an approval", |e| e.iter().any(|e| e["event"] == "approval_opened")).await;
+    let events =
+        common::wait_for_journal(&journal, "an approval", |e| e.iter().any(|e| e["event"] == "approval_opened")).await;
     let id =
         events.iter().find(|e| e["event"] == "approval_opened").unwrap()["approval_id"].as_str().unwrap().to_string();
     // The open approval shows on /status and /metrics.
@@ -162,18 +128,20 @@ argv = ["/usr/bin/touch", {marker:?}]
     let (code, out) = run(&["approve", "-c", c, &id]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("approval {id} granted: rollback rb-")), "{out}");
-    until(&journal, "the undo step", |e| e.iter().any(|e| e["event"] == "step_finished")).await;
+    common::wait_for_journal(&journal, "the undo step", |e| e.iter().any(|e| e["event"] == "step_finished")).await;
     assert!(marker.exists());
     healthy.store(true, Ordering::SeqCst);
-    until(&journal, "the rollback to verify", |e| e.iter().any(|e| e["event"] == "rollback_finished")).await;
-    let kill = Command::new("kill").args(["-TERM", &sidecar.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    assert!(sidecar.wait().unwrap().success());
+    common::wait_for_journal(&journal, "the rollback to verify", |e| {
+        e.iter().any(|e| e["event"] == "rollback_finished")
+    })
+    .await;
+    common::sigterm(&mut sidecar);
 
     let (code, out) = run(&["history", "-c", c]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("profile  v2 → v2  completed"), "{out}");
-    assert!(out.contains("reason: Is system down (down = 0)"), "{out}");
+    assert!(out.contains(" profile v2 → v2, completed in "), "{out}");
+    assert!(out.contains(": Is system down (down = 0)"), "{out}");
+    assert!(out.contains("step 2 run undo: ok, exit status 0"), "{out}");
     let rb = out.split_whitespace().next().unwrap().to_string();
     let (code, out) = run(&["annotate", "-c", c, "rb-404", "--root-cause", "x"]);
     assert_eq!(code, 1);

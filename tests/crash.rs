@@ -16,29 +16,6 @@ use rollwatch::journal::Journal;
 use rollwatch::time::Stopwatch;
 use serde_json::Value;
 
-const PROFILE: &str = r#"
-[[rule]]
-name = "down"
-when = 'up("api") == 0'
-
-[[decide]]
-ask = "Is system down?"
-if = 'firing("down")'
-then = "rollback"
-
-[[procedure.rollback]]
-announce = "rollback_in_progress"
-
-[[procedure.rollback]]
-run = "step1"
-
-[[procedure.rollback]]
-run = "step2"
-
-[[procedure.rollback]]
-announce = "rollback_complete"
-"#;
-
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -59,7 +36,7 @@ impl Setup {
         })
         .await;
         let version = common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.to_string())).await;
-        let profile = common::write(dir.path(), "profile.toml", PROFILE);
+        let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["step1", "step2"]));
         let log = dir.path().join("steps.log");
         // Each step logs its start, works for a while, logs its end.
         let step = |name: &str| {
@@ -149,12 +126,6 @@ fn sigkill(child: &mut Child) {
     child.wait().unwrap();
 }
 
-fn sigterm(child: &mut Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
-    child.wait().unwrap();
-}
-
 /// Restarts after a crash and waits until the restored dispatcher has held the still-standing
 /// rollback decision back; then stops and checks what every scenario must hold.
 async fn restart_and_check(s: &Setup, interrupted: bool) {
@@ -166,7 +137,7 @@ async fn restart_and_check(s: &Setup, interrupted: bool) {
         s.count("started") > before && events[restart..].iter().any(|e| e["event"] == "suppressed")
     })
     .await;
-    sigterm(&mut again);
+    common::sigterm(&mut again);
     let steps = s.steps();
     for step in ["start step1", "start step2"] {
         assert!(steps.iter().filter(|l| *l == step).count() <= 1, "{step} ran twice: {steps:?}");

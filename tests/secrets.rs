@@ -9,10 +9,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use rollwatch::journal::Journal;
-use rollwatch::time::Stopwatch;
 
 const SECRETS: &[(&str, &str)] = &[
     ("RW_API_TOKEN", "api-token-S3CRET-1"),
@@ -22,23 +18,6 @@ const SECRETS: &[(&str, &str)] = &[
     ("RW_SMTP_PASSWORD", "smtp-password-S3CRET-5"),
     ("RW_ACTION_TOKEN", "action-token-S3CRET-6"),
 ];
-
-const PROFILE: &str = r#"
-[[rule]]
-name = "down"
-when = 'up("api") == 0'
-
-[[decide]]
-ask = "Is system down?"
-if = 'firing("down")'
-then = "rollback"
-
-[[procedure.rollback]]
-announce = "rollback_in_progress"
-
-[[procedure.rollback]]
-run = "undo"
-"#;
 
 fn assert_clean(what: &str, text: &str) {
     for (var, value) in SECRETS {
@@ -62,7 +41,7 @@ async fn no_secret_reaches_logs_status_metrics_journal_or_errors() {
     let slack = common::serve_http(|_| ("200 OK", r#"{"ok":false,"error":"invalid_auth"}"#.into())).await;
     let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let profile = common::write(dir.path(), "profile.toml", PROFILE);
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
     let config = common::write(
         dir.path(),
         "rollwatch.toml",
@@ -127,18 +106,13 @@ bearer_token_env = "RW_ACTION_TOKEN"
         .spawn()
         .unwrap();
     let journal = dir.path().join("state").join("journal.jsonl");
-    let waiting = Stopwatch::start();
-    loop {
-        let events = Journal::read_back(&journal).unwrap_or_default();
+    common::wait_for_journal(&journal, "the rollback and every notification to fail", |events| {
         let failed: Vec<&str> =
             events.iter().filter(|e| e["event"] == "notify_failed").filter_map(|e| e["channel"].as_str()).collect();
         let escalated = events.iter().any(|e| e["event"] == "escalation");
-        if escalated && ["slack", "hook", "mail"].iter().all(|c| failed.iter().filter(|f| *f == c).count() >= 2) {
-            break;
-        }
-        assert!(waiting.elapsed_secs() < 60.0, "the rollback and its notifications did not all fail: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        escalated && ["slack", "hook", "mail"].iter().all(|c| failed.iter().filter(|f| *f == c).count() >= 2)
+    })
+    .await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let api = format!("http://127.0.0.1:{api_port}");
@@ -157,9 +131,7 @@ bearer_token_env = "RW_ACTION_TOKEN"
     assert!(!body.contains("not-it"), "{body}");
     let paused = client.post(format!("{api}/pause?for=1m")).bearer_auth(token).send().await.unwrap();
     assert_eq!(paused.status(), 200);
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    assert!(child.wait().unwrap().success());
+    common::sigterm(&mut child);
 
     let journal_text = std::fs::read_to_string(&journal).unwrap();
     assert!(journal_text.contains("notify_failed") && journal_text.contains("HTTP 403"), "{journal_text}");

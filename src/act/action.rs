@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::template::{Escape, TemplateError, Vars, render};
+use crate::error_chain;
 use crate::source::Secret;
 use crate::time::{Span, Stopwatch};
 
@@ -242,18 +243,6 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<String, reqwest::Err
         }
     }
     Ok(String::from_utf8_lossy(&kept).into_owned())
-}
-
-/// An error with its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

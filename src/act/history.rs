@@ -31,6 +31,22 @@ pub struct Entry {
     pub error: Option<String>,
 }
 
+impl Entry {
+    /// One line for people: `rb-1 api v1.2.4 → v1.2.3, completed in 2m 5s: Is error rate > 5% (…)`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} {} → {}, {} in {}: {}",
+            self.id,
+            self.profile,
+            self.version_from.as_deref().unwrap_or("?"),
+            self.version_to.as_deref().unwrap_or("?"),
+            self.result,
+            self.duration.as_deref().unwrap_or("-"),
+            self.reason
+        )
+    }
+}
+
 /// The history in the journal at `path`, oldest first.
 pub fn read(path: &Path) -> Result<Vec<Entry>, JournalError> {
     let lines = Journal::read_back(path)?;

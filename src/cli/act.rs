@@ -136,19 +136,12 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
         writeln!(out, "no rollbacks in {}", config.state_dir.join("journal.jsonl").display())?;
     }
     for e in entries {
-        writeln!(
-            out,
-            "{}  {}  {}  {} → {}  {}  {}\n    reason: {}\n    root cause: {}",
-            e.id,
-            e.date,
-            e.profile,
-            e.version_from.as_deref().unwrap_or("?"),
-            e.version_to.as_deref().unwrap_or("?"),
-            e.result,
-            e.duration.as_deref().unwrap_or("-"),
-            e.reason,
-            e.root_cause.as_deref().unwrap_or("(not recorded: rollwatch annotate ID --root-cause \"...\")"),
-        )?;
+        writeln!(out, "{}  ({})", e.summary(), e.date)?;
+        let hint = "(not recorded: rollwatch annotate ID --root-cause \"...\")";
+        writeln!(out, "    root cause: {}", e.root_cause.as_deref().unwrap_or(hint))?;
+        for step in &e.steps {
+            writeln!(out, "    step {step}")?;
+        }
         if let Some(err) = &e.error {
             writeln!(out, "    error: {err}")?;
         }

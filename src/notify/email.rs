@@ -89,7 +89,7 @@ impl EmailChannel {
             Err(e) if e.is_permanent() => {
                 Err(SendFailure { message: format!("SMTP: {e}"), retry_after: None, permanent: true })
             }
-            Err(e) => Err(SendFailure::transient(format!("SMTP: {}", crate::act::action::error_chain(&e)))),
+            Err(e) => Err(SendFailure::transient(format!("SMTP: {}", crate::error_chain(&e)))),
         }
     }
 }

@@ -295,7 +295,7 @@ async fn send_once(
             if let Some(token) = bearer {
                 req = req.bearer_auth(&token.0);
             }
-            let resp = req.send().await.map_err(|e| SendFailure::transient(crate::act::action::error_chain(&e)))?;
+            let resp = req.send().await.map_err(|e| SendFailure::transient(crate::error_chain(&e)))?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(());

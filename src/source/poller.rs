@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::{Auth, Observation, SourceError, Target, TargetKind, exposition, health};
+use crate::error_chain;
 use crate::selector::SeriesKey;
 use crate::time::{Clock, Span, Stopwatch};
 
@@ -161,17 +162,6 @@ fn classify(e: reqwest::Error) -> SourceError {
     } else {
         SourceError::Http(error_chain(&e))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Reads the body, stopping (with an error) past `max` bytes: nothing larger is buffered.

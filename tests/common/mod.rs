@@ -102,3 +102,40 @@ pub async fn counters_service(permille: Arc<AtomicU64>, per_tick: f64, every: Du
     .await;
     format!("http://{addr}/metrics")
 }
+
+/// A profile that rolls back while the health target `api` is down, with a procedure that
+/// announces, runs `runs` in order, and announces completion.
+pub fn down_profile(runs: &[&str]) -> String {
+    let mut text = String::from(
+        "[[rule]]\nname = \"down\"\nwhen = 'up(\"api\") == 0'\n\n[[decide]]\nask = \"Is system down?\"\nif = 'firing(\"down\")'\nthen = \"rollback\"\n\n[[procedure.rollback]]\nannounce = \"rollback_in_progress\"\n",
+    );
+    for run in runs {
+        text.push_str(&format!("\n[[procedure.rollback]]\nrun = \"{run}\"\n"));
+    }
+    text.push_str("\n[[procedure.rollback]]\nannounce = \"rollback_complete\"\n");
+    text
+}
+
+/// Reads the journal at `path` every 20 ms until `ready` holds for its events (at most 30 s).
+pub async fn wait_for_journal(
+    path: &Path,
+    what: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let waiting = rollwatch::time::Stopwatch::start();
+    loop {
+        let events = rollwatch::journal::Journal::read_back(path).unwrap_or_default();
+        if ready(&events) {
+            return events;
+        }
+        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops a running sidecar with SIGTERM and checks that it exits 0.
+pub fn sigterm(child: &mut std::process::Child) {
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success(), "the sidecar did not stop cleanly");
+}
