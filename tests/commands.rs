@@ -5,8 +5,7 @@
 mod common;
 
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
@@ -31,53 +30,17 @@ fn cli(args: &[&str], token: bool) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_pause_silence_history_and_annotate() {
     let dir = tempfile::tempdir().unwrap();
-    let healthy = Arc::new(AtomicBool::new(false));
-    let h = healthy.clone();
-    let health = common::serve_http(move |_| match h.load(Ordering::SeqCst) {
-        true => ("200 OK", r#"{"version":"v2"}"#.into()),
-        false => ("503 Service Unavailable", "down".into()),
-    })
-    .await;
-    let version = common::serve_http(|_| ("200 OK", r#"{"version":"v2"}"#.into())).await;
+    let deployment = common::DownDeployment::start().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
     let marker = dir.path().join("undone");
-    let config = common::write(
-        dir.path(),
-        "rollwatch.toml",
-        format!(
-            r#"profiles = [{profile:?}]
-state_dir = {state:?}
-listen = "127.0.0.1:{port}"
-api_token_env = "RW_TOKEN"
-eval_interval = "200ms"
-version = {{ target = "app", field = "version" }}
-
-[[target]]
-name = "api"
-kind = "health"
-url = "http://{health}/health"
-interval = "200ms"
-
-[[target]]
-name = "app"
-kind = "health"
-url = "http://{version}/version"
-interval = "200ms"
-
-[policy]
-mode = "approve"
-verify_for = "30s"
-
-[actions.undo]
-kind = "exec"
-argv = ["/usr/bin/touch", {marker:?}]
-"#,
-            profile = profile.display().to_string(),
-            state = dir.path().join("state").display().to_string(),
-            marker = marker.display().to_string(),
-        ),
+    let head = deployment.config_head(&profile, &dir.path().join("state"), &format!("127.0.0.1:{port}"));
+    let acting = format!(
+        "\n[policy]\nmode = \"approve\"\nverify_for = \"30s\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
+        marker.display().to_string()
     );
+    // Top-level keys come before the head's [[target]] tables.
+    let config = common::write(dir.path(), "rollwatch.toml", format!("api_token_env = \"RW_TOKEN\"\n{head}{acting}"));
     let config = config.display().to_string();
     let journal = dir.path().join("state").join("journal.jsonl");
     let mut sidecar: Child = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
@@ -130,7 +93,7 @@ argv = ["/usr/bin/touch", {marker:?}]
     assert!(out.contains(&format!("approval {id} granted: rollback rb-")), "{out}");
     common::wait_for_journal(&journal, "the undo step", |e| e.iter().any(|e| e["event"] == "step_finished")).await;
     assert!(marker.exists());
-    healthy.store(true, Ordering::SeqCst);
+    deployment.healthy.store(true, Ordering::SeqCst);
     common::wait_for_journal(&journal, "the rollback to verify", |e| {
         e.iter().any(|e| e["event"] == "rollback_finished")
     })

@@ -26,16 +26,8 @@ struct Setup {
 impl Setup {
     async fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        // The service is down from the start: the rollback decision comes at once. Its version
-        // is read from a second endpoint that stays up.
-        let healthy = Arc::new(AtomicBool::new(false));
-        let h = healthy.clone();
-        let health = common::serve_http(move |_| match h.load(Ordering::SeqCst) {
-            true => ("200 OK", "ok".to_string()),
-            false => ("503 Service Unavailable", "down".to_string()),
-        })
-        .await;
-        let version = common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.to_string())).await;
+        // The service is down from the start: the rollback decision comes at once.
+        let deployment = common::DownDeployment::start().await;
         let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["step1", "step2"]));
         let log = dir.path().join("steps.log");
         // Each step logs its start, works for a while, logs its end.
@@ -44,40 +36,14 @@ impl Setup {
                 "[actions.{name}]\nkind = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"echo \\\"start $1\\\" >> \\\"$2\\\"; sleep 1.5; echo \\\"end $1\\\" >> \\\"$2\\\"\", \"sh\", \"{name}\", {log:?}]\ntimeout = \"20s\"\n"
             )
         };
+        let head = deployment.config_head(&profile, &dir.path().join("state"), "127.0.0.1:0");
         let text = format!(
-            r#"profiles = [{profile:?}]
-state_dir = {state:?}
-listen = "127.0.0.1:0"
-eval_interval = "200ms"
-version = {{ target = "app", field = "version" }}
-
-[[target]]
-name = "api"
-kind = "health"
-url = "http://{health}/health"
-interval = "200ms"
-
-[[target]]
-name = "app"
-kind = "health"
-url = "http://{version}/version"
-interval = "200ms"
-
-[policy]
-verify_for = "30s"
-
-[channels.console]
-kind = "console"
-
-{step1}
-{step2}"#,
-            profile = profile.display().to_string(),
-            state = dir.path().join("state").display().to_string(),
-            step1 = step("step1"),
-            step2 = step("step2"),
+            "{head}\n[policy]\nverify_for = \"30s\"\n\n[channels.console]\nkind = \"console\"\n\n{}\n{}",
+            step("step1"),
+            step("step2")
         );
         let config = common::write(dir.path(), "rollwatch.toml", text);
-        Setup { dir, config, healthy }
+        Setup { dir, config, healthy: deployment.healthy }
     }
 
     fn journal(&self) -> PathBuf {

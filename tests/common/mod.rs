@@ -139,3 +139,55 @@ pub fn sigterm(child: &mut std::process::Child) {
     assert!(kill.success());
     assert!(child.wait().unwrap().success(), "the sidecar did not stop cleanly");
 }
+
+/// A deployment whose health endpoint (`api`) is up only while `healthy` is set, with its version
+/// `v2` served by a second endpoint (`app`) that stays up.
+pub struct DownDeployment {
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    health: String,
+    version: String,
+}
+
+impl DownDeployment {
+    /// Starts both endpoints, unhealthy.
+    pub async fn start() -> DownDeployment {
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = healthy.clone();
+        let health = serve_http(move |_| match h.load(Ordering::SeqCst) {
+            true => ("200 OK", "ok".into()),
+            false => ("503 Service Unavailable", "down".into()),
+        })
+        .await;
+        let version = serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.into())).await;
+        DownDeployment { healthy, health, version }
+    }
+
+    /// A config's head: the profile, state dir, listen address, 200 ms evaluation, both targets
+    /// polled every 200 ms and the version read from `app`. Append `[policy]`, channels, actions.
+    pub fn config_head(&self, profile: &Path, state: &Path, listen: &str) -> String {
+        format!(
+            r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "{listen}"
+eval_interval = "200ms"
+version = {{ target = "app", field = "version" }}
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{health}/health"
+interval = "200ms"
+
+[[target]]
+name = "app"
+kind = "health"
+url = "http://{version}/version"
+interval = "200ms"
+"#,
+            profile = profile.display().to_string(),
+            state = state.display().to_string(),
+            health = self.health,
+            version = self.version,
+        )
+    }
+}
