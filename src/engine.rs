@@ -34,6 +34,9 @@ pub enum EngineError {
     Config(crate::config::Diagnostics),
 }
 
+/// How long a stop waits for a running rollback's steps (Kubernetes' default grace is 30 s).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Where secrets come from: the process environment in production, a map in tests.
 pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -236,6 +239,13 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 }
             }
             _ = shutdown.changed() => break,
+        }
+    }
+    if dispatcher.steps_running() {
+        // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
+        if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, procedures.recv()).await {
+            dispatcher.on_done(done)?;
         }
     }
     let _ = stop_pollers.send(true);

@@ -191,3 +191,19 @@ async fn killed_after_the_rollback_completed_and_the_issue_came_back() {
     restart_and_check(&s, false).await;
     assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2", "end step2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_step_lets_the_steps_finish_first() {
+    let s = Setup::new().await;
+    let mut first = s.start();
+    s.until("step 1 to start", |s| has(s, "start step1")).await;
+    common::sigterm(&mut first);
+    // Both steps ran to their end before the process exited (it waits for the procedure).
+    assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2", "end step2"]);
+    assert_eq!(s.count("step_finished"), 2);
+    let stderr = std::fs::read_to_string(s.dir.path().join("stderr-0")).unwrap();
+    assert!(stderr.contains("waiting for the running rollback's steps first"), "{stderr}");
+    // Verification was cut short: the next start reports it, and runs nothing again.
+    restart_and_check(&s, true).await;
+    assert_eq!(s.steps().len(), 4);
+}

@@ -170,7 +170,8 @@ impl ActionKind {
     }
 }
 
-/// Runs `argv` with no shell; kills the child (and drops its pipes) at `timeout`.
+/// Runs `argv` with no shell, in its own process group; at `timeout` kills the whole group
+/// (what the program started too) and drops its pipes.
 async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, watch: Stopwatch) -> ActionResult {
     let Some((program, args)) = argv.split_first() else {
         return ActionResult::failed("empty argv", watch);
@@ -181,6 +182,7 @@ async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, wa
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
     {
@@ -212,6 +214,16 @@ async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, wa
             }
         }
         Err(_) => {
+            // The group's id is the child's pid. `kill(1)` reaches the group without unsafe code;
+            // the child itself is killed directly either way.
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
             let _ = child.kill().await;
             ActionResult::failed(format!("timed out after {timeout}; killed"), watch)
         }
@@ -285,6 +297,20 @@ mod tests {
         assert!(!r.ok);
         assert!(r.detail.starts_with("timed out after 200ms"), "{}", r.detail);
         assert!(watch.elapsed() < Span::from_secs(10), "not killed: {}", watch.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_timeout_kills_what_the_program_started_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let r = exec_action(&["/bin/sh", "-c", &script], 300).run(&Vars::new(), &client()).await;
+        assert!(r.detail.starts_with("timed out"), "{r:?}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        // Gone, or a zombie waiting for its reaper: not running either way.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = state.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+        assert!(!running, "the grandchild sleep {pid} survived: {state}");
     }
 
     #[tokio::test]

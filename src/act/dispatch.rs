@@ -202,6 +202,11 @@ impl Dispatcher {
         self.notifier = notifier;
     }
 
+    /// Whether a rollback's steps are running now (not yet verifying).
+    pub fn steps_running(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.phase == "steps")
+    }
+
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
     }
