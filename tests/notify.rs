@@ -75,7 +75,7 @@ fn channel(name: &str, kind: ChannelKind, fallback: Option<&str>, attempts: u32)
 }
 
 #[tokio::test]
-async fn slack_gets_the_post_after_honouring_retry_after() {
+async fn slack_gets_the_post_after_honouring_retry_after_and_threads_an_incident() {
     let seen: Shared = Arc::default();
     let url = serve(Router::new().route("/api/chat.postMessage", post(slack_api)).with_state(seen.clone())).await;
     let slack =
@@ -86,8 +86,15 @@ async fn slack_gets_the_post_after_honouring_retry_after() {
     vars.insert("rollback_id".into(), "rb-7".into());
     let delivery = n.send("incident", "rollback_in_progress", &vars).await.unwrap();
     assert_eq!(delivery.attempts, 2);
+    // The same rollback's next message replies in its thread; another rollback's does not.
+    n.send("incident", "rollback_complete", &vars).await.unwrap();
+    vars.insert("rollback_id".into(), "rb-8".into());
+    n.send("incident", "rollback_in_progress", &vars).await.unwrap();
     let s = seen.lock().unwrap();
-    assert_eq!(s.requests.len(), 2);
+    assert_eq!(s.requests.len(), 4);
+    assert!(!s.requests[1].1.contains("thread_ts"), "{}", s.requests[1].1);
+    assert!(s.requests[2].1.contains("\"thread_ts\":\"1700000000.000100\""), "{}", s.requests[2].1);
+    assert!(!s.requests[3].1.contains("thread_ts"), "{}", s.requests[3].1);
     // The backoff is 10 ms: only the server's Retry-After explains a wait of a second.
     let waited = s.requests[0].2.elapsed_secs() - s.requests[1].2.elapsed_secs();
     assert!(waited >= 0.95, "waited {waited}s");

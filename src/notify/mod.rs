@@ -2,6 +2,8 @@
 //! [`Notifier`] that delivers them — one queue and worker per channel so messages of an incident
 //! keep their order and never block an action, retries with exponential backoff (a Slack 429's
 //! `Retry-After` wins), a fallback channel when one keeps failing, and every result journalled.
+//! On Slack, one incident is one thread: later messages about the same approval or rollback
+//! reply under the first.
 
 pub mod email;
 pub mod slack;
@@ -111,6 +113,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     pending: AtomicUsize,
     idle: Notify,
+    /// Slack threads: (channel, incident) → the `ts` of the incident's first message.
+    threads: std::sync::Mutex<BTreeMap<(String, String), String>>,
 }
 
 /// Delivers templates to channels; cheap to clone.
@@ -145,6 +149,7 @@ impl Notifier {
             clock,
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
+            threads: std::sync::Mutex::default(),
         });
         let mut queues = BTreeMap::new();
         for name in inner.channels.keys() {
@@ -272,6 +277,12 @@ async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Va
     Err(NotifyError::Failed { channel: channel.name.clone(), attempts, message: last.message })
 }
 
+/// What a message is about: the approval that started it, else the rollback (their messages
+/// form one thread).
+fn incident(vars: &Vars) -> Option<&str> {
+    ["approval_id", "rollback_id"].iter().filter_map(|k| vars.get(*k)).map(String::as_str).find(|v| *v != "unknown")
+}
+
 async fn send_once(
     inner: &Inner,
     channel: &Channel,
@@ -309,7 +320,17 @@ async fn send_once(
             let permanent = status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408;
             Err(SendFailure { message: format!("HTTP {}", status.as_u16()), retry_after, permanent })
         }
-        ChannelKind::Slack(s) => s.post(text, ATTEMPT_TIMEOUT).await,
+        ChannelKind::Slack(s) => {
+            let key = incident(vars).map(|i| (channel.name.clone(), i.to_string()));
+            let thread = key.as_ref().and_then(|k| inner.threads.lock().ok().and_then(|t| t.get(k).cloned()));
+            let ts = s.post(text, thread.as_deref(), ATTEMPT_TIMEOUT).await?;
+            if let (Some(k), None) = (key, thread)
+                && let Ok(mut t) = inner.threads.lock()
+            {
+                t.insert(k, ts);
+            }
+            Ok(())
+        }
         ChannelKind::Email(e) => e.send(text).await,
     }
 }

@@ -50,16 +50,18 @@ impl SlackChannel {
         Ok(SlackChannel { channel, token, client })
     }
 
-    /// Posts `text` (already escaped for Slack) once.
-    pub async fn post(&self, text: &str, timeout: Duration) -> Result<(), SendFailure> {
+    /// Posts `text` (already escaped for Slack) once, as a reply in `thread` when given;
+    /// returns the message's `ts` (what later replies thread under).
+    pub async fn post(&self, text: &str, thread: Option<&str>, timeout: Duration) -> Result<String, SendFailure> {
         let session = self.client.open_session(&self.token);
-        let req = SlackApiChatPostMessageRequest::new(
+        let mut req = SlackApiChatPostMessageRequest::new(
             self.channel.clone().into(),
             SlackMessageContent::new().with_text(text.to_string()),
         );
+        req.thread_ts = thread.map(|t| SlackTs(t.to_string()));
         match tokio::time::timeout(timeout, session.chat_post_message(&req)).await {
             Err(_) => Err(SendFailure::transient(format!("no answer from Slack within {timeout:?}"))),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(reply)) => Ok(reply.ts.0),
             Ok(Err(SlackClientError::RateLimitError(e))) => {
                 Err(SendFailure { message: "rate limited (429)".into(), retry_after: e.retry_after, permanent: false })
             }
