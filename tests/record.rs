@@ -1,5 +1,6 @@
 //! `rollwatch record` records a live run — a loopback service whose error rate jumps to 20% —
 //! and the recording, replayed by `rollwatch test`, reaches the same rule states and decisions.
+//! Recording never acts.
 
 mod common;
 
@@ -55,4 +56,8 @@ async fn a_recorded_run_replays_to_the_same_decisions() {
     let (code, out, err) = rollwatch(&["test", &fixture.display().to_string()]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\nfixture:\n{text}");
     assert!(out.ends_with("1 passed, 0 failed\n"), "{out}");
+    // Recording watches and never acts: the rollback decision is journalled as a dry run.
+    let journal = rollwatch::journal::Journal::read_back(&dir.path().join("state").join("journal.jsonl")).unwrap();
+    assert!(journal.iter().any(|e| e["event"] == "dry_run" && e["outcome"] == "rollback"), "{journal:#?}");
+    assert!(!journal.iter().any(|e| e["event"] == "rollback_started"), "{journal:#?}");
 }

@@ -1,7 +1,8 @@
 //! `rollwatch run -c FILE`: the sidecar. Loads and checks the config, reads target secrets from
 //! the environment, runs the engine until SIGTERM or SIGINT, then exits 0 with the journal
 //! flushed. SIGHUP reloads the config (a bad one is reported and the old kept).
-//! `rollwatch record` runs the same sidecar for a set time and writes what it saw as a fixture.
+//! `rollwatch record` runs the same sidecar for a set time, in dry-run mode, and writes what it
+//! saw as a fixture.
 
 use std::io::Write;
 use std::path::Path;
@@ -29,13 +30,17 @@ pub fn record(path: &Path, duration: Span, output: &Path, out: &mut dyn Write) -
 }
 
 fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (config, ev) = match Config::load(path) {
+    let (mut config, ev) = match Config::load(path) {
         Ok(loaded) => loaded,
         Err(errors) => {
             writeln!(out, "{errors}")?;
             return Ok(ExitCode::FAILURE);
         }
     };
+    if record.is_some() {
+        // Recording watches; the deployment's own sidecar acts. Decisions are journalled as dry runs.
+        config.acting.policy.mode = crate::act::Mode::DryRun;
+    }
     let targets = match config.targets(|var| std::env::var(var).ok()) {
         Ok(t) => t,
         Err(errors) => {
