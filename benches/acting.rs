@@ -1,0 +1,80 @@
+//! Speed of the acting path, measured (figures in README.md, "Performance"):
+//! - one journal line appended and fsynced (what every step, decision and notification costs
+//!   before it counts as done), on the disk `TMPDIR` is on;
+//! - the dispatcher's share of a tick when nothing is to be done (5 profiles deciding `monitor`);
+//! - rendering the "ROLLBACK IN PROGRESS" template with Slack escaping.
+//!
+//! Run: `cargo bench --bench acting`.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rollwatch::act::{Acting, Dispatcher, Plan, Policy};
+use rollwatch::journal::{Journal, SharedJournal};
+use rollwatch::notify::{Console, Notifier, Templates, templates::blank_vars};
+use rollwatch::rules::{Decision, Outcome};
+use rollwatch::time::{SystemClock, Timestamp};
+
+fn journal(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(dir.path()).unwrap();
+    let event = serde_json::json!({"rollback_id": "rb-1", "step": 2, "action": "undo", "role": "run"});
+    c.bench_function("journal append + fsync", |b| {
+        b.iter(|| j.append(Timestamp(1), "step_started", black_box(&event)).unwrap())
+    });
+}
+
+fn dispatcher(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedJournal::new(Journal::open(dir.path()).unwrap());
+    let clock = Arc::new(SystemClock);
+    let client = reqwest::Client::new();
+    let notifier = Notifier::start(vec![], Templates::default(), client.clone(), Console::Stdout, None, clock.clone());
+    let names = ["solvereign", "mdm", "piforge", "mycelia", "mace"];
+    let plans = names
+        .iter()
+        .map(|p| {
+            let rules = (0..10).map(|i| format!("{p}-rule-{i}")).collect();
+            (
+                p.to_string(),
+                Plan { procedures: BTreeMap::new(), consider_auto_after: None, rules, labels: BTreeMap::new() },
+            )
+        })
+        .collect();
+    let acting = Acting { policy: Policy::default(), actions: Arc::new(BTreeMap::new()), plans };
+    let (mut d, _done) = Dispatcher::new(acting, notifier, shared, client, clock, &[]).unwrap();
+    let decisions: Vec<Decision> = names
+        .iter()
+        .map(|p| Decision {
+            at: Timestamp(1),
+            profile: p.to_string(),
+            outcome: Outcome::Monitor,
+            level: None,
+            path: vec![],
+            by_default: true,
+            firing: vec![],
+            unknown: vec![],
+        })
+        .collect();
+    d.on_tick(Timestamp(1), &decisions, Some("v1")).unwrap();
+    c.bench_function("dispatcher tick, 5 profiles, nothing to do", |b| {
+        b.iter(|| d.on_tick(Timestamp(2), black_box(&decisions), Some("v1")).unwrap())
+    });
+}
+
+fn template(c: &mut Criterion) {
+    let t = Templates::default();
+    let mut vars = blank_vars();
+    vars.insert("reason".into(), "Is error rate > 5% (error-rate-critical = 0.0812) <@here> & co".into());
+    c.bench_function("render rollback_in_progress for Slack", |b| {
+        b.iter(|| t.render("rollback_in_progress", black_box(&vars), rollwatch::act::template::Escape::Slack).unwrap())
+    });
+}
+
+criterion_group!(benches, journal, dispatcher, template);
+criterion_main!(benches);
