@@ -663,3 +663,33 @@ async fn a_rule_can_choose_the_level_when_the_decision_does_not() {
     assert_eq!(h.runs()[2..], ["undo v3", "check", "full full"]);
     assert_eq!(h.events("rollback_started")[1]["level"], "full");
 }
+
+#[tokio::test]
+async fn a_triggering_rule_with_unknown_inputs_does_not_verify_a_rollback() {
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    let unseen = |h: &mut Harness| {
+        let d = Decision {
+            at: h.clock.now(),
+            profile: PROFILE.into(),
+            outcome: Outcome::Monitor,
+            level: None,
+            path: vec![],
+            by_default: true,
+            firing: vec![],
+            unknown: vec!["errors".into()],
+        };
+        h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
+    };
+    // Not firing, but not seen either: still verifying.
+    unseen(&mut h);
+    assert!(h.events("rollback_finished").is_empty());
+    h.advance(Span::from_secs(120));
+    unseen(&mut h);
+    let finished = &h.events("rollback_finished")[0];
+    assert_eq!(finished["result"], "unverified");
+    let e = &h.events("escalation")[0];
+    assert_eq!(e["severity"], "S2");
+    assert!(e["finding"].as_str().unwrap().contains("could not be verified: errors unknown for 2m"), "{e}");
+}

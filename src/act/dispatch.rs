@@ -286,14 +286,24 @@ impl Dispatcher {
         let Some(f) = &self.in_flight else { return Ok(()) };
         let Some(until) = f.verify_until else { return Ok(()) };
         let Some(d) = decisions.iter().find(|d| d.profile == f.profile) else { return Ok(()) };
-        let still: Vec<&str> =
-            d.firing.iter().map(|r| r.rule.as_str()).filter(|r| f.firing.iter().any(|t| t == r)).collect();
-        if still.is_empty() {
+        // Verified only when each triggering rule is known not to fire: a rule whose inputs
+        // are unknown (the service restarting, a target down) has not recovered, it is unseen.
+        let triggering = |r: &str| f.firing.iter().any(|t| t == r);
+        let still: Vec<&str> = d.firing.iter().map(|r| r.rule.as_str()).filter(|r| triggering(r)).collect();
+        let unseen: Vec<&str> =
+            d.unknown.iter().map(String::as_str).filter(|r| triggering(r) && !still.contains(r)).collect();
+        if still.is_empty() && unseen.is_empty() {
             return self.complete(now);
         }
         if now >= until {
-            let finding = format!("rollback succeeded but issue persists: {} still firing", still.join(", "));
-            return self.finish_unverified(now, finding);
+            let verify_for = self.acting.policy.verify_for;
+            return if still.is_empty() {
+                let finding = format!("rollback could not be verified: {} unknown for {verify_for}", unseen.join(", "));
+                self.finish_unverified(now, RollbackResult::Unverified, finding)
+            } else {
+                let finding = format!("rollback succeeded but issue persists: {} still firing", still.join(", "));
+                self.finish_unverified(now, RollbackResult::IssuePersists, finding)
+            };
         }
         Ok(())
     }
@@ -320,13 +330,18 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn finish_unverified(&mut self, now: Timestamp, finding: String) -> Result<(), JournalError> {
+    fn finish_unverified(
+        &mut self,
+        now: Timestamp,
+        result: RollbackResult,
+        finding: String,
+    ) -> Result<(), JournalError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
         f.vars.insert("duration".into(), human(duration));
         let finished = RollbackFinished {
             rollback_id: f.rollback_id.clone(),
-            result: RollbackResult::IssuePersists,
+            result,
             duration_ms: duration.0,
             version_to: self.state.version.clone(),
             error: Some(finding.clone()),

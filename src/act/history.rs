@@ -20,7 +20,7 @@ pub struct Entry {
     pub version_from: Option<String>,
     pub version_to: Option<String>,
     pub reason: String,
-    /// `completed`, `failed`, `issue_persists`, `interrupted`, or `in_flight`.
+    /// `completed`, `failed`, `issue_persists`, `unverified`, `interrupted`, or `in_flight`.
     pub result: String,
     pub duration_minutes: Option<f64>,
     /// The same for people: `2m 5s`.

@@ -19,6 +19,8 @@ pub enum RollbackResult {
     Failed,
     /// Steps succeeded but the rules kept firing past `verify_for` (S2).
     IssuePersists,
+    /// Steps succeeded but the rules' inputs stayed unknown past `verify_for` (S2).
+    Unverified,
     /// Found started but unfinished after a restart; never re-run (S1).
     Interrupted,
 }
@@ -29,6 +31,7 @@ impl std::fmt::Display for RollbackResult {
             RollbackResult::Completed => "completed",
             RollbackResult::Failed => "failed",
             RollbackResult::IssuePersists => "issue persists",
+            RollbackResult::Unverified => "unverified",
             RollbackResult::Interrupted => "interrupted",
         })
     }
