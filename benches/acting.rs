@@ -46,7 +46,8 @@ fn dispatcher(c: &mut Criterion) {
             )
         })
         .collect();
-    let acting = Acting { policy: Policy::default(), actions: Arc::new(BTreeMap::new()), plans };
+    let acting =
+        Acting { policy: Policy::default(), actions: Arc::new(BTreeMap::new()), plans, redactor: Default::default() };
     let (mut d, _done) = Dispatcher::new(acting, notifier, shared, client, clock, &[]).unwrap();
     let decisions: Vec<Decision> = names
         .iter()

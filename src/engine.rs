@@ -284,7 +284,9 @@ fn acting_parts(
         Some(journal.clone()),
         clock.clone(),
     );
-    let acting = Acting { policy: spec.policy.clone(), actions: Arc::new(actions), plans: Plan::from_evaluator(ev) };
+    let redactor = crate::source::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
+    let acting =
+        Acting { policy: spec.policy.clone(), actions: Arc::new(actions), plans: Plan::from_evaluator(ev), redactor };
     Ok((acting, notifier))
 }
 

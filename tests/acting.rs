@@ -184,6 +184,7 @@ fn start(
         policy: policy.clone(),
         actions: Arc::new(actions.clone()),
         plans: BTreeMap::from([(PROFILE.to_string(), plan.clone())]),
+        redactor: rollwatch::source::Redactor::new(["tok-S3CRET".to_string()]),
     };
     let (d, done) = Dispatcher::new(acting, notifier, journal, client, clock, &lines).unwrap();
     (d, done, console)
@@ -692,4 +693,18 @@ async fn a_triggering_rule_with_unknown_inputs_does_not_verify_a_rollback() {
     let e = &h.events("escalation")[0];
     assert_eq!(e["severity"], "S2");
     assert!(e["finding"].as_str().unwrap().contains("could not be verified: errors unknown for 2m"), "{e}");
+}
+
+#[tokio::test]
+async fn secrets_an_action_prints_are_masked_before_the_journal() {
+    let mut h = Harness::new(quick_policy());
+    let kind = sh("echo \"token=$1\"; echo \"bad $1\" >&2; exit 1", &["tok-S3CRET"]);
+    h.actions.insert("undo".into(), Action { name: "undo".into(), kind, timeout: Span::from_secs(10) });
+    h.restart();
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    h.steps_done().await;
+    let step = &h.events("step_finished")[0];
+    assert_eq!(step["output"], "token=***\nbad ***\n");
+    let text = std::fs::read_to_string(h.dir.path().join("journal.jsonl")).unwrap();
+    assert!(!text.contains("tok-S3CRET"), "{text}");
 }

@@ -41,7 +41,7 @@ async fn no_secret_reaches_logs_status_metrics_journal_or_errors() {
     let slack = common::serve_http(|_| ("200 OK", r#"{"ok":false,"error":"invalid_auth"}"#.into())).await;
     let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["leak", "undo"]));
     let config = common::write(
         dir.path(),
         "rollwatch.toml",
@@ -84,6 +84,11 @@ from = "rollwatch@example.com"
 to = ["oncall@example.com"]
 attempts = 2
 backoff = "10ms"
+
+# A careless script printing a token it was given.
+[actions.leak]
+kind = "exec"
+argv = ["/bin/sh", "-c", "echo \"using token $RW_ACTION_TOKEN\""]
 
 [actions.undo]
 kind = "http"
@@ -135,6 +140,7 @@ bearer_token_env = "RW_ACTION_TOKEN"
 
     let journal_text = std::fs::read_to_string(&journal).unwrap();
     assert!(journal_text.contains("notify_failed") && journal_text.contains("HTTP 403"), "{journal_text}");
+    assert!(journal_text.contains("using token ***"), "the script's output is journalled, masked: {journal_text}");
     assert_clean("the journal", &journal_text);
     let logs = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(logs.contains("notification failed") && logs.contains("step failed"), "{logs}");

@@ -58,6 +58,8 @@ pub struct Acting {
     pub policy: Policy,
     pub actions: Arc<BTreeMap<String, Action>>,
     pub plans: BTreeMap<String, Plan>,
+    /// Masks secret values in what actions print before it is journalled.
+    pub redactor: crate::source::Redactor,
 }
 
 /// A request from the API or the command line.
@@ -622,6 +624,7 @@ impl Dispatcher {
             steps: main,
             vars: vars.clone(),
             actions: self.acting.actions.clone(),
+            redactor: self.acting.redactor.clone(),
             notifier: self.notifier.clone(),
             journal: self.journal.clone(),
             client: self.client.clone(),

@@ -38,6 +38,8 @@ pub struct Procedure {
     pub steps: Vec<Step>,
     pub vars: Vars,
     pub actions: Arc<BTreeMap<String, Action>>,
+    /// Applied to each action's output and detail before they are journalled or logged.
+    pub redactor: crate::source::Redactor,
     pub notifier: Notifier,
     pub journal: SharedJournal,
     pub client: reqwest::Client,
@@ -89,7 +91,9 @@ impl Procedure {
         };
         self.journal.append(self.clock.now(), "step_started", &event).map_err(|e| fail(e.to_string()))?;
         tracing::info!(rollback = %self.rollback_id, step, action = name, role, "step started");
-        let result = action.run(&self.vars, &self.client).await;
+        let mut result = action.run(&self.vars, &self.client).await;
+        result.output = self.redactor.redact(&result.output);
+        result.detail = self.redactor.redact(&result.detail);
         event.ok = Some(result.ok);
         event.detail = Some(result.detail.clone());
         event.output = Some(result.output.clone());

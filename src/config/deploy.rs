@@ -189,6 +189,28 @@ impl Config {
 }
 
 impl Config {
+    /// Every environment variable this config reads a secret from.
+    pub fn secret_vars(&self) -> Vec<&str> {
+        let mut vars: Vec<&str> = self.api_token_env.iter().map(String::as_str).collect();
+        for t in &self.targets {
+            match &t.auth {
+                Some(AuthEnv::Bearer { token_env }) => vars.push(token_env),
+                Some(AuthEnv::Basic { password_env, .. }) => vars.push(password_env),
+                None => {}
+            }
+        }
+        vars.extend(self.acting.actions.values().filter_map(|(_, env)| env.as_deref()));
+        for c in &self.acting.channels {
+            match &c.kind {
+                super::acting::ChannelSpecKind::Webhook { token_env: Some(v), .. }
+                | super::acting::ChannelSpecKind::Slack { token_env: v, .. }
+                | super::acting::ChannelSpecKind::Email { password_env: Some(v), .. } => vars.push(v),
+                _ => {}
+            }
+        }
+        vars
+    }
+
     /// The targets the poller runs, secrets read through `env` (the process environment in
     /// production). A secret whose variable is unset is an error naming the target and variable
     /// — never the value.

@@ -37,6 +37,32 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Replaces every configured secret value in a text by `***`: applied to what rollwatch
+/// journals from outside (an action's output and detail), where a script may echo a token.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor(std::sync::Arc<Vec<String>>);
+
+impl Redactor {
+    /// Values shorter than 4 characters are not redacted (they would mangle ordinary text).
+    pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
+        let mut v: Vec<String> = values.into_iter().filter(|s| s.len() >= 4).collect();
+        // Longest first, so a secret containing another is replaced whole.
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        v.dedup();
+        Redactor(std::sync::Arc::new(v))
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in self.0.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
 /// How a target authenticates.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
