@@ -146,13 +146,16 @@ async fn a_failing_webhook_is_retried_then_the_fallback_channel_gets_the_message
     let dir = tempfile::tempdir().unwrap();
     let journal = SharedJournal::new(Journal::open(dir.path()).unwrap());
     let hook = ChannelKind::Webhook { url: format!("{url}/hook"), bearer: None };
-    let (n, mut console) = notifier(
-        vec![channel("hook", hook, Some("console"), 3), channel("console", ChannelKind::Console, None, 1)],
-        Some(journal),
-    );
+    let mut hook = channel("hook", hook, Some("console"), 3);
+    hook.backoff = Span(200);
+    let (n, mut console) = notifier(vec![hook, channel("console", ChannelKind::Console, None, 1)], Some(journal));
     let delivery = n.send("hook", "rollback_complete", &blank_vars()).await.unwrap();
     assert_eq!(delivery.channel, "console");
     assert_eq!(seen.lock().unwrap().requests.len(), 3, "three attempts at the webhook");
+    // Exponential backoff: 200 ms, then 400 ms.
+    let at: Vec<f64> = seen.lock().unwrap().requests.iter().map(|r| r.2.elapsed_secs()).collect();
+    let (first, second) = (at[0] - at[1], at[1] - at[2]);
+    assert!(first >= 0.19 && second >= 0.39 && second > first * 1.5, "gaps {first}s, {second}s");
     let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap().requests[0].1).unwrap();
     assert_eq!(body["template"], "rollback_complete");
     assert!(body["text"].as_str().unwrap().starts_with("✅ ROLLBACK COMPLETE"));
