@@ -1,8 +1,9 @@
 //! rollwatch against real peers, started by the test on free loopback ports: Debian's
 //! `prometheus` answers the `promql` source's queries about a loopback service it scrapes, and
 //! `prometheus-alertmanager`, fed by a real Prometheus alert rule, delivers its webhook to
-//! rollwatch's hook, which reaches a `rollback` decision. `scripts/test.sh` (the README's test
-//! command) installs both; without them these tests fail, saying so.
+//! rollwatch's hook, which reaches a `rollback` decision and runs the profile's procedure:
+//! Alertmanager webhooks in, rollback out. `scripts/test.sh` (the README's test command) installs
+//! both; without them these tests fail, saying so.
 
 mod common;
 
@@ -126,7 +127,7 @@ async fn promql_source_reads_a_real_prometheus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
+async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let rollwatch_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hooks/alertmanager", rollwatch_listener.local_addr().unwrap());
@@ -168,10 +169,11 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
         dir.path().join("solvereign.toml"),
     )
     .unwrap();
+    let marker = dir.path().join("rolled-back");
     let cfg = format!(
         "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n{}",
         dir.path().join("state").display(),
-        ACTIONS
+        actions(&marker)
     );
     let (config, evaluator) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -201,9 +203,23 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision() {
         )
     });
     assert_eq!(decided, "Is system down? no → Is data at risk? YES → rollback");
+    // …and the procedure ran: the undo step touched its marker, journalled as done.
+    let journal = dir.path().join("state").join("journal.jsonl");
+    let events = common::wait_for_journal(&journal, "the undo step", |e| {
+        e.iter().any(|e| e["event"] == "step_finished" && e["action"] == "undo" && e["ok"] == true)
+    })
+    .await;
+    assert!(marker.exists());
+    let started = events.iter().find(|e| e["event"] == "rollback_started").unwrap();
+    assert_eq!(started["firing"], serde_json::json!(["security-incident"]), "{started}");
     stop.send(true).unwrap();
     engine.await.unwrap().unwrap();
 }
 
-/// The SOLVEREIGN procedure's actions, bound to nothing that runs (the dispatcher is not here yet).
-const ACTIONS: &str = "[actions.undo]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.rollout-status]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.health-ready]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.version-check]\nkind = \"exec\"\nargv = [\"true\"]\n";
+/// The SOLVEREIGN procedure's actions: the undo touches `marker`, the checks succeed.
+fn actions(marker: &Path) -> String {
+    format!(
+        "[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n[actions.rollout-status]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.health-ready]\nkind = \"exec\"\nargv = [\"true\"]\n[actions.version-check]\nkind = \"exec\"\nargv = [\"true\"]\n",
+        marker.display().to_string()
+    )
+}
