@@ -256,8 +256,13 @@ impl State {
             }
             "version_changed" => {
                 let v: VersionChanged = parse(data)?;
+                // A version rolled back from is never anyone's last good one: after rolling v2
+                // back to v1, v1's predecessor is not v2.
+                let rolled_back =
+                    |version: &str| self.rollbacks.iter().any(|r| r.started.version_from.as_deref() == Some(version));
                 if let Some(from) = &v.from
                     && from != &v.to
+                    && !rolled_back(from)
                 {
                     self.previous.insert(v.to.clone(), from.clone());
                 }
@@ -362,6 +367,24 @@ mod tests {
         assert_eq!(s.paused_until, Some(Timestamp(i64::MAX)));
         assert_eq!(s.silences["x"], Timestamp(50));
         assert_eq!(s.with_key("api@v2").map(|r| r.at), Some(Timestamp(3)));
+    }
+
+    #[test]
+    fn a_version_rolled_back_from_never_becomes_a_last_good_version() {
+        let started = json!({"rollback_id": "rb-1", "profile": "api", "key": "api@v2", "version_from": "v2",
+            "target_version": "v1", "level": null, "reason": "r", "explanation": "e", "firing": [], "approval_id": null});
+        let lines = vec![
+            line(1, "version_changed", json!({"from": null, "to": "v1"})),
+            line(2, "version_changed", json!({"from": "v1", "to": "v2"})),
+            line(3, "rollback_started", started),
+            line(4, "version_changed", json!({"from": "v2", "to": "v1"})),
+            line(5, "version_changed", json!({"from": "v1", "to": "v3"})),
+        ];
+        let (s, errors) = State::restore(&lines);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.previous.get("v1"), None, "v2 was rolled back from");
+        assert_eq!(s.previous["v2"], "v1");
+        assert_eq!(s.previous["v3"], "v1");
     }
 
     #[test]
