@@ -721,7 +721,7 @@ impl Dispatcher {
         let mut v = blank_vars();
         v.insert("profile".into(), s.profile.clone());
         v.insert("outcome".into(), "rollback".into());
-        v.insert("level".into(), s.level.clone().unwrap_or_else(|| "default".into()));
+        v.insert("level".into(), s.level.clone().unwrap_or_else(|| "standard".into()));
         v.insert("reason".into(), s.reason.clone());
         v.insert("explanation".into(), s.explanation.clone());
         v.insert("firing".into(), s.firing.join(", "));

@@ -37,7 +37,7 @@ pub const VARS: &[&str] = &[
 pub const DEFAULTS: &[(&str, &str)] = &[
     (
         "rollback_in_progress",
-        "🔄 ROLLBACK IN PROGRESS\n\nIssue: {{reason}}\nAction: Rolling back {{profile}} from {{version_from}} to the previous version ({{level}})\nDecision: {{explanation}}\nRollback: {{rollback_id}}\n\nUpdates will follow.",
+        "🔄 ROLLBACK IN PROGRESS\n\nIssue: {{reason}}\nAction: Rolling back {{profile}} from {{version_from}} to the previous version\nProcedure: {{level}}\nDecision: {{explanation}}\nRollback: {{rollback_id}}\n\nUpdates will follow.",
     ),
     (
         "rollback_complete",
