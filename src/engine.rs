@@ -106,6 +106,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         Some(rx) => (mpsc::channel(1).0, rx),
         None => mpsc::channel(16),
     };
+    crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE)?;
     let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
     let history = Journal::read_back(&journal.path())?;
     let client = http_client()?;

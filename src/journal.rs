@@ -96,6 +96,58 @@ impl Journal {
     }
 }
 
+/// Events the dispatcher's state is rebuilt from; compaction keeps every one of them.
+pub const KEPT_EVENTS: &[&str] = &[
+    "rollback_started",
+    "rollback_finished",
+    "step_started",
+    "step_finished",
+    "approval_opened",
+    "approval_closed",
+    "paused",
+    "resumed",
+    "silenced",
+    "unsilenced",
+    "version_changed",
+    "annotated",
+    "escalation",
+];
+
+/// Past this size, [`compact`] rotates the journal at start.
+pub const COMPACT_ABOVE: u64 = 64 * 1024 * 1024;
+
+/// When `dir/journal.jsonl` is larger than `max_bytes`: moves it to `journal.1.jsonl` (replacing
+/// an older one) and starts a new journal holding every line of [`KEPT_EVENTS`] — what restores
+/// cooldowns, approvals, pauses, silences, versions and the whole rollback history — in order.
+/// Decisions, transitions, notifications and suppressions stay in the rotated file. The new file
+/// is written and fsynced before the rename, so a crash leaves one whole journal or the other.
+/// Returns whether it rotated.
+pub fn compact(dir: &Path, max_bytes: u64) -> Result<bool, JournalError> {
+    let path = dir.join("journal.jsonl");
+    let io = |source| JournalError::Io { path: path.clone(), source };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > max_bytes => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(e)),
+    }
+    let lines = Journal::read_back(&path)?;
+    let mut kept = Vec::new();
+    for line in lines.iter().filter(|l| l["event"].as_str().is_some_and(|e| KEPT_EVENTS.contains(&e))) {
+        kept.extend(serde_json::to_vec(line).map_err(|e| io(io::Error::other(e)))?);
+        kept.push(b'\n');
+    }
+    let fresh = dir.join("journal.jsonl.new");
+    let mut f = File::create(&fresh).map_err(io)?;
+    f.write_all(&kept).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&path, dir.join("journal.1.jsonl")).map_err(io)?;
+    std::fs::rename(&fresh, &path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    tracing::warn!(path = %path.display(), kept = kept.len(), "journal rotated to journal.1.jsonl; state events carried over");
+    Ok(true)
+}
+
 /// One journal shared by the tasks that write to it; each append is whole and fsynced.
 #[derive(Debug, Clone)]
 pub struct SharedJournal(Arc<Mutex<Journal>>);
@@ -149,5 +201,28 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert_eq!(Journal::read_back(&path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn compaction_rotates_and_keeps_what_restores_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(Timestamp(1), "version_changed", &serde_json::json!({"from": null, "to": "v1"})).unwrap();
+        for i in 0..100 {
+            j.append(Timestamp(2 + i), "decision", &serde_json::json!({"outcome": "monitor"})).unwrap();
+        }
+        j.append(Timestamp(200), "paused", &serde_json::json!({"until": null})).unwrap();
+        drop(j);
+        assert!(!compact(dir.path(), 1 << 20).unwrap(), "small journals stay");
+        assert!(compact(dir.path(), 100).unwrap());
+        let back = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+        let events: Vec<&str> = back.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(events, vec!["version_changed", "paused"]);
+        assert_eq!(back[1]["at"], 200);
+        assert_eq!(Journal::read_back(&dir.path().join("journal.1.jsonl")).unwrap().len(), 102);
+        // The compacted journal restores the same dispatcher state.
+        let (state, _) = crate::act::state::State::restore(&back);
+        assert_eq!(state.version.as_deref(), Some("v1"));
+        assert!(state.paused_until.is_some());
     }
 }
