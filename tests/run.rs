@@ -215,3 +215,28 @@ async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
     let down_transitions = journal.iter().filter(|v| v["event"] == "transition" && v["rule"] == "down").count();
     assert_eq!(down_transitions, 2, "inactive → pending → firing once, nothing after the reload: {journal:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reaches_the_dispatcher() {
+    let Running { healthy, dir, mut ticks, stop, reload, engine } = start(true).await;
+    ticks.recv().await.expect("ticking");
+    // Switch the running sidecar to dry-run, then break the service.
+    let text = config_text(&url_of(&dir), &dir.path().join("state"))
+        .replace("[[target]]", "[policy]\nmode = \"dry-run\"\n\n[[target]]");
+    write(dir.path(), "rollwatch.toml", text);
+    reload.send(()).await.unwrap();
+    let journal = dir.path().join("state/journal.jsonl");
+    common::wait_for_journal(&journal, "the reload", |e| e.iter().any(|e| e["event"] == "reloaded")).await;
+    healthy.store(false, Ordering::SeqCst);
+    let events = common::wait_for_journal(&journal, "a dry run", |e| e.iter().any(|e| e["event"] == "dry_run")).await;
+    assert!(!events.iter().any(|e| e["event"] == "rollback_started"), "{events:#?}");
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+}
+
+/// The health URL the running config polls (read back from its file).
+fn url_of(dir: &tempfile::TempDir) -> String {
+    let text = std::fs::read_to_string(dir.path().join("rollwatch.toml")).unwrap();
+    let start = text.find("url = \"").unwrap() + 7;
+    text[start..].split('"').next().unwrap().to_string()
+}
