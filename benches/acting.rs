@@ -59,6 +59,7 @@ fn dispatcher(c: &mut Criterion) {
             path: vec![],
             by_default: true,
             firing: vec![],
+            because: vec![],
             unknown: vec![],
         })
         .collect();

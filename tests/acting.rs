@@ -115,6 +115,7 @@ impl Harness {
             path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: outcome != Outcome::Monitor }],
             by_default: outcome == Outcome::Monitor,
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
+            because: vec![],
             unknown: vec![],
         };
         self.d.on_tick(self.clock.now(), &[d], version).unwrap();
@@ -478,6 +479,7 @@ async fn blindness_longer_than_blind_after_is_notified_once() {
             path: vec![],
             by_default: true,
             firing: vec![],
+            because: vec![],
             unknown: vec!["errors".into(), "down".into()],
         };
         h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
@@ -679,6 +681,7 @@ async fn a_triggering_rule_with_unknown_inputs_does_not_verify_a_rollback() {
             path: vec![],
             by_default: true,
             firing: vec![],
+            because: vec![],
             unknown: vec!["errors".into()],
         };
         h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
@@ -707,4 +710,25 @@ async fn secrets_an_action_prints_are_masked_before_the_journal() {
     assert_eq!(step["output"], "token=***\nbad ***\n");
     let text = std::fs::read_to_string(h.dir.path().join("journal.jsonl")).unwrap();
     assert!(!text.contains("tok-S3CRET"), "{text}");
+}
+
+#[tokio::test]
+async fn a_silence_matches_the_rules_the_deciding_question_read() {
+    let mut h = Harness::new(quick_policy());
+    h.command(Command::Silence { rule: "errors".into(), for_: Span::from_secs(600) }).unwrap();
+    // "down" fires too, but the question that chose rollback read only "errors".
+    let d = Decision {
+        at: h.clock.now(),
+        profile: PROFILE.into(),
+        outcome: Outcome::Rollback,
+        level: None,
+        path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: true }],
+        by_default: false,
+        firing: ["errors", "down"].iter().map(|r| RuleValue { rule: r.to_string(), value: Some(1.0) }).collect(),
+        because: vec!["errors".into()],
+        unknown: vec![],
+    };
+    h.d.on_tick(h.clock.now(), &[d], Some("v2")).unwrap();
+    assert!(h.events("rollback_started").is_empty());
+    assert_eq!(h.events("suppressed")[0]["reason"], "silenced: errors");
 }

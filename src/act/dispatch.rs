@@ -853,11 +853,15 @@ struct Start {
 impl Start {
     fn from_decision(d: &Decision, version: Option<String>) -> Start {
         let asked = d.path.iter().rev().find(|a| a.yes).map(|a| a.ask.trim_end_matches('?').to_string());
-        let firing: Vec<String> =
-            d.firing.iter().map(|r| format!("{} = {}", r.rule, crate::cli::report::maybe(r.value))).collect();
+        // What the decision is because of: the firing rules its question read (all firing rules
+        // when the tree could not say).
+        let cause: Vec<&crate::rules::RuleValue> =
+            d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
+        let values: Vec<String> =
+            cause.iter().map(|r| format!("{} = {}", r.rule, crate::cli::report::maybe(r.value))).collect();
         let reason = match asked {
-            Some(q) => format!("{q} ({})", firing.join(", ")),
-            None => firing.join(", "),
+            Some(q) => format!("{q} ({})", values.join(", ")),
+            None => values.join(", "),
         };
         Start {
             profile: d.profile.clone(),
@@ -865,7 +869,7 @@ impl Start {
             level: d.level.clone(),
             reason,
             explanation: d.explanation(),
-            firing: d.firing.iter().map(|r| r.rule.clone()).collect(),
+            firing: cause.iter().map(|r| r.rule.clone()).collect(),
         }
     }
 

@@ -269,6 +269,12 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                     cond: cond.to_cond(),
                     then,
                     level: raw.level.as_ref().map(|l| l.get_ref().clone()),
+                    reads: {
+                        let mut reads = cond.rules_read.clone();
+                        reads.sort();
+                        reads.dedup();
+                        reads
+                    },
                 });
             }
         }
@@ -402,6 +408,35 @@ when = 'b > 1'
         assert_eq!(names, ["first", "second"]);
         let sigs: Vec<&str> = ev.signals.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(sigs, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_decision_says_which_firing_rules_its_question_read() {
+        let mut ev = load(
+            r#"
+[[rule]]
+name = "high"
+when = 'last("m") > 1'
+[[rule]]
+name = "also"
+when = 'last("m") > 0'
+[[rule]]
+name = "idle"
+when = 'last("m") > 100'
+[[decide]]
+ask = "High?"
+if = 'firing("high") || firing("idle") || pending("high")'
+then = "rollback"
+"#,
+        )
+        .unwrap();
+        let key = crate::selector::SeriesKey::new("m", Vec::<(String, String)>::new());
+        ev.store_mut().push(&key, crate::time::Timestamp(0), 5.0);
+        let d = ev.tick(crate::time::Timestamp(0)).decisions.remove(0);
+        assert_eq!(d.outcome, crate::rules::Outcome::Rollback);
+        let firing: Vec<&str> = d.firing.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(firing, ["high", "also"]);
+        assert_eq!(d.because, ["high"], "read by the question and firing; `also` is not read, `idle` not firing");
     }
 
     #[test]

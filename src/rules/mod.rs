@@ -236,6 +236,19 @@ impl Evaluator {
         for (pi, profile) in self.profiles.iter().enumerate() {
             let (outcome, level, path, by_default) = profile.tree.decide(&self.slots);
             let rules = &self.by_profile[pi];
+            let deciding =
+                if by_default { None } else { path.len().checked_sub(1).and_then(|i| profile.tree.questions.get(i)) };
+            let because = deciding
+                .map(|q| {
+                    q.reads
+                        .iter()
+                        .filter(|r| {
+                            self.rules.iter().position(|x| &x.name == *r).is_some_and(|i| self.states[i].is_firing())
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
             tick.decisions.push(Decision {
                 at: now,
                 profile: profile.name.clone(),
@@ -248,6 +261,7 @@ impl Evaluator {
                     .filter(|&&i| self.states[i].is_firing())
                     .map(|&i| RuleValue { rule: self.rules[i].name.clone(), value: self.values[i] })
                     .collect(),
+                because,
                 unknown: rules
                     .iter()
                     .filter(|&&i| self.truths[i] == Truth::Unknown)

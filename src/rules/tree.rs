@@ -47,6 +47,8 @@ pub struct Question {
     pub then: Outcome,
     /// The procedure level this answer calls for, if any.
     pub level: Option<String>,
+    /// The rules its condition reads.
+    pub reads: Vec<String>,
 }
 
 /// A profile's tree.
@@ -83,6 +85,9 @@ pub struct Decision {
     pub by_default: bool,
     /// The profile's firing rules and their values.
     pub firing: Vec<RuleValue>,
+    /// The firing rules the deciding question read: what this decision is because of (empty
+    /// when the default was taken).
+    pub because: Vec<String>,
     /// The profile's rules whose inputs had no data this tick.
     pub unknown: Vec<String>,
 }
@@ -136,6 +141,7 @@ mod tests {
             ],
             by_default: false,
             firing: vec![],
+            because: vec![],
             unknown: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
