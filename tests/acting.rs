@@ -107,6 +107,11 @@ impl Harness {
     }
 
     fn tick(&mut self, outcome: Outcome, firing: &[&str], version: Option<&str>) {
+        self.tick_with(outcome, firing, &[], version);
+    }
+
+    /// A tick whose decision also names rules with unknown inputs.
+    fn tick_with(&mut self, outcome: Outcome, firing: &[&str], unknown: &[&str], version: Option<&str>) {
         let d = Decision {
             at: self.clock.now(),
             profile: PROFILE.into(),
@@ -116,7 +121,7 @@ impl Harness {
             by_default: outcome == Outcome::Monitor,
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
             because: vec![],
-            unknown: vec![],
+            unknown: unknown.iter().map(|r| r.to_string()).collect(),
         };
         self.d.on_tick(self.clock.now(), &[d], version).unwrap();
     }
@@ -470,20 +475,7 @@ async fn a_slow_rollback_is_s3_and_an_unknown_target_version_fails_the_step() {
 #[tokio::test]
 async fn blindness_longer_than_blind_after_is_notified_once() {
     let mut h = Harness::new(quick_policy());
-    let blind = |h: &mut Harness| {
-        let d = Decision {
-            at: h.clock.now(),
-            profile: PROFILE.into(),
-            outcome: Outcome::Monitor,
-            level: None,
-            path: vec![],
-            by_default: true,
-            firing: vec![],
-            because: vec![],
-            unknown: vec!["errors".into(), "down".into()],
-        };
-        h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
-    };
+    let blind = |h: &mut Harness| h.tick_with(Outcome::Monitor, &[], &["errors", "down"], Some("v1"));
     blind(&mut h);
     h.advance(Span::from_secs(299));
     blind(&mut h);
@@ -672,20 +664,7 @@ async fn a_triggering_rule_with_unknown_inputs_does_not_verify_a_rollback() {
     let mut h = Harness::new(quick_policy());
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     h.steps_done().await;
-    let unseen = |h: &mut Harness| {
-        let d = Decision {
-            at: h.clock.now(),
-            profile: PROFILE.into(),
-            outcome: Outcome::Monitor,
-            level: None,
-            path: vec![],
-            by_default: true,
-            firing: vec![],
-            because: vec![],
-            unknown: vec!["errors".into()],
-        };
-        h.d.on_tick(h.clock.now(), &[d], Some("v1")).unwrap();
-    };
+    let unseen = |h: &mut Harness| h.tick_with(Outcome::Monitor, &[], &["errors"], Some("v1"));
     // Not firing, but not seen either: still verifying.
     unseen(&mut h);
     assert!(h.events("rollback_finished").is_empty());
