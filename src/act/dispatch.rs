@@ -213,10 +213,6 @@ impl Dispatcher {
         &self.notifier
     }
 
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// Journals an event, then applies it to the state: nothing counts before it is durable.
     fn record<T: Serialize>(&mut self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
         self.journal.append(at, event, data)?;
@@ -823,10 +819,8 @@ impl Dispatcher {
     pub fn status(&self) -> ActingStatus {
         let mut rollbacks = BTreeMap::new();
         for r in &self.state.rollbacks {
-            let k = r.finished.as_ref().map_or("in_flight".to_string(), |(_, f)| {
-                serde_json::to_value(f.result).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-            });
-            *rollbacks.entry(k).or_insert(0) += 1;
+            let k = r.finished.as_ref().map_or("in_flight", |(_, f)| f.result.key());
+            *rollbacks.entry(k.to_string()).or_insert(0) += 1;
         }
         ActingStatus {
             mode: self.acting.policy.mode.to_string(),

@@ -67,9 +67,7 @@ pub fn entries(state: &State) -> Vec<Entry> {
                 version_from: r.started.version_from.clone(),
                 version_to: finished.and_then(|f| f.version_to.clone()).or_else(|| r.started.target_version.clone()),
                 reason: r.started.reason.clone(),
-                result: finished.map_or("in_flight".to_string(), |f| {
-                    serde_json::to_value(f.result).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-                }),
+                result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
                 duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
                 duration: finished.map(|f| super::dispatch::human(crate::time::Span(f.duration_ms))),
                 steps: r

@@ -74,8 +74,9 @@ impl Procedure {
         let action = self.actions.get(name).ok_or_else(|| fail(format!("no action named {name:?}")))?;
         // An explicit target must be known: an undo "to the previous version" run twice flips
         // back to the bad one.
-        if action.templates().iter().any(|t| t.contains("target_version"))
-            && self.vars.get("target_version").is_none_or(|v| v == "unknown")
+        let names_target =
+            |t: &&str| super::template::placeholders(t).is_ok_and(|names| names.contains(&"target_version"));
+        if action.templates().iter().any(names_target) && self.vars.get("target_version").is_none_or(|v| v == "unknown")
         {
             return Err(fail("the step names {{target_version}} but no last-good version is recorded".into()));
         }

@@ -25,6 +25,19 @@ pub enum RollbackResult {
     Interrupted,
 }
 
+impl RollbackResult {
+    /// The name journalled and shown by `history --json` and `/metrics` (`issue_persists`).
+    pub fn key(self) -> &'static str {
+        match self {
+            RollbackResult::Completed => "completed",
+            RollbackResult::Failed => "failed",
+            RollbackResult::IssuePersists => "issue_persists",
+            RollbackResult::Unverified => "unverified",
+            RollbackResult::Interrupted => "interrupted",
+        }
+    }
+}
+
 impl std::fmt::Display for RollbackResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -291,10 +304,6 @@ impl State {
             .ok_or_else(|| format!("no rollback {id:?}"))
     }
 
-    pub fn rollback(&self, id: &str) -> Option<&Rollback> {
-        self.rollbacks.iter().rev().find(|r| r.started.rollback_id == id)
-    }
-
     /// A new id with `prefix` (`rb`, `ap`).
     pub fn new_id(&mut self, prefix: &str) -> String {
         self.next_id = self.next_id.max(1);
@@ -385,6 +394,14 @@ mod tests {
         assert_eq!(s.previous.get("v1"), None, "v2 was rolled back from");
         assert_eq!(s.previous["v2"], "v1");
         assert_eq!(s.previous["v3"], "v1");
+    }
+
+    #[test]
+    fn a_result_is_named_the_same_in_the_journal_and_everywhere_else() {
+        use RollbackResult::*;
+        for r in [Completed, Failed, IssuePersists, Unverified, Interrupted] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.key());
+        }
     }
 
     #[test]

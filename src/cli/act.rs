@@ -76,7 +76,7 @@ pub fn notify(
             writeln!(out, "--var {v:?}: write name=value")?;
             return Ok(ExitCode::FAILURE);
         };
-        if !values.contains_key(k) {
+        if !values.contains_key(k) && k.strip_prefix("labels.").is_none_or(str::is_empty) {
             let hint = crate::config::did_you_mean(k, crate::notify::templates::VARS.iter().copied());
             writeln!(out, "--var {k:?}: no such variable{hint}; known: {}", crate::notify::templates::VARS.join(", "))?;
             return Ok(ExitCode::FAILURE);

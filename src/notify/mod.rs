@@ -169,14 +169,6 @@ impl Notifier {
         Notifier { inner, queues: Arc::new(queues) }
     }
 
-    pub fn templates(&self) -> &Templates {
-        &self.inner.templates
-    }
-
-    pub fn has_channels(&self) -> bool {
-        !self.queues.is_empty()
-    }
-
     /// Queues `template` for every channel and returns at once: notifications never block actions.
     pub fn announce(&self, template: &str, vars: &Vars) {
         for (name, queue) in self.queues.iter() {
