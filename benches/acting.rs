@@ -61,6 +61,8 @@ fn dispatcher(c: &mut Criterion) {
             firing: vec![],
             because: vec![],
             unknown: vec![],
+            pending: vec![],
+            predates: vec![],
         })
         .collect();
     d.on_tick(Timestamp(1), &decisions, Some("v1")).unwrap();

@@ -116,7 +116,7 @@ decision = "monitor"
 fn replay(c: &mut Criterion) {
     let file = day_fixture();
     let (fixture, mut ev) = Fixture::from_source(file.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let report = run(&fixture, &mut ev, |_, _| {});
+    let report = run(&fixture, &mut ev, |_, _, _| {});
     assert_eq!(report.ticks, 5761);
     assert!(report.passed(), "{:?}", report.failures);
     let mut group = c.benchmark_group("replay");
@@ -124,7 +124,7 @@ fn replay(c: &mut Criterion) {
     group.bench_function("24h at 15s, SOLVEREIGN (load + 5,761 ticks)", |b| {
         b.iter(|| {
             let (fixture, mut ev) = Fixture::from_source(file.clone()).expect("load");
-            black_box(run(&fixture, &mut ev, |_, _| {}))
+            black_box(run(&fixture, &mut ev, |_, _, _| {}))
         })
     });
     group.finish();

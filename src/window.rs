@@ -60,11 +60,12 @@ struct Series {
 }
 
 impl Series {
-    /// The latest sample at or before `end`, if it is data and no older than [`LOOKBACK`].
-    fn latest(&self, end: i64) -> Option<Sample> {
+    /// The latest sample at or before `end` (and at or after `floor`), if it is data and no
+    /// older than [`LOOKBACK`].
+    fn latest(&self, end: i64, floor: Option<i64>) -> Option<Sample> {
         let hi = self.samples.partition_point(|s| s.t <= end);
         let s = *self.samples.get(hi.checked_sub(1)?)?;
-        (s.is_value() && end - s.t <= LOOKBACK.0).then_some(s)
+        (s.is_value() && end - s.t <= LOOKBACK.0 && floor.is_none_or(|f| s.t >= f)).then_some(s)
     }
 
     /// Samples with `start < t <= end`, and the one just before them.
@@ -75,11 +76,17 @@ impl Series {
         (before, self.samples.range(lo..hi.max(lo)))
     }
 
-    /// Counter increase over `(start, end]`, reset-aware, without extrapolation.
-    fn increase(&self, start: i64, end: i64) -> Option<f64> {
-        let (before, inside) = self.range(start, end);
+    /// Counter increase over `(start, end]`, reset-aware, without extrapolation. A `floor` after
+    /// `start` clips the window to samples at or after it, the first of them the baseline: no
+    /// sample before the floor (another version's) counts.
+    fn increase(&self, start: i64, end: i64, floor: Option<i64>) -> Option<f64> {
         let window = end - start;
-        let mut prev = before.filter(|b| b.is_value() && start - b.t < window).map(|b| b.v);
+        let (start, baseline) = match floor {
+            Some(f) if f > start => (f - 1, false),
+            _ => (start, true),
+        };
+        let (before, inside) = self.range(start, end);
+        let mut prev = before.filter(|b| baseline && b.is_value() && start - b.t < window).map(|b| b.v);
         let mut total = 0.0;
         let mut have = false;
         for s in inside {
@@ -309,39 +316,30 @@ impl Store {
         self.matches[sel].iter().filter_map(|&id| self.series[id].as_ref())
     }
 
-    /// Counter increase over the window, summed over matching series.
-    pub fn increase(&self, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
-        let end = now.minus(offset).0;
-        let start = end.saturating_sub(window.0);
-        sum_present(self.matching(sel).map(|s| s.increase(start, end)))
+    /// Counter increase over the window `len` back from `at`, summed over matching series.
+    pub fn increase(&self, sel: SelectorId, at: At, len: Span) -> Option<f64> {
+        let (start, end, floor) = at.window(len);
+        sum_present(self.matching(sel).map(|s| s.increase(start, end, floor)))
     }
 
     /// Per-second rate over the window (increase / window), summed over matching series.
-    pub fn rate(&self, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
-        let secs = window.as_secs_f64();
+    pub fn rate(&self, sel: SelectorId, at: At, len: Span) -> Option<f64> {
+        let secs = len.as_secs_f64();
         if secs <= 0.0 {
             return None;
         }
-        self.increase(sel, now, window, offset).map(|inc| inc / secs)
+        self.increase(sel, at, len).map(|inc| inc / secs)
     }
 
     /// `increase(num) / increase(den)`; no data when the denominator's increase is 0 or below
     /// `min_den`. A numerator with no series at all counts as 0 while the denominator has data:
     /// error series commonly do not exist until the first error.
-    pub fn ratio(
-        &self,
-        num: SelectorId,
-        den: SelectorId,
-        now: Timestamp,
-        window: Span,
-        offset: Span,
-        min_den: f64,
-    ) -> Option<f64> {
-        let d = self.increase(den, now, window, offset)?;
+    pub fn ratio(&self, num: SelectorId, den: SelectorId, at: At, len: Span, min_den: f64) -> Option<f64> {
+        let d = self.increase(den, at, len)?;
         if d <= 0.0 || d < min_den {
             return None;
         }
-        let n = match self.increase(num, now, window, offset) {
+        let n = match self.increase(num, at, len) {
             Some(n) => n,
             None if self.matching(num).next().is_none() => 0.0,
             None => return None,
@@ -350,9 +348,9 @@ impl Store {
     }
 
     /// avg/max/min/count over all samples of all matching series in the window.
-    pub fn over(&self, how: Over, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
-        let end = now.minus(offset).0;
-        let start = end.saturating_sub(window.0);
+    pub fn over(&self, how: Over, sel: SelectorId, at: At, len: Span) -> Option<f64> {
+        let (start, end, floor) = at.window(len);
+        let start = floor.map_or(start, |f| start.max(f - 1));
         let (mut n, mut sum, mut max, mut min) = (0u64, 0.0, f64::NEG_INFINITY, f64::INFINITY);
         for series in self.matching(sel) {
             for s in series.range(start, end).1.filter(|s| s.is_value()) {
@@ -375,23 +373,26 @@ impl Store {
     }
 
     /// Latest value (within [`LOOKBACK`]) summed over matching series.
-    pub fn last(&self, sel: SelectorId, now: Timestamp, offset: Span) -> Option<f64> {
-        let end = now.minus(offset).0;
-        sum_present(self.matching(sel).map(|s| s.latest(end).map(|s| s.v)))
+    pub fn last(&self, sel: SelectorId, at: At) -> Option<f64> {
+        sum_present(self.matching(sel).map(|s| s.latest(at.end.0, at.floor()).map(|s| s.v)))
     }
 
     /// Minimum of the latest `up` values of matching targets.
-    pub fn up(&self, sel: SelectorId, now: Timestamp) -> Option<f64> {
-        self.matching(sel).filter_map(|s| s.latest(now.0)).map(|s| s.v).reduce(f64::min)
+    pub fn up(&self, sel: SelectorId, at: At) -> Option<f64> {
+        self.matching(sel).filter_map(|s| s.latest(at.end.0, at.floor())).map(|s| s.v).reduce(f64::min)
     }
 
-    /// Longest current run of `up == 0` among matching targets, in seconds (0 when all are up).
-    pub fn down_for(&self, sel: SelectorId, now: Timestamp) -> Option<f64> {
+    /// Longest current run of `up == 0` among matching targets, in seconds (0 when all are up);
+    /// a run counts from the floor at the earliest.
+    pub fn down_for(&self, sel: SelectorId, at: At) -> Option<f64> {
         self.matching(sel)
             .filter_map(|s| {
-                let latest = s.latest(now.0)?;
+                let latest = s.latest(at.end.0, at.floor())?;
                 Some(match (latest.v == 0.0, s.zero_since) {
-                    (true, Some(since)) => now.saturating_since(Timestamp(since)).as_secs_f64(),
+                    (true, Some(since)) => {
+                        let since = at.floor().map_or(since, |f| since.max(f));
+                        at.end.saturating_since(Timestamp(since)).as_secs_f64()
+                    }
                     _ => 0.0,
                 })
             })
@@ -401,15 +402,14 @@ impl Store {
     /// Histogram quantile from cumulative `_bucket` counters (label `le`), over the increase in
     /// the window, summed across matching series per bucket bound — PromQL's
     /// `histogram_quantile(q, sum by (le) (increase(sel[w])))`.
-    pub fn quantile(&self, q: f64, sel: SelectorId, now: Timestamp, window: Span, offset: Span) -> Option<f64> {
-        let end = now.minus(offset).0;
-        let start = end.saturating_sub(window.0);
+    pub fn quantile(&self, q: f64, sel: SelectorId, at: At, len: Span) -> Option<f64> {
+        let (start, end, floor) = at.window(len);
         let mut buckets: Vec<(f64, f64)> = Vec::new();
         for series in self.matching(sel) {
             let Some(le) = parse_le(series.key.label("le")) else {
                 continue;
             };
-            let Some(inc) = series.increase(start, end) else {
+            let Some(inc) = series.increase(start, end, floor) else {
                 continue;
             };
             match buckets.iter_mut().find(|(b, _)| *b == le) {
@@ -418,6 +418,40 @@ impl Store {
             }
         }
         bucket_quantile(q, buckets)
+    }
+}
+
+/// Where a query reads: windows end at `end` (now, or now minus an offset); with a `floor`,
+/// only samples at or after it count — the current version's evidence starts at its deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub end: Timestamp,
+    pub since: Option<Timestamp>,
+}
+
+impl At {
+    /// Everything up to `end`.
+    pub fn new(end: Timestamp) -> At {
+        At { end, since: None }
+    }
+
+    /// `offset` before `now`.
+    pub fn ago(now: Timestamp, offset: Span) -> At {
+        At::new(now.minus(offset))
+    }
+
+    /// Only samples at or after `since` (when given).
+    pub fn since(self, since: Option<Timestamp>) -> At {
+        At { since, ..self }
+    }
+
+    fn floor(&self) -> Option<i64> {
+        self.since.map(|t| t.0)
+    }
+
+    /// `(start, end, floor)` of the window `len` back.
+    fn window(&self, len: Span) -> (i64, i64, Option<i64>) {
+        (self.end.0.saturating_sub(len.0), self.end.0, self.floor())
     }
 }
 
@@ -517,12 +551,12 @@ mod tests {
         let v = vals(&[0.0, 10.0, 20.0, 30.0, 40.0, 50.0]);
         let (st, sel) = store("c", &[("c", &v)]);
         // Window (15s, 75s]: samples 30,45,60,75 → 20..50 plus baseline 10 at 15s → 40.
-        assert_eq!(st.increase(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0));
-        assert_eq!(st.rate(sel, Timestamp(75 * S), M1, Span::ZERO), Some(40.0 / 60.0));
+        assert_eq!(st.increase(sel, At::new(Timestamp(75 * S)), M1), Some(40.0));
+        assert_eq!(st.rate(sel, At::new(Timestamp(75 * S)), M1), Some(40.0 / 60.0));
         // At t=0 there is one sample and no baseline: no data, not 0.
-        assert_eq!(st.increase(sel, Timestamp(0), M1, Span::ZERO), None);
+        assert_eq!(st.increase(sel, At::new(Timestamp(0)), M1), None);
         // The series' first sample is its baseline.
-        assert_eq!(st.increase(sel, Timestamp(30 * S), M1, Span::ZERO), Some(20.0));
+        assert_eq!(st.increase(sel, At::new(Timestamp(30 * S)), M1), Some(20.0));
     }
 
     #[test]
@@ -530,14 +564,14 @@ mod tests {
         let v = vals(&[100.0, 110.0, 5.0, 15.0]);
         let (st, sel) = store("c", &[("c", &v)]);
         // 100→110 (+10), reset to 5 (+5), 5→15 (+10).
-        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(25.0));
+        assert_eq!(st.increase(sel, At::new(Timestamp(45 * S)), M1), Some(25.0));
     }
 
     #[test]
     fn gaps_and_nan_are_skipped_and_stale_restarts_the_series() {
         let v = [Some(0.0), None, Some(f64::NAN), Some(30.0), Some(40.0)];
         let (st, sel) = store("c", &[("c", &v)]);
-        assert_eq!(st.increase(sel, Timestamp(60 * S), M1, Span::ZERO), Some(40.0));
+        assert_eq!(st.increase(sel, At::new(Timestamp(60 * S)), M1), Some(40.0));
 
         let mut st = Store::new(Span(3600 * S));
         let sel = st.add_selector(Selector::parse("c").unwrap());
@@ -547,9 +581,9 @@ mod tests {
         st.push(&k, Timestamp(30 * S), 5.0);
         st.push(&k, Timestamp(45 * S), 8.0);
         // After the stale marker 5 is a new baseline, not an increase of 5 or a reset.
-        assert_eq!(st.increase(sel, Timestamp(45 * S), M1, Span::ZERO), Some(3.0));
-        assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), None, "stale ends the series");
-        assert_eq!(st.last(sel, Timestamp(45 * S), Span::ZERO), Some(8.0));
+        assert_eq!(st.increase(sel, At::new(Timestamp(45 * S)), M1), Some(3.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(15 * S))), None, "stale ends the series");
+        assert_eq!(st.last(sel, At::new(Timestamp(45 * S))), Some(8.0));
     }
 
     #[test]
@@ -561,14 +595,14 @@ mod tests {
         let (num, den) = (sel[0], sel[1]);
         let t = Timestamp(15 * S);
         // 1 error in 3 requests.
-        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), Some(1.0 / 3.0));
-        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 100.0), None, "under the floor");
+        assert_eq!(st.ratio(num, den, At::new(t), M1, 0.0), Some(1.0 / 3.0));
+        assert_eq!(st.ratio(num, den, At::new(t), M1, 100.0), None, "under the floor");
         // 0/0: no traffic at all is no data.
         let flat = vals(&[5.0, 5.0]);
         let (st, sel) =
             store_with(&[r#"r{code="500"}"#, "r"], &[(r#"r{code="500"}"#, &flat), (r#"r{code="200"}"#, &flat)]);
         let (num, den) = (sel[0], sel[1]);
-        assert_eq!(st.ratio(num, den, t, M1, Span::ZERO, 0.0), None);
+        assert_eq!(st.ratio(num, den, At::new(t), M1, 0.0), None);
     }
 
     #[test]
@@ -576,7 +610,7 @@ mod tests {
         let all = vals(&[0.0, 200.0]);
         let (st, sel) = store_with(&[r#"r{code=~"5.."}"#, "r"], &[(r#"r{code="200"}"#, &all)]);
         let (num, den) = (sel[0], sel[1]);
-        assert_eq!(st.ratio(num, den, Timestamp(15 * S), M1, Span::ZERO, 100.0), Some(0.0));
+        assert_eq!(st.ratio(num, den, At::new(Timestamp(15 * S)), M1, 100.0), Some(0.0));
     }
 
     #[test]
@@ -586,23 +620,23 @@ mod tests {
         let (st, sel) = store("g", &[(r#"g{i="a"}"#, &a), (r#"g{i="b"}"#, &b)]);
         let t = Timestamp(60 * S);
         // Window (0, 60s]: a → 2,3,4,5; b → 20 (NaN skipped).
-        assert_eq!(st.over(Over::Count, sel, t, M1, Span::ZERO), Some(5.0));
-        assert_eq!(st.over(Over::Avg, sel, t, M1, Span::ZERO), Some(34.0 / 5.0));
-        assert_eq!(st.over(Over::Max, sel, t, M1, Span::ZERO), Some(20.0));
-        assert_eq!(st.over(Over::Min, sel, t, M1, Span::ZERO), Some(2.0));
+        assert_eq!(st.over(Over::Count, sel, At::new(t), M1), Some(5.0));
+        assert_eq!(st.over(Over::Avg, sel, At::new(t), M1), Some(34.0 / 5.0));
+        assert_eq!(st.over(Over::Max, sel, At::new(t), M1), Some(20.0));
+        assert_eq!(st.over(Over::Min, sel, At::new(t), M1), Some(2.0));
         // An offset of 45s: window (-45s, 15s] → a: 1,2; b: 10.
-        assert_eq!(st.over(Over::Max, sel, t, M1, Span(45 * S)), Some(10.0));
+        assert_eq!(st.over(Over::Max, sel, At::ago(t, Span(45 * S)), M1), Some(10.0));
         // An empty window is no data.
-        assert_eq!(st.over(Over::Avg, sel, Timestamp(600 * S), M1, Span::ZERO), None);
+        assert_eq!(st.over(Over::Avg, sel, At::new(Timestamp(600 * S)), M1), None);
     }
 
     #[test]
     fn last_sums_and_looks_back_five_minutes() {
         let (st, sel) = store("g", &[(r#"g{i="a"}"#, &vals(&[1.0, 2.0])), (r#"g{i="b"}"#, &vals(&[5.0]))]);
-        assert_eq!(st.last(sel, Timestamp(15 * S), Span::ZERO), Some(7.0));
-        assert_eq!(st.last(sel, Timestamp(15 * S + LOOKBACK.0), Span::ZERO), Some(2.0));
-        assert_eq!(st.last(sel, Timestamp(16 * S + LOOKBACK.0), Span::ZERO), None);
-        assert_eq!(st.last(sel, Timestamp(15 * S), Span(15 * S)), Some(6.0), "offset");
+        assert_eq!(st.last(sel, At::new(Timestamp(15 * S))), Some(7.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(15 * S + LOOKBACK.0))), Some(2.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(16 * S + LOOKBACK.0))), None);
+        assert_eq!(st.last(sel, At::ago(Timestamp(15 * S), Span(15 * S))), Some(6.0), "offset");
     }
 
     #[test]
@@ -610,12 +644,12 @@ mod tests {
         let api = vals(&[1.0, 1.0, 0.0, 0.0, 0.0]);
         let db = vals(&[1.0, 0.0, 1.0, 0.0, 0.0]);
         let (st, sel) = store("up", &[(r#"up{target="api"}"#, &api), (r#"up{target="db"}"#, &db)]);
-        assert_eq!(st.up(sel, Timestamp(0)), Some(1.0));
-        assert_eq!(st.up(sel, Timestamp(15 * S)), Some(0.0));
-        assert_eq!(st.down_for(sel, Timestamp(60 * S)), Some(30.0), "api down since 30s, db since 45s");
-        assert_eq!(st.down_for(sel, Timestamp(0)), Some(0.0));
+        assert_eq!(st.up(sel, At::new(Timestamp(0))), Some(1.0));
+        assert_eq!(st.up(sel, At::new(Timestamp(15 * S))), Some(0.0));
+        assert_eq!(st.down_for(sel, At::new(Timestamp(60 * S))), Some(30.0), "api down since 30s, db since 45s");
+        assert_eq!(st.down_for(sel, At::new(Timestamp(0))), Some(0.0));
         let (st, sel) = store("up", &[]);
-        assert_eq!(st.up(sel, Timestamp(0)), None, "no target is no data");
+        assert_eq!(st.up(sel, At::new(Timestamp(0))), None, "no target is no data");
     }
 
     #[test]
@@ -630,14 +664,14 @@ mod tests {
         );
         let t = Timestamp(15 * S);
         // rank 50 → exactly the 0.1 bucket: 0 + 0.1 * 50/50.
-        assert_eq!(st.quantile(0.5, sel, t, M1, Span::ZERO), Some(0.1));
+        assert_eq!(st.quantile(0.5, sel, At::new(t), M1), Some(0.1));
         // rank 70 → 0.1 + 0.4 * (70-50)/(90-50) = 0.3.
-        let p70 = st.quantile(0.7, sel, t, M1, Span::ZERO).unwrap();
+        let p70 = st.quantile(0.7, sel, At::new(t), M1).unwrap();
         assert!((p70 - 0.3).abs() < 1e-12, "{p70}");
         // rank 99 → in +Inf bucket: highest finite bound.
-        assert_eq!(st.quantile(0.99, sel, t, M1, Span::ZERO), Some(0.5));
+        assert_eq!(st.quantile(0.99, sel, At::new(t), M1), Some(0.5));
         // No observations → no data.
-        assert_eq!(st.quantile(0.5, sel, Timestamp(0), M1, Span::ZERO), None);
+        assert_eq!(st.quantile(0.5, sel, At::new(Timestamp(0)), M1), None);
         assert_eq!(bucket_quantile(0.5, vec![(0.1, 3.0)]), None, "no +Inf bucket");
     }
 
@@ -652,13 +686,13 @@ mod tests {
         let id = st.index[&k];
         let len = st.series[id].as_ref().unwrap().samples.len();
         assert!(len <= 600 + 60 + 2, "kept {len} samples (retention + margin)");
-        assert_eq!(st.last(sel, Timestamp(99_999 * S), Span::ZERO), Some(99_999.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(99_999 * S))), Some(99_999.0));
         // A series that stops reporting is dropped after the retention, and can come back.
         st.collect_garbage(Timestamp((99_999 + 601) * S));
         assert!(st.is_empty());
-        assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), None);
+        assert_eq!(st.last(sel, At::new(Timestamp(200_000 * S))), None);
         st.push(&k, Timestamp(200_000 * S), 1.0);
-        assert_eq!(st.last(sel, Timestamp(200_000 * S), Span::ZERO), Some(1.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(200_000 * S))), Some(1.0));
     }
 
     #[test]
@@ -667,7 +701,7 @@ mod tests {
         let mut new = Store::new(Span(60 * S));
         let h = new.add_selector(Selector::parse("h").unwrap());
         old.adopt_selectors_of(new);
-        assert_eq!(old.last(h, Timestamp(15 * S), Span::ZERO), Some(7.0));
+        assert_eq!(old.last(h, At::new(Timestamp(15 * S))), Some(7.0));
         assert_eq!(old.retention(), LOOKBACK, "the new retention (at least the lookback)");
     }
 
@@ -698,6 +732,6 @@ mod tests {
         st.push(&k, Timestamp(5 * S), 2.0);
         st.push(&k, Timestamp(10 * S), 3.0);
         assert_eq!(st.out_of_order, 2);
-        assert_eq!(st.last(sel, Timestamp(10 * S), Span::ZERO), Some(1.0));
+        assert_eq!(st.last(sel, At::new(Timestamp(10 * S))), Some(1.0));
     }
 }

@@ -122,6 +122,8 @@ impl Harness {
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
             because: vec![],
             unknown: unknown.iter().map(|r| r.to_string()).collect(),
+            pending: vec![],
+            predates: vec![],
         };
         self.d.on_tick(self.clock.now(), &[d], version).unwrap();
     }
@@ -706,6 +708,8 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         firing: ["errors", "down"].iter().map(|r| RuleValue { rule: r.to_string(), value: Some(1.0) }).collect(),
         because: vec!["errors".into()],
         unknown: vec![],
+        pending: vec![],
+        predates: vec![],
     };
     h.d.on_tick(h.clock.now(), &[d], Some("v2")).unwrap();
     assert!(h.events("rollback_started").is_empty());

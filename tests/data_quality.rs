@@ -20,7 +20,7 @@ fn replay(rules: &str, series: &str, expects: &str) -> (Vec<Decision>, Vec<Strin
     );
     let (fixture, mut ev) = Fixture::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let mut decisions = Vec::new();
-    let report = run(&fixture, &mut ev, |_, tick| decisions.extend(tick.decisions.iter().cloned()));
+    let report = run(&fixture, &mut ev, |_, tick, _| decisions.extend(tick.decisions.iter().cloned()));
     let failures = report
         .failures
         .iter()

@@ -29,8 +29,11 @@ pub fn run(path: &Path, changes_only: bool, out: &mut dyn Write) -> anyhow::Resu
     let several = names.len() > 1;
     let mut previous: Vec<Option<(String, String)>> = vec![None; names.len()];
     let mut io_error = None;
-    let result = replay(&fixture, &mut ev, |_, tick| {
+    let result = replay(&fixture, &mut ev, |_, tick, deploys| {
         let mut write = || -> std::io::Result<()> {
+            for d in deploys {
+                report::deploy(out, d.at, &d.version)?;
+            }
             for t in &tick.transitions {
                 report::transition(out, t)?;
             }

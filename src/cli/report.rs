@@ -52,7 +52,15 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
     if !d.unknown.is_empty() {
         write!(out, "  | no data: {}", d.unknown.join(", "))?;
     }
+    if d.predates_deploy() {
+        write!(out, "  | predates the deploy: {} (escalate, not roll back)", d.predates.join(", "))?;
+    }
     writeln!(out)
+}
+
+/// A deploy on a timeline: the version's evidence starts here.
+pub fn deploy(out: &mut dyn Write, at: crate::time::Timestamp, version: &str) -> io::Result<()> {
+    writeln!(out, "{:>9}  DEPLOY    {version} (its evidence starts here)", at.to_string())
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok((fixture, mut ev)) => {
-                let result = replay(&fixture, &mut ev, |_, _| {});
+                let result = replay(&fixture, &mut ev, |_, _, _| {});
                 if result.passed() {
                     passed += 1;
                     writeln!(out, "ok   {} ({} expectations, {} ticks)", path.display(), result.checked, result.ticks)?;

@@ -44,6 +44,8 @@ pub struct RawRule {
     pub value: Option<Spanned<String>>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `deployment` (default: judged on the deployed version's evidence) or `environment`.
+    pub scope: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use evalexpr::{DefaultNumericTypes, Node, Operator};
 
 use super::eval::{Cond, Num, Slots, Value};
-use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES};
+use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, Scope};
 use crate::config::did_you_mean;
 use crate::time::Span;
 use crate::window::Store;
@@ -41,6 +41,8 @@ pub struct Compiled {
     pub node: Node,
     pub signals_read: Vec<String>,
     pub rules_read: Vec<String>,
+    /// The selectors of the window calls it makes directly (not through signals), as written.
+    pub selectors_read: Vec<String>,
 }
 
 /// Owns the slots and the de-duplicated window calls of everything compiled with it.
@@ -49,8 +51,10 @@ pub struct Compiler {
     pub slots: Slots,
     /// Values used for the trial evaluation that type-checks each expression.
     trial: Slots,
-    calls: Vec<(CallSpec, usize)>,
-    call_slots: HashMap<String, usize>,
+    calls: Vec<(CallSpec, usize, Scope)>,
+    call_slots: HashMap<(Scope, String), usize>,
+    /// The scope of the calls compiled next (set per signal and rule by the loader).
+    pub scope: Scope,
 }
 
 impl Compiler {
@@ -72,12 +76,12 @@ impl Compiler {
 
     /// The longest reach of any call compiled so far: the store's retention.
     pub fn reach(&self) -> Span {
-        self.calls.iter().map(|(c, _)| c.reach()).max().unwrap_or(Span::ZERO)
+        self.calls.iter().map(|(c, _, _)| c.reach()).max().unwrap_or(Span::ZERO)
     }
 
     /// Registers every call's selectors with `store`; returns the calls with their slots.
-    pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize)>) {
-        let calls = self.calls.into_iter().map(|(spec, slot)| (spec.register(store), slot)).collect();
+    pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize, Scope)>) {
+        let calls = self.calls.into_iter().map(|(spec, slot, scope)| (spec.register(store), slot, scope)).collect();
         (self.slots, calls)
     }
 
@@ -85,7 +89,12 @@ impl Compiler {
     pub fn compile(&mut self, text: &str, names: &Names, expected: Expected) -> Result<Compiled, Vec<String>> {
         let mut node = evalexpr::build_operator_tree::<DefaultNumericTypes>(text)
             .map_err(|e| vec![format!("syntax error: {e}")])?;
-        let mut out = Compiled { node: Node::default_placeholder(), signals_read: vec![], rules_read: vec![] };
+        let mut out = Compiled {
+            node: Node::default_placeholder(),
+            signals_read: vec![],
+            rules_read: vec![],
+            selectors_read: vec![],
+        };
         let mut errors = Vec::new();
         self.rewrite(&mut node, names, &mut out, &mut errors);
         if errors.is_empty() {
@@ -238,13 +247,14 @@ impl Compiler {
         }
         match CallSpec::parse(name, &args) {
             Ok(spec) => {
-                let key = spec.key();
+                out.selectors_read.extend(spec.selector_texts());
+                let key = (self.scope, spec.key());
                 let slot = match self.call_slots.get(&key) {
                     Some(&slot) => slot,
                     None => {
                         let slot = self.number_slot();
                         self.call_slots.insert(key, slot);
-                        self.calls.push((spec, slot));
+                        self.calls.push((spec, slot, self.scope));
                         slot
                     }
                 };

@@ -5,7 +5,7 @@
 use crate::selector::Selector;
 use crate::time::Timestamp;
 use crate::time::{Span, parse_duration};
-use crate::window::{LOOKBACK, Over, SelectorId, Store};
+use crate::window::{At, LOOKBACK, Over, SelectorId, Store};
 
 /// Every function name the rule language adds to evalexpr's builtins.
 pub const FUNCTION_NAMES: &[&str] = &[
@@ -58,16 +58,61 @@ impl Arg {
     }
 }
 
+/// How far back a window is shifted: by a span (`"1h"`), or to just before the current
+/// version's deploy (`"deploy"`: the same window over the previous version's evidence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    Ago(Span),
+    Deploy,
+}
+
+impl Offset {
+    pub const NONE: Offset = Offset::Ago(Span::ZERO);
+
+    pub fn is_zero(&self) -> bool {
+        *self == Offset::NONE
+    }
+
+    /// How far back beyond its window the offset reads (a deploy offset's value is taken once,
+    /// at the deploy, so it needs no more than the window itself).
+    fn reach(&self) -> Span {
+        match self {
+            Offset::Ago(span) => *span,
+            Offset::Deploy => Span::ZERO,
+        }
+    }
+}
+
+/// Whose evidence a rule reads. A deployment's rules judge the version deployed now: their
+/// windows start at its deploy. An environment's rules (node memory, a storage backend,
+/// external alerts) are not about the version: they keep their full history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    #[default]
+    Deployment,
+    Environment,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "deployment" => Some(Scope::Deployment),
+            "environment" => Some(Scope::Environment),
+            _ => None,
+        }
+    }
+}
+
 /// A window function call with its arguments checked, generic over how selectors are held:
 /// [`CallSpec`] as written (parsed selectors), [`Call`] ready to evaluate (registered ids).
 #[derive(Debug, Clone)]
 pub enum CallOf<S> {
-    Rate { sel: S, window: Span, offset: Span },
-    Increase { sel: S, window: Span, offset: Span },
-    Ratio { num: S, den: S, window: Span, min_den: f64, offset: Span },
-    Over { how: Over, sel: S, window: Span, offset: Span },
-    Last { sel: S, offset: Span },
-    Quantile { q: f64, sel: S, window: Span, offset: Span },
+    Rate { sel: S, window: Span, offset: Offset },
+    Increase { sel: S, window: Span, offset: Offset },
+    Ratio { num: S, den: S, window: Span, min_den: f64, offset: Offset },
+    Over { how: Over, sel: S, window: Span, offset: Offset },
+    Last { sel: S, offset: Offset },
+    Quantile { q: f64, sel: S, window: Span, offset: Offset },
     Up { sel: S },
     DownFor { sel: S },
 }
@@ -149,8 +194,12 @@ impl Args<'_> {
         Ok(w)
     }
 
-    fn offset(&self, i: usize) -> Result<Span, String> {
-        if i < self.args.len() { self.duration(i, "offset") } else { Ok(Span::ZERO) }
+    fn offset(&self, i: usize) -> Result<Offset, String> {
+        match self.args.get(i) {
+            None => Ok(Offset::NONE),
+            Some(Arg::Str(s)) if s == "deploy" => Ok(Offset::Deploy),
+            Some(_) => self.duration(i, "offset (or \"deploy\")").map(Offset::Ago),
+        }
     }
 
     fn number(&self, i: usize, wanted: &str) -> Result<f64, String> {
@@ -219,7 +268,7 @@ impl CallOf<Selector> {
                 a.arity(3, 5)?;
                 let (num, den, window) = (a.selector(0)?, a.selector(1)?, a.window(2)?);
                 let (min_den, offset) = match args.get(3) {
-                    None => (0.0, Span::ZERO),
+                    None => (0.0, Offset::NONE),
                     Some(Arg::Num(_)) => (a.number(3, "a traffic floor (number)")?, a.offset(4)?),
                     Some(Arg::Str(_)) if args.len() == 4 => (0.0, a.offset(3)?),
                     Some(Arg::Str(_)) => return Err(a.wrong_type(3, "a traffic floor (number)")),
@@ -259,16 +308,23 @@ impl CallOf<Selector> {
         format!("{:?}", self.clone().map(|sel| sel.text))
     }
 
+    /// The selectors' texts, as written (what a rule reads, for verification).
+    pub fn selector_texts(&self) -> Vec<String> {
+        let mut texts = Vec::new();
+        self.clone().map(|sel| texts.push(sel.text));
+        texts
+    }
+
     /// How far back this call reads: the store must retain at least this much.
     pub fn reach(&self) -> Span {
-        let windowed = |w: Span, o: Span| Span(o.0 + 2 * w.0);
+        let windowed = |w: Span, o: Offset| Span(o.reach().0 + 2 * w.0);
         match self {
             CallOf::Rate { window, offset, .. }
             | CallOf::Increase { window, offset, .. }
             | CallOf::Ratio { window, offset, .. }
             | CallOf::Over { window, offset, .. }
             | CallOf::Quantile { window, offset, .. } => windowed(*window, *offset),
-            CallOf::Last { offset, .. } => Span(offset.0 + LOOKBACK.0),
+            CallOf::Last { offset, .. } => Span(offset.reach().0 + LOOKBACK.0),
             CallOf::Up { .. } | CallOf::DownFor { .. } => LOOKBACK,
         }
     }
@@ -280,18 +336,46 @@ impl CallOf<Selector> {
     }
 }
 
+impl<S> CallOf<S> {
+    /// The call's offset (`up`/`down_for` have none).
+    pub fn offset(&self) -> Offset {
+        match self {
+            CallOf::Rate { offset, .. }
+            | CallOf::Increase { offset, .. }
+            | CallOf::Ratio { offset, .. }
+            | CallOf::Over { offset, .. }
+            | CallOf::Last { offset, .. }
+            | CallOf::Quantile { offset, .. } => *offset,
+            CallOf::Up { .. } | CallOf::DownFor { .. } => Offset::NONE,
+        }
+    }
+}
+
 impl CallOf<SelectorId> {
-    /// The call's value at `now`; `None` is no data.
-    pub fn eval(&self, store: &Store, now: Timestamp) -> Option<f64> {
+    /// The call's value at `now`; `None` is no data. Without an offset it reads only samples at
+    /// or after `since` (the current version's evidence); an offset of a span reads the past as
+    /// it was; the `"deploy"` offset reads the window ending at `deploy` (none known: no data).
+    pub fn eval(
+        &self,
+        store: &Store,
+        now: Timestamp,
+        since: Option<Timestamp>,
+        deploy: Option<Timestamp>,
+    ) -> Option<f64> {
+        let at = match self.offset() {
+            Offset::Ago(span) if span.is_zero() => At::new(now).since(since),
+            Offset::Ago(span) => At::ago(now, span),
+            Offset::Deploy => At::new(deploy?),
+        };
         match *self {
-            CallOf::Rate { sel, window, offset } => store.rate(sel, now, window, offset),
-            CallOf::Increase { sel, window, offset } => store.increase(sel, now, window, offset),
-            CallOf::Ratio { num, den, window, min_den, offset } => store.ratio(num, den, now, window, offset, min_den),
-            CallOf::Over { how, sel, window, offset } => store.over(how, sel, now, window, offset),
-            CallOf::Last { sel, offset } => store.last(sel, now, offset),
-            CallOf::Quantile { q, sel, window, offset } => store.quantile(q, sel, now, window, offset),
-            CallOf::Up { sel } => store.up(sel, now),
-            CallOf::DownFor { sel } => store.down_for(sel, now),
+            CallOf::Rate { sel, window, .. } => store.rate(sel, at, window),
+            CallOf::Increase { sel, window, .. } => store.increase(sel, at, window),
+            CallOf::Ratio { num, den, window, min_den, .. } => store.ratio(num, den, at, window, min_den),
+            CallOf::Over { how, sel, window, .. } => store.over(how, sel, at, window),
+            CallOf::Last { sel, .. } => store.last(sel, at),
+            CallOf::Quantile { q, sel, window, .. } => store.quantile(q, sel, at, window),
+            CallOf::Up { sel } => store.up(sel, at),
+            CallOf::DownFor { sel } => store.down_for(sel, at),
         }
     }
 }
@@ -327,7 +411,9 @@ mod tests {
         let floor = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(100.0)]).unwrap();
         assert!(matches!(floor, CallOf::Ratio { min_den, offset, .. } if min_den == 100.0 && offset.is_zero()));
         let offset = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), s("1h")]).unwrap();
-        assert!(matches!(offset, CallOf::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Span(3_600_000)));
+        assert!(
+            matches!(offset, CallOf::Ratio { min_den, offset, .. } if min_den == 0.0 && offset == Offset::Ago(Span(3_600_000)))
+        );
         let both = CallSpec::parse("ratio", &[s("a"), s("b"), s("1m"), Arg::Num(5.0), s("1h")]).unwrap();
         assert!(matches!(both, CallOf::Ratio { min_den, .. } if min_den == 5.0));
     }

@@ -8,4 +8,4 @@ pub mod functions;
 
 pub use compile::{Compiled, Compiler, Expected, Names};
 pub use eval::{Cond, Num, Slots, Truth, Value};
-pub use functions::{Call, CallSpec};
+pub use functions::{Call, CallSpec, Offset, Scope};

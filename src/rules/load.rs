@@ -11,7 +11,7 @@ use super::state::{OnNoData, Timing};
 use super::tree::{Outcome, Question, Tree};
 use super::{Evaluator, Profile, Rule, Signal, Step};
 use crate::config::{Checker, Diagnostic, Diagnostics, LoadedProfile, SourceFile};
-use crate::expr::{Compiled, Compiler, Expected, Names};
+use crate::expr::{Compiled, Compiler, Expected, Names, Scope};
 use crate::time::Span;
 use crate::window::Store;
 
@@ -39,6 +39,87 @@ fn compiled(
             None
         }
     }
+}
+
+/// Each rule's `scope` (default `deployment`), bad values reported.
+fn rule_scopes(ctx: &mut Checker, rules: &[Spanned<crate::config::raw::RawRule>]) -> HashMap<String, Scope> {
+    let mut scopes = HashMap::new();
+    for r in rules {
+        let raw = r.get_ref();
+        let scope = match &raw.scope {
+            None => Scope::Deployment,
+            Some(v) => Scope::parse(v.get_ref()).unwrap_or_else(|| {
+                ctx.err(
+                    &v.span(),
+                    Some(&format!("rule {:?}", raw.name.get_ref())),
+                    format!("scope must be \"deployment\" or \"environment\", not {:?}", v.get_ref()),
+                );
+                Scope::Deployment
+            }),
+        };
+        scopes.insert(raw.name.get_ref().clone(), scope);
+    }
+    scopes
+}
+
+/// The names an expression reads (signals among them), found without compiling it.
+fn names_in(text: &str) -> Vec<String> {
+    evalexpr::build_operator_tree::<evalexpr::DefaultNumericTypes>(text)
+        .map(|node| node.iter_read_variable_identifiers().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// A signal takes the scope of the rules that read it (directly or through other signals): its
+/// windows cannot both start at the deploy and not. A signal read by rules of both scopes is an
+/// error; one no rule reads is the deployment's.
+fn signal_scopes(
+    ctx: &mut Checker,
+    signals: &BTreeMap<String, Spanned<String>>,
+    rules: &[Spanned<crate::config::raw::RawRule>],
+    rule_scopes: &HashMap<String, Scope>,
+) -> HashMap<String, Scope> {
+    let mut readers: HashMap<String, Vec<(Scope, String)>> = HashMap::new();
+    for r in rules {
+        let raw = r.get_ref();
+        let scope = rule_scopes.get(raw.name.get_ref()).copied().unwrap_or_default();
+        let mut todo: Vec<String> = names_in(raw.when.get_ref());
+        if let Some(v) = &raw.value {
+            todo.extend(names_in(v.get_ref()));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(name) = todo.pop() {
+            let Some(text) = signals.get(&name) else { continue };
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name.clone());
+            readers.entry(name).or_default().push((scope, raw.name.get_ref().clone()));
+            todo.extend(names_in(text.get_ref()));
+        }
+    }
+    let mut scopes = HashMap::new();
+    for (name, text) in signals {
+        let of = readers.get(name).map(Vec::as_slice).unwrap_or_default();
+        let env = of.iter().find(|(s, _)| *s == Scope::Environment);
+        let dep = of.iter().find(|(s, _)| *s == Scope::Deployment);
+        let scope = match (env, dep) {
+            (Some((_, e)), Some((_, d))) => {
+                ctx.err(
+                    &text.span(),
+                    Some(&format!("signal {name:?}")),
+                    format!(
+                        "read by rule {e:?} (scope = \"environment\") and rule {d:?} (the deployment's): \
+                         give the environment rule a signal of its own"
+                    ),
+                );
+                Scope::Deployment
+            }
+            (Some(_), None) => Scope::Environment,
+            _ => Scope::Deployment,
+        };
+        scopes.insert(name.clone(), scope);
+    }
+    scopes
 }
 
 /// Orders nodes so each comes after what it depends on; `Err` holds a cycle.
@@ -147,9 +228,12 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         // Signals, in dependency order within the profile.
         let sig_names =
             Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
+        let rule_scopes = rule_scopes(&mut ctx, &p.raw.rule);
+        let signal_scopes = signal_scopes(&mut ctx, &p.raw.signals, &p.raw.rule, &rule_scopes);
         let mut compiled_signals = Vec::new();
         for (name, text) in &p.raw.signals {
             let item = format!("signal {name:?}");
+            compiler.scope = signal_scopes.get(name).copied().unwrap_or_default();
             if let Some(c) = compiled(&mut ctx, &mut compiler, text, &sig_names, Expected::Number, &item) {
                 compiled_signals.push((name.clone(), text.span(), c));
             }
@@ -196,6 +280,8 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             if rules.iter().any(|x| x.name == name) {
                 continue;
             }
+            let scope = rule_scopes.get(&name).copied().unwrap_or_default();
+            compiler.scope = scope;
             let when = compiled(&mut ctx, &mut compiler, &raw.when, &rule_names, Expected::Boolean, &item);
             let value_names = Names { what: "a rule value", ..rule_names };
             let value = match &raw.value {
@@ -231,11 +317,17 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             let (Some(when), Some(value)) = (when, value) else {
                 continue;
             };
+            let mut reads: Vec<String> = when.signals_read.iter().map(|s| format!("signal:{s}")).collect();
+            reads.extend(when.selectors_read.iter().cloned());
+            reads.sort();
+            reads.dedup();
             rules.push(Rule {
                 name,
                 profile: pi,
                 cond: when.to_cond(),
                 depends_on: when.rules_read.clone(),
+                scope,
+                reads,
                 span: raw.when.span(),
                 value,
                 timing: Timing { for_, keep_firing_for, on_no_data },

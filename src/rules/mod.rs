@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::expr::{Call, Cond, Num, Slots, Truth, Value};
+use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
 pub use state::{OnNoData, Phase, RuleState, Timing};
@@ -41,6 +41,12 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
     /// Rules whose state this one reads.
     pub depends_on: Vec<String>,
+    /// Whose evidence it judges: the deployed version's (windows start at its deploy, its state
+    /// restarts there) or the environment's (full history).
+    pub scope: Scope,
+    /// The signals (`signal:NAME`) and selectors its condition reads directly: rules that share
+    /// one watch the same thing, and verify a rollback together.
+    pub reads: Vec<String>,
     /// Where its condition is written, for messages.
     pub span: Range<usize>,
     firing_slot: usize,
@@ -95,7 +101,7 @@ pub struct Evaluator {
     pub profiles: Vec<Profile>,
     pub signals: Vec<Signal>,
     pub rules: Vec<Rule>,
-    calls: Vec<(Call, usize)>,
+    calls: Vec<(Call, usize, Scope)>,
     slots: Slots,
     store: Store,
     states: Vec<RuleState>,
@@ -106,6 +112,13 @@ pub struct Evaluator {
     next_gc: Timestamp,
     /// Ticks evaluated so far.
     pub ticks: u64,
+    /// Where the current version's evidence starts (its deploy, or a rollback's restore point).
+    evidence_since: Option<Timestamp>,
+    /// Per call, its value over the window just before that deploy (`"deploy"` offsets only).
+    deploy_values: Vec<Option<f64>>,
+    /// Per rule, whether it was firing before the current deploy and has not been seen
+    /// inactive with known inputs since.
+    predated: Vec<bool>,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -116,7 +129,7 @@ impl Evaluator {
         profiles: Vec<Profile>,
         signals: Vec<Signal>,
         rules: Vec<Rule>,
-        calls: Vec<(Call, usize)>,
+        calls: Vec<(Call, usize, Scope)>,
         slots: Slots,
         store: Store,
     ) -> Evaluator {
@@ -125,7 +138,11 @@ impl Evaluator {
             by_profile[r.profile].push(i);
         }
         let n = rules.len();
+        let deploy_values = vec![None; calls.len()];
         Evaluator {
+            evidence_since: None,
+            deploy_values,
+            predated: vec![false; n],
             profiles,
             signals,
             rules,
@@ -176,6 +193,46 @@ impl Evaluator {
             }
         }
         self.ticks = old.ticks;
+        for (i, rule) in self.rules.iter().enumerate() {
+            self.predated[i] = old.rules.iter().position(|r| r.name == rule.name).is_some_and(|j| old.predated[j]);
+        }
+        if let Some(at) = old.evidence_since {
+            self.evidence_since = Some(at);
+            self.take_deploy_values(at);
+        }
+    }
+
+    /// Where the current version's evidence starts, if a deploy is known.
+    pub fn evidence_since(&self) -> Option<Timestamp> {
+        self.evidence_since
+    }
+
+    /// The deployed version's evidence starts at `at` (a deploy, or a rollback's restore point):
+    /// windows of deployment-scoped rules start there, their states restart (a pending `for`
+    /// does not carry over), and `"deploy"` offsets read the window just before it. With
+    /// `predates` (a deploy seen while running), the rules firing at the last evaluation are
+    /// remembered: until seen inactive, what they report is older than this version.
+    pub fn restart_evidence(&mut self, at: Timestamp, predates: bool) {
+        self.take_deploy_values(at);
+        self.evidence_since = Some(at);
+        for (i, rule) in self.rules.iter().enumerate() {
+            self.predated[i] = predates && self.ticks > 0 && self.states[i].is_firing();
+            if rule.scope == Scope::Deployment {
+                self.states[i] = RuleState::Inactive;
+                self.values[i] = None;
+                self.truths[i] = Truth::Unknown;
+                self.slots.set(rule.firing_slot, Value::Boolean(false));
+                self.slots.set(rule.pending_slot, Value::Boolean(false));
+            }
+        }
+    }
+
+    fn take_deploy_values(&mut self, at: Timestamp) {
+        for (i, (call, _, _)) in self.calls.iter().enumerate() {
+            if call.offset() == Offset::Deploy {
+                self.deploy_values[i] = call.eval(&self.store, at, None, Some(at));
+            }
+        }
     }
 
     /// Every rule with its current state and value, in evaluation order.
@@ -204,8 +261,14 @@ impl Evaluator {
             self.next_gc = now.plus(GC_EVERY);
         }
         self.ticks += 1;
-        for (call, slot) in &self.calls {
-            self.slots.set_number(*slot, call.eval(&self.store, now));
+        for (i, (call, slot, scope)) in self.calls.iter().enumerate() {
+            let value = if call.offset() == Offset::Deploy {
+                self.deploy_values[i]
+            } else {
+                let since = if *scope == Scope::Deployment { self.evidence_since } else { None };
+                call.eval(&self.store, now, since, self.evidence_since)
+            };
+            self.slots.set_number(*slot, value);
         }
         for s in &self.signals {
             let v = s.num.eval(&self.slots);
@@ -229,7 +292,10 @@ impl Evaluator {
             }
             self.states[i] = after;
             self.values[i] = value;
-            self.truths[i] = truth;
+            self.truths[i] = rule.timing.on_no_data.apply(truth);
+            if self.truths[i] == Truth::False {
+                self.predated[i] = false;
+            }
             self.slots.set(rule.firing_slot, Value::Boolean(after.is_firing()));
             self.slots.set(rule.pending_slot, Value::Boolean(after.is_pending()));
         }
@@ -265,6 +331,16 @@ impl Evaluator {
                 unknown: rules
                     .iter()
                     .filter(|&&i| self.truths[i] == Truth::Unknown)
+                    .map(|&i| self.rules[i].name.clone())
+                    .collect(),
+                pending: rules
+                    .iter()
+                    .filter(|&&i| self.states[i].is_pending())
+                    .map(|&i| self.rules[i].name.clone())
+                    .collect(),
+                predates: rules
+                    .iter()
+                    .filter(|&&i| self.states[i].is_firing() && self.predated[i])
                     .map(|&i| self.rules[i].name.clone())
                     .collect(),
             });

@@ -22,6 +22,15 @@ pub enum OnNoData {
 }
 
 impl OnNoData {
+    /// The truth a rule acts on: unknown mapped as `on_no_data` says (`keep` leaves it unknown).
+    pub fn apply(self, truth: Truth) -> Truth {
+        match (truth, self) {
+            (Truth::Unknown, OnNoData::Ok) => Truth::False,
+            (Truth::Unknown, OnNoData::Fire) => Truth::True,
+            (t, _) => t,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<OnNoData> {
         match text {
             "keep" => Some(OnNoData::Keep),
@@ -89,12 +98,7 @@ impl RuleState {
 
     /// Advances the state for one evaluation at `now` with the condition's truth.
     pub fn step(self, now: Timestamp, truth: Truth, timing: &Timing) -> RuleState {
-        let truth = match (truth, timing.on_no_data) {
-            (Truth::Unknown, OnNoData::Ok) => Truth::False,
-            (Truth::Unknown, OnNoData::Fire) => Truth::True,
-            (t, _) => t,
-        };
-        match (self, truth) {
+        match (self, timing.on_no_data.apply(truth)) {
             (state, Truth::Unknown) => state,
             (RuleState::Inactive, Truth::False) => RuleState::Inactive,
             (RuleState::Inactive, Truth::True) => RuleState::Pending { since: now }.promote(now, timing),

@@ -88,8 +88,16 @@ pub struct Decision {
     /// The firing rules the deciding question read: what this decision is because of (empty
     /// when the default was taken).
     pub because: Vec<String>,
-    /// The profile's rules whose inputs had no data this tick.
+    /// The profile's rules whose inputs had no data this tick (and whose `on_no_data` did not
+    /// make that a known answer).
     pub unknown: Vec<String>,
+    /// The profile's pending rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// Firing rules that were already firing at the last evaluation before the current deploy
+    /// and have not been seen inactive (with known inputs) since: the deploy did not cause them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predates: Vec<String>,
 }
 
 impl Tree {
@@ -108,6 +116,12 @@ impl Tree {
 }
 
 impl Decision {
+    /// Whether everything this rollback decision is because of predates the current deploy:
+    /// rolling the new version back would not fix it.
+    pub fn predates_deploy(&self) -> bool {
+        !self.because.is_empty() && self.because.iter().all(|r| self.predates.contains(r))
+    }
+
     /// `Is system down? no → Is error rate > 5%? YES → rollback`.
     pub fn explanation(&self) -> String {
         let mut parts: Vec<String> =
@@ -143,6 +157,8 @@ mod tests {
             firing: vec![],
             because: vec![],
             unknown: vec![],
+            pending: vec![],
+            predates: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
         let d = Decision { outcome: Outcome::Monitor, by_default: true, path: vec![], ..d };

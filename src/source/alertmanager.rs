@@ -112,6 +112,7 @@ impl Alerts {
 mod tests {
     use super::*;
     use crate::selector::Selector;
+    use crate::window::At;
 
     const BODY: &str = r#"{"version":"4","groupKey":"{}:{}","status":"firing","receiver":"rollwatch","groupLabels":{},
         "commonLabels":{},"commonAnnotations":{},"externalURL":"http://am","truncatedAlerts":0,
@@ -142,18 +143,18 @@ mod tests {
         let sel = store.add_selector(Selector::parse(r#"ALERTS{alertname="SecurityIncident"}"#).unwrap());
         let mut alerts = Alerts::default();
         alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(0), &mut store);
-        assert_eq!(store.last(sel, Timestamp(0), Span::ZERO), Some(1.0));
+        assert_eq!(store.last(sel, At::new(Timestamp(0))), Some(1.0));
         // Still firing 4 minutes later without a re-send, and present beyond the 5 m lookback.
         alerts.refresh(Timestamp(240_000), RESOLVE_TIMEOUT, &mut store);
-        assert_eq!(store.last(sel, Timestamp(240_000), Span::ZERO), Some(1.0));
+        assert_eq!(store.last(sel, At::new(Timestamp(240_000))), Some(1.0));
         // Not re-sent for more than resolve_timeout: gone.
         alerts.refresh(Timestamp(301_000), RESOLVE_TIMEOUT, &mut store);
-        assert_eq!(store.last(sel, Timestamp(301_000), Span::ZERO), None);
+        assert_eq!(store.last(sel, At::new(Timestamp(301_000))), None);
         assert!(alerts.firing().is_empty());
         // Resolved explicitly.
         alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(400_000), &mut store);
         let resolved = BODY.replace(r#""status":"firing","labels""#, r#""status":"resolved","labels""#);
         alerts.update(parse(resolved.as_bytes()).unwrap(), Timestamp(410_000), &mut store);
-        assert_eq!(store.last(sel, Timestamp(410_000), Span::ZERO), None);
+        assert_eq!(store.last(sel, At::new(Timestamp(410_000))), None);
     }
 }

@@ -193,6 +193,7 @@ impl TargetSeries {
 mod tests {
     use super::*;
     use crate::selector::Selector;
+    use crate::window::At;
 
     fn obs(at: i64, up: bool, samples: &[(&str, f64)]) -> Observation {
         Observation {
@@ -218,15 +219,15 @@ mod tests {
         let up = store.add_selector(Selector::parse(r#"up{critical="true"}"#).unwrap());
         let mut ts = TargetSeries::default();
         ts.apply(&obs(0, true, &[("m", 5.0)]), &mut store);
-        assert_eq!(store.last(m, Timestamp(0), Span::ZERO), Some(5.0));
-        assert_eq!(store.up(up, Timestamp(0)), Some(1.0));
+        assert_eq!(store.last(m, At::new(Timestamp(0))), Some(5.0));
+        assert_eq!(store.up(up, At::new(Timestamp(0))), Some(1.0));
         assert_eq!(ts.strings["api"][0].1, "v1");
         ts.apply(&obs(1000, false, &[]), &mut store);
-        assert_eq!(store.last(m, Timestamp(1000), Span::ZERO), None, "unknown, not the last healthy value");
-        assert_eq!(store.up(up, Timestamp(1000)), Some(0.0));
+        assert_eq!(store.last(m, At::new(Timestamp(1000))), None, "unknown, not the last healthy value");
+        assert_eq!(store.up(up, At::new(Timestamp(1000))), Some(0.0));
         assert!(!ts.strings.contains_key("api"));
         ts.apply(&obs(2000, true, &[("m", 6.0)]), &mut store);
-        assert_eq!(store.last(m, Timestamp(2000), Span::ZERO), Some(6.0));
+        assert_eq!(store.last(m, At::new(Timestamp(2000))), Some(6.0));
     }
 
     #[test]
