@@ -42,12 +42,23 @@ fn dispatcher(c: &mut Criterion) {
             let rules = (0..10).map(|i| format!("{p}-rule-{i}")).collect();
             (
                 p.to_string(),
-                Plan { procedures: BTreeMap::new(), consider_auto_after: None, rules, labels: BTreeMap::new() },
+                Plan {
+                    procedures: BTreeMap::new(),
+                    consider_auto_after: None,
+                    rules,
+                    labels: BTreeMap::new(),
+                    reads: vec![],
+                },
             )
         })
         .collect();
-    let acting =
-        Acting { policy: Policy::default(), actions: Arc::new(BTreeMap::new()), plans, redactor: Default::default() };
+    let acting = Acting {
+        policy: Policy::default(),
+        actions: Arc::new(BTreeMap::new()),
+        plans,
+        redactor: Default::default(),
+        config_path: "rollwatch.toml".into(),
+    };
     let (mut d, _done) = Dispatcher::new(acting, notifier, shared, client, clock, &[]).unwrap();
     let decisions: Vec<Decision> = names
         .iter()
@@ -65,9 +76,10 @@ fn dispatcher(c: &mut Criterion) {
             predates: vec![],
         })
         .collect();
-    d.on_tick(Timestamp(1), &decisions, Some("v1")).unwrap();
+    d.on_version_observed(Timestamp(1), "v1").unwrap();
+    d.on_tick(Timestamp(1), &decisions).unwrap();
     c.bench_function("dispatcher tick, 5 profiles, nothing to do", |b| {
-        b.iter(|| d.on_tick(Timestamp(2), black_box(&decisions), Some("v1")).unwrap())
+        b.iter(|| d.on_tick(Timestamp(2), black_box(&decisions)).unwrap())
     });
 }
 

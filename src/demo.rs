@@ -1,11 +1,12 @@
-//! `rollwatch demo`: a simulated deployment on loopback — a health endpoint and a metrics
-//! endpoint whose error rate climbs (0.5% → 3% → 12%) — watched by the shipped SOLVEREIGN profile
-//! through the real engine: the same pollers, store, evaluator, dispatcher and journal as `run`.
-//! It prints each tick's signals, every rule state change and the decision path; on `rollback`
-//! the profile's procedure runs against the simulation — announce, `POST /rollback` (which
-//! restores the previous version), health and version checks — then verifies that the error
-//! rules stop firing and announces "ROLLBACK COMPLETE" with the duration on a console channel.
-//! It ends by itself when the rollback completes (or fails, or after 90 seconds).
+//! `rollwatch demo`: a simulated deployment on loopback — a health endpoint with the deployed
+//! version and a metrics endpoint — watched by the shipped SOLVEREIGN profile through the real
+//! engine: the same pollers, store, evaluator, dispatcher and journal as `run`. v1.2.3 runs
+//! healthy and bakes (good); v1.2.4 is deployed and its error rate climbs (0.5% → 3% → 12%). It
+//! prints each tick's signals, every rule state change and the decision path; on `rollback` the
+//! profile's procedure runs against the simulation — announce, `POST /rollback?to=v1.2.3` (the
+//! last version that ran healthy), health and version checks — then verifies that the error
+//! rules stay quiet on v1.2.3's own evidence and announces "ROLLBACK COMPLETE" with the duration
+//! on a console channel. It ends by itself when the rollback completes (or fails, or after 90 s).
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use crate::cli::report;
@@ -28,19 +30,23 @@ use crate::time::Stopwatch;
 pub const PROFILE: &str = include_str!("../rules/solvereign.toml");
 
 /// The simulated service: its counters and what is deployed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sim {
     ok: f64,
     errors: f64,
-    /// Set by `POST /rollback`: the previous version is back and errors return to normal.
-    rolled_back: bool,
+    version: String,
+    /// When the bad release was deployed (seconds into the demo).
+    bad_since: Option<f64>,
 }
 
 /// The bad release and the one before it.
 pub const BAD_VERSION: &str = "v1.2.4";
 pub const GOOD_VERSION: &str = "v1.2.3";
 
-/// The share of failing requests `secs` into the demo.
+/// When the simulation's pipeline deploys the bad release (seconds into the demo).
+pub const DEPLOY_AT: f64 = 6.0;
+
+/// The share of failing requests `secs` after the bad release was deployed.
 pub fn error_share(secs: f64) -> f64 {
     match secs {
         s if s < 8.0 => 0.005,
@@ -48,6 +54,9 @@ pub fn error_share(secs: f64) -> f64 {
         _ => 0.12,
     }
 }
+
+/// The share of failing requests of a healthy version.
+const HEALTHY_SHARE: f64 = 0.002;
 
 /// Requests a second the simulated service handles.
 const RPS: f64 = 200.0;
@@ -67,15 +76,23 @@ async fn serve_sim(listener: tokio::net::TcpListener, sim: Arc<Mutex<Sim>>) {
         }
     };
     async fn health(State(sim): State<Arc<Mutex<Sim>>>) -> String {
-        let rolled_back = sim.lock().map(|s| s.rolled_back).unwrap_or(false);
-        let version = if rolled_back { GOOD_VERSION } else { BAD_VERSION };
+        let version = sim.lock().map(|s| s.version.clone()).unwrap_or_default();
         format!(r#"{{"status":"ok","version":"{version}"}}"#)
     }
-    async fn rollback(State(sim): State<Arc<Mutex<Sim>>>) -> String {
-        if let Ok(mut s) = sim.lock() {
-            s.rolled_back = true;
+    #[derive(serde::Deserialize)]
+    struct To {
+        to: String,
+    }
+    /// `POST /rollback?to=VERSION`: what `kubectl rollout undo --to-revision` does here.
+    async fn rollback(State(sim): State<Arc<Mutex<Sim>>>, Query(to): Query<To>) -> (StatusCode, String) {
+        if to.to != GOOD_VERSION {
+            return (StatusCode::BAD_REQUEST, format!("no such revision {:?}\n", to.to));
         }
-        format!("rolled back to {GOOD_VERSION}\n")
+        if let Ok(mut s) = sim.lock() {
+            s.version = to.to.clone();
+            s.bad_since = None;
+        }
+        (StatusCode::OK, format!("rolled back to {}\n", to.to))
     }
     let app = Router::new()
         .route("/health/ready", get(health))
@@ -87,20 +104,28 @@ async fn serve_sim(listener: tokio::net::TcpListener, sim: Arc<Mutex<Sim>>) {
 
 /// Runs the demo, writing its story to `out`.
 pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<bool> {
-    let sim = Arc::new(Mutex::new(Sim::default()));
+    let sim = Arc::new(Mutex::new(Sim { ok: 0.0, errors: 0.0, version: GOOD_VERSION.into(), bad_since: None }));
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
     tokio::spawn(serve_sim(sim_listener, sim.clone()));
     let clock = Stopwatch::start();
     {
-        // Traffic: RPS requests a second, a growing share of them failing.
+        // Traffic: RPS requests a second; the pipeline deploys the bad release at DEPLOY_AT, and a
+        // growing share of its requests fail.
         let sim = sim.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
+            let mut deployed = false;
             loop {
                 every.tick().await;
                 if let Ok(mut s) = sim.lock() {
-                    let share = if s.rolled_back { error_share(0.0) } else { error_share(clock.elapsed_secs()) };
+                    let now = clock.elapsed_secs();
+                    if !deployed && now >= DEPLOY_AT {
+                        deployed = true;
+                        s.version = BAD_VERSION.into();
+                        s.bad_since = Some(now);
+                    }
+                    let share = s.bad_since.map_or(HEALTHY_SHARE, |since| error_share(now - since));
                     s.errors += RPS / 10.0 * share;
                     s.ok += RPS / 10.0 * (1.0 - share);
                 }
@@ -136,6 +161,8 @@ timeout = "1s"
 [policy]
 mode = "auto"
 verify_for = "60s"
+verify_stable = "5s"           # the error rules quiet this long on v1.2.3's own evidence
+bake = "4s"                    # a version that ran clean this long is good (a rollback target)
 
 [channels.console]
 kind = "console"
@@ -144,7 +171,7 @@ kind = "console"
 [actions.undo]
 kind = "http"
 method = "POST"
-url = "http://{sim_addr}/rollback"
+url = "http://{sim_addr}/rollback?to={{{{target_version}}}}"
 
 [actions.rollout-status]
 kind = "http"
@@ -170,7 +197,8 @@ url = "http://{sim_addr}/health/ready"
 
     writeln!(
         out,
-        "rollwatch demo: a simulated deployment on {sim_addr} ({RPS} requests/s; 0.5% errors, 3% from 8 s, 12% from 16 s)"
+        "rollwatch demo: a simulated deployment on {sim_addr} ({RPS} requests/s): {GOOD_VERSION} runs healthy, then\n\
+         {BAD_VERSION} is deployed at {DEPLOY_AT} s and fails 0.5% of requests, 3% after 8 s, 12% after 16 s"
     )?;
     writeln!(
         out,
@@ -185,6 +213,7 @@ url = "http://{sim_addr}/health/ready"
     let mut completed = false;
     let mut decided = false;
     let mut last_path = String::new();
+    let mut shown_version = String::new();
     let deadline = tokio::time::sleep(Duration::from_secs(90));
     tokio::pin!(deadline);
     loop {
@@ -209,6 +238,11 @@ url = "http://{sim_addr}/health/ready"
             _ = &mut deadline => break,
         };
         let secs = clock.elapsed_secs();
+        let version = sim.lock().map(|s| s.version.clone()).unwrap_or_default();
+        if version != shown_version {
+            writeln!(out, "{secs:6.1}s  version {version} deployed")?;
+            shown_version = version;
+        }
         for t in &event.tick.transitions {
             writeln!(out, "{secs:6.1}s  rule {} {} → {} (value {})", t.rule, t.from, t.to, report::maybe(t.value))?;
         }

@@ -11,13 +11,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::act::event::Event;
 use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
 use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::notify::{Console, Notifier};
 use crate::rules::{Evaluator, Tick};
 use crate::server::{self, Shared};
-use crate::source::alertmanager::{Alerts, RESOLVE_TIMEOUT};
+use crate::source::alertmanager::Alerts;
 use crate::source::poller::{http_client, run_target};
 use crate::source::{Observation, Secret, SourceError, Target, TargetSeries};
 use crate::status::{RECENT, RuleStatus, Snapshot, TargetStatus};
@@ -106,13 +107,15 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         Some(rx) => (mpsc::channel(1).0, rx),
         None => mpsc::channel(16),
     };
-    crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE)?;
+    let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
+    crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;
     let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
     let history = Journal::read_back(&journal.path())?;
     let client = http_client()?;
     let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
     let (mut dispatcher, mut procedures) =
         Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
+    sync_evidence(&mut dispatcher, &mut ev);
     let (obs_tx, mut observations) = mpsc::channel(1024);
     let (stop_tasks, tasks_shutdown) = watch::channel(false);
     let (mut stop_pollers, mut pollers_shutdown) = watch::channel(false);
@@ -147,6 +150,10 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
             Some(obs) = observations.recv() => {
                 series.apply(&obs, ev.store_mut());
                 record_poll(&mut snapshot, &obs);
+                if let Some(version) = version_of(&config, &obs) {
+                    dispatcher.on_version_observed(obs.at, version)?;
+                    sync_evidence(&mut dispatcher, &mut ev);
+                }
             }
             Some(updates) = alert_updates.recv() => {
                 let now = clock.now();
@@ -157,7 +164,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
             }
             _ = ticker.tick() => {
                 let now = clock.now();
-                alerts.refresh(now, RESOLVE_TIMEOUT, ev.store_mut());
+                alerts.refresh(now, config.alert_expiry, ev.store_mut());
                 let watch = Stopwatch::start();
                 let tick = ev.tick(now);
                 snapshot.last_evaluation_seconds = watch.elapsed_secs();
@@ -177,8 +184,8 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                     }
                     *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
                 }
-                let version = deployed_version(&config, &series);
-                dispatcher.on_tick(now, &tick.decisions, version.as_deref())?;
+                dispatcher.on_tick(now, &tick.decisions)?;
+                sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 if let Some(recorder) = &recorder
                     && let Ok(mut r) = recorder.lock()
@@ -194,12 +201,14 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
             }
             Some(done) = procedures.recv() => {
                 dispatcher.on_done(done)?;
+                sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
             }
             Some((command, reply)) = commands.recv() => {
                 tracing::info!(?command, "command received");
                 let answer = dispatcher.command(command)?;
+                sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
                 let _ = reply.send(answer);
@@ -286,16 +295,32 @@ fn acting_parts(
         clock.clone(),
     );
     let redactor = crate::source::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
-    let acting =
-        Acting { policy: spec.policy.clone(), actions: Arc::new(actions), plans: Plan::from_evaluator(ev), redactor };
+    let acting = Acting {
+        policy: spec.policy.clone(),
+        actions: Arc::new(actions),
+        plans: Plan::from_evaluator(ev),
+        redactor,
+        config_path: std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone()),
+    };
     Ok((acting, notifier))
 }
 
-/// The deployed version, from the field of the target `version = {...}` names.
-fn deployed_version(config: &Config, series: &TargetSeries) -> Option<String> {
+/// The deployed version an observation reads, when it is of the target `version = {...}`
+/// names, that target is up, and the field is there and not empty (an unreadable version is not
+/// a change).
+fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<&'a str> {
     let v = config.raw.version.as_ref()?.get_ref();
-    let fields = series.strings.get(v.target.get_ref())?;
-    fields.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.clone())
+    if obs.target != *v.target.get_ref() || !obs.up {
+        return None;
+    }
+    obs.strings.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.trim()).filter(|val| !val.is_empty())
+}
+
+/// The evaluator's evidence follows the dispatcher's deploys and restore points.
+fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
+    if let Some(r) = dispatcher.take_restart() {
+        ev.restart_evidence(r.at, r.predates);
+    }
 }
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).

@@ -27,6 +27,13 @@ struct Line<'a, T: Serialize> {
     data: &'a T,
 }
 
+#[derive(Serialize)]
+struct Tagged<'a, T: Serialize> {
+    at: Timestamp,
+    #[serde(flatten)]
+    event: &'a T,
+}
+
 /// Why the journal could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -67,6 +74,16 @@ impl Journal {
         self.file.sync_data().map_err(io)
     }
 
+    /// Appends one serde-tagged event (its tag is the `event` field) as one line, then fsyncs.
+    pub fn append_event<T: Serialize>(&mut self, at: Timestamp, event: &T) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(&Tagged { at, event })
+            .map_err(|e| JournalError::Io { path: self.path.clone(), source: io::Error::other(e) })?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+
     /// Reads every whole line back; a torn or unparsable last line is dropped with a warning,
     /// an unparsable line elsewhere is skipped with a warning (nothing else is lost).
     pub fn read_back(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {
@@ -96,33 +113,17 @@ impl Journal {
     }
 }
 
-/// Events the dispatcher's state is rebuilt from; compaction keeps every one of them.
-pub const KEPT_EVENTS: &[&str] = &[
-    "rollback_started",
-    "rollback_finished",
-    "step_started",
-    "step_finished",
-    "approval_opened",
-    "approval_closed",
-    "paused",
-    "resumed",
-    "silenced",
-    "unsilenced",
-    "version_changed",
-    "annotated",
-    "escalation",
-];
-
 /// Past this size, [`compact`] rotates the journal at start.
 pub const COMPACT_ABOVE: u64 = 64 * 1024 * 1024;
 
 /// When `dir/journal.jsonl` is larger than `max_bytes`: moves it to `journal.1.jsonl` (replacing
-/// an older one) and starts a new journal holding every line of [`KEPT_EVENTS`] — what restores
-/// cooldowns, approvals, pauses, silences, versions and the whole rollback history — in order.
+/// an older one) and starts a new journal holding every line `keep` accepts — the acting events
+/// that restore cooldowns, approvals, pauses, silences, versions and the whole rollback
+/// history — in order.
 /// Decisions, transitions, notifications and suppressions stay in the rotated file. The new file
 /// is written and fsynced before the rename, so a crash leaves one whole journal or the other.
 /// Returns whether it rotated.
-pub fn compact(dir: &Path, max_bytes: u64) -> Result<bool, JournalError> {
+pub fn compact(dir: &Path, max_bytes: u64, keep: impl Fn(&serde_json::Value) -> bool) -> Result<bool, JournalError> {
     let path = dir.join("journal.jsonl");
     let io = |source| JournalError::Io { path: path.clone(), source };
     match std::fs::metadata(&path) {
@@ -133,7 +134,7 @@ pub fn compact(dir: &Path, max_bytes: u64) -> Result<bool, JournalError> {
     }
     let lines = Journal::read_back(&path)?;
     let mut kept = Vec::new();
-    for line in lines.iter().filter(|l| l["event"].as_str().is_some_and(|e| KEPT_EVENTS.contains(&e))) {
+    for line in lines.iter().filter(|l| keep(l)) {
         kept.extend(serde_json::to_vec(line).map_err(|e| io(io::Error::other(e)))?);
         kept.push(b'\n');
     }
@@ -155,6 +156,12 @@ pub struct SharedJournal(Arc<Mutex<Journal>>);
 impl SharedJournal {
     pub fn new(journal: Journal) -> SharedJournal {
         SharedJournal(Arc::new(Mutex::new(journal)))
+    }
+
+    /// See [`Journal::append_event`].
+    pub fn append_event<T: Serialize>(&self, at: Timestamp, event: &T) -> Result<(), JournalError> {
+        let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        j.append_event(at, event)
     }
 
     /// See [`Journal::append`].
@@ -213,16 +220,13 @@ mod tests {
         }
         j.append(Timestamp(200), "paused", &serde_json::json!({"until": null})).unwrap();
         drop(j);
-        assert!(!compact(dir.path(), 1 << 20).unwrap(), "small journals stay");
-        assert!(compact(dir.path(), 100).unwrap());
+        let keep = |l: &serde_json::Value| l["event"] != "decision";
+        assert!(!compact(dir.path(), 1 << 20, keep).unwrap(), "small journals stay");
+        assert!(compact(dir.path(), 100, keep).unwrap());
         let back = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
         let events: Vec<&str> = back.iter().map(|l| l["event"].as_str().unwrap()).collect();
         assert_eq!(events, vec!["version_changed", "paused"]);
         assert_eq!(back[1]["at"], 200);
         assert_eq!(Journal::read_back(&dir.path().join("journal.1.jsonl")).unwrap().len(), 102);
-        // The compacted journal restores the same dispatcher state.
-        let (state, _) = crate::act::state::State::restore(&back);
-        assert_eq!(state.version.as_deref(), Some("v1"));
-        assert!(state.paused_until.is_some());
     }
 }

@@ -1,7 +1,9 @@
 //! rollwatch's own endpoints (axum): `/healthz`, `/metrics` and `/status` read the latest
 //! [`Snapshot`]; `POST /hooks/alertmanager` takes an Alertmanager webhook (version 4) and hands
-//! its alerts to the engine; `POST /approve/{id}`, `/pause[?for=D]`, `/resume`,
-//! `/silence/{rule}?for=D` and `/unsilence/{rule}` are commands to the dispatcher. A bearer token
+//! its alerts to the engine; `POST /hooks/deploy` (`{"version": "v2"}`) reports a deploy;
+//! `POST /approve/{id}[?by=]`, `/reject/{id}?reason=[&by=]`, `/pause[?for=D]`, `/resume`,
+//! `/silence/{rule}?for=D`, `/unsilence/{rule}` and `/versions/{version}/mark?state=good|bad&reason=`
+//! are commands to the dispatcher. A bearer token
 //! protects every POST when configured (and `run` refuses to listen beyond loopback without one):
 //! a forged alert or approval must not roll back production.
 
@@ -36,7 +38,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/hooks/alertmanager", post(hook))
+        .route("/hooks/deploy", post(deploy_hook))
         .route("/approve/{id}", post(approve))
+        .route("/reject/{id}", post(reject))
+        .route("/versions/{version}/mark", post(mark))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/silence/{rule}", post(silence))
@@ -79,7 +84,7 @@ async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
     page.push_str(&format!("</ul><h2>Acting</h2><p>mode <b>{}</b>", html(&a.mode)));
     if let Some(f) = &a.in_flight {
         page.push_str(&format!(
-            "; rollback <b>{}</b> of {} in flight ({})",
+            "; rollback <b>{}</b> of {} in flight ({:?})",
             html(&f.rollback_id),
             html(&f.profile),
             f.phase
@@ -162,8 +167,98 @@ fn bad_request(s: &Shared, headers: &HeaderMap, message: String) -> Response {
     unauthorized(s, headers).unwrap_or_else(|| (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response())
 }
 
-async fn approve(State(s): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    command(&s, &headers, Command::Approve { id }).await
+/// Who answers, and why: `?by=alice&reason=...` (`by` defaults to `api`).
+#[derive(serde::Deserialize)]
+struct Answer {
+    by: Option<String>,
+    reason: Option<String>,
+    state: Option<String>,
+}
+
+impl Answer {
+    fn by(&self) -> String {
+        self.by.clone().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| "api".into())
+    }
+}
+
+async fn approve(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<Answer>,
+    headers: HeaderMap,
+) -> Response {
+    command(&s, &headers, Command::Approve { id, by: q.by() }).await
+}
+
+async fn reject(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<Answer>,
+    headers: HeaderMap,
+) -> Response {
+    match q.reason.clone().filter(|r| !r.trim().is_empty()) {
+        Some(reason) => command(&s, &headers, Command::Reject { id, by: q.by(), reason }).await,
+        None => bad_request(&s, &headers, "say why: ?reason=...".into()),
+    }
+}
+
+async fn mark(
+    State(s): State<Shared>,
+    Path(version): Path<String>,
+    Query(q): Query<Answer>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(state) = q.state.as_deref().and_then(crate::act::event::Mark::parse) else {
+        return bad_request(&s, &headers, "state must be good or bad: ?state=good&reason=...".into());
+    };
+    match q.reason.clone().filter(|r| !r.trim().is_empty()) {
+        Some(reason) => command(&s, &headers, Command::Mark { version, state, by: q.by(), reason }).await,
+        None => bad_request(&s, &headers, "say why: ?reason=...".into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    version: String,
+    /// `hook` (a pipeline, the default) or `command` (`rollwatch deployed`).
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// `POST /hooks/deploy` with `{"version": "v2"}` as `application/json`.
+async fn deploy_hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(denied) = unauthorized(&s, &headers) {
+        return denied;
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the deploy as application/json: {\"version\": \"v2\"}\n")
+            .into_response();
+    }
+    let parsed: DeployBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("not a deploy: {e} (send {{\"version\": \"v2\"}})\n"))
+                .into_response();
+        }
+    };
+    let source = match parsed.source.as_deref() {
+        None | Some("hook") => crate::act::event::DeploySource::Hook,
+        Some("command") => crate::act::event::DeploySource::Command,
+        Some(other) => {
+            return (StatusCode::BAD_REQUEST, format!("source must be hook or command, not {other:?}\n"))
+                .into_response();
+        }
+    };
+    let version = parsed.version.trim().to_string();
+    if version.is_empty() || version.len() > 256 || version.chars().any(char::is_control) {
+        return (StatusCode::BAD_REQUEST, "version must be 1 to 256 printable characters\n").into_response();
+    }
+    command(&s, &headers, Command::Deployed { version, source }).await
 }
 
 async fn pause(State(s): State<Shared>, Query(q): Query<For>, headers: HeaderMap) -> Response {

@@ -106,6 +106,26 @@ pub enum DurationError {
     TooLong(String),
 }
 
+/// A span for people: `8m 3s`, `42s`, `1.5s`, `2h 5m`.
+pub fn human(span: Span) -> String {
+    let secs = span.0 / 1000;
+    match secs {
+        s if s >= 3600 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        _ if span.0 < 10_000 => format!("{:.1}s", span.0 as f64 / 1000.0),
+        s => format!("{s}s"),
+    }
+}
+
+/// A live timestamp (milliseconds since the epoch) as RFC 3339 UTC; `i64::MAX` is `forever`.
+pub fn iso(t: Timestamp) -> String {
+    if t.0 == i64::MAX {
+        return "forever".into();
+    }
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0.max(0) as u64);
+    humantime::format_rfc3339_seconds(when).to_string()
+}
+
 /// Parses a human duration (`"15s"`, `"5m"`, `"1h30m"`, `"250ms"`) with humantime, to whole
 /// milliseconds. Bare numbers are rejected: a unit must be said.
 pub fn parse_duration(text: &str) -> Result<Span, DurationError> {

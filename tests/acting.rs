@@ -81,6 +81,7 @@ impl Harness {
             consider_auto_after: None,
             rules: vec!["errors".into(), "down".into()],
             labels: BTreeMap::new(),
+            reads: vec![("errors".into(), vec!["signal:error_rate".into()]), ("down".into(), vec!["up".into()])],
         };
         let clock = Arc::new(ManualClock(AtomicI64::new(START)));
         let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);
@@ -125,7 +126,10 @@ impl Harness {
             pending: vec![],
             predates: vec![],
         };
-        self.d.on_tick(self.clock.now(), &[d], version).unwrap();
+        if let Some(v) = version {
+            self.d.on_version_observed(self.clock.now(), v).unwrap();
+        }
+        self.d.on_tick(self.clock.now(), &[d]).unwrap();
     }
 
     /// Waits for the procedure task to end and hands its report to the dispatcher.
@@ -193,6 +197,7 @@ fn start(
         actions: Arc::new(actions.clone()),
         plans: BTreeMap::from([(PROFILE.to_string(), plan.clone())]),
         redactor: rollwatch::source::Redactor::new(["tok-S3CRET".to_string()]),
+        config_path: dir.join("rollwatch.toml"),
     };
     let (d, done) = Dispatcher::new(acting, notifier, journal, client, clock, &lines).unwrap();
     (d, done, console)
@@ -205,6 +210,9 @@ fn quick_policy() -> Policy {
         slow_rollback: Span::from_secs(900),
         blind_after: Span::from_secs(300),
         approval_timeout: Span::from_secs(1800),
+        // Quiet once is enough here; the sustained check has tests of its own.
+        verify_stable: Span::ZERO,
+        bake: Span::from_secs(60),
         ..Policy::default()
     }
 }
@@ -214,13 +222,15 @@ async fn a_rollback_runs_its_steps_verifies_and_completes_once() {
     let mut h = Harness::new(quick_policy()).with_target_undo();
     h.tick(Outcome::Monitor, &[], Some("v1"));
     h.advance(Span::from_secs(60));
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    assert_eq!(h.events("version_baked")[0]["version"], "v1", "v1 ran clean for bake: good");
     h.tick(Outcome::Monitor, &[], Some("v2"));
     h.advance(Span::from_secs(60));
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     h.steps_done().await;
-    // The explicit target is the version deployed before v2.
+    // The explicit target is the last version that ran healthy.
     assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
-    assert_eq!(h.d.status().in_flight.as_ref().map(|f| f.phase), Some("verifying"));
+    assert_eq!(h.d.status().in_flight.as_ref().map(|f| f.phase), Some(rollwatch::act::dispatch::Phase::Verifying));
     // Still firing: not verified yet, and no second rollback while one is in flight.
     h.advance(Span::from_secs(15));
     h.tick(Outcome::Rollback, &["errors"], Some("v1"));
@@ -330,24 +340,31 @@ async fn approve_mode_waits_for_a_person_and_refuses_a_stale_approval() {
     let id = opened[0]["approval_id"].as_str().unwrap().to_string();
     let messages = h.messages().await;
     assert!(
-        messages[0].contains("ROLLBACK APPROVAL NEEDED") && messages[0].contains(&format!("rollwatch approve {id}")),
+        messages[0].contains("ROLLBACK APPROVAL NEEDED")
+            && messages[0].contains(&format!("rollwatch approve -c {}/rollwatch.toml {id}", h.dir.path().display())),
         "{messages:?}"
     );
     assert!(h.runs().is_empty());
-    assert!(h.command(Command::Approve { id: "ap-99".into() }).unwrap_err().contains("no open approval"));
-    let answer = h.command(Command::Approve { id: id.clone() }).unwrap();
+    assert!(
+        h.command(Command::Approve { id: "ap-99".into(), by: "alice".into() })
+            .unwrap_err()
+            .contains("no open approval")
+    );
+    let answer = h.command(Command::Approve { id: id.clone(), by: "alice".into() }).unwrap();
     assert!(answer.contains("rollback rb-"), "{answer}");
     h.steps_done().await;
     assert_eq!(h.runs().len(), 2);
     assert_eq!(h.events("approval_closed")[0]["how"], "granted");
+    assert_eq!(h.events("approval_closed")[0]["by"], "alice");
 
-    // An approval for a version that is no longer deployed does nothing.
+    // An approval belongs to its version: a deploy closes it, and answering it does nothing.
     let mut h = Harness::new(Policy { mode: Mode::Approve, ..quick_policy() });
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     let id = h.events("approval_opened")[0]["approval_id"].as_str().unwrap().to_string();
     h.tick(Outcome::Monitor, &[], Some("v3"));
-    let refused = h.command(Command::Approve { id }).unwrap_err();
-    assert!(refused.contains("stale: the deployed version changed from v2 to v3"), "{refused}");
+    assert_eq!(h.events("approval_closed")[0]["how"], "superseded");
+    let refused = h.command(Command::Approve { id, by: "alice".into() }).unwrap_err();
+    assert!(refused.contains("is closed (superseded"), "{refused}");
     assert!(h.events("rollback_started").is_empty());
 }
 
@@ -417,7 +434,7 @@ async fn an_issue_that_persists_past_verify_for_is_s2() {
     assert_eq!(h.events("rollback_finished")[0]["result"], "issue_persists");
     let e = &h.events("escalation")[0];
     assert_eq!(e["severity"], "S2");
-    assert!(e["finding"].as_str().unwrap().contains("rollback succeeded but issue persists: errors still firing"));
+    assert!(e["finding"].as_str().unwrap().contains("rollback succeeded but issue persists: errors not quiet"), "{e}");
     let messages = h.messages().await;
     assert!(messages.iter().any(|m| m.starts_with("🚨 S2")), "{messages:?}");
     assert!(!messages.iter().any(|m| m.contains("ROLLBACK COMPLETE")), "{messages:?}");
@@ -496,6 +513,8 @@ async fn blindness_longer_than_blind_after_is_notified_once() {
 #[tokio::test]
 async fn a_restart_reports_an_unfinished_rollback_and_never_reruns_it() {
     let mut h = Harness::new(quick_policy()).with_target_undo();
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.advance(Span::from_secs(60));
     h.tick(Outcome::Monitor, &[], Some("v1"));
     h.tick(Outcome::Monitor, &[], Some("v2"));
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
@@ -711,7 +730,8 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         pending: vec![],
         predates: vec![],
     };
-    h.d.on_tick(h.clock.now(), &[d], Some("v2")).unwrap();
+    h.d.on_version_observed(h.clock.now(), "v2").unwrap();
+    h.d.on_tick(h.clock.now(), &[d]).unwrap();
     assert!(h.events("rollback_started").is_empty());
     assert_eq!(h.events("suppressed")[0]["reason"], "silenced: errors");
 }

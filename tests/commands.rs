@@ -36,7 +36,7 @@ async fn approve_pause_silence_history_and_annotate() {
     let marker = dir.path().join("undone");
     let head = deployment.config_head(&profile, &dir.path().join("state"), &format!("127.0.0.1:{port}"));
     let acting = format!(
-        "\n[policy]\nmode = \"approve\"\nverify_for = \"30s\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
+        "\n[policy]\nmode = \"approve\"\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
         marker.display().to_string()
     );
     // Top-level keys come before the head's [[target]] tables.

@@ -1,26 +1,38 @@
-//! The dispatcher: turns each tick's decisions into the runbook's procedure under the policy.
-//! `rollback` starts the profile's procedure (single flight, idempotency key, cooldown, loop
-//! guard, pause and silences permitting; what is held back is journalled as suppressed);
-//! `consider` (and every rollback in `approve` mode) opens an approval; after the steps the
-//! triggering rules must stop firing within `verify_for`; failures, persisting issues, slow
-//! rollbacks and blindness are escalated. State changes are journalled before they count
-//! ([`State`]), so a restart resumes the policy and never silently re-runs a rollback.
+//! The dispatcher routes: each tick's decisions, the deployed version's observations, finished
+//! procedures and operator commands go to the part that owns them — the [`gate`](super::gate)
+//! (may a rollback start?), the [`versions`](super::versions) (deploys, baking, the target),
+//! [`approvals`](super::approvals), [`verify`](super::verify) (recovered, and sustained?),
+//! [`commands`](super::commands) — and every change is journalled as an [`Event`] before it
+//! counts, so a restart resumes the policy and never silently re-runs a rollback.
+//!
+//! A rollback: gate → `rollback_started` → the procedure's steps in their own task → the
+//! restore point (steps' end; moved to the first observation of a new version) restarts the
+//! evidence → the rules behind it, and those reading the same signals, quiet for
+//! `verify_stable` → "ROLLBACK COMPLETE"; the version rolled back from is then bad.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::action::Action;
+use super::event::*;
+use super::gate::{self, Gate, Start};
 use super::policy::{Mode, Policy};
 use super::procedure::{Procedure, ProcedureDone};
-use super::state::*;
+use super::state::{Rollback, State};
 use super::template::Vars;
+use super::vars;
+use super::verify::{Verdict, Verification, rules_to_verify};
+use super::versions::Bake;
 use crate::journal::{JournalError, SharedJournal};
 use crate::notify::{Notifier, templates::blank_vars};
 use crate::rules::{Decision, Evaluator, Outcome, Step};
-use crate::time::{Clock, Span, Timestamp};
+use crate::time::{Clock, Span, Timestamp, human};
+
+pub use super::commands::{Command, CommandRequest};
 
 /// What a profile's procedures need at run time.
 #[derive(Debug, Clone)]
@@ -30,6 +42,8 @@ pub struct Plan {
     pub rules: Vec<String>,
     /// Each rule's `labels`, offered to templates as `{{labels.NAME}}`.
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Each rule and the signals and selectors it reads (rules that share one verify together).
+    pub reads: Vec<(String, Vec<String>)>,
 }
 
 impl Plan {
@@ -45,6 +59,7 @@ impl Plan {
                     consider_auto_after: p.consider_auto_after,
                     rules: mine().map(|r| r.name.clone()).collect(),
                     labels: mine().map(|r| (r.name.clone(), r.labels.clone())).collect(),
+                    reads: mine().map(|r| (r.name.clone(), r.reads.clone())).collect(),
                 };
                 (p.name.clone(), plan)
             })
@@ -60,20 +75,19 @@ pub struct Acting {
     pub plans: BTreeMap<String, Plan>,
     /// Masks secret values in what actions print before it is journalled.
     pub redactor: crate::source::Redactor,
+    /// The config file, for the commands messages tell people to run.
+    pub config_path: PathBuf,
 }
 
-/// A request from the API or the command line.
-#[derive(Debug)]
-pub enum Command {
-    Approve { id: String },
-    Pause { for_: Option<Span> },
-    Resume,
-    Silence { rule: String, for_: Span },
-    Unsilence { rule: String },
+/// Where a rollback in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The procedure's steps are running.
+    Steps,
+    /// The steps are done; waiting for the rules behind it to stay quiet.
+    Verifying,
 }
-
-/// A command with where to send its answer.
-pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
 
 /// The rollback in flight.
 #[derive(Debug, Clone, Serialize)]
@@ -81,9 +95,10 @@ pub struct InFlight {
     pub rollback_id: String,
     pub profile: String,
     pub started_at: Timestamp,
-    /// `steps` until the task reports, then `verifying` until the rules stop firing.
-    pub phase: &'static str,
+    pub phase: Phase,
     pub verify_until: Option<Timestamp>,
+    pub version_from: Option<String>,
+    pub target_version: Option<String>,
     #[serde(skip)]
     firing: Vec<String>,
     #[serde(skip)]
@@ -92,6 +107,11 @@ pub struct InFlight {
     vars: Vars,
     #[serde(skip)]
     slow_escalated: bool,
+    #[serde(skip)]
+    verification: Option<Verification>,
+    /// Whether the procedure runs any action (one that only announces restores nothing).
+    #[serde(skip)]
+    acts: bool,
 }
 
 /// What `/status` shows of the dispatcher.
@@ -105,17 +125,29 @@ pub struct ActingStatus {
     /// Rollbacks in the journal by result (`in_flight` for the unfinished one).
     pub rollbacks: BTreeMap<String, u64>,
     pub escalations_total: u64,
+    /// The deployed version, since when, and the current rollback target.
+    pub version: Option<String>,
+    pub deployed_at: Option<Timestamp>,
+    pub target_version: Option<String>,
+}
+
+/// The evaluator's evidence must restart at `at` (a deploy or a restore point); `predates`
+/// when it is a deploy seen while watching (rules already firing then predate it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub at: Timestamp,
+    pub predates: bool,
 }
 
 /// Turns decisions into procedures.
 pub struct Dispatcher {
-    acting: Acting,
-    notifier: Notifier,
+    pub(super) acting: Acting,
+    pub(super) notifier: Notifier,
     journal: SharedJournal,
     client: reqwest::Client,
-    clock: Arc<dyn Clock>,
-    state: State,
-    in_flight: Option<InFlight>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) state: State,
+    pub(super) in_flight: Option<InFlight>,
     done: mpsc::UnboundedSender<ProcedureDone>,
     /// Per profile, the last suppression journalled (journalled again only when it changes).
     suppressed: BTreeMap<String, String>,
@@ -125,6 +157,16 @@ pub struct Dispatcher {
     dry_runs: Vec<String>,
     loop_guard_tripped: bool,
     escalations: u64,
+    bake: Bake,
+    /// The version source's last reading (a reading that changes is a deploy).
+    observed: Option<String>,
+    restart: Option<Restart>,
+    /// Profiles whose pre-deploy incident was escalated (once, until its rules are seen quiet).
+    predates_told: BTreeSet<String>,
+    /// Per profile, since when it has decided `monitor` (approvals clear after `verify_stable`).
+    pub(super) monitor_since: BTreeMap<String, Timestamp>,
+    /// `(profile, version)` whose approval was rejected: not asked again until it clears.
+    pub(super) rejected: BTreeSet<(String, Option<String>)>,
 }
 
 impl Dispatcher {
@@ -143,6 +185,13 @@ impl Dispatcher {
             tracing::warn!(error = %e, "journal event skipped while restoring");
         }
         let (done, done_rx) = mpsc::unbounded_channel();
+        let restart = state.versions.deployed_at.map(|at| Restart { at, predates: false });
+        let rejected = state
+            .closed_approvals
+            .iter()
+            .filter(|c| c.closed.how == Closed::Rejected && c.opened.version == state.versions.current)
+            .map(|c| (c.opened.profile.clone(), c.opened.version.clone()))
+            .collect();
         let mut d = Dispatcher {
             acting,
             notifier,
@@ -157,45 +206,49 @@ impl Dispatcher {
             dry_runs: vec![],
             loop_guard_tripped: false,
             escalations: 0,
+            bake: Bake::default(),
+            observed: None,
+            restart,
+            predates_told: BTreeSet::new(),
+            monitor_since: BTreeMap::new(),
+            rejected,
         };
         let unfinished: Vec<Rollback> = d.state.unfinished().cloned().collect();
         for r in unfinished {
-            let now = d.clock.now();
-            let open: Vec<String> =
-                r.open_steps.iter().map(|(n, action, role)| format!("step {n} {role} {action:?}")).collect();
-            let last = if open.is_empty() {
-                match r.steps_done.last() {
-                    Some(s) => format!("after step {} ({:?}) finished", s.step, s.action),
-                    None => "before its first step".to_string(),
-                }
-            } else {
-                format!("during {} (started, not finished)", open.join(", "))
-            };
-            let error = format!("interrupted by a restart {last}; not re-run");
-            d.record(
-                now,
-                "rollback_finished",
-                &RollbackFinished {
-                    rollback_id: r.started.rollback_id.clone(),
-                    result: RollbackResult::Interrupted,
-                    duration_ms: now.saturating_since(r.at).0,
-                    version_to: None,
-                    error: Some(error.clone()),
-                },
-            )?;
-            let mut vars = d.vars_for(&r.started);
-            vars.insert("error".into(), error.clone());
-            d.escalate(
-                now,
-                "S1",
-                &format!("rollback {} {error}", r.started.rollback_id),
-                "All hands. Check the deployment by hand; rollwatch will not repeat it.",
-                &r.started.profile,
-                Some(&r.started.rollback_id),
-                vars,
-            )?;
+            d.interrupted(r)?;
         }
         Ok((d, done_rx))
+    }
+
+    /// A rollback found started but unfinished: reported S1, never re-run.
+    fn interrupted(&mut self, r: Rollback) -> Result<(), JournalError> {
+        let now = self.clock.now();
+        let open: Vec<String> =
+            r.open_steps.iter().map(|(n, action, role)| format!("step {n} {role} {action:?}")).collect();
+        let last = if open.is_empty() {
+            match r.steps_done.last() {
+                Some(s) => format!("after step {} ({:?}) finished", s.step, s.action),
+                None => "before its first step".to_string(),
+            }
+        } else {
+            format!("during {} (started, not finished)", open.join(", "))
+        };
+        let error = format!("interrupted by a restart {last}; not re-run");
+        self.record(
+            now,
+            Event::RollbackFinished(RollbackFinished {
+                rollback_id: r.started.rollback_id.clone(),
+                result: RollbackResult::Interrupted,
+                duration_ms: now.saturating_since(r.at).0,
+                version_to: None,
+                error: Some(error.clone()),
+            }),
+        )?;
+        let mut vars = vars::rollback(&self.acting, &r.started);
+        vars.insert("error".into(), error.clone());
+        let finding = format!("rollback {} {error}", r.started.rollback_id);
+        let response = "All hands. Check the deployment by hand; rollwatch will not repeat it.";
+        self.escalate(now, Severity::S1, &finding, response, &r.started.profile, Some(&r.started.rollback_id), vars)
     }
 
     /// Takes a reloaded config's actions, policy and plans; state and the rollback in flight stay.
@@ -206,119 +259,151 @@ impl Dispatcher {
 
     /// Whether a rollback's steps are running now (not yet verifying).
     pub fn steps_running(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.phase == "steps")
+        self.in_flight.as_ref().is_some_and(|f| f.phase == Phase::Steps)
     }
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
     }
 
+    /// Where the evaluator's evidence must restart, once (a deploy, a restore point, the
+    /// journalled deploy at start).
+    pub fn take_restart(&mut self) -> Option<Restart> {
+        self.restart.take()
+    }
+
     /// Journals an event, then applies it to the state: nothing counts before it is durable.
-    fn record<T: Serialize>(&mut self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
-        self.journal.append(at, event, data)?;
-        let value = serde_json::to_value(data).unwrap_or_default();
-        if let Err(e) = self.state.apply(at, event, &value) {
-            tracing::error!(event, error = %e, "journalled event not applied");
+    pub(super) fn record(&mut self, at: Timestamp, event: Event) -> Result<(), JournalError> {
+        self.journal.append_event(at, &event)?;
+        if let Err(e) = self.state.apply(at, &event) {
+            tracing::error!(event = %event.name(), error = %e, "journalled event not applied");
         }
         Ok(())
     }
 
-    /// One tick: versions, expiries, verification, blindness, then each decision.
-    pub fn on_tick(
-        &mut self,
-        now: Timestamp,
-        decisions: &[Decision],
-        version: Option<&str>,
-    ) -> Result<(), JournalError> {
-        if let Some(v) = version
-            && self.state.version.as_deref() != Some(v)
-        {
-            tracing::info!(from = ?self.state.version, to = v, "deployed version changed");
-            let change = VersionChanged { from: self.state.version.clone(), to: v.to_string() };
-            self.record(now, "version_changed", &change)?;
-        }
+    /// One tick: expiries, verification, approvals clearing, blindness, baking, then each decision.
+    pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
         self.expire(now)?;
         self.verify(now, decisions)?;
+        self.clear_approvals(now, decisions)?;
         for d in decisions {
             self.watch_blindness(now, d)?;
         }
+        self.watch_bake(now, decisions)?;
         for d in decisions {
             self.decide(now, d)?;
         }
         Ok(())
     }
 
+    /// A reading of the version source. A reading that changes to another version than the one
+    /// deployed is a deploy (the first reading after start, when it differs from the journal,
+    /// is a deploy at first sight); a new version seen after a rollback's steps is its restore
+    /// point. An unreadable version is not a change (the caller passes nothing).
+    pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), JournalError> {
+        let first = self.observed.is_none();
+        let changed = self.observed.as_deref() != Some(version);
+        self.observed = Some(version.to_string());
+        if changed && self.state.versions.current.as_deref() != Some(version) {
+            let source = if first { DeploySource::FirstSight } else { DeploySource::Version };
+            self.deployed(now, version, source)?;
+        }
+        let Some(f) = &mut self.in_flight else { return Ok(()) };
+        let Some(v) = &mut f.verification else { return Ok(()) };
+        v.first_seen.get_or_insert_with(|| version.to_string());
+        if v.version_to.is_none() && f.version_from.as_deref() != Some(version) {
+            tracing::info!(rollback = %f.rollback_id, version, "restored version seen: its evidence starts here");
+            v.restored(now, version);
+            self.restart = Some(Restart { at: now, predates: false });
+            self.bake.restart();
+        }
+        Ok(())
+    }
+
+    /// `to` is deployed now (seen by the version source, or reported). Returns whether it was
+    /// a change.
+    pub(super) fn deployed(&mut self, now: Timestamp, to: &str, source: DeploySource) -> Result<bool, JournalError> {
+        let from = self.state.versions.current.clone();
+        if from.as_deref() == Some(to) {
+            return Ok(false);
+        }
+        tracing::info!(from = ?from, to, ?source, "deploy");
+        self.record(now, Event::Deploy(Deploy { from, to: to.to_string(), source }))?;
+        self.bake.restart();
+        self.predates_told.clear();
+        self.rejected.retain(|(_, v)| v.as_deref() == Some(to));
+        self.supersede_approvals(now, to)?;
+        let predates = source != DeploySource::FirstSight && self.in_flight.is_none();
+        self.restart = Some(Restart { at: now, predates });
+        Ok(true)
+    }
+
     fn expire(&mut self, now: Timestamp) -> Result<(), JournalError> {
         if self.state.paused_until.is_some_and(|until| until <= now) {
             tracing::info!("pause expired; acting again");
-            self.record(now, "resumed", &serde_json::json!({"expired": true}))?;
+            self.record(now, Event::Resumed(Resumed { expired: true }))?;
         }
         let expired: Vec<String> =
             self.state.silences.iter().filter(|(_, u)| **u <= now).map(|(r, _)| r.clone()).collect();
         for rule in expired {
-            self.record(now, "unsilenced", &Silenced { rule, until: None })?;
+            self.record(now, Event::Unsilenced(Silenced { rule, until: None }))?;
         }
-        let expired: Vec<String> = self
-            .state
-            .approvals
-            .values()
-            .filter(|(_, a)| a.expires_at <= now)
-            .map(|(_, a)| a.approval_id.clone())
-            .collect();
-        for id in expired {
-            tracing::warn!(approval = %id, "approval expired unanswered");
-            self.record(now, "approval_closed", &ApprovalClosed { approval_id: id, how: "expired".into() })?;
-        }
-        Ok(())
+        self.expire_approvals(now)
     }
 
     /// Verification and the slow-rollback check of the rollback in flight.
     fn verify(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
         let Some(f) = &mut self.in_flight else { return Ok(()) };
-        if !f.slow_escalated && now.saturating_since(f.started_at) > self.acting.policy.slow_rollback {
+        let slow = self.acting.policy.slow_rollback;
+        if !f.slow_escalated && now.saturating_since(f.started_at) > slow {
             f.slow_escalated = true;
             let (profile, id, vars) = (f.profile.clone(), f.rollback_id.clone(), f.vars.clone());
-            let finding = format!("rollback {id} has taken longer than {}", self.acting.policy.slow_rollback);
-            self.escalate(now, "S3", &finding, "Post-mortem. Improve procedure.", &profile, Some(&id), vars)?;
+            let finding = format!("rollback {id} has taken longer than {slow}");
+            self.escalate(now, Severity::S3, &finding, "Post-mortem. Improve procedure.", &profile, Some(&id), vars)?;
         }
-        let Some(f) = &self.in_flight else { return Ok(()) };
-        let Some(until) = f.verify_until else { return Ok(()) };
+        let Some(f) = &mut self.in_flight else { return Ok(()) };
         let Some(d) = decisions.iter().find(|d| d.profile == f.profile) else { return Ok(()) };
-        // Verified only when each triggering rule is known not to fire: a rule whose inputs
-        // are unknown (the service restarting, a target down) has not recovered, it is unseen.
-        let triggering = |r: &str| f.firing.iter().any(|t| t == r);
-        let still: Vec<&str> = d.firing.iter().map(|r| r.rule.as_str()).filter(|r| triggering(r)).collect();
-        let unseen: Vec<&str> =
-            d.unknown.iter().map(String::as_str).filter(|r| triggering(r) && !still.contains(r)).collect();
-        if still.is_empty() && unseen.is_empty() {
-            return self.complete(now);
-        }
-        if now >= until {
-            let verify_for = self.acting.policy.verify_for;
-            return if still.is_empty() {
-                let finding = format!("rollback could not be verified: {} unknown for {verify_for}", unseen.join(", "));
-                self.finish_unverified(now, RollbackResult::Unverified, finding)
-            } else {
-                let finding = format!("rollback succeeded but issue persists: {} still firing", still.join(", "));
+        let Some(v) = &mut f.verification else { return Ok(()) };
+        let stable = self.acting.policy.verify_stable;
+        let verify_for = self.acting.policy.verify_for;
+        match v.observe(now, d, stable) {
+            Verdict::Waiting => Ok(()),
+            Verdict::Verified => self.complete(now),
+            Verdict::Relapsed(rules) => {
+                let finding = format!("rollback succeeded but issue persists: {} firing again", rules.join(", "));
                 self.finish_unverified(now, RollbackResult::IssuePersists, finding)
-            };
+            }
+            Verdict::Persists(rules) => {
+                let finding = format!(
+                    "rollback succeeded but issue persists: {} not quiet for {stable} within {verify_for}",
+                    rules.join(", ")
+                );
+                self.finish_unverified(now, RollbackResult::IssuePersists, finding)
+            }
+            Verdict::Unseen(rules) => {
+                let finding = format!("rollback could not be verified: {} unknown for {verify_for}", rules.join(", "));
+                self.finish_unverified(now, RollbackResult::Unverified, finding)
+            }
         }
-        Ok(())
     }
 
     fn complete(&mut self, now: Timestamp) -> Result<(), JournalError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
+        let version_to = f.verification.as_ref().and_then(Verification::observed_after);
         f.vars.insert("duration".into(), human(duration));
-        f.vars.insert("version_to".into(), self.state.version.clone().unwrap_or_else(|| "unknown".into()));
+        f.vars.insert(
+            "version_to".into(),
+            version_to.clone().or_else(|| f.target_version.clone()).unwrap_or_else(|| "unknown".into()),
+        );
         let finished = RollbackFinished {
             rollback_id: f.rollback_id.clone(),
             result: RollbackResult::Completed,
             duration_ms: duration.0,
-            version_to: self.state.version.clone(),
+            version_to,
             error: None,
         };
-        self.record(now, "rollback_finished", &finished)?;
+        self.record(now, Event::RollbackFinished(finished))?;
         tracing::info!(rollback = %f.rollback_id, profile = %f.profile, duration = %duration, "ROLLBACK COMPLETE");
         for step in &f.post {
             if let Step::Announce { template, .. } = step {
@@ -341,12 +426,12 @@ impl Dispatcher {
             rollback_id: f.rollback_id.clone(),
             result,
             duration_ms: duration.0,
-            version_to: self.state.version.clone(),
+            version_to: f.verification.as_ref().and_then(Verification::observed_after),
             error: Some(finding.clone()),
         };
-        self.record(now, "rollback_finished", &finished)?;
+        self.record(now, Event::RollbackFinished(finished))?;
         let response = "Deeper investigation. May need older version.";
-        self.escalate(now, "S2", &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
+        self.escalate(now, Severity::S2, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
     }
 
     /// The procedure task ended.
@@ -358,10 +443,21 @@ impl Dispatcher {
         }
         match done.result {
             Ok(()) => {
-                f.phase = "verifying";
-                f.verify_until = Some(now.plus(self.acting.policy.verify_for));
-                tracing::info!(rollback = %f.rollback_id, verify_for = %self.acting.policy.verify_for, "steps done; verifying");
-                if f.firing.is_empty() {
+                let verify_for = self.acting.policy.verify_for;
+                f.phase = Phase::Verifying;
+                f.verify_until = Some(now.plus(verify_for));
+                let reads = self.acting.plans.get(&f.profile).map(|p| p.reads.clone()).unwrap_or_default();
+                let rules = rules_to_verify(&f.firing, &reads);
+                tracing::info!(rollback = %f.rollback_id, %verify_for, rules = ?rules, "steps done; verifying");
+                let nothing_to_verify = rules.is_empty();
+                f.verification = Some(Verification::new(rules, now, verify_for));
+                // The restore point: the end of the steps, until a new version is seen. A
+                // procedure that runs no action restored nothing: the evidence goes on.
+                if f.acts {
+                    self.restart = Some(Restart { at: now, predates: false });
+                    self.bake.restart();
+                }
+                if nothing_to_verify {
                     return self.complete(now);
                 }
                 Ok(())
@@ -379,22 +475,22 @@ impl Dispatcher {
                     version_to: None,
                     error: Some(format!("step {} {:?}: {}", failure.step, failure.action, failure.error)),
                 };
-                self.record(now, "rollback_finished", &finished)?;
+                self.record(now, Event::RollbackFinished(finished))?;
                 self.notifier.announce("rollback_failed", &f.vars);
                 let finding =
                     format!("rollback failed at step {} ({}): {}", failure.step, failure.action, failure.error);
                 let response = "All hands. Manual intervention.";
-                self.escalate(now, "S1", &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
+                self.escalate(now, Severity::S1, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
             }
         }
     }
 
     /// A runbook 004 finding: journalled, logged, announced on every channel.
     #[allow(clippy::too_many_arguments)]
-    fn escalate(
+    pub(super) fn escalate(
         &mut self,
         now: Timestamp,
-        severity: &str,
+        severity: Severity,
         finding: &str,
         response: &str,
         profile: &str,
@@ -402,15 +498,15 @@ impl Dispatcher {
         mut vars: Vars,
     ) -> Result<(), JournalError> {
         self.escalations += 1;
-        tracing::error!(severity, finding, profile, "escalation");
+        tracing::error!(%severity, finding, profile, "escalation");
         let e = Escalation {
-            severity: severity.to_string(),
+            severity,
             finding: finding.to_string(),
             response: response.to_string(),
             profile: profile.to_string(),
             rollback_id: rollback_id.map(str::to_string),
         };
-        self.record(now, "escalation", &e)?;
+        self.record(now, Event::Escalation(e))?;
         vars.insert("severity".into(), severity.to_string());
         vars.insert("finding".into(), finding.to_string());
         vars.insert("response".into(), response.to_string());
@@ -429,7 +525,7 @@ impl Dispatcher {
         if !blind {
             if self.blind.remove(&d.profile).is_some_and(|(_, told)| told) {
                 tracing::info!(profile = %d.profile, "inputs known again");
-                self.record(now, "sighted", &serde_json::json!({"profile": d.profile}))?;
+                self.record(now, Event::Sighted(Sighted { profile: d.profile.clone() }))?;
             }
             return Ok(());
         }
@@ -442,20 +538,42 @@ impl Dispatcher {
             vars.insert("duration".into(), human(blind_for));
             vars.insert("unknown_rules".into(), d.unknown.join(", "));
             tracing::error!(profile = %d.profile, for_ = %blind_for, "blind: every rule's inputs unknown");
-            self.record(now, "blind", &serde_json::json!({"profile": d.profile, "since": since, "rules": d.unknown}))?;
+            let blind = Blind { profile: d.profile.clone(), since, rules: d.unknown.clone() };
+            self.record(now, Event::Blind(blind))?;
             self.notifier.announce("blind", &vars);
         }
         Ok(())
     }
 
+    /// The deployed version becomes good once it has run clean for `bake`.
+    fn watch_bake(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+        if self.in_flight.is_some() {
+            self.bake.restart();
+            return Ok(());
+        }
+        let Some(version) = self.state.versions.current_unproven().map(str::to_string) else { return Ok(()) };
+        let plans = &self.acting.plans;
+        let rules_of = |p: &str| plans.get(p).map_or(0, |p| p.rules.len());
+        if let Some(since) = self.bake.observe(now, decisions, rules_of, self.acting.policy.bake) {
+            tracing::info!(version, since = %crate::time::iso(since), "version baked: good");
+            self.record(now, Event::VersionBaked(VersionBaked { version, since }))?;
+        }
+        Ok(())
+    }
+
     fn decide(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+        if d.outcome == Outcome::Monitor {
+            self.suppressed.remove(&d.profile);
+            self.predates_told.remove(&d.profile);
+            return Ok(());
+        }
+        if d.predates_deploy() {
+            return self.predates(now, d);
+        }
+        self.predates_told.remove(&d.profile);
         let wants_approval = d.outcome == Outcome::Consider
             || (d.outcome == Outcome::Rollback && self.acting.policy.mode == Mode::Approve);
         match d.outcome {
-            Outcome::Monitor => {
-                self.suppressed.remove(&d.profile);
-                Ok(())
-            }
             _ if self.acting.policy.mode == Mode::DryRun => self.dry_run(now, d),
             _ if wants_approval => self.ask(now, d),
             _ => {
@@ -465,92 +583,45 @@ impl Dispatcher {
         }
     }
 
-    /// A rollback from a decision. The level is the decision's, else the `level` label of the
-    /// first firing rule that has one (a rule can choose its tier).
-    fn start_of(&self, d: &Decision) -> Start {
-        let mut start = Start::from_decision(d, self.state.version.clone());
-        if start.level.is_none()
-            && let Some(plan) = self.acting.plans.get(&d.profile)
-        {
-            start.level = start.firing.iter().find_map(|r| plan.labels.get(r).and_then(|l| l.get("level")).cloned());
+    /// An incident older than the deploy: rolling the new version back would not fix it.
+    /// Escalated S2 once, until its rules are seen quiet.
+    fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+        if !self.predates_told.insert(d.profile.clone()) {
+            return Ok(());
         }
-        start
+        let version = self.state.versions.current.clone().unwrap_or_else(|| "unknown".into());
+        let start = self.start_of(d);
+        let finding = format!(
+            "incident predates deploy of {version}: {} already firing before it and not seen quiet since; not rolling back",
+            d.because.join(", ")
+        );
+        let response = "Deeper investigation: the deploy did not cause this; rolling back would not fix it.";
+        let vars = vars::base(&self.acting, &start);
+        self.escalate(now, Severity::S2, &finding, response, &d.profile, None, vars)
     }
 
-    fn key(&self, profile: &str) -> String {
-        format!("{profile}@{}", self.state.version.as_deref().unwrap_or("unknown"))
+    /// A rollback from a decision about the deployed version.
+    pub(super) fn start_of(&self, d: &Decision) -> Start {
+        let plan = self.acting.plans.get(&d.profile);
+        let level_label = |r: &str| plan.and_then(|p| p.labels.get(r)).and_then(|l| l.get("level")).cloned();
+        Start::from_decision(d, self.state.versions.current.clone(), level_label)
     }
 
     fn dry_run(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
-        let key = format!("{}:{}", self.key(&d.profile), d.outcome);
+        let key = format!("{}:{}", gate::key(&d.profile, self.state.versions.current.as_deref()), d.outcome);
         if self.dry_runs.contains(&key) {
             return Ok(());
         }
         self.dry_runs.push(key.clone());
-        let steps = self.steps_for(&d.profile, self.start_of(d).level.as_deref());
-        let names: Vec<String> = steps.iter().map(describe).collect();
-        tracing::warn!(profile = %d.profile, outcome = %d.outcome, steps = ?names, "dry run: would act");
-        let data = serde_json::json!({"profile": d.profile, "outcome": d.outcome, "key": key,
-            "explanation": d.explanation(), "would_run": names});
-        self.record(now, "dry_run", &data)
-    }
-
-    /// Opens an approval for a `consider` (or any rollback in approve mode), once per profile and
-    /// version; acts by itself after `consider_auto_after` when the profile sets it.
-    fn ask(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
-        let version = self.state.version.clone();
-        let open = self.state.approvals.values().find(|(_, a)| a.profile == d.profile && a.version == version).cloned();
-        if let Some((opened, a)) = open {
-            let auto = self.acting.plans.get(&d.profile).and_then(|p| p.consider_auto_after);
-            if self.acting.policy.mode == Mode::Auto
-                && let Some(after) = auto
-                && now.saturating_since(opened) >= after
-            {
-                tracing::warn!(approval = %a.approval_id, after = %after, "no answer; acting by consider_auto_after");
-                let start = Start::from_approval(&a);
-                let _held_back = self.try_start(now, start, Some((a.approval_id.clone(), "auto")))?;
-            }
-            return Ok(());
-        }
-        if self.state.with_key(&self.key(&d.profile)).is_some() && self.state.version.is_some() {
-            return self.suppress(now, d, "this version was already rolled back".into());
-        }
-        let id = self.state.new_id("ap");
-        let start = self.start_of(d);
-        let opened = ApprovalOpened {
-            approval_id: id.clone(),
-            profile: d.profile.clone(),
-            version,
-            level: start.level.clone(),
-            reason: start.reason.clone(),
-            explanation: start.explanation.clone(),
-            firing: start.firing.clone(),
-            expires_at: now.plus(self.acting.policy.approval_timeout),
-        };
-        self.record(now, "approval_opened", &opened)?;
-        tracing::warn!(approval = %id, profile = %d.profile, "rollback approval needed");
-        let mut vars = self.base_vars(&start);
-        vars.insert("approval_id".into(), id);
-        vars.insert("expires_in".into(), human(self.acting.policy.approval_timeout));
-        let consider: Vec<Step> = self.steps_of(&d.profile, "consider", start.level.as_deref());
-        let announced = consider.iter().any(|s| matches!(s, Step::Announce { .. }));
-        for step in consider {
-            if let Step::Announce { template, .. } = step {
-                self.notifier.announce(&template, &vars);
-            }
-        }
-        if !announced {
-            self.notifier.announce("rollback_approval_needed", &vars);
-        }
-        Ok(())
+        let steps = self.steps_of(&d.profile, "rollback", self.start_of(d).level.as_deref());
+        let would_run: Vec<String> = steps.iter().map(describe).collect();
+        tracing::warn!(profile = %d.profile, outcome = %d.outcome, steps = ?would_run, "dry run: would act");
+        let e = DryRun { profile: d.profile.clone(), outcome: d.outcome, key, explanation: d.explanation(), would_run };
+        self.record(now, Event::DryRun(e))
     }
 
     /// Journals why a decision was not acted on, once per change of reason.
-    fn suppress(&mut self, now: Timestamp, d: &Decision, reason: String) -> Result<(), JournalError> {
-        self.suppress_profile(now, &d.profile, d.outcome, &d.explanation(), reason)
-    }
-
-    fn suppress_profile(
+    pub(super) fn suppress(
         &mut self,
         now: Timestamp,
         profile: &str,
@@ -563,41 +634,55 @@ impl Dispatcher {
         }
         tracing::warn!(profile, %outcome, reason = %reason, "decision not acted on");
         self.suppressed.insert(profile.to_string(), reason.clone());
-        let data =
-            serde_json::json!({"profile": profile, "outcome": outcome, "reason": reason, "explanation": explanation});
-        self.record(now, "suppressed", &data)
+        let e = Suppressed { profile: profile.to_string(), outcome, reason, explanation: explanation.to_string() };
+        self.record(now, Event::Suppressed(e))
     }
 
-    /// Starts a rollback unless the policy holds it back; says which.
-    fn try_start(
+    /// Starts a rollback unless the gate holds it back; says which. `approval` is the approval
+    /// it answers: its id, how it closed and by whom.
+    pub(super) fn try_start(
         &mut self,
         now: Timestamp,
         s: Start,
-        approval: Option<(String, &str)>,
+        approval: Option<(String, Closed, Option<String>)>,
     ) -> Result<Result<String, String>, JournalError> {
-        let held = self.held_back(now, &s);
+        let in_flight = self.in_flight.as_ref().map(|f| (f.rollback_id.as_str(), f.profile.as_str()));
+        let held = match gate::gate(&self.state, &self.acting.policy, now, &s, in_flight) {
+            Gate::Act => None,
+            Gate::Hold(reason) => Some(reason),
+            Gate::LoopGuard(finding) => {
+                if !self.loop_guard_tripped {
+                    self.loop_guard_tripped = true;
+                    let mut vars = blank_vars();
+                    vars.insert("profile".into(), s.profile.clone());
+                    let response = "All hands. Something keeps failing after each rollback; decide by hand.";
+                    self.escalate(now, Severity::S1, &finding, response, &s.profile, None, vars)?;
+                }
+                Some(finding)
+            }
+        };
         if let Some(reason) = held {
-            self.suppress_profile(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
+            self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
             return Ok(Err(reason));
         }
+        self.loop_guard_tripped = false;
         self.suppressed.remove(&s.profile);
-        let id = self.state.new_id("rb");
-        let target_version = s.version.as_ref().and_then(|v| self.state.previous.get(v)).cloned();
+        let id = self.state.new_rollback_id();
         let started = RollbackStarted {
             rollback_id: id.clone(),
             profile: s.profile.clone(),
-            key: self.key(&s.profile),
+            key: s.key(),
             version_from: s.version.clone(),
-            target_version,
+            target_version: self.state.versions.target().map(str::to_string),
             level: s.level.clone(),
             reason: s.reason.clone(),
             explanation: s.explanation.clone(),
             firing: s.firing.clone(),
-            approval_id: approval.as_ref().map(|(a, _)| a.clone()),
+            approval_id: approval.as_ref().map(|(a, _, _)| a.clone()),
         };
-        self.record(now, "rollback_started", &started)?;
-        if let Some((approval_id, how)) = approval {
-            self.record(now, "approval_closed", &ApprovalClosed { approval_id, how: how.to_string() })?;
+        self.record(now, Event::RollbackStarted(started.clone()))?;
+        if let Some((approval_id, how, by)) = approval {
+            self.record(now, Event::ApprovalClosed(ApprovalClosed { approval_id, how, by, reason: None }))?;
         }
         // Any other approval for this profile is answered by this rollback.
         let others: Vec<String> = self
@@ -608,13 +693,15 @@ impl Dispatcher {
             .map(|(_, a)| a.approval_id.clone())
             .collect();
         for approval_id in others {
-            self.record(now, "approval_closed", &ApprovalClosed { approval_id, how: "superseded".into() })?;
+            let closed = ApprovalClosed { approval_id, how: Closed::Superseded, by: None, reason: None };
+            self.record(now, Event::ApprovalClosed(closed))?;
         }
-        tracing::warn!(rollback = %id, profile = %s.profile, reason = %s.reason, "ROLLBACK IN PROGRESS");
-        let vars = self.vars_for(&started);
-        let steps = self.steps_for(&s.profile, s.level.as_deref());
+        tracing::warn!(rollback = %id, profile = %s.profile, reason = %s.reason, target = ?started.target_version, "ROLLBACK IN PROGRESS");
+        let vars = vars::rollback(&self.acting, &started);
+        let steps = self.steps_of(&s.profile, "rollback", s.level.as_deref());
         let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
         let (main, post) = (steps[..split].to_vec(), steps[split..].to_vec());
+        let acts = split > 0;
         let procedure = Procedure {
             rollback_id: id.clone(),
             steps: main,
@@ -631,71 +718,22 @@ impl Dispatcher {
             rollback_id: id.clone(),
             profile: s.profile,
             started_at: now,
-            phase: "steps",
+            phase: Phase::Steps,
             verify_until: None,
+            version_from: started.version_from,
+            target_version: started.target_version,
             firing: s.firing,
             post,
             vars,
             slow_escalated: false,
+            verification: None,
+            acts,
         });
         Ok(Ok(id))
     }
 
-    /// Why the policy holds a rollback back, if it does.
-    fn held_back(&mut self, now: Timestamp, s: &Start) -> Option<String> {
-        if let Some(f) = &self.in_flight {
-            return Some(format!("rollback {} of {} is in flight", f.rollback_id, f.profile));
-        }
-        if s.version.is_some()
-            && let Some(r) = self.state.with_key(&self.key(&s.profile))
-        {
-            let result = r.finished.as_ref().map_or("unfinished".to_string(), |(_, f)| f.result.to_string());
-            return Some(format!(
-                "version {} was already rolled back by {} ({result})",
-                s.version.as_deref().unwrap_or(""),
-                r.started.rollback_id
-            ));
-        }
-        if let Some(until) = self.state.paused_until {
-            return Some(if until.0 == i64::MAX {
-                "paused until resumed".into()
-            } else {
-                format!("paused until {}", iso(until))
-            });
-        }
-        let silenced: Vec<&String> = s.firing.iter().filter(|r| self.state.silences.contains_key(*r)).collect();
-        if !s.firing.is_empty() && silenced.len() == s.firing.len() {
-            let names: Vec<&str> = silenced.iter().map(|s| s.as_str()).collect();
-            return Some(format!("silenced: {}", names.join(", ")));
-        }
-        if let Some(last) = self.state.last_of(&s.profile)
-            && now.saturating_since(last.at) < self.acting.policy.cooldown
-        {
-            let until = last.at.plus(self.acting.policy.cooldown);
-            return Some(format!("cooldown after {} until {}", last.started.rollback_id, iso(until)));
-        }
-        let p = &self.acting.policy;
-        let recent = self.state.started_since(now.minus(p.max_rollbacks_per));
-        if recent >= p.max_rollbacks as usize {
-            let finding =
-                format!("loop guard: {recent} rollbacks in the last {}; rollwatch stopped acting", p.max_rollbacks_per);
-            if !self.loop_guard_tripped {
-                self.loop_guard_tripped = true;
-                let mut vars = blank_vars();
-                vars.insert("profile".into(), s.profile.clone());
-                let response = "All hands. Something keeps failing after each rollback; decide by hand.";
-                if let Err(e) = self.escalate(now, "S1", &finding, response, &s.profile.clone(), None, vars) {
-                    tracing::error!(error = %e, "cannot journal the loop guard escalation");
-                }
-            }
-            return Some(finding);
-        }
-        self.loop_guard_tripped = false;
-        None
-    }
-
     /// The steps of the profile's `outcome` procedure for `level` (steps without levels always).
-    fn steps_of(&self, profile: &str, outcome: &str, level: Option<&str>) -> Vec<Step> {
+    pub(super) fn steps_of(&self, profile: &str, outcome: &str, level: Option<&str>) -> Vec<Step> {
         let Some(steps) = self.acting.plans.get(profile).and_then(|p| p.procedures.get(outcome)) else { return vec![] };
         steps
             .iter()
@@ -707,113 +745,6 @@ impl Dispatcher {
             })
             .cloned()
             .collect()
-    }
-
-    fn steps_for(&self, profile: &str, level: Option<&str>) -> Vec<Step> {
-        self.steps_of(profile, "rollback", level)
-    }
-
-    fn base_vars(&self, s: &Start) -> Vars {
-        let mut v = blank_vars();
-        v.insert("profile".into(), s.profile.clone());
-        v.insert("outcome".into(), "rollback".into());
-        v.insert("level".into(), s.level.clone().unwrap_or_else(|| "standard".into()));
-        v.insert("reason".into(), s.reason.clone());
-        v.insert("explanation".into(), s.explanation.clone());
-        v.insert("firing".into(), s.firing.join(", "));
-        v.insert("version_from".into(), s.version.clone().unwrap_or_else(|| "unknown".into()));
-        v.insert("mode".into(), self.acting.policy.mode.to_string());
-        // The firing rules' labels; the first rule to name a label wins.
-        if let Some(plan) = self.acting.plans.get(&s.profile) {
-            for rule in &s.firing {
-                for (k, val) in plan.labels.get(rule).into_iter().flatten() {
-                    v.entry(format!("labels.{k}")).or_insert_with(|| val.clone());
-                }
-            }
-        }
-        v
-    }
-
-    fn vars_for(&self, r: &RollbackStarted) -> Vars {
-        let start = Start {
-            profile: r.profile.clone(),
-            version: r.version_from.clone(),
-            level: r.level.clone(),
-            reason: r.reason.clone(),
-            explanation: r.explanation.clone(),
-            firing: r.firing.clone(),
-        };
-        let mut v = self.base_vars(&start);
-        v.insert("rollback_id".into(), r.rollback_id.clone());
-        v.insert("target_version".into(), r.target_version.clone().unwrap_or_else(|| "unknown".into()));
-        if let Some(a) = &r.approval_id {
-            v.insert("approval_id".into(), a.clone());
-        }
-        v
-    }
-
-    /// A command from the API or the command line.
-    pub fn command(&mut self, cmd: Command) -> Result<Result<String, String>, JournalError> {
-        let now = self.clock.now();
-        match cmd {
-            Command::Approve { id } => {
-                let Some((_, a)) = self.state.approvals.get(&id).cloned() else {
-                    let open: Vec<&String> = self.state.approvals.keys().collect();
-                    return Ok(Err(format!("no open approval {id:?} (open: {open:?})")));
-                };
-                if a.version != self.state.version {
-                    self.record(
-                        now,
-                        "approval_closed",
-                        &ApprovalClosed { approval_id: id.clone(), how: "stale".into() },
-                    )?;
-                    return Ok(Err(format!(
-                        "stale: the deployed version changed from {} to {} since approval {id} opened; nothing done",
-                        a.version.as_deref().unwrap_or("unknown"),
-                        self.state.version.as_deref().unwrap_or("unknown")
-                    )));
-                }
-                tracing::warn!(approval = %id, "approved");
-                Ok(self
-                    .try_start(now, Start::from_approval(&a), Some((id.clone(), "granted")))?
-                    .map(|rb| format!("approval {id} granted: rollback {rb} started")))
-            }
-            Command::Pause { for_ } => {
-                let until = for_.map(|d| now.plus(d));
-                self.record(now, "paused", &Paused { until })?;
-                tracing::warn!(until = ?until.map(iso), "paused: decisions are made and journalled, not acted on");
-                Ok(Ok(match until {
-                    Some(u) => format!("paused until {}", iso(u)),
-                    None => "paused until resumed".into(),
-                }))
-            }
-            Command::Resume => {
-                if self.state.paused_until.is_none() {
-                    return Ok(Ok("not paused".into()));
-                }
-                self.record(now, "resumed", &serde_json::json!({}))?;
-                tracing::info!("resumed");
-                Ok(Ok("resumed".into()))
-            }
-            Command::Silence { rule, for_ } => {
-                let known: Vec<&str> =
-                    self.acting.plans.values().flat_map(|p| p.rules.iter().map(String::as_str)).collect();
-                if !known.contains(&rule.as_str()) {
-                    let hint = crate::config::did_you_mean(&rule, known.iter().copied());
-                    return Ok(Err(format!("no rule named {rule:?}{hint}")));
-                }
-                let until = now.plus(for_);
-                self.record(now, "silenced", &Silenced { rule: rule.clone(), until: Some(until) })?;
-                Ok(Ok(format!("{rule} silenced until {}", iso(until))))
-            }
-            Command::Unsilence { rule } => {
-                if !self.state.silences.contains_key(&rule) {
-                    return Ok(Err(format!("{rule} is not silenced")));
-                }
-                self.record(now, "unsilenced", &Silenced { rule: rule.clone(), until: None })?;
-                Ok(Ok(format!("{rule} unsilenced")))
-            }
-        }
     }
 
     pub fn status(&self) -> ActingStatus {
@@ -830,51 +761,9 @@ impl Dispatcher {
             silences: self.state.silences.clone(),
             rollbacks,
             escalations_total: self.escalations,
-        }
-    }
-}
-
-/// What a rollback is started from: a decision, or an approval.
-struct Start {
-    profile: String,
-    version: Option<String>,
-    level: Option<String>,
-    reason: String,
-    explanation: String,
-    firing: Vec<String>,
-}
-
-impl Start {
-    fn from_decision(d: &Decision, version: Option<String>) -> Start {
-        let asked = d.path.iter().rev().find(|a| a.yes).map(|a| a.ask.trim_end_matches('?').to_string());
-        // What the decision is because of: the firing rules its question read (all firing rules
-        // when the tree could not say).
-        let cause: Vec<&crate::rules::RuleValue> =
-            d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
-        let values: Vec<String> =
-            cause.iter().map(|r| format!("{} = {}", r.rule, crate::cli::report::maybe(r.value))).collect();
-        let reason = match asked {
-            Some(q) => format!("{q} ({})", values.join(", ")),
-            None => values.join(", "),
-        };
-        Start {
-            profile: d.profile.clone(),
-            version,
-            level: d.level.clone(),
-            reason,
-            explanation: d.explanation(),
-            firing: cause.iter().map(|r| r.rule.clone()).collect(),
-        }
-    }
-
-    fn from_approval(a: &ApprovalOpened) -> Start {
-        Start {
-            profile: a.profile.clone(),
-            version: a.version.clone(),
-            level: a.level.clone(),
-            reason: a.reason.clone(),
-            explanation: a.explanation.clone(),
-            firing: a.firing.clone(),
+            version: self.state.versions.current.clone(),
+            deployed_at: self.state.versions.deployed_at,
+            target_version: self.state.versions.target().map(str::to_string),
         }
     }
 }
@@ -885,24 +774,4 @@ fn describe(s: &Step) -> String {
         Step::Run { action, verify: Some(v), .. } => format!("run {action} (verify {v})"),
         Step::Run { action, .. } => format!("run {action}"),
     }
-}
-
-/// A span for people: `8m 3s`, `42s`.
-pub fn human(span: Span) -> String {
-    let secs = span.0 / 1000;
-    match secs {
-        s if s >= 3600 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
-        _ if span.0 < 10_000 => format!("{:.1}s", span.0 as f64 / 1000.0),
-        s => format!("{s}s"),
-    }
-}
-
-/// A timestamp as RFC 3339 UTC (live time is milliseconds since the epoch).
-pub fn iso(t: Timestamp) -> String {
-    if t.0 == i64::MAX {
-        return "forever".into();
-    }
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.0.max(0) as u64);
-    humantime::format_rfc3339_seconds(when).to_string()
 }

@@ -1,15 +1,17 @@
-//! `rollwatch history` and `annotate`: the rollback history with runbook 004's fields (date,
-//! version_from, version_to, reason, duration, root_cause), read back from the journal, and
-//! root causes appended to it.
+//! `rollwatch history`, `versions` and `annotate`: the rollback history with runbook 004's
+//! fields (date, version_from, version_to, reason, duration, root_cause, who approved), the
+//! approvals people answered, the versions and their evidence — read back from the journal —
+//! and root causes appended to it.
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::dispatch::iso;
-use super::state::{Annotated, State};
+use super::event::{Annotated, Closed, Event};
+use super::state::State;
+use super::versions::VersionInfo;
 use crate::journal::{Journal, JournalError};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, human, iso};
 
 /// One rollback, as runbook 004's history records it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,6 +31,25 @@ pub struct Entry {
     pub steps: Vec<String>,
     pub root_cause: Option<String>,
     pub error: Option<String>,
+    /// The approval it answered, and who granted it (`auto` after `consider_auto_after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+/// An approval people answered (granted or rejected), or that closed otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalEntry {
+    pub id: String,
+    pub date: String,
+    pub profile: String,
+    pub version: Option<String>,
+    pub reason: String,
+    /// `granted`, `rejected`, `expired`, `superseded`, `stale`, `cleared`, `auto`, or `open`.
+    pub result: String,
+    pub by: Option<String>,
+    pub why: Option<String>,
 }
 
 impl Entry {
@@ -47,11 +68,41 @@ impl Entry {
     }
 }
 
+/// The acting state in the journal at `path`.
+pub fn state(path: &Path) -> Result<State, JournalError> {
+    let lines = Journal::read_back(path)?;
+    Ok(State::restore(&lines).0)
+}
+
 /// The history in the journal at `path`, oldest first.
 pub fn read(path: &Path) -> Result<Vec<Entry>, JournalError> {
-    let lines = Journal::read_back(path)?;
-    let (state, _) = State::restore(&lines);
-    Ok(entries(&state))
+    Ok(entries(&state(path)?))
+}
+
+/// Every approval, oldest first.
+pub fn approvals(state: &State) -> Vec<ApprovalEntry> {
+    let closed = state.closed_approvals.iter().map(|c| (c.opened_at, &c.opened, Some(&c.closed)));
+    let open = state.approvals.values().map(|(at, a)| (*at, a, None));
+    let mut out: Vec<_> = closed
+        .chain(open)
+        .map(|(at, a, c)| ApprovalEntry {
+            id: a.approval_id.clone(),
+            date: iso(at),
+            profile: a.profile.clone(),
+            version: a.version.clone(),
+            reason: a.reason.clone(),
+            result: c.map_or("open".to_string(), |c| c.how.to_string()),
+            by: c.and_then(|c| c.by.clone()),
+            why: c.and_then(|c| c.reason.clone()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.date.cmp(&b.date).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// Every version seen, latest deploy last.
+pub fn versions(state: &State) -> Vec<VersionInfo> {
+    state.versions.list.clone()
 }
 
 pub fn entries(state: &State) -> Vec<Entry> {
@@ -69,7 +120,7 @@ pub fn entries(state: &State) -> Vec<Entry> {
                 reason: r.started.reason.clone(),
                 result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
                 duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
-                duration: finished.map(|f| super::dispatch::human(crate::time::Span(f.duration_ms))),
+                duration: finished.map(|f| human(crate::time::Span(f.duration_ms))),
                 steps: r
                     .steps_done
                     .iter()
@@ -80,6 +131,14 @@ pub fn entries(state: &State) -> Vec<Entry> {
                     .collect(),
                 root_cause: r.root_cause.clone(),
                 error: finished.and_then(|f| f.error.clone()),
+                approval_id: r.started.approval_id.clone(),
+                approved_by: r.started.approval_id.as_ref().and_then(|id| {
+                    let c = state.closed_approval(id)?;
+                    match c.closed.how {
+                        Closed::Auto => Some("auto (consider_auto_after)".to_string()),
+                        _ => c.closed.by.clone(),
+                    }
+                }),
             }
         })
         .collect()
@@ -95,7 +154,8 @@ pub fn annotate(dir: &Path, id: &str, root_cause: &str, at: Timestamp) -> Result
         return Err(AnnotateError::Unknown { id: id.to_string(), known: ids });
     }
     let mut journal = Journal::open(dir)?;
-    journal.append(at, "annotated", &Annotated { rollback_id: id.to_string(), root_cause: root_cause.to_string() })?;
+    let event = Event::Annotated(Annotated { rollback_id: id.to_string(), root_cause: root_cause.to_string() });
+    journal.append_event(at, &event)?;
     Ok(())
 }
 

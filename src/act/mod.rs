@@ -1,15 +1,27 @@
-//! Acting on decisions: [`template`] fills values into actions and messages, [`action`] runs
-//! `exec`/`http`/`file` steps, [`policy`] holds the rules of engagement, [`state`] is what the
-//! journal remembers, [`procedure`] runs one rollback's steps, [`dispatch`] turns decisions into
-//! procedures (approvals, verification, escalation) and [`history`] reads rollbacks back.
+//! Acting on decisions. [`template`] fills values into actions and messages, [`action`] runs
+//! `exec`/`http`/`file` steps, [`policy`] holds the rules of engagement, [`event`] is what the
+//! journal records and [`state`] what it rebuilds, [`versions`] the version model (deploys,
+//! baking, the rollback target), [`gate`] whether a rollback may start (pure), [`procedure`] runs
+//! one rollback's steps, [`verify`] decides whether it worked (pure), [`approvals`] and
+//! [`commands`] answer people, [`vars`] fills messages, [`dispatch`] routes, and [`history`]
+//! reads rollbacks back.
 
 pub mod action;
+pub mod approvals;
+pub mod commands;
 pub mod dispatch;
+pub mod event;
+pub mod gate;
 pub mod history;
 pub mod policy;
 pub mod procedure;
 pub mod state;
 pub mod template;
+pub mod vars;
+pub mod verify;
+pub mod versions;
 
-pub use dispatch::{Acting, Command, CommandRequest, Dispatcher, Plan};
+pub use crate::time::{human, iso};
+pub use commands::{Command, CommandRequest};
+pub use dispatch::{Acting, Dispatcher, Plan, Restart};
 pub use policy::{Mode, Policy};

@@ -46,8 +46,12 @@ pub struct Policy {
     /// The loop guard: at most `max_rollbacks` started per `max_rollbacks_per`, then stop acting and page.
     pub max_rollbacks: u32,
     pub max_rollbacks_per: Span,
-    /// After the steps, the triggering rules must stop firing within this.
+    /// After the steps, the rules behind a rollback must be quiet for `verify_stable` within this.
     pub verify_for: Span,
+    /// How long those rules must stay inactive with known inputs for the rollback to count as done.
+    pub verify_stable: Span,
+    /// How long a version must run clean (deciding `monitor`, no rule pending or firing) to be good.
+    pub bake: Span,
     /// A rollback longer than this is an S3 finding.
     pub slow_rollback: Span,
     /// Every rule of a profile unknown this long is notified.
@@ -64,6 +68,8 @@ impl Default for Policy {
             max_rollbacks: 2,
             max_rollbacks_per: Span::from_secs(6 * 3600),
             verify_for: Span::from_secs(10 * 60),
+            verify_stable: Span::from_secs(60),
+            bake: Span::from_secs(10 * 60),
             slow_rollback: Span::from_secs(15 * 60),
             blind_after: Span::from_secs(5 * 60),
             approval_timeout: Span::from_secs(30 * 60),

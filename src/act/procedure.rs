@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::action::Action;
-use super::state::StepEvent;
+use super::event::{Event, Role, StepEvent};
 use super::template::Vars;
 use crate::journal::SharedJournal;
 use crate::notify::Notifier;
@@ -59,9 +59,9 @@ impl Procedure {
             match step {
                 Step::Announce { template, .. } => self.notifier.announce(template, &self.vars),
                 Step::Run { action, verify, .. } => {
-                    self.one(n, action, "run").await?;
+                    self.one(n, action, Role::Run).await?;
                     if let Some(v) = verify {
-                        self.one(n, v, "verify").await?;
+                        self.one(n, v, Role::Verify).await?;
                     }
                 }
             }
@@ -69,7 +69,7 @@ impl Procedure {
         Ok(())
     }
 
-    async fn one(&self, step: usize, name: &str, role: &str) -> Result<(), StepFailure> {
+    async fn one(&self, step: usize, name: &str, role: Role) -> Result<(), StepFailure> {
         let fail = |error: String| StepFailure { step, action: name.to_string(), error };
         let action = self.actions.get(name).ok_or_else(|| fail(format!("no action named {name:?}")))?;
         // An explicit target must be known: an undo "to the previous version" run twice flips
@@ -84,14 +84,16 @@ impl Procedure {
             rollback_id: self.rollback_id.clone(),
             step,
             action: name.to_string(),
-            role: role.to_string(),
+            role,
             ok: None,
             detail: None,
             output: None,
             duration_ms: None,
         };
-        self.journal.append(self.clock.now(), "step_started", &event).map_err(|e| fail(e.to_string()))?;
-        tracing::info!(rollback = %self.rollback_id, step, action = name, role, "step started");
+        self.journal
+            .append_event(self.clock.now(), &Event::StepStarted(event.clone()))
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(rollback = %self.rollback_id, step, action = name, %role, "step started");
         let mut result = action.run(&self.vars, &self.client).await;
         result.output = self.redactor.redact(&result.output);
         result.detail = self.redactor.redact(&result.detail);
@@ -99,12 +101,14 @@ impl Procedure {
         event.detail = Some(result.detail.clone());
         event.output = Some(result.output.clone());
         event.duration_ms = Some(result.duration_ms);
-        self.journal.append(self.clock.now(), "step_finished", &event).map_err(|e| fail(e.to_string()))?;
+        self.journal
+            .append_event(self.clock.now(), &Event::StepFinished(event.clone()))
+            .map_err(|e| fail(e.to_string()))?;
         if result.ok {
-            tracing::info!(rollback = %self.rollback_id, step, action = name, role, detail = %result.detail, "step succeeded");
+            tracing::info!(rollback = %self.rollback_id, step, action = name, %role, detail = %result.detail, "step succeeded");
             Ok(())
         } else {
-            tracing::error!(rollback = %self.rollback_id, step, action = name, role, detail = %result.detail, "step failed");
+            tracing::error!(rollback = %self.rollback_id, step, action = name, %role, detail = %result.detail, "step failed");
             Err(fail(result.detail))
         }
     }

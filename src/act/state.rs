@@ -1,160 +1,13 @@
-//! What the dispatcher remembers, and the journal events that change it. Every change is an
-//! event written to the journal first and then applied here, so reading the journal back
-//! ([`State::restore`]) rebuilds exactly the live state: rollbacks (for cooldown, the loop guard
-//! and idempotency), open approvals, the pause, silences, deployed versions, annotations.
+//! What the dispatcher remembers. Every change is an [`Event`] written to the journal first and
+//! then applied here, so reading the journal back ([`State::restore`]) rebuilds exactly the
+//! live state: rollbacks (for cooldown, the loop guard and idempotency), approvals (open, and
+//! how each closed), the pause, silences, the versions and their evidence, annotations.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
+use super::event::*;
+use super::versions::Versions;
 use crate::time::Timestamp;
-
-/// How a rollback ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RollbackResult {
-    /// Steps succeeded and the triggering rules stopped firing.
-    Completed,
-    /// A step failed (S1).
-    Failed,
-    /// Steps succeeded but the rules kept firing past `verify_for` (S2).
-    IssuePersists,
-    /// Steps succeeded but the rules' inputs stayed unknown past `verify_for` (S2).
-    Unverified,
-    /// Found started but unfinished after a restart; never re-run (S1).
-    Interrupted,
-}
-
-impl RollbackResult {
-    /// The name journalled and shown by `history --json` and `/metrics` (`issue_persists`).
-    pub fn key(self) -> &'static str {
-        match self {
-            RollbackResult::Completed => "completed",
-            RollbackResult::Failed => "failed",
-            RollbackResult::IssuePersists => "issue_persists",
-            RollbackResult::Unverified => "unverified",
-            RollbackResult::Interrupted => "interrupted",
-        }
-    }
-}
-
-impl std::fmt::Display for RollbackResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RollbackResult::Completed => "completed",
-            RollbackResult::Failed => "failed",
-            RollbackResult::IssuePersists => "issue persists",
-            RollbackResult::Unverified => "unverified",
-            RollbackResult::Interrupted => "interrupted",
-        })
-    }
-}
-
-/// `rollback_started`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RollbackStarted {
-    pub rollback_id: String,
-    pub profile: String,
-    /// Idempotency key: profile + deployed version.
-    pub key: String,
-    pub version_from: Option<String>,
-    /// The explicit target (the last good version seen before `version_from`).
-    pub target_version: Option<String>,
-    pub level: Option<String>,
-    pub reason: String,
-    pub explanation: String,
-    /// The rules whose firing must stop for the rollback to verify.
-    pub firing: Vec<String>,
-    pub approval_id: Option<String>,
-}
-
-/// `rollback_finished`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RollbackFinished {
-    pub rollback_id: String,
-    pub result: RollbackResult,
-    pub duration_ms: i64,
-    pub version_to: Option<String>,
-    pub error: Option<String>,
-}
-
-/// `step_started` / `step_finished` (the latter with the action's result).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepEvent {
-    pub rollback_id: String,
-    /// Index in the procedure as run (after level filtering), from 1.
-    pub step: usize,
-    pub action: String,
-    /// `run` or `verify`.
-    pub role: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ok: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<i64>,
-}
-
-/// `approval_opened`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApprovalOpened {
-    pub approval_id: String,
-    pub profile: String,
-    pub version: Option<String>,
-    pub level: Option<String>,
-    pub reason: String,
-    pub explanation: String,
-    pub firing: Vec<String>,
-    pub expires_at: Timestamp,
-}
-
-/// `approval_closed`: granted, expired, superseded (a rollback started anyway) or stale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApprovalClosed {
-    pub approval_id: String,
-    pub how: String,
-}
-
-/// `paused` (until: `None` = until resumed) and `resumed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Paused {
-    pub until: Option<Timestamp>,
-}
-
-/// `silenced` (a rule's rollbacks suppressed until `until`) and `unsilenced`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Silenced {
-    pub rule: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<Timestamp>,
-}
-
-/// `version_changed`: the deployed version read from the version target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionChanged {
-    pub from: Option<String>,
-    pub to: String,
-}
-
-/// `annotated`: what only people know.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Annotated {
-    pub rollback_id: String,
-    pub root_cause: String,
-}
-
-/// `escalation`: a runbook 004 finding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Escalation {
-    /// `S1`, `S2`, `S3`, or `notice` for being blind.
-    pub severity: String,
-    pub finding: String,
-    pub response: String,
-    pub profile: String,
-    pub rollback_id: Option<String>,
-}
 
 /// One rollback as the journal tells it.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,27 +16,37 @@ pub struct Rollback {
     pub started: RollbackStarted,
     pub finished: Option<(Timestamp, RollbackFinished)>,
     /// Run/verify steps started and not (yet) finished: `(step, action, role)`.
-    pub open_steps: Vec<(usize, String, String)>,
+    pub open_steps: Vec<(usize, String, Role)>,
     /// Steps finished, in order.
     pub steps_done: Vec<StepEvent>,
     pub root_cause: Option<String>,
 }
 
+/// An approval that was answered or closed, with how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedApproval {
+    pub opened_at: Timestamp,
+    pub opened: ApprovalOpened,
+    pub closed_at: Timestamp,
+    pub closed: ApprovalClosed,
+}
+
 /// The dispatcher's memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
-    /// The next number for a rollback or approval id.
-    pub next_id: u64,
+    /// The next numbers for rollback (`rb-N`) and approval (`ap-N`) ids.
+    pub next_rollback: u64,
+    pub next_approval: u64,
     pub rollbacks: Vec<Rollback>,
     /// Open approvals by id, with when they opened.
     pub approvals: BTreeMap<String, (Timestamp, ApprovalOpened)>,
+    /// Approvals closed, oldest first.
+    pub closed_approvals: Vec<ClosedApproval>,
     /// Paused until then (`Timestamp(i64::MAX)`: until resumed).
     pub paused_until: Option<Timestamp>,
     /// Silenced rules and until when.
     pub silences: BTreeMap<String, Timestamp>,
-    /// The deployed version last read, and for each version the one deployed before it.
-    pub version: Option<String>,
-    pub previous: BTreeMap<String, String>,
+    pub versions: Versions,
 }
 
 /// An event that could not be applied (kept out of the state, reported).
@@ -202,98 +65,86 @@ impl State {
         let mut state = State::default();
         let mut errors = Vec::new();
         for line in lines {
-            let at = Timestamp(line.get("at").and_then(|v| v.as_i64()).unwrap_or(0));
-            let event = line.get("event").and_then(|v| v.as_str()).unwrap_or("");
-            if let Err(message) = state.apply(at, event, line) {
-                errors.push(ApplyError { event: event.to_string(), at: at.0, message });
+            let failed = |message: String| ApplyError {
+                event: line.get("event").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+                at: line.get("at").and_then(|v| v.as_i64()).unwrap_or(0),
+                message,
+            };
+            match Event::read(line) {
+                Ok((at, event)) => {
+                    if let Err(message) = state.apply(at, &event) {
+                        errors.push(failed(message));
+                    }
+                }
+                Err(message) => errors.push(failed(message)),
             }
         }
         (state, errors)
     }
 
-    /// Applies one event (its fields as written). Events the dispatcher does not keep are ignored.
-    pub fn apply(&mut self, at: Timestamp, event: &str, data: &serde_json::Value) -> Result<(), String> {
-        fn parse<T: for<'de> Deserialize<'de>>(data: &serde_json::Value) -> Result<T, String> {
-            T::deserialize(data).map_err(|e| e.to_string())
-        }
+    /// Applies one event. Events the dispatcher does not keep are ignored.
+    pub fn apply(&mut self, at: Timestamp, event: &Event) -> Result<(), String> {
         match event {
-            "rollback_started" => {
-                let started: RollbackStarted = parse(data)?;
-                self.bump_id(&started.rollback_id);
+            Event::RollbackStarted(started) => {
+                self.next_rollback = self.next_rollback.max(number(&started.rollback_id) + 1);
                 self.rollbacks.push(Rollback {
                     at,
-                    started,
+                    started: started.clone(),
                     finished: None,
                     open_steps: vec![],
                     steps_done: vec![],
                     root_cause: None,
                 });
             }
-            "rollback_finished" => {
-                let f: RollbackFinished = parse(data)?;
+            Event::RollbackFinished(f) => {
                 let r = self.rollback_mut(&f.rollback_id)?;
                 r.open_steps.clear();
-                r.finished = Some((at, f));
+                r.finished = Some((at, f.clone()));
+                let from = r.started.version_from.clone();
+                if f.result == RollbackResult::Completed
+                    && let Some(v) = from
+                {
+                    self.versions.rolled_back(at, &v, &f.rollback_id);
+                }
             }
-            "step_started" => {
-                let s: StepEvent = parse(data)?;
-                self.rollback_mut(&s.rollback_id)?.open_steps.push((s.step, s.action, s.role));
+            Event::StepStarted(s) => {
+                self.rollback_mut(&s.rollback_id)?.open_steps.push((s.step, s.action.clone(), s.role));
             }
-            "step_finished" => {
-                let s: StepEvent = parse(data)?;
+            Event::StepFinished(s) => {
                 let r = self.rollback_mut(&s.rollback_id)?;
                 r.open_steps.retain(|(step, _, role)| !(*step == s.step && *role == s.role));
-                r.steps_done.push(s);
+                r.steps_done.push(s.clone());
             }
-            "approval_opened" => {
-                let a: ApprovalOpened = parse(data)?;
-                self.bump_id(&a.approval_id);
-                self.approvals.insert(a.approval_id.clone(), (at, a));
+            Event::ApprovalOpened(a) => {
+                self.next_approval = self.next_approval.max(number(&a.approval_id) + 1);
+                self.approvals.insert(a.approval_id.clone(), (at, a.clone()));
             }
-            "approval_closed" => {
-                let c: ApprovalClosed = parse(data)?;
-                self.approvals.remove(&c.approval_id);
+            Event::ApprovalClosed(c) => {
+                if let Some((opened_at, opened)) = self.approvals.remove(&c.approval_id) {
+                    self.closed_approvals.push(ClosedApproval { opened_at, opened, closed_at: at, closed: c.clone() });
+                }
             }
-            "paused" => {
-                let p: Paused = parse(data)?;
-                self.paused_until = Some(p.until.unwrap_or(Timestamp(i64::MAX)));
+            Event::Paused(p) => self.paused_until = Some(p.until.unwrap_or(Timestamp(i64::MAX))),
+            Event::Resumed(_) => self.paused_until = None,
+            Event::Silenced(s) => {
+                self.silences.insert(s.rule.clone(), s.until.unwrap_or(Timestamp(i64::MAX)));
             }
-            "resumed" => self.paused_until = None,
-            "silenced" => {
-                let s: Silenced = parse(data)?;
-                self.silences.insert(s.rule, s.until.unwrap_or(Timestamp(i64::MAX)));
-            }
-            "unsilenced" => {
-                let s: Silenced = parse(data)?;
+            Event::Unsilenced(s) => {
                 self.silences.remove(&s.rule);
             }
-            "version_changed" => {
-                let v: VersionChanged = parse(data)?;
-                // A version rolled back from is never anyone's last good one: after rolling v2
-                // back to v1, v1's predecessor is not v2.
-                let rolled_back =
-                    |version: &str| self.rollbacks.iter().any(|r| r.started.version_from.as_deref() == Some(version));
-                if let Some(from) = &v.from
-                    && from != &v.to
-                    && !rolled_back(from)
-                {
-                    self.previous.insert(v.to.clone(), from.clone());
-                }
-                self.version = Some(v.to);
-            }
-            "annotated" => {
-                let a: Annotated = parse(data)?;
-                self.rollback_mut(&a.rollback_id)?.root_cause = Some(a.root_cause);
-            }
-            _ => {}
+            Event::VersionChanged(v) => self.versions.deploy(at, &v.to),
+            Event::Deploy(d) => self.versions.deploy(at, &d.to),
+            Event::VersionBaked(b) => self.versions.baked(at, b),
+            Event::VersionMarked(m) => self.versions.marked(at, m),
+            Event::Annotated(a) => self.rollback_mut(&a.rollback_id)?.root_cause = Some(a.root_cause.clone()),
+            Event::Escalation(_)
+            | Event::Suppressed(_)
+            | Event::DryRun(_)
+            | Event::Blind(_)
+            | Event::Sighted(_)
+            | Event::Other => {}
         }
         Ok(())
-    }
-
-    fn bump_id(&mut self, id: &str) {
-        if let Some(n) = id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
-            self.next_id = self.next_id.max(n + 1);
-        }
     }
 
     fn rollback_mut(&mut self, id: &str) -> Result<&mut Rollback, String> {
@@ -304,12 +155,18 @@ impl State {
             .ok_or_else(|| format!("no rollback {id:?}"))
     }
 
-    /// A new id with `prefix` (`rb`, `ap`).
-    pub fn new_id(&mut self, prefix: &str) -> String {
-        self.next_id = self.next_id.max(1);
-        let id = format!("{prefix}-{}", self.next_id);
-        self.next_id += 1;
-        id
+    /// A new rollback id, `rb-N`.
+    pub fn new_rollback_id(&mut self) -> String {
+        self.next_rollback = self.next_rollback.max(1);
+        self.next_rollback += 1;
+        format!("rb-{}", self.next_rollback - 1)
+    }
+
+    /// A new approval id, `ap-N`.
+    pub fn new_approval_id(&mut self) -> String {
+        self.next_approval = self.next_approval.max(1);
+        self.next_approval += 1;
+        format!("ap-{}", self.next_approval - 1)
     }
 
     /// Rollbacks started but not finished (after a crash).
@@ -317,7 +174,7 @@ impl State {
         self.rollbacks.iter().filter(|r| r.finished.is_none())
     }
 
-    /// Rollbacks started in `(now - per, now]`.
+    /// Rollbacks started in `(since, …]`.
     pub fn started_since(&self, since: Timestamp) -> usize {
         self.rollbacks.iter().filter(|r| r.at > since).count()
     }
@@ -327,15 +184,26 @@ impl State {
         self.rollbacks.iter().rev().find(|r| r.started.profile == profile)
     }
 
-    /// The rollback with this idempotency key, if one ran.
-    pub fn with_key(&self, key: &str) -> Option<&Rollback> {
-        self.rollbacks.iter().rev().find(|r| r.started.key == key)
+    /// The latest rollback with this idempotency key since `since`, if one ran.
+    pub fn with_key_since(&self, key: &str, since: Option<Timestamp>) -> Option<&Rollback> {
+        self.rollbacks.iter().rev().find(|r| r.started.key == key && since.is_none_or(|s| r.at >= s))
     }
+
+    /// How the approval with this id closed, if it did.
+    pub fn closed_approval(&self, id: &str) -> Option<&ClosedApproval> {
+        self.closed_approvals.iter().rev().find(|c| c.opened.approval_id == id)
+    }
+}
+
+/// The number of an id (`rb-7` → 7; 0 when there is none).
+fn number(id: &str) -> u64 {
+    id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::act::versions::VersionState;
     use serde_json::json;
 
     fn line(at: i64, event: &str, data: serde_json::Value) -> serde_json::Value {
@@ -345,14 +213,17 @@ mod tests {
         v
     }
 
+    fn started(id: &str, from: &str) -> serde_json::Value {
+        json!({"rollback_id": id, "profile": "api", "key": format!("api@{from}"), "version_from": from,
+            "target_version": "v1", "level": null, "reason": "r", "explanation": "e", "firing": ["x"], "approval_id": null})
+    }
+
     #[test]
     fn restores_rollbacks_approvals_pause_silences_and_versions() {
-        let started = json!({"rollback_id": "rb-3", "profile": "api", "key": "api@v2", "version_from": "v2",
-            "target_version": "v1", "level": null, "reason": "r", "explanation": "e", "firing": ["x"], "approval_id": null});
         let lines = vec![
             line(1, "version_changed", json!({"from": null, "to": "v1"})),
-            line(2, "version_changed", json!({"from": "v1", "to": "v2"})),
-            line(3, "rollback_started", started),
+            line(2, "deploy", json!({"from": "v1", "to": "v2", "source": "hook"})),
+            line(3, "rollback_started", started("rb-3", "v2")),
             line(4, "step_started", json!({"rollback_id": "rb-3", "step": 1, "action": "undo", "role": "run"})),
             line(
                 5,
@@ -366,42 +237,63 @@ mod tests {
         ];
         let (s, errors) = State::restore(&lines);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(s.next_id, 5);
-        assert_eq!(s.version.as_deref(), Some("v2"));
-        assert_eq!(s.previous["v2"], "v1");
+        assert_eq!((s.next_rollback, s.next_approval), (4, 5), "rollbacks and approvals are numbered apart");
+        assert_eq!(s.versions.current.as_deref(), Some("v2"));
+        assert_eq!(s.versions.deployed_at, Some(Timestamp(2)));
         let unfinished: Vec<_> = s.unfinished().collect();
         assert_eq!(unfinished.len(), 1);
-        assert_eq!(unfinished[0].open_steps, vec![(1, "undo".to_string(), "run".to_string())]);
+        assert_eq!(unfinished[0].open_steps, vec![(1, "undo".to_string(), Role::Run)]);
         assert!(s.approvals.contains_key("ap-4"));
         assert_eq!(s.paused_until, Some(Timestamp(i64::MAX)));
         assert_eq!(s.silences["x"], Timestamp(50));
-        assert_eq!(s.with_key("api@v2").map(|r| r.at), Some(Timestamp(3)));
+        assert_eq!(s.with_key_since("api@v2", None).map(|r| r.at), Some(Timestamp(3)));
+        assert!(s.with_key_since("api@v2", Some(Timestamp(4))).is_none());
     }
 
     #[test]
-    fn a_version_rolled_back_from_never_becomes_a_last_good_version() {
-        let started = json!({"rollback_id": "rb-1", "profile": "api", "key": "api@v2", "version_from": "v2",
-            "target_version": "v1", "level": null, "reason": "r", "explanation": "e", "firing": [], "approval_id": null});
+    fn only_a_completed_rollback_makes_a_version_bad() {
+        let finished = |id: &str, result: &str| json!({"rollback_id": id, "result": result, "duration_ms": 1, "version_to": "v1", "error": null});
         let lines = vec![
-            line(1, "version_changed", json!({"from": null, "to": "v1"})),
-            line(2, "version_changed", json!({"from": "v1", "to": "v2"})),
-            line(3, "rollback_started", started),
-            line(4, "version_changed", json!({"from": "v2", "to": "v1"})),
-            line(5, "version_changed", json!({"from": "v1", "to": "v3"})),
+            line(1, "deploy", json!({"from": null, "to": "v1", "source": "first_sight"})),
+            line(2, "version_baked", json!({"version": "v1", "since": 1})),
+            line(3, "deploy", json!({"from": "v1", "to": "v2", "source": "version"})),
+            line(4, "rollback_started", started("rb-1", "v2")),
+            line(5, "rollback_finished", finished("rb-1", "failed")),
+            line(6, "rollback_started", started("rb-2", "v2")),
+            line(7, "rollback_finished", finished("rb-2", "interrupted")),
         ];
         let (s, errors) = State::restore(&lines);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(s.previous.get("v1"), None, "v2 was rolled back from");
-        assert_eq!(s.previous["v2"], "v1");
-        assert_eq!(s.previous["v3"], "v1");
+        assert_eq!(s.versions.get("v2").map(|v| v.state), Some(VersionState::New), "failed rollbacks poison nothing");
+        assert_eq!(s.versions.target(), Some("v1"));
+        let mut lines = lines;
+        lines.push(line(8, "rollback_started", started("rb-3", "v2")));
+        lines.push(line(9, "rollback_finished", finished("rb-3", "completed")));
+        let (s, _) = State::restore(&lines);
+        assert_eq!(s.versions.get("v2").map(|v| v.state), Some(VersionState::Bad));
+        assert_eq!(s.versions.get("v1").map(|v| v.state), Some(VersionState::Good));
     }
 
     #[test]
-    fn a_result_is_named_the_same_in_the_journal_and_everywhere_else() {
-        use RollbackResult::*;
-        for r in [Completed, Failed, IssuePersists, Unverified, Interrupted] {
-            assert_eq!(serde_json::to_value(r).unwrap(), r.key());
-        }
+    fn closed_approvals_remember_who_and_how() {
+        let lines = vec![
+            line(
+                1,
+                "approval_opened",
+                json!({"approval_id": "ap-1", "profile": "api", "version": "v2", "outcome": "consider",
+                "level": null, "reason": "r", "explanation": "e", "firing": [], "expires_at": 100}),
+            ),
+            line(
+                2,
+                "approval_closed",
+                json!({"approval_id": "ap-1", "how": "rejected", "by": "bob", "reason": "noise"}),
+            ),
+        ];
+        let (s, errors) = State::restore(&lines);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(s.approvals.is_empty());
+        let c = s.closed_approval("ap-1").unwrap();
+        assert_eq!((c.closed.how, c.closed.by.as_deref()), (Closed::Rejected, Some("bob")));
     }
 
     #[test]

@@ -27,6 +27,48 @@ fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
 
 /// POSTs `path_and_query` to the running sidecar and prints its answer.
 pub fn post(config: &Path, path_and_query: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    post_body(config, path_and_query, None, out)
+}
+
+/// `rollwatch deployed -c FILE VERSION`: `POST /hooks/deploy` as a pipeline would.
+pub fn deployed(config: &Path, version: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "version": version, "source": "command" });
+    post_body(config, "/hooks/deploy", Some(body), out)
+}
+
+/// `rollwatch versions -c FILE [--json]`: every version the journal knows, latest deploy last.
+pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let state = history::state(&config.state_dir.join("journal.jsonl"))?;
+    let list = history::versions(&state);
+    let current = state.versions.current.clone();
+    let target = state.versions.target().map(str::to_string);
+    if json {
+        let value = serde_json::json!({ "current": current, "target": target, "versions": list });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        writeln!(out, "no deploys in {}", config.state_dir.join("journal.jsonl").display())?;
+    }
+    for v in &list {
+        let now = if current.as_ref() == Some(&v.version) { "  (deployed now)" } else { "" };
+        let deploys = if v.deploys > 1 { format!(", {} deploys", v.deploys) } else { String::new() };
+        writeln!(out, "{}  {}  deployed {}{deploys}{now}", v.version, v.state, crate::time::iso(v.deployed_at))?;
+        for e in &v.evidence {
+            writeln!(out, "    {e}")?;
+        }
+    }
+    writeln!(out, "rollback target: {}", target.as_deref().unwrap_or("none (no other version has run healthy)"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn post_body(
+    config: &Path,
+    path_and_query: &str,
+    body: Option<serde_json::Value>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
@@ -43,6 +85,9 @@ pub fn post(config: &Path, path_and_query: &str, out: &mut dyn Write) -> anyhow:
         let mut req = client.post(&url).timeout(std::time::Duration::from_secs(10));
         if let Some(t) = &token {
             req = req.bearer_auth(t);
+        }
+        if let Some(body) = &body {
+            req = req.header("content-type", "application/json").body(body.to_string());
         }
         let resp =
             req.send().await.with_context(|| format!("cannot reach the sidecar at {addr} (is `rollwatch run` up?)"))?;
@@ -127,9 +172,12 @@ pub fn notify(
 /// `rollwatch history -c FILE [--json]`
 pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
-    let entries = history::read(&config.state_dir.join("journal.jsonl"))?;
+    let state = history::state(&config.state_dir.join("journal.jsonl"))?;
+    let entries = history::entries(&state);
+    let approvals = history::approvals(&state);
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "rollbacks": entries }))?)?;
+        let value = serde_json::json!({ "rollbacks": entries, "approvals": approvals });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if entries.is_empty() {
@@ -145,6 +193,19 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
         if let Some(err) = &e.error {
             writeln!(out, "    error: {err}")?;
         }
+        if let (Some(id), Some(by)) = (&e.approval_id, &e.approved_by) {
+            writeln!(out, "    approved: {id} by {by}")?;
+        }
+    }
+    let answered: Vec<_> = approvals.iter().filter(|a| a.result != "granted" && a.result != "auto").collect();
+    if !answered.is_empty() {
+        writeln!(out, "approvals not acted on:")?;
+    }
+    for a in answered {
+        let by = a.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
+        let why = a.why.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+        let version = a.version.as_deref().unwrap_or("?");
+        writeln!(out, "{} {} {version}, {}{by}{why}  ({}; {})", a.id, a.profile, a.result, a.date, a.reason)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -62,10 +62,59 @@ pub enum Command {
     Demo,
     /// Approve a pending rollback (asks the running sidecar).
     Approve {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
-        /// The approval id from the approval-needed message or /status.
+        /// The approval id from the approval-needed message or /status (ap-N).
         id: String,
+        /// Who approves (journalled and shown in history; default: your user name).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Reject a pending rollback: not asked again for this version until its decision clears.
+    Reject {
+        /// The running sidecar's rollwatch.toml.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The approval id (ap-N).
+        id: String,
+        /// Why (journalled and shown in history).
+        #[arg(long)]
+        reason: String,
+        /// Who rejects (default: your user name).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Report a deploy to the running sidecar (as a pipeline would with POST /hooks/deploy).
+    Deployed {
+        /// The running sidecar's rollwatch.toml.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The version now deployed.
+        version: String,
+    },
+    /// List the versions the journal knows: deployed when, good/bad/new, and the evidence.
+    Versions {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Correct what a version is: good (a rollback target) or bad (never one). Asks the running sidecar.
+    Mark {
+        /// The running sidecar's rollwatch.toml.
+        #[arg(short, long)]
+        config: PathBuf,
+        version: String,
+        /// good or bad.
+        #[arg(value_parser = ["good", "bad"])]
+        state: String,
+        /// Why (journalled with the mark).
+        #[arg(long)]
+        reason: String,
+        /// Who marks it (default: your user name).
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Stop acting (decisions are still made and journalled as suppressed), for a while or until resumed.
     Pause {
@@ -139,7 +188,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Run { config } => run::run(&config, out),
         Command::Demo => demo::run(),
         Command::Record { config, duration, output } => run::record(&config, duration, &output, out),
-        Command::Approve { config, id } => act::post(&config, &format!("/approve/{}", url_segment(&id)), out),
+        Command::Approve { config, id, by } => {
+            let by = by.unwrap_or_else(user_name);
+            act::post(&config, &format!("/approve/{}?by={}", url_segment(&id), url_segment(&by)), out)
+        }
+        Command::Reject { config, id, reason, by } => {
+            let by = by.unwrap_or_else(user_name);
+            let query = format!("?by={}&reason={}", url_segment(&by), url_segment(&reason));
+            act::post(&config, &format!("/reject/{}{query}", url_segment(&id)), out)
+        }
+        Command::Deployed { config, version } => act::deployed(&config, &version, out),
+        Command::Versions { config, json } => act::versions(&config, json, out),
+        Command::Mark { config, version, state, reason, by } => {
+            let by = by.unwrap_or_else(user_name);
+            let query = format!("?state={state}&by={}&reason={}", url_segment(&by), url_segment(&reason));
+            act::post(&config, &format!("/versions/{}/mark{query}", url_segment(&version)), out)
+        }
         Command::Pause { config, duration } => act::post(&config, &format!("/pause{}", act::for_query(duration)), out),
         Command::Resume { config } => act::post(&config, "/resume", out),
         Command::Silence { config, rule, duration } => {
@@ -150,6 +214,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::History { config, json } => act::history(&config, json, out),
         Command::Annotate { config, id, root_cause } => act::annotate(&config, &id, &root_cause, out),
     }
+}
+
+/// Who is at the keyboard, for `--by` (`$USER`, `$LOGNAME`, else `unknown`).
+fn user_name() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A path segment, percent-encoded.

@@ -76,6 +76,21 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         }
         policy.cooldown = c.duration(&p.cooldown, policy.cooldown, item, "cooldown");
         policy.verify_for = c.duration(&p.verify_for, policy.verify_for, item, "verify_for");
+        // Unset, verify_stable is 1m, or half of a shorter verify_for.
+        let stable_default = policy.verify_stable.min(crate::time::Span(policy.verify_for.0 / 2));
+        policy.verify_stable = c.duration(&p.verify_stable, stable_default, item, "verify_stable");
+        policy.bake = c.duration(&p.bake, policy.bake, item, "bake");
+        if policy.verify_stable > policy.verify_for {
+            let span = p.verify_stable.as_ref().or(p.verify_for.as_ref()).map(|s| s.span()).unwrap_or(0..0);
+            c.err(
+                &span,
+                item,
+                format!(
+                    "verify_stable ({}) must not exceed verify_for ({}): a rollback could never verify",
+                    policy.verify_stable, policy.verify_for
+                ),
+            );
+        }
         policy.slow_rollback = c.duration(&p.slow_rollback, policy.slow_rollback, item, "slow_rollback");
         policy.blind_after = c.duration(&p.blind_after, policy.blind_after, item, "blind_after");
         policy.approval_timeout = c.duration(&p.approval_timeout, policy.approval_timeout, item, "approval_timeout");

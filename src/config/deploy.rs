@@ -52,6 +52,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     pub eval_interval: Span,
+    /// Alerts not re-sent for this long end (none: they fire until resolved).
+    pub alert_expiry: Option<Span>,
     /// Targets in file order.
     pub targets: Vec<TargetConfig>,
     /// Env var holding the API bearer token (hook, approvals).
@@ -72,6 +74,7 @@ impl Config {
         let mut c = Checker { file: &file, errors: &mut errors };
 
         let eval_interval = c.duration(&raw.eval_interval, Span::from_secs(15), None, "eval_interval");
+        let alert_expiry = raw.alert_expiry.as_ref().and_then(|e| c.positive_duration(e, None, "alert_expiry"));
         let state_dir = PathBuf::from(raw.state_dir.as_ref().map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()));
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
         let listen = match &raw.listen {
@@ -182,8 +185,17 @@ impl Config {
             }
         };
         check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &acting, &evaluator);
-        let config =
-            Config { path: file.path.clone(), raw, state_dir, listen, eval_interval, targets, api_token_env, acting };
+        let config = Config {
+            path: file.path.clone(),
+            raw,
+            state_dir,
+            listen,
+            eval_interval,
+            alert_expiry,
+            targets,
+            api_token_env,
+            acting,
+        };
         errors.into_result((config, evaluator))
     }
 }

@@ -81,6 +81,8 @@ pub struct RawConfig {
     /// Env var holding the bearer token for the hook and approval endpoints.
     pub api_token_env: Option<Spanned<String>>,
     pub eval_interval: Option<Spanned<String>>,
+    /// Ends an alert not re-sent for this long (default: alerts fire until resolved).
+    pub alert_expiry: Option<Spanned<String>>,
     pub version: Option<Spanned<RawVersion>>,
     #[serde(default)]
     pub target: Vec<Spanned<RawTarget>>,
@@ -129,6 +131,8 @@ pub struct RawPolicy {
     pub cooldown: Option<Spanned<String>>,
     pub max_rollbacks: Option<Spanned<RawRateLimit>>,
     pub verify_for: Option<Spanned<String>>,
+    pub verify_stable: Option<Spanned<String>>,
+    pub bake: Option<Spanned<String>>,
     pub slow_rollback: Option<Spanned<String>>,
     pub blind_after: Option<Spanned<String>>,
     /// How long a `consider` approval stays open.

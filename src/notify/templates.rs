@@ -31,17 +31,20 @@ pub const VARS: &[&str] = &[
     "step",
     "error",
     "mode",
+    "approve_command",
+    "reject_command",
+    "stable_for",
 ];
 
 /// The shipped wording.
 pub const DEFAULTS: &[(&str, &str)] = &[
     (
         "rollback_in_progress",
-        "🔄 ROLLBACK IN PROGRESS\n\nIssue: {{reason}}\nAction: Rolling back {{profile}} from {{version_from}} to the previous version\nProcedure: {{level}}\nDecision: {{explanation}}\nRollback: {{rollback_id}}\n\nUpdates will follow.",
+        "🔄 ROLLBACK IN PROGRESS\n\nIssue: {{reason}}\nAction: Rolling back {{profile}} from {{version_from}} (target: {{target_version}})\nProcedure: {{level}}\nDecision: {{explanation}}\nRollback: {{rollback_id}}\n\nUpdates will follow.",
     ),
     (
         "rollback_complete",
-        "✅ ROLLBACK COMPLETE\n\nDuration: {{duration}}\nPrevious version restored: {{version_to}}\nServices: All healthy (triggering rules stopped firing)\nRollback: {{rollback_id}}\n\nRoot cause investigation in progress.\nPost-mortem will be scheduled.",
+        "✅ ROLLBACK COMPLETE\n\nDuration: {{duration}}\nPrevious version restored: {{version_to}}\nServices: All healthy (the rules behind it quiet for {{stable_for}})\nRollback: {{rollback_id}}\n\nRoot cause investigation in progress.\nPost-mortem will be scheduled.",
     ),
     (
         "rollback_failed",
@@ -49,7 +52,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ),
     (
         "rollback_approval_needed",
-        "⚠️ ROLLBACK APPROVAL NEEDED\n\nIssue: {{reason}}\nProfile: {{profile}} at {{version_from}}\nDecision: {{explanation}}\n\nApprove with `rollwatch approve {{approval_id}}` (or POST /approve/{{approval_id}}) within {{expires_in}}.",
+        "⚠️ ROLLBACK APPROVAL NEEDED\n\nIssue: {{reason}}\nProfile: {{profile}} at {{version_from}}\nDecision: {{explanation}}\n\nApprove within {{expires_in}}: {{approve_command}}\nReject: {{reject_command}}",
     ),
     (
         "escalation",

@@ -7,7 +7,7 @@ use crate::expr::{Cond, Slots, Truth};
 use crate::time::Timestamp;
 
 /// What to do about a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Record only.

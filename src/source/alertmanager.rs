@@ -1,7 +1,9 @@
 //! The Alertmanager webhook receiver's data side: the payload (version 4) parsed strictly enough
 //! to reject garbage with a message, and [`Alerts`], which turns firing alerts into
-//! `ALERTS{alertname="X",...} = 1` series until they are resolved or not re-sent for
-//! `resolve_timeout` (5 minutes, as Alertmanager does). What no metric shows — a security
+//! `ALERTS{alertname="X",...} = 1` series until Alertmanager sends them resolved (its webhook
+//! default, `send_resolved`). Alertmanager re-sends a firing alert only every `repeat_interval`
+//! (4 h by default), so silence is not resolution; an optional `alert_expiry` ends alerts not
+//! re-sent for that long, for senders that never resolve. What no metric shows — a security
 //! incident, a key feature broken — reaches the rules this way.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,9 +13,6 @@ use serde::Deserialize;
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
-
-/// How long a firing alert stays without being re-sent.
-pub const RESOLVE_TIMEOUT: Span = Span(5 * 60 * 1000);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,10 +86,11 @@ impl Alerts {
         }
     }
 
-    /// Called every tick: keeps firing alerts present as 1, ends those not re-sent in time.
-    pub fn refresh(&mut self, now: Timestamp, resolve_timeout: Span, store: &mut Store) {
+    /// Called every tick: keeps firing alerts present as 1; with an `expiry`, ends those not
+    /// re-sent for that long.
+    pub fn refresh(&mut self, now: Timestamp, expiry: Option<Span>, store: &mut Store) {
         self.last_sent.retain(|key, sent| {
-            if now.saturating_since(*sent) > resolve_timeout {
+            if expiry.is_some_and(|e| now.saturating_since(*sent) > e) {
                 store.mark_stale(key, now);
                 false
             } else {
@@ -138,23 +138,31 @@ mod tests {
     }
 
     #[test]
-    fn alerts_fire_until_resolved_or_not_resent() {
+    fn alerts_fire_until_resolved_or_expired() {
         let mut store = Store::new(Span(3_600_000));
         let sel = store.add_selector(Selector::parse(r#"ALERTS{alertname="SecurityIncident"}"#).unwrap());
         let mut alerts = Alerts::default();
         alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(0), &mut store);
         assert_eq!(store.last(sel, At::new(Timestamp(0))), Some(1.0));
-        // Still firing 4 minutes later without a re-send, and present beyond the 5 m lookback.
-        alerts.refresh(Timestamp(240_000), RESOLVE_TIMEOUT, &mut store);
-        assert_eq!(store.last(sel, At::new(Timestamp(240_000))), Some(1.0));
-        // Not re-sent for more than resolve_timeout: gone.
-        alerts.refresh(Timestamp(301_000), RESOLVE_TIMEOUT, &mut store);
-        assert_eq!(store.last(sel, At::new(Timestamp(301_000))), None);
+        // Without an expiry, an alert sent once fires until resolved: still there hours later,
+        // as Alertmanager re-sends only every repeat_interval.
+        for minute in 1..=240 {
+            alerts.refresh(Timestamp(minute * 60_000), None, &mut store);
+        }
+        assert_eq!(store.last(sel, At::new(Timestamp(240 * 60_000))), Some(1.0));
+        // With alert_expiry, one not re-sent for longer is gone.
+        let expiry = Some(Span(300_000));
+        let t = 241 * 60_000;
+        alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(t), &mut store);
+        alerts.refresh(Timestamp(t + 240_000), expiry, &mut store);
+        assert_eq!(store.last(sel, At::new(Timestamp(t + 240_000))), Some(1.0));
+        alerts.refresh(Timestamp(t + 301_000), expiry, &mut store);
+        assert_eq!(store.last(sel, At::new(Timestamp(t + 301_000))), None);
         assert!(alerts.firing().is_empty());
         // Resolved explicitly.
-        alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(400_000), &mut store);
+        alerts.update(parse(BODY.as_bytes()).unwrap(), Timestamp(t + 400_000), &mut store);
         let resolved = BODY.replace(r#""status":"firing","labels""#, r#""status":"resolved","labels""#);
-        alerts.update(parse(resolved.as_bytes()).unwrap(), Timestamp(410_000), &mut store);
-        assert_eq!(store.last(sel, At::new(Timestamp(410_000))), None);
+        alerts.update(parse(resolved.as_bytes()).unwrap(), Timestamp(t + 410_000), &mut store);
+        assert_eq!(store.last(sel, At::new(Timestamp(t + 410_000))), None);
     }
 }

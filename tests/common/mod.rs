@@ -191,3 +191,207 @@ interval = "200ms"
         )
     }
 }
+
+/// A service that deploys versions: `/health` answers `{"status":"ok","version":V}`, `/metrics`
+/// counts requests (40 every 100 ms), the share failing set per version (per mille), and
+/// `POST /rollback?to=V` deploys V (as `kubectl rollout undo --to-revision` would), refusing a
+/// version it never ran.
+#[derive(Clone)]
+pub struct VersionedService {
+    pub state: Arc<std::sync::Mutex<ServiceState>>,
+    pub addr: String,
+}
+
+pub struct ServiceState {
+    pub version: String,
+    pub permille: std::collections::BTreeMap<String, u64>,
+    pub ok: f64,
+    pub errors: f64,
+    /// Every `POST /rollback` target, in order.
+    pub rollbacks: Vec<String>,
+}
+
+impl VersionedService {
+    pub async fn start(version: &str, permille: u64) -> VersionedService {
+        let state = Arc::new(std::sync::Mutex::new(ServiceState {
+            version: version.to_string(),
+            permille: [(version.to_string(), permille)].into(),
+            ok: 0.0,
+            errors: 0.0,
+            rollbacks: vec![],
+        }));
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    ticker.tick().await;
+                    let mut s = state.lock().unwrap();
+                    let share = *s.permille.get(&s.version).unwrap_or(&0) as f64 / 1000.0;
+                    s.ok += 40.0 * (1.0 - share);
+                    s.errors += 40.0 * share;
+                }
+            });
+        }
+        let s = state.clone();
+        let addr = serve_http(move |request| {
+            let line = request.lines().next().unwrap_or("").to_string();
+            let mut st = s.lock().unwrap();
+            if line.starts_with("GET /health") {
+                return ("200 OK", format!(r#"{{"status":"ok","version":"{}"}}"#, st.version));
+            }
+            if line.starts_with("GET /metrics") {
+                return (
+                    "200 OK",
+                    format!(
+                        "http_requests_total{{code=\"200\"}} {}\nhttp_requests_total{{code=\"500\"}} {}\n",
+                        st.ok.floor(),
+                        st.errors.floor()
+                    ),
+                );
+            }
+            if let Some(rest) = line.strip_prefix("POST /rollback?to=") {
+                let to = rest.split_whitespace().next().unwrap_or("").to_string();
+                st.rollbacks.push(to.clone());
+                if !st.permille.contains_key(&to) {
+                    return ("400 Bad Request", format!("never ran {to:?}"));
+                }
+                st.version = to;
+                return ("200 OK", "rolled back".into());
+            }
+            ("404 Not Found", String::new())
+        })
+        .await;
+        VersionedService { state, addr }
+    }
+
+    /// Deploys `version`, failing `permille`/1000 of its requests.
+    pub fn deploy(&self, version: &str, permille: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.permille.insert(version.to_string(), permille);
+        s.version = version.to_string();
+    }
+
+    /// Changes how many of `version`'s requests fail from now on.
+    pub fn set_errors(&self, version: &str, permille: u64) {
+        self.state.lock().unwrap().permille.insert(version.to_string(), permille);
+    }
+
+    pub fn rollbacks(&self) -> Vec<String> {
+        self.state.lock().unwrap().rollbacks.clone()
+    }
+}
+
+/// A SOLVEREIGN-shaped profile on short windows: errors > 5% (2 s window) roll back, > 1% for
+/// 1 s is considered, a KeyFeatureBroken alert (the environment's) rolls back; the procedure
+/// announces, undoes to the target version, announces completion.
+pub const VERSIONED_PROFILE: &str = r#"
+[signals]
+error_rate = 'ratio("http_requests_total{code=~\"5..\"}", "http_requests_total", "2s", 20)'
+
+[[rule]]
+name = "error-rate-critical"
+when = 'error_rate > 0.05'
+
+[[rule]]
+name = "error-rate-elevated"
+when = 'error_rate > 0.01'
+for = "1s"
+
+[[rule]]
+name = "key-feature-broken"
+scope = "environment"
+when = 'last("ALERTS{alertname=\"KeyFeatureBroken\"}") > 0'
+on_no_data = "ok"
+
+[[decide]]
+ask = "Is error rate > 5%?"
+if = 'firing("error-rate-critical")'
+then = "rollback"
+
+[[decide]]
+ask = "Is key feature broken?"
+if = 'firing("key-feature-broken")'
+then = "rollback"
+
+[[decide]]
+ask = "Is error rate > 1%?"
+if = 'firing("error-rate-elevated")'
+then = "consider"
+
+[[procedure.rollback]]
+announce = "rollback_in_progress"
+
+[[procedure.rollback]]
+run = "undo"
+
+[[procedure.rollback]]
+announce = "rollback_complete"
+"#;
+
+/// A config for [`VERSIONED_PROFILE`] watching `service`: 200 ms polls and ticks, the version
+/// from `/health`, an undo to `{{target_version}}`, a console channel, and `policy` lines.
+pub fn versioned_config(dir: &Path, service: &VersionedService, listen: &str, policy: &str) -> PathBuf {
+    let profile = write(dir, "profile.toml", VERSIONED_PROFILE);
+    let text = format!(
+        r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "{listen}"
+eval_interval = "200ms"
+version = {{ target = "api", field = "version" }}
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{addr}/health"
+interval = "200ms"
+
+[[target]]
+name = "api-metrics"
+kind = "prometheus"
+url = "http://{addr}/metrics"
+interval = "200ms"
+
+[policy]
+bake = "1s"
+verify_stable = "2s"
+verify_for = "10s"
+{policy}
+
+[channels.console]
+kind = "console"
+
+[actions.undo]
+kind = "http"
+method = "POST"
+url = "http://{addr}/rollback?to={{{{target_version}}}}"
+"#,
+        profile = profile.display().to_string(),
+        state = dir.join("state").display().to_string(),
+        addr = service.addr,
+    );
+    write(dir, "rollwatch.toml", text)
+}
+
+/// A free loopback port's address (bound and released).
+pub fn free_listen() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// `rollwatch run -c config` with its stdout (the console channel) and stderr in `dir`.
+pub fn spawn_run(dir: &Path, config: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("ROLLWATCH_LOG", "info")
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The journal's events of one kind.
+pub fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}

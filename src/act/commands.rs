@@ -1,0 +1,157 @@
+//! Operator commands, from the API or the command line: approve and reject approvals, pause
+//! and resume acting, silence rules, mark versions good or bad, report deploys. Each answers
+//! with what it did, or why it did nothing; each change is journalled with who asked.
+
+use tokio::sync::oneshot;
+
+use super::dispatch::Dispatcher;
+use super::event::*;
+use super::gate::Start;
+use crate::journal::JournalError;
+use crate::time::{Span, iso};
+
+/// A request from the API or the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Approve {
+        id: String,
+        by: String,
+    },
+    Reject {
+        id: String,
+        by: String,
+        reason: String,
+    },
+    Pause {
+        for_: Option<Span>,
+    },
+    Resume,
+    Silence {
+        rule: String,
+        for_: Span,
+    },
+    Unsilence {
+        rule: String,
+    },
+    /// An operator's correction of what a version is.
+    Mark {
+        version: String,
+        state: Mark,
+        by: String,
+        reason: String,
+    },
+    /// A pipeline (or a person) reports a deploy.
+    Deployed {
+        version: String,
+        source: DeploySource,
+    },
+}
+
+/// A command with where to send its answer.
+pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
+
+impl Dispatcher {
+    /// Carries out a command; `Ok(Err(why))` when it was refused.
+    pub fn command(&mut self, cmd: Command) -> Result<Result<String, String>, JournalError> {
+        let now = self.clock.now();
+        match cmd {
+            Command::Approve { id, by } => {
+                let Some((_, a)) = self.state.approvals.get(&id).cloned() else {
+                    return Ok(Err(self.no_open_approval(&id)));
+                };
+                if a.version != self.state.versions.current {
+                    self.close_approval(now, id.clone(), Closed::Stale, Some(by), None)?;
+                    return Ok(Err(format!(
+                        "stale: the deployed version changed from {} to {} since approval {id} opened; nothing done",
+                        a.version.as_deref().unwrap_or("unknown"),
+                        self.state.versions.current.as_deref().unwrap_or("unknown")
+                    )));
+                }
+                tracing::warn!(approval = %id, by, "approved");
+                let started =
+                    self.try_start(now, Start::from_approval(&a), Some((id.clone(), Closed::Granted, Some(by))))?;
+                Ok(started.map(|rb| format!("approval {id} granted: rollback {rb} started")))
+            }
+            Command::Reject { id, by, reason } => {
+                let Some((_, a)) = self.state.approvals.get(&id).cloned() else {
+                    return Ok(Err(self.no_open_approval(&id)));
+                };
+                tracing::warn!(approval = %id, by, reason, "rejected");
+                self.close_approval(now, id.clone(), Closed::Rejected, Some(by.clone()), Some(reason))?;
+                self.rejected.insert((a.profile.clone(), a.version.clone()));
+                Ok(Ok(format!(
+                    "approval {id} rejected by {by}; {} is not asked about again until its decision clears or the version changes",
+                    a.profile
+                )))
+            }
+            Command::Pause { for_ } => {
+                let until = for_.map(|d| now.plus(d));
+                self.record(now, Event::Paused(Paused { until }))?;
+                tracing::warn!(until = ?until.map(iso), "paused: decisions are made and journalled, not acted on");
+                Ok(Ok(match until {
+                    Some(u) => format!("paused until {}", iso(u)),
+                    None => "paused until resumed".into(),
+                }))
+            }
+            Command::Resume => {
+                if self.state.paused_until.is_none() {
+                    return Ok(Ok("not paused".into()));
+                }
+                self.record(now, Event::Resumed(Resumed::default()))?;
+                tracing::info!("resumed");
+                Ok(Ok("resumed".into()))
+            }
+            Command::Silence { rule, for_ } => {
+                let known: Vec<&str> =
+                    self.acting.plans.values().flat_map(|p| p.rules.iter().map(String::as_str)).collect();
+                if !known.contains(&rule.as_str()) {
+                    let hint = crate::config::did_you_mean(&rule, known.iter().copied());
+                    return Ok(Err(format!("no rule named {rule:?}{hint}")));
+                }
+                let until = now.plus(for_);
+                self.record(now, Event::Silenced(Silenced { rule: rule.clone(), until: Some(until) }))?;
+                Ok(Ok(format!("{rule} silenced until {}", iso(until))))
+            }
+            Command::Unsilence { rule } => {
+                if !self.state.silences.contains_key(&rule) {
+                    return Ok(Err(format!("{rule} is not silenced")));
+                }
+                self.record(now, Event::Unsilenced(Silenced { rule: rule.clone(), until: None }))?;
+                Ok(Ok(format!("{rule} unsilenced")))
+            }
+            Command::Mark { version, state, by, reason } => {
+                if version.trim().is_empty() {
+                    return Ok(Err("say which version".into()));
+                }
+                tracing::warn!(version, ?state, by, reason, "version marked");
+                let m = VersionMarked { version: version.clone(), state, by: by.clone(), reason };
+                self.record(now, Event::VersionMarked(m))?;
+                let target = self.state.versions.target().unwrap_or("none").to_string();
+                let state = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string));
+                Ok(Ok(format!(
+                    "{version} marked {} by {by}; the rollback target is now {target}",
+                    state.unwrap_or_default()
+                )))
+            }
+            Command::Deployed { version, source } => {
+                if version.trim().is_empty() {
+                    return Ok(Err("a deploy names its version: {\"version\": \"v2\"}".into()));
+                }
+                if self.deployed(now, &version, source)? {
+                    Ok(Ok(format!("deploy of {version} recorded; its evidence starts now")))
+                } else {
+                    Ok(Ok(format!("{version} is already the deployed version; nothing changed")))
+                }
+            }
+        }
+    }
+
+    fn no_open_approval(&self, id: &str) -> String {
+        if let Some(c) = self.state.closed_approval(id) {
+            let by = c.closed.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
+            return format!("approval {id} is closed ({}{by} at {})", c.closed.how, iso(c.closed_at));
+        }
+        let open: Vec<&String> = self.state.approvals.keys().collect();
+        format!("no open approval {id:?} (open: {open:?})")
+    }
+}

@@ -1,0 +1,194 @@
+//! The policy gate: whether a rollback may start now — a pure function of the state, the
+//! policy and the time, returning a value (act, or hold with the reason). The dispatcher
+//! journals and announces what the gate answers; the gate itself writes nothing.
+
+use super::event::{ApprovalOpened, RollbackResult};
+use super::policy::Policy;
+use super::state::State;
+use crate::rules::Decision;
+use crate::time::{Timestamp, iso};
+
+/// What a rollback is started from: a decision, or an approval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub profile: String,
+    pub version: Option<String>,
+    pub level: Option<String>,
+    pub reason: String,
+    pub explanation: String,
+    /// The rules behind it (the deciding question's firing rules).
+    pub firing: Vec<String>,
+}
+
+impl Start {
+    /// From a decision about `version`; `level_label` gives a rule's `level` label, for a
+    /// decision whose question sets no level.
+    pub fn from_decision(d: &Decision, version: Option<String>, level_label: impl Fn(&str) -> Option<String>) -> Start {
+        let asked = d.path.iter().rev().find(|a| a.yes).map(|a| a.ask.trim_end_matches('?').to_string());
+        // What the decision is because of: the firing rules its question read (all firing rules
+        // when the tree could not say).
+        let cause: Vec<&crate::rules::RuleValue> =
+            d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
+        let values: Vec<String> =
+            cause.iter().map(|r| format!("{} = {}", r.rule, crate::cli::report::maybe(r.value))).collect();
+        let reason = match asked {
+            Some(q) => format!("{q} ({})", values.join(", ")),
+            None => values.join(", "),
+        };
+        let firing: Vec<String> = cause.iter().map(|r| r.rule.clone()).collect();
+        let level = d.level.clone().or_else(|| firing.iter().find_map(|r| level_label(r)));
+        Start { profile: d.profile.clone(), version, level, reason, explanation: d.explanation(), firing }
+    }
+
+    pub fn from_approval(a: &ApprovalOpened) -> Start {
+        Start {
+            profile: a.profile.clone(),
+            version: a.version.clone(),
+            level: a.level.clone(),
+            reason: a.reason.clone(),
+            explanation: a.explanation.clone(),
+            firing: a.firing.clone(),
+        }
+    }
+
+    /// The idempotency key: profile + version.
+    pub fn key(&self) -> String {
+        key(&self.profile, self.version.as_deref())
+    }
+}
+
+/// `profile@version` (`unknown` without a version source).
+pub fn key(profile: &str, version: Option<&str>) -> String {
+    format!("{profile}@{}", version.unwrap_or("unknown"))
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    Act,
+    /// Held back for this reason (journalled as suppressed).
+    Hold(String),
+    /// The loop guard: held back, and worth an S1 page the first time.
+    LoopGuard(String),
+}
+
+/// Whether `start` may begin at `now`. `in_flight` is the rollback running, if any.
+pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_flight: Option<(&str, &str)>) -> Gate {
+    if let Some((id, profile)) = in_flight {
+        return Gate::Hold(format!("rollback {id} of {profile} is in flight"));
+    }
+    // A version is rolled back once per deploy of it: a failed or interrupted attempt may be
+    // tried again (cooldown and the loop guard permitting); a redeploy is judged anew.
+    if let Some(version) = &start.version
+        && let Some(r) = state.with_key_since(&start.key(), state.versions.deployed_at)
+        && r.finished
+            .as_ref()
+            .is_none_or(|(_, f)| !matches!(f.result, RollbackResult::Failed | RollbackResult::Interrupted))
+    {
+        let result = r.finished.as_ref().map_or("in flight".to_string(), |(_, f)| f.result.to_string());
+        return Gate::Hold(format!(
+            "version {version} was already rolled back by {} ({result})",
+            r.started.rollback_id
+        ));
+    }
+    if let Some(until) = state.paused_until {
+        return Gate::Hold(if until.0 == i64::MAX {
+            "paused until resumed".into()
+        } else {
+            format!("paused until {}", iso(until))
+        });
+    }
+    let silenced: Vec<&str> =
+        start.firing.iter().filter(|r| state.silences.contains_key(*r)).map(String::as_str).collect();
+    if !start.firing.is_empty() && silenced.len() == start.firing.len() {
+        return Gate::Hold(format!("silenced: {}", silenced.join(", ")));
+    }
+    if let Some(last) = state.last_of(&start.profile)
+        && now.saturating_since(last.at) < policy.cooldown
+    {
+        let until = last.at.plus(policy.cooldown);
+        return Gate::Hold(format!("cooldown after {} until {}", last.started.rollback_id, iso(until)));
+    }
+    let recent = state.started_since(now.minus(policy.max_rollbacks_per));
+    if recent >= policy.max_rollbacks as usize {
+        return Gate::LoopGuard(format!(
+            "loop guard: {recent} rollbacks in the last {}; rollwatch stopped acting",
+            policy.max_rollbacks_per
+        ));
+    }
+    Gate::Act
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::event::{Event, RollbackFinished, RollbackStarted};
+    use crate::time::Span;
+
+    fn start(version: &str) -> Start {
+        Start {
+            profile: "api".into(),
+            version: Some(version.into()),
+            level: None,
+            reason: "r".into(),
+            explanation: "e".into(),
+            firing: vec!["err".into()],
+        }
+    }
+
+    fn rolled_back(state: &mut State, at: i64, id: &str, version: &str, result: RollbackResult) {
+        let s = RollbackStarted {
+            rollback_id: id.into(),
+            profile: "api".into(),
+            key: key("api", Some(version)),
+            version_from: Some(version.into()),
+            target_version: None,
+            level: None,
+            reason: "r".into(),
+            explanation: "e".into(),
+            firing: vec![],
+            approval_id: None,
+        };
+        state.apply(Timestamp(at), &Event::RollbackStarted(s)).unwrap();
+        let f = RollbackFinished { rollback_id: id.into(), result, duration_ms: 1, version_to: None, error: None };
+        state.apply(Timestamp(at + 1), &Event::RollbackFinished(f)).unwrap();
+    }
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn the_gate_holds_in_order_and_says_why() {
+        let policy = Policy::default();
+        let mut state = State::default();
+        let now = Timestamp(10 * H);
+        assert_eq!(gate(&state, &policy, now, &start("v2"), None), Gate::Act);
+        assert!(
+            matches!(gate(&state, &policy, now, &start("v2"), Some(("rb-1", "api"))), Gate::Hold(r) if r.contains("in flight"))
+        );
+        rolled_back(&mut state, 9 * H, "rb-1", "v2", RollbackResult::Completed);
+        assert!(
+            matches!(gate(&state, &policy, now, &start("v2"), None), Gate::Hold(r) if r.contains("already rolled back by rb-1"))
+        );
+        assert!(matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Act), "another version is judged anew");
+        state.paused_until = Some(Timestamp(i64::MAX));
+        assert!(matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Hold(r) if r == "paused until resumed"));
+        state.paused_until = None;
+        state.silences.insert("err".into(), Timestamp(i64::MAX));
+        assert!(matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Hold(r) if r == "silenced: err"));
+    }
+
+    #[test]
+    fn a_failed_rollback_may_be_retried_after_the_cooldown_within_the_loop_guard() {
+        let policy = Policy { cooldown: Span(30 * 60_000), ..Policy::default() };
+        let mut state = State::default();
+        rolled_back(&mut state, 0, "rb-1", "v2", RollbackResult::Failed);
+        assert!(
+            matches!(gate(&state, &policy, Timestamp(60_000), &start("v2"), None), Gate::Hold(r) if r.contains("cooldown"))
+        );
+        assert_eq!(gate(&state, &policy, Timestamp(H), &start("v2"), None), Gate::Act);
+        rolled_back(&mut state, H, "rb-2", "v2", RollbackResult::Interrupted);
+        assert!(
+            matches!(gate(&state, &policy, Timestamp(2 * H), &start("v2"), None), Gate::LoopGuard(f) if f.contains("2 rollbacks"))
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Version-aware acting, as a user meets it: the real binary with a config file, watching a
+//! loopback service that deploys versions (`/health` says which, `/metrics` counts its errors,
+//! `POST /rollback?to=V` restores V). Fix-forward, a regression rolled back to the last version
+//! that ran healthy, an issue that persists after the rollback, an alert-driven rollback that
+//! completes when the alert resolves, an incident that predates a deploy, reject/approve with
+//! who, mark, versions, and deploys reported by the hook and `rollwatch deployed`.
+
+mod common;
+
+use common::{VersionedService, of_kind, rollwatch, sigterm, spawn_run, versioned_config, wait_for_journal};
+use serde_json::Value;
+
+struct Sidecar {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    listen: String,
+    child: std::process::Child,
+}
+
+impl Sidecar {
+    async fn start(service: &VersionedService, policy: &str) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = common::free_listen();
+        let config = versioned_config(dir.path(), service, &listen, policy);
+        let child = spawn_run(dir.path(), &config);
+        Sidecar { dir, config, listen, child }
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        self.dir.path().join("state").join("journal.jsonl")
+    }
+
+    async fn wait(&self, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        wait_for_journal(&self.journal(), what, ready).await
+    }
+
+    async fn baked(&self, version: &str) -> Vec<Value> {
+        self.wait(&format!("{version} baked"), |e| of_kind(e, "version_baked").iter().any(|b| b["version"] == version))
+            .await
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all: Vec<&str> = vec![args[0], "-c", self.config.to_str().unwrap()];
+        all.extend(&args[1..]);
+        rollwatch(&all)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> String {
+        sigterm(&mut self.child);
+        self.stdout()
+    }
+}
+
+fn finished(events: &[Value]) -> bool {
+    !of_kind(events, "rollback_finished").is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_rolls_back_to_the_last_version_that_ran_healthy() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    // v2 fails 3% of requests: considered (an approval opens), never good.
+    service.deploy("v2", 30);
+    s.wait("an approval for v2", |e| of_kind(e, "approval_opened").iter().any(|a| a["version"] == "v2")).await;
+    // v3 fails 8%: rolled back — to v1, the last version that ran healthy, not v2 before it.
+    service.deploy("v3", 80);
+    let events = s.wait("the rollback to finish", finished).await;
+    let started = of_kind(&events, "rollback_started")[0];
+    assert_eq!((started["version_from"].as_str(), started["target_version"].as_str()), (Some("v3"), Some("v1")));
+    let done = of_kind(&events, "rollback_finished")[0];
+    assert_eq!(done["result"], "completed", "{done}");
+    assert_eq!(done["version_to"], "v1");
+    assert_eq!(service.rollbacks(), vec!["v1"]);
+    let closed: Vec<&Value> = of_kind(&events, "approval_closed");
+    assert_eq!(closed[0]["how"], "superseded", "v2's approval closed when v3 was deployed");
+    // v1 is judged on its own evidence from the restore on (verification saw it quiet for
+    // verify_stable): nothing opens against it, through v4's deploy and bake.
+    service.deploy("v4", 0);
+    let events = s.baked("v4").await;
+    assert!(of_kind(&events, "approval_opened").iter().all(|a| a["version"] != "v1"), "{events:#?}");
+    assert!(of_kind(&events, "escalation").is_empty(), "{events:#?}");
+    assert_eq!(of_kind(&events, "rollback_started").len(), 1);
+    let (code, versions, _) = s.cli(&["versions"]);
+    assert_eq!(code, 0);
+    assert!(versions.contains("v3  bad") && versions.contains("rolled back by rb-1"), "{versions}");
+    let out = s.stop();
+    assert!(out.contains("ROLLBACK IN PROGRESS") && out.contains("(target: v1)"), "{out}");
+    assert!(out.contains("ROLLBACK COMPLETE") && out.contains("Previous version restored: v1"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_deployed_over_a_bad_version_is_not_rolled_back() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    let (code, out, err) = s.cli(&["pause"]);
+    assert_eq!(code, 0, "{out}{err}");
+    service.deploy("v1.5.0", 80);
+    s.wait("the rollback held back by the pause", |e| {
+        of_kind(e, "suppressed").iter().any(|x| x["reason"].as_str().is_some_and(|r| r.starts_with("paused")))
+    })
+    .await;
+    // The fix, then resume: v1.5.0's errors are not v1.5.1's evidence.
+    service.deploy("v1.5.1", 0);
+    s.wait("the fix deployed", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == "v1.5.1")).await;
+    let (code, out, err) = s.cli(&["resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = s.baked("v1.5.1").await;
+    assert!(of_kind(&events, "rollback_started").is_empty(), "the fix was rolled back: {events:#?}");
+    service.deploy("v1.5.2", 0);
+    let events = s.baked("v1.5.2").await;
+    assert!(of_kind(&events, "rollback_started").is_empty(), "{events:#?}");
+    assert!(service.rollbacks().is_empty());
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_persisting_below_the_threshold_after_the_rollback_is_s2_never_complete() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    service.deploy("v2", 80);
+    // Whatever broke is not v2 alone: v1 fails 3% once it is back.
+    service.set_errors("v1", 30);
+    let events = s.wait("the rollback to finish", finished).await;
+    let done = of_kind(&events, "rollback_finished")[0];
+    assert_eq!(done["result"], "issue_persists", "{done}");
+    let e = of_kind(&events, "escalation")[0];
+    assert_eq!(e["severity"], "S2");
+    assert!(e["finding"].as_str().unwrap().contains("issue persists"), "{e}");
+    let out = s.stop();
+    assert!(!out.contains("ROLLBACK COMPLETE"), "{out}");
+    assert!(out.contains("S2: rollback succeeded but issue persists"), "{out}");
+}
+
+async fn post_alert(listen: &str, status: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = format!(
+        r#"{{"version":"4","groupKey":"g","status":"{status}","receiver":"rollwatch","groupLabels":{{}},
+        "commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://am","truncatedAlerts":0,
+        "alerts":[{{"status":"{status}","labels":{{"alertname":"KeyFeatureBroken"}},"annotations":{{}},
+        "startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f"}}]}}"#
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{listen}/hooks/alertmanager"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_driven_rollback_completes_when_the_alert_resolves() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    service.deploy("v2", 0);
+    s.baked("v2").await;
+    post_alert(&s.listen, "firing").await;
+    s.wait("the undo to v1", |e| of_kind(e, "step_finished").iter().any(|x| x["ok"] == true)).await;
+    // The alert still fires after the undo: not verified yet.
+    s.wait("the restore seen", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == "v1")).await;
+    let events = rollwatch::journal::Journal::read_back(&s.journal()).unwrap();
+    assert!(!finished(&events), "verified while the alert still fired: {events:#?}");
+    post_alert(&s.listen, "resolved").await;
+    let events = s.wait("the rollback to finish", finished).await;
+    let done = of_kind(&events, "rollback_finished")[0];
+    assert_eq!(done["result"], "completed", "a resolved alert is known-false: {done}");
+    assert_eq!(done["version_to"], "v1");
+    let out = s.stop();
+    assert!(out.contains("ROLLBACK COMPLETE"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_that_predates_the_deploy_is_escalated_not_rolled_back() {
+    // v1 already fails 8% when rollwatch starts; approve mode keeps it from acting on v1.
+    let service = VersionedService::start("v1", 80).await;
+    let mut s = Sidecar::start(&service, "mode = \"approve\"").await;
+    s.wait("an approval for v1", |e| of_kind(e, "approval_opened").iter().any(|a| a["version"] == "v1")).await;
+    service.deploy("v2", 80);
+    let events = s
+        .wait("the S2 escalation", |e| {
+            of_kind(e, "escalation").iter().any(|x| x["finding"].as_str().is_some_and(|f| f.contains("predates")))
+        })
+        .await;
+    let e = of_kind(&events, "escalation").into_iter().find(|x| x["severity"] == "S2").unwrap();
+    assert!(e["finding"].as_str().unwrap().contains("incident predates deploy of v2"), "{e}");
+    assert!(of_kind(&events, "approval_opened").iter().all(|a| a["version"] != "v2"), "{events:#?}");
+    assert_eq!(of_kind(&events, "approval_closed")[0]["how"], "superseded");
+    // Once v2 is seen healthy, a regression is its own again.
+    service.set_errors("v2", 0);
+    s.baked("v2").await;
+    service.set_errors("v2", 80);
+    let events =
+        s.wait("an approval for v2", |e| of_kind(e, "approval_opened").iter().any(|a| a["version"] == "v2")).await;
+    assert_eq!(of_kind(&events, "escalation").len(), 1, "told once: {events:#?}");
+    let out = s.stop();
+    assert!(out.contains("S2: incident predates deploy of v2"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_reject_approve_and_mark_and_history_says_who() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    service.deploy("v2", 30);
+    s.wait("an approval for v2", |e| !of_kind(e, "approval_opened").is_empty()).await;
+    // The message gives the exact command.
+    let wanted = format!("rollwatch approve -c {} ap-1", s.config.display());
+    let waiting = rollwatch::time::Stopwatch::start();
+    while !s.stdout().contains(&wanted) {
+        assert!(waiting.elapsed_secs() < 30.0, "{}", s.stdout());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, out, err) = s.cli(&["reject", "ap-1", "--reason", "known flaky dependency", "--by", "bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rejected by bob"), "{out}");
+    // Not asked again for v2. v3 runs healthy, then regresses: asked about anew, approved by alice.
+    service.deploy("v3", 0);
+    s.baked("v3").await;
+    service.set_errors("v3", 30);
+    let events =
+        s.wait("an approval for v3", |e| of_kind(e, "approval_opened").iter().any(|a| a["version"] == "v3")).await;
+    assert_eq!(of_kind(&events, "approval_opened").len(), 2, "{events:#?}");
+    let (code, out, err) = s.cli(&["approve", "ap-2", "--by", "alice"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rollback rb-1 started"), "{out}");
+    s.wait("the rollback to finish", finished).await;
+    assert_eq!(service.rollbacks(), vec!["v1"]);
+    let (code, history, _) = s.cli(&["history"]);
+    assert_eq!(code, 0);
+    assert!(history.contains("approved: ap-2 by alice"), "{history}");
+    assert!(history.contains("ap-1 profile v2, rejected by bob: known flaky dependency"), "{history}");
+    let (_, json, _) = s.cli(&["history", "--json"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["rollbacks"][0]["approved_by"], "alice");
+    assert_eq!(json["rollbacks"][0]["result"], "completed");
+    // An operator marks v1 bad: no version is a rollback target any more.
+    let (code, out, err) = s.cli(&["mark", "v1", "bad", "--reason", "leaks memory", "--by", "carol"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("v1 marked bad by carol"), "{out}");
+    let (_, versions, _) = s.cli(&["versions"]);
+    assert!(versions.contains("v1  bad") && versions.contains("marked bad by carol"), "{versions}");
+    let (_, json, _) = s.cli(&["versions", "--json"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["current"], "v1");
+    assert_eq!(json["target"], Value::Null);
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_reported_by_the_hook_and_the_command_are_journalled_and_restored() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/hooks/deploy", s.listen);
+    let plain =
+        client.post(&url).header("content-type", "text/plain").body(r#"{"version":"v7"}"#).send().await.unwrap();
+    assert_eq!(plain.status(), 415, "a cross-site form post is refused");
+    let bad = client.post(&url).header("content-type", "application/json").body(r#"{"v":"v7"}"#).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let ok =
+        client.post(&url).header("content-type", "application/json").body(r#"{"version":"v7"}"#).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("deploy of v7 recorded"));
+    let (code, out, err) = s.cli(&["deployed", "v8"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = s.wait("both deploys", |e| of_kind(e, "deploy").len() >= 3).await;
+    let deploys: Vec<(&str, &str, &str)> = of_kind(&events, "deploy")
+        .iter()
+        .map(|d| (d["from"].as_str().unwrap_or("-"), d["to"].as_str().unwrap(), d["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(deploys, vec![("-", "v1", "first_sight"), ("v1", "v7", "hook"), ("v7", "v8", "command")]);
+    s.stop();
+    // Read back from the journal after the sidecar stopped.
+    let (code, versions, _) = s.cli(&["versions"]);
+    assert_eq!(code, 0);
+    assert!(versions.contains("v8  new  deployed") && versions.contains("(deployed now)"), "{versions}");
+    assert!(versions.contains("v7  new") && versions.contains("rollback target: v1"), "{versions}");
+}
