@@ -160,6 +160,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// Tokio's clock from a starting wall time: under a paused test runtime it moves only as tokio's
+/// virtual time does, so in-process tests run minutes of engine time in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+    at_start: Timestamp,
+}
+
+impl TokioClock {
+    /// Starts at `at` now.
+    #[allow(clippy::disallowed_methods)]
+    pub fn starting_at(at: Timestamp) -> TokioClock {
+        TokioClock { start: tokio::time::Instant::now(), at_start: at }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.at_start.plus(Span(self.start.elapsed().as_millis().min(i64::MAX as u128) as i64))
+    }
+}
+
 /// Measures how long something took on the monotonic clock (probe durations, evaluation time).
 #[derive(Debug, Clone, Copy)]
 pub struct Stopwatch(std::time::Instant);

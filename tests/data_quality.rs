@@ -126,3 +126,46 @@ fn rule_values_come_from_the_comparison_or_value_field() {
     let (decisions, _) = replay(&rule(r#"last("g") > 5"#, "value = 'last(\"g\") / 100'"), "'g' = \"10\"", "");
     assert_eq!(decisions[0].firing[0].value, Some(0.1));
 }
+
+/// A version is judged on its own evidence: a deployment rule's window starts at the deploy, the
+/// `"deploy"` offset reads the same window just before it (before/after), and a rule with
+/// `scope = "environment"` keeps its full history.
+#[test]
+fn windows_start_at_the_deploy_and_the_deploy_offset_reads_just_before_it() {
+    let rules = r#"
+[[rule]]
+name = "slower-than-before-the-deploy"
+when = 'avg_over("lat", "1m") > 1.5 * avg_over("lat", "1m", "deploy")'
+
+[[rule]]
+name = "slow-here"
+when = 'avg_over("lat", "1m") > 2'
+
+[[rule]]
+name = "slow-environment"
+scope = "environment"
+when = 'avg_over("lat", "1m") > 2'
+"#;
+    let expects = r#"
+[[deploy]]
+at = "2m"
+version = "v2"
+
+[[expect]]
+at = "1m45s"
+not_firing = ["slower-than-before-the-deploy"]
+
+[[expect]]
+at = "2m30s"
+firing = ["slower-than-before-the-deploy", "slow-here"]
+not_firing = ["slow-environment"]
+
+[[expect]]
+at = "3m15s"
+firing = ["slower-than-before-the-deploy", "slow-here", "slow-environment"]
+"#;
+    let (decisions, failures) = replay(rules, "'lat' = \"1x8 3x8\"", expects);
+    assert_eq!(failures, Vec::<String>::new());
+    // Before any deploy, "before the deploy" is no data: the before/after rule is unknown.
+    assert!(decisions[4].unknown.contains(&"slower-than-before-the-deploy".to_string()), "{:?}", decisions[4]);
+}

@@ -115,3 +115,68 @@ fn listening_beyond_loopback_requires_a_token() {
     assert_eq!(code, 1);
     assert!(out.contains("rollwatch.toml:3:10: listening beyond loopback needs api_token_env"), "{out}");
 }
+
+/// Alertmanager re-sends a firing alert only every `repeat_interval` (4 h by default): an alert
+/// sent once must keep firing until it is sent resolved. Tokio's paused clock runs six minutes of
+/// 15 s evaluations in milliseconds.
+#[tokio::test(start_paused = true)]
+async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let cfg = format!(
+        "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"15s\"\n[policy]\nmode = \"dry-run\"\n",
+        dir.path().join("state").display()
+    );
+    let (config, ev) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clock =
+        std::sync::Arc::new(rollwatch::time::TokioClock::starting_at(rollwatch::time::Timestamp(1_800_000_000_000)));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let parts = rollwatch::engine::Parts {
+        listener: Some(listener),
+        clock,
+        events: Some(tx),
+        ..rollwatch::engine::Parts::new(ev, vec![])
+    };
+    let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
+    let post = |body: String| async move {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST /hooks/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        sock.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    post(ALERT.to_string()).await;
+    let firing =
+        |e: &rollwatch::engine::TickEvent| e.tick.decisions[0].firing.iter().any(|r| r.rule == "security-incident");
+    let first = loop {
+        let e = ticks.recv().await.unwrap();
+        if firing(&e) {
+            break e.at;
+        }
+    };
+    loop {
+        let e = ticks.recv().await.unwrap();
+        assert!(firing(&e), "the alert stopped firing {} after it was sent once", e.at.saturating_since(first));
+        if e.at.saturating_since(first) >= rollwatch::time::Span::from_secs(6 * 60) {
+            break;
+        }
+    }
+    post(ALERT.replace("\"firing\"", "\"resolved\"")).await;
+    loop {
+        let e = ticks.recv().await.unwrap();
+        if !firing(&e) {
+            assert!(e.tick.decisions[0].unknown.is_empty(), "a resolved alert is known-false, not unknown");
+            break;
+        }
+    }
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+}

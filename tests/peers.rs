@@ -9,6 +9,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{serve_http, write};
@@ -150,14 +152,19 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
     let _am = start("prometheus-alertmanager", &am_args, &dir.path().join("alertmanager.log"));
     ready(&format!("http://127.0.0.1:{am_port}/-/ready"), &dir.path().join("alertmanager.log")).await;
 
-    // Prometheus, with an alert rule that fires at once.
+    // Prometheus, scraping an incident flag and alerting while it is set (at once).
+    let incident = Arc::new(AtomicBool::new(true));
+    let flag = incident.clone();
+    let flag_addr =
+        serve_http(move |_| ("200 OK", format!("incident_flag {}\n", if flag.load(Ordering::SeqCst) { 1 } else { 0 })))
+            .await;
     write(
         dir.path(),
         "rules.yml",
-        "groups:\n  - name: security\n    interval: 1s\n    rules:\n      - alert: SecurityIncident\n        expr: vector(1)\n        labels:\n          severity: critical\n",
+        "groups:\n  - name: security\n    interval: 1s\n    rules:\n      - alert: SecurityIncident\n        expr: incident_flag > 0\n        labels:\n          severity: critical\n",
     );
     let prom_config = format!(
-        "global:\n  evaluation_interval: 1s\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n",
+        "global:\n  evaluation_interval: 1s\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flag\n    static_configs:\n      - targets: [\"{flag_addr}\"]\nrule_files:\n  - {}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\n",
         dir.path().join("rules.yml").display()
     );
     let (_prom, prom_url) = prometheus(dir.path(), &prom_config);
@@ -171,7 +178,7 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
     .unwrap();
     let marker = dir.path().join("rolled-back");
     let cfg = format!(
-        "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n{}",
+        "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n[policy]\nverify_for = \"60s\"\nverify_stable = \"1s\"\n{}",
         dir.path().join("state").display(),
         actions(&marker)
     );
@@ -212,6 +219,18 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
     assert!(marker.exists());
     let started = events.iter().find(|e| e["event"] == "rollback_started").unwrap();
     assert_eq!(started["firing"], serde_json::json!(["security-incident"]), "{started}");
+    // The alert still fires: not verified. Once Prometheus stops alerting, Alertmanager sends it
+    // resolved, the rule reads known-false (on_no_data = "ok"), and the rollback completes.
+    assert!(!events.iter().any(|e| e["event"] == "rollback_finished"), "{events:#?}");
+    incident.store(false, Ordering::SeqCst);
+    let events = common::wait_for_journal(&journal, "the rollback to verify", |e| {
+        e.iter().any(|e| e["event"] == "rollback_finished")
+    })
+    .await;
+    let finished = events.iter().find(|e| e["event"] == "rollback_finished").unwrap();
+    assert_eq!(finished["result"], "completed", "{finished}");
+    let alerts = events.iter().filter(|e| e["event"] == "alerts").collect::<Vec<_>>();
+    assert!(alerts.iter().any(|a| a["alerts"][0]["firing"] == false), "a resolved notification arrived: {alerts:?}");
     stop.send(true).unwrap();
     engine.await.unwrap().unwrap();
 }
