@@ -3,18 +3,21 @@
 //! journal records and [`state`] what it rebuilds, [`versions`] the version model (deploys,
 //! baking, the rollback target), [`gate`] whether a rollback may start (pure), [`procedure`] runs
 //! one rollback's steps, [`verify`] decides whether it worked (pure), [`approvals`] and
-//! [`commands`] answer people, [`vars`] fills messages, [`dispatch`] routes, and [`history`]
+//! [`commands`] answer people, [`vars`] fills messages, [`rollback`] carries one rollback from
+//! start to end, [`escalate`] tells people what went wrong, [`dispatch`] routes, and [`history`]
 //! reads rollbacks back.
 
 pub mod action;
 pub mod approvals;
 pub mod commands;
 pub mod dispatch;
+pub mod escalate;
 pub mod event;
 pub mod gate;
 pub mod history;
 pub mod policy;
 pub mod procedure;
+pub mod rollback;
 pub mod state;
 pub mod template;
 pub mod vars;

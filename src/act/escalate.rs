@@ -1,0 +1,91 @@
+//! Telling people what went wrong: runbook 004's escalations (S1 failed, S2 persists or an
+//! incident older than the deploy, S3 slow) journalled and announced on every channel, and
+//! blindness — every rule's inputs unknown for `blind_after` — which is never all-clear.
+
+use super::dispatch::Dispatcher;
+use super::event::*;
+use super::template::Vars;
+use super::vars;
+use crate::journal::JournalError;
+use crate::notify::templates::blank_vars;
+use crate::rules::Decision;
+use crate::time::{Timestamp, human};
+
+impl Dispatcher {
+    /// A runbook 004 finding: journalled, logged, announced on every channel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn escalate(
+        &mut self,
+        now: Timestamp,
+        severity: Severity,
+        finding: &str,
+        response: &str,
+        profile: &str,
+        rollback_id: Option<&str>,
+        mut vars: Vars,
+    ) -> Result<(), JournalError> {
+        self.escalations += 1;
+        tracing::error!(%severity, finding, profile, "escalation");
+        let e = Escalation {
+            severity,
+            finding: finding.to_string(),
+            response: response.to_string(),
+            profile: profile.to_string(),
+            rollback_id: rollback_id.map(str::to_string),
+        };
+        self.record(now, Event::Escalation(e))?;
+        vars.insert("severity".into(), severity.to_string());
+        vars.insert("finding".into(), finding.to_string());
+        vars.insert("response".into(), response.to_string());
+        vars.insert("profile".into(), profile.to_string());
+        if let Some(id) = rollback_id {
+            vars.insert("rollback_id".into(), id.to_string());
+        }
+        self.notifier.announce("escalation", &vars);
+        Ok(())
+    }
+
+    /// Every rule of the profile unknown for longer than `blind_after` is told once per spell.
+    pub(super) fn watch_blindness(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+        let Some(plan) = self.acting.plans.get(&d.profile) else { return Ok(()) };
+        let blind = !plan.rules.is_empty() && d.unknown.len() == plan.rules.len();
+        if !blind {
+            if self.blind.remove(&d.profile).is_some_and(|(_, told)| told) {
+                tracing::info!(profile = %d.profile, "inputs known again");
+                self.record(now, Event::Sighted(Sighted { profile: d.profile.clone() }))?;
+            }
+            return Ok(());
+        }
+        let (since, told) = *self.blind.entry(d.profile.clone()).or_insert((now, false));
+        let blind_for = now.saturating_since(since);
+        if !told && blind_for >= self.acting.policy.blind_after {
+            self.blind.insert(d.profile.clone(), (since, true));
+            let mut vars = blank_vars();
+            vars.insert("profile".into(), d.profile.clone());
+            vars.insert("duration".into(), human(blind_for));
+            vars.insert("unknown_rules".into(), d.unknown.join(", "));
+            tracing::error!(profile = %d.profile, for_ = %blind_for, "blind: every rule's inputs unknown");
+            let blind = Blind { profile: d.profile.clone(), since, rules: d.unknown.clone() };
+            self.record(now, Event::Blind(blind))?;
+            self.notifier.announce("blind", &vars);
+        }
+        Ok(())
+    }
+
+    /// An incident older than the deploy: rolling the new version back would not fix it.
+    /// Escalated S2 once, until its rules are seen quiet.
+    pub(super) fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+        if !self.predates_told.insert(d.profile.clone()) {
+            return Ok(());
+        }
+        let version = self.state.versions.current.clone().unwrap_or_else(|| "unknown".into());
+        let start = self.start_of(d);
+        let finding = format!(
+            "incident predates deploy of {version}: {} already firing before it and not seen quiet since; not rolling back",
+            d.because.join(", ")
+        );
+        let response = "Deeper investigation: the deploy did not cause this; rolling back would not fix it.";
+        let vars = vars::base(&self.acting, &start);
+        self.escalate(now, Severity::S2, &finding, response, &d.profile, None, vars)
+    }
+}

@@ -1,0 +1,338 @@
+//! One rollback's life: the gate's answer, `rollback_started`, the procedure's steps in their own
+//! task, the restore point, verification against the restored version's evidence, and how it
+//! ends — completed (the version rolled back from is then bad), failed (S1), issue persists or
+//! unverified (S2), slow (S3), or interrupted by a restart (S1, never re-run).
+
+use serde::Serialize;
+
+use super::dispatch::{Dispatcher, Restart};
+use super::event::*;
+use super::gate::{self, Gate, Start};
+use super::procedure::{Procedure, ProcedureDone};
+use super::state::Rollback;
+use super::template::Vars;
+use super::vars;
+use super::verify::{Verdict, Verification, rules_to_verify};
+use crate::journal::JournalError;
+use crate::notify::templates::blank_vars;
+use crate::rules::{Decision, Outcome, Step};
+use crate::time::{Timestamp, human};
+
+/// Where a rollback in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The procedure's steps are running.
+    Steps,
+    /// The steps are done; waiting for the rules behind it to stay quiet.
+    Verifying,
+}
+
+/// The rollback in flight.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    pub rollback_id: String,
+    pub profile: String,
+    pub started_at: Timestamp,
+    pub phase: Phase,
+    pub verify_until: Option<Timestamp>,
+    pub version_from: Option<String>,
+    pub target_version: Option<String>,
+    #[serde(skip)]
+    pub(super) firing: Vec<String>,
+    #[serde(skip)]
+    pub(super) post: Vec<Step>,
+    #[serde(skip)]
+    pub(super) vars: Vars,
+    #[serde(skip)]
+    pub(super) slow_escalated: bool,
+    #[serde(skip)]
+    pub(super) verification: Option<Verification>,
+    /// Whether the procedure runs any action (one that only announces restores nothing).
+    #[serde(skip)]
+    pub(super) acts: bool,
+}
+
+impl Dispatcher {
+    /// A rollback found started but unfinished: reported S1, never re-run.
+    pub(super) fn interrupted(&mut self, r: Rollback) -> Result<(), JournalError> {
+        let now = self.clock.now();
+        let open: Vec<String> =
+            r.open_steps.iter().map(|(n, action, role)| format!("step {n} {role} {action:?}")).collect();
+        let last = if open.is_empty() {
+            match r.steps_done.last() {
+                Some(s) => format!("after step {} ({:?}) finished", s.step, s.action),
+                None => "before its first step".to_string(),
+            }
+        } else {
+            format!("during {} (started, not finished)", open.join(", "))
+        };
+        let error = format!("interrupted by a restart {last}; not re-run");
+        self.record(
+            now,
+            Event::RollbackFinished(RollbackFinished {
+                rollback_id: r.started.rollback_id.clone(),
+                result: RollbackResult::Interrupted,
+                duration_ms: now.saturating_since(r.at).0,
+                version_to: None,
+                error: Some(error.clone()),
+            }),
+        )?;
+        let mut vars = vars::rollback(&self.acting, &r.started);
+        vars.insert("error".into(), error.clone());
+        let finding = format!("rollback {} {error}", r.started.rollback_id);
+        let response = "All hands. Check the deployment by hand; rollwatch will not repeat it.";
+        self.escalate(now, Severity::S1, &finding, response, &r.started.profile, Some(&r.started.rollback_id), vars)
+    }
+
+    /// Verification and the slow-rollback check of the rollback in flight.
+    pub(super) fn verify_in_flight(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+        let Some(f) = &mut self.in_flight else { return Ok(()) };
+        let slow = self.acting.policy.slow_rollback;
+        if !f.slow_escalated && now.saturating_since(f.started_at) > slow {
+            f.slow_escalated = true;
+            let (profile, id, vars) = (f.profile.clone(), f.rollback_id.clone(), f.vars.clone());
+            let finding = format!("rollback {id} has taken longer than {slow}");
+            self.escalate(now, Severity::S3, &finding, "Post-mortem. Improve procedure.", &profile, Some(&id), vars)?;
+        }
+        let Some(f) = &mut self.in_flight else { return Ok(()) };
+        let Some(d) = decisions.iter().find(|d| d.profile == f.profile) else { return Ok(()) };
+        let Some(v) = &mut f.verification else { return Ok(()) };
+        let stable = self.acting.policy.verify_stable;
+        let verify_for = self.acting.policy.verify_for;
+        match v.observe(now, d, stable) {
+            Verdict::Waiting => Ok(()),
+            Verdict::Verified => self.complete(now),
+            Verdict::Relapsed(rules) => {
+                let finding = format!("rollback succeeded but issue persists: {} firing again", rules.join(", "));
+                self.finish_unverified(now, RollbackResult::IssuePersists, finding)
+            }
+            Verdict::Persists(rules) => {
+                let finding = format!(
+                    "rollback succeeded but issue persists: {} not quiet for {stable} within {verify_for}",
+                    rules.join(", ")
+                );
+                self.finish_unverified(now, RollbackResult::IssuePersists, finding)
+            }
+            Verdict::Unseen(rules) => {
+                let finding = format!("rollback could not be verified: {} unknown for {verify_for}", rules.join(", "));
+                self.finish_unverified(now, RollbackResult::Unverified, finding)
+            }
+        }
+    }
+
+    pub(super) fn complete(&mut self, now: Timestamp) -> Result<(), JournalError> {
+        let Some(mut f) = self.in_flight.take() else { return Ok(()) };
+        let duration = now.saturating_since(f.started_at);
+        let version_to = f.verification.as_ref().and_then(Verification::observed_after);
+        f.vars.insert("duration".into(), human(duration));
+        f.vars.insert(
+            "version_to".into(),
+            version_to.clone().or_else(|| f.target_version.clone()).unwrap_or_else(|| "unknown".into()),
+        );
+        let finished = RollbackFinished {
+            rollback_id: f.rollback_id.clone(),
+            result: RollbackResult::Completed,
+            duration_ms: duration.0,
+            version_to,
+            error: None,
+        };
+        self.record(now, Event::RollbackFinished(finished))?;
+        tracing::info!(rollback = %f.rollback_id, profile = %f.profile, duration = %duration, "ROLLBACK COMPLETE");
+        for step in &f.post {
+            if let Step::Announce { template, .. } = step {
+                self.notifier.announce(template, &f.vars);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish_unverified(
+        &mut self,
+        now: Timestamp,
+        result: RollbackResult,
+        finding: String,
+    ) -> Result<(), JournalError> {
+        let Some(mut f) = self.in_flight.take() else { return Ok(()) };
+        let duration = now.saturating_since(f.started_at);
+        f.vars.insert("duration".into(), human(duration));
+        let finished = RollbackFinished {
+            rollback_id: f.rollback_id.clone(),
+            result,
+            duration_ms: duration.0,
+            version_to: f.verification.as_ref().and_then(Verification::observed_after),
+            error: Some(finding.clone()),
+        };
+        self.record(now, Event::RollbackFinished(finished))?;
+        let response = "Deeper investigation. May need older version.";
+        self.escalate(now, Severity::S2, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
+    }
+
+    /// The procedure task ended.
+    pub fn on_done(&mut self, done: ProcedureDone) -> Result<(), JournalError> {
+        let now = self.clock.now();
+        let Some(f) = &mut self.in_flight else { return Ok(()) };
+        if f.rollback_id != done.rollback_id {
+            return Ok(());
+        }
+        match done.result {
+            Ok(()) => {
+                let verify_for = self.acting.policy.verify_for;
+                f.phase = Phase::Verifying;
+                f.verify_until = Some(now.plus(verify_for));
+                let reads = self.acting.plans.get(&f.profile).map(|p| p.reads.clone()).unwrap_or_default();
+                let rules = rules_to_verify(&f.firing, &reads);
+                tracing::info!(rollback = %f.rollback_id, %verify_for, rules = ?rules, "steps done; verifying");
+                let nothing_to_verify = rules.is_empty();
+                f.verification = Some(Verification::new(rules, now, verify_for));
+                // The restore point: the end of the steps, until a new version is seen. A
+                // procedure that runs no action restored nothing: the evidence goes on.
+                if f.acts {
+                    self.restart = Some(Restart { at: now, predates: false });
+                    self.bake.restart();
+                }
+                if nothing_to_verify {
+                    return self.complete(now);
+                }
+                Ok(())
+            }
+            Err(failure) => {
+                let Some(mut f) = self.in_flight.take() else { return Ok(()) };
+                let duration = now.saturating_since(f.started_at);
+                f.vars.insert("duration".into(), human(duration));
+                f.vars.insert("step".into(), format!("{} ({})", failure.step, failure.action));
+                f.vars.insert("error".into(), failure.error.clone());
+                let finished = RollbackFinished {
+                    rollback_id: f.rollback_id.clone(),
+                    result: RollbackResult::Failed,
+                    duration_ms: duration.0,
+                    version_to: None,
+                    error: Some(format!("step {} {:?}: {}", failure.step, failure.action, failure.error)),
+                };
+                self.record(now, Event::RollbackFinished(finished))?;
+                self.notifier.announce("rollback_failed", &f.vars);
+                let finding =
+                    format!("rollback failed at step {} ({}): {}", failure.step, failure.action, failure.error);
+                let response = "All hands. Manual intervention.";
+                self.escalate(now, Severity::S1, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
+            }
+        }
+    }
+
+    /// Starts a rollback unless the gate holds it back; says which. `approval` is the approval
+    /// it answers: its id, how it closed and by whom.
+    pub(super) fn try_start(
+        &mut self,
+        now: Timestamp,
+        s: Start,
+        approval: Option<(String, Closed, Option<String>)>,
+    ) -> Result<Result<String, String>, JournalError> {
+        let in_flight = self.in_flight.as_ref().map(|f| (f.rollback_id.as_str(), f.profile.as_str()));
+        let held = match gate::gate(&self.state, &self.acting.policy, now, &s, in_flight) {
+            Gate::Act => None,
+            Gate::Hold(reason) => Some(reason),
+            Gate::LoopGuard(finding) => {
+                if !self.loop_guard_tripped {
+                    self.loop_guard_tripped = true;
+                    let mut vars = blank_vars();
+                    vars.insert("profile".into(), s.profile.clone());
+                    let response = "All hands. Something keeps failing after each rollback; decide by hand.";
+                    self.escalate(now, Severity::S1, &finding, response, &s.profile, None, vars)?;
+                }
+                Some(finding)
+            }
+        };
+        if let Some(reason) = held {
+            self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
+            return Ok(Err(reason));
+        }
+        self.loop_guard_tripped = false;
+        self.suppressed.remove(&s.profile);
+        let id = self.state.new_rollback_id();
+        let started = RollbackStarted {
+            rollback_id: id.clone(),
+            profile: s.profile.clone(),
+            key: s.key(),
+            version_from: s.version.clone(),
+            target_version: self.state.versions.target().map(str::to_string),
+            level: s.level.clone(),
+            reason: s.reason.clone(),
+            explanation: s.explanation.clone(),
+            firing: s.firing.clone(),
+            approval_id: approval.as_ref().map(|(a, _, _)| a.clone()),
+        };
+        self.record(now, Event::RollbackStarted(started.clone()))?;
+        if let Some((approval_id, how, by)) = approval {
+            self.record(now, Event::ApprovalClosed(ApprovalClosed { approval_id, how, by, reason: None }))?;
+        }
+        // Any other approval for this profile is answered by this rollback.
+        let others: Vec<String> = self
+            .state
+            .approvals
+            .values()
+            .filter(|(_, a)| a.profile == s.profile)
+            .map(|(_, a)| a.approval_id.clone())
+            .collect();
+        for approval_id in others {
+            let closed = ApprovalClosed { approval_id, how: Closed::Superseded, by: None, reason: None };
+            self.record(now, Event::ApprovalClosed(closed))?;
+        }
+        tracing::warn!(rollback = %id, profile = %s.profile, reason = %s.reason, target = ?started.target_version, "ROLLBACK IN PROGRESS");
+        let vars = vars::rollback(&self.acting, &started);
+        let steps = self.steps_of(&s.profile, "rollback", s.level.as_deref());
+        let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
+        let (main, post) = (steps[..split].to_vec(), steps[split..].to_vec());
+        let acts = split > 0;
+        let procedure = Procedure {
+            rollback_id: id.clone(),
+            steps: main,
+            vars: vars.clone(),
+            actions: self.acting.actions.clone(),
+            redactor: self.acting.redactor.clone(),
+            notifier: self.notifier.clone(),
+            journal: self.journal.clone(),
+            client: self.client.clone(),
+            clock: self.clock.clone(),
+        };
+        tokio::spawn(procedure.run(self.done.clone()));
+        self.in_flight = Some(InFlight {
+            rollback_id: id.clone(),
+            profile: s.profile,
+            started_at: now,
+            phase: Phase::Steps,
+            verify_until: None,
+            version_from: started.version_from,
+            target_version: started.target_version,
+            firing: s.firing,
+            post,
+            vars,
+            slow_escalated: false,
+            verification: None,
+            acts,
+        });
+        Ok(Ok(id))
+    }
+
+    /// The steps of the profile's `outcome` procedure for `level` (steps without levels always).
+    pub(super) fn steps_of(&self, profile: &str, outcome: &str, level: Option<&str>) -> Vec<Step> {
+        let Some(steps) = self.acting.plans.get(profile).and_then(|p| p.procedures.get(outcome)) else { return vec![] };
+        steps
+            .iter()
+            .filter(|s| {
+                let levels = match s {
+                    Step::Announce { levels, .. } | Step::Run { levels, .. } => levels,
+                };
+                levels.is_empty() || level.is_some_and(|l| levels.iter().any(|x| x == l))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+pub(super) fn describe(s: &Step) -> String {
+    match s {
+        Step::Announce { template, .. } => format!("announce {template}"),
+        Step::Run { action, verify: Some(v), .. } => format!("run {action} (verify {v})"),
+        Step::Run { action, .. } => format!("run {action}"),
+    }
+}
