@@ -242,3 +242,70 @@ fn actions(marker: &Path) -> String {
         marker.display().to_string()
     )
 }
+
+/// A `promql` target as a user writes it — in `rollwatch.toml`, run by the binary — reads a real
+/// Prometheus that scrapes a service failing 8% of requests, and the profile decides `rollback`
+/// (dry-run: journalled, not acted on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promql_target_in_a_config_file_feeds_the_rules_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::VersionedService::start("v1", 80).await;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    metrics_path: /metrics\n    static_configs:\n      - targets: [\"{}\"]\n",
+        service.addr
+    );
+    let (_prom, prom_url) = prometheus(dir.path(), &config);
+    ready(&format!("{prom_url}/-/ready"), &dir.path().join("prometheus.log")).await;
+    let profile = write(
+        dir.path(),
+        "profile.toml",
+        r#"
+[signals]
+error_rate = 'ratio("http_requests_total{code=~\"5..\"}", "http_requests_total", "5s", 10)'
+
+[[rule]]
+name = "error-rate-critical"
+when = 'error_rate > 0.05'
+
+[[decide]]
+ask = "Is error rate > 5%?"
+if = 'firing("error-rate-critical")'
+then = "rollback"
+"#,
+    );
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "127.0.0.1:0"
+eval_interval = "500ms"
+
+[[target]]
+name = "requests"
+kind = "promql"
+url = "{prom_url}"
+query = 'http_requests_total{{job="app"}}'
+interval = "500ms"
+
+[policy]
+mode = "dry-run"
+"#,
+            profile = profile.display().to_string(),
+            state = dir.path().join("state").display().to_string(),
+        ),
+    );
+    let (code, out, err) = common::rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut child = common::spawn_run(dir.path(), &config);
+    let journal = dir.path().join("state").join("journal.jsonl");
+    let events = common::wait_for_journal(&journal, "a rollback decision from Prometheus' numbers", |e| {
+        e.iter().any(|e| e["event"] == "decision" && e["outcome"] == "rollback")
+    })
+    .await;
+    let decision = events.iter().find(|e| e["event"] == "decision" && e["outcome"] == "rollback").unwrap();
+    let value = decision["firing"][0]["value"].as_f64().unwrap();
+    assert!((0.06..0.10).contains(&value), "8% errors read as {value}: {decision}");
+    common::sigterm(&mut child);
+}

@@ -113,6 +113,19 @@ impl Config {
             if let Some((field, false)) = needs {
                 c.err(&t.kind.span(), item, format!("a {} target needs {field} = \"...\"", t.kind.get_ref()));
             }
+            match (t.kind.get_ref().as_str(), &t.query) {
+                ("promql", None) => c.err(
+                    &t.kind.span(),
+                    item,
+                    "a promql target needs query = \"...\" (an instant query, e.g. 'sum(rate(http_requests_total[1m]))')",
+                ),
+                ("promql", Some(q)) if q.get_ref().trim().is_empty() => {
+                    c.err(&q.span(), item, "query must not be empty")
+                }
+                ("promql", _) => {}
+                (kind, Some(q)) => c.err(&q.span(), item, format!("query is for promql targets, not {kind}")),
+                _ => {}
+            }
             if let Some(url) = &t.url
                 && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
             {
@@ -123,10 +136,18 @@ impl Config {
             if interval.is_zero() {
                 c.err(&t.name.span(), item, "interval must be longer than 0s");
             }
+            if timeout.is_zero() {
+                let span = t.timeout.as_ref().map_or(t.name.span(), |s| s.span());
+                c.err(&span, item, "timeout must be longer than 0s: a 0s timeout reads a healthy target as down");
+            }
             let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
             let kind = match t.kind.get_ref().as_str() {
                 "health" => Some(TargetKind::Health { url }),
                 "prometheus" => Some(TargetKind::Prometheus { url }),
+                "promql" => Some(TargetKind::Promql {
+                    url,
+                    query: t.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default(),
+                }),
                 "tcp" => Some(TargetKind::Tcp {
                     address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
                 }),
