@@ -29,6 +29,8 @@ use crate::time::{Clock, Stopwatch};
 pub enum EngineError {
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Locked(#[from] crate::journal::LockError),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] SourceError),
     #[error("{0}")]
@@ -68,6 +70,8 @@ pub struct Parts {
     pub env: Env,
     /// Approvals, pauses and silences from elsewhere than the HTTP API (tests).
     pub commands: Option<mpsc::Receiver<CommandRequest>>,
+    /// The state_dir's lock, when the caller took it already (before binding the listen port).
+    pub lock: Option<crate::journal::StateLock>,
 }
 
 impl Parts {
@@ -85,6 +89,7 @@ impl Parts {
             console: Console::Stdout,
             env: process_env(),
             commands: None,
+            lock: None,
         }
     }
 }
@@ -100,12 +105,30 @@ pub struct TickEvent {
 
 /// Runs until `shutdown` becomes true.
 pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
-    let Parts { evaluator: mut ev, targets, clock, listener, token, events, reload, recorder, console, env, commands } =
-        parts;
+    let Parts {
+        evaluator: mut ev,
+        targets,
+        clock,
+        listener,
+        token,
+        events,
+        reload,
+        recorder,
+        console,
+        env,
+        commands,
+        lock,
+    } = parts;
     let mut reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
     let (commands_tx, mut commands) = match commands {
         Some(rx) => (mpsc::channel(1).0, rx),
         None => mpsc::channel(16),
+    };
+    // One process per state_dir: two would both act, and each would report the other's
+    // rollbacks as interrupted.
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => crate::journal::StateLock::take(&config.state_dir)?,
     };
     let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
     crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;

@@ -113,6 +113,46 @@ impl Journal {
     }
 }
 
+/// The exclusive lock on a `state_dir`: one rollwatch process acts from one journal. Held until
+/// dropped; the file names the holder's pid.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Why a `state_dir` could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{path} is in use by another rollwatch (pid {holder}): one process per state_dir")]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl StateLock {
+    /// Takes `dir/lock` (creating `dir`), or says which process holds it.
+    pub fn take(dir: &Path) -> Result<StateLock, LockError> {
+        let path = dir.join("lock");
+        let io = |source| LockError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                let holder = if holder.is_empty() { "unknown".to_string() } else { holder };
+                return Err(LockError::Held { path, holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
 /// Past this size, [`compact`] rotates the journal at start.
 pub const COMPACT_ABOVE: u64 = 64 * 1024 * 1024;
 
@@ -186,6 +226,16 @@ impl SharedJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_is_locked_by_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = StateLock::take(dir.path()).unwrap();
+        let e = StateLock::take(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(&format!("in use by another rollwatch (pid {})", std::process::id())), "{e}");
+        drop(lock);
+        StateLock::take(dir.path()).unwrap();
+    }
 
     #[test]
     fn appends_whole_lines_and_drops_a_torn_tail() {

@@ -259,11 +259,11 @@ impl Store {
         let Some(series) = self.series.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(last) = series.samples.back() {
-            if t.0 < last.t || (t.0 == last.t && !last.is_stale()) {
-                self.out_of_order += 1;
-                return;
-            }
+        if let Some(last) = series.samples.back()
+            && (t.0 < last.t || (t.0 == last.t && !last.is_stale()))
+        {
+            self.out_of_order += 1;
+            return;
         }
         let sample = Sample { t: t.0, v };
         series.zero_since = match (sample.is_value() && v == 0.0, series.zero_since) {

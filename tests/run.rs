@@ -139,6 +139,13 @@ fn sigterm_stops_the_sidecar_cleanly() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "the sidecar exited before starting");
     }
+    // A second `run` (or `record`) on the same state_dir refuses to start, naming the holder.
+    let (code, out, err) = common::rollwatch(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("in use by another rollwatch (pid {})", child.id())), "{out}{err}");
+    let (code, out, _) = common::rollwatch(&["record", "-c", path.to_str().unwrap(), "--for", "1s", "-o", "/dev/null"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("one process per state_dir"), "{out}");
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let stopped = rollwatch::time::Stopwatch::start();

@@ -61,6 +61,14 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
     let profiles: Vec<std::path::PathBuf> =
         ev.profiles.iter().map(|p| std::fs::canonicalize(&p.path).unwrap_or_else(|_| p.path.clone())).collect();
     let recorder = record.map(|_| Arc::new(Mutex::new(Recorder::new(config.eval_interval))));
+    // Before the listen port: a second `run` on this state_dir is told who holds it.
+    let lock = match crate::journal::StateLock::take(&config.state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            writeln!(out, "{}: {e}", config.path.display())?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -93,6 +101,7 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             token,
             reload: Some(reload),
             recorder: recorder.clone(),
+            lock: Some(lock),
             ..engine::Parts::new(ev, targets)
         };
         engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from)
