@@ -124,9 +124,31 @@ fn html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// `Some(401)` unless the request carries the configured bearer token.
+/// `Some(refusal)` unless the request may change state: with a configured token, it must carry
+/// it (401); without one (loopback only), it must be `application/json` (a browser page cannot
+/// send that cross-site without a preflight) and come from no foreign `Origin` (403) — a web page
+/// must not pause rollwatch or forge an alert.
 fn unauthorized(s: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let token = s.token.as_ref()?;
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+        if origin_host != host {
+            return Some((StatusCode::FORBIDDEN, format!("cross-origin request from {origin} refused\n")).into_response());
+        }
+    }
+    let Some(token) = s.token.as_ref() else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        if !json {
+            return Some(
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json (the CLI does)\n")
+                    .into_response(),
+            );
+        }
+        return None;
+    };
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.0.as_bytes())) {

@@ -272,6 +272,29 @@ async fn deploys_reported_by_the_hook_and_the_command_are_journalled_and_restore
         client.post(&url).header("content-type", "application/json").body(r#"{"version":"v7"}"#).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     assert!(ok.text().await.unwrap().contains("deploy of v7 recorded"));
+    // Without a token (loopback), no web page may change state: form-style posts and foreign
+    // origins are refused.
+    let pause = format!("http://{}/pause", s.listen);
+    let form = client.post(&pause).header("content-type", "text/plain").body("x").send().await.unwrap();
+    assert_eq!(form.status(), 415);
+    let foreign = client
+        .post(&pause)
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let alert = client
+        .post(format!("http://{}/hooks/alertmanager", s.listen))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alert.status(), 403);
     let (code, out, err) = s.cli(&["deployed", "v8"]);
     assert_eq!(code, 0, "{out}{err}");
     let events = s.wait("both deploys", |e| of_kind(e, "deploy").len() >= 3).await;

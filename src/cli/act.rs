@@ -86,9 +86,9 @@ fn post_body(
         if let Some(t) = &token {
             req = req.bearer_auth(t);
         }
-        if let Some(body) = &body {
-            req = req.header("content-type", "application/json").body(body.to_string());
-        }
+        // Always JSON: without a token the sidecar refuses anything else (no cross-site forms).
+        let body = body.clone().unwrap_or_else(|| serde_json::json!({}));
+        req = req.header("content-type", "application/json").body(body.to_string());
         let resp =
             req.send().await.with_context(|| format!("cannot reach the sidecar at {addr} (is `rollwatch run` up?)"))?;
         let status = resp.status();
