@@ -133,7 +133,9 @@ fn unauthorized(s: &Shared, headers: &HeaderMap) -> Option<Response> {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
         if origin_host != host {
-            return Some((StatusCode::FORBIDDEN, format!("cross-origin request from {origin} refused\n")).into_response());
+            return Some(
+                (StatusCode::FORBIDDEN, format!("cross-origin request from {origin} refused\n")).into_response(),
+            );
         }
     }
     let Some(token) = s.token.as_ref() else {

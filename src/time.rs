@@ -102,7 +102,7 @@ pub enum DurationError {
     Syntax(String, String),
     #[error("bad duration {0:?}: finer than a millisecond")]
     SubMillisecond(String),
-    #[error("bad duration {0:?}: longer than 10 years")]
+    #[error("bad duration {0:?}: longer than a year")]
     TooLong(String),
 }
 
@@ -135,9 +135,9 @@ pub fn parse_duration(text: &str) -> Result<Span, DurationError> {
     if parsed.subsec_nanos() % 1_000_000 != 0 {
         return Err(DurationError::SubMillisecond(text.to_string()));
     }
-    const TEN_YEARS_MS: u128 = 10 * 366 * 86_400_000;
+    const A_YEAR_MS: u128 = 366 * 86_400_000;
     let ms = parsed.as_millis();
-    if ms > TEN_YEARS_MS {
+    if ms > A_YEAR_MS {
         return Err(DurationError::TooLong(text.to_string()));
     }
     Ok(Span(ms as i64))

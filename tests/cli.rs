@@ -211,3 +211,118 @@ url = "ftp://x"
         assert!(parts.next().unwrap().parse::<u32>().is_ok() && parts.next().unwrap().parse::<u32>().is_ok(), "{line}");
     }
 }
+
+/// Config that cannot work is refused by `check` (and so by `run` and a SIGHUP reload, which load
+/// the same way), each error at its place: zero durations, a year and more, verify_stable beyond
+/// verify_for, a rule reading a target the config lacks, expressions too deep or too long for the
+/// parser, a profile that is not a regular file, a password over plain SMTP beyond loopback, a
+/// promql target without a query.
+#[test]
+fn config_that_cannot_work_is_refused_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}1{} > 0", "(".repeat(100_000), ")".repeat(100_000));
+    let deep = format!("{}1{} > 0", "(".repeat(1000), ")".repeat(1000));
+    let bangs = format!("{}true", "!".repeat(1000));
+    let profile = format!(
+        r#"
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+for = "0s"
+
+[[rule]]
+name = "then"
+when = 'last("g", "0s") > 1'
+
+[[rule]]
+name = "deep"
+when = '{deep}'
+
+[[rule]]
+name = "bangs"
+when = '{bangs}'
+
+[[rule]]
+name = "long"
+when = '{long}'
+
+[[decide]]
+ask = "Down?"
+if = 'firing("down")'
+then = "rollback"
+"#
+    );
+    write(dir.path(), "p.toml", profile);
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        r#"profiles = ["p.toml"]
+state_dir = "state"
+eval_interval = "0s"
+
+[[target]]
+name = "svc"
+kind = "health"
+url = "http://127.0.0.1:1/health"
+timeout = "0s"
+
+[[target]]
+name = "prom"
+kind = "promql"
+url = "http://127.0.0.1:9090"
+interval = "400d"
+
+[policy]
+verify_for = "30s"
+verify_stable = "1m"
+
+[channels.mail]
+kind = "email"
+smtp = "mail.example.com:25"
+smtp_security = "none"
+smtp_user = "rollwatch"
+smtp_password_env = "SMTP_PASSWORD"
+from = "rollwatch@example.com"
+to = ["oncall@example.com"]
+"#,
+    );
+    let took = rollwatch::time::Stopwatch::start();
+    let (code, out, err) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert!(took.elapsed_secs() < 10.0, "checking took {} s", took.elapsed_secs());
+    assert_eq!(code, 1, "{out}{err}");
+    for wanted in [
+        "rollwatch.toml:3:17: eval_interval must be longer than 0s",
+        "target \"svc\": timeout must be longer than 0s",
+        "target \"prom\": a promql target needs query",
+        "target \"prom\": interval: bad duration \"400d\": longer than a year",
+        "verify_stable (1m) must not exceed verify_for (30s)",
+        "smtp_security = \"none\" would send the SMTP password in clear beyond loopback",
+        "rule \"down\": for must be longer than 0s",
+        "an offset must be longer than 0s",
+        "rule \"deep\": parentheses nested 1000 deep (at most 32)",
+        "rule \"bangs\": 1000 unary operators in a row (at most 32)",
+        "rule \"long\": expression longer than 4096 bytes (200005 bytes)",
+    ] {
+        assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
+    }
+    // A rule reading a target the config does not define would never see data.
+    write(dir.path(), "ok.toml", PROFILE);
+    let config = write(
+        dir.path(),
+        "svc.toml",
+        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"svc\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+    );
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "svc.toml:1:12: rule \"down\" reads target \"api\", which this config does not define (targets: svc)"
+        ),
+        "{out}"
+    );
+    // A profile that is not a regular file is refused before it is read.
+    let config = write(dir.path(), "zero.toml", "profiles = [\"/dev/zero\"]\nstate_dir = \"state\"\n");
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/dev/zero: not a regular file"), "{out}");
+}

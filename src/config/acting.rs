@@ -225,6 +225,24 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                 if ch.smtp_user.is_some() != ch.smtp_password_env.is_some() {
                     c.err(&at, item, "authenticate with both smtp_user and smtp_password_env, or neither");
                 }
+                let host =
+                    ch.smtp.as_ref().map(|s| s.get_ref().rsplit_once(':').map_or(s.get_ref().as_str(), |(h, _)| h));
+                let loopback = host.is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                });
+                if matches!(security, Security::None)
+                    && ch.smtp_password_env.is_some()
+                    && !loopback
+                    && !ch.smtp_allow_plaintext_password
+                {
+                    c.err(
+                        &at,
+                        item,
+                        "smtp_security = \"none\" would send the SMTP password in clear beyond loopback: use starttls or tls \
+                         (or set smtp_allow_plaintext_password = true if this network is trusted)",
+                    );
+                }
                 ChannelSpecKind::Email {
                     smtp: need(c, ch.smtp.as_ref().map(|s| s.get_ref().clone()), "smtp = \"host:port\""),
                     security,

@@ -73,7 +73,10 @@ impl Config {
         let Some(raw) = file.parse_toml::<RawConfig>(&mut errors) else { return Err(errors) };
         let mut c = Checker { file: &file, errors: &mut errors };
 
-        let eval_interval = c.duration(&raw.eval_interval, Span::from_secs(15), None, "eval_interval");
+        let eval_interval = match &raw.eval_interval {
+            Some(e) => c.positive_duration(e, None, "eval_interval").unwrap_or(Span::from_secs(15)),
+            None => Span::from_secs(15),
+        };
         let alert_expiry = raw.alert_expiry.as_ref().and_then(|e| c.positive_duration(e, None, "alert_expiry"));
         let state_dir = PathBuf::from(raw.state_dir.as_ref().map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()));
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
@@ -206,6 +209,7 @@ impl Config {
             }
         };
         check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &acting, &evaluator);
+        check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
         let config = Config {
             path: file.path.clone(),
             raw,
@@ -218,6 +222,40 @@ impl Config {
             acting,
         };
         errors.into_result((config, evaluator))
+    }
+}
+
+/// A rule that reads `up("X")`, `down_for("X")` or `target="X"` for a target the config does not
+/// define would be blind forever: an error in a config (a profile alone may name any target).
+fn check_targets_read(c: &mut Checker, raw: &RawConfig, ev: &Evaluator) {
+    let names: BTreeSet<&str> = raw.target.iter().map(|t| t.get_ref().name.get_ref().as_str()).collect();
+    let readers = ev
+        .rules
+        .iter()
+        .map(|r| (format!("rule {:?}", r.name), &r.reads))
+        .chain(ev.signals.iter().map(|s| (format!("signal {:?}", s.name), &s.reads)));
+    let mut told = BTreeSet::new();
+    for (who, reads) in readers {
+        for text in reads.iter().filter(|t| !t.starts_with("signal:")) {
+            let Ok(sel) = crate::selector::Selector::parse(text) else { continue };
+            for m in sel.matchers.iter().filter(|m| m.label == "target" && m.op == crate::selector::MatchOp::Equal) {
+                if names.contains(m.value.as_str()) || !told.insert((who.clone(), m.value.clone())) {
+                    continue;
+                }
+                let hint = super::did_you_mean(&m.value, names.iter().copied());
+                let defined: Vec<&str> = names.iter().copied().collect();
+                let span = raw.profiles.span();
+                c.err(
+                    &span,
+                    None,
+                    format!(
+                        "{who} reads target {:?}, which this config does not define{hint} (targets: {}): it would never see data",
+                        m.value,
+                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -15,10 +15,26 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// The largest profile, config or fixture rollwatch reads.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 impl SourceFile {
     /// Reads a file as UTF-8. Invalid UTF-8 is an error at the first bad byte's position.
+    /// Reads a regular file of at most [`MAX_FILE_BYTES`] (`/dev/zero` or a FIFO would never end).
     pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
-        let bytes = std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        use std::io::Read;
+        let meta = std::fs::metadata(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(Diagnostic::file(path, "not a regular file"));
+        }
+        let file = std::fs::File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(Diagnostic::file(path, format!("larger than {} MiB", MAX_FILE_BYTES >> 20)));
+        }
         SourceFile::from_bytes(path, bytes)
     }
 

@@ -167,6 +167,9 @@ pub struct RawChannel {
     pub smtp_security: Option<Spanned<String>>,
     pub smtp_user: Option<String>,
     pub smtp_password_env: Option<Spanned<String>>,
+    /// Allows a password over plain SMTP beyond loopback (default: refused).
+    #[serde(default)]
+    pub smtp_allow_plaintext_password: bool,
     /// Another channel to use when this one keeps failing.
     pub fallback: Option<Spanned<String>>,
     /// Attempts before giving up (default 4) and the first backoff (default 1s, doubling).

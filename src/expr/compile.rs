@@ -87,6 +87,7 @@ impl Compiler {
 
     /// Compiles `text`; every problem found is returned, not just the first.
     pub fn compile(&mut self, text: &str, names: &Names, expected: Expected) -> Result<Compiled, Vec<String>> {
+        precheck(text).map_err(|e| vec![e])?;
         let mut node = evalexpr::build_operator_tree::<DefaultNumericTypes>(text)
             .map_err(|e| vec![format!("syntax error: {e}")])?;
         let mut out = Compiled {
@@ -263,6 +264,54 @@ impl Compiler {
             Err(e) => errors.push(e),
         }
     }
+}
+
+/// The longest expression rollwatch compiles, and how deep it may nest.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+pub const MAX_NESTING: usize = 32;
+
+/// Refuses, in one linear pass, what would make evalexpr's recursive parser slow or overflow the
+/// stack: an over-long text, parentheses nested too deep, long runs of unary operators.
+pub fn precheck(text: &str) -> Result<(), String> {
+    if text.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!("expression longer than {MAX_EXPRESSION_BYTES} bytes ({} bytes)", text.len()));
+    }
+    let (mut depth, mut deepest, mut unary, mut longest_unary) = (0usize, 0usize, 0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if c == '!' || c == '-' {
+            unary += 1;
+            longest_unary = longest_unary.max(unary);
+        } else if !c.is_whitespace() {
+            unary = 0;
+        }
+    }
+    if deepest > MAX_NESTING {
+        return Err(format!("parentheses nested {deepest} deep (at most {MAX_NESTING})"));
+    }
+    if longest_unary > MAX_NESTING {
+        return Err(format!("{longest_unary} unary operators in a row (at most {MAX_NESTING})"));
+    }
+    Ok(())
 }
 
 impl Expected {

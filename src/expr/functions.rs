@@ -198,7 +198,14 @@ impl Args<'_> {
         match self.args.get(i) {
             None => Ok(Offset::NONE),
             Some(Arg::Str(s)) if s == "deploy" => Ok(Offset::Deploy),
-            Some(_) => self.duration(i, "offset (or \"deploy\")").map(Offset::Ago),
+            Some(_) => match self.duration(i, "offset (or \"deploy\")")? {
+                span if span.is_zero() => Err(format!(
+                    "argument {} of {}: an offset must be longer than 0s (or leave it out)",
+                    i + 1,
+                    self.name
+                )),
+                span => Ok(Offset::Ago(span)),
+            },
         }
     }
 

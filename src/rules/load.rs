@@ -64,6 +64,9 @@ fn rule_scopes(ctx: &mut Checker, rules: &[Spanned<crate::config::raw::RawRule>]
 
 /// The names an expression reads (signals among them), found without compiling it.
 fn names_in(text: &str) -> Vec<String> {
+    if crate::expr::compile::precheck(text).is_err() {
+        return vec![]; // compiling it reports why
+    }
     evalexpr::build_operator_tree::<evalexpr::DefaultNumericTypes>(text)
         .map(|node| node.iter_read_variable_identifiers().map(str::to_string).collect())
         .unwrap_or_default()
@@ -248,7 +251,12 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
             Ok(order) => {
                 for i in order {
                     let (name, _, c) = &compiled_signals[i];
-                    signals.push(Signal { name: name.clone(), slot: signal_slots[pi][name], num: c.to_num() });
+                    signals.push(Signal {
+                        name: name.clone(),
+                        slot: signal_slots[pi][name],
+                        num: c.to_num(),
+                        reads: c.selectors_read.clone(),
+                    });
                 }
             }
             Err(cycle) => {
@@ -289,7 +297,10 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                     .map(|c| Some(c.to_num())),
                 None => Some(when.as_ref().and_then(Compiled::comparison_left)),
             };
-            let for_ = ctx.duration(&raw.for_, Span::ZERO, Some(&item), "for");
+            let for_ = match &raw.for_ {
+                Some(f) => ctx.positive_duration(f, Some(&item), "for").unwrap_or(Span::ZERO),
+                None => Span::ZERO,
+            };
             let keep_firing_for = ctx.duration(&raw.keep_firing_for, Span::ZERO, Some(&item), "keep_firing_for");
             let on_no_data = match &raw.on_no_data {
                 None => OnNoData::Keep,

@@ -24,6 +24,8 @@ pub struct Signal {
     pub name: String,
     pub slot: usize,
     pub num: Num,
+    /// The selectors of the window calls it makes, as written.
+    pub reads: Vec<String>,
 }
 
 /// A compiled rule.
