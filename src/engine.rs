@@ -287,6 +287,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         let _ = server.await;
     }
     dispatcher.notifier().flush(std::time::Duration::from_secs(3)).await;
+    dispatcher.notifier().abandon();
     let in_flight = dispatcher.status().in_flight.map(|f| f.rollback_id);
     if let Some(id) = &in_flight {
         tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
@@ -318,6 +319,7 @@ fn acting_parts(
         clock.clone(),
     );
     let redactor = crate::source::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
+    notifier.redact_with(redactor.clone());
     let acting = Acting {
         policy: spec.policy.clone(),
         actions: Arc::new(actions),

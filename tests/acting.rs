@@ -45,7 +45,7 @@ struct Harness {
 fn sh(script: &str, args: &[&str]) -> ActionKind {
     let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
-    ActionKind::Exec { argv, env: BTreeMap::new() }
+    ActionKind::Exec { argv, env: BTreeMap::new(), secret_env: vec![] }
 }
 
 impl Harness {
@@ -554,6 +554,7 @@ async fn hostile_label_and_version_values_never_run_as_code() {
     let echo = ActionKind::Exec {
         argv: vec!["/bin/echo".into(), "{{labels.team}}".into(), "{{labels.absent}}".into()],
         env: BTreeMap::new(),
+        secret_env: vec![],
     };
     h.actions.insert("check".into(), Action { name: "check".into(), kind: echo, timeout: Span::from_secs(10) });
     h.restart();

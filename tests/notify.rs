@@ -269,7 +269,7 @@ async fn the_notify_command_sends_a_template_with_values() {
         dir.path(),
         "rollwatch.toml",
         format!(
-            "profiles = [{:?}]\nstate_dir = {:?}\n[channels.hook]\nkind = \"webhook\"\nurl = \"{url}/hook\"\n",
+            "profiles = [{:?}]\nstate_dir = {:?}\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n[channels.hook]\nkind = \"webhook\"\nurl = \"{url}/hook\"\n",
             profile.display().to_string(),
             dir.path().join("state").display().to_string()
         ),
@@ -322,4 +322,55 @@ async fn the_notify_command_sends_a_template_with_values() {
     .unwrap();
     assert_eq!(code, 1);
     assert!(stdout.contains("did you mean severity?"), "{stdout}");
+}
+
+/// A server asking to retry after more than a minute does not park the message: the fallback
+/// takes it at once. Queues are bounded (the oldest dropped, counted, journalled), and what is
+/// still queued at stop is journalled as not sent. Tokio's paused clock: no real waiting.
+#[tokio::test(start_paused = true)]
+async fn notifications_degrade_visibly() {
+    let url =
+        serve(Router::new().route(
+            "/hook",
+            post(|| async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "100000")], "slow down") }),
+        ))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SharedJournal::new(Journal::open(dir.path()).unwrap());
+    let hook = channel("hook", ChannelKind::Webhook { url: format!("{url}/hook"), bearer: None }, Some("console"), 4);
+    let (n, mut console) =
+        notifier(vec![hook, channel("console", ChannelKind::Console, None, 1)], Some(journal.clone()));
+    let delivery = n.send("hook", "rollback_complete", &blank_vars()).await.unwrap();
+    assert_eq!(delivery.channel, "console", "the fallback took it");
+    assert!(console.recv().await.unwrap().starts_with("✅ ROLLBACK COMPLETE"));
+    let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+    let failed = lines.iter().find(|l| l["event"] == "notify_failed").unwrap();
+    assert!(failed["error"].as_str().unwrap().contains("failed after 1 attempt(s): HTTP 429"), "{failed}");
+
+    // A channel whose server never answers in time: its queue fills, the oldest go.
+    let stuck = serve(Router::new().route(
+        "/hook",
+        post(|| async {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            StatusCode::OK
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SharedJournal::new(Journal::open(dir.path()).unwrap());
+    let hook = channel("stuck", ChannelKind::Webhook { url: format!("{stuck}/hook"), bearer: None }, None, 1);
+    let (n, _console) = notifier(vec![hook], Some(journal));
+    let extra = 10;
+    n.announce("escalation", &blank_vars());
+    // The worker takes the first message and waits on the server.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    for _ in 0..rollwatch::notify::QUEUE_CAP + extra {
+        n.announce("escalation", &blank_vars());
+    }
+    assert_eq!(n.dropped(), extra as u64, "one is being sent, QUEUE_CAP wait, the oldest beyond that dropped");
+    n.abandon();
+    let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+    let count = |event: &str| lines.iter().filter(|l| l["event"] == event).count();
+    assert_eq!(count("notify_dropped"), extra);
+    assert_eq!(count("notify_unsent"), rollwatch::notify::QUEUE_CAP);
 }

@@ -177,19 +177,22 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
     )
     .unwrap();
     let marker = dir.path().join("rolled-back");
+    // The profile's health rule reads up("api"): the config defines it (a healthy service).
+    let api = serve_http(|_| ("200 OK", r#"{"status":"ok"}"#.to_string())).await;
     let cfg = format!(
-        "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n[policy]\nverify_for = \"60s\"\nverify_stable = \"1s\"\n{}",
+        "profiles = [\"solvereign.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TOKEN\"\neval_interval = \"200ms\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://{api}/health\"\ninterval = \"200ms\"\n[policy]\nverify_for = \"60s\"\nverify_stable = \"1s\"\n{}",
         dir.path().join("state").display(),
         actions(&marker)
     );
     let (config, evaluator) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let parts = rollwatch::engine::Parts {
         listener: Some(rollwatch_listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
-        ..rollwatch::engine::Parts::new(evaluator, vec![])
+        ..rollwatch::engine::Parts::new(evaluator, targets)
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let decided = tokio::time::timeout(Duration::from_secs(60), async {

@@ -37,11 +37,12 @@ async fn no_secret_reaches_logs_status_metrics_journal_or_errors() {
         false => ("200 OK", "ok".into()),
     })
     .await;
-    let forbidden = common::serve_http(|_| ("403 Forbidden", "no".into())).await;
+    // The refusing server echoes the request it got, token and all (as careless ones do).
+    let forbidden = common::serve_http(|request| ("403 Forbidden", format!("no: {request}"))).await;
     let slack = common::serve_http(|_| ("200 OK", r#"{"ok":false,"error":"invalid_auth"}"#.into())).await;
     let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["leak", "undo"]));
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["leak", "cut", "env", "undo"]));
     let config = common::write(
         dir.path(),
         "rollwatch.toml",
@@ -88,7 +89,19 @@ backoff = "10ms"
 # A careless script printing a token it was given.
 [actions.leak]
 kind = "exec"
-argv = ["/bin/sh", "-c", "echo \"using token $RW_ACTION_TOKEN\""]
+argv = ["/bin/sh", "-c", "echo \"using token $T\""]
+env_from = {{ T = "RW_ACTION_TOKEN" }}
+
+# A secret right at the 4 KiB cut of the journalled output.
+[actions.cut]
+kind = "exec"
+argv = ["/bin/sh", "-c", "printf '%4085s' x; echo \"$T\""]
+env_from = {{ T = "RW_ACTION_TOKEN" }}
+
+# Everything an action sees of rollwatch's environment: none of its secrets.
+[actions.env]
+kind = "exec"
+argv = ["/usr/bin/env"]
 
 [actions.undo]
 kind = "http"
@@ -141,7 +154,12 @@ bearer_token_env = "RW_ACTION_TOKEN"
     let journal_text = std::fs::read_to_string(&journal).unwrap();
     assert!(journal_text.contains("notify_failed") && journal_text.contains("HTTP 403"), "{journal_text}");
     assert!(journal_text.contains("using token ***"), "the script's output is journalled, masked: {journal_text}");
+    assert!(journal_text.contains("PATH="), "env printed the clean environment: {journal_text}");
     assert_clean("the journal", &journal_text);
+    for (_, value) in SECRETS {
+        let part = &value[..10];
+        assert!(!journal_text.contains(part), "part of a secret ({part}) at the output's cut: {journal_text}");
+    }
     let logs = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(logs.contains("notification failed") && logs.contains("step failed"), "{logs}");
     assert_clean("the logs", &logs);

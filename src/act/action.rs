@@ -19,13 +19,24 @@ use crate::time::{Span, Stopwatch};
 /// Output kept per action for the journal.
 pub const OUTPUT_CAP: usize = 4096;
 
+/// What an exec action inherits from rollwatch's environment; everything else (API tokens, SMTP
+/// passwords, …) stays out unless the action's `env_from` names it.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR"];
+
+/// How much of an output is read before redaction and the cut to [`OUTPUT_CAP`]: a secret
+/// straddling the cut is masked whole.
+const READ_CAP: usize = 2 * OUTPUT_CAP;
+
 /// What an action does.
 #[derive(Debug, Clone)]
 pub enum ActionKind {
     Exec {
         argv: Vec<String>,
-        /// Set in the child's environment (on top of rollwatch's own).
+        /// Set in the child's environment, on top of a clean one ([`INHERITED_ENV`]).
         env: BTreeMap<String, String>,
+        /// Secrets the config hands the child (`env_from = { TOKEN = "DEPLOY_TOKEN" }`): the
+        /// only way one reaches an action.
+        secret_env: Vec<(String, Secret)>,
     },
     Http {
         method: reqwest::Method,
@@ -73,7 +84,7 @@ impl Action {
     /// The placeholders this action's templates name (checked against the known names at load).
     pub fn templates(&self) -> Vec<&str> {
         match &self.kind {
-            ActionKind::Exec { argv, env } => argv.iter().chain(env.values()).map(String::as_str).collect(),
+            ActionKind::Exec { argv, env, .. } => argv.iter().chain(env.values()).map(String::as_str).collect(),
             ActionKind::Http { url, headers, body, .. } => std::iter::once(url.as_str())
                 .chain(headers.iter().map(|h| h.1.as_str()))
                 .chain(body.as_deref())
@@ -90,7 +101,7 @@ impl Action {
             Err(e) => return ActionResult::failed(format!("template: {e}"), watch),
         };
         match rendered {
-            ActionKind::Exec { argv, env } => exec(&argv, &env, self.timeout, watch).await,
+            ActionKind::Exec { argv, env, secret_env } => exec(&argv, &env, &secret_env, self.timeout, watch).await,
             ActionKind::Http { method, url, headers, bearer, body, expect_status } => {
                 let mut req = client.request(method, &url).timeout(self.timeout.as_std());
                 for (k, v) in headers {
@@ -147,12 +158,13 @@ impl ActionKind {
     /// A copy with every template filled, each value escaped for its place.
     fn render(&self, vars: &Vars) -> Result<ActionKind, TemplateError> {
         Ok(match self {
-            ActionKind::Exec { argv, env } => ActionKind::Exec {
+            ActionKind::Exec { argv, env, secret_env } => ActionKind::Exec {
                 argv: argv.iter().map(|a| render(a, vars, Escape::None)).collect::<Result<_, _>>()?,
                 env: env
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), render(v, vars, Escape::None)?)))
                     .collect::<Result<_, _>>()?,
+                secret_env: secret_env.clone(),
             },
             ActionKind::Http { method, url, headers, bearer, body, expect_status } => ActionKind::Http {
                 method: method.clone(),
@@ -172,13 +184,23 @@ impl ActionKind {
 
 /// Runs `argv` with no shell, in its own process group; at `timeout` kills the whole group
 /// (what the program started too) and drops its pipes.
-async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, watch: Stopwatch) -> ActionResult {
+async fn exec(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    secret_env: &[(String, Secret)],
+    timeout: Span,
+    watch: Stopwatch,
+) -> ActionResult {
     let Some((program, args)) = argv.split_first() else {
         return ActionResult::failed("empty argv", watch);
     };
+    let inherited = INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)));
     let mut child = match tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(inherited)
         .envs(env)
+        .envs(secret_env.iter().map(|(k, v)| (k, &v.0)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -198,7 +220,7 @@ async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, wa
         Ok((out, err, status)) => {
             let mut output = out;
             output.extend_from_slice(&err);
-            output.truncate(OUTPUT_CAP);
+            // Cut to OUTPUT_CAP by the caller, after redaction.
             let output = String::from_utf8_lossy(&output).into_owned();
             match status {
                 Ok(s) => ActionResult {
@@ -230,7 +252,21 @@ async fn exec(argv: &[String], env: &BTreeMap<String, String>, timeout: Span, wa
     }
 }
 
-/// Reads a pipe to its end, keeping the first [`OUTPUT_CAP`] bytes.
+/// Masks every secret in `text`, then cuts it to [`OUTPUT_CAP`] bytes (at a character boundary):
+/// in that order, so a secret across the cut cannot leak in part.
+pub fn redact_and_cap(redactor: &crate::source::Redactor, text: &str) -> String {
+    let mut out = redactor.redact(text);
+    if out.len() > OUTPUT_CAP {
+        let mut cut = OUTPUT_CAP;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+/// Reads a pipe to its end, keeping the first [`READ_CAP`] bytes.
 async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     let mut kept = Vec::new();
     let Some(mut pipe) = pipe else { return kept };
@@ -239,7 +275,7 @@ async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
         if n == 0 {
             break;
         }
-        let room = OUTPUT_CAP.saturating_sub(kept.len());
+        let room = READ_CAP.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
     kept
@@ -248,7 +284,7 @@ async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
 async fn read_capped(mut resp: reqwest::Response) -> Result<String, reqwest::Error> {
     let mut kept = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
-        let room = OUTPUT_CAP.saturating_sub(kept.len());
+        let room = READ_CAP.saturating_sub(kept.len());
         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if room == 0 {
             break;
@@ -264,7 +300,11 @@ mod tests {
     fn exec_action(argv: &[&str], timeout_ms: i64) -> Action {
         Action {
             name: "t".into(),
-            kind: ActionKind::Exec { argv: argv.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new() },
+            kind: ActionKind::Exec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                env: BTreeMap::new(),
+                secret_env: vec![],
+            },
             timeout: Span(timeout_ms),
         }
     }
@@ -317,7 +357,8 @@ mod tests {
     async fn exec_output_is_capped() {
         let r = exec_action(&["/usr/bin/head", "-c", "100000", "/dev/zero"], 5_000).run(&Vars::new(), &client()).await;
         assert!(r.ok, "{r:?}");
-        assert_eq!(r.output.len(), OUTPUT_CAP);
+        assert_eq!(r.output.len(), READ_CAP, "read in full up to READ_CAP");
+        assert_eq!(redact_and_cap(&crate::source::Redactor::default(), &r.output).len(), OUTPUT_CAP);
     }
 
     #[tokio::test]

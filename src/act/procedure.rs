@@ -95,8 +95,8 @@ impl Procedure {
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(rollback = %self.rollback_id, step, action = name, %role, "step started");
         let mut result = action.run(&self.vars, &self.client).await;
-        result.output = self.redactor.redact(&result.output);
-        result.detail = self.redactor.redact(&result.detail);
+        result.output = super::action::redact_and_cap(&self.redactor, &result.output);
+        result.detail = super::action::redact_and_cap(&self.redactor, &result.detail);
         event.ok = Some(result.ok);
         event.detail = Some(result.detail.clone());
         event.output = Some(result.output.clone());

@@ -147,6 +147,8 @@ pub fn notify(
         let client = crate::source::poller::http_client().map_err(|e| anyhow::anyhow!("{e}"))?;
         let notifier =
             Notifier::start(channels, spec.templates.clone(), client, Console::Stdout, None, Arc::new(SystemClock));
+        let secrets = config.secret_vars().into_iter().filter_map(|v| std::env::var(v).ok());
+        notifier.redact_with(crate::source::Redactor::new(secrets));
         anyhow::Ok(notifier.send(channel, template, &values).await)
     })?;
     match result {

@@ -53,12 +53,28 @@ pub enum ChannelSpecKind {
     },
 }
 
+/// Where an action's secrets come from: env var names, resolved at start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActionSecrets {
+    /// An http action's bearer token.
+    pub bearer_env: Option<String>,
+    /// An exec action's `env_from`: child variable → rollwatch's environment variable.
+    pub env_from: Vec<(String, String)>,
+}
+
+impl ActionSecrets {
+    /// Every environment variable named.
+    pub fn vars(&self) -> impl Iterator<Item = &str> {
+        self.bearer_env.iter().map(String::as_str).chain(self.env_from.iter().map(|(_, v)| v.as_str()))
+    }
+}
+
 /// The acting half, checked.
 #[derive(Debug, Clone)]
 pub struct ActingSpec {
     pub policy: Policy,
-    /// Actions with the env var of their bearer token, if any.
-    pub actions: BTreeMap<String, (Action, Option<String>)>,
+    /// Actions with the env vars their secrets come from.
+    pub actions: BTreeMap<String, (Action, ActionSecrets)>,
     pub channels: Vec<ChannelSpec>,
     pub templates: Templates,
 }
@@ -118,7 +134,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                 if a.argv.is_empty() {
                     c.err(&a.kind.span(), item, "an exec action needs argv = [\"program\", \"arg\", ...]");
                 }
-                ActionKind::Exec { argv: a.argv.clone(), env: a.env.clone() }
+                ActionKind::Exec { argv: a.argv.clone(), env: a.env.clone(), secret_env: vec![] }
             }
             "http" => {
                 let Some(url) = &a.url else {
@@ -178,7 +194,14 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                 c.err(&span, item, e);
             }
         }
-        actions.insert(name.clone(), (action, a.bearer_token_env.as_ref().map(|t| t.get_ref().clone())));
+        if !a.env_from.is_empty() && a.kind.get_ref() != "exec" {
+            c.err(&a.kind.span(), item, "env_from is for exec actions");
+        }
+        let secrets = ActionSecrets {
+            bearer_env: a.bearer_token_env.as_ref().map(|t| t.get_ref().clone()),
+            env_from: a.env_from.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        actions.insert(name.clone(), (action, secrets));
     }
 
     let mut channels = Vec::new();
@@ -296,16 +319,32 @@ impl ActingSpec {
     ) -> Result<BTreeMap<String, Action>, Diagnostics> {
         let mut errors = Diagnostics::default();
         let mut out = BTreeMap::new();
-        for (name, (action, token_env)) in &self.actions {
+        for (name, (action, secrets)) in &self.actions {
             let mut action = action.clone();
-            if let (Some(var), ActionKind::Http { bearer, .. }) = (token_env, &mut action.kind) {
-                match env(var) {
-                    Some(v) => *bearer = Some(Secret(v)),
-                    None => errors.push(Diagnostic::file(
+            let mut read = |var: &str| {
+                let value = env(var).map(Secret);
+                if value.is_none() {
+                    errors.push(Diagnostic::file(
                         path,
                         format!("action {name:?}: environment variable {var} is not set"),
-                    )),
+                    ));
                 }
+                value
+            };
+            match &mut action.kind {
+                ActionKind::Http { bearer, .. } => {
+                    if let Some(var) = &secrets.bearer_env {
+                        *bearer = read(var);
+                    }
+                }
+                ActionKind::Exec { secret_env, .. } => {
+                    for (child, var) in &secrets.env_from {
+                        if let Some(v) = read(var) {
+                            secret_env.push((child.clone(), v));
+                        }
+                    }
+                }
+                ActionKind::File { .. } => {}
             }
             out.insert(name.clone(), action);
         }

@@ -270,7 +270,7 @@ impl Config {
                 None => {}
             }
         }
-        vars.extend(self.acting.actions.values().filter_map(|(_, env)| env.as_deref()));
+        vars.extend(self.acting.actions.values().flat_map(|(_, secrets)| secrets.vars()));
         for c in &self.acting.channels {
             match &c.kind {
                 super::acting::ChannelSpecKind::Webhook { token_env: Some(v), .. }

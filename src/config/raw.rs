@@ -187,6 +187,10 @@ pub struct RawAction {
     /// exec: extra environment for the child.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// exec: secrets handed to the child, `CHILD_VAR = "ROLLWATCH_ENV_VAR"` (nothing else of
+    /// rollwatch's environment reaches it but PATH, HOME, LANG and the like).
+    #[serde(default)]
+    pub env_from: BTreeMap<String, String>,
     /// http: the request.
     pub url: Option<Spanned<String>>,
     pub method: Option<Spanned<String>>,

@@ -9,13 +9,15 @@ pub mod email;
 pub mod slack;
 pub mod templates;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
+
+use crate::source::Redactor;
 
 use crate::act::template::{Escape, Vars};
 use crate::journal::SharedJournal;
@@ -23,8 +25,12 @@ use crate::source::Secret;
 use crate::time::{Clock, Span};
 pub use templates::Templates;
 
-/// The longest `Retry-After` honoured (a hostile or confused server cannot park a channel).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The longest `Retry-After` waited for: asked to wait longer, the message goes to the fallback
+/// at once (a hostile or confused server cannot park an incident's messages).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Messages waiting per channel; beyond it the oldest is dropped (counted and journalled).
+pub const QUEUE_CAP: usize = 256;
 
 /// How long one delivery attempt may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,13 +121,37 @@ struct Inner {
     idle: Notify,
     /// Slack threads: (channel, incident) → the `ts` of the incident's first message.
     threads: std::sync::Mutex<BTreeMap<(String, String), String>>,
+    /// Masks secrets in what channels answer (a Slack error body, an SMTP reply) before it is
+    /// logged or journalled.
+    redactor: std::sync::OnceLock<Redactor>,
+    /// Messages dropped from full queues.
+    pub dropped: AtomicU64,
+}
+
+/// One channel's queue: bounded, oldest dropped first.
+#[derive(Default)]
+struct Queue {
+    jobs: std::sync::Mutex<VecDeque<Job>>,
+    ready: Notify,
+}
+
+impl Inner {
+    fn redact(&self, text: &str) -> String {
+        self.redactor.get().map_or_else(|| text.to_string(), |r| r.redact(text))
+    }
+
+    fn note(&self, event: &str, data: serde_json::Value) {
+        if let Some(j) = &self.journal {
+            j.note(self.clock.now(), event, &data);
+        }
+    }
 }
 
 /// Delivers templates to channels; cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
-    queues: Arc<BTreeMap<String, mpsc::UnboundedSender<Job>>>,
+    queues: Arc<BTreeMap<String, Arc<Queue>>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -150,15 +180,22 @@ impl Notifier {
             pending: AtomicUsize::new(0),
             idle: Notify::new(),
             threads: std::sync::Mutex::default(),
+            redactor: std::sync::OnceLock::new(),
+            dropped: AtomicU64::new(0),
         });
         let mut queues = BTreeMap::new();
         for name in inner.channels.keys() {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-            queues.insert(name.clone(), tx);
+            let queue = Arc::new(Queue::default());
+            queues.insert(name.clone(), queue.clone());
             let inner = inner.clone();
             let name = name.clone();
             tokio::spawn(async move {
-                while let Some(job) = rx.recv().await {
+                loop {
+                    let next = queue.jobs.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some(job) = next else {
+                        queue.ready.notified().await;
+                        continue;
+                    };
                     let _ = deliver(&inner, &name, &job.template, &job.vars).await;
                     if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
                         inner.idle.notify_waiters();
@@ -169,14 +206,46 @@ impl Notifier {
         Notifier { inner, queues: Arc::new(queues) }
     }
 
+    /// Masks these secrets in everything channels answer, from now on.
+    pub fn redact_with(&self, redactor: Redactor) {
+        let _ = self.inner.redactor.set(redactor);
+    }
+
+    /// Messages dropped from full queues so far.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::SeqCst)
+    }
+
     /// Queues `template` for every channel and returns at once: notifications never block actions.
+    /// A full queue drops its oldest message (counted and journalled as `notify_dropped`).
     pub fn announce(&self, template: &str, vars: &Vars) {
         for (name, queue) in self.queues.iter() {
             // A channel that is only someone's fallback still gets announcements: it is a channel.
             self.inner.pending.fetch_add(1, Ordering::SeqCst);
-            if queue.send(Job { template: template.to_string(), vars: vars.clone() }).is_err() {
+            let dropped = {
+                let mut jobs = queue.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                jobs.push_back(Job { template: template.to_string(), vars: vars.clone() });
+                if jobs.len() > QUEUE_CAP { jobs.pop_front() } else { None }
+            };
+            queue.ready.notify_one();
+            if let Some(old) = dropped {
                 self.inner.pending.fetch_sub(1, Ordering::SeqCst);
-                tracing::error!(channel = %name, "notification worker is gone");
+                self.inner.dropped.fetch_add(1, Ordering::SeqCst);
+                tracing::error!(channel = %name, template = %old.template, "notification queue full: oldest message dropped");
+                self.inner.note("notify_dropped", serde_json::json!({"channel": name, "template": old.template}));
+            }
+        }
+    }
+
+    /// Journals every message still queued as not sent (`notify_unsent`), and empties the
+    /// queues: at stop, what was not delivered is on record.
+    pub fn abandon(&self) {
+        for (name, queue) in self.queues.iter() {
+            let left: Vec<Job> = queue.jobs.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+            for job in left {
+                self.inner.pending.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(channel = %name, template = %job.template, "stopping: message not sent");
+                self.inner.note("notify_unsent", serde_json::json!({"channel": name, "template": job.template}));
             }
         }
     }
@@ -250,10 +319,20 @@ async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Va
         match send_once(inner, channel, template, &text, vars).await {
             Ok(()) => return Ok(attempt),
             Err(f) => {
+                let f = SendFailure { message: inner.redact(&f.message), ..f };
                 tracing::debug!(channel = %channel.name, attempt, error = %f.message, "notification attempt failed");
-                let permanent = f.permanent;
-                let wait = f.retry_after.map_or(backoff, |d| d.min(MAX_RETRY_AFTER));
+                // Asked to wait longer than MAX_RETRY_AFTER: the fallback takes the message now.
+                let parked = f.retry_after.is_some_and(|d| d > MAX_RETRY_AFTER);
+                let permanent = f.permanent || parked;
+                let wait = f.retry_after.unwrap_or(backoff);
                 last = f;
+                if parked {
+                    last.message = format!(
+                        "{} (asked to retry after {:?}; not waiting)",
+                        last.message,
+                        last.retry_after.unwrap_or_default()
+                    );
+                }
                 if permanent || attempt == attempts {
                     return Err(NotifyError::Failed {
                         channel: channel.name.clone(),
