@@ -736,3 +736,29 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
     assert!(h.events("rollback_started").is_empty());
     assert_eq!(h.events("suppressed")[0]["reason"], "silenced: errors");
 }
+
+#[tokio::test]
+async fn a_reported_deploy_bakes_only_once_the_version_source_confirms_it_and_a_typo_is_never_marked() {
+    use rollwatch::act::event::{DeploySource, Mark};
+    let mut h = Harness::new(quick_policy());
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    // The pipeline reports v2; the version source still reads v1: v2 has not run here.
+    let answer = h.command(Command::Deployed { version: "v2".into(), source: DeploySource::Hook }).unwrap();
+    assert!(answer.contains("deploy of v2 recorded"), "{answer}");
+    for _ in 0..3 {
+        h.advance(Span::from_secs(60));
+        h.tick(Outcome::Monitor, &[], Some("v1"));
+    }
+    assert!(h.events("version_baked").is_empty(), "baked on another version's traffic");
+    // Once seen, it bakes.
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    h.advance(Span::from_secs(60));
+    h.tick(Outcome::Monitor, &[], Some("v2"));
+    assert_eq!(h.events("version_baked")[0]["version"], "v2");
+    // A version never deployed here cannot be marked (a typo must not become a target).
+    let refused = h
+        .command(Command::Mark { version: "v22".into(), state: Mark::Good, by: "ann".into(), reason: "r".into() })
+        .unwrap_err();
+    assert!(refused.contains("no deploy of \"v22\" is recorded (did you mean v2?)"), "{refused}");
+    assert!(h.events("version_marked").is_empty());
+}

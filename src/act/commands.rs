@@ -123,6 +123,15 @@ impl Dispatcher {
                 if version.trim().is_empty() {
                     return Ok(Err("say which version".into()));
                 }
+                // Only a version that was deployed here: a typo must not become a rollback target.
+                if self.state.versions.get(&version).is_none() {
+                    let known: Vec<&str> = self.state.versions.list.iter().map(|v| v.version.as_str()).collect();
+                    let hint = crate::config::did_you_mean(&version, known.iter().copied());
+                    return Ok(Err(format!(
+                        "no deploy of {version:?} is recorded{hint} (known: {}); nothing marked",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )));
+                }
                 tracing::warn!(version, ?state, by, reason, "version marked");
                 let m = VersionMarked { version: version.clone(), state, by: by.clone(), reason };
                 self.record(now, Event::VersionMarked(m))?;

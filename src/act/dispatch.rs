@@ -262,6 +262,9 @@ impl Dispatcher {
             return Ok(false);
         }
         tracing::info!(from = ?from, to, ?source, "deploy");
+        if let Some(seen) = self.observed.as_ref().filter(|seen| *seen != to && source != DeploySource::Version) {
+            tracing::warn!(to, seen = %seen, "deploy reported, but the version source reads another version: it bakes only once seen");
+        }
         self.record(now, Event::Deploy(Deploy { from, to: to.to_string(), source }))?;
         self.bake.restart();
         self.predates_told.clear();
@@ -292,6 +295,11 @@ impl Dispatcher {
             return Ok(());
         }
         let Some(version) = self.state.versions.current_unproven().map(str::to_string) else { return Ok(()) };
+        // A reported deploy the version source does not confirm has not run here: no evidence.
+        if self.observed.as_ref().is_some_and(|seen| *seen != version) {
+            self.bake.restart();
+            return Ok(());
+        }
         let plans = &self.acting.plans;
         let rules_of = |p: &str| plans.get(p).map_or(0, |p| p.rules.len());
         if let Some(since) = self.bake.observe(now, decisions, rules_of, self.acting.policy.bake) {
@@ -357,6 +365,15 @@ impl Dispatcher {
         }
         tracing::warn!(profile, %outcome, reason = %reason, "decision not acted on");
         self.suppressed.insert(profile.to_string(), reason.clone());
+        // Told on every channel — unless a rollback is already in flight (that is the news).
+        if outcome == Outcome::Rollback && self.in_flight.is_none() {
+            let mut vars = crate::notify::templates::blank_vars();
+            vars.insert("profile".into(), profile.to_string());
+            vars.insert("reason".into(), reason.clone());
+            vars.insert("explanation".into(), explanation.to_string());
+            vars.insert("version_from".into(), self.state.versions.current.clone().unwrap_or_else(|| "unknown".into()));
+            self.notifier.announce("rollback_suppressed", &vars);
+        }
         let e = Suppressed { profile: profile.to_string(), outcome, reason, explanation: explanation.to_string() };
         self.record(now, Event::Suppressed(e))
     }

@@ -187,8 +187,9 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
     }
     for e in entries {
         writeln!(out, "{}  ({})", e.summary(), e.date)?;
-        let hint = "(not recorded: rollwatch annotate ID --root-cause \"...\")";
-        writeln!(out, "    root cause: {}", e.root_cause.as_deref().unwrap_or(hint))?;
+        let hint =
+            format!("(not recorded: rollwatch annotate -c {} {} --root-cause \"...\")", config.path.display(), e.id);
+        writeln!(out, "    root cause: {}", e.root_cause.as_deref().unwrap_or(&hint))?;
         for step in &e.steps {
             writeln!(out, "    step {step}")?;
         }

@@ -121,6 +121,8 @@ pub struct Evaluator {
     /// Per rule, whether it was firing before the current deploy and has not been seen
     /// inactive with known inputs since.
     predated: Vec<bool>,
+    /// States ended by the last evidence restart, reported with the next tick's transitions.
+    restarted: Vec<Transition>,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -145,6 +147,7 @@ impl Evaluator {
             evidence_since: None,
             deploy_values,
             predated: vec![false; n],
+            restarted: vec![],
             profiles,
             signals,
             rules,
@@ -220,6 +223,15 @@ impl Evaluator {
         for (i, rule) in self.rules.iter().enumerate() {
             self.predated[i] = predates && self.ticks > 0 && self.states[i].is_firing();
             if rule.scope == Scope::Deployment {
+                if self.states[i].phase() != Phase::Inactive {
+                    self.restarted.push(Transition {
+                        at,
+                        rule: rule.name.clone(),
+                        from: self.states[i].phase(),
+                        to: Phase::Inactive,
+                        value: None,
+                    });
+                }
                 self.states[i] = RuleState::Inactive;
                 self.values[i] = None;
                 self.truths[i] = Truth::Unknown;
@@ -276,7 +288,7 @@ impl Evaluator {
             let v = s.num.eval(&self.slots);
             self.slots.set_number(s.slot, v);
         }
-        let mut tick = Tick::default();
+        let mut tick = Tick { transitions: std::mem::take(&mut self.restarted), ..Tick::default() };
         for (i, rule) in self.rules.iter().enumerate() {
             let truth = rule.cond.eval(&self.slots);
             let value = rule.value.as_ref().and_then(|v| v.eval(&self.slots));
