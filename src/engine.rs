@@ -161,7 +161,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     drop(commands_tx);
 
     let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
-    journal.append(clock.now(), "started", &serde_json::json!({ "profiles": names }))?;
+    journal.note(clock.now(), "started", &serde_json::json!({ "profiles": names }));
     tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
 
     let mut series = TargetSeries::default();
@@ -174,7 +174,8 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 series.apply(&obs, ev.store_mut());
                 record_poll(&mut snapshot, &obs);
                 if let Some(version) = version_of(&config, &obs) {
-                    dispatcher.on_version_observed(obs.at, version)?;
+                    let result = dispatcher.on_version_observed(obs.at, version);
+                    kept_watching(&mut dispatcher, result);
                     sync_evidence(&mut dispatcher, &mut ev);
                 }
             }
@@ -182,7 +183,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 let now = clock.now();
                 tracing::info!(count = updates.len(), "alerts received");
                 let list: Vec<_> = updates.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
-                journal.append(now, "alerts", &serde_json::json!({ "alerts": list }))?;
+                journal.note(now, "alerts", &serde_json::json!({ "alerts": list }));
                 alerts.update(updates, now, ev.store_mut());
             }
             _ = ticker.tick() => {
@@ -193,13 +194,13 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 snapshot.last_evaluation_seconds = watch.elapsed_secs();
                 for t in &tick.transitions {
                     tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
-                    journal.append(now, "transition", t)?;
+                    journal.note(now, "transition", t);
                 }
                 for (i, d) in tick.decisions.iter().enumerate() {
                     let changed = snapshot.decisions.get(i).is_none_or(|prev| prev.outcome != d.outcome || prev.explanation() != d.explanation());
                     if changed {
                         tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
-                        journal.append(now, "decision", d)?;
+                        journal.note(now, "decision", d);
                         snapshot.recent.push_back(d.clone());
                         if snapshot.recent.len() > RECENT {
                             snapshot.recent.pop_front();
@@ -207,7 +208,11 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                     }
                     *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
                 }
-                dispatcher.on_tick(now, &tick.decisions)?;
+                if let Some(error) = journal.failing() {
+                    dispatcher.journal_failed(now, &error);
+                }
+                let result = dispatcher.on_tick(now, &tick.decisions);
+                kept_watching(&mut dispatcher, result);
                 sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 if let Some(recorder) = &recorder
@@ -223,14 +228,22 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 }
             }
             Some(done) = procedures.recv() => {
-                dispatcher.on_done(done)?;
+                let result = dispatcher.on_done(done);
+                kept_watching(&mut dispatcher, result);
                 sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
             }
             Some((command, reply)) = commands.recv() => {
                 tracing::info!(?command, "command received");
-                let answer = dispatcher.command(command)?;
+                let answer = match dispatcher.command(command) {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        let refused = Err(format!("not done: the journal cannot be written ({})", crate::error_chain(&e)));
+                        kept_watching(&mut dispatcher, Err(e));
+                        refused
+                    }
+                };
                 sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
@@ -263,11 +276,11 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                         }
                         config = new_config;
                         tracing::info!(path = %config.path.display(), "config reloaded");
-                        journal.append(now, "reloaded", &serde_json::json!({ "path": config.path }))?;
+                        journal.note(now, "reloaded", &serde_json::json!({ "path": config.path }));
                     }
                     Err(errors) => {
                         tracing::error!(path = %config.path.display(), %errors, "config reload failed; keeping the running config");
-                        journal.append(now, "reload_failed", &serde_json::json!({ "errors": errors.to_string() }))?;
+                        journal.note(now, "reload_failed", &serde_json::json!({ "errors": errors.to_string() }));
                     }
                 }
             }
@@ -278,7 +291,8 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
         if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, procedures.recv()).await {
-            dispatcher.on_done(done)?;
+            let result = dispatcher.on_done(done);
+            kept_watching(&mut dispatcher, result);
         }
     }
     let _ = stop_pollers.send(true);
@@ -292,7 +306,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     if let Some(id) = &in_flight {
         tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
     }
-    journal.append(clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }))?;
+    journal.note(clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }));
     tracing::info!("rollwatch stopped");
     Ok(())
 }
@@ -339,6 +353,14 @@ fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<&'a str> {
         return None;
     }
     obs.strings.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.trim()).filter(|val| !val.is_empty())
+}
+
+/// A journal that cannot be written stops acting, never watching: the dispatcher holds every
+/// action back, says so on every channel, and retries each tick.
+fn kept_watching(dispatcher: &mut Dispatcher, result: Result<(), JournalError>) {
+    if let Err(e) = result {
+        dispatcher.journal_failed(dispatcher.now(), &crate::error_chain(&e));
+    }
 }
 
 /// The evaluator's evidence follows the dispatcher's deploys and restore points.

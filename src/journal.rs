@@ -66,22 +66,30 @@ impl Journal {
 
     /// Appends one event as one line, then fsyncs: when this returns Ok the event is durable.
     pub fn append<T: Serialize>(&mut self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
-        let mut line = serde_json::to_vec(&Line { at, event, data })
+        let line = serde_json::to_vec(&Line { at, event, data })
             .map_err(|e| JournalError::Io { path: self.path.clone(), source: io::Error::other(e) })?;
+        self.write_line(line)
+    }
+
+    /// Writes one whole line and fsyncs it; a write that fails (a full disk) is cut back off, so
+    /// the file never keeps half a line in the middle.
+    fn write_line(&mut self, mut line: Vec<u8>) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: self.path.clone(), source };
         line.push(b'\n');
-        self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        let before = self.file.metadata().map_err(io)?.len();
+        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(before);
+            return Err(io(e));
+        }
+        Ok(())
     }
 
     /// Appends one serde-tagged event (its tag is the `event` field) as one line, then fsyncs.
     pub fn append_event<T: Serialize>(&mut self, at: Timestamp, event: &T) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
-        let mut line = serde_json::to_vec(&Tagged { at, event })
+        let line = serde_json::to_vec(&Tagged { at, event })
             .map_err(|e| JournalError::Io { path: self.path.clone(), source: io::Error::other(e) })?;
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        self.write_line(line)
     }
 
     /// Reads every whole line back; a torn or unparsable last line is dropped with a warning,
@@ -146,9 +154,12 @@ impl StateLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_len(0).map_err(io)?;
-        write!(file, "{}", std::process::id()).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        // The pid is for people; a full disk must not keep rollwatch from starting to watch.
+        let named =
+            file.set_len(0).and_then(|()| write!(file, "{}", std::process::id())).and_then(|()| file.sync_data());
+        if let Err(e) = named {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the pid into the state_dir lock");
+        }
         Ok(StateLock { _file: file })
     }
 }
@@ -189,25 +200,42 @@ pub fn compact(dir: &Path, max_bytes: u64, keep: impl Fn(&serde_json::Value) -> 
     Ok(true)
 }
 
-/// One journal shared by the tasks that write to it; each append is whole and fsynced.
+/// One journal shared by the tasks that write to it; each append is whole and fsynced. It
+/// remembers whether the last write failed (a full or read-only disk), for `/status` and for
+/// the dispatcher, which stops acting while it cannot record.
 #[derive(Debug, Clone)]
-pub struct SharedJournal(Arc<Mutex<Journal>>);
+pub struct SharedJournal(Arc<Mutex<Journal>>, Arc<Mutex<Option<String>>>);
 
 impl SharedJournal {
     pub fn new(journal: Journal) -> SharedJournal {
-        SharedJournal(Arc::new(Mutex::new(journal)))
+        SharedJournal(Arc::new(Mutex::new(journal)), Arc::default())
+    }
+
+    fn track<T>(&self, result: Result<T, JournalError>) -> Result<T, JournalError> {
+        let mut failing = self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *failing = result.as_ref().err().map(|e| crate::error_chain(e));
+        result
+    }
+
+    /// The last write's error, while writes fail.
+    pub fn failing(&self) -> Option<String> {
+        self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// See [`Journal::append_event`].
     pub fn append_event<T: Serialize>(&self, at: Timestamp, event: &T) -> Result<(), JournalError> {
         let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        j.append_event(at, event)
+        let result = j.append_event(at, event);
+        drop(j);
+        self.track(result)
     }
 
     /// See [`Journal::append`].
     pub fn append<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
         let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        j.append(at, event, data)
+        let result = j.append(at, event, data);
+        drop(j);
+        self.track(result)
     }
 
     /// Appends, logging (not returning) a failure: for records whose loss must not stop the

@@ -93,6 +93,9 @@ async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
     if a.paused_until.is_some() {
         page.push_str("; <b>PAUSED</b>");
     }
+    if let Some(e) = &a.journal_error {
+        page.push_str(&format!("; <b>NOT ACTING: journal unwritable</b> ({})", html(e)));
+    }
     for ap in &a.approvals {
         page.push_str(&format!(
             "<br>approval <b>{}</b> needed for {}: {} — <code>rollwatch approve {}</code>",

@@ -185,6 +185,12 @@ impl Snapshot {
             "Escalations (S1, S2, S3, blind) since start.",
             vec![format!(" {}", a.escalations_total)],
         );
+        section(
+            "rollwatch_journal_writable",
+            "gauge",
+            "0 while the journal cannot be written (rollwatch watches but does not act).",
+            vec![format!(" {}", u8::from(a.journal_error.is_none()))],
+        );
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);
         section(
             "rollwatch_firing_alerts",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,4 +206,95 @@ async fn sigterm_during_a_step_lets_the_steps_finish_first() {
     // Verification was cut short: the next start reports it, and runs nothing again.
     restart_and_check(&s, true).await;
     assert_eq!(s.steps().len(), 4);
+}
+
+/// Unmounts (lazily) on drop.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(state: &Path, options: &str) {
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(state).status().unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root (scripts/test.sh runs the tests as root)");
+}
+
+/// Fills the disk to the last byte, the journal's own last page too.
+fn fill_disk(state: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(state.join("filler")).unwrap();
+    for chunk in [65536, 4096, 1] {
+        while filler.write_all(&vec![0u8; chunk]).is_ok() {}
+    }
+    // The journal's last page still has room: fill it with empty lines (read back as nothing).
+    let mut journal = std::fs::OpenOptions::new().append(true).open(state.join("journal.jsonl")).unwrap();
+    while journal.write_all(b"\n").and_then(|()| journal.sync_data()).is_ok() {}
+}
+
+/// A journal that cannot be written (here: a full disk) stops acting, never watching:
+/// the rollback decision is held back (no step runs without its journal line), every channel
+/// hears S1 "journal unwritable" and that the rollback is held back, `/metrics` and `/status`
+/// show it — and once writes succeed again, rollwatch acts by itself. The disk is a real 1 MiB
+/// tmpfs (the tests run as root, as scripts/test.sh does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    mount(&state, "size=1m");
+    let _unmount = Unmount(state.clone());
+    let deployment = common::DownDeployment::start().await;
+    deployment.healthy.store(true, Ordering::SeqCst);
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
+    let marker = dir.path().join("undone");
+    let listen = common::free_listen();
+    let head = deployment.config_head(&profile, &state, &listen);
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[channels.console]\nkind = \"console\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
+            marker.display().to_string()
+        ),
+    );
+    let mut child = common::spawn_run(dir.path(), &config);
+    let journal = state.join("journal.jsonl");
+    common::wait_for_journal(&journal, "the first decision", |e| e.iter().any(|e| e["event"] == "decision")).await;
+    fill_disk(&state);
+    deployment.healthy.store(false, Ordering::SeqCst);
+    let stdout = || std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+    let waiting = Stopwatch::start();
+    while !(stdout().contains("S1: journal unwritable: not acting")
+        && stdout().contains("suppressed: journal unwritable: not acting"))
+    {
+        assert!(waiting.elapsed_secs() < 30.0, "not told on the console: {}", stdout());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!marker.exists(), "acted without a journal line");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rollwatch_journal_writable 0\n"), "{metrics}");
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{listen}/status")).await.unwrap().json().await.unwrap();
+    let error = status["acting"]["journal_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("No space left"), "{status}");
+    // Writes succeed again: rollwatch acts by itself, and says so.
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let events = common::wait_for_journal(&journal, "the rollback once the journal is writable", |e| {
+        e.iter().any(|e| e["event"] == "step_finished")
+    })
+    .await;
+    assert!(marker.exists());
+    assert!(events.iter().any(|e| e["event"] == "journal_recovered"), "{events:#?}");
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rollwatch_journal_writable 1\n"), "{metrics}");
+    common::sigterm(&mut child);
+    assert!(stdout().contains("journal writable again after"), "{}", stdout());
+    // Every line reads back whole: a failed write left no half line.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines = text.lines().filter(|l| !l.is_empty()).count();
+    assert_eq!(lines, Journal::read_back(&journal).unwrap().len(), "{text}");
 }

@@ -90,6 +90,8 @@ pub struct ActingStatus {
     /// Rollbacks in the journal by result (`in_flight` for the unfinished one).
     pub rollbacks: BTreeMap<String, u64>,
     pub escalations_total: u64,
+    /// Why rollwatch is not acting by its own fault (the journal cannot be written), if so.
+    pub journal_error: Option<String>,
     /// The deployed version, since when, and the current rollback target.
     pub version: Option<String>,
     pub deployed_at: Option<Timestamp>,
@@ -132,6 +134,10 @@ pub struct Dispatcher {
     pub(super) monitor_since: BTreeMap<String, Timestamp>,
     /// `(profile, version)` whose approval was rejected: not asked again until it clears.
     pub(super) rejected: BTreeSet<(String, Option<String>)>,
+    /// Since when, and why, the journal cannot be written: nothing is acted on meanwhile.
+    pub(super) journal_down: Option<(Timestamp, String)>,
+    /// Profiles told (while the journal is down) that their rollback is held back.
+    journal_told: BTreeSet<String>,
 }
 
 impl Dispatcher {
@@ -177,10 +183,16 @@ impl Dispatcher {
             predates_told: BTreeSet::new(),
             monitor_since: BTreeMap::new(),
             rejected,
+            journal_down: None,
+            journal_told: BTreeSet::new(),
         };
         let unfinished: Vec<Rollback> = d.state.unfinished().cloned().collect();
         for r in unfinished {
-            d.interrupted(r)?;
+            if let Err(e) = d.interrupted(r) {
+                // A full disk at start: keep watching, act once the journal takes writes again.
+                d.journal_failed(d.clock.now(), &crate::error_chain(&e));
+                break;
+            }
         }
         Ok((d, done_rx))
     }
@@ -194,6 +206,11 @@ impl Dispatcher {
     /// Whether a rollback's steps are running now (not yet verifying).
     pub fn steps_running(&self) -> bool {
         self.in_flight.as_ref().is_some_and(|f| f.phase == Phase::Steps)
+    }
+
+    /// The dispatcher's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub fn notifier(&self) -> &Notifier {
@@ -215,8 +232,67 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The journal could not be written: nothing is acted on until it can be (no step runs
+    /// without its line), and every channel is told once — S1, since watching goes on but
+    /// acting does not. The engine calls this with any error the dispatcher returns.
+    pub fn journal_failed(&mut self, now: Timestamp, error: &str) {
+        if self.journal_down.is_some() {
+            return;
+        }
+        let error = error.to_string();
+        tracing::error!(%error, "journal unwritable: not acting until it takes writes again");
+        self.journal_down = Some((now, error.clone()));
+        self.escalations += 1;
+        let mut vars = crate::notify::templates::blank_vars();
+        vars.insert("severity".into(), Severity::S1.to_string());
+        vars.insert("finding".into(), format!("journal unwritable: not acting ({error})"));
+        vars.insert(
+            "response".into(),
+            "Free or fix the disk under state_dir. rollwatch keeps watching and resumes acting by itself.".into(),
+        );
+        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        self.notifier.announce("escalation", &vars);
+    }
+
+    /// Why acting is stopped by rollwatch's own fault, if it is (for `/status` and `/metrics`).
+    pub fn journal_error(&self) -> Option<&str> {
+        self.journal_down.as_ref().map(|(_, e)| e.as_str())
+    }
+
+    /// While the journal is down, tries one write; true once it is writable again.
+    fn journal_writable(&mut self, now: Timestamp) -> Result<bool, JournalError> {
+        let Some((since, error)) = self.journal_down.clone() else { return Ok(true) };
+        let probe = Event::JournalRecovered(JournalRecovered { down_since: since, error });
+        if self.journal.append_event(now, &probe).is_err() {
+            return Ok(false);
+        }
+        self.journal_down = None;
+        self.journal_told.clear();
+        let finding =
+            format!("journal writable again after {}: acting resumed", crate::time::human(now.saturating_since(since)));
+        tracing::warn!("{finding}");
+        let vars = crate::notify::templates::blank_vars();
+        let profiles = self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", ");
+        self.escalate(now, Severity::Notice, &finding, "None: rollwatch acts again.", &profiles, None, vars)?;
+        Ok(true)
+    }
+
     /// One tick: expiries, verification, approvals clearing, blindness, baking, then each decision.
+    /// While the journal cannot be written, nothing of that runs; a rollback decision is told
+    /// on every channel as held back, once per profile.
     pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+        if !self.journal_writable(now)? {
+            for d in decisions.iter().filter(|d| d.outcome == Outcome::Rollback) {
+                if self.journal_told.insert(d.profile.clone()) {
+                    let mut vars = crate::notify::templates::blank_vars();
+                    vars.insert("profile".into(), d.profile.clone());
+                    vars.insert("reason".into(), "journal unwritable: not acting".into());
+                    vars.insert("explanation".into(), d.explanation());
+                    self.notifier.announce("rollback_suppressed", &vars);
+                }
+            }
+            return Ok(());
+        }
         self.expire(now)?;
         self.verify_in_flight(now, decisions)?;
         self.clear_approvals(now, decisions)?;
@@ -392,6 +468,7 @@ impl Dispatcher {
             silences: self.state.silences.clone(),
             rollbacks,
             escalations_total: self.escalations,
+            journal_error: self.journal_error().map(str::to_string),
             version: self.state.versions.current.clone(),
             deployed_at: self.state.versions.deployed_at,
             target_version: self.state.versions.target().map(str::to_string),

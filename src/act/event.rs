@@ -34,6 +34,7 @@ pub enum Event {
     DryRun(DryRun),
     Blind(Blind),
     Sighted(Sighted),
+    JournalRecovered(JournalRecovered),
     #[serde(other)]
     Other,
 }
@@ -41,7 +42,15 @@ pub enum Event {
 impl Event {
     /// Whether the dispatcher's state (and the history) is rebuilt from it: compaction keeps it.
     pub fn restores_state(&self) -> bool {
-        !matches!(self, Event::Other | Event::Suppressed(_) | Event::DryRun(_) | Event::Blind(_) | Event::Sighted(_))
+        !matches!(
+            self,
+            Event::Other
+                | Event::Suppressed(_)
+                | Event::DryRun(_)
+                | Event::Blind(_)
+                | Event::Sighted(_)
+                | Event::JournalRecovered(_)
+        )
     }
 
     /// Reads one journal line: its time and event.
@@ -369,6 +378,13 @@ pub struct Blind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sighted {
     pub profile: String,
+}
+
+/// `journal_recovered`: the journal is writable again after failing since `down_since`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecovered {
+    pub down_since: Timestamp,
+    pub error: String,
 }
 
 #[cfg(test)]

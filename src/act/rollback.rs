@@ -137,7 +137,10 @@ impl Dispatcher {
             version_to,
             error: None,
         };
-        self.record(now, Event::RollbackFinished(finished))?;
+        if let Err(e) = self.record(now, Event::RollbackFinished(finished)) {
+            self.in_flight = Some(f); // not finished until it is on record: tried again next tick
+            return Err(e);
+        }
         tracing::info!(rollback = %f.rollback_id, profile = %f.profile, duration = %duration, "ROLLBACK COMPLETE");
         for step in &f.post {
             if let Step::Announce { template, .. } = step {
@@ -163,7 +166,10 @@ impl Dispatcher {
             version_to: f.verification.as_ref().and_then(Verification::observed_after),
             error: Some(finding.clone()),
         };
-        self.record(now, Event::RollbackFinished(finished))?;
+        if let Err(e) = self.record(now, Event::RollbackFinished(finished)) {
+            self.in_flight = Some(f);
+            return Err(e);
+        }
         let response = "Deeper investigation. May need older version.";
         self.escalate(now, Severity::S2, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
     }
@@ -227,6 +233,9 @@ impl Dispatcher {
         s: Start,
         approval: Option<(String, Closed, Option<String>)>,
     ) -> Result<Result<String, String>, JournalError> {
+        if let Some((_, error)) = &self.journal_down {
+            return Ok(Err(format!("journal unwritable: not acting ({error})")));
+        }
         let in_flight = self.in_flight.as_ref().map(|f| (f.rollback_id.as_str(), f.profile.as_str()));
         let held = match gate::gate(&self.state, &self.acting.policy, now, &s, in_flight) {
             Gate::Act => None,

@@ -142,6 +142,7 @@ impl State {
             | Event::DryRun(_)
             | Event::Blind(_)
             | Event::Sighted(_)
+            | Event::JournalRecovered(_)
             | Event::Other => {}
         }
         Ok(())
