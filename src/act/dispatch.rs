@@ -151,7 +151,9 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         lines: &[serde_json::Value],
     ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>), JournalError> {
-        let (state, errors) = State::restore(lines);
+        // A small clock skew is fine; a line dated beyond it is reported and ignored.
+        let latest = clock.now().plus(Span::from_secs(5 * 60));
+        let (state, errors) = State::restore_before(lines, latest);
         for e in errors {
             tracing::warn!(error = %e, "journal event skipped while restoring");
         }

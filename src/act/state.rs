@@ -62,6 +62,12 @@ impl State {
     /// Rebuilds the state from journal lines (see [`crate::journal::Journal::read_back`]); lines
     /// that do not fit are skipped and returned.
     pub fn restore(lines: &[serde_json::Value]) -> (State, Vec<ApplyError>) {
+        State::restore_before(lines, Timestamp(i64::MAX))
+    }
+
+    /// As [`State::restore`], but an event dated after `latest` (now plus a clock skew) is
+    /// reported and ignored: a line from the future must not hold a cooldown or a pause.
+    pub fn restore_before(lines: &[serde_json::Value], latest: Timestamp) -> (State, Vec<ApplyError>) {
         let mut state = State::default();
         let mut errors = Vec::new();
         for line in lines {
@@ -71,6 +77,12 @@ impl State {
                 message,
             };
             match Event::read(line) {
+                Ok((at, event)) if at > latest && event.restores_state() => {
+                    errors.push(failed(format!(
+                        "dated {} ahead of this clock; ignored",
+                        crate::time::human(at.saturating_since(latest))
+                    )));
+                }
                 Ok((at, event)) => {
                     if let Err(message) = state.apply(at, &event) {
                         errors.push(failed(message));
@@ -249,6 +261,19 @@ mod tests {
         assert_eq!(s.silences["x"], Timestamp(50));
         assert_eq!(s.with_key_since("api@v2", None).map(|r| r.at), Some(Timestamp(3)));
         assert!(s.with_key_since("api@v2", Some(Timestamp(4))).is_none());
+    }
+
+    #[test]
+    fn an_event_from_the_future_holds_nothing() {
+        let lines = vec![
+            line(2_000_000, "rollback_started", started("rb-1", "v2")),
+            line(10, "paused", json!({"until": null})),
+        ];
+        let (s, errors) = State::restore_before(&lines, Timestamp(1_000_000));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("ahead of this clock"), "{errors:?}");
+        assert!(s.rollbacks.is_empty(), "no cooldown from a year ahead");
+        assert!(s.paused_until.is_some());
     }
 
     #[test]
