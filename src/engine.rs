@@ -181,10 +181,14 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
             }
             Some(updates) = alert_updates.recv() => {
                 let now = clock.now();
-                tracing::info!(count = updates.len(), "alerts received");
-                let list: Vec<_> = updates.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
-                journal.note(now, "alerts", &serde_json::json!({ "alerts": list }));
-                alerts.update(updates, now, ev.store_mut());
+                tracing::debug!(count = updates.len(), "alerts received");
+                // Changes are journalled, not repeats: the same payload re-sent adds no line.
+                let changed = alerts.update(updates, now, ev.store_mut());
+                if !changed.is_empty() {
+                    tracing::info!(count = changed.len(), "alerts changed");
+                    let list: Vec<_> = changed.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
+                    journal.note(now, "alerts", &serde_json::json!({ "alerts": list }));
+                }
             }
             _ = ticker.tick() => {
                 let now = clock.now();

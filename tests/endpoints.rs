@@ -153,7 +153,10 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
         sock.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     };
-    post(ALERT.to_string()).await;
+    // Sent again and again (a hook flood, or Alertmanager's repeats): one change, one line.
+    for _ in 0..50 {
+        post(ALERT.to_string()).await;
+    }
     let firing =
         |e: &rollwatch::engine::TickEvent| e.tick.decisions[0].firing.iter().any(|r| r.rule == "security-incident");
     let first = loop {
@@ -179,4 +182,7 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
     }
     stop.send(true).unwrap();
     engine.await.unwrap().unwrap();
+    let journal = rollwatch::journal::Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+    let alerts: Vec<_> = journal.iter().filter(|l| l["event"] == "alerts").collect();
+    assert_eq!(alerts.len(), 2, "the firing and the resolution, not the repeats: {alerts:?}");
 }

@@ -75,15 +75,21 @@ pub struct Alerts {
 
 impl Alerts {
     /// Applies a webhook's updates at `now`: firing alerts (re)start, resolved ones end.
-    pub fn update(&mut self, updates: Vec<AlertUpdate>, now: Timestamp, store: &mut Store) {
+    /// Returns the changes (a new firing alert, a firing one resolved): a re-sent alert is none.
+    pub fn update(&mut self, updates: Vec<AlertUpdate>, now: Timestamp, store: &mut Store) -> Vec<AlertUpdate> {
+        let mut changed = Vec::new();
         for u in updates {
             if u.firing {
-                self.last_sent.insert(u.key.clone(), now);
+                if self.last_sent.insert(u.key.clone(), now).is_none() {
+                    changed.push(u.clone());
+                }
                 store.push(&u.key, now, 1.0);
             } else if self.last_sent.remove(&u.key).is_some() {
                 store.mark_stale(&u.key, now);
+                changed.push(u);
             }
         }
+        changed
     }
 
     /// Called every tick: keeps firing alerts present as 1; with an `expiry`, ends those not
