@@ -114,6 +114,10 @@ pub enum SourceError {
     Malformed { bad: usize, line: usize, reason: String },
     #[error("request failed: {0}")]
     Http(String),
+    /// rollwatch could not poll for a reason of its own (no file descriptor left): the target's
+    /// state is unknown for this poll, never down.
+    #[error("rollwatch's own fault, not the target's: {0}")]
+    Own(String),
 }
 
 impl SourceError {
@@ -127,9 +131,31 @@ impl SourceError {
             SourceError::NotUtf8(_) => "not_utf8",
             SourceError::Malformed { .. } => "malformed",
             SourceError::Http(_) => "http",
+            SourceError::Own(_) => "own",
         }
     }
+
+    /// An error whose cause is rollwatch's own process (file descriptors or memory exhausted):
+    /// `Own`; anything else as `other` says.
+    pub fn own_or(e: &(dyn std::error::Error + 'static), other: impl FnOnce() -> SourceError) -> SourceError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>()
+                && matches!(io.raw_os_error(), Some(EMFILE | ENFILE | ENOMEM | ENOBUFS))
+            {
+                return SourceError::Own(crate::error_chain(e));
+            }
+            cause = c.source();
+        }
+        other()
+    }
 }
+
+// Linux errno values for resources of rollwatch's own process or host.
+const ENOMEM: i32 = 12;
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+const ENOBUFS: i32 = 105;
 
 /// The result of one poll of one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +190,14 @@ impl TargetSeries {
         let mut labels = vec![("target".to_string(), obs.target.clone())];
         if obs.critical {
             labels.push(("critical".to_string(), "true".to_string()));
+        }
+        if matches!(obs.error, Some(SourceError::Own(_))) {
+            // Unknown, not down: rollwatch's own failure is no evidence against the target.
+            store.mark_stale(&SeriesKey::new("up", labels), obs.at);
+            for key in self.seen.get(&obs.target).into_iter().flatten() {
+                store.mark_stale(key, obs.at);
+            }
+            return;
         }
         store.push(&SeriesKey::new("up", labels.clone()), obs.at, if obs.up { 1.0 } else { 0.0 });
         store.push(&SeriesKey::new("probe_duration_seconds", labels), obs.at, obs.duration_secs);
@@ -228,6 +262,24 @@ mod tests {
         assert!(!ts.strings.contains_key("api"));
         ts.apply(&obs(2000, true, &[("m", 6.0)]), &mut store);
         assert_eq!(store.last(m, At::new(Timestamp(2000))), Some(6.0));
+    }
+
+    #[test]
+    fn rollwatch_s_own_failure_is_unknown_not_down() {
+        let mut store = Store::new(Span(600_000));
+        let m = store.add_selector(Selector::parse(r#"m{target="api"}"#).unwrap());
+        let up = store.add_selector(Selector::parse(r#"up{target="api"}"#).unwrap());
+        let mut ts = TargetSeries::default();
+        ts.apply(&obs(0, true, &[("m", 5.0)]), &mut store);
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let e = SourceError::own_or(&emfile, || SourceError::Connect("x".into()));
+        assert_eq!(e.reason(), "own");
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(SourceError::own_or(&refused, || SourceError::Connect("x".into())).reason(), "connect");
+        let failed = Observation { error: Some(e), ..obs(1000, false, &[]) };
+        ts.apply(&failed, &mut store);
+        assert_eq!(store.up(up, At::new(Timestamp(1000))), None, "unknown, not up = 0");
+        assert_eq!(store.last(m, At::new(Timestamp(1000))), None);
     }
 
     #[test]

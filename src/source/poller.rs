@@ -69,7 +69,9 @@ struct Fetched {
 async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, SourceError> {
     let url = match &target.kind {
         TargetKind::Tcp { address } => {
-            tokio::net::TcpStream::connect(address).await.map_err(|e| SourceError::Connect(e.to_string()))?;
+            tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| SourceError::own_or(&e, || SourceError::Connect(e.to_string())))?;
             return Ok(Fetched { samples: vec![], strings: vec![], bad_lines: 0 });
         }
         TargetKind::Health { url } | TargetKind::Prometheus { url } => url.clone(),
@@ -155,6 +157,10 @@ fn with_target(samples: Vec<(SeriesKey, f64)>, target: &str) -> Vec<(SeriesKey, 
 }
 
 fn classify(e: reqwest::Error) -> SourceError {
+    SourceError::own_or(&e, || classify_target(&e))
+}
+
+fn classify_target(e: &reqwest::Error) -> SourceError {
     if e.is_timeout() {
         SourceError::Http(format!("timed out: {e}"))
     } else if e.is_connect() {
