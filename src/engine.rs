@@ -151,11 +151,13 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     }
     let (status_tx, status_rx) = watch::channel(Arc::new(snapshot.clone()));
     let (alerts_tx, mut alert_updates) = mpsc::channel(64);
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let server = listener.map(|listener| {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
         let shared = Shared { status: status_rx, alerts: alerts_tx.clone(), commands: commands_tx.clone(), token };
-        tokio::spawn(server::serve(listener, shared, tasks_shutdown.clone()))
+        let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
+        tokio::spawn(server::serve(listener, shared, tasks_shutdown.clone(), limits, refused.clone()))
     });
     drop(alerts_tx);
     drop(commands_tx);
@@ -225,6 +227,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                     r.observe(ev.store(), now, &tick.decisions);
                 }
                 update_snapshot(&mut snapshot, &ev, &tick, &alerts, &series, now);
+                snapshot.connections_refused = refused.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = status_tx.send(Arc::new(snapshot.clone()));
                 if let Some(events) = &events {
                     let signals = snapshot.signals.iter().map(|(k, v)| (k.clone(), *v)).collect();

@@ -49,17 +49,68 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Serves until `shutdown` turns true.
+/// How much of rollwatch the own server may use: connections beyond the cap are closed at once
+/// (so a flood of idle connections cannot take the file descriptors the pollers need), a
+/// request's headers must arrive within `header_timeout`, and a connection lives at most
+/// `connection_lifetime` (idle keep-alives included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: std::time::Duration,
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_lifetime: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves until `shutdown` turns true, within `limits`. Connections refused by the cap are
+/// counted in `refused`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = router(shared);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (or the like): back off; the pollers come first.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {

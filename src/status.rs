@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub ticks_total: u64,
     pub last_evaluation_seconds: f64,
     pub series: usize,
+    /// Connections to the own server closed at once because `max_connections` were open.
+    pub connections_refused: u64,
     /// The dispatcher: mode, rollback in flight, approvals, pause, silences, rollbacks by result.
     pub acting: crate::act::dispatch::ActingStatus,
 }
@@ -190,6 +192,12 @@ impl Snapshot {
             "gauge",
             "0 while the journal cannot be written (rollwatch watches but does not act).",
             vec![format!(" {}", u8::from(a.journal_error.is_none()))],
+        );
+        section(
+            "rollwatch_connections_refused_total",
+            "counter",
+            "Connections to the own server closed at once: max_connections were open.",
+            vec![format!(" {}", self.connections_refused)],
         );
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);
         section(

@@ -298,3 +298,98 @@ async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_ret
     let lines = text.lines().filter(|l| !l.is_empty()).count();
     assert_eq!(lines, Journal::read_back(&journal).unwrap().len(), "{text}");
 }
+
+/// 1,100 idle connections to the own port under a 1,024 file-descriptor limit: the connection
+/// cap closes what is beyond it and slow headers time out, so the pollers keep their file
+/// descriptors — a healthy target is not rolled back — and a real outage during the flood is
+/// still acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_neither_rolls_back_a_healthy_service_nor_hides_an_outage() {
+    // This test process holds the 1,100 connections: it needs more descriptors than that.
+    let raised = Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), "--nofile=8192:8192"])
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::DownDeployment::start().await;
+    deployment.healthy.store(true, Ordering::SeqCst);
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
+    let marker = dir.path().join("undone");
+    let listen = common::free_listen();
+    let head = deployment.config_head(&profile, &dir.path().join("state"), &listen);
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
+            marker.display().to_string()
+        ),
+    );
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=1024:1024", env!("CARGO_BIN_EXE_rollwatch"), "run", "-c"])
+        .arg(&config)
+        .env("ROLLWATCH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("state").join("journal.jsonl");
+    common::wait_for_journal(&journal, "the first decision", |e| e.iter().any(|e| e["event"] == "decision")).await;
+    let mut flood = Vec::new();
+    for _ in 0..1100 {
+        match tokio::net::TcpStream::connect(&listen).await {
+            Ok(s) => flood.push(s),
+            Err(e) => panic!("the test could not open its connections: {e}"),
+        }
+    }
+    // While they are held: the health target is polled on, and stays up.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let metrics = |client: reqwest::Client, listen: String| async move {
+        let waiting = Stopwatch::start();
+        loop {
+            if let Ok(r) = client.get(format!("http://{listen}/metrics")).send().await
+                && let Ok(text) = r.text().await
+            {
+                return text;
+            }
+            assert!(waiting.elapsed_secs() < 30.0, "/metrics unreachable for 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let polls = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("rollwatch_target_polls_total{target=\"api\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = polls(&metrics(client.clone(), listen.clone()).await);
+    let waiting = Stopwatch::start();
+    let text = loop {
+        let text = metrics(client.clone(), listen.clone()).await;
+        if polls(&text) >= before + 15 {
+            break text;
+        }
+        assert!(waiting.elapsed_secs() < 30.0, "the poller stalled under the flood: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("rollwatch_target_up{target=\"api\"} 1\n"), "{text}");
+    let refused: u64 = text
+        .lines()
+        .find(|l| l.starts_with("rollwatch_connections_refused_total "))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap();
+    assert!(refused >= 800, "the cap closed the connections beyond it: {refused}");
+    let events = Journal::read_back(&journal).unwrap();
+    assert!(!events.iter().any(|e| e["event"] == "rollback_started"), "a healthy service was rolled back: {events:#?}");
+    // A real outage during the flood is acted on.
+    deployment.healthy.store(false, Ordering::SeqCst);
+    common::wait_for_journal(&journal, "the rollback of the real outage", |e| {
+        e.iter().any(|e| e["event"] == "step_finished")
+    })
+    .await;
+    assert!(marker.exists());
+    drop(flood);
+    common::sigterm(&mut child);
+}

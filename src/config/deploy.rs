@@ -54,6 +54,8 @@ pub struct Config {
     pub eval_interval: Span,
     /// Alerts not re-sent for this long end (none: they fire until resolved).
     pub alert_expiry: Option<Span>,
+    /// Connections the own server holds at once.
+    pub max_connections: usize,
     /// Targets in file order.
     pub targets: Vec<TargetConfig>,
     /// Env var holding the API bearer token (hook, approvals).
@@ -78,6 +80,14 @@ impl Config {
             None => Span::from_secs(15),
         };
         let alert_expiry = raw.alert_expiry.as_ref().and_then(|e| c.positive_duration(e, None, "alert_expiry"));
+        let max_connections = match &raw.max_connections {
+            None => 256,
+            Some(m) if (1..=65_536).contains(m.get_ref()) => *m.get_ref() as usize,
+            Some(m) => {
+                c.err(&m.span(), None, "max_connections must be 1 to 65536");
+                256
+            }
+        };
         let state_dir = PathBuf::from(raw.state_dir.as_ref().map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()));
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
         let listen = match &raw.listen {
@@ -217,6 +227,7 @@ impl Config {
             listen,
             eval_interval,
             alert_expiry,
+            max_connections,
             targets,
             api_token_env,
             acting,

@@ -81,6 +81,8 @@ pub struct RawConfig {
     /// Env var holding the bearer token for the hook and approval endpoints.
     pub api_token_env: Option<Spanned<String>>,
     pub eval_interval: Option<Spanned<String>>,
+    /// Connections the own server holds at once (default 256); more are closed at once.
+    pub max_connections: Option<Spanned<u32>>,
     /// Ends an alert not re-sent for this long (default: alerts fire until resolved).
     pub alert_expiry: Option<Spanned<String>>,
     pub version: Option<Spanned<RawVersion>>,
