@@ -146,7 +146,9 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         targets: targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect(),
         ..Snapshot::default()
     };
-    for t in targets {
+    let keep = ev.metric_names().map(Arc::new);
+    for mut t in targets {
+        t.keep = keep.clone();
         tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
     }
     let (status_tx, status_rx) = watch::channel(Arc::new(snapshot.clone()));
@@ -274,7 +276,9 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                         (stop_pollers, pollers_shutdown) = watch::channel(false);
                         snapshot.targets = new_targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
                         snapshot.decisions.clear();
-                        for t in new_targets {
+                        let keep = ev.metric_names().map(Arc::new);
+                        for mut t in new_targets {
+                            t.keep = keep.clone();
                             tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
                         }
                         if new_config.eval_interval != config.eval_interval {
@@ -393,6 +397,7 @@ fn record_poll(snapshot: &mut Snapshot, obs: &Observation) {
     t.polls_total += 1;
     t.duration_seconds = obs.duration_secs;
     t.last_error = obs.error.as_ref().map(|e| e.to_string());
+    t.dropped_total += obs.dropped as u64;
     if let Some(e) = &obs.error {
         *t.errors_total.entry(e.reason().to_string()).or_insert(0) += 1;
     }

@@ -24,6 +24,8 @@ pub struct TargetStatus {
     /// Failed polls by reason (`timeout`, `status`, ...).
     pub errors_total: BTreeMap<String, u64>,
     pub polls_total: u64,
+    /// Series dropped as parsed because no rule reads them.
+    pub dropped_total: u64,
     /// String fields of its health body (`version`).
     pub fields: BTreeMap<String, String>,
 }
@@ -128,6 +130,12 @@ impl Snapshot {
                 .iter()
                 .map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), format_value(t.duration_seconds)))
                 .collect(),
+        );
+        section(
+            "rollwatch_target_series_dropped_total",
+            "counter",
+            "Series dropped as they were parsed because no loaded rule reads them.",
+            self.targets.iter().map(|t| format!("{{target=\"{}\"}} {}", label(&t.name), t.dropped_total)).collect(),
         );
         section(
             "rollwatch_target_polls_total",

@@ -200,6 +200,12 @@ impl Store {
         }
     }
 
+    /// The metric names the registered selectors read; `None` when one reads any name (then
+    /// nothing may be dropped before it reaches the store).
+    pub fn selector_names(&self) -> Option<std::collections::HashSet<String>> {
+        self.selectors.iter().map(|s| s.name.clone()).collect()
+    }
+
     /// Number of live series.
     pub fn len(&self) -> usize {
         self.index.len()

@@ -96,6 +96,8 @@ async fn promql_source_reads_a_real_prometheus() {
         critical: false,
         max_body: 1 << 20,
         auth: None,
+        keep: None,
+        sample_limit: rollwatch::source::DEFAULT_SAMPLE_LIMIT,
     };
     let errors = target(r#"app_requests_total{code="500"}"#);
     let obs = tokio::time::timeout(Duration::from_secs(30), async {

@@ -77,6 +77,8 @@ fn target(name: &str, kind: TargetKind) -> Target {
         critical: false,
         max_body: 1024 * 1024,
         auth: None,
+        keep: None,
+        sample_limit: rollwatch::source::DEFAULT_SAMPLE_LIMIT,
     }
 }
 
@@ -246,4 +248,38 @@ async fn a_dead_target_never_delays_a_live_one() {
     // Every task ends on shutdown: the channel closes.
     let rest = tokio::time::timeout(Duration::from_secs(5), async { while rx.recv().await.is_some() {} }).await;
     assert!(rest.is_ok(), "pollers stop on shutdown");
+}
+
+/// Memory is bounded by configuration, whatever a target sends: series no rule reads are
+/// dropped as they are parsed (counted, never stored), and `sample_limit` rejects a poll whole —
+/// the target is then unknown for it, never down.
+#[tokio::test]
+async fn series_no_rule_reads_are_dropped_and_sample_limit_rejects_a_poll_whole() {
+    let mut body = String::with_capacity(600_000 * 20);
+    for i in 0..600_000 {
+        body.push_str(&format!("j{{i=\"{i}\"}} 1\n"));
+    }
+    body.push_str("http_requests_total{code=\"200\"} 7\n");
+    let bytes = body.into_bytes();
+    assert!(bytes.len() < 10 << 20, "inside the default max_body");
+    let (url, _) = serve(move |_| Reply::Http(200, "content-type: text/plain\r\n", bytes.clone())).await;
+    let mut t = prom(&url);
+    t.max_body = 10 << 20;
+    t.keep = Some(std::sync::Arc::new(["http_requests_total".to_string()].into()));
+    let obs = once(&t).await;
+    assert!(obs.up, "{:?}", obs.error);
+    assert_eq!(obs.samples.len(), 1);
+    assert_eq!(obs.samples[0].0.name, "http_requests_total");
+    assert_eq!(obs.dropped, 600_000);
+
+    // Without the filter, 600,001 samples are more than a sample_limit of 100,000.
+    t.keep = None;
+    let obs = once(&t).await;
+    let e = obs.error.clone().expect("rejected");
+    assert_eq!(e.reason(), "sample_limit");
+    assert!(e.to_string().contains("600001 samples, more than sample_limit (100000)"), "{e}");
+    let mut store = rollwatch::window::Store::new(Span(600_000));
+    let up = store.add_selector(rollwatch::selector::Selector::parse(r#"up{target="app"}"#).unwrap());
+    rollwatch::source::TargetSeries::default().apply(&obs, &mut store);
+    assert_eq!(store.up(up, rollwatch::window::At::new(obs.at)), None, "unknown, not down");
 }

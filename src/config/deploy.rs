@@ -42,6 +42,8 @@ pub struct TargetConfig {
     pub critical: bool,
     pub max_body: usize,
     pub auth: Option<AuthEnv>,
+    /// At most this many samples kept from one poll.
+    pub sample_limit: usize,
 }
 
 /// A checked config (the raw file kept for the parts later stages read).
@@ -189,6 +191,14 @@ impl Config {
                 }
                 Some(m) => *m.get_ref() as usize,
             };
+            let sample_limit = match &t.sample_limit {
+                None => crate::source::DEFAULT_SAMPLE_LIMIT,
+                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 10_000_000 => {
+                    c.err(&m.span(), item, "sample_limit must be between 1 and 10,000,000");
+                    crate::source::DEFAULT_SAMPLE_LIMIT
+                }
+                Some(m) => *m.get_ref() as usize,
+            };
             targets.push(TargetConfig {
                 name: t.name.get_ref().clone(),
                 kind,
@@ -197,6 +207,7 @@ impl Config {
                 critical: t.critical,
                 max_body,
                 auth,
+                sample_limit,
             });
         }
         if let Some(v) = &raw.version
@@ -326,6 +337,8 @@ impl Config {
                 critical: t.critical,
                 max_body: t.max_body,
                 auth,
+                keep: None,
+                sample_limit: t.sample_limit,
             });
         }
         errors.into_result(out)

@@ -119,6 +119,8 @@ pub struct RawTarget {
     pub critical: bool,
     /// Largest body read, in bytes (default 10 MiB).
     pub max_body: Option<Spanned<u64>>,
+    /// At most this many samples (of series the rules read) from one poll (default 100,000).
+    pub sample_limit: Option<Spanned<u64>>,
     /// Name of the environment variable holding a bearer token.
     pub bearer_token_env: Option<Spanned<String>>,
     /// Basic auth: the user name, and the env var holding the password.

@@ -163,6 +163,11 @@ impl Evaluator {
         }
     }
 
+    /// The metric names the loaded rules can read (`None`: any); sources drop the rest.
+    pub fn metric_names(&self) -> Option<std::collections::HashSet<String>> {
+        self.store.selector_names()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

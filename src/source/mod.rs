@@ -18,6 +18,7 @@ pub mod promql;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
@@ -95,7 +96,17 @@ pub struct Target {
     pub critical: bool,
     pub max_body: usize,
     pub auth: Option<Auth>,
+    /// The metric names the loaded rules read (none: keep every series). Others are dropped
+    /// as they are parsed — counted, never stored: a target with 600,000 series costs parse
+    /// time, not memory.
+    pub keep: Option<Arc<HashSet<String>>>,
+    /// At most this many samples kept from one poll; more rejects the poll whole (the target
+    /// is then unknown for it, never down).
+    pub sample_limit: usize,
 }
+
+/// The default `sample_limit` (Prometheus' name).
+pub const DEFAULT_SAMPLE_LIMIT: usize = 100_000;
 
 /// Why a poll failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -118,6 +129,10 @@ pub enum SourceError {
     /// state is unknown for this poll, never down.
     #[error("rollwatch's own fault, not the target's: {0}")]
     Own(String),
+    /// More samples than `sample_limit` (after dropping series no rule reads): the poll is
+    /// rejected whole, and the target is unknown for it.
+    #[error("{0} samples, more than sample_limit ({1}): poll rejected")]
+    SampleLimit(usize, usize),
 }
 
 impl SourceError {
@@ -132,7 +147,14 @@ impl SourceError {
             SourceError::Malformed { .. } => "malformed",
             SourceError::Http(_) => "http",
             SourceError::Own(_) => "own",
+            SourceError::SampleLimit(..) => "sample_limit",
         }
+    }
+
+    /// Whether the poll says nothing about the target (rollwatch's own fault or limit): its
+    /// state is unknown for the poll, never down.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, SourceError::Own(_) | SourceError::SampleLimit(..))
     }
 
     /// An error whose cause is rollwatch's own process (file descriptors or memory exhausted):
@@ -172,6 +194,8 @@ pub struct Observation {
     pub strings: Vec<(String, String)>,
     /// Exposition lines skipped as malformed (the scrape still counted).
     pub bad_lines: usize,
+    /// Series dropped as they were parsed because no rule reads them.
+    pub dropped: usize,
     pub error: Option<SourceError>,
 }
 
@@ -191,7 +215,7 @@ impl TargetSeries {
         if obs.critical {
             labels.push(("critical".to_string(), "true".to_string()));
         }
-        if matches!(obs.error, Some(SourceError::Own(_))) {
+        if obs.error.as_ref().is_some_and(SourceError::is_unknown) {
             // Unknown, not down: rollwatch's own failure is no evidence against the target.
             store.mark_stale(&SeriesKey::new("up", labels), obs.at);
             for key in self.seen.get(&obs.target).into_iter().flatten() {
@@ -242,6 +266,7 @@ mod tests {
                 .collect(),
             strings: vec![("version".into(), "v1".into())],
             bad_lines: 0,
+            dropped: 0,
             error: None,
         }
     }

@@ -43,14 +43,23 @@ pub async fn probe(client: &reqwest::Client, target: &Target, clock: &dyn Clock)
         samples: Vec::new(),
         strings: Vec::new(),
         bad_lines: 0,
+        dropped: 0,
         error: None,
     };
+    let result = result.and_then(|f| {
+        if f.samples.len() > target.sample_limit {
+            Err(SourceError::SampleLimit(f.samples.len(), target.sample_limit))
+        } else {
+            Ok(f)
+        }
+    });
     match result {
-        Ok(Fetched { samples, strings, bad_lines }) => {
+        Ok(Fetched { samples, strings, bad_lines, dropped }) => {
             obs.up = true;
             obs.samples = samples;
             obs.strings = strings;
             obs.bad_lines = bad_lines;
+            obs.dropped = dropped;
         }
         Err(e) => {
             tracing::warn!(target = %target.name, reason = e.reason(), error = %e, "poll failed");
@@ -64,6 +73,7 @@ struct Fetched {
     samples: Vec<(SeriesKey, f64)>,
     strings: Vec<(String, String)>,
     bad_lines: usize,
+    dropped: usize,
 }
 
 async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, SourceError> {
@@ -72,7 +82,7 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
             tokio::net::TcpStream::connect(address)
                 .await
                 .map_err(|e| SourceError::own_or(&e, || SourceError::Connect(e.to_string())))?;
-            return Ok(Fetched { samples: vec![], strings: vec![], bad_lines: 0 });
+            return Ok(Fetched { samples: vec![], strings: vec![], bad_lines: 0, dropped: 0 });
         }
         TargetKind::Health { url } | TargetKind::Prometheus { url } => url.clone(),
         TargetKind::Promql { url, query } => {
@@ -108,14 +118,17 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
                     other => SourceError::Http(other.to_string()),
                 },
             )?;
-            Ok(Fetched { samples, strings: vec![], bad_lines: 0 })
+            let before = samples.len();
+            let samples: Vec<_> = samples.into_iter().filter(|(k, _)| kept(target, &k.name)).collect();
+            let dropped = before - samples.len();
+            Ok(Fetched { samples, strings: vec![], bad_lines: 0, dropped })
         }
         TargetKind::Health { .. } => {
             let fields = health::read(&body);
             let target_label = [("target".to_string(), target.name.clone())];
             let samples =
                 fields.numbers.into_iter().map(|(name, v)| (SeriesKey::new(name, target_label.clone()), v)).collect();
-            Ok(Fetched { samples, strings: fields.strings, bad_lines: 0 })
+            Ok(Fetched { samples, strings: fields.strings, bad_lines: 0, dropped: 0 })
         }
         _ => {
             if let Err(e) = std::str::from_utf8(&body) {
@@ -123,7 +136,17 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
             }
             // Borrowed parsing: each sample's key is built once, target label included.
             let mut samples = Vec::new();
+            let (mut dropped, mut wanted) = (0, 0usize);
             let (bad_lines, first_bad) = exposition::parse_each(&body, |s| {
+                if !kept(target, s.name) {
+                    dropped += 1;
+                    return;
+                }
+                // Past the limit the poll is rejected anyway: stop building keys.
+                wanted += 1;
+                if wanted > target.sample_limit {
+                    return;
+                }
                 let labels = s
                     .labels
                     .iter()
@@ -140,9 +163,17 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
             if bad_lines > 0 {
                 tracing::debug!(target = %target.name, bad = bad_lines, first = ?first_bad.first(), "skipped bad exposition lines");
             }
-            Ok(Fetched { samples, strings: vec![], bad_lines })
+            if wanted > target.sample_limit {
+                return Err(SourceError::SampleLimit(wanted, target.sample_limit));
+            }
+            Ok(Fetched { samples, strings: vec![], bad_lines, dropped })
         }
     }
+}
+
+/// Whether the rules read series named `name` (every name, when the target keeps all).
+fn kept(target: &Target, name: &str) -> bool {
+    target.keep.as_ref().is_none_or(|names| names.contains(name))
 }
 
 /// Adds (or overrides) the `target` label on each sample's key.
