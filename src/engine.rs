@@ -133,7 +133,8 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
     crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;
     let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
-    let history = Journal::read_back(&journal.path())?;
+    // Streamed, keeping the state events only: a large journal does not make a large restart.
+    let history = Journal::read_back_kept(&journal.path(), restores_state)?;
     let client = http_client()?;
     let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
     let (mut dispatcher, mut procedures) =

@@ -92,6 +92,46 @@ impl Journal {
         self.write_line(line)
     }
 
+    /// Streams the file, keeping only the lines `keep` accepts: memory follows what is kept (the
+    /// state events), not the file's size. Unparsable lines are skipped with a warning.
+    pub fn read_back_kept(
+        path: &Path,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<Vec<serde_json::Value>, JournalError> {
+        use std::io::BufRead;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(JournalError::Io { path: path.to_path_buf(), source }),
+        };
+        let mut reader = io::BufReader::with_capacity(1 << 16, file);
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
+            if n == 0 {
+                break;
+            }
+            number += 1;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<serde_json::Value>(text) {
+                Ok(v) if keep(&v) => out.push(v),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), line = number, error = %e, "skipping an unreadable journal line")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads every whole line back; a torn or unparsable last line is dropped with a warning,
     /// an unparsable line elsewhere is skipped with a warning (nothing else is lost).
     pub fn read_back(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {
@@ -254,6 +294,22 @@ impl SharedJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_back_keeps_only_what_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        for i in 0..1000 {
+            j.append(Timestamp(i), "decision", &serde_json::json!({"outcome": "monitor"})).unwrap();
+        }
+        j.append(Timestamp(1000), "paused", &serde_json::json!({"until": null})).unwrap();
+        let path = j.path().to_path_buf();
+        drop(j);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{torn").unwrap();
+        let kept = Journal::read_back_kept(&path, |l| l["event"] != "decision").unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["event"], "paused");
+    }
 
     #[test]
     fn a_state_dir_is_locked_by_one_process() {

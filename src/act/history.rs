@@ -70,7 +70,7 @@ impl Entry {
 
 /// The acting state in the journal at `path`.
 pub fn state(path: &Path) -> Result<State, JournalError> {
-    let lines = Journal::read_back(path)?;
+    let lines = Journal::read_back_kept(path, |l| Event::read(l).is_ok_and(|(_, e)| e.restores_state()))?;
     Ok(State::restore(&lines).0)
 }
 
