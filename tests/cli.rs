@@ -320,6 +320,15 @@ to = ["oncall@example.com"]
         ),
         "{out}"
     );
+    // A window shorter than eval_interval would see data only now and then.
+    let config = write(
+        dir.path(),
+        "slow.toml",
+        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\neval_interval = \"2m\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+    );
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("signal \"error_rate\": a 1m window is shorter than eval_interval (2m)"), "{out}");
     // A profile that is not a regular file is refused before it is read.
     let config = write(dir.path(), "zero.toml", "profiles = [\"/dev/zero\"]\nstate_dir = \"state\"\n");
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);

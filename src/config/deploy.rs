@@ -231,6 +231,7 @@ impl Config {
         };
         check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &acting, &evaluator);
         check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
+        check_windows(&profiles, &evaluator, eval_interval, &mut errors);
         let config = Config {
             path: file.path.clone(),
             raw,
@@ -244,6 +245,29 @@ impl Config {
             acting,
         };
         errors.into_result((config, evaluator))
+    }
+}
+
+/// A window shorter than `eval_interval` sees samples only now and then: the rule would flap
+/// between data and no data. An error at the rule or signal that reads it.
+fn check_windows(profiles: &[super::LoadedProfile], ev: &Evaluator, eval_interval: Span, errors: &mut Diagnostics) {
+    let readers = ev
+        .rules
+        .iter()
+        .map(|r| (format!("rule {:?}", r.name), r.shortest_window, &r.span, r.profile))
+        .chain(ev.signals.iter().map(|s| (format!("signal {:?}", s.name), s.shortest_window, &s.span, s.profile)));
+    for (who, window, span, profile) in readers {
+        if let (Some(w), Some(p)) = (window, profiles.get(profile))
+            && w < eval_interval
+        {
+            errors.push(p.file.error(
+                span,
+                Some(&who),
+                format!(
+                    "a {w} window is shorter than eval_interval ({eval_interval}): it would see data only now and then"
+                ),
+            ));
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Compiled {
     pub rules_read: Vec<String>,
     /// The selectors of the window calls it makes directly (not through signals), as written.
     pub selectors_read: Vec<String>,
+    /// The shortest window of the calls it makes directly.
+    pub shortest_window: Option<Span>,
 }
 
 /// Owns the slots and the de-duplicated window calls of everything compiled with it.
@@ -95,6 +97,7 @@ impl Compiler {
             signals_read: vec![],
             rules_read: vec![],
             selectors_read: vec![],
+            shortest_window: None,
         };
         let mut errors = Vec::new();
         self.rewrite(&mut node, names, &mut out, &mut errors);
@@ -249,6 +252,9 @@ impl Compiler {
         match CallSpec::parse(name, &args) {
             Ok(spec) => {
                 out.selectors_read.extend(spec.selector_texts());
+                if let Some(w) = spec.window() {
+                    out.shortest_window = Some(out.shortest_window.map_or(w, |s| s.min(w)));
+                }
                 let key = (self.scope, spec.key());
                 let slot = match self.call_slots.get(&key) {
                     Some(&slot) => slot,

@@ -344,6 +344,18 @@ impl CallOf<Selector> {
 }
 
 impl<S> CallOf<S> {
+    /// The call's window, for the functions that read one.
+    pub fn window(&self) -> Option<Span> {
+        match self {
+            CallOf::Rate { window, .. }
+            | CallOf::Increase { window, .. }
+            | CallOf::Ratio { window, .. }
+            | CallOf::Over { window, .. }
+            | CallOf::Quantile { window, .. } => Some(*window),
+            CallOf::Last { .. } | CallOf::Up { .. } | CallOf::DownFor { .. } => None,
+        }
+    }
+
     /// The call's offset (`up`/`down_for` have none).
     pub fn offset(&self) -> Offset {
         match self {

@@ -256,6 +256,9 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                         slot: signal_slots[pi][name],
                         num: c.to_num(),
                         reads: c.selectors_read.clone(),
+                        shortest_window: c.shortest_window,
+                        span: compiled_signals[i].1.clone(),
+                        profile: pi,
                     });
                 }
             }
@@ -339,6 +342,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
                 depends_on: when.rules_read.clone(),
                 scope,
                 reads,
+                shortest_window: when.shortest_window,
                 span: raw.when.span(),
                 value,
                 timing: Timing { for_, keep_firing_for, on_no_data },

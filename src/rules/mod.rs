@@ -26,6 +26,11 @@ pub struct Signal {
     pub num: Num,
     /// The selectors of the window calls it makes, as written.
     pub reads: Vec<String>,
+    /// The shortest window it reads, with where it is written.
+    pub shortest_window: Option<Span>,
+    pub span: Range<usize>,
+    /// Index of its profile.
+    pub profile: usize,
 }
 
 /// A compiled rule.
@@ -49,6 +54,8 @@ pub struct Rule {
     /// The signals (`signal:NAME`) and selectors its condition reads directly: rules that share
     /// one watch the same thing, and verify a rollback together.
     pub reads: Vec<String>,
+    /// The shortest window its condition reads directly.
+    pub shortest_window: Option<Span>,
     /// Where its condition is written, for messages.
     pub span: Range<usize>,
     firing_slot: usize,
