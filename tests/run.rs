@@ -247,3 +247,39 @@ fn url_of(dir: &tempfile::TempDir) -> String {
     let start = text.find("url = \"").unwrap() + 7;
     text[start..].split('"').next().unwrap().to_string()
 }
+
+/// The kinds a user writes that no other binary test goes through: a `tcp` target (a storage
+/// backend) and a `file` action (a kill-switch marker), from a config file, run by the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_target_going_down_sets_a_file_kill_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = storage.local_addr().unwrap().to_string();
+    let profile = write(
+        dir.path(),
+        "p.toml",
+        "[[rule]]\nname = \"storage-down\"\nscope = \"environment\"\nwhen = 'up(\"storage\") == 0'\n\n[[decide]]\nask = \"Storage down?\"\nif = 'firing(\"storage-down\")'\nthen = \"rollback\"\n\n[[procedure.rollback]]\nrun = \"killswitch-on\"\n",
+    );
+    let marker = dir.path().join("killswitch");
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "profiles = [{:?}]\nstate_dir = {:?}\nlisten = \"127.0.0.1:0\"\neval_interval = \"200ms\"\n\n[[target]]\nname = \"storage\"\nkind = \"tcp\"\naddress = \"{address}\"\ninterval = \"200ms\"\n\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[actions.killswitch-on]\nkind = \"file\"\npath = {:?}\nstate = \"present\"\n",
+            profile.display().to_string(),
+            dir.path().join("state").display().to_string(),
+            marker.display().to_string()
+        ),
+    );
+    let mut child = common::spawn_run(dir.path(), &config);
+    let journal = dir.path().join("state").join("journal.jsonl");
+    common::wait_for_journal(&journal, "the storage seen up", |e| e.iter().any(|e| e["event"] == "decision")).await;
+    assert!(!marker.exists());
+    drop(storage); // the storage backend goes away: connections are refused
+    common::wait_for_journal(&journal, "the kill-switch step", |e| {
+        e.iter().any(|e| e["event"] == "step_finished" && e["action"] == "killswitch-on" && e["ok"] == true)
+    })
+    .await;
+    assert!(marker.exists(), "the file action set the kill-switch marker");
+    common::sigterm(&mut child);
+}
