@@ -283,3 +283,34 @@ async fn series_no_rule_reads_are_dropped_and_sample_limit_rejects_a_poll_whole(
     rollwatch::source::TargetSeries::default().apply(&obs, &mut store);
     assert_eq!(store.up(up, rollwatch::window::At::new(obs.at)), None, "unknown, not down");
 }
+
+/// A timeout that expires while rollwatch's own scheduling lag exceeds it is rollwatch's fault:
+/// the target is unknown for that poll, not down. The lag is made by blocking the runtime's only
+/// thread while a poll waits on a server that does not answer.
+#[test]
+fn a_timeout_during_rollwatch_s_own_lag_is_its_own_fault() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (url, _) = serve(|_| Reply::Hang).await;
+        let mut t = prom(&url);
+        t.timeout = Span(100);
+        let client = http_client().unwrap();
+        let poll = tokio::spawn(async move { probe(&client, &t, &SystemClock).await });
+        tokio::task::yield_now().await;
+        // Overloaded: the one runtime thread is busy for 5 timeouts.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let obs = poll.await.unwrap();
+        let e = obs.error.expect("failed");
+        assert_eq!(e.reason(), "own", "{e}");
+        assert!(e.is_unknown());
+    });
+    // Without lag, the same silence is the target's timeout.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (url, _) = serve(|_| Reply::Hang).await;
+        let mut t = prom(&url);
+        t.timeout = Span(100);
+        let obs = once(&t).await;
+        assert_eq!(obs.error.expect("failed").reason(), "timeout");
+    });
+}

@@ -151,6 +151,11 @@ impl SourceError {
         }
     }
 
+    /// Whether the poll ran out of time (the client's timeout or rollwatch's own).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SourceError::Timeout(_))
+    }
+
     /// Whether the poll says nothing about the target (rollwatch's own fault or limit): its
     /// state is unknown for the poll, never down.
     pub fn is_unknown(&self) -> bool {

@@ -34,6 +34,18 @@ pub async fn probe(client: &reqwest::Client, target: &Target, clock: &dyn Clock)
         Ok(result) => result,
         Err(_) => Err(SourceError::Timeout(target.timeout)),
     };
+    // A timeout noticed a whole timeout late: rollwatch itself was too busy to read the answer
+    // in time (its scheduling lag exceeded the timeout) — no evidence against the target.
+    let result = match result {
+        Err(e) if e.is_timeout() && watch.elapsed().0 >= target.timeout.0.saturating_mul(2) => {
+            Err(SourceError::Own(format!(
+                "the {} timeout was noticed after {}: rollwatch was overloaded ({e})",
+                target.timeout,
+                watch.elapsed()
+            )))
+        }
+        other => other,
+    };
     let mut obs = Observation {
         target: target.name.clone(),
         critical: target.critical,
@@ -101,13 +113,13 @@ async fn fetch(client: &reqwest::Client, target: &Target) -> Result<Fetched, Sou
     if matches!(target.kind, TargetKind::Prometheus { .. }) {
         request = request.header(reqwest::header::ACCEPT, "text/plain;version=0.0.4;q=1,*/*;q=0.1");
     }
-    let response = request.send().await.map_err(classify)?;
+    let response = request.send().await.map_err(|e| classify(e, target.timeout))?;
     let status = response.status();
     // A failed PromQL query answers 4xx/5xx with a JSON error worth reading.
     if !status.is_success() && !matches!(target.kind, TargetKind::Promql { .. }) {
         return Err(SourceError::Status(status.as_u16()));
     }
-    let body = read_capped(response, target.max_body).await?;
+    let body = read_capped(response, target.max_body, target.timeout).await?;
     match &target.kind {
         TargetKind::Promql { .. } => {
             let samples = super::promql::read(&body, &target.name).map(|s| with_target(s, &target.name)).map_err(
@@ -187,13 +199,13 @@ fn with_target(samples: Vec<(SeriesKey, f64)>, target: &str) -> Vec<(SeriesKey, 
         .collect()
 }
 
-fn classify(e: reqwest::Error) -> SourceError {
-    SourceError::own_or(&e, || classify_target(&e))
+fn classify(e: reqwest::Error, timeout: Span) -> SourceError {
+    SourceError::own_or(&e, || classify_target(&e, timeout))
 }
 
-fn classify_target(e: &reqwest::Error) -> SourceError {
+fn classify_target(e: &reqwest::Error, timeout: Span) -> SourceError {
     if e.is_timeout() {
-        SourceError::Http(format!("timed out: {e}"))
+        SourceError::Timeout(timeout)
     } else if e.is_connect() {
         SourceError::Connect(error_chain(&e))
     } else {
@@ -202,12 +214,12 @@ fn classify_target(e: &reqwest::Error) -> SourceError {
 }
 
 /// Reads the body, stopping (with an error) past `max` bytes: nothing larger is buffered.
-async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, SourceError> {
+async fn read_capped(mut response: reqwest::Response, max: usize, timeout: Span) -> Result<Vec<u8>, SourceError> {
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(SourceError::BodyTooLarge(max));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, timeout))? {
         if body.len() + chunk.len() > max {
             return Err(SourceError::BodyTooLarge(max));
         }
