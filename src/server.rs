@@ -317,26 +317,27 @@ async fn deploy_hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the deploy as application/json: {\"version\": \"v2\"}\n")
             .into_response();
     }
-    let parsed: DeployBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("not a deploy: {e} (send {{\"version\": \"v2\"}})\n"))
-                .into_response();
-        }
-    };
+    match parse_deploy(&body) {
+        Ok((version, source)) => command(&s, &headers, Command::Deployed { version, source }).await,
+        Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    }
+}
+
+/// A deploy hook's body: `{"version": "v2"}` (optionally `"source": "hook" | "command"`), the
+/// version 1 to 256 printable characters. An error says what is wrong (for a 400 reply).
+pub fn parse_deploy(body: &[u8]) -> Result<(String, crate::act::event::DeploySource), String> {
+    let parsed: DeployBody =
+        serde_json::from_slice(body).map_err(|e| format!("not a deploy: {e} (send {{\"version\": \"v2\"}})"))?;
     let source = match parsed.source.as_deref() {
         None | Some("hook") => crate::act::event::DeploySource::Hook,
         Some("command") => crate::act::event::DeploySource::Command,
-        Some(other) => {
-            return (StatusCode::BAD_REQUEST, format!("source must be hook or command, not {other:?}\n"))
-                .into_response();
-        }
+        Some(other) => return Err(format!("source must be hook or command, not {other:?}")),
     };
     let version = parsed.version.trim().to_string();
     if version.is_empty() || version.len() > 256 || version.chars().any(char::is_control) {
-        return (StatusCode::BAD_REQUEST, "version must be 1 to 256 printable characters\n").into_response();
+        return Err("version must be 1 to 256 printable characters".into());
     }
-    command(&s, &headers, Command::Deployed { version, source }).await
+    Ok((version, source))
 }
 
 async fn pause(State(s): State<Shared>, Query(q): Query<For>, headers: HeaderMap) -> Response {
