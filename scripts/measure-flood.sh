@@ -6,6 +6,7 @@
 # the evaluations made against the seconds elapsed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/loopback.sh
 before=${1:-30}
 cargo build --release -q
 dir=$(mktemp -d)
@@ -19,14 +20,10 @@ with open(sys.argv[1], "w") as f:
         f.write(f'j{{i="{i}"}} 1\n')
 PY
 echo ok > "$dir/health"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 rwport=$(free_port)
 (cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
-for _ in $(seq 100); do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health')" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for "http://127.0.0.1:$port/health"
 cat > "$dir/profile.toml" <<'TOML'
 [[rule]]
 name = "down"

@@ -5,6 +5,7 @@
 # SOLVEREIGN. Prints VmRSS (and VmHWM, the peak) at 1 minute and at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/loopback.sh
 secs=${1:-600}
 cargo build --release -q
 dir=$(mktemp -d)
@@ -23,14 +24,10 @@ for h in range(50):
         lines.append(f'http_request_duration_seconds_bucket{{handler="/api/h{h}",le="{le}"}} {100 * (i + 1)}')
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 rwport=$(free_port)
 (cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
-for _ in $(seq 100); do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/metrics')" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for "http://127.0.0.1:$port/metrics"
 cp rules/solvereign.toml "$dir/"
 {
   echo 'profiles = ["solvereign.toml"]'

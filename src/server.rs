@@ -178,6 +178,14 @@ fn html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Whether the request says its body is `application/json`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
 /// `Some(refusal)` unless the request may change state: with a configured token, it must carry
 /// it (401); without one (loopback only), it must be `application/json` (a browser page cannot
 /// send that cross-site without a preflight) and come from no foreign `Origin` (403) — a web page
@@ -193,11 +201,7 @@ fn unauthorized(s: &Shared, headers: &HeaderMap) -> Option<Response> {
         }
     }
     let Some(token) = s.token.as_ref() else {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-        if !json {
+        if !is_json(headers) {
             return Some(
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json (the CLI does)\n")
                     .into_response(),
@@ -309,11 +313,7 @@ async fn deploy_hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
     if let Some(denied) = unauthorized(&s, &headers) {
         return denied;
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    if !json {
+    if !is_json(&headers) {
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the deploy as application/json: {\"version\": \"v2\"}\n")
             .into_response();
     }

@@ -286,11 +286,7 @@ impl Dispatcher {
         if !self.journal_writable(now)? {
             for d in decisions.iter().filter(|d| d.outcome == Outcome::Rollback) {
                 if self.journal_told.insert(d.profile.clone()) {
-                    let mut vars = crate::notify::templates::blank_vars();
-                    vars.insert("profile".into(), d.profile.clone());
-                    vars.insert("reason".into(), "journal unwritable: not acting".into());
-                    vars.insert("explanation".into(), d.explanation());
-                    self.notifier.announce("rollback_suppressed", &vars);
+                    self.announce_suppressed(&d.profile, "journal unwritable: not acting", &d.explanation());
                 }
             }
             return Ok(());
@@ -429,6 +425,16 @@ impl Dispatcher {
         self.record(now, Event::DryRun(e))
     }
 
+    /// Tells every channel that a profile's rollback is held back, and why.
+    fn announce_suppressed(&self, profile: &str, reason: &str, explanation: &str) {
+        let mut vars = crate::notify::templates::blank_vars();
+        vars.insert("profile".into(), profile.to_string());
+        vars.insert("reason".into(), reason.to_string());
+        vars.insert("explanation".into(), explanation.to_string());
+        vars.insert("version_from".into(), self.state.versions.current.clone().unwrap_or_else(|| "unknown".into()));
+        self.notifier.announce("rollback_suppressed", &vars);
+    }
+
     /// Journals why a decision was not acted on, once per change of reason.
     pub(super) fn suppress(
         &mut self,
@@ -445,12 +451,7 @@ impl Dispatcher {
         self.suppressed.insert(profile.to_string(), reason.clone());
         // Told on every channel — unless a rollback is already in flight (that is the news).
         if outcome == Outcome::Rollback && self.in_flight.is_none() {
-            let mut vars = crate::notify::templates::blank_vars();
-            vars.insert("profile".into(), profile.to_string());
-            vars.insert("reason".into(), reason.clone());
-            vars.insert("explanation".into(), explanation.to_string());
-            vars.insert("version_from".into(), self.state.versions.current.clone().unwrap_or_else(|| "unknown".into()));
-            self.notifier.announce("rollback_suppressed", &vars);
+            self.announce_suppressed(profile, &reason, explanation);
         }
         let e = Suppressed { profile: profile.to_string(), outcome, reason, explanation: explanation.to_string() };
         self.record(now, Event::Suppressed(e))

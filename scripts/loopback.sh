@@ -1,0 +1,10 @@
+# Shared by the measurement scripts (sourced): a free loopback port, and waiting for a URL.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() {
+  for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('$1')" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "not answering: $1" >&2
+  return 1
+}
