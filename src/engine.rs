@@ -140,7 +140,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     let (mut dispatcher, mut procedures) =
         Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
     sync_evidence(&mut dispatcher, &mut ev);
-    let (obs_tx, mut observations) = mpsc::channel(1024);
+    let (obs_tx, mut observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
     let (stop_tasks, tasks_shutdown) = watch::channel(false);
     let (mut stop_pollers, mut pollers_shutdown) = watch::channel(false);
     let mut snapshot = Snapshot {
@@ -175,11 +175,13 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            Some(obs) = observations.recv() => {
-                series.apply(&obs, ev.store_mut());
-                record_poll(&mut snapshot, &obs);
-                if let Some(version) = version_of(&config, &obs) {
-                    let result = dispatcher.on_version_observed(obs.at, version);
+            Some(queued) = observations.recv() => {
+                // `queued` holds its samples' room in the queue until this arm ends.
+                let obs = &queued.obs;
+                series.apply(obs, ev.store_mut());
+                record_poll(&mut snapshot, obs);
+                if let Some(version) = version_of(&config, obs) {
+                    let result = off_runtime(|| dispatcher.on_version_observed(obs.at, version));
                     kept_watching(&mut dispatcher, result);
                     sync_evidence(&mut dispatcher, &mut ev);
                 }
@@ -220,7 +222,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 if let Some(error) = journal.failing() {
                     dispatcher.journal_failed(now, &error);
                 }
-                let result = dispatcher.on_tick(now, &tick.decisions);
+                let result = off_runtime(|| dispatcher.on_tick(now, &tick.decisions));
                 kept_watching(&mut dispatcher, result);
                 sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
@@ -238,7 +240,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 }
             }
             Some(done) = procedures.recv() => {
-                let result = dispatcher.on_done(done);
+                let result = off_runtime(|| dispatcher.on_done(done));
                 kept_watching(&mut dispatcher, result);
                 sync_evidence(&mut dispatcher, &mut ev);
                 snapshot.acting = dispatcher.status();
@@ -246,7 +248,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
             }
             Some((command, reply)) = commands.recv() => {
                 tracing::info!(?command, "command received");
-                let answer = match dispatcher.command(command) {
+                let answer = match off_runtime(|| dispatcher.command(command)) {
                     Ok(answer) => answer,
                     Err(e) => {
                         let refused = Err(format!("not done: the journal cannot be written ({})", crate::error_chain(&e)));
@@ -303,7 +305,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
         if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, procedures.recv()).await {
-            let result = dispatcher.on_done(done);
+            let result = off_runtime(|| dispatcher.on_done(done));
             kept_watching(&mut dispatcher, result);
         }
     }
@@ -319,8 +321,20 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
         tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
     }
     journal.note(clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }));
+    off_runtime(|| journal.flush());
     tracing::info!("rollwatch stopped");
     Ok(())
+}
+
+/// Runs `f`, which may wait for the journal writer's fsync, without holding up the runtime's
+/// other tasks (pollers, the server, the notifier): on a multi-threaded runtime they move to
+/// another worker meanwhile. A current-thread runtime (tests on a paused clock) just runs it.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The dispatcher's parts from a config: policy, actions and plans, and a started notifier.

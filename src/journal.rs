@@ -1,7 +1,8 @@
 //! The journal: `state_dir/journal.jsonl`, one JSON object per line, each line written whole and
 //! fsynced before the event it records counts as done. Reading back drops a torn last line (a
 //! crash mid-write) with a warning. [`SharedJournal`] lets the engine, the dispatcher's procedure
-//! task and the notifier append to one file; the dispatcher restores its state from [`Journal::read_back`].
+//! task and the notifier append to one file through one writer thread that commits in groups;
+//! the dispatcher restores its state from [`Journal::read_back_kept`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -50,14 +51,21 @@ impl Journal {
         let io = |source| JournalError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
-        let bytes = std::fs::read(&path).map_err(io)?;
-        if bytes.last().is_some_and(|&b| b != b'\n') {
-            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            tracing::warn!(path = %path.display(), bytes = bytes.len() - keep, "dropping a torn last journal line");
-            file.set_len(keep as u64).map_err(io)?;
+        if let Some(keep) = torn_tail(&file).map_err(io)? {
+            let len = file.metadata().map_err(io)?.len();
+            tracing::warn!(path = %path.display(), bytes = len - keep, "dropping a torn last journal line");
+            file.set_len(keep).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
         Ok(Journal { path, file })
+    }
+
+    /// Opens the file again (after a failed write): a state_dir repaired by remounting it is
+    /// written again, not the old read-only mount the open file still points to.
+    fn reopen(&mut self) -> Result<(), JournalError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        *self = Journal::open(dir)?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -74,10 +82,16 @@ impl Journal {
     /// Writes one whole line and fsyncs it; a write that fails (a full disk) is cut back off, so
     /// the file never keeps half a line in the middle.
     fn write_line(&mut self, mut line: Vec<u8>) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
         line.push(b'\n');
+        self.write_batch(&line)
+    }
+
+    /// Writes whole lines (each ending in a newline) with one fsync; on failure the file is cut
+    /// back to where it was.
+    fn write_batch(&mut self, lines: &[u8]) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { path: self.path.clone(), source };
         let before = self.file.metadata().map_err(io)?.len();
-        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        let written = self.file.write_all(lines).and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             let _ = self.file.set_len(before);
             return Err(io(e));
@@ -98,37 +112,12 @@ impl Journal {
         path: &Path,
         keep: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<Vec<serde_json::Value>, JournalError> {
-        use std::io::BufRead;
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => return Err(JournalError::Io { path: path.to_path_buf(), source }),
-        };
-        let mut reader = io::BufReader::with_capacity(1 << 16, file);
         let mut out = Vec::new();
-        let mut line = Vec::new();
-        let mut number = 0;
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|source| JournalError::Io { path: path.to_path_buf(), source })?;
-            if n == 0 {
-                break;
+        each_line(path, |v| {
+            if keep(&v) {
+                out.push(v);
             }
-            number += 1;
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            if text.is_empty() {
-                continue;
-            }
-            match serde_json::from_slice::<serde_json::Value>(text) {
-                Ok(v) if keep(&v) => out.push(v),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), line = number, error = %e, "skipping an unreadable journal line")
-                }
-            }
-        }
+        })?;
         Ok(out)
     }
 
@@ -159,6 +148,60 @@ impl Journal {
         }
         Ok(out)
     }
+}
+
+/// Calls `f` with each line of the file, read in pages (a missing file has none); unparsable
+/// lines are skipped with a warning.
+fn each_line(path: &Path, mut f: impl FnMut(serde_json::Value)) -> Result<(), JournalError> {
+    use std::io::BufRead;
+    let io = |source| JournalError::Io { path: path.to_path_buf(), source };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(v) => f(v),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), line = number, error = %e, "skipping an unreadable journal line")
+            }
+        }
+    }
+}
+
+/// Where a file whose last byte is not a newline should be cut (just after its last newline),
+/// reading backwards from the end in pages: nothing near the file's size is read into memory.
+fn torn_tail(file: &File) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut page = vec![0u8; 1 << 16];
+    while end > 0 {
+        let start = end.saturating_sub(page.len() as u64);
+        let chunk = &mut page[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if end == len && chunk.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64 + 1));
+        }
+        end = start;
+    }
+    Ok((len > 0).then_some(0))
 }
 
 /// The exclusive lock on a `state_dir`: one rollwatch process acts from one journal. Held until
@@ -223,72 +266,232 @@ pub fn compact(dir: &Path, max_bytes: u64, keep: impl Fn(&serde_json::Value) -> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io(e)),
     }
-    let lines = Journal::read_back(&path)?;
-    let mut kept = Vec::new();
-    for line in lines.iter().filter(|l| keep(l)) {
-        kept.extend(serde_json::to_vec(line).map_err(|e| io(io::Error::other(e)))?);
-        kept.push(b'\n');
-    }
+    // Streamed into the new file: memory stays a page, whatever the journal's size.
     let fresh = dir.join("journal.jsonl.new");
-    let mut f = File::create(&fresh).map_err(io)?;
-    f.write_all(&kept).map_err(io)?;
+    let mut out = io::BufWriter::new(File::create(&fresh).map_err(io)?);
+    let (mut kept, mut failed) = (0usize, None);
+    each_line(&path, |line| {
+        if failed.is_none() && keep(&line) {
+            let written =
+                serde_json::to_writer(&mut out, &line).map_err(io::Error::other).and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => kept += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    let f = out.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&path, dir.join("journal.1.jsonl")).map_err(io)?;
     std::fs::rename(&fresh, &path).map_err(io)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    tracing::warn!(path = %path.display(), kept = kept.len(), "journal rotated to journal.1.jsonl; state events carried over");
+    tracing::warn!(path = %path.display(), kept, "journal rotated to journal.1.jsonl; state events carried over");
     Ok(true)
 }
 
-/// One journal shared by the tasks that write to it; each append is whole and fsynced. It
-/// remembers whether the last write failed (a full or read-only disk), for `/status` and for
-/// the dispatcher, which stops acting while it cannot record.
-#[derive(Debug, Clone)]
-pub struct SharedJournal(Arc<Mutex<Journal>>, Arc<Mutex<Option<String>>>);
+/// Lines waiting for the writer; beyond it, records that may be lost ([`SharedJournal::note`])
+/// are dropped and counted, and durable appends wait.
+pub const QUEUE_LINES: usize = 4096;
+
+/// At most this many bytes go into one write and one fsync.
+const BATCH_BYTES: usize = 1 << 20;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+enum Request {
+    /// A whole serialized line (no newline yet) and, for a durable append, who waits for it.
+    Line(Vec<u8>, Option<Reply>),
+    /// Answered once every line queued before it is written.
+    Flush(Reply),
+}
+
+/// One journal shared by the tasks that write to it. Appends go to one writer thread, off the
+/// async runtime, which commits in groups: every line waiting is written in one write and made
+/// durable with one fsync. A durable append ([`append_event`](Self::append_event)) returns once
+/// its line is fsynced; a [`note`](Self::note) does not wait. The writer remembers whether the
+/// last write failed (a full or read-only disk), for `/status` and for the dispatcher, which
+/// stops acting while it cannot record.
+#[derive(Clone)]
+pub struct SharedJournal {
+    queue: std::sync::mpsc::SyncSender<Request>,
+    failing: Arc<Mutex<Option<String>>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SharedJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedJournal").field("path", &self.path).finish_non_exhaustive()
+    }
+}
 
 impl SharedJournal {
+    /// Starts the writer thread, which owns `journal` until every clone is dropped.
     pub fn new(journal: Journal) -> SharedJournal {
-        SharedJournal(Arc::new(Mutex::new(journal)), Arc::default())
-    }
-
-    fn track<T>(&self, result: Result<T, JournalError>) -> Result<T, JournalError> {
-        let mut failing = self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *failing = result.as_ref().err().map(|e| crate::error_chain(e));
-        result
+        let (queue, requests) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let failing: Arc<Mutex<Option<String>>> = Arc::default();
+        let path = journal.path.clone();
+        let state = failing.clone();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || {
+                write_groups(journal, &requests, &state);
+            })
+            .expect("spawning the journal writer thread");
+        SharedJournal { queue, failing, dropped: Arc::default(), path }
     }
 
     /// The last write's error, while writes fail.
     pub fn failing(&self) -> Option<String> {
-        self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// See [`Journal::append_event`].
+    /// Notes dropped because the writer fell behind by [`QUEUE_LINES`].
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Appends one serde-tagged event and waits until it is durable (see
+    /// [`Journal::append_event`]). Blocks the calling thread: async code calls it from
+    /// `spawn_blocking` or `block_in_place`.
     pub fn append_event<T: Serialize>(&self, at: Timestamp, event: &T) -> Result<(), JournalError> {
-        let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = j.append_event(at, event);
-        drop(j);
-        self.track(result)
+        let line = serde_json::to_vec(&Tagged { at, event }).map_err(|e| self.error(io::Error::other(e)))?;
+        self.durable(line)
     }
 
-    /// See [`Journal::append`].
+    /// [`append_event`](Self::append_event) for async code: the task waits, its thread does not.
+    pub async fn append_event_async<T: Serialize>(&self, at: Timestamp, event: &T) -> Result<(), JournalError> {
+        let line = serde_json::to_vec(&Tagged { at, event }).map_err(|e| self.error(io::Error::other(e)))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = Request::Line(line, Some(Box::new(move |r| drop(tx.send(r)))));
+        match self.queue.try_send(request) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(request)) => {
+                // The writer is behind: wait for room on a blocking thread.
+                let queue = self.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(request).is_ok()).await;
+                if !sent.unwrap_or(false) {
+                    return self.settle(None);
+                }
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return self.settle(None),
+        }
+        self.settle(rx.await.ok())
+    }
+
+    /// Appends one event under the name `event` and waits until it is durable.
     pub fn append<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
-        let mut j = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = j.append(at, event, data);
-        drop(j);
-        self.track(result)
+        let line = serde_json::to_vec(&Line { at, event, data }).map_err(|e| self.error(io::Error::other(e)))?;
+        self.durable(line)
     }
 
-    /// Appends, logging (not returning) a failure: for records whose loss must not stop the
-    /// caller (a notification result).
+    /// Queues a record whose loss must not stop the caller (a decision, a notification result)
+    /// and returns at once; a failed write is logged by the writer and shows in [`failing`](Self::failing).
     pub fn note<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) {
-        if let Err(e) = self.append(at, event, data) {
-            tracing::error!(error = %e, event, "cannot write to the journal");
+        let line = match serde_json::to_vec(&Line { at, event, data }) {
+            Ok(line) => line,
+            Err(e) => return tracing::error!(error = %e, event, "cannot serialize a journal record"),
+        };
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.queue.try_send(Request::Line(line, None)) {
+            let before = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if before.is_power_of_two() || before == 0 {
+                tracing::error!(dropped = before + 1, event, "journal writer behind: record dropped");
+            }
+        }
+    }
+
+    /// Waits until every line queued so far is written (at a stop).
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.queue.send(Request::Flush(Box::new(move |r| drop(tx.send(r))))).is_ok() {
+            let _ = rx.recv();
         }
     }
 
     pub fn path(&self) -> PathBuf {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).path.clone()
+        self.path.clone()
     }
+
+    fn durable(&self, line: Vec<u8>) -> Result<(), JournalError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply: Reply = Box::new(move |r| drop(tx.send(r)));
+        if self.queue.send(Request::Line(line, Some(reply))).is_err() {
+            return self.settle(None);
+        }
+        self.settle(rx.recv().ok())
+    }
+
+    /// The writer's answer to a durable append (`None`: the writer is gone).
+    fn settle(&self, answer: Option<Result<(), String>>) -> Result<(), JournalError> {
+        match answer {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(self.error(io::Error::other(e))),
+            None => Err(self.error(io::Error::other("the journal writer has stopped"))),
+        }
+    }
+
+    fn error(&self, source: io::Error) -> JournalError {
+        JournalError::Io { path: self.path.clone(), source }
+    }
+}
+
+/// The writer thread: waits for a line, takes every other line already waiting (up to
+/// [`BATCH_BYTES`]), writes them whole with one fsync, answers each waiter, and records the
+/// outcome in `failing`. Ends when every sender is gone, returning how many writes it made.
+fn write_groups(
+    mut journal: Journal,
+    requests: &std::sync::mpsc::Receiver<Request>,
+    failing: &Mutex<Option<String>>,
+) -> usize {
+    let mut commits = 0;
+    while let Ok(first) = requests.recv() {
+        let mut batch = Vec::new();
+        let mut waiters = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Line(mut line, reply) => {
+                    line.push(b'\n');
+                    batch.extend_from_slice(&line);
+                    waiters.extend(reply);
+                }
+                Request::Flush(reply) => flushes.push(reply),
+            }
+            if batch.len() >= BATCH_BYTES {
+                break;
+            }
+            next = requests.try_recv().ok();
+        }
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            commits += 1;
+            let failed_before = failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some();
+            let reopened = if failed_before { journal.reopen() } else { Ok(()) };
+            reopened.and_then(|()| journal.write_batch(&batch))
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %crate::error_chain(e), lines = bytecount(&batch), "cannot write to the journal");
+        }
+        if !batch.is_empty() {
+            *failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                result.as_ref().err().map(|e| crate::error_chain(e));
+        }
+        // Waiters get the cause; their error names the path again.
+        let outcome = result.map_err(|JournalError::Io { source, .. }| source.to_string());
+        for reply in waiters.into_iter().chain(flushes) {
+            reply(outcome.clone());
+        }
+    }
+    commits
+}
+
+fn bytecount(batch: &[u8]) -> usize {
+    batch.iter().filter(|&&b| b == b'\n').count()
 }
 
 #[cfg(test)]
@@ -309,6 +512,63 @@ mod tests {
         let kept = Journal::read_back_kept(&path, |l| l["event"] != "decision").unwrap();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0]["event"], "paused");
+    }
+
+    #[test]
+    fn lines_waiting_together_are_written_with_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let path = journal.path().to_path_buf();
+        let (queue, requests) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let (answers_tx, answers) = std::sync::mpsc::channel();
+        for i in 0..100 {
+            let line = serde_json::to_vec(&serde_json::json!({"at": i, "event": "decision"})).unwrap();
+            let tx = answers_tx.clone();
+            let reply: Option<Reply> = (i % 10 == 0).then(|| Box::new(move |r| drop(tx.send(r))) as Reply);
+            queue.send(Request::Line(line, reply)).unwrap();
+        }
+        drop(queue);
+        drop(answers_tx);
+        let failing = Mutex::new(None);
+        assert_eq!(write_groups(journal, &requests, &failing), 1, "one write, one fsync for 100 waiting lines");
+        assert_eq!(answers.iter().filter(Result::is_ok).count(), 10, "every durable append answered Ok");
+        let back = Journal::read_back(&path).unwrap();
+        let order: Vec<i64> = back.iter().map(|l| l["at"].as_i64().unwrap()).collect();
+        assert_eq!(order, (0..100).collect::<Vec<_>>(), "in the order queued");
+        assert!(failing.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn shared_appends_from_many_threads_are_whole_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::new(Journal::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let j = shared.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        j.note(Timestamp(i), "decision", &serde_json::json!({"thread": t}));
+                        j.append(Timestamp(i), "paused", &serde_json::json!({"thread": t, "i": i})).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        shared.flush();
+        let back = Journal::read_back(&shared.path()).unwrap();
+        assert_eq!(back.len(), 800);
+        for t in 0..8 {
+            let mine: Vec<i64> = back
+                .iter()
+                .filter(|l| l["thread"] == t && l["event"] == "paused")
+                .map(|l| l["i"].as_i64().unwrap())
+                .collect();
+            assert_eq!(mine, (0..50).collect::<Vec<_>>(), "thread {t}'s durable appends in order");
+        }
+        assert_eq!(shared.dropped(), 0);
+        assert!(shared.failing().is_none());
     }
 
     #[test]
@@ -342,6 +602,24 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert_eq!(Journal::read_back(&path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_torn_tail_longer_than_a_page_is_cut_at_the_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(Timestamp(1), "started", &serde_json::json!({})).unwrap();
+        let path = j.path().to_path_buf();
+        drop(j);
+        let whole = std::fs::metadata(&path).unwrap().len();
+        let torn = format!("{{\"at\":2,\"event\":\"decision\",\"pad\":\"{}", "x".repeat(200_000));
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(torn.as_bytes()).unwrap();
+        Journal::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        // A file that is one torn line is emptied.
+        std::fs::write(&path, "x".repeat(70_000)).unwrap();
+        Journal::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[test]

@@ -202,6 +202,12 @@ impl Snapshot {
             vec![format!(" {}", u8::from(a.journal_error.is_none()))],
         );
         section(
+            "rollwatch_journal_dropped_total",
+            "counter",
+            "Journal records dropped because the writer fell behind (acting events wait instead).",
+            vec![format!(" {}", a.journal_dropped)],
+        );
+        section(
             "rollwatch_connections_refused_total",
             "counter",
             "Connections to the own server closed at once: max_connections were open.",

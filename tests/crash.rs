@@ -299,6 +299,91 @@ async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_ret
     assert_eq!(lines, Journal::read_back(&journal).unwrap().len(), "{text}");
 }
 
+/// An ext4 file system on a loop device, mounted with `errors=remount-ro` (as production disks
+/// often are): the kernel turns it read-only under open files when it meets an error.
+fn mount_ext4(image: &Path, at: &Path) {
+    let made = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image).status().unwrap();
+    assert!(made.success(), "mkfs.ext4 (e2fsprogs, installed by scripts/test.sh)");
+    let ok = Command::new("mount").args(["-o", "loop,errors=remount-ro"]).arg(image).arg(at).status().unwrap();
+    assert!(ok.success(), "mounting a loop device needs root (scripts/test.sh runs the tests as root)");
+}
+
+/// The journal's file system goes read-only mid-run (ext4 meets an error and remounts itself
+/// read-only, the open journal included): rollwatch keeps watching and serving, stops acting,
+/// says so on every channel and in `/metrics`; once the state_dir is mounted writable again
+/// (here: repaired copy of the disk), it writes to the new mount and acts by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_gone_read_only_stops_acting_not_watching_and_acting_resumes_on_a_repaired_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
+    mount_ext4(&image, &state);
+    let _unmount = Unmount(state.clone());
+    let deployment = common::DownDeployment::start().await;
+    deployment.healthy.store(true, Ordering::SeqCst);
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
+    let marker = dir.path().join("undone");
+    let listen = common::free_listen();
+    let head = deployment.config_head(&profile, &state, &listen);
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[channels.console]\nkind = \"console\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
+            marker.display().to_string()
+        ),
+    );
+    let mut child = common::spawn_run(dir.path(), &config);
+    let journal = state.join("journal.jsonl");
+    common::wait_for_journal(&journal, "the first decision", |e| e.iter().any(|e| e["event"] == "decision")).await;
+    // The kernel's own error path: what `errors=remount-ro` does on a real disk error.
+    let device =
+        String::from_utf8(Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&state).output().unwrap().stdout)
+            .unwrap();
+    let device = device.trim().rsplit('/').next().unwrap().to_string();
+    std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "rollwatch test\n").unwrap();
+    assert!(std::fs::write(state.join("probe"), "x").is_err(), "the state_dir is read-only now");
+    deployment.healthy.store(false, Ordering::SeqCst);
+    let stdout = || std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+    let waiting = Stopwatch::start();
+    while !(stdout().contains("S1: journal unwritable: not acting")
+        && stdout().contains("suppressed: journal unwritable: not acting"))
+    {
+        assert!(waiting.elapsed_secs() < 30.0, "not told on the console: {}", stdout());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!marker.exists(), "acted without a journal line");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rollwatch_journal_writable 0\n"), "{metrics}");
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{listen}/status")).await.unwrap().json().await.unwrap();
+    let error = status["acting"]["journal_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("Read-only file system"), "{status}");
+    // Still watching: the decision is rollback, on polls made while the disk is read-only.
+    assert_eq!(status["decisions"][0]["outcome"], "rollback", "{status}");
+    assert!(child.try_wait().unwrap().is_none(), "rollwatch exited");
+    // The operator repairs the disk and mounts it again at the same place.
+    assert!(Command::new("umount").arg("-l").arg(&state).status().unwrap().success());
+    let repaired = dir.path().join("repaired.img");
+    std::fs::copy(&image, &repaired).unwrap();
+    let _ = Command::new("e2fsck").args(["-f", "-y", "-q"]).arg(&repaired).status().unwrap();
+    let ok = Command::new("mount").args(["-o", "loop"]).arg(&repaired).arg(&state).status().unwrap();
+    assert!(ok.success());
+    let events = common::wait_for_journal(&journal, "the rollback once the journal is writable", |e| {
+        e.iter().any(|e| e["event"] == "step_finished")
+    })
+    .await;
+    assert!(marker.exists());
+    assert!(events.iter().any(|e| e["event"] == "journal_recovered"), "{events:#?}");
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rollwatch_journal_writable 1\n"), "{metrics}");
+    common::sigterm(&mut child);
+    assert!(stdout().contains("journal writable again after"), "{}", stdout());
+}
+
 /// 1,100 idle connections to the own port under a 1,024 file-descriptor limit: the connection
 /// cap closes what is beyond it and slow headers time out, so the pollers keep their file
 /// descriptors — a healthy target is not rolled back — and a real outage during the flood is

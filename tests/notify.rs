@@ -148,7 +148,8 @@ async fn a_failing_webhook_is_retried_then_the_fallback_channel_gets_the_message
     let hook = ChannelKind::Webhook { url: format!("{url}/hook"), bearer: None };
     let mut hook = channel("hook", hook, Some("console"), 3);
     hook.backoff = Span(200);
-    let (n, mut console) = notifier(vec![hook, channel("console", ChannelKind::Console, None, 1)], Some(journal));
+    let (n, mut console) =
+        notifier(vec![hook, channel("console", ChannelKind::Console, None, 1)], Some(journal.clone()));
     let delivery = n.send("hook", "rollback_complete", &blank_vars()).await.unwrap();
     assert_eq!(delivery.channel, "console");
     assert_eq!(seen.lock().unwrap().requests.len(), 3, "three attempts at the webhook");
@@ -160,6 +161,7 @@ async fn a_failing_webhook_is_retried_then_the_fallback_channel_gets_the_message
     assert_eq!(body["template"], "rollback_complete");
     assert!(body["text"].as_str().unwrap().starts_with("✅ ROLLBACK COMPLETE"));
     assert!(console.recv().await.unwrap().starts_with("✅ ROLLBACK COMPLETE"));
+    journal.flush();
     let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
     let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["notify_failed", "notified"]);
@@ -343,6 +345,7 @@ async fn notifications_degrade_visibly() {
     let delivery = n.send("hook", "rollback_complete", &blank_vars()).await.unwrap();
     assert_eq!(delivery.channel, "console", "the fallback took it");
     assert!(console.recv().await.unwrap().starts_with("✅ ROLLBACK COMPLETE"));
+    journal.flush();
     let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
     let failed = lines.iter().find(|l| l["event"] == "notify_failed").unwrap();
     assert!(failed["error"].as_str().unwrap().contains("failed after 1 attempt(s): HTTP 429"), "{failed}");
@@ -359,7 +362,7 @@ async fn notifications_degrade_visibly() {
     let dir = tempfile::tempdir().unwrap();
     let journal = SharedJournal::new(Journal::open(dir.path()).unwrap());
     let hook = channel("stuck", ChannelKind::Webhook { url: format!("{stuck}/hook"), bearer: None }, None, 1);
-    let (n, _console) = notifier(vec![hook], Some(journal));
+    let (n, _console) = notifier(vec![hook], Some(journal.clone()));
     let extra = 10;
     n.announce("escalation", &blank_vars());
     // The worker takes the first message and waits on the server.
@@ -369,6 +372,7 @@ async fn notifications_degrade_visibly() {
     }
     assert_eq!(n.dropped(), extra as u64, "one is being sent, QUEUE_CAP wait, the oldest beyond that dropped");
     n.abandon();
+    journal.flush();
     let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
     let count = |event: &str| lines.iter().filter(|l| l["event"] == event).count();
     assert_eq!(count("notify_dropped"), extra);

@@ -219,7 +219,7 @@ async fn a_dead_target_never_delays_a_live_one() {
     let (live, _) = serve(|_| Reply::Http(200, "", b"m 1\n".to_vec())).await;
     let (dead, dead_hits) = serve(|_| Reply::Hang).await;
     let client = http_client().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let (tx, mut rx) = rollwatch::source::queue::queue(rollwatch::source::queue::QUEUE_SAMPLES);
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let mut slow = prom(&dead);
     slow.name = "dead".into();
@@ -234,7 +234,7 @@ async fn a_dead_target_never_delays_a_live_one() {
     let live_polls = tokio::time::timeout(Duration::from_secs(4), async {
         let mut live_polls = 0;
         while live_polls < 10 {
-            let obs = rx.recv().await.expect("live polls keep coming");
+            let obs = rx.recv().await.expect("live polls keep coming").obs;
             assert_eq!(obs.target, "app", "the dead target has not answered yet");
             assert!(obs.up);
             live_polls += 1;

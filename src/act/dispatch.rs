@@ -92,6 +92,9 @@ pub struct ActingStatus {
     pub escalations_total: u64,
     /// Why rollwatch is not acting by its own fault (the journal cannot be written), if so.
     pub journal_error: Option<String>,
+    /// Journal records (decisions, transitions, notification results) dropped because the
+    /// journal writer fell behind; acting events are never dropped, they wait.
+    pub journal_dropped: u64,
     /// The deployed version, since when, and the current rollback target.
     pub version: Option<String>,
     pub deployed_at: Option<Timestamp>,
@@ -472,6 +475,7 @@ impl Dispatcher {
             rollbacks,
             escalations_total: self.escalations,
             journal_error: self.journal_error().map(str::to_string),
+            journal_dropped: self.journal.dropped(),
             version: self.state.versions.current.clone(),
             deployed_at: self.state.versions.deployed_at,
             target_version: self.state.versions.target().map(str::to_string),

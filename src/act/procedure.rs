@@ -91,7 +91,8 @@ impl Procedure {
             duration_ms: None,
         };
         self.journal
-            .append_event(self.clock.now(), &Event::StepStarted(event.clone()))
+            .append_event_async(self.clock.now(), &Event::StepStarted(event.clone()))
+            .await
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(rollback = %self.rollback_id, step, action = name, %role, "step started");
         let mut result = action.run(&self.vars, &self.client).await;
@@ -102,7 +103,8 @@ impl Procedure {
         event.output = Some(result.output.clone());
         event.duration_ms = Some(result.duration_ms);
         self.journal
-            .append_event(self.clock.now(), &Event::StepFinished(event.clone()))
+            .append_event_async(self.clock.now(), &Event::StepFinished(event.clone()))
+            .await
             .map_err(|e| fail(e.to_string()))?;
         if result.ok {
             tracing::info!(rollback = %self.rollback_id, step, action = name, %role, detail = %result.detail, "step succeeded");

@@ -7,6 +7,7 @@
 //! - [`TargetSeries`] (here): applies observations to the store, marking a target's series stale
 //!   while it is down, so they read as *unknown*, never stale-but-healthy.
 //!
+//! - [`queue`]: pollers → evaluator, bounded by samples.
 //! - [`promql`]: the `/api/v1/query` response → samples.
 //! - [`alertmanager`]: webhook payloads → `ALERTS` series.
 
@@ -15,6 +16,7 @@ pub mod exposition;
 pub mod health;
 pub mod poller;
 pub mod promql;
+pub mod queue;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -6,7 +6,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::{Auth, Observation, SourceError, Target, TargetKind, exposition, health};
@@ -242,7 +242,7 @@ pub async fn run_target(
     target: Target,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<Observation>,
+    tx: super::queue::Sender,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::select! {
@@ -260,8 +260,10 @@ pub async fn run_target(
             obs = probe(&client, &target, clock.as_ref()) => obs,
             _ = shutdown.changed() => return,
         };
-        if tx.send(obs).await.is_err() {
-            return;
+        // Waits while the evaluator is behind by the queue's samples; shutdown still ends it.
+        tokio::select! {
+            sent = tx.send(obs) => if sent.is_err() { return },
+            _ = shutdown.changed() => return,
         }
     }
 }
