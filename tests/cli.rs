@@ -330,8 +330,53 @@ to = ["oncall@example.com"]
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("signal \"error_rate\": a 1m window is shorter than eval_interval (2m)"), "{out}");
     // A profile that is not a regular file is refused before it is read.
+    // A target kind that would be accepted and never polled.
+    let config = write(
+        dir.path(),
+        "am.toml",
+        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:1/\"\n",
+    );
+    let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("am.toml:5:8: target \"api\": there is no alertmanager target"), "{out}");
     let config = write(dir.path(), "zero.toml", "profiles = [\"/dev/zero\"]\nstate_dir = \"state\"\n");
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/dev/zero: not a regular file"), "{out}");
+}
+
+/// `[ha]` is checked field by field (a lease under 2 s is lost between renewals); a valid one
+/// is reported as not runnable by this build, and `run` refuses it rather than running a
+/// replica that would act beside its peers.
+#[test]
+fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ok.toml", PROFILE);
+    let head = "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n";
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        format!("{head}[ha]\netcd = [\"127.0.0.1:2379\"]\nkey = \"rollwatch\"\nttl = \"1s\"\n"),
+    );
+    let (code, out, _) = rollwatch(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for wanted in [
+        "bad.toml:8:9: [ha]: etcd endpoints are URLs starting with http:// or https://, not \"127.0.0.1:2379\"",
+        "bad.toml:9:7: [ha]: key must be a path such as \"/rollwatch/api\", not \"rollwatch\"",
+        "bad.toml:10:7: [ha]: ttl must be at least 2s",
+    ] {
+        assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
+    }
+    let good = write(
+        dir.path(),
+        "good.toml",
+        format!("{head}[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\nttl = \"2s\"\n"),
+    );
+    let (code, out, _) = rollwatch(&["check", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[ha] is checked, but this build cannot run replicas yet"), "{out}");
+    let (code, out, _) = rollwatch(&["run", "-c", good.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`run` refuses the section"), "{out}");
+    assert!(!dir.path().join("state").exists(), "refused before touching the state_dir");
 }

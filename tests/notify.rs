@@ -378,3 +378,78 @@ async fn notifications_degrade_visibly() {
     assert_eq!(count("notify_dropped"), extra);
     assert_eq!(count("notify_unsent"), rollwatch::notify::QUEUE_CAP);
 }
+
+/// Through a config file and the binary: a webhook answering `429 Retry-After: 100000` hands its
+/// message to the fallback channel at once (not in a day), and a channel whose server never
+/// answers has what it could not send journalled as `notify_unsent` when rollwatch stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_cannot_deliver_degrades_visibly_through_the_binary() {
+    let limited =
+        serve(Router::new().route(
+            "/hook",
+            post(|| async { (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "100000")], "slow down") }),
+        ))
+        .await;
+    let stuck = serve(Router::new().route(
+        "/hook",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = common::DownDeployment::start().await;
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
+    let state = dir.path().join("state");
+    let head = deployment.config_head(&profile, &state, &common::free_listen());
+    let marker = dir.path().join("undone");
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            r#"{head}
+[policy]
+verify_for = "30s"
+verify_stable = "500ms"
+
+[channels.hook]
+kind = "webhook"
+url = "{limited}/hook"
+fallback = "console"
+
+[channels.stuck]
+kind = "webhook"
+url = "{stuck}/hook"
+
+[channels.console]
+kind = "console"
+
+[actions.undo]
+kind = "exec"
+argv = ["/usr/bin/touch", {marker:?}]
+"#,
+            marker = marker.display().to_string()
+        ),
+    );
+    let mut child = common::spawn_run(dir.path(), &config);
+    let journal = state.join("journal.jsonl");
+    common::wait_for_journal(&journal, "the rollback's step", |e| e.iter().any(|e| e["event"] == "step_finished"))
+        .await;
+    // The undo worked: verification passes and the procedure announces completion.
+    deployment.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let events = common::wait_for_journal(&journal, "the fallback's delivery of the hook's message", |e| {
+        e.iter().any(|e| e["event"] == "notified" && e["channel"] == "console" && e["template"] == "rollback_complete")
+            && e.iter().any(|e| e["event"] == "notify_failed" && e["channel"] == "hook")
+    })
+    .await;
+    assert!(marker.exists());
+    let failed = events.iter().find(|e| e["event"] == "notify_failed" && e["channel"] == "hook").unwrap();
+    assert!(failed["error"].as_str().unwrap().contains("asked to retry after"), "{failed}");
+    common::sigterm(&mut child);
+    let events = Journal::read_back(&journal).unwrap();
+    let unsent: Vec<_> = events.iter().filter(|e| e["event"] == "notify_unsent").collect();
+    assert!(unsent.iter().all(|e| e["channel"] == "stuck"), "{unsent:#?}");
+    assert!(!unsent.is_empty(), "the stuck channel's queued message is on record: {events:#?}");
+    assert_eq!(events.last().unwrap()["event"], "stopped");
+}

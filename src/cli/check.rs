@@ -35,10 +35,12 @@ pub fn kind_of(file: &SourceFile) -> Kind {
     }
 }
 
-/// Loads one file of whatever kind and returns every error in it.
-pub fn check_file(path: &Path) -> Result<Kind, Diagnostics> {
+/// Loads one file of whatever kind and returns every error in it, or its kind and a note for
+/// the user.
+pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnostics> {
     let file = SourceFile::read(path)?;
     let kind = kind_of(&file);
+    let mut note = None;
     match kind {
         Kind::Profile => {
             let profile = LoadedProfile::from_source(file)?;
@@ -48,11 +50,16 @@ pub fn check_file(path: &Path) -> Result<Kind, Diagnostics> {
             Fixture::from_source(file)?;
         }
         Kind::Config => {
-            Config::from_source(file)?;
+            let (config, _) = Config::from_source(file)?;
+            note = config.ha.is_some().then_some(NO_HA_YET);
         }
     }
-    Ok(kind)
+    Ok((kind, note))
 }
+
+/// What `check` says of a valid `[ha]` section and why `run` refuses it.
+pub const NO_HA_YET: &str = "[ha] is checked, but this build cannot run replicas yet (high availability on etcd is \
+     not built): `run` refuses the section; remove it to run this replica alone";
 
 pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let files = match toml_files(paths) {
@@ -65,10 +72,14 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let mut error_count = 0;
     let mut bad_files = 0;
     for path in &files {
-        if let Err(errors) = check_file(path) {
-            bad_files += 1;
-            error_count += errors.len();
-            writeln!(out, "{errors}")?;
+        match check_file(path) {
+            Ok((_, Some(note))) => writeln!(out, "{}: {note}", path.display())?,
+            Ok((_, None)) => {}
+            Err(errors) => {
+                bad_files += 1;
+                error_count += errors.len();
+                writeln!(out, "{errors}")?;
+            }
         }
     }
     if error_count == 0 {

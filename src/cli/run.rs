@@ -37,6 +37,10 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             return Ok(ExitCode::FAILURE);
         }
     };
+    if config.ha.is_some() {
+        writeln!(out, "{}: {}", config.path.display(), super::check::NO_HA_YET)?;
+        return Ok(ExitCode::FAILURE);
+    }
     if record.is_some() {
         // Recording watches; the deployment's own sidecar acts. Decisions are journalled as dry runs.
         config.acting.policy.mode = crate::act::Mode::DryRun;

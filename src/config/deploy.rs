@@ -16,7 +16,7 @@ use crate::source::{Auth, DEFAULT_MAX_BODY, Secret, Target, TargetKind};
 use crate::time::Span;
 
 /// Kinds of target the poller knows.
-pub const TARGET_KINDS: &[&str] = &["health", "prometheus", "promql", "tcp", "alertmanager"];
+pub const TARGET_KINDS: &[&str] = &["health", "prometheus", "promql", "tcp"];
 /// Kinds of action the dispatcher knows.
 pub const ACTION_KINDS: &[&str] = &["exec", "http", "file"];
 /// Kinds of notification channel.
@@ -64,6 +64,62 @@ pub struct Config {
     pub api_token_env: Option<String>,
     /// Policy, actions, channels and templates.
     pub acting: ActingSpec,
+    /// `[ha]`: replicas coordinated on etcd (none: this process runs alone).
+    pub ha: Option<HaSpec>,
+}
+
+/// The `[ha]` section, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaSpec {
+    pub etcd: Vec<String>,
+    pub key: String,
+    pub ttl: Span,
+    pub replica: Option<String>,
+}
+
+/// The shortest lease `[ha]` accepts: shorter, a busy leader loses it between renewals.
+pub const HA_MIN_TTL: Span = Span(2_000);
+
+/// Checks `[ha]`.
+fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> Option<HaSpec> {
+    let ha = raw.get_ref();
+    let item = Some("[ha]");
+    if ha.etcd.get_ref().is_empty() {
+        c.err(&ha.etcd.span(), item, "etcd needs at least one endpoint, such as \"http://127.0.0.1:2379\"");
+    }
+    for e in ha.etcd.get_ref() {
+        let url = e.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
+            c.err(&e.span(), item, format!("etcd endpoints are URLs starting with http:// or https://, not {url:?}"));
+        }
+    }
+    let key = ha.key.get_ref();
+    if !key.starts_with('/') || key.len() < 2 {
+        c.err(&ha.key.span(), item, format!("key must be a path such as \"/rollwatch/api\", not {key:?}"));
+    }
+    let ttl = match &ha.ttl {
+        None => Span::from_secs(10),
+        Some(t) => match c.positive_duration(t, item, "ttl") {
+            Some(ttl) if ttl < HA_MIN_TTL => {
+                c.err(&t.span(), item, "ttl must be at least 2s: a shorter lease is lost between renewals");
+                HA_MIN_TTL
+            }
+            Some(ttl) => ttl,
+            None => Span::from_secs(10),
+        },
+    };
+    let replica = ha.replica.as_ref().map(|r| r.get_ref().clone());
+    if let Some(r) = &ha.replica
+        && r.get_ref().trim().is_empty()
+    {
+        c.err(&r.span(), item, "replica must not be empty (leave it out for host name and pid)");
+    }
+    Some(HaSpec {
+        etcd: ha.etcd.get_ref().iter().map(|e| e.get_ref().clone()).collect(),
+        key: key.clone(),
+        ttl,
+        replica,
+    })
 }
 
 impl Config {
@@ -109,6 +165,7 @@ impl Config {
             );
         }
         let api_token_env = raw.api_token_env.as_ref().map(|t| t.get_ref().clone());
+        let ha = raw.ha.as_ref().and_then(|h| ha_spec(&mut c, h));
 
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();
@@ -119,7 +176,17 @@ impl Config {
             if !names.insert(t.name.get_ref().clone()) {
                 c.err(&t.name.span(), item, "duplicate target name");
             }
-            c.one_of(&t.kind, TARGET_KINDS, item, "kind");
+            if t.kind.get_ref() == "alertmanager" {
+                // Accepted once and never polled: alerts are pushed, not pulled.
+                c.err(
+                    &t.kind.span(),
+                    item,
+                    "there is no alertmanager target: Alertmanager posts its alerts to POST /hooks/alertmanager \
+                     (see the README's Alertmanager section)",
+                );
+            } else {
+                c.one_of(&t.kind, TARGET_KINDS, item, "kind");
+            }
             let needs = match t.kind.get_ref().as_str() {
                 "health" | "prometheus" | "promql" => Some(("url", t.url.is_some())),
                 "tcp" => Some(("address", t.address.is_some())),
@@ -243,6 +310,7 @@ impl Config {
             targets,
             api_token_env,
             acting,
+            ha,
         };
         errors.into_result((config, evaluator))
     }

@@ -96,6 +96,21 @@ pub struct RawConfig {
     /// Overrides of the notification templates, by name (`rollback_in_progress`, …).
     #[serde(default)]
     pub templates: BTreeMap<String, Spanned<String>>,
+    /// High availability on etcd (several replicas, one acts).
+    pub ha: Option<Spanned<RawHa>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    /// etcd endpoints (`http://` or `https://`).
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    /// The key replicas guarding one deployment share.
+    pub key: Spanned<String>,
+    /// The leader's lease: a dead leader is replaced within about this (at least 2 s).
+    pub ttl: Option<Spanned<String>>,
+    /// This replica's name (default: host name and pid).
+    pub replica: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Restarting on a large journal: `bash scripts/measure-journal-restart.sh [MEGABYTES]` (default
+# 300). Writes a journal of that size — decisions and alert changes, as a hook flood leaves
+# them, with a deploy among every thousand lines — starts `rollwatch run` on it, and prints the
+# sidecar's peak resident memory (VmHWM) and how long it took to answer /healthz. The journal is
+# compacted at start (streamed: what restores state is carried over) and read back streamed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/loopback.sh
+megabytes=${1:-300}
+cargo build --release -q
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+mkdir -p "$dir/state"
+python3 - "$dir/state/journal.jsonl" "$megabytes" <<'PY'
+import json, sys
+path, megabytes = sys.argv[1], int(sys.argv[2])
+pad = "x" * 400
+with open(path, "w") as f:
+    i = 0
+    while f.tell() < megabytes << 20:
+        i += 1
+        if i % 1000 == 0:
+            line = {"at": i, "event": "deploy", "from": f"v{i - 1000}", "to": f"v{i}", "source": "hook"}
+        elif i % 2:
+            line = {"at": i, "event": "alerts", "alerts": [{"alert": f'ALERTS{{alertname="Flood",n="{i}",pad="{pad}"}}', "firing": True}]}
+        else:
+            line = {"at": i, "event": "decision", "profile": "p", "outcome": "monitor", "path": [], "pad": pad}
+        f.write(json.dumps(line) + "\n")
+PY
+echo "journal: $(du -m "$dir/state/journal.jsonl" | cut -f1) MB, $(wc -l < "$dir/state/journal.jsonl") lines"
+echo ok > "$dir/health"
+port=$(free_port)
+rwport=$(free_port)
+(cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+wait_for "http://127.0.0.1:$port/health"
+cat > "$dir/profile.toml" <<'TOML'
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+
+[[decide]]
+ask = "Is system down?"
+if = 'firing("down")'
+then = "rollback"
+TOML
+cat > "$dir/rollwatch.toml" <<TOML
+profiles = ["profile.toml"]
+state_dir = "$dir/state"
+listen = "127.0.0.1:$rwport"
+eval_interval = "1s"
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://127.0.0.1:$port/health"
+interval = "1s"
+TOML
+started=$(date +%s.%N)
+./target/release/rollwatch run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
+pid=$!
+for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$rwport/healthz" >/dev/null && break; sleep 0.05; done
+ready=$(date +%s.%N)
+echo "answering /healthz after $(python3 -c "print(f'{$ready - $started:.2f}')") s"
+echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
+echo "after compaction: journal $(du -k "$dir/state/journal.jsonl" | cut -f1) KB, rotated $(du -m "$dir/state/journal.1.jsonl" | cut -f1) MB"
+kill -TERM "$pid"; wait "$pid"
