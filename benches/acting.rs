@@ -1,6 +1,8 @@
 //! Speed of the acting path, measured (figures in README.md, "Performance"):
-//! - one journal line appended and fsynced (what every step, decision and notification costs
-//!   before it counts as done), on the disk `TMPDIR` is on;
+//! - one journal line appended and fsynced, directly and through the shared writer thread (what
+//!   an acting event costs before it counts as done), on the disk `TMPDIR` is on;
+//! - group commit: 100 notes (decisions, notification results) and one durable append behind
+//!   them — one write and one fsync for all 101 lines;
 //! - the dispatcher's share of a tick when nothing is to be done (5 profiles deciding `monitor`);
 //! - rendering the "ROLLBACK IN PROGRESS" template with Slack escaping.
 //!
@@ -23,6 +25,20 @@ fn journal(c: &mut Criterion) {
     let event = serde_json::json!({"rollback_id": "rb-1", "step": 2, "action": "undo", "role": "run"});
     c.bench_function("journal append + fsync", |b| {
         b.iter(|| j.append(Timestamp(1), "step_started", black_box(&event)).unwrap())
+    });
+    drop(j);
+    let shared = SharedJournal::new(Journal::open(dir.path()).unwrap());
+    c.bench_function("shared journal: durable append (writer thread + fsync)", |b| {
+        b.iter(|| shared.append(Timestamp(1), "step_started", black_box(&event)).unwrap())
+    });
+    let decision = serde_json::json!({"profile": "solvereign", "outcome": "monitor", "path": []});
+    c.bench_function("shared journal: 100 notes + 1 durable append (group commit)", |b| {
+        b.iter(|| {
+            for _ in 0..100 {
+                shared.note(Timestamp(1), "decision", black_box(&decision));
+            }
+            shared.append(Timestamp(1), "step_started", black_box(&event)).unwrap()
+        })
     });
 }
 
