@@ -10,7 +10,7 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
-# A journal on a real ext4 that turns read-only mid-run (tests/crash.rs).
+# A journal on a real ext4 that turns read-only mid-run (tests/it/crash.rs).
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"

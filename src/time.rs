@@ -160,6 +160,27 @@ impl Clock for SystemClock {
     }
 }
 
+/// Time that moves only when told (tests of code that reads a [`Clock`] but runs no timers).
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn starting_at(at: Timestamp) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(at.0))
+    }
+
+    /// Moves time forward by `span`.
+    pub fn advance(&self, span: Span) {
+        self.0.fetch_add(span.0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// Tokio's clock from a starting wall time: under a paused test runtime it moves only as tokio's
 /// virtual time does, so in-process tests run minutes of engine time in milliseconds.
 #[derive(Debug, Clone, Copy)]

@@ -5,9 +5,8 @@
 //! completes when the alert resolves, an incident that predates a deploy, reject/approve with
 //! who, mark, versions, and deploys reported by the hook and `rollwatch deployed`.
 
-mod common;
-
-use common::{VersionedService, of_kind, rollwatch, sigterm, spawn_run, versioned_config, wait_for_journal};
+use crate::common;
+use crate::common::{VersionedService, of_kind, rollwatch, sigterm, spawn_run, versioned_config, wait_for_journal};
 use serde_json::Value;
 
 struct Sidecar {

@@ -1,10 +1,8 @@
 //! Hostile files: each gives a clear, placed error and never a panic.
 
-mod common;
-
 use std::path::Path;
 
-use common::{PROFILE, write};
+use crate::common::{PROFILE, write};
 use rollwatch::cli::check::check_file;
 use rollwatch::config::Diagnostics;
 use rollwatch::fixture::Fixture;

@@ -3,8 +3,7 @@
 //! mail from lettre, a webhook that keeps failing (retries, then the fallback channel), and
 //! `rollwatch notify` from the command line.
 
-mod common;
-
+use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

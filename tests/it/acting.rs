@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rollwatch::act::action::{Action, ActionKind};
@@ -15,18 +14,9 @@ use rollwatch::journal::{Journal, SharedJournal};
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, Templates};
 use rollwatch::rules::tree::Answer;
 use rollwatch::rules::{Decision, Outcome, RuleValue, Step};
-use rollwatch::time::{Clock, Span, Timestamp};
+use rollwatch::time::{Clock, ManualClock, Span, Timestamp};
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-/// Time that moves only when told.
-struct ManualClock(AtomicI64);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
-    }
-}
 
 const PROFILE: &str = "api";
 const START: i64 = 1_800_000_000_000;
@@ -83,7 +73,7 @@ impl Harness {
             labels: BTreeMap::new(),
             reads: vec![("errors".into(), vec!["signal:error_rate".into()]), ("down".into(), vec!["up".into()])],
         };
-        let clock = Arc::new(ManualClock(AtomicI64::new(START)));
+        let clock = Arc::new(ManualClock::starting_at(Timestamp(START)));
         let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);
         Harness { dir, clock, d, done, console, policy, actions, plan }
     }
@@ -104,7 +94,7 @@ impl Harness {
     }
 
     fn advance(&self, span: Span) {
-        self.clock.0.fetch_add(span.0, Ordering::SeqCst);
+        self.clock.advance(span);
     }
 
     fn tick(&mut self, outcome: Outcome, firing: &[&str], version: Option<&str>) {

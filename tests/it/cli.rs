@@ -1,8 +1,6 @@
 //! The command line end to end: exit codes, every error listed, expected/got reports, timelines.
 
-mod common;
-
-use common::{PROFILE, rollwatch, write};
+use crate::common::{PROFILE, rollwatch, write};
 
 #[test]
 fn shipped_fixtures_all_pass() {

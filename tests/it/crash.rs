@@ -4,8 +4,7 @@
 //! unfinished rollback must be reported (interrupted, S1) rather than re-run, and the journal
 //! must read back whole.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

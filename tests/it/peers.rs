@@ -5,15 +5,14 @@
 //! Alertmanager webhooks in, rollback out. `scripts/test.sh` (the README's test command) installs
 //! both; without them these tests fail, saying so.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{serve_http, write};
+use crate::common::{serve_http, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
 use rollwatch::source::poller::http_client;

@@ -4,13 +4,11 @@
 //! after the sustained rule's `for`. Real sockets and a real clock: the bounds carry a stated
 //! allowance for scheduling on a loaded 2-core machine, and nothing sleeps to get a result.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{counters_service, write};
+use crate::common::{counters_service, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::engine::{Parts, TickEvent};
 use rollwatch::rules::Outcome;

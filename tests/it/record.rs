@@ -2,13 +2,11 @@
 //! and the recording, replayed by `rollwatch test`, reaches the same rule states and decisions.
 //! Recording never acts.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{counters_service, rollwatch, write};
+use crate::common::{counters_service, rollwatch, write};
 
 const PROFILE: &str = r#"
 [signals]

@@ -2,9 +2,7 @@
 //! a condition unknown, and each rule follows its `on_no_data`. Where other tools fail open or
 //! abort falsely, these pin the behaviour down.
 
-mod common;
-
-use common::write;
+use crate::common::write;
 use rollwatch::fixture::{Fixture, run};
 use rollwatch::rules::Decision;
 

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration suites: temp files and running the real binary.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

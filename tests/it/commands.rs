@@ -2,8 +2,7 @@
 //! id, held back by `pause` and by `silence`, then granted), `resume`, `unsilence`, the bearer
 //! token; then `history` (text and `--json`) and `annotate` on the journal it left.
 
-mod common;
-
+use crate::common;
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 

@@ -2,11 +2,9 @@
 //! `/status` (JSON and HTML), and the Alertmanager hook — token enforced, malformed payloads
 //! answered 400, and a firing alert reaching a `rollback` decision.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{rollwatch, write};
+use crate::common::{rollwatch, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
 use rollwatch::source::Secret;

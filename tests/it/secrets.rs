@@ -4,8 +4,7 @@
 //! channel fails too — then its logs, `/status`, `/metrics`, the journal and every error message
 //! are searched for each secret value.
 
-mod common;
-
+use crate::common;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

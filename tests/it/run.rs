@@ -3,15 +3,14 @@
 //! binary shuts down cleanly on SIGTERM with its journal whole. Real sockets: short real
 //! intervals and generous deadlines.
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{serve_http, write};
+use crate::common::{serve_http, write};
 use rollwatch::config::deploy::Config;
 use rollwatch::journal::Journal;
 use rollwatch::rules::Outcome;

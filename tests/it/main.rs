@@ -1,0 +1,22 @@
+//! The integration suites, one test binary (one link of the crate, shared helpers in
+//! [`common`]): real servers on loopback, the real binary, Debian's Prometheus, Alertmanager and
+//! aiosmtpd. Run a suite with `cargo test --test it SUITE::`, e.g. `cargo test --test it crash::`.
+
+mod common;
+
+mod acting;
+mod cli;
+mod commands;
+mod crash;
+mod data_quality;
+mod demo;
+mod end_to_end;
+mod endpoints;
+mod hostile;
+mod notify;
+mod peers;
+mod record;
+mod run;
+mod secrets;
+mod sources;
+mod versions;
