@@ -15,8 +15,9 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rollwatch::act::{Acting, Dispatcher, Plan, Policy};
 use rollwatch::journal::{Journal, SharedJournal};
-use rollwatch::notify::{Console, Notifier, Templates, templates::blank_vars};
+use rollwatch::notify::{Console, Notifier, Templates};
 use rollwatch::rules::{Decision, Outcome};
+use rollwatch::template::messages::blank_vars;
 use rollwatch::time::{SystemClock, Timestamp};
 
 fn journal(c: &mut Criterion) {
@@ -104,7 +105,7 @@ fn template(c: &mut Criterion) {
     let mut vars = blank_vars();
     vars.insert("reason".into(), "Is error rate > 5% (error-rate-critical = 0.0812) <@here> & co".into());
     c.bench_function("render rollback_in_progress for Slack", |b| {
-        b.iter(|| t.render("rollback_in_progress", black_box(&vars), rollwatch::act::template::Escape::Slack).unwrap())
+        b.iter(|| t.render("rollback_in_progress", black_box(&vars), rollwatch::template::Escape::Slack).unwrap())
     });
 }
 

@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use rollwatch::config::{LoadedProfile, SourceFile};
+use rollwatch::config::LoadedProfile;
+use rollwatch::diag::SourceFile;
 use rollwatch::fixture::{Fixture, run};
 use rollwatch::rules::{Evaluator, load};
 use rollwatch::selector::SeriesKey;

@@ -19,8 +19,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::cli::report;
-use crate::config::deploy::Config;
 use crate::engine::{self, Parts, TickEvent};
 use crate::notify::Console;
 use crate::rules::Outcome;
@@ -192,7 +190,7 @@ url = "http://{sim_addr}/health/ready"
     );
     let config_path: PathBuf = dir.join("rollwatch.toml");
     std::fs::write(&config_path, config_text)?;
-    let (config, evaluator) = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (config, evaluator) = crate::act::deployment::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let targets = config.targets(|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     writeln!(
@@ -244,7 +242,14 @@ url = "http://{sim_addr}/health/ready"
             shown_version = version;
         }
         for t in &event.tick.transitions {
-            writeln!(out, "{secs:6.1}s  rule {} {} → {} (value {})", t.rule, t.from, t.to, report::maybe(t.value))?;
+            writeln!(
+                out,
+                "{secs:6.1}s  rule {} {} → {} (value {})",
+                t.rule,
+                t.from,
+                t.to,
+                crate::template::maybe(t.value)
+            )?;
         }
         let error_rate = event.signals.iter().find(|(name, _)| name == "error_rate").and_then(|(_, v)| *v);
         let rate = error_rate.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "no data".into());
@@ -258,7 +263,7 @@ url = "http://{sim_addr}/health/ready"
             decided = true;
             writeln!(out, "\nROLLBACK decided after {secs:.1}s: {}", d.explanation())?;
             let firing: Vec<String> =
-                d.firing.iter().map(|r| format!("{} = {}", r.rule, report::maybe(r.value))).collect();
+                d.firing.iter().map(|r| format!("{} = {}", r.rule, crate::template::maybe(r.value))).collect();
             writeln!(out, "firing: {}", firing.join(", "))?;
             writeln!(
                 out,

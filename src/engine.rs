@@ -11,16 +11,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::act::action::Action;
 use crate::act::event::Event;
 use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
 use crate::journal::{Journal, JournalError, SharedJournal};
-use crate::notify::{Console, Notifier};
+use crate::notify::{Channel, Console, Notifier};
 use crate::rules::{Evaluator, Tick};
+use crate::secret::{Env, Secret, process_env};
 use crate::server::{self, Shared};
 use crate::source::alertmanager::Alerts;
 use crate::source::poller::{http_client, run_target};
-use crate::source::{Observation, Secret, SourceError, Target, TargetSeries};
+use crate::source::{Observation, SourceError, Target, TargetSeries};
 use crate::status::{RECENT, RuleStatus, Snapshot, TargetStatus};
 use crate::time::{Clock, Stopwatch};
 
@@ -34,19 +36,11 @@ pub enum EngineError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] SourceError),
     #[error("{0}")]
-    Config(crate::config::Diagnostics),
+    Config(crate::diag::Diagnostics),
 }
 
 /// How long a stop waits for a running rollback's steps (Kubernetes' default grace is 30 s).
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Where secrets come from: the process environment in production, a map in tests.
-pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// The process environment.
-pub fn process_env() -> Env {
-    Arc::new(|var| std::env::var(var).ok())
-}
 
 /// Everything the engine runs with.
 pub struct Parts {
@@ -266,7 +260,7 @@ pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver
                 let reloaded = load_again(&config, &env).and_then(|(c, e, t)| {
                     let acting = acting_parts(&c, &e, &env, &client, &console, &journal, &clock).map_err(|err| match err {
                         EngineError::Config(d) => d,
-                        other => crate::config::Diagnostic::file(&c.path, other.to_string()).into(),
+                        other => crate::diag::Diagnostic::file(&c.path, other.to_string()).into(),
                     })?;
                     Ok((c, e, t, acting))
                 });
@@ -348,8 +342,9 @@ fn acting_parts(
     clock: &Arc<dyn Clock>,
 ) -> Result<(Acting, Notifier), EngineError> {
     let spec = &config.acting;
-    let actions = spec.actions(&config.path, env.as_ref()).map_err(EngineError::Config)?;
-    let channels = spec.channels(&config.path, env.as_ref()).map_err(EngineError::Config)?;
+    let unset = |errors| EngineError::Config(crate::diag::Diagnostics::of_file(&config.path, errors));
+    let actions = Action::build_all(&spec.actions, env.as_ref()).map_err(unset)?;
+    let channels = Channel::build_all(&spec.channels, env.as_ref()).map_err(unset)?;
     let notifier = Notifier::start(
         channels,
         spec.templates.clone(),
@@ -358,7 +353,7 @@ fn acting_parts(
         Some(journal.clone()),
         clock.clone(),
     );
-    let redactor = crate::source::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
+    let redactor = crate::secret::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
     notifier.redact_with(redactor.clone());
     let acting = Acting {
         policy: spec.policy.clone(),
@@ -397,8 +392,8 @@ fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
 }
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).
-fn load_again(config: &Config, env: &Env) -> Result<(Config, Evaluator, Vec<Target>), crate::config::Diagnostics> {
-    let (new_config, ev) = Config::load(&config.path)?;
+fn load_again(config: &Config, env: &Env) -> Result<(Config, Evaluator, Vec<Target>), crate::diag::Diagnostics> {
+    let (new_config, ev) = crate::act::deployment::load(&config.path)?;
     let targets = new_config.targets(|var| env(var))?;
     if new_config.state_dir != config.state_dir || new_config.listen != config.listen {
         tracing::warn!("state_dir and listen changes take effect at the next restart");

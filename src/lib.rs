@@ -5,30 +5,41 @@
 //!
 //! # Layout
 //!
-//! - [`time`]: timestamps, spans, duration parsing, the clock — the only reader of wall time.
+//! Modules in their layer order (DESIGN.md, "Layers"; [`LAYERS`] is the same list, checked by the
+//! test `layers_are_one_way`): each uses only modules listed before it, and the modules of one
+//! tier (`rules`, `notify`; `status`, `fixture`) do not use each other.
+//!
+//! - [`time`]: timestamps, spans, duration parsing, the clocks — the only reader of wall time.
 //! - [`selector`]: series keys and PromQL-style selectors.
+//! - [`diag`]: errors placed at file:line:col, the checker every loader shares, "did you mean".
+//! - [`template`]: `{{name}}` rendering with escaping, numbers as people read them, and the
+//!   notification messages.
+//! - [`secret`]: secrets from the environment, redaction, what an exec action inherits.
+//! - [`journal`]: the append-only JSONL journal in `state_dir`, its group-committing writer, the
+//!   `state_dir` lock.
 //! - [`window`]: per-series ring buffers and the window aggregates rules read.
+//! - [`source`]: the exposition parser, health JSON, promql, Alertmanager payloads, the pollers
+//!   and the queue to the evaluator.
 //! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
+//! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).
 //! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick.
-//! - [`config`]: TOML loading (profiles, `rollwatch.toml`), every error with file:line:col.
-//! - [`source`]: the Prometheus text exposition parser (the pollers come with the live sidecar).
-//! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
-//! - [`journal`]: the append-only, fsynced JSONL journal in `state_dir`.
+//! - [`notify`]: notification channels (console, webhook, Slack, email), retries, fallback.
+//! - [`act`]: acting on decisions — a loaded deployment, actions, the dispatcher, history.
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
-//! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, `POST /hooks/alertmanager`.
+//! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
 //! - [`record`]: a live run written as a fixture (`rollwatch record`).
-//! - [`act`]: acting on decisions — templates, actions, policy, the dispatcher, history.
-//! - [`notify`]: notification channels (console, webhook, Slack, email), templates, retries.
-//! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → journal.
+//! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, the hooks, operator commands.
+//! - [`engine`]: the live pipeline — pollers → store → evaluator on wall-clock ticks → dispatcher.
 //! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
 //! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `record`, `demo`, `approve`, `pause`,
-//!   `resume`, `silence`, `notify`, `history`, `annotate`).
+//!   `resume`, `silence`, `notify`, `history`, `annotate`, …).
 #![forbid(unsafe_code)]
 
 pub mod act;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diag;
 pub mod engine;
 pub mod expr;
 pub mod fixture;
@@ -36,12 +47,38 @@ pub mod journal;
 pub mod notify;
 pub mod record;
 pub mod rules;
+pub mod secret;
 pub mod selector;
 pub mod server;
 pub mod source;
 pub mod status;
+pub mod template;
 pub mod time;
 pub mod window;
+
+/// The layer order, leaves first: a module may use only modules of earlier entries; the
+/// modules of one entry do not use each other. `coord` (the HA coordinator) has its place
+/// before it exists.
+pub const LAYERS: &[&[&str]] = &[
+    &["time"],
+    &["selector"],
+    &["diag"],
+    &["template"],
+    &["secret"],
+    &["journal"],
+    &["window"],
+    &["source"],
+    &["expr"],
+    &["config"],
+    &["rules", "notify", "coord"],
+    &["act"],
+    &["status", "fixture"],
+    &["record"],
+    &["server"],
+    &["engine"],
+    &["demo"],
+    &["cli"],
+];
 
 /// An error with its causes on one line (`a: b: c`), for logs and journal lines.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
 
 use crate::act::{Command, CommandRequest};
-use crate::source::Secret;
+use crate::secret::Secret;
 use crate::source::alertmanager::{self, AlertUpdate};
 use crate::status::Snapshot;
 

@@ -3,12 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rollwatch::config::SourceFile;
-use rollwatch::config::deploy::Config;
+use rollwatch::diag::SourceFile;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(file) = SourceFile::from_bytes(std::path::Path::new("/nonexistent/rollwatch.toml"), data.to_vec()) else {
         return;
     };
-    let _ = Config::from_source(file);
+    let _ = rollwatch::act::deployment::from_source(file);
 });

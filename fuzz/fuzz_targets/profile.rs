@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rollwatch::config::SourceFile;
+use rollwatch::diag::SourceFile;
 use rollwatch::config::profile::LoadedProfile;
 use rollwatch::rules::load::build;
 use rollwatch::time::Timestamp;

@@ -5,55 +5,26 @@
 //! capped output for the journal.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::template::{Escape, TemplateError, Vars, render};
+use crate::config::acting::ActionSpec;
 use crate::error_chain;
-use crate::source::Secret;
+use crate::secret::{INHERITED_ENV, Secret};
+use crate::template::{Escape, TemplateError, Vars, render};
 use crate::time::{Span, Stopwatch};
 
 /// Output kept per action for the journal.
 pub const OUTPUT_CAP: usize = 4096;
 
-/// What an exec action inherits from rollwatch's environment; everything else (API tokens, SMTP
-/// passwords, …) stays out unless the action's `env_from` names it.
-pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR"];
-
 /// How much of an output is read before redaction and the cut to [`OUTPUT_CAP`]: a secret
 /// straddling the cut is masked whole.
 const READ_CAP: usize = 2 * OUTPUT_CAP;
 
-/// What an action does.
-#[derive(Debug, Clone)]
-pub enum ActionKind {
-    Exec {
-        argv: Vec<String>,
-        /// Set in the child's environment, on top of a clean one ([`INHERITED_ENV`]).
-        env: BTreeMap<String, String>,
-        /// Secrets the config hands the child (`env_from = { TOKEN = "DEPLOY_TOKEN" }`): the
-        /// only way one reaches an action.
-        secret_env: Vec<(String, Secret)>,
-    },
-    Http {
-        method: reqwest::Method,
-        url: String,
-        headers: Vec<(String, String)>,
-        /// Sent as `Authorization: Bearer …`; read from an env var at start.
-        bearer: Option<Secret>,
-        body: Option<String>,
-        /// Statuses that count as success (empty: any 2xx).
-        expect_status: Vec<u16>,
-    },
-    File {
-        path: PathBuf,
-        /// `true` creates the marker, `false` removes it.
-        present: bool,
-    },
-}
+/// What an action does, its secrets read (see [`crate::config::acting::ActionKind`]).
+pub type ActionKind = crate::config::acting::ActionKind<Secret>;
 
 /// A configured action (`[actions.NAME]`).
 #[derive(Debug, Clone)]
@@ -81,16 +52,34 @@ impl ActionResult {
 }
 
 impl Action {
+    /// Builds every action, or says every one that cannot be built.
+    pub fn build_all(
+        specs: &BTreeMap<String, ActionSpec>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, Action>, Vec<String>> {
+        let mut built = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, spec) in specs {
+            match Action::build(spec, env) {
+                Ok(action) => drop(built.insert(name.clone(), action)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() { Ok(built) } else { Err(errors) }
+    }
+
+    /// Builds the action from its spec, reading its secrets through `env`; an unset variable is
+    /// an error naming the action and the variable, never a value.
+    pub fn build(spec: &ActionSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Action, String> {
+        let kind = spec.kind.map_secrets(|var| {
+            env(var).map(Secret).ok_or_else(|| format!("action {:?}: environment variable {var} is not set", spec.name))
+        })?;
+        Ok(Action { name: spec.name.clone(), kind, timeout: spec.timeout })
+    }
+
     /// The placeholders this action's templates name (checked against the known names at load).
     pub fn templates(&self) -> Vec<&str> {
-        match &self.kind {
-            ActionKind::Exec { argv, env, .. } => argv.iter().chain(env.values()).map(String::as_str).collect(),
-            ActionKind::Http { url, headers, body, .. } => std::iter::once(url.as_str())
-                .chain(headers.iter().map(|h| h.1.as_str()))
-                .chain(body.as_deref())
-                .collect(),
-            ActionKind::File { .. } => vec![],
-        }
+        self.kind.templates()
     }
 
     /// Runs the action once with `vars` filled in. Never panics; every failure is a result.
@@ -254,7 +243,7 @@ async fn exec(
 
 /// Masks every secret in `text`, then cuts it to [`OUTPUT_CAP`] bytes (at a character boundary):
 /// in that order, so a secret across the cut cannot leak in part.
-pub fn redact_and_cap(redactor: &crate::source::Redactor, text: &str) -> String {
+pub fn redact_and_cap(redactor: &crate::secret::Redactor, text: &str) -> String {
     let mut out = redactor.redact(text);
     if out.len() > OUTPUT_CAP {
         let mut cut = OUTPUT_CAP;
@@ -366,7 +355,7 @@ mod tests {
         let r = exec_action(&["/usr/bin/head", "-c", "100000", "/dev/zero"], 5_000).run(&Vars::new(), &client()).await;
         assert!(r.ok, "{r:?}");
         assert_eq!(r.output.len(), READ_CAP, "read in full up to READ_CAP");
-        assert_eq!(redact_and_cap(&crate::source::Redactor::default(), &r.output).len(), OUTPUT_CAP);
+        assert_eq!(redact_and_cap(&crate::secret::Redactor::default(), &r.output).len(), OUTPUT_CAP);
     }
 
     #[tokio::test]

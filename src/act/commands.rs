@@ -105,7 +105,7 @@ impl Dispatcher {
                 let known: Vec<&str> =
                     self.acting.plans.values().flat_map(|p| p.rules.iter().map(String::as_str)).collect();
                 if !known.contains(&rule.as_str()) {
-                    let hint = crate::config::did_you_mean(&rule, known.iter().copied());
+                    let hint = crate::diag::did_you_mean(&rule, known.iter().copied());
                     return Ok(Err(format!("no rule named {rule:?}{hint}")));
                 }
                 let until = now.plus(for_);
@@ -126,7 +126,7 @@ impl Dispatcher {
                 // Only a version that was deployed here: a typo must not become a rollback target.
                 if self.state.versions.get(&version).is_none() {
                     let known: Vec<&str> = self.state.versions.list.iter().map(|v| v.version.as_str()).collect();
-                    let hint = crate::config::did_you_mean(&version, known.iter().copied());
+                    let hint = crate::diag::did_you_mean(&version, known.iter().copied());
                     return Ok(Err(format!(
                         "no deploy of {version:?} is recorded{hint} (known: {}); nothing marked",
                         if known.is_empty() { "none".to_string() } else { known.join(", ") }

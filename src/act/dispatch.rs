@@ -21,12 +21,12 @@ use tokio::sync::mpsc;
 use super::action::Action;
 use super::event::*;
 use super::gate::{self, Start};
-use super::policy::{Mode, Policy};
 use super::procedure::ProcedureDone;
 use super::rollback::describe;
 pub use super::rollback::{InFlight, Phase};
 use super::state::{Rollback, State};
 use super::versions::Bake;
+use crate::config::policy::{Mode, Policy};
 use crate::journal::{JournalError, SharedJournal};
 use crate::notify::Notifier;
 use crate::rules::{Decision, Evaluator, Outcome, Step};
@@ -74,7 +74,7 @@ pub struct Acting {
     pub actions: Arc<BTreeMap<String, Action>>,
     pub plans: BTreeMap<String, Plan>,
     /// Masks secret values in what actions print before it is journalled.
-    pub redactor: crate::source::Redactor,
+    pub redactor: crate::secret::Redactor,
     /// The config file, for the commands messages tell people to run.
     pub config_path: PathBuf,
 }
@@ -248,7 +248,7 @@ impl Dispatcher {
         tracing::error!(%error, "journal unwritable: not acting until it takes writes again");
         self.journal_down = Some((now, error.clone()));
         self.escalations += 1;
-        let mut vars = crate::notify::templates::blank_vars();
+        let mut vars = crate::template::messages::blank_vars();
         vars.insert("severity".into(), Severity::S1.to_string());
         vars.insert("finding".into(), format!("journal unwritable: not acting ({error})"));
         vars.insert(
@@ -276,7 +276,7 @@ impl Dispatcher {
         let finding =
             format!("journal writable again after {}: acting resumed", crate::time::human(now.saturating_since(since)));
         tracing::warn!("{finding}");
-        let vars = crate::notify::templates::blank_vars();
+        let vars = crate::template::messages::blank_vars();
         let profiles = self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", ");
         self.escalate(now, Severity::Notice, &finding, "None: rollwatch acts again.", &profiles, None, vars)?;
         Ok(true)
@@ -430,7 +430,7 @@ impl Dispatcher {
 
     /// Tells every channel that a profile's rollback is held back, and why.
     fn announce_suppressed(&self, profile: &str, reason: &str, explanation: &str) {
-        let mut vars = crate::notify::templates::blank_vars();
+        let mut vars = crate::template::messages::blank_vars();
         vars.insert("profile".into(), profile.to_string());
         vars.insert("reason".into(), reason.to_string());
         vars.insert("explanation".into(), explanation.to_string());

@@ -4,11 +4,11 @@
 
 use super::dispatch::Dispatcher;
 use super::event::*;
-use super::template::Vars;
 use super::vars;
 use crate::journal::JournalError;
-use crate::notify::templates::blank_vars;
 use crate::rules::Decision;
+use crate::template::Vars;
+use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
 
 impl Dispatcher {

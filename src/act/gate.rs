@@ -3,8 +3,8 @@
 //! journals and announces what the gate answers; the gate itself writes nothing.
 
 use super::event::{ApprovalOpened, RollbackResult};
-use super::policy::Policy;
 use super::state::State;
+use crate::config::policy::Policy;
 use crate::rules::Decision;
 use crate::time::{Timestamp, iso};
 
@@ -30,7 +30,7 @@ impl Start {
         let cause: Vec<&crate::rules::RuleValue> =
             d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
         let values: Vec<String> =
-            cause.iter().map(|r| format!("{} = {}", r.rule, crate::cli::report::maybe(r.value))).collect();
+            cause.iter().map(|r| format!("{} = {}", r.rule, crate::template::maybe(r.value))).collect();
         let reason = match asked {
             Some(q) => format!("{q} ({})", values.join(", ")),
             None => values.join(", "),

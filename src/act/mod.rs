@@ -10,21 +10,20 @@
 pub mod action;
 pub mod approvals;
 pub mod commands;
+pub mod deployment;
 pub mod dispatch;
 pub mod escalate;
 pub mod event;
 pub mod gate;
 pub mod history;
-pub mod policy;
 pub mod procedure;
 pub mod rollback;
 pub mod state;
-pub mod template;
 pub mod vars;
 pub mod verify;
 pub mod versions;
 
+pub use crate::config::policy::{Mode, Policy};
 pub use crate::time::{human, iso};
 pub use commands::{Command, CommandRequest};
 pub use dispatch::{Acting, Dispatcher, Plan, Restart};
-pub use policy::{Mode, Policy};

@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 
 use super::action::Action;
 use super::event::{Event, Role, StepEvent};
-use super::template::Vars;
 use crate::journal::SharedJournal;
 use crate::notify::Notifier;
 use crate::rules::Step;
+use crate::template::Vars;
 use crate::time::Clock;
 
 /// A step that failed.
@@ -39,7 +39,7 @@ pub struct Procedure {
     pub vars: Vars,
     pub actions: Arc<BTreeMap<String, Action>>,
     /// Applied to each action's output and detail before they are journalled or logged.
-    pub redactor: crate::source::Redactor,
+    pub redactor: crate::secret::Redactor,
     pub notifier: Notifier,
     pub journal: SharedJournal,
     pub client: reqwest::Client,
@@ -75,7 +75,7 @@ impl Procedure {
         // An explicit target must be known: an undo "to the previous version" run twice flips
         // back to the bad one.
         let names_target =
-            |t: &&str| super::template::placeholders(t).is_ok_and(|names| names.contains(&"target_version"));
+            |t: &&str| crate::template::placeholders(t).is_ok_and(|names| names.contains(&"target_version"));
         if action.templates().iter().any(names_target) && self.vars.get("target_version").is_none_or(|v| v == "unknown")
         {
             return Err(fail("the step names {{target_version}} but no last-good version is recorded".into()));

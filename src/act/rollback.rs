@@ -10,12 +10,12 @@ use super::event::*;
 use super::gate::{self, Gate, Start};
 use super::procedure::{Procedure, ProcedureDone};
 use super::state::Rollback;
-use super::template::Vars;
 use super::vars;
 use super::verify::{Verdict, Verification, rules_to_verify};
 use crate::journal::JournalError;
-use crate::notify::templates::blank_vars;
 use crate::rules::{Decision, Outcome, Step};
+use crate::template::Vars;
+use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
 
 /// Where a rollback in flight is.

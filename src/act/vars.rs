@@ -6,8 +6,8 @@ use std::path::Path;
 use super::dispatch::Acting;
 use super::event::RollbackStarted;
 use super::gate::Start;
-use super::template::Vars;
-use crate::notify::templates::blank_vars;
+use crate::template::Vars;
+use crate::template::messages::blank_vars;
 
 /// The values every message about `start` carries.
 pub fn base(acting: &Acting, s: &Start) -> Vars {

@@ -12,11 +12,12 @@ use anyhow::Context;
 
 use crate::act::history;
 use crate::config::deploy::Config;
-use crate::notify::{Console, Notifier, templates::blank_vars};
+use crate::notify::{Console, Notifier};
+use crate::template::messages::blank_vars;
 use crate::time::{Clock, Span, SystemClock};
 
 fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
-    match Config::load(path) {
+    match crate::act::deployment::load(path) {
         Ok((config, _)) => Ok(Some(config)),
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -110,7 +111,7 @@ pub fn notify(
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
     let spec = &config.acting;
     if spec.templates.get(template).is_none() {
-        let hint = crate::config::did_you_mean(template, spec.templates.names());
+        let hint = crate::diag::did_you_mean(template, spec.templates.names());
         let known: Vec<&str> = spec.templates.names().collect();
         writeln!(out, "no template named {template:?}{hint}; known: {}", known.join(", "))?;
         return Ok(ExitCode::FAILURE);
@@ -122,23 +123,27 @@ pub fn notify(
             return Ok(ExitCode::FAILURE);
         };
         if !values.contains_key(k) && k.strip_prefix("labels.").is_none_or(str::is_empty) {
-            let hint = crate::config::did_you_mean(k, crate::notify::templates::VARS.iter().copied());
-            writeln!(out, "--var {k:?}: no such variable{hint}; known: {}", crate::notify::templates::VARS.join(", "))?;
+            let hint = crate::diag::did_you_mean(k, crate::template::messages::VARS.iter().copied());
+            writeln!(
+                out,
+                "--var {k:?}: no such variable{hint}; known: {}",
+                crate::template::messages::VARS.join(", ")
+            )?;
             return Ok(ExitCode::FAILURE);
         }
         values.insert(k.to_string(), val.to_string());
     }
     let env = |var: &str| std::env::var(var).ok();
-    let channels = match spec.channels(&config.path, &env) {
+    let channels = match crate::notify::Channel::build_all(&spec.channels, &env) {
         Ok(c) => c,
         Err(errors) => {
-            writeln!(out, "{errors}")?;
+            writeln!(out, "{}", crate::diag::Diagnostics::of_file(&config.path, errors))?;
             return Ok(ExitCode::FAILURE);
         }
     };
     if !channels.iter().any(|c| c.name == channel) {
         let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
-        let hint = crate::config::did_you_mean(channel, names.iter().copied());
+        let hint = crate::diag::did_you_mean(channel, names.iter().copied());
         writeln!(out, "no channel named {channel:?}{hint}; configured: {}", names.join(", "))?;
         return Ok(ExitCode::FAILURE);
     }
@@ -148,7 +153,7 @@ pub fn notify(
         let notifier =
             Notifier::start(channels, spec.templates.clone(), client, Console::Stdout, None, Arc::new(SystemClock));
         let secrets = config.secret_vars().into_iter().filter_map(|v| std::env::var(v).ok());
-        notifier.redact_with(crate::source::Redactor::new(secrets));
+        notifier.redact_with(crate::secret::Redactor::new(secrets));
         anyhow::Ok(notifier.send(channel, template, &values).await)
     })?;
     match result {

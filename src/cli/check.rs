@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::toml_files;
-use crate::config::deploy::Config;
-use crate::config::{Diagnostics, LoadedProfile, SourceFile};
+use crate::config::LoadedProfile;
+use crate::diag::{Diagnostics, SourceFile};
 use crate::fixture::Fixture;
 use crate::rules::load;
 
@@ -50,7 +50,7 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
             Fixture::from_source(file)?;
         }
         Kind::Config => {
-            let (config, _) = Config::from_source(file)?;
+            let (config, _) = crate::act::deployment::from_source(file)?;
             note = config.ha.is_some().then_some(NO_HA_YET);
         }
     }

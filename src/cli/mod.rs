@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Diagnostic, Diagnostics};
+use crate::diag::{Diagnostic, Diagnostics};
 
 /// rollwatch: automated rollback triggers from runbook thresholds.
 #[derive(Debug, Parser)]
@@ -226,8 +226,8 @@ fn user_name() -> String {
 
 /// A path segment, percent-encoded.
 fn url_segment(text: &str) -> String {
-    let vars = crate::act::template::Vars::from([("v".to_string(), text.to_string())]);
-    crate::act::template::render("{{v}}", &vars, crate::act::template::Escape::Url).unwrap_or_default()
+    let vars = crate::template::Vars::from([("v".to_string(), text.to_string())]);
+    crate::template::render("{{v}}", &vars, crate::template::Escape::Url).unwrap_or_default()
 }
 
 fn parse_span(text: &str) -> Result<crate::time::Span, String> {

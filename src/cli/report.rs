@@ -4,29 +4,7 @@ use std::io::{self, Write};
 
 use crate::fixture::Failure;
 use crate::rules::{Decision, Transition};
-
-/// A number as people read it: `0.052`, `1200`, `3.5e-7`, `NaN`.
-pub fn number(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
-    }
-    if v == v.trunc() && v.abs() < 1e15 {
-        return format!("{}", v as i64);
-    }
-    if v.abs() < 1e-4 {
-        return format!("{v:.3e}");
-    }
-    let s = format!("{v:.6}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-/// `0.052` or `no data`.
-pub fn maybe(v: Option<f64>) -> String {
-    v.map(number).unwrap_or_else(|| "no data".into())
-}
+pub use crate::template::{maybe, number};
 
 /// A failed expectation as an expected/got block.
 pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::config::deploy::Config;
 use crate::engine;
 use crate::record::Recorder;
 use crate::time::Span;
@@ -30,7 +29,7 @@ pub fn record(path: &Path, duration: Span, output: &Path, out: &mut dyn Write) -
 }
 
 fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (mut config, ev) = match Config::load(path) {
+    let (mut config, ev) = match crate::act::deployment::load(path) {
         Ok(loaded) => loaded,
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -55,7 +54,7 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
     let token = match &config.api_token_env {
         None => None,
         Some(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Some(crate::source::Secret(v)),
+            Ok(v) if !v.is_empty() => Some(crate::secret::Secret(v)),
             _ => {
                 writeln!(out, "{}: api_token_env names {var}, which is not set", config.path.display())?;
                 return Ok(ExitCode::FAILURE);

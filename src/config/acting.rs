@@ -1,22 +1,24 @@
 //! The acting half of `rollwatch.toml`: `[policy]`, `[actions.NAME]`, `[channels.NAME]` and
 //! `[templates]`, checked at load with every error placed (kinds, required fields, methods,
-//! durations, fallbacks, template placeholders), and resolved into live parts when the sidecar
-//! starts — secrets read from the environment then, an unset variable named with its channel or
-//! action and never a value.
+//! durations, fallbacks, template placeholders) into specs whose secrets are still named by
+//! their environment variables. Actions and channels build themselves from these specs at start
+//! (`Action::build`, `Channel::build`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use super::diag::{Checker, Diagnostic, Diagnostics};
+use super::policy::{Mode, Policy};
 use super::raw::RawConfig;
-use crate::act::action::{Action, ActionKind};
-use crate::act::{Mode, Policy};
-use crate::notify::email::{EmailChannel, Security};
-use crate::notify::slack::SlackChannel;
-use crate::notify::{Channel, ChannelKind, Templates, templates};
-use crate::source::Secret;
+use crate::diag::Checker;
+use crate::template::messages::{self as templates, Templates};
 use crate::time::Span;
+
+/// Kinds of action the dispatcher knows.
+pub const ACTION_KINDS: &[&str] = &["exec", "http", "file"];
+/// Kinds of notification channel.
+pub const CHANNEL_KINDS: &[&str] = &["slack", "email", "webhook", "console"];
+/// Policy modes.
+pub const MODES: &[&str] = &["auto", "approve", "dry-run"];
 
 /// Default timeout of an `exec` or `http` action.
 pub const DEFAULT_ACTION_TIMEOUT: Span = Span(60_000);
@@ -53,28 +55,100 @@ pub enum ChannelSpecKind {
     },
 }
 
-/// Where an action's secrets come from: env var names, resolved at start.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ActionSecrets {
-    /// An http action's bearer token.
-    pub bearer_env: Option<String>,
-    /// An exec action's `env_from`: child variable → rollwatch's environment variable.
-    pub env_from: Vec<(String, String)>,
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    StartTls,
+    Tls,
+    /// Plain SMTP: only for a relay on loopback.
+    None,
 }
 
-impl ActionSecrets {
-    /// Every environment variable named.
-    pub fn vars(&self) -> impl Iterator<Item = &str> {
-        self.bearer_env.iter().map(String::as_str).chain(self.env_from.iter().map(|(_, v)| v.as_str()))
+/// What an action does. `S` is how a secret is held: the name of its environment variable in a
+/// spec, its value ([`crate::secret::Secret`]) once the action is built at start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionKind<S> {
+    Exec {
+        argv: Vec<String>,
+        /// Set in the child's environment, on top of a clean one ([`crate::secret::INHERITED_ENV`]).
+        env: BTreeMap<String, String>,
+        /// Secrets the config hands the child (`env_from = { TOKEN = "DEPLOY_TOKEN" }`): the
+        /// only way one reaches an action.
+        secret_env: Vec<(String, S)>,
+    },
+    Http {
+        method: reqwest::Method,
+        url: String,
+        headers: Vec<(String, String)>,
+        /// Sent as `Authorization: Bearer …`.
+        bearer: Option<S>,
+        body: Option<String>,
+        /// Statuses that count as success (empty: any 2xx).
+        expect_status: Vec<u16>,
+    },
+    File {
+        path: PathBuf,
+        /// `true` creates the marker, `false` removes it.
+        present: bool,
+    },
+}
+
+impl<S> ActionKind<S> {
+    /// The texts with placeholders (checked against the known names at load).
+    pub fn templates(&self) -> Vec<&str> {
+        match self {
+            ActionKind::Exec { argv, env, .. } => argv.iter().chain(env.values()).map(String::as_str).collect(),
+            ActionKind::Http { url, headers, body, .. } => std::iter::once(url.as_str())
+                .chain(headers.iter().map(|h| h.1.as_str()))
+                .chain(body.as_deref())
+                .collect(),
+            ActionKind::File { .. } => vec![],
+        }
     }
+
+    /// The secrets it names.
+    pub fn secrets(&self) -> Vec<&S> {
+        match self {
+            ActionKind::Exec { secret_env, .. } => secret_env.iter().map(|(_, s)| s).collect(),
+            ActionKind::Http { bearer, .. } => bearer.iter().collect(),
+            ActionKind::File { .. } => vec![],
+        }
+    }
+
+    /// The same action with each secret turned into `T` by `f` (an env var name into its value).
+    pub fn map_secrets<T, E>(&self, mut f: impl FnMut(&S) -> Result<T, E>) -> Result<ActionKind<T>, E> {
+        Ok(match self {
+            ActionKind::Exec { argv, env, secret_env } => ActionKind::Exec {
+                argv: argv.clone(),
+                env: env.clone(),
+                secret_env: secret_env.iter().map(|(k, s)| f(s).map(|v| (k.clone(), v))).collect::<Result<_, E>>()?,
+            },
+            ActionKind::Http { method, url, headers, bearer, body, expect_status } => ActionKind::Http {
+                method: method.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                bearer: bearer.as_ref().map(&mut f).transpose()?,
+                body: body.clone(),
+                expect_status: expect_status.clone(),
+            },
+            ActionKind::File { path, present } => ActionKind::File { path: path.clone(), present: *present },
+        })
+    }
+}
+
+/// A checked action (`[actions.NAME]`), its secrets named by their environment variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionSpec {
+    pub name: String,
+    pub kind: ActionKind<String>,
+    pub timeout: Span,
 }
 
 /// The acting half, checked.
 #[derive(Debug, Clone)]
 pub struct ActingSpec {
     pub policy: Policy,
-    /// Actions with the env vars their secrets come from.
-    pub actions: BTreeMap<String, (Action, ActionSecrets)>,
+    pub actions: BTreeMap<String, ActionSpec>,
     pub channels: Vec<ChannelSpec>,
     pub templates: Templates,
 }
@@ -86,7 +160,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         let p = p.get_ref();
         let item = Some("policy");
         if let Some(m) = &p.mode
-            && c.one_of(m, super::deploy::MODES, item, "mode")
+            && c.one_of(m, MODES, item, "mode")
         {
             policy.mode = Mode::parse(m.get_ref()).unwrap_or(Mode::Auto);
         }
@@ -126,7 +200,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         let span = a.span();
         let a = a.get_ref();
         let timeout = c.duration(&a.timeout, DEFAULT_ACTION_TIMEOUT, item, "timeout");
-        if !c.one_of(&a.kind, super::deploy::ACTION_KINDS, item, "kind") {
+        if !c.one_of(&a.kind, ACTION_KINDS, item, "kind") {
             continue;
         }
         let kind = match a.kind.get_ref().as_str() {
@@ -134,7 +208,11 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                 if a.argv.is_empty() {
                     c.err(&a.kind.span(), item, "an exec action needs argv = [\"program\", \"arg\", ...]");
                 }
-                ActionKind::Exec { argv: a.argv.clone(), env: a.env.clone(), secret_env: vec![] }
+                ActionKind::Exec {
+                    argv: a.argv.clone(),
+                    env: a.env.clone(),
+                    secret_env: a.env_from.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                }
             }
             "http" => {
                 let Some(url) = &a.url else {
@@ -167,7 +245,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                     method,
                     url: url.get_ref().clone(),
                     headers: a.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    bearer: None,
+                    bearer: a.bearer_token_env.as_ref().map(|t| t.get_ref().clone()),
                     body: a.body.clone(),
                     expect_status: a.expect_status.clone(),
                 }
@@ -188,8 +266,8 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                 ActionKind::File { path: PathBuf::from(path.get_ref()), present }
             }
         };
-        let action = Action { name: name.clone(), kind, timeout };
-        for t in action.templates() {
+        let action = ActionSpec { name: name.clone(), kind, timeout };
+        for t in action.kind.templates() {
             if let Err(e) = templates::check(t) {
                 c.err(&span, item, e);
             }
@@ -197,11 +275,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         if !a.env_from.is_empty() && a.kind.get_ref() != "exec" {
             c.err(&a.kind.span(), item, "env_from is for exec actions");
         }
-        let secrets = ActionSecrets {
-            bearer_env: a.bearer_token_env.as_ref().map(|t| t.get_ref().clone()),
-            env_from: a.env_from.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        };
-        actions.insert(name.clone(), (action, secrets));
+        actions.insert(name.clone(), action);
     }
 
     let mut channels = Vec::new();
@@ -209,7 +283,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         let item = format!("channel {name:?}");
         let item = Some(item.as_str());
         let ch = ch.get_ref();
-        if !c.one_of(&ch.kind, super::deploy::CHANNEL_KINDS, item, "kind") {
+        if !c.one_of(&ch.kind, CHANNEL_KINDS, item, "kind") {
             continue;
         }
         let at = ch.kind.span();
@@ -280,7 +354,7 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
             if f.get_ref() == name {
                 c.err(&f.span(), item, "a channel cannot be its own fallback");
             } else if !raw.channels.contains_key(f.get_ref()) {
-                let hint = super::did_you_mean(f.get_ref(), raw.channels.keys().map(String::as_str));
+                let hint = crate::diag::did_you_mean(f.get_ref(), raw.channels.keys().map(String::as_str));
                 c.err(&f.span(), item, format!("fallback names no channel {:?}{hint}", f.get_ref()));
             }
         }
@@ -308,106 +382,4 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
     }
     let templates = Templates::with(raw.templates.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())));
     ActingSpec { policy, actions, channels, templates }
-}
-
-impl ActingSpec {
-    /// Actions with their secrets read through `env`.
-    pub fn actions(
-        &self,
-        path: &std::path::Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<BTreeMap<String, Action>, Diagnostics> {
-        let mut errors = Diagnostics::default();
-        let mut out = BTreeMap::new();
-        for (name, (action, secrets)) in &self.actions {
-            let mut action = action.clone();
-            let mut read = |var: &str| {
-                let value = env(var).map(Secret);
-                if value.is_none() {
-                    errors.push(Diagnostic::file(
-                        path,
-                        format!("action {name:?}: environment variable {var} is not set"),
-                    ));
-                }
-                value
-            };
-            match &mut action.kind {
-                ActionKind::Http { bearer, .. } => {
-                    if let Some(var) = &secrets.bearer_env {
-                        *bearer = read(var);
-                    }
-                }
-                ActionKind::Exec { secret_env, .. } => {
-                    for (child, var) in &secrets.env_from {
-                        if let Some(v) = read(var) {
-                            secret_env.push((child.clone(), v));
-                        }
-                    }
-                }
-                ActionKind::File { .. } => {}
-            }
-            out.insert(name.clone(), action);
-        }
-        errors.into_result(out)
-    }
-
-    /// Live channels, secrets read through `env`.
-    pub fn channels(
-        &self,
-        path: &std::path::Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<Channel>, Diagnostics> {
-        let mut errors = Diagnostics::default();
-        let mut out = Vec::new();
-        for spec in &self.channels {
-            let mut secret = |var: &str| match env(var) {
-                Some(v) => Some(Secret(v)),
-                None => {
-                    errors.push(Diagnostic::file(
-                        path,
-                        format!("channel {:?}: environment variable {var} is not set", spec.name),
-                    ));
-                    None
-                }
-            };
-            let kind = match &spec.kind {
-                ChannelSpecKind::Console => Some(ChannelKind::Console),
-                ChannelSpecKind::Webhook { url, token_env } => {
-                    let bearer = token_env.as_ref().map(|v| secret(v));
-                    match bearer {
-                        Some(None) => None,
-                        b => Some(ChannelKind::Webhook { url: url.clone(), bearer: b.flatten() }),
-                    }
-                }
-                ChannelSpecKind::Slack { channel, token_env, api_url } => secret(token_env).and_then(|token| {
-                    SlackChannel::new(channel.clone(), &token, api_url.as_deref())
-                        .map(ChannelKind::Slack)
-                        .map_err(|e| errors.push(Diagnostic::file(path, format!("channel {:?}: {e}", spec.name))))
-                        .ok()
-                }),
-                ChannelSpecKind::Email { smtp, security, from, to, user, password_env } => {
-                    let credentials = match (user, password_env) {
-                        (Some(u), Some(p)) => secret(p).map(|pw| Some((u.clone(), pw))),
-                        _ => Some(None),
-                    };
-                    credentials.and_then(|creds| {
-                        EmailChannel::new(smtp, *security, from, to, creds, Duration::from_secs(10))
-                            .map(ChannelKind::Email)
-                            .map_err(|e| errors.push(Diagnostic::file(path, format!("channel {:?}: {e}", spec.name))))
-                            .ok()
-                    })
-                }
-            };
-            if let Some(kind) = kind {
-                out.push(Channel {
-                    name: spec.name.clone(),
-                    kind,
-                    fallback: spec.fallback.clone(),
-                    attempts: spec.attempts,
-                    backoff: spec.backoff,
-                });
-            }
-        }
-        errors.into_result(out)
-    }
 }

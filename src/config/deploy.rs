@@ -5,24 +5,19 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::LoadedProfile;
 use super::acting::ActingSpec;
-use super::diag::{Checker, Diagnostics, SourceFile};
 use super::profile::read_listed;
 use super::raw::RawConfig;
-use crate::rules::{Evaluator, Step, load};
-use crate::source::{Auth, DEFAULT_MAX_BODY, Secret, Target, TargetKind};
+use crate::diag::{Checker, Diagnostics, SourceFile};
+use crate::secret::Secret;
+use crate::source::{Auth, DEFAULT_MAX_BODY, Target, TargetKind};
 use crate::time::Span;
 
 /// Kinds of target the poller knows.
 pub const TARGET_KINDS: &[&str] = &["health", "prometheus", "promql", "tcp"];
-/// Kinds of action the dispatcher knows.
-pub const ACTION_KINDS: &[&str] = &["exec", "http", "file"];
-/// Kinds of notification channel.
-pub const CHANNEL_KINDS: &[&str] = &["slack", "email", "webhook", "console"];
-/// Policy modes.
-pub const MODES: &[&str] = &["auto", "approve", "dry-run"];
 
 /// Where a target's secret comes from (resolved when the sidecar starts, never stored here).
 #[derive(Debug, Clone, PartialEq)]
@@ -123,15 +118,12 @@ fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> O
 }
 
 impl Config {
-    /// Loads a config and compiles the profiles it names into an evaluator.
-    pub fn load(path: &Path) -> Result<(Config, Evaluator), Diagnostics> {
-        Config::from_source(SourceFile::read(path)?)
-    }
-
-    pub fn from_source(file: SourceFile) -> Result<(Config, Evaluator), Diagnostics> {
-        let mut errors = Diagnostics::default();
-        let Some(raw) = file.parse_toml::<RawConfig>(&mut errors) else { return Err(errors) };
-        let mut c = Checker { file: &file, errors: &mut errors };
+    /// Reads and checks a config and reads the profiles it names, adding every error to
+    /// `errors`; `None` when the file is not TOML of this shape. The config is returned even
+    /// with errors, so that the caller (`act::deployment`) reports the profiles' errors too.
+    pub fn read(file: &SourceFile, errors: &mut Diagnostics) -> Option<(Config, Vec<LoadedProfile>)> {
+        let raw = file.parse_toml::<RawConfig>(errors)?;
+        let mut c = Checker { file, errors };
 
         let eval_interval = match &raw.eval_interval {
             Some(e) => c.positive_duration(e, None, "eval_interval").unwrap_or(Span::from_secs(15)),
@@ -288,17 +280,7 @@ impl Config {
         }
         let acting = super::acting::check(&mut c, &raw);
 
-        let profiles = read_listed(&file, &raw.profiles, c.errors);
-        let evaluator = match load::build(&profiles) {
-            Ok(ev) => ev,
-            Err(e) => {
-                errors.0.extend(e.0);
-                return Err(errors);
-            }
-        };
-        check_procedures(&mut Checker { file: &file, errors: &mut errors }, &raw, &acting, &evaluator);
-        check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &raw, &evaluator);
-        check_windows(&profiles, &evaluator, eval_interval, &mut errors);
+        let profiles = read_listed(file, &raw.profiles, c.errors);
         let config = Config {
             path: file.path.clone(),
             raw,
@@ -312,64 +294,7 @@ impl Config {
             acting,
             ha,
         };
-        errors.into_result((config, evaluator))
-    }
-}
-
-/// A window shorter than `eval_interval` sees samples only now and then: the rule would flap
-/// between data and no data. An error at the rule or signal that reads it.
-fn check_windows(profiles: &[super::LoadedProfile], ev: &Evaluator, eval_interval: Span, errors: &mut Diagnostics) {
-    let readers = ev
-        .rules
-        .iter()
-        .map(|r| (format!("rule {:?}", r.name), r.shortest_window, &r.span, r.profile))
-        .chain(ev.signals.iter().map(|s| (format!("signal {:?}", s.name), s.shortest_window, &s.span, s.profile)));
-    for (who, window, span, profile) in readers {
-        if let (Some(w), Some(p)) = (window, profiles.get(profile))
-            && w < eval_interval
-        {
-            errors.push(p.file.error(
-                span,
-                Some(&who),
-                format!(
-                    "a {w} window is shorter than eval_interval ({eval_interval}): it would see data only now and then"
-                ),
-            ));
-        }
-    }
-}
-
-/// A rule that reads `up("X")`, `down_for("X")` or `target="X"` for a target the config does not
-/// define would be blind forever: an error in a config (a profile alone may name any target).
-fn check_targets_read(c: &mut Checker, raw: &RawConfig, ev: &Evaluator) {
-    let names: BTreeSet<&str> = raw.target.iter().map(|t| t.get_ref().name.get_ref().as_str()).collect();
-    let readers = ev
-        .rules
-        .iter()
-        .map(|r| (format!("rule {:?}", r.name), &r.reads))
-        .chain(ev.signals.iter().map(|s| (format!("signal {:?}", s.name), &s.reads)));
-    let mut told = BTreeSet::new();
-    for (who, reads) in readers {
-        for text in reads.iter().filter(|t| !t.starts_with("signal:")) {
-            let Ok(sel) = crate::selector::Selector::parse(text) else { continue };
-            for m in sel.matchers.iter().filter(|m| m.label == "target" && m.op == crate::selector::MatchOp::Equal) {
-                if names.contains(m.value.as_str()) || !told.insert((who.clone(), m.value.clone())) {
-                    continue;
-                }
-                let hint = super::did_you_mean(&m.value, names.iter().copied());
-                let defined: Vec<&str> = names.iter().copied().collect();
-                let span = raw.profiles.span();
-                c.err(
-                    &span,
-                    None,
-                    format!(
-                        "{who} reads target {:?}, which this config does not define{hint} (targets: {}): it would never see data",
-                        m.value,
-                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
-                    ),
-                );
-            }
-        }
+        Some((config, profiles))
     }
 }
 
@@ -384,7 +309,7 @@ impl Config {
                 None => {}
             }
         }
-        vars.extend(self.acting.actions.values().flat_map(|(_, secrets)| secrets.vars()));
+        vars.extend(self.acting.actions.values().flat_map(|a| a.kind.secrets()).map(String::as_str));
         for c in &self.acting.channels {
             match &c.kind {
                 super::acting::ChannelSpecKind::Webhook { token_env: Some(v), .. }
@@ -407,7 +332,7 @@ impl Config {
             let mut secret = |var: &str| match env(var) {
                 Some(v) => Some(Secret(v)),
                 None => {
-                    errors.push(super::Diagnostic::file(
+                    errors.push(crate::diag::Diagnostic::file(
                         &self.path,
                         format!("target {:?}: environment variable {var} is not set", t.name),
                     ));
@@ -434,41 +359,5 @@ impl Config {
             });
         }
         errors.into_result(out)
-    }
-}
-
-/// Every action a procedure runs or verifies with must be defined in `[actions]`, and every
-/// template it announces must exist.
-fn check_procedures(c: &mut Checker, raw: &RawConfig, acting: &ActingSpec, ev: &Evaluator) {
-    let defined: Vec<&str> = raw.actions.keys().map(String::as_str).collect();
-    for p in &ev.profiles {
-        for (outcome, steps) in &p.procedures {
-            for (i, step) in steps.iter().enumerate() {
-                let (action, verify) = match step {
-                    Step::Run { action, verify, .. } => (action, verify),
-                    Step::Announce { template, .. } => {
-                        if acting.templates.get(template).is_none() {
-                            let item = format!("profile {:?} procedure {outcome:?} step {}", p.name, i + 1);
-                            let hint = super::did_you_mean(template, acting.templates.names());
-                            c.err(&raw.profiles.span(), Some(&item), format!("announces template {template:?}, which neither rollwatch nor [templates] defines{hint}"));
-                        }
-                        continue;
-                    }
-                };
-                for name in std::iter::once(action).chain(verify) {
-                    if !defined.contains(&name.as_str()) {
-                        let item = format!("profile {:?} procedure {outcome:?} step {}", p.name, i + 1);
-                        let hint = super::did_you_mean(name, defined.iter().copied());
-                        c.err(
-                            &raw.profiles.span(),
-                            Some(&item),
-                            format!(
-                                "runs action {name:?}, which this config does not define in [actions.{name}]{hint}"
-                            ),
-                        );
-                    }
-                }
-            }
-        }
     }
 }

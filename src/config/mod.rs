@@ -1,12 +1,12 @@
-//! Loading files: [`raw`] holds the serde structs as written, [`diag`] the positioned errors,
-//! [`profile`] reads profiles, [`deploy`] reads and checks `rollwatch.toml` and [`acting`] its
-//! policy, actions, channels and templates.
+//! Loading files into specs: [`raw`] holds the serde structs as written, [`profile`] reads
+//! profiles, [`deploy`] reads and checks `rollwatch.toml`, [`acting`] its actions, channels and
+//! templates and [`policy`] its `[policy]`. Errors are placed with [`crate::diag`]. Nothing here
+//! builds a runtime object: components build themselves from these specs.
 
 pub mod acting;
 pub mod deploy;
-pub mod diag;
+pub mod policy;
 pub mod profile;
 pub mod raw;
 
-pub use diag::{Checker, Diagnostic, Diagnostics, SourceFile, did_you_mean};
 pub use profile::LoadedProfile;

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::diag::{Diagnostics, SourceFile};
 use super::raw::RawProfile;
+use crate::diag::{Diagnostics, SourceFile};
 
 /// A profile as read from disk.
 #[derive(Debug)]

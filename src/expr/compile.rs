@@ -10,7 +10,7 @@ use evalexpr::{DefaultNumericTypes, Node, Operator};
 
 use super::eval::{Cond, Num, Slots, Value};
 use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, Scope};
-use crate::config::did_you_mean;
+use crate::diag::did_you_mean;
 use crate::time::Span;
 use crate::window::Store;
 

@@ -8,16 +8,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::SendFailure;
-use crate::source::Secret;
+use crate::secret::Secret;
 
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    StartTls,
-    Tls,
-    /// Plain SMTP: only for a relay on loopback.
-    None,
-}
+pub use crate::config::acting::Security;
 
 /// Recipients and the transport that reaches them.
 pub struct EmailChannel {

@@ -1,4 +1,5 @@
-//! Notifications: channels (`console`, `webhook`, `slack`, `email`), the [`templates`], and the
+//! Notifications: channels (`console`, `webhook`, `slack`, `email`), the message templates
+//! ([`crate::template::messages`]), and the
 //! [`Notifier`] that delivers them — one queue and worker per channel so messages of an incident
 //! keep their order and never block an action, retries with exponential backoff (a Slack 429's
 //! `Retry-After` wins), a fallback channel when one keeps failing, and every result journalled.
@@ -7,7 +8,6 @@
 
 pub mod email;
 pub mod slack;
-pub mod templates;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -17,13 +17,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use crate::source::Redactor;
-
-use crate::act::template::{Escape, Vars};
+use crate::config::acting::{ChannelSpec, ChannelSpecKind};
 use crate::journal::SharedJournal;
-use crate::source::Secret;
+use crate::secret::{Redactor, Secret};
+pub use crate::template::messages::Templates;
+use crate::template::{Escape, Vars};
 use crate::time::{Clock, Span};
-pub use templates::Templates;
 
 /// The longest `Retry-After` waited for: asked to wait longer, the message goes to the fallback
 /// at once (a hostile or confused server cannot park an incident's messages).
@@ -62,6 +61,56 @@ pub struct Channel {
     pub backoff: Span,
 }
 
+impl Channel {
+    /// Builds every channel, or says every one that cannot be built.
+    pub fn build_all(specs: &[ChannelSpec], env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Channel>, Vec<String>> {
+        let (built, errors): (Vec<_>, Vec<_>) = specs.iter().map(|s| Channel::build(s, env)).partition(Result::is_ok);
+        if errors.is_empty() {
+            Ok(built.into_iter().flatten().collect())
+        } else {
+            Err(errors.into_iter().filter_map(Result::err).collect())
+        }
+    }
+
+    /// Builds the channel from its spec, reading its secrets through `env`; an unset variable
+    /// is an error naming the channel and the variable, never a value.
+    pub fn build(spec: &ChannelSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Channel, String> {
+        let secret = |var: &str| {
+            env(var)
+                .map(Secret)
+                .ok_or_else(|| format!("channel {:?}: environment variable {var} is not set", spec.name))
+        };
+        let kind = match &spec.kind {
+            ChannelSpecKind::Console => ChannelKind::Console,
+            ChannelSpecKind::Webhook { url, token_env } => {
+                ChannelKind::Webhook { url: url.clone(), bearer: token_env.as_deref().map(secret).transpose()? }
+            }
+            ChannelSpecKind::Slack { channel, token_env, api_url } => {
+                let token = secret(token_env)?;
+                slack::SlackChannel::new(channel.clone(), &token, api_url.as_deref())
+                    .map(ChannelKind::Slack)
+                    .map_err(|e| format!("channel {:?}: {e}", spec.name))?
+            }
+            ChannelSpecKind::Email { smtp, security, from, to, user, password_env } => {
+                let credentials = match (user, password_env) {
+                    (Some(u), Some(p)) => Some((u.clone(), secret(p)?)),
+                    _ => None,
+                };
+                email::EmailChannel::new(smtp, *security, from, to, credentials, Duration::from_secs(10))
+                    .map(ChannelKind::Email)
+                    .map_err(|e| format!("channel {:?}: {e}", spec.name))?
+            }
+        };
+        Ok(Channel {
+            name: spec.name.clone(),
+            kind,
+            fallback: spec.fallback.clone(),
+            attempts: spec.attempts,
+            backoff: spec.backoff,
+        })
+    }
+}
+
 /// One failed attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendFailure {
@@ -84,7 +133,7 @@ pub enum NotifyError {
     #[error("no channel named {0:?}")]
     NoChannel(String),
     #[error(transparent)]
-    Render(#[from] templates::RenderError),
+    Render(#[from] crate::template::messages::RenderError),
     #[error("channel {channel:?} failed after {attempts} attempt(s): {message}")]
     Failed { channel: String, attempts: u32, message: String },
 }

@@ -11,7 +11,7 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use super::SendFailure;
-use crate::source::Secret;
+use crate::secret::Secret;
 
 /// Slack's public Web API.
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";

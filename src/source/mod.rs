@@ -19,9 +19,9 @@ pub mod promql;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::sync::Arc;
 
+use crate::secret::Secret;
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
@@ -29,42 +29,6 @@ pub use poller::{probe, run_target};
 
 /// Default cap on a response body: the read stops there; nothing larger is buffered.
 pub const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
-
-/// A secret read from the environment; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Replaces every configured secret value in a text by `***`: applied to what rollwatch
-/// journals from outside (an action's output and detail), where a script may echo a token.
-#[derive(Debug, Clone, Default)]
-pub struct Redactor(std::sync::Arc<Vec<String>>);
-
-impl Redactor {
-    /// Values shorter than 4 characters are not redacted (they would mangle ordinary text).
-    pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut v: Vec<String> = values.into_iter().filter(|s| s.len() >= 4).collect();
-        // Longest first, so a secret containing another is replaced whole.
-        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        v.dedup();
-        Redactor(std::sync::Arc::new(v))
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in self.0.iter() {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
-    }
-}
 
 /// How a target authenticates.
 #[derive(Debug, Clone, PartialEq)]

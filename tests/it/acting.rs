@@ -186,7 +186,7 @@ fn start(
         policy: policy.clone(),
         actions: Arc::new(actions.clone()),
         plans: BTreeMap::from([(PROFILE.to_string(), plan.clone())]),
-        redactor: rollwatch::source::Redactor::new(["tok-S3CRET".to_string()]),
+        redactor: rollwatch::secret::Redactor::new(["tok-S3CRET".to_string()]),
         config_path: dir.join("rollwatch.toml"),
     };
     let (d, done) = Dispatcher::new(acting, notifier, journal, client, clock, &lines).unwrap();
@@ -590,7 +590,7 @@ async fn an_http_action_sends_its_templated_request_and_checks_the_status() {
         },
         timeout: Span::from_secs(10),
     };
-    let vars = rollwatch::act::template::Vars::from([
+    let vars = rollwatch::template::Vars::from([
         ("version_from".to_string(), "v2\" /x?y".to_string()),
         ("rollback_id".to_string(), "rb-9".to_string()),
     ]);
@@ -614,7 +614,7 @@ fn every_runbook_profile_has_a_procedure_for_each_level_it_decides() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut seen = vec![];
     for example in ["rollwatch", "mace", "mycelia", "piforge", "mdm"] {
-        let (config, ev) = rollwatch::config::deploy::Config::load(&root.join(format!("examples/{example}.toml")))
+        let (config, ev) = rollwatch::act::deployment::load(&root.join(format!("examples/{example}.toml")))
             .unwrap_or_else(|e| panic!("{example}: {e}"));
         assert!(!config.acting.actions.is_empty());
         for p in &ev.profiles {

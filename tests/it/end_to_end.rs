@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::common::{counters_service, write};
-use rollwatch::config::deploy::Config;
 use rollwatch::engine::{Parts, TickEvent};
 use rollwatch::rules::Outcome;
 use rollwatch::time::Stopwatch;
@@ -62,7 +61,8 @@ async fn start() -> Running {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\neval_interval = \"200ms\"\n[[target]]\nname = \"app\"\nkind = \"prometheus\"\nurl = \"{url}\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
         dir.path().join("state").display()
     );
-    let (config, evaluator) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let (config, evaluator) =
+        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use crate::common::{rollwatch, write};
-use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
-use rollwatch::source::Secret;
+use rollwatch::secret::Secret;
 use rollwatch::source::poller::http_client;
 
 const PROFILE: &str = r#"
@@ -34,7 +33,8 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TEST_TOKEN\"\neval_interval = \"100ms\"\n",
         dir.path().join("state").display()
     );
-    let (config, ev) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let (config, ev) =
+        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -126,7 +126,8 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"15s\"\n[policy]\nmode = \"dry-run\"\n",
         dir.path().join("state").display()
     );
-    let (config, ev) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let (config, ev) =
+        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let clock =

@@ -13,6 +13,7 @@ mod demo;
 mod end_to_end;
 mod endpoints;
 mod hostile;
+mod layers;
 mod notify;
 mod peers;
 mod record;

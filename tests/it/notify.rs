@@ -16,9 +16,9 @@ use axum::routing::post;
 use rollwatch::journal::{Journal, SharedJournal};
 use rollwatch::notify::email::{EmailChannel, Security};
 use rollwatch::notify::slack::SlackChannel;
-use rollwatch::notify::templates::blank_vars;
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, NotifyError, Templates};
-use rollwatch::source::Secret;
+use rollwatch::secret::Secret;
+use rollwatch::template::messages::blank_vars;
 use rollwatch::time::{Span, Stopwatch, SystemClock};
 
 /// What a fake server saw: (authorization header, body) per request, and when.

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{serve_http, write};
-use rollwatch::config::deploy::Config;
 use rollwatch::rules::Outcome;
+use rollwatch::secret::Secret;
 use rollwatch::source::poller::http_client;
-use rollwatch::source::{Secret, Target, TargetKind, probe};
+use rollwatch::source::{Target, TargetKind, probe};
 use rollwatch::time::{Span, SystemClock};
 
 /// A child process killed when the test ends, however it ends.
@@ -185,7 +185,8 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
         dir.path().join("state").display(),
         actions(&marker)
     );
-    let (config, evaluator) = Config::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let (config, evaluator) =
+        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();

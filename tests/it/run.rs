@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::{serve_http, write};
-use rollwatch::config::deploy::Config;
 use rollwatch::journal::Journal;
 use rollwatch::rules::Outcome;
 
@@ -60,7 +59,7 @@ async fn start(healthy: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
     let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
-    let (config, ev) = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (config, ev) = rollwatch::act::deployment::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, ticks) = tokio::sync::mpsc::unbounded_channel();

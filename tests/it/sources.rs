@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rollwatch::secret::Secret;
 use rollwatch::source::poller::http_client;
-use rollwatch::source::{Auth, Secret, SourceError, Target, TargetKind, probe, run_target};
+use rollwatch::source::{Auth, SourceError, Target, TargetKind, probe, run_target};
 use rollwatch::time::{Span, SystemClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

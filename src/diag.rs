@@ -161,6 +161,11 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Errors about a file as a whole (no line), one per message.
+    pub fn of_file(path: &Path, messages: impl IntoIterator<Item = String>) -> Diagnostics {
+        Diagnostics(messages.into_iter().map(|m| Diagnostic::file(path, m)).collect())
+    }
+
     pub fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }

@@ -1,8 +1,11 @@
 //! Templates: `{{name}}` placeholders filled from [`Vars`], each value escaped for where it goes
 //! (a Slack message, a JSON body, a URL, a single argv element). Rendering never re-reads its
-//! output, so a value can never become a placeholder, an extra argument or shell code.
+//! output, so a value can never become a placeholder, an extra argument or shell code. Numbers
+//! are written as people read them ([`number`]).
 
 use std::collections::BTreeMap;
+
+pub mod messages;
 
 /// The values a template may name.
 pub type Vars = BTreeMap<String, String>;
@@ -95,6 +98,29 @@ fn escape_into(out: &mut String, value: &str, escape: Escape) {
             }
         }
     }
+}
+
+/// A number as people read it: `0.052`, `1200`, `3.5e-7`, `NaN`.
+pub fn number(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    if v == v.trunc() && v.abs() < 1e15 {
+        return format!("{}", v as i64);
+    }
+    if v.abs() < 1e-4 {
+        return format!("{v:.3e}");
+    }
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `0.052` or `no data`.
+pub fn maybe(v: Option<f64>) -> String {
+    v.map(number).unwrap_or_else(|| "no data".into())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::act::template::{self, Escape, TemplateError, Vars};
+use super::{self as template, Escape, TemplateError, Vars};
 
 /// Every value a template (or an action's argv, URL or body) may name. Each is always set when
 /// rendering; what is not known yet reads `unknown`. Besides these, `{{labels.NAME}}` names a
@@ -117,7 +117,7 @@ pub fn check(text: &str) -> Result<(), String> {
     let names = template::placeholders(text).map_err(|e| e.to_string())?;
     for n in names {
         if !VARS.contains(&n) && n.strip_prefix("labels.").is_none_or(|l| l.is_empty()) {
-            let hint = crate::config::did_you_mean(n, VARS.iter().copied());
+            let hint = crate::diag::did_you_mean(n, VARS.iter().copied());
             return Err(format!("unknown placeholder {{{{{n}}}}}{hint}; known: {}", VARS.join(", ")));
         }
     }

@@ -1,0 +1,99 @@
+//! The architecture test: the module graph follows `rollwatch::LAYERS` one way. Every module
+//! under `src/` is read; a `crate::X` reference (including `crate::{X, Y}`) outside comments and
+//! unit-test modules to a module of the same or a later layer fails the test, naming the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Each top-level module's rank in `LAYERS`.
+fn ranks() -> BTreeMap<&'static str, usize> {
+    rollwatch::LAYERS.iter().enumerate().flat_map(|(i, tier)| tier.iter().map(move |m| (*m, i))).collect()
+}
+
+/// The top-level modules `text` (a file of module `module`) references, unit tests and comments
+/// left out.
+fn references(text: &str) -> Vec<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let code: String = code.lines().map(|l| l.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n");
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name: String = item.trim().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                out.push(name);
+            }
+        } else {
+            out.push(rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect());
+        }
+    }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+/// Violations in one file of module `module`: "file: module → referenced".
+fn violations(file: &str, module: &str, text: &str, ranks: &BTreeMap<&str, usize>) -> Vec<String> {
+    let Some(&own) = ranks.get(module) else {
+        return vec![format!("{file}: module {module} is not in rollwatch::LAYERS")];
+    };
+    let mut out: Vec<String> = references(text)
+        .into_iter()
+        .filter(|r| r != module)
+        .filter_map(|r| ranks.get(r.as_str()).filter(|&&rank| rank >= own).map(|_| r))
+        .map(|r| format!("{file}: {module} → {r} (not below it in rollwatch::LAYERS)"))
+        .collect();
+    out.dedup();
+    out
+}
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn layers_are_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let ranks = ranks();
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for path in files {
+        let rel = path.strip_prefix(&src).unwrap().to_string_lossy().to_string();
+        let module = rel.split('/').next().unwrap().trim_end_matches(".rs");
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        checked += 1;
+        found.extend(violations(&rel, module, &std::fs::read_to_string(&path).unwrap(), &ranks));
+    }
+    assert!(checked > 50, "read only {checked} files under {}", src.display());
+    assert!(found.is_empty(), "the module graph goes against its layers:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_layer_check_sees_what_it_must() {
+    let ranks = ranks();
+    let back = "use crate::time::Span;\nuse crate::{engine::Parts, selector};\n// crate::cli in a comment\n";
+    assert_eq!(
+        violations("journal.rs", "journal", back, &ranks),
+        vec!["journal.rs: journal → engine (not below it in rollwatch::LAYERS)"]
+    );
+    let same_tier = "fn f() { crate::notify::Notifier::start(); }";
+    assert_eq!(violations("rules/x.rs", "rules", same_tier, &ranks).len(), 1);
+    let in_tests = "use crate::time::Span;\n#[cfg(test)]\nmod tests { use crate::cli::run; }";
+    assert!(violations("window.rs", "window", in_tests, &ranks).is_empty());
+    assert_eq!(
+        violations("newmod.rs", "newmod", "", &ranks),
+        vec!["newmod.rs: module newmod is not in rollwatch::LAYERS"]
+    );
+}
