@@ -2,8 +2,15 @@
 //! decisions, logged and journalled when they change → the dispatcher, which acts on them;
 //! alerts from the webhook become `ALERTS` series; approvals, pauses and silences arrive as
 //! commands; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the
-//! same one `test` replays; only the clock and the source of samples differ. [`run`] returns once
-//! shutdown is signalled, with the journal flushed and queued notifications given a moment.
+//! same one `test` replays; only the clock and the source of samples differ.
+//!
+//! [`run`] reads like that diagram: `Engine::build` (state_dir lock, journal opened, compacted and
+//! restored, acting parts, pollers, the own server), a loop whose every arm calls one named
+//! method (`on_observation`, `on_alerts`, `on_tick`, `on_procedure_done`, `on_command`,
+//! `on_reload`), and `Engine::stop`, which joins every task it started — pollers (one set,
+//! replaced on reload), the server and its connections, the dispatcher's procedure and the
+//! notifier's workers — and flushes the journal. The snapshot's upkeep lives in
+//! [`crate::status`], decision journalling in the dispatcher.
 
 use std::sync::Arc;
 
@@ -23,7 +30,7 @@ use crate::server::{self, Shared};
 use crate::source::alertmanager::Alerts;
 use crate::source::poller::{http_client, run_target};
 use crate::source::{Observation, SourceError, Target, TargetSeries};
-use crate::status::{RECENT, RuleStatus, Snapshot, TargetStatus};
+use crate::status::Snapshot;
 use crate::time::{Clock, Stopwatch};
 
 /// Why the sidecar could not run.
@@ -98,226 +105,340 @@ pub struct TickEvent {
 }
 
 /// Runs until `shutdown` becomes true.
-pub async fn run(mut config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
-    let Parts {
-        evaluator: mut ev,
-        targets,
-        clock,
-        listener,
-        token,
-        events,
-        reload,
-        recorder,
-        console,
-        env,
-        commands,
-        lock,
-    } = parts;
-    let mut reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
-    let (commands_tx, mut commands) = match commands {
-        Some(rx) => (mpsc::channel(1).0, rx),
-        None => mpsc::channel(16),
-    };
-    // One process per state_dir: two would both act, and each would report the other's
-    // rollbacks as interrupted.
-    let _lock = match lock {
-        Some(lock) => lock,
-        None => crate::journal::StateLock::take(&config.state_dir)?,
-    };
-    let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
-    crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;
-    let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
-    // Streamed, keeping the state events only: a large journal does not make a large restart.
-    let history = Journal::read_back_kept(&journal.path(), restores_state)?;
-    let client = http_client()?;
-    let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
-    let (mut dispatcher, mut procedures) =
-        Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
-    sync_evidence(&mut dispatcher, &mut ev);
-    let (obs_tx, mut observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
-    let (stop_tasks, tasks_shutdown) = watch::channel(false);
-    let (mut stop_pollers, mut pollers_shutdown) = watch::channel(false);
-    let mut snapshot = Snapshot {
-        targets: targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect(),
-        ..Snapshot::default()
-    };
-    let keep = ev.metric_names().map(Arc::new);
-    for mut t in targets {
-        t.keep = keep.clone();
-        tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
-    }
-    let (status_tx, status_rx) = watch::channel(Arc::new(snapshot.clone()));
-    let (alerts_tx, mut alert_updates) = mpsc::channel(64);
-    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let server = listener.map(|listener| {
-        let addr = listener.local_addr().ok();
-        tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
-        let shared = Shared { status: status_rx, alerts: alerts_tx.clone(), commands: commands_tx.clone(), token };
-        let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
-        tokio::spawn(server::serve(listener, shared, tasks_shutdown.clone(), limits, refused.clone()))
-    });
-    drop(alerts_tx);
-    drop(commands_tx);
-
-    let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
-    journal.note(clock.now(), "started", &serde_json::json!({ "profiles": names }));
-    tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
-
-    let mut series = TargetSeries::default();
-    let mut alerts = Alerts::default();
-    let mut ticker = tokio::time::interval(config.eval_interval.as_std());
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
+    let mut engine = Engine::build(config, parts)?;
     loop {
         tokio::select! {
-            Some(queued) = observations.recv() => {
-                // `queued` holds its samples' room in the queue until this arm ends.
-                let obs = &queued.obs;
-                series.apply(obs, ev.store_mut());
-                record_poll(&mut snapshot, obs);
-                if let Some(version) = version_of(&config, obs) {
-                    let result = off_runtime(|| dispatcher.on_version_observed(obs.at, version));
-                    kept_watching(&mut dispatcher, result);
-                    sync_evidence(&mut dispatcher, &mut ev);
-                }
-            }
-            Some(updates) = alert_updates.recv() => {
-                let now = clock.now();
-                tracing::debug!(count = updates.len(), "alerts received");
-                // Changes are journalled, not repeats: the same payload re-sent adds no line.
-                let changed = alerts.update(updates, now, ev.store_mut());
-                if !changed.is_empty() {
-                    tracing::info!(count = changed.len(), "alerts changed");
-                    let list: Vec<_> = changed.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
-                    journal.note(now, "alerts", &serde_json::json!({ "alerts": list }));
-                }
-            }
-            _ = ticker.tick() => {
-                let now = clock.now();
-                alerts.refresh(now, config.alert_expiry, ev.store_mut());
-                let watch = Stopwatch::start();
-                let tick = ev.tick(now);
-                snapshot.last_evaluation_seconds = watch.elapsed_secs();
-                for t in &tick.transitions {
-                    tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
-                    journal.note(now, "transition", t);
-                }
-                for (i, d) in tick.decisions.iter().enumerate() {
-                    let changed = snapshot.decisions.get(i).is_none_or(|prev| prev.outcome != d.outcome || prev.explanation() != d.explanation());
-                    if changed {
-                        tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
-                        journal.note(now, "decision", d);
-                        snapshot.recent.push_back(d.clone());
-                        if snapshot.recent.len() > RECENT {
-                            snapshot.recent.pop_front();
-                        }
-                    }
-                    *snapshot.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
-                }
-                if let Some(error) = journal.failing() {
-                    dispatcher.journal_failed(now, &error);
-                }
-                let result = off_runtime(|| dispatcher.on_tick(now, &tick.decisions));
-                kept_watching(&mut dispatcher, result);
-                sync_evidence(&mut dispatcher, &mut ev);
-                snapshot.acting = dispatcher.status();
-                if let Some(recorder) = &recorder
-                    && let Ok(mut r) = recorder.lock()
-                {
-                    r.observe(ev.store(), now, &tick.decisions);
-                }
-                update_snapshot(&mut snapshot, &ev, &tick, &alerts, &series, now);
-                snapshot.connections_refused = refused.load(std::sync::atomic::Ordering::Relaxed);
-                let _ = status_tx.send(Arc::new(snapshot.clone()));
-                if let Some(events) = &events {
-                    let signals = snapshot.signals.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                    let _ = events.send(TickEvent { tick, at: now, signals });
-                }
-            }
-            Some(done) = procedures.recv() => {
-                let result = off_runtime(|| dispatcher.on_done(done));
-                kept_watching(&mut dispatcher, result);
-                sync_evidence(&mut dispatcher, &mut ev);
-                snapshot.acting = dispatcher.status();
-                let _ = status_tx.send(Arc::new(snapshot.clone()));
-            }
-            Some((command, reply)) = commands.recv() => {
-                tracing::info!(?command, "command received");
-                let answer = match off_runtime(|| dispatcher.command(command)) {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        let refused = Err(format!("not done: the journal cannot be written ({})", crate::error_chain(&e)));
-                        kept_watching(&mut dispatcher, Err(e));
-                        refused
-                    }
-                };
-                sync_evidence(&mut dispatcher, &mut ev);
-                snapshot.acting = dispatcher.status();
-                let _ = status_tx.send(Arc::new(snapshot.clone()));
-                let _ = reply.send(answer);
-            }
-            Some(()) = reload.recv() => {
-                let now = clock.now();
-                let reloaded = load_again(&config, &env).and_then(|(c, e, t)| {
-                    let acting = acting_parts(&c, &e, &env, &client, &console, &journal, &clock).map_err(|err| match err {
-                        EngineError::Config(d) => d,
-                        other => crate::diag::Diagnostic::file(&c.path, other.to_string()).into(),
-                    })?;
-                    Ok((c, e, t, acting))
-                });
-                match reloaded {
-                    Ok((new_config, new_ev, new_targets, (acting, notifier))) => {
-                        dispatcher.reconfigure(acting, notifier);
-                        let old = std::mem::replace(&mut ev, new_ev);
-                        ev.adopt(old);
-                        let _ = stop_pollers.send(true);
-                        (stop_pollers, pollers_shutdown) = watch::channel(false);
-                        snapshot.targets = new_targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
-                        snapshot.decisions.clear();
-                        let keep = ev.metric_names().map(Arc::new);
-                        for mut t in new_targets {
-                            t.keep = keep.clone();
-                            tokio::spawn(run_target(t, client.clone(), clock.clone(), obs_tx.clone(), pollers_shutdown.clone()));
-                        }
-                        if new_config.eval_interval != config.eval_interval {
-                            ticker = tokio::time::interval(new_config.eval_interval.as_std());
-                            ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-                        }
-                        config = new_config;
-                        tracing::info!(path = %config.path.display(), "config reloaded");
-                        journal.note(now, "reloaded", &serde_json::json!({ "path": config.path }));
-                    }
-                    Err(errors) => {
-                        tracing::error!(path = %config.path.display(), %errors, "config reload failed; keeping the running config");
-                        journal.note(now, "reload_failed", &serde_json::json!({ "errors": errors.to_string() }));
-                    }
-                }
-            }
+            Some(queued) = engine.observations.recv() => engine.on_observation(&queued.obs),
+            Some(updates) = engine.alert_updates.recv() => engine.on_alerts(updates),
+            _ = engine.ticker.tick() => engine.on_tick(),
+            Some(done) = engine.procedures.recv() => engine.on_procedure_done(done),
+            Some((command, reply)) = engine.commands.recv() => engine.on_command(command, reply),
+            Some(()) = engine.reload.recv() => engine.on_reload(),
             _ = shutdown.changed() => break,
         }
     }
-    if dispatcher.steps_running() {
-        // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
-        if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, procedures.recv()).await {
-            let result = off_runtime(|| dispatcher.on_done(done));
-            kept_watching(&mut dispatcher, result);
+    engine.stop().await;
+    Ok(())
+}
+
+/// The pollers: one task per target, in one set, stopped together (a reload replaces them all).
+struct Pollers {
+    tasks: tokio::task::JoinSet<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Pollers {
+    /// Starts a poller per target; each reads only the metric names `keep` holds (if any).
+    fn start(
+        targets: Vec<Target>,
+        keep: Option<Arc<std::collections::HashSet<String>>>,
+        client: &reqwest::Client,
+        clock: &Arc<dyn Clock>,
+        queue: &crate::source::queue::Sender,
+    ) -> Pollers {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut t in targets {
+            t.keep = keep.clone();
+            tasks.spawn(run_target(t, client.clone(), clock.clone(), queue.clone(), stopped.clone()));
+        }
+        Pollers { tasks, stop }
+    }
+
+    /// Stops every poller and waits for them.
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The running sidecar: what [`run`]'s loop reads from, and what each arm changes.
+struct Engine {
+    config: Config,
+    ev: Evaluator,
+    clock: Arc<dyn Clock>,
+    env: Env,
+    client: reqwest::Client,
+    console: Console,
+    journal: SharedJournal,
+    dispatcher: Dispatcher,
+    snapshot: Snapshot,
+    status: watch::Sender<Arc<Snapshot>>,
+    events: Option<mpsc::UnboundedSender<TickEvent>>,
+    recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
+    series: TargetSeries,
+    alerts: Alerts,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    queue: crate::source::queue::Sender,
+    pollers: Option<Pollers>,
+    /// Pollers a reload replaced, while they stop.
+    retiring: tokio::task::JoinSet<()>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop_server: watch::Sender<bool>,
+    observations: crate::source::queue::Receiver,
+    alert_updates: mpsc::Receiver<Vec<crate::source::alertmanager::AlertUpdate>>,
+    ticker: tokio::time::Interval,
+    procedures: mpsc::UnboundedReceiver<crate::act::procedure::ProcedureDone>,
+    commands: mpsc::Receiver<CommandRequest>,
+    reload: mpsc::Receiver<()>,
+    _lock: crate::journal::StateLock,
+}
+
+impl Engine {
+    /// Locks the state_dir, opens (compacting) the journal and restores the acting state from
+    /// it, builds the dispatcher and the notifier, starts the pollers and the own server.
+    fn build(config: Config, parts: Parts) -> Result<Engine, EngineError> {
+        let Parts {
+            evaluator: mut ev,
+            targets,
+            clock,
+            listener,
+            token,
+            events,
+            reload,
+            recorder,
+            console,
+            env,
+            commands,
+            lock,
+        } = parts;
+        let reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
+        let (commands_tx, commands) = match commands {
+            Some(rx) => (mpsc::channel(1).0, rx),
+            None => mpsc::channel(16),
+        };
+        // One process per state_dir: two would both act, and each would report the other's
+        // rollbacks as interrupted.
+        let lock = match lock {
+            Some(lock) => lock,
+            None => crate::journal::StateLock::take(&config.state_dir)?,
+        };
+        let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
+        crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;
+        let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
+        // Streamed, keeping the state events only: a large journal does not make a large restart.
+        let history = Journal::read_back_kept(&journal.path(), restores_state)?;
+        let client = http_client()?;
+        let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
+        let (mut dispatcher, procedures) =
+            Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
+        sync_evidence(&mut dispatcher, &mut ev);
+
+        let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
+        let mut snapshot = Snapshot::default();
+        snapshot.watch_targets(&targets);
+        let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
+        let (status, status_rx) = watch::channel(Arc::new(snapshot.clone()));
+        let (alerts_tx, alert_updates) = mpsc::channel(64);
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop_server, server_stopped) = watch::channel(false);
+        let server = listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
+            let shared = Shared { status: status_rx, alerts: alerts_tx, commands: commands_tx, token };
+            let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
+            tokio::spawn(server::serve(listener, shared, server_stopped, limits, refused.clone()))
+        });
+
+        let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
+        journal.note(clock.now(), "started", &serde_json::json!({ "profiles": names }));
+        tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
+        let mut ticker = tokio::time::interval(config.eval_interval.as_std());
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Ok(Engine {
+            config,
+            ev,
+            clock,
+            env,
+            client,
+            console,
+            journal,
+            dispatcher,
+            snapshot,
+            status,
+            events,
+            recorder,
+            series: TargetSeries::default(),
+            alerts: Alerts::default(),
+            refused,
+            queue,
+            pollers: Some(pollers),
+            retiring: tokio::task::JoinSet::new(),
+            server,
+            stop_server,
+            observations,
+            alert_updates,
+            ticker,
+            procedures,
+            commands,
+            reload,
+            _lock: lock,
+        })
+    }
+
+    /// A poll: into the store and the snapshot; a version reading may be a deploy.
+    fn on_observation(&mut self, obs: &Observation) {
+        self.series.apply(obs, self.ev.store_mut());
+        self.snapshot.record_poll(obs);
+        if let Some(version) = version_of(&self.config, obs) {
+            let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, version));
+            self.after_acting(result);
         }
     }
-    let _ = stop_pollers.send(true);
-    let _ = stop_tasks.send(true);
-    if let Some(server) = server {
-        let _ = server.await;
+
+    /// Alerts from the hook become `ALERTS` series; changes are journalled, not repeats.
+    fn on_alerts(&mut self, updates: Vec<crate::source::alertmanager::AlertUpdate>) {
+        let now = self.clock.now();
+        tracing::debug!(count = updates.len(), "alerts received");
+        let changed = self.alerts.update(updates, now, self.ev.store_mut());
+        if !changed.is_empty() {
+            tracing::info!(count = changed.len(), "alerts changed");
+            let list: Vec<_> =
+                changed.iter().map(|u| serde_json::json!({"alert": u.key.to_string(), "firing": u.firing})).collect();
+            self.journal.note(now, "alerts", &serde_json::json!({ "alerts": list }));
+        }
     }
-    dispatcher.notifier().flush(std::time::Duration::from_secs(3)).await;
-    dispatcher.notifier().abandon();
-    let in_flight = dispatcher.status().in_flight.map(|f| f.rollback_id);
-    if let Some(id) = &in_flight {
-        tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
+
+    /// An evaluation: rules and decisions, journalled when they change, acted on, published.
+    fn on_tick(&mut self) {
+        let now = self.clock.now();
+        self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
+        let watch = Stopwatch::start();
+        let tick = self.ev.tick(now);
+        self.snapshot.last_evaluation_seconds = watch.elapsed_secs();
+        let changed = self.snapshot.changed_decisions(&tick.decisions);
+        self.dispatcher.note_tick(now, &tick.transitions, &changed);
+        if let Some(error) = self.journal.failing() {
+            self.dispatcher.journal_failed(now, &error);
+        }
+        let result = off_runtime(|| self.dispatcher.on_tick(now, &tick.decisions));
+        self.after_acting(result);
+        if let Some(recorder) = &self.recorder
+            && let Ok(mut r) = recorder.lock()
+        {
+            r.observe(self.ev.store(), now, &tick.decisions);
+        }
+        self.snapshot.update(&self.ev, &tick, &self.alerts, &self.series, now);
+        self.publish();
+        if let Some(events) = &self.events {
+            let signals = self.snapshot.signals.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let _ = events.send(TickEvent { tick, at: now, signals });
+        }
     }
-    journal.note(clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }));
-    off_runtime(|| journal.flush());
-    tracing::info!("rollwatch stopped");
-    Ok(())
+
+    /// A procedure's steps ended.
+    fn on_procedure_done(&mut self, done: crate::act::procedure::ProcedureDone) {
+        let result = off_runtime(|| self.dispatcher.on_done(done));
+        self.after_acting(result);
+        self.publish();
+    }
+
+    /// An operator command (approve, pause, mark, …), answered once journalled.
+    fn on_command(
+        &mut self,
+        command: crate::act::Command,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    ) {
+        tracing::info!(?command, "command received");
+        let answer = match off_runtime(|| self.dispatcher.command(command)) {
+            Ok(answer) => answer,
+            Err(e) => {
+                let refused = Err(format!("not done: the journal cannot be written ({})", crate::error_chain(&e)));
+                self.after_acting(Err(e));
+                refused
+            }
+        };
+        self.after_acting(Ok(()));
+        self.publish();
+        let _ = reply.send(answer);
+    }
+
+    /// SIGHUP: the config file again. A bad one is reported and the running one kept; a good
+    /// one replaces acting, the evaluator (rule states carried over) and the pollers.
+    fn on_reload(&mut self) {
+        let now = self.clock.now();
+        let reloaded = load_again(&self.config, &self.env).and_then(|(c, e, t)| {
+            let acting = acting_parts(&c, &e, &self.env, &self.client, &self.console, &self.journal, &self.clock)
+                .map_err(|err| match err {
+                    EngineError::Config(d) => d,
+                    other => crate::diag::Diagnostic::file(&c.path, other.to_string()).into(),
+                })?;
+            Ok((c, e, t, acting))
+        });
+        match reloaded {
+            Ok((config, ev, targets, (acting, notifier))) => {
+                self.dispatcher.reconfigure(acting, notifier);
+                let old = std::mem::replace(&mut self.ev, ev);
+                self.ev.adopt(old);
+                if let Some(old) = self.pollers.take() {
+                    while self.retiring.try_join_next().is_some() {}
+                    self.retiring.spawn(old.stop());
+                }
+                self.snapshot.watch_targets(&targets);
+                self.snapshot.decisions.clear();
+                let keep = self.ev.metric_names().map(Arc::new);
+                self.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.queue));
+                if config.eval_interval != self.config.eval_interval {
+                    self.ticker = tokio::time::interval(config.eval_interval.as_std());
+                    self.ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                }
+                self.config = config;
+                tracing::info!(path = %self.config.path.display(), "config reloaded");
+                self.journal.note(now, "reloaded", &serde_json::json!({ "path": self.config.path }));
+            }
+            Err(errors) => {
+                tracing::error!(path = %self.config.path.display(), %errors, "config reload failed; keeping the running config");
+                self.journal.note(now, "reload_failed", &serde_json::json!({ "errors": errors.to_string() }));
+            }
+        }
+    }
+
+    /// After the dispatcher ran: a journal failure stops acting (never watching), and the
+    /// evaluator's evidence follows the dispatcher's deploys and restore points.
+    fn after_acting(&mut self, result: Result<(), JournalError>) {
+        if let Err(e) = result {
+            self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
+        }
+        sync_evidence(&mut self.dispatcher, &mut self.ev);
+        self.snapshot.acting = self.dispatcher.status();
+    }
+
+    /// Sends the snapshot to `/status` and `/metrics`.
+    fn publish(&mut self) {
+        self.snapshot.connections_refused = self.refused.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = self.status.send(Arc::new(self.snapshot.clone()));
+    }
+
+    /// Stops in order: the running steps get their grace, then the pollers and the server stop,
+    /// notifications get a moment and the rest is journalled as not sent, every task is joined,
+    /// and the journal is flushed.
+    async fn stop(mut self) {
+        if self.dispatcher.steps_running() {
+            // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
+            if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, self.procedures.recv()).await {
+                let result = off_runtime(|| self.dispatcher.on_done(done));
+                self.after_acting(result);
+            }
+        }
+        if let Some(pollers) = self.pollers.take() {
+            pollers.stop().await;
+        }
+        while self.retiring.join_next().await.is_some() {}
+        let _ = self.stop_server.send(true);
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.dispatcher.stop(std::time::Duration::from_secs(3)).await;
+        let in_flight = self.dispatcher.status().in_flight.map(|f| f.rollback_id);
+        if let Some(id) = &in_flight {
+            tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
+        }
+        self.journal.note(self.clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }));
+        off_runtime(|| self.journal.flush());
+        tracing::info!("rollwatch stopped");
+    }
 }
 
 /// Runs `f`, which may wait for the journal writer's fsync, without holding up the runtime's
@@ -376,14 +497,6 @@ fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<&'a str> {
     obs.strings.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.trim()).filter(|val| !val.is_empty())
 }
 
-/// A journal that cannot be written stops acting, never watching: the dispatcher holds every
-/// action back, says so on every channel, and retries each tick.
-fn kept_watching(dispatcher: &mut Dispatcher, result: Result<(), JournalError>) {
-    if let Err(e) = result {
-        dispatcher.journal_failed(dispatcher.now(), &crate::error_chain(&e));
-    }
-}
-
 /// The evaluator's evidence follows the dispatcher's deploys and restore points.
 fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
     if let Some(r) = dispatcher.take_restart() {
@@ -399,45 +512,4 @@ fn load_again(config: &Config, env: &Env) -> Result<(Config, Evaluator, Vec<Targ
         tracing::warn!("state_dir and listen changes take effect at the next restart");
     }
     Ok((new_config, ev, targets))
-}
-
-fn record_poll(snapshot: &mut Snapshot, obs: &Observation) {
-    let Some(t) = snapshot.targets.iter_mut().find(|t| t.name == obs.target) else { return };
-    t.up = Some(obs.up);
-    t.polls_total += 1;
-    t.duration_seconds = obs.duration_secs;
-    t.last_error = obs.error.as_ref().map(|e| e.to_string());
-    t.dropped_total += obs.dropped as u64;
-    if let Some(e) = &obs.error {
-        *t.errors_total.entry(e.reason().to_string()).or_insert(0) += 1;
-    }
-}
-
-fn update_snapshot(
-    snapshot: &mut Snapshot,
-    ev: &Evaluator,
-    tick: &Tick,
-    alerts: &Alerts,
-    series: &TargetSeries,
-    now: crate::time::Timestamp,
-) {
-    snapshot.at = now;
-    snapshot.ticks_total = ev.ticks;
-    snapshot.series = ev.store().len();
-    snapshot.decisions = tick.decisions.clone();
-    snapshot.firing_alerts = alerts.firing();
-    snapshot.signals = ev.signal_values().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
-    snapshot.rules = ev
-        .rule_states()
-        .map(|(r, state, value)| RuleStatus {
-            name: r.name.clone(),
-            profile: ev.profiles[r.profile].name.clone(),
-            state: state.phase().to_string(),
-            value,
-            severity: r.severity.clone(),
-        })
-        .collect();
-    for t in &mut snapshot.targets {
-        t.fields = series.strings.get(&t.name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
-    }
 }

@@ -82,10 +82,13 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     let app = router(shared);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // Every connection's task, reaped as they end and cut off at shutdown.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            Some(_) = connections.join_next() => continue,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -102,7 +105,7 @@ pub async fn serve(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -111,6 +114,9 @@ pub async fn serve(
             drop(slot);
         });
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {

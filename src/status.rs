@@ -6,9 +6,11 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::rules::Decision;
+use crate::rules::{Decision, Evaluator, Tick};
 use crate::selector::escape_label_value;
+use crate::source::alertmanager::Alerts;
 use crate::source::exposition::format_value;
+use crate::source::{Observation, Target, TargetSeries};
 use crate::time::Timestamp;
 
 /// How many recent decision changes `/status` keeps.
@@ -68,6 +70,69 @@ fn label(v: &str) -> String {
 }
 
 impl Snapshot {
+    /// The targets to show, none polled yet (at start and after a reload).
+    pub fn watch_targets(&mut self, targets: &[Target]) {
+        self.targets =
+            targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
+    }
+
+    /// One poll's outcome on its target's row.
+    pub fn record_poll(&mut self, obs: &Observation) {
+        let Some(t) = self.targets.iter_mut().find(|t| t.name == obs.target) else { return };
+        t.up = Some(obs.up);
+        t.polls_total += 1;
+        t.duration_seconds = obs.duration_secs;
+        t.last_error = obs.error.as_ref().map(|e| e.to_string());
+        t.dropped_total += obs.dropped as u64;
+        if let Some(e) = &obs.error {
+            *t.errors_total.entry(e.reason().to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts this tick's decisions and returns those that changed since the last tick (kept
+    /// among the [`RECENT`] ones).
+    pub fn changed_decisions<'a>(&mut self, decisions: &'a [Decision]) -> Vec<&'a Decision> {
+        let mut changed = Vec::new();
+        for (i, d) in decisions.iter().enumerate() {
+            let same = self
+                .decisions
+                .get(i)
+                .is_some_and(|prev| prev.outcome == d.outcome && prev.explanation() == d.explanation());
+            if !same {
+                changed.push(d);
+                self.recent.push_back(d.clone());
+                if self.recent.len() > RECENT {
+                    self.recent.pop_front();
+                }
+            }
+            *self.decisions_total.entry(d.profile.clone()).or_default().entry(d.outcome.to_string()).or_insert(0) += 1;
+        }
+        changed
+    }
+
+    /// The evaluator's view after a tick: decisions, signals, rules, alerts, target fields.
+    pub fn update(&mut self, ev: &Evaluator, tick: &Tick, alerts: &Alerts, series: &TargetSeries, now: Timestamp) {
+        self.at = now;
+        self.ticks_total = ev.ticks;
+        self.series = ev.store().len();
+        self.decisions = tick.decisions.clone();
+        self.firing_alerts = alerts.firing();
+        self.signals = ev.signal_values().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        self.rules = ev
+            .rule_states()
+            .map(|(r, state, value)| RuleStatus {
+                name: r.name.clone(),
+                profile: ev.profiles[r.profile].name.clone(),
+                state: state.phase().to_string(),
+                value,
+                severity: r.severity.clone(),
+            })
+            .collect();
+        for t in &mut self.targets {
+            t.fields = series.strings.get(&t.name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
+        }
+    }
+
     /// Prometheus text exposition of rollwatch's own state.
     pub fn metrics(&self) -> String {
         let mut text = String::new();

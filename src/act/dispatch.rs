@@ -29,7 +29,7 @@ use super::versions::Bake;
 use crate::config::policy::{Mode, Policy};
 use crate::journal::{JournalError, SharedJournal};
 use crate::notify::Notifier;
-use crate::rules::{Decision, Evaluator, Outcome, Step};
+use crate::rules::{Decision, Evaluator, Outcome, Step, Transition};
 use crate::time::{Clock, Span, Timestamp};
 
 pub use super::commands::{Command, CommandRequest};
@@ -119,6 +119,9 @@ pub struct Dispatcher {
     pub(super) state: State,
     pub(super) in_flight: Option<InFlight>,
     pub(super) done: mpsc::UnboundedSender<ProcedureDone>,
+    /// The running procedure's task, and notifiers replaced by a reload while they flush:
+    /// joined at [`stop`](Self::stop).
+    pub(super) tasks: tokio::task::JoinSet<()>,
     /// Per profile, the last suppression journalled (journalled again only when it changes).
     pub(super) suppressed: BTreeMap<String, String>,
     /// Per profile, since when every rule has been unknown, and whether that was notified.
@@ -177,6 +180,7 @@ impl Dispatcher {
             state,
             in_flight: None,
             done,
+            tasks: tokio::task::JoinSet::new(),
             suppressed: BTreeMap::new(),
             blind: BTreeMap::new(),
             dry_runs: vec![],
@@ -205,7 +209,48 @@ impl Dispatcher {
     /// Takes a reloaded config's actions, policy and plans; state and the rollback in flight stay.
     pub fn reconfigure(&mut self, acting: Acting, notifier: Notifier) {
         self.acting = acting;
-        self.notifier = notifier;
+        let old = std::mem::replace(&mut self.notifier, notifier);
+        // The old channels finish what they were sending (a few seconds), then stop.
+        self.spawn(async move {
+            old.flush(std::time::Duration::from_secs(3)).await;
+            old.stop().await;
+        });
+    }
+
+    /// Spawns a task the dispatcher owns (reaping those already done).
+    pub(super) fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.tasks.try_join_next().is_some() {}
+        self.tasks.spawn(task);
+    }
+
+    /// At a stop, after the running steps were given their grace: gives queued notifications
+    /// `flush` to go out, journals the rest as not sent, ends every task it started (a
+    /// procedure still running is cut off: the next start reports it interrupted) and waits
+    /// for them.
+    pub async fn stop(&mut self, flush: std::time::Duration) {
+        self.notifier.flush(flush).await;
+        self.notifier.stop().await;
+        if self.steps_running() {
+            self.tasks.abort_all();
+        }
+        let wait = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(flush, wait).await.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Journals a tick's rule state changes and the decisions that changed (records: they do
+    /// not wait for the disk), and logs them.
+    pub fn note_tick(&self, now: Timestamp, transitions: &[Transition], changed: &[&Decision]) {
+        for t in transitions {
+            tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
+            self.journal.note(now, "transition", t);
+        }
+        for d in changed {
+            tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
+            self.journal.note(now, "decision", d);
+        }
     }
 
     /// Whether a rollback's steps are running now (not yet verifying).

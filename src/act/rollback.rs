@@ -303,7 +303,8 @@ impl Dispatcher {
             client: self.client.clone(),
             clock: self.clock.clone(),
         };
-        tokio::spawn(procedure.run(self.done.clone()));
+        let done = self.done.clone();
+        self.spawn(procedure.run(done));
         self.in_flight = Some(InFlight {
             rollback_id: id.clone(),
             profile: s.profile,

@@ -201,6 +201,9 @@ impl Inner {
 pub struct Notifier {
     inner: Arc<Inner>,
     queues: Arc<BTreeMap<String, Arc<Queue>>>,
+    /// The channel workers, and what stops them.
+    workers: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -233,26 +236,47 @@ impl Notifier {
             dropped: AtomicU64::new(0),
         });
         let mut queues = BTreeMap::new();
+        let workers = tokio_util::task::TaskTracker::new();
+        let stop = tokio_util::sync::CancellationToken::new();
         for name in inner.channels.keys() {
             let queue = Arc::new(Queue::default());
             queues.insert(name.clone(), queue.clone());
             let inner = inner.clone();
             let name = name.clone();
-            tokio::spawn(async move {
+            let stop = stop.clone();
+            workers.spawn(async move {
                 loop {
                     let next = queue.jobs.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(job) = next else {
-                        queue.ready.notified().await;
-                        continue;
+                        tokio::select! {
+                            _ = queue.ready.notified() => continue,
+                            _ = stop.cancelled() => return,
+                        }
                     };
-                    let _ = deliver(&inner, &name, &job.template, &job.vars).await;
+                    tokio::select! {
+                        _ = deliver(&inner, &name, &job.template, &job.vars) => {}
+                        _ = stop.cancelled() => {
+                            tracing::error!(channel = %name, template = %job.template, "stopping: message not sent");
+                            inner.note("notify_unsent", serde_json::json!({"channel": name, "template": job.template}));
+                            return;
+                        }
+                    }
                     if inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
                         inner.idle.notify_waiters();
                     }
                 }
             });
         }
-        Notifier { inner, queues: Arc::new(queues) }
+        workers.close();
+        Notifier { inner, queues: Arc::new(queues), workers, stop }
+    }
+
+    /// Stops the channel workers and waits for them: queued messages are journalled as not
+    /// sent ([`abandon`](Self::abandon)), one being delivered too.
+    pub async fn stop(&self) {
+        self.abandon();
+        self.stop.cancel();
+        self.workers.wait().await;
     }
 
     /// Masks these secrets in everything channels answer, from now on.

@@ -169,268 +169,26 @@ fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
     Ok(order)
 }
 
-/// Builds the evaluator for a set of profiles, or every error found in them.
+/// Builds the evaluator for a set of profiles, or every error found in them. In phases, each
+/// adding to the diagnostics and returning what it built: names, slots, then per profile its
+/// signals, rules and decision tree (with its procedures), then the rules' dependency order.
 pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let mut errors = Diagnostics::default();
-    for p in profiles {
-        errors.0.extend(p.unknown_fields.0.iter().cloned());
-    }
+    check_names(profiles, &mut errors);
     let mut compiler = Compiler::new();
-
-    // Profile names must be unique too: decisions and expectations name them.
-    let mut seen_profiles: HashMap<&str, &SourceFile> = HashMap::new();
-    for p in profiles {
-        if let Some(first) = seen_profiles.insert(&p.name, &p.file) {
-            errors.push(Diagnostic::file(
-                &p.file.path,
-                format!("profile name {:?} is also used by {}", p.name, first.path.display()),
-            ));
-        }
-    }
-
-    // Slots for every signal (per profile) and every rule (global), before compiling anything,
-    // so that expressions may refer to items defined later in the file.
-    let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
-    for p in profiles {
-        let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
-        signal_slots.push(map);
-    }
-    let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut rule_origin: HashMap<String, String> = HashMap::new();
-    for p in profiles {
-        for r in &p.raw.rule {
-            let name = r.get_ref().name.get_ref();
-            let span = r.get_ref().name.span();
-            let here = {
-                let (line, col) = p.file.position(span.start);
-                format!("{}:{line}:{col}", p.file.path.display())
-            };
-            if name.is_empty() {
-                errors.push(p.file.error(&span, None, "a rule needs a non-empty name"));
-            } else if let Some(first) = rule_origin.get(name) {
-                errors.push(p.file.error(
-                    &span,
-                    Some(&format!("rule {name:?}")),
-                    format!("duplicate rule name (first defined at {first})"),
-                ));
-            } else {
-                rule_origin.insert(name.clone(), here);
-                rule_slots.insert(name.clone(), (compiler.boolean_slot(), compiler.boolean_slot()));
-            }
-        }
-    }
-
+    let slots = Slots::allocate(profiles, &mut compiler, &mut errors);
     let mut signals: Vec<Signal> = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();
     let mut out_profiles: Vec<Profile> = Vec::new();
-    let no_signals = HashMap::new();
-    let no_rules = HashMap::new();
-
     for (pi, p) in profiles.iter().enumerate() {
         let mut ctx = Checker { file: &p.file, errors: &mut errors };
-
-        // Signals, in dependency order within the profile.
-        let sig_names =
-            Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
         let rule_scopes = rule_scopes(&mut ctx, &p.raw.rule);
-        let signal_scopes = signal_scopes(&mut ctx, &p.raw.signals, &p.raw.rule, &rule_scopes);
-        let mut compiled_signals = Vec::new();
-        for (name, text) in &p.raw.signals {
-            let item = format!("signal {name:?}");
-            compiler.scope = signal_scopes.get(name).copied().unwrap_or_default();
-            if let Some(c) = compiled(&mut ctx, &mut compiler, text, &sig_names, Expected::Number, &item) {
-                compiled_signals.push((name.clone(), text.span(), c));
-            }
-        }
-        let index: HashMap<&str, usize> =
-            compiled_signals.iter().enumerate().map(|(i, (n, _, _))| (n.as_str(), i)).collect();
-        let deps: Vec<Vec<usize>> = compiled_signals
-            .iter()
-            .map(|(_, _, c)| c.signals_read.iter().filter_map(|s| index.get(s.as_str()).copied()).collect())
-            .collect();
-        match dependency_order(&deps) {
-            Ok(order) => {
-                for i in order {
-                    let (name, _, c) = &compiled_signals[i];
-                    signals.push(Signal {
-                        name: name.clone(),
-                        slot: signal_slots[pi][name],
-                        num: c.to_num(),
-                        reads: c.selectors_read.clone(),
-                        shortest_window: c.shortest_window,
-                        span: compiled_signals[i].1.clone(),
-                        profile: pi,
-                    });
-                }
-            }
-            Err(cycle) => {
-                let names: Vec<&str> = cycle.iter().map(|&i| compiled_signals[i].0.as_str()).collect();
-                let (first, span, _) = &compiled_signals[cycle[0]];
-                ctx.err(
-                    span,
-                    Some(&format!("signal {first:?}")),
-                    format!("signals form a cycle: {}", names.join(" → ")),
-                );
-            }
-        }
-
-        // Rules.
-        let rule_names = Names {
-            signals: &signal_slots[pi],
-            rules: &rule_slots,
-            data: true,
-            states: true,
-            what: "a rule condition",
-        };
-        for r in &p.raw.rule {
-            let raw = r.get_ref();
-            let name = raw.name.get_ref().clone();
-            let item = format!("rule {name:?}");
-            let Some(&(firing_slot, pending_slot)) = rule_slots.get(&name) else {
-                continue;
-            };
-            if rules.iter().any(|x| x.name == name) {
-                continue;
-            }
-            let scope = rule_scopes.get(&name).copied().unwrap_or_default();
-            compiler.scope = scope;
-            let when = compiled(&mut ctx, &mut compiler, &raw.when, &rule_names, Expected::Boolean, &item);
-            let value_names = Names { what: "a rule value", ..rule_names };
-            let value = match &raw.value {
-                Some(v) => compiled(&mut ctx, &mut compiler, v, &value_names, Expected::Number, &item)
-                    .map(|c| Some(c.to_num())),
-                None => Some(when.as_ref().and_then(Compiled::comparison_left)),
-            };
-            let for_ = match &raw.for_ {
-                Some(f) => ctx.positive_duration(f, Some(&item), "for").unwrap_or(Span::ZERO),
-                None => Span::ZERO,
-            };
-            let keep_firing_for = ctx.duration(&raw.keep_firing_for, Span::ZERO, Some(&item), "keep_firing_for");
-            let on_no_data = match &raw.on_no_data {
-                None => OnNoData::Keep,
-                Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
-                    ctx.err(
-                        &v.span(),
-                        Some(&item),
-                        format!("on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}", v.get_ref()),
-                    );
-                    OnNoData::Keep
-                }),
-            };
-            let severity = match &raw.severity {
-                None => "warning".to_string(),
-                Some(s) if SEVERITIES.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
-                Some(s) => {
-                    ctx.err(
-                        &s.span(),
-                        Some(&item),
-                        format!("severity must be one of {}, not {:?}", SEVERITIES.join(", "), s.get_ref()),
-                    );
-                    "warning".to_string()
-                }
-            };
-            let (Some(when), Some(value)) = (when, value) else {
-                continue;
-            };
-            let mut reads: Vec<String> = when.signals_read.iter().map(|s| format!("signal:{s}")).collect();
-            reads.extend(when.selectors_read.iter().cloned());
-            reads.sort();
-            reads.dedup();
-            rules.push(Rule {
-                name,
-                profile: pi,
-                cond: when.to_cond(),
-                depends_on: when.rules_read.clone(),
-                scope,
-                reads,
-                shortest_window: when.shortest_window,
-                span: raw.when.span(),
-                value,
-                timing: Timing { for_, keep_firing_for, on_no_data },
-                severity,
-                summary: raw.summary.clone(),
-                labels: raw.labels.clone(),
-                firing_slot,
-                pending_slot,
-            });
-        }
-
-        // The decision tree.
-        let tree_names =
-            Names { signals: &no_signals, rules: &rule_slots, data: false, states: true, what: "a decision question" };
-        let mut questions = Vec::new();
-        for (qi, q) in p.raw.decide.iter().enumerate() {
-            let raw = q.get_ref();
-            let item = format!("[[decide]] {} {:?}", qi + 1, raw.ask.get_ref());
-            let then = Outcome::parse(raw.then.get_ref());
-            if then.is_none() {
-                ctx.err(
-                    &raw.then.span(),
-                    Some(&item),
-                    format!("then must be rollback, consider or monitor, not {:?}", raw.then.get_ref()),
-                );
-            }
-            let cond = compiled(&mut ctx, &mut compiler, &raw.if_, &tree_names, Expected::Boolean, &item);
-            if let (Some(then), Some(cond)) = (then, cond) {
-                questions.push(Question {
-                    ask: raw.ask.get_ref().clone(),
-                    cond: cond.to_cond(),
-                    then,
-                    level: raw.level.as_ref().map(|l| l.get_ref().clone()),
-                    reads: {
-                        let mut reads = cond.rules_read.clone();
-                        reads.sort();
-                        reads.dedup();
-                        reads
-                    },
-                });
-            }
-        }
-        let default = match &p.raw.default {
-            None => Outcome::Monitor,
-            Some(d) => Outcome::parse(d.get_ref()).unwrap_or_else(|| {
-                ctx.err(
-                    &d.span(),
-                    None,
-                    format!("default must be rollback, consider or monitor, not {:?}", d.get_ref()),
-                );
-                Outcome::Monitor
-            }),
-        };
-        let consider_auto_after = p
-            .raw
-            .consider_auto_after
-            .as_ref()
-            .map(|_| ctx.duration(&p.raw.consider_auto_after, Span::ZERO, None, "consider_auto_after"));
-        let procedures = procedures(&mut ctx, &p.raw.procedure);
-        out_profiles.push(Profile {
-            name: p.name.clone(),
-            path: p.file.path.clone(),
-            description: p.raw.description.clone(),
-            tree: Tree { questions, default },
-            consider_auto_after,
-            procedures,
-        });
+        signals.extend(compile_signals(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes));
+        let compiled = compile_rules(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes, &rules);
+        rules.extend(compiled);
+        out_profiles.push(compile_tree(&mut ctx, &mut compiler, &slots, p));
     }
-
-    // Rules in dependency order (firing("x") reads x's state of this tick).
-    let index: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
-    let deps: Vec<Vec<usize>> =
-        rules.iter().map(|r| r.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()).collect();
-    let order = match dependency_order(&deps) {
-        Ok(order) => order,
-        Err(cycle) => {
-            let names: Vec<&str> = cycle.iter().map(|&i| rules[i].name.as_str()).collect();
-            let first = &rules[cycle[0]];
-            let file = &profiles[first.profile].file;
-            errors.push(file.error(
-                &first.span,
-                Some(&format!("rule {:?}", first.name)),
-                format!("rules form a cycle: {}", names.join(" → ")),
-            ));
-            (0..rules.len()).collect()
-        }
-    };
+    let order = rule_order(&rules, profiles, &mut errors);
     if !errors.is_empty() {
         errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
         return Err(errors);
@@ -448,6 +206,287 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     );
     let (slots, calls) = compiler.finish(&mut store);
     Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
+}
+
+/// Names: each profile's unknown fields, and profile names used twice (decisions and
+/// expectations name them).
+fn check_names(profiles: &[LoadedProfile], errors: &mut Diagnostics) {
+    for p in profiles {
+        errors.0.extend(p.unknown_fields.0.iter().cloned());
+    }
+    let mut seen_profiles: HashMap<&str, &SourceFile> = HashMap::new();
+    for p in profiles {
+        if let Some(first) = seen_profiles.insert(&p.name, &p.file) {
+            errors.push(Diagnostic::file(
+                &p.file.path,
+                format!("profile name {:?} is also used by {}", p.name, first.path.display()),
+            ));
+        }
+    }
+}
+
+/// The evaluation slots of every signal (per profile) and every rule (global, firing and
+/// pending), taken before anything is compiled so that expressions may refer to items defined
+/// later in the file. A rule name used twice is an error here.
+struct Slots {
+    signals: Vec<HashMap<String, usize>>,
+    rules: HashMap<String, (usize, usize)>,
+}
+
+impl Slots {
+    fn allocate(profiles: &[LoadedProfile], compiler: &mut Compiler, errors: &mut Diagnostics) -> Slots {
+        let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
+        for p in profiles {
+            let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
+            signal_slots.push(map);
+        }
+        let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut rule_origin: HashMap<String, String> = HashMap::new();
+        for p in profiles {
+            for r in &p.raw.rule {
+                let name = r.get_ref().name.get_ref();
+                let span = r.get_ref().name.span();
+                let here = {
+                    let (line, col) = p.file.position(span.start);
+                    format!("{}:{line}:{col}", p.file.path.display())
+                };
+                if name.is_empty() {
+                    errors.push(p.file.error(&span, None, "a rule needs a non-empty name"));
+                } else if let Some(first) = rule_origin.get(name) {
+                    errors.push(p.file.error(
+                        &span,
+                        Some(&format!("rule {name:?}")),
+                        format!("duplicate rule name (first defined at {first})"),
+                    ));
+                } else {
+                    rule_origin.insert(name.clone(), here);
+                    rule_slots.insert(name.clone(), (compiler.boolean_slot(), compiler.boolean_slot()));
+                }
+            }
+        }
+        Slots { signals: signal_slots, rules: rule_slots }
+    }
+}
+
+/// A profile's signals, in dependency order (a cycle is an error).
+fn compile_signals(
+    ctx: &mut Checker,
+    compiler: &mut Compiler,
+    slots: &Slots,
+    pi: usize,
+    p: &LoadedProfile,
+    rule_scopes: &HashMap<String, Scope>,
+) -> Vec<Signal> {
+    let signal_slots = &slots.signals;
+    let no_rules = HashMap::new();
+    let mut signals = Vec::new();
+    let sig_names = Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
+    let signal_scopes = signal_scopes(ctx, &p.raw.signals, &p.raw.rule, rule_scopes);
+    let mut compiled_signals = Vec::new();
+    for (name, text) in &p.raw.signals {
+        let item = format!("signal {name:?}");
+        compiler.scope = signal_scopes.get(name).copied().unwrap_or_default();
+        if let Some(c) = compiled(ctx, compiler, text, &sig_names, Expected::Number, &item) {
+            compiled_signals.push((name.clone(), text.span(), c));
+        }
+    }
+    let index: HashMap<&str, usize> =
+        compiled_signals.iter().enumerate().map(|(i, (n, _, _))| (n.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = compiled_signals
+        .iter()
+        .map(|(_, _, c)| c.signals_read.iter().filter_map(|s| index.get(s.as_str()).copied()).collect())
+        .collect();
+    match dependency_order(&deps) {
+        Ok(order) => {
+            for i in order {
+                let (name, _, c) = &compiled_signals[i];
+                signals.push(Signal {
+                    name: name.clone(),
+                    slot: signal_slots[pi][name],
+                    num: c.to_num(),
+                    reads: c.selectors_read.clone(),
+                    shortest_window: c.shortest_window,
+                    span: compiled_signals[i].1.clone(),
+                    profile: pi,
+                });
+            }
+        }
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| compiled_signals[i].0.as_str()).collect();
+            let (first, span, _) = &compiled_signals[cycle[0]];
+            ctx.err(span, Some(&format!("signal {first:?}")), format!("signals form a cycle: {}", names.join(" → ")));
+        }
+    }
+
+    signals
+}
+
+/// A profile's rules (`done` holds the rules of earlier profiles: a name compiles once).
+fn compile_rules(
+    ctx: &mut Checker,
+    compiler: &mut Compiler,
+    slots: &Slots,
+    pi: usize,
+    p: &LoadedProfile,
+    rule_scopes: &HashMap<String, Scope>,
+    done: &[Rule],
+) -> Vec<Rule> {
+    let (signal_slots, rule_slots) = (&slots.signals, &slots.rules);
+    let mut rules: Vec<Rule> = Vec::new();
+    let rule_names =
+        Names { signals: &signal_slots[pi], rules: rule_slots, data: true, states: true, what: "a rule condition" };
+    for r in &p.raw.rule {
+        let raw = r.get_ref();
+        let name = raw.name.get_ref().clone();
+        let item = format!("rule {name:?}");
+        let Some(&(firing_slot, pending_slot)) = rule_slots.get(&name) else {
+            continue;
+        };
+        if done.iter().chain(&rules).any(|x| x.name == name) {
+            continue;
+        }
+        let scope = rule_scopes.get(&name).copied().unwrap_or_default();
+        compiler.scope = scope;
+        let when = compiled(ctx, compiler, &raw.when, &rule_names, Expected::Boolean, &item);
+        let value_names = Names { what: "a rule value", ..rule_names };
+        let value = match &raw.value {
+            Some(v) => compiled(ctx, compiler, v, &value_names, Expected::Number, &item).map(|c| Some(c.to_num())),
+            None => Some(when.as_ref().and_then(Compiled::comparison_left)),
+        };
+        let for_ = match &raw.for_ {
+            Some(f) => ctx.positive_duration(f, Some(&item), "for").unwrap_or(Span::ZERO),
+            None => Span::ZERO,
+        };
+        let keep_firing_for = ctx.duration(&raw.keep_firing_for, Span::ZERO, Some(&item), "keep_firing_for");
+        let on_no_data = match &raw.on_no_data {
+            None => OnNoData::Keep,
+            Some(v) => OnNoData::parse(v.get_ref()).unwrap_or_else(|| {
+                ctx.err(
+                    &v.span(),
+                    Some(&item),
+                    format!("on_no_data must be \"keep\", \"ok\" or \"fire\", not {:?}", v.get_ref()),
+                );
+                OnNoData::Keep
+            }),
+        };
+        let severity = match &raw.severity {
+            None => "warning".to_string(),
+            Some(s) if SEVERITIES.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
+            Some(s) => {
+                ctx.err(
+                    &s.span(),
+                    Some(&item),
+                    format!("severity must be one of {}, not {:?}", SEVERITIES.join(", "), s.get_ref()),
+                );
+                "warning".to_string()
+            }
+        };
+        let (Some(when), Some(value)) = (when, value) else {
+            continue;
+        };
+        let mut reads: Vec<String> = when.signals_read.iter().map(|s| format!("signal:{s}")).collect();
+        reads.extend(when.selectors_read.iter().cloned());
+        reads.sort();
+        reads.dedup();
+        rules.push(Rule {
+            name,
+            profile: pi,
+            cond: when.to_cond(),
+            depends_on: when.rules_read.clone(),
+            scope,
+            reads,
+            shortest_window: when.shortest_window,
+            span: raw.when.span(),
+            value,
+            timing: Timing { for_, keep_firing_for, on_no_data },
+            severity,
+            summary: raw.summary.clone(),
+            labels: raw.labels.clone(),
+            firing_slot,
+            pending_slot,
+        });
+    }
+
+    rules
+}
+
+/// A profile's decision tree, default outcome and procedures.
+fn compile_tree(ctx: &mut Checker, compiler: &mut Compiler, slots: &Slots, p: &LoadedProfile) -> Profile {
+    let no_signals = HashMap::new();
+    let rule_slots = &slots.rules;
+    let tree_names =
+        Names { signals: &no_signals, rules: rule_slots, data: false, states: true, what: "a decision question" };
+    let mut questions = Vec::new();
+    for (qi, q) in p.raw.decide.iter().enumerate() {
+        let raw = q.get_ref();
+        let item = format!("[[decide]] {} {:?}", qi + 1, raw.ask.get_ref());
+        let then = Outcome::parse(raw.then.get_ref());
+        if then.is_none() {
+            ctx.err(
+                &raw.then.span(),
+                Some(&item),
+                format!("then must be rollback, consider or monitor, not {:?}", raw.then.get_ref()),
+            );
+        }
+        let cond = compiled(ctx, compiler, &raw.if_, &tree_names, Expected::Boolean, &item);
+        if let (Some(then), Some(cond)) = (then, cond) {
+            questions.push(Question {
+                ask: raw.ask.get_ref().clone(),
+                cond: cond.to_cond(),
+                then,
+                level: raw.level.as_ref().map(|l| l.get_ref().clone()),
+                reads: {
+                    let mut reads = cond.rules_read.clone();
+                    reads.sort();
+                    reads.dedup();
+                    reads
+                },
+            });
+        }
+    }
+    let default = match &p.raw.default {
+        None => Outcome::Monitor,
+        Some(d) => Outcome::parse(d.get_ref()).unwrap_or_else(|| {
+            ctx.err(&d.span(), None, format!("default must be rollback, consider or monitor, not {:?}", d.get_ref()));
+            Outcome::Monitor
+        }),
+    };
+    let consider_auto_after = p
+        .raw
+        .consider_auto_after
+        .as_ref()
+        .map(|_| ctx.duration(&p.raw.consider_auto_after, Span::ZERO, None, "consider_auto_after"));
+    let procedures = procedures(ctx, &p.raw.procedure);
+    Profile {
+        name: p.name.clone(),
+        path: p.file.path.clone(),
+        description: p.raw.description.clone(),
+        tree: Tree { questions, default },
+        consider_auto_after,
+        procedures,
+    }
+}
+
+/// The rules in dependency order (`firing("x")` reads x's state of this tick); a cycle is an
+/// error (and the file order is kept).
+fn rule_order(rules: &[Rule], profiles: &[LoadedProfile], errors: &mut Diagnostics) -> Vec<usize> {
+    let index: HashMap<&str, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> =
+        rules.iter().map(|r| r.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()).collect();
+    match dependency_order(&deps) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| rules[i].name.as_str()).collect();
+            let first = &rules[cycle[0]];
+            let file = &profiles[first.profile].file;
+            errors.push(file.error(
+                &first.span,
+                Some(&format!("rule {:?}", first.name)),
+                format!("rules form a cycle: {}", names.join(" → ")),
+            ));
+            (0..rules.len()).collect()
+        }
+    }
 }
 
 fn procedures(

@@ -97,9 +97,11 @@ async fn restart_and_check(s: &Setup, interrupted: bool) {
     let before = s.count("started");
     let mut again = s.start();
     s.until("the restarted sidecar to hold the decision back", |s| {
+        // One read of the journal for both checks: two reads could straddle the new start.
         let events = s.events();
+        let started = events.iter().filter(|e| e["event"] == "started").count();
         let restart = events.iter().rposition(|e| e["event"] == "started").unwrap_or(0);
-        s.count("started") > before && events[restart..].iter().any(|e| e["event"] == "suppressed")
+        started > before && events[restart..].iter().any(|e| e["event"] == "suppressed")
     })
     .await;
     common::sigterm(&mut again);
