@@ -105,13 +105,15 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<bool> {
     let sim = Arc::new(Mutex::new(Sim { ok: 0.0, errors: 0.0, version: GOOD_VERSION.into(), bad_since: None }));
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
-    tokio::spawn(serve_sim(sim_listener, sim.clone()));
+    // The simulation's server and traffic: stopped once the story is told.
+    let mut simulation = tokio::task::JoinSet::new();
+    simulation.spawn(serve_sim(sim_listener, sim.clone()));
     let clock = Stopwatch::start();
     {
         // Traffic: RPS requests a second; the pipeline deploys the bad release at DEPLOY_AT, and a
         // growing share of its requests fail.
         let sim = sim.clone();
-        tokio::spawn(async move {
+        simulation.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             let mut deployed = false;
             loop {
@@ -190,7 +192,8 @@ url = "http://{sim_addr}/health/ready"
     );
     let config_path: PathBuf = dir.join("rollwatch.toml");
     std::fs::write(&config_path, config_text)?;
-    let (config, evaluator) = crate::act::deployment::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::act::deployment::Deployment { config, evaluator, procedures } =
+        crate::act::deployment::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let targets = config.targets(|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     writeln!(
@@ -205,7 +208,8 @@ url = "http://{sim_addr}/health/ready"
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<TickEvent>();
     let (console_tx, mut console) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let parts = Parts { events: Some(tx), console: Console::Sender(console_tx), ..Parts::new(evaluator, targets) };
+    let parts =
+        Parts { events: Some(tx), console: Console::Sender(console_tx), ..Parts::new(evaluator, procedures, targets) };
     let journal = config.state_dir.join("journal.jsonl");
     let engine = tokio::spawn(async move { engine::run(config, parts, shutdown).await });
     let mut completed = false;
@@ -273,6 +277,8 @@ url = "http://{sim_addr}/health/ready"
     }
     let _ = stop.send(true);
     let _ = engine.await;
+    simulation.abort_all();
+    while simulation.join_next().await.is_some() {}
     writeln!(out, "journal: {}", journal.display())?;
     if let Ok(entries) = crate::act::history::read(&journal) {
         for e in entries {

@@ -12,6 +12,7 @@
 //! notifier's workers — and flushes the journal. The snapshot's upkeep lives in
 //! [`crate::status`], decision journalling in the dispatcher.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -19,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::act::action::Action;
+use crate::act::deployment::Deployment;
 use crate::act::event::Event;
+use crate::act::steps::Procedures;
 use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
 use crate::journal::{Journal, JournalError, SharedJournal};
@@ -52,6 +55,8 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// Everything the engine runs with.
 pub struct Parts {
     pub evaluator: Evaluator,
+    /// Each profile's procedures, by profile name (from [`crate::act::deployment`]).
+    pub procedures: BTreeMap<String, Procedures>,
     pub targets: Vec<Target>,
     pub clock: Arc<dyn Clock>,
     /// Where to serve the own endpoints (bound by the caller); `None` serves nothing.
@@ -77,9 +82,10 @@ pub struct Parts {
 
 impl Parts {
     /// The usual parts: wall-clock time, no endpoints, no token, no observers.
-    pub fn new(evaluator: Evaluator, targets: Vec<Target>) -> Parts {
+    pub fn new(evaluator: Evaluator, procedures: BTreeMap<String, Procedures>, targets: Vec<Target>) -> Parts {
         Parts {
             evaluator,
+            procedures,
             targets,
             clock: Arc::new(crate::time::SystemClock),
             listener: None,
@@ -191,6 +197,7 @@ impl Engine {
     fn build(config: Config, parts: Parts) -> Result<Engine, EngineError> {
         let Parts {
             evaluator: mut ev,
+            procedures,
             targets,
             clock,
             listener,
@@ -220,7 +227,8 @@ impl Engine {
         // Streamed, keeping the state events only: a large journal does not make a large restart.
         let history = Journal::read_back_kept(&journal.path(), restores_state)?;
         let client = http_client()?;
-        let (acting, notifier) = acting_parts(&config, &ev, &env, &client, &console, &journal, &clock)?;
+        let plans = Plan::build(&ev, &procedures);
+        let (acting, notifier) = acting_parts(&config, plans, &env, &client, &console, &journal, &clock)?;
         let (mut dispatcher, procedures) =
             Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
         sync_evidence(&mut dispatcher, &mut ev);
@@ -358,8 +366,10 @@ impl Engine {
     /// one replaces acting, the evaluator (rule states carried over) and the pollers.
     fn on_reload(&mut self) {
         let now = self.clock.now();
-        let reloaded = load_again(&self.config, &self.env).and_then(|(c, e, t)| {
-            let acting = acting_parts(&c, &e, &self.env, &self.client, &self.console, &self.journal, &self.clock)
+        let reloaded = load_again(&self.config, &self.env).and_then(|(d, t)| {
+            let Deployment { config: c, evaluator: e, procedures } = d;
+            let plans = Plan::build(&e, &procedures);
+            let acting = acting_parts(&c, plans, &self.env, &self.client, &self.console, &self.journal, &self.clock)
                 .map_err(|err| match err {
                     EngineError::Config(d) => d,
                     other => crate::diag::Diagnostic::file(&c.path, other.to_string()).into(),
@@ -455,7 +465,7 @@ fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
 /// The dispatcher's parts from a config: policy, actions and plans, and a started notifier.
 fn acting_parts(
     config: &Config,
-    ev: &Evaluator,
+    plans: BTreeMap<String, Plan>,
     env: &Env,
     client: &reqwest::Client,
     console: &Console,
@@ -479,7 +489,7 @@ fn acting_parts(
     let acting = Acting {
         policy: spec.policy.clone(),
         actions: Arc::new(actions),
-        plans: Plan::from_evaluator(ev),
+        plans,
         redactor,
         config_path: std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone()),
     };
@@ -505,11 +515,11 @@ fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
 }
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).
-fn load_again(config: &Config, env: &Env) -> Result<(Config, Evaluator, Vec<Target>), crate::diag::Diagnostics> {
-    let (new_config, ev) = crate::act::deployment::load(&config.path)?;
-    let targets = new_config.targets(|var| env(var))?;
-    if new_config.state_dir != config.state_dir || new_config.listen != config.listen {
+fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
+    let loaded = crate::act::deployment::load(&config.path)?;
+    let targets = loaded.config.targets(|var| env(var))?;
+    if loaded.config.state_dir != config.state_dir || loaded.config.listen != config.listen {
         tracing::warn!("state_dir and listen changes take effect at the next restart");
     }
-    Ok((new_config, ev, targets))
+    Ok((loaded, targets))
 }

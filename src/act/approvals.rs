@@ -8,9 +8,10 @@
 use super::dispatch::Dispatcher;
 use super::event::*;
 use super::gate::Start;
+use super::steps::Step;
 use super::vars;
 use crate::journal::JournalError;
-use crate::rules::{Decision, Outcome, Step};
+use crate::rules::{Decision, Outcome};
 use crate::time::Timestamp;
 
 impl Dispatcher {

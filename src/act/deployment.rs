@@ -3,37 +3,70 @@
 //! templates, rules read defined targets, windows are not shorter than `eval_interval`. The one
 //! place a config and its profiles are put together (`run`, `check`, a SIGHUP reload, `demo`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::steps::{self, Procedures, Step};
 use crate::config::LoadedProfile;
 use crate::config::acting::ActingSpec;
 use crate::config::deploy::Config;
 use crate::config::raw::RawConfig;
 use crate::diag::{Checker, Diagnostics, SourceFile};
-use crate::rules::{Evaluator, Step, load};
+use crate::rules::{Evaluator, load};
 use crate::time::Span;
 
-/// Loads a config and compiles the profiles it names into an evaluator; every error at once.
-pub fn load(path: &Path) -> Result<(Config, Evaluator), Diagnostics> {
+/// A config with its profiles compiled: what `run` runs.
+#[derive(Debug)]
+pub struct Deployment {
+    pub config: Config,
+    pub evaluator: Evaluator,
+    /// Each profile's procedures, by profile name.
+    pub procedures: BTreeMap<String, Procedures>,
+}
+
+/// Loads a config and compiles the profiles it names; every error at once.
+pub fn load(path: &Path) -> Result<Deployment, Diagnostics> {
     from_source(SourceFile::read(path)?)
 }
 
 /// [`load`] from a file already read.
-pub fn from_source(file: SourceFile) -> Result<(Config, Evaluator), Diagnostics> {
+pub fn from_source(file: SourceFile) -> Result<Deployment, Diagnostics> {
     let mut errors = Diagnostics::default();
     let Some((config, profiles)) = Config::read(&file, &mut errors) else { return Err(errors) };
-    let evaluator = match load::build(&profiles) {
-        Ok(ev) => ev,
+    let (evaluator, procedures) = match compile(&profiles) {
+        Ok(compiled) => compiled,
         Err(e) => {
             errors.0.extend(e.0);
             return Err(errors);
         }
     };
-    check_procedures(&mut Checker { file: &file, errors: &mut errors }, &config.raw, &config.acting, &evaluator);
+    check_procedures(
+        &mut Checker { file: &file, errors: &mut errors },
+        &config.raw,
+        &config.acting,
+        &evaluator,
+        &procedures,
+    );
     check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &config.raw, &evaluator);
     check_windows(&profiles, &evaluator, config.eval_interval, &mut errors);
-    errors.into_result((config, evaluator))
+    errors.into_result(Deployment { config, evaluator, procedures })
+}
+
+/// Profiles compiled: rules and decision trees into an evaluator, procedures beside it; every
+/// error of both, in file order. (`check` of a profile and fixtures load profiles this way too.)
+pub fn compile(profiles: &[LoadedProfile]) -> Result<(Evaluator, BTreeMap<String, Procedures>), Diagnostics> {
+    let evaluator = load::build(profiles);
+    let procedures = steps::compile_all(profiles);
+    match (evaluator, procedures) {
+        (Ok(ev), Ok(p)) => Ok((ev, p)),
+        (ev, p) => {
+            let mut errors = Diagnostics::default();
+            errors.0.extend(ev.err().into_iter().flat_map(|e| e.0));
+            errors.0.extend(p.err().into_iter().flat_map(|e| e.0));
+            errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+            Err(errors)
+        }
+    }
 }
 
 /// A window shorter than `eval_interval` sees samples only now and then: the rule would flap
@@ -95,10 +128,16 @@ fn check_targets_read(c: &mut Checker, raw: &RawConfig, ev: &Evaluator) {
 
 /// Every action a procedure runs or verifies with must be defined in `[actions]`, and every
 /// template it announces must exist.
-fn check_procedures(c: &mut Checker, raw: &RawConfig, acting: &ActingSpec, ev: &Evaluator) {
+fn check_procedures(
+    c: &mut Checker,
+    raw: &RawConfig,
+    acting: &ActingSpec,
+    ev: &Evaluator,
+    procedures: &BTreeMap<String, Procedures>,
+) {
     let defined: Vec<&str> = raw.actions.keys().map(String::as_str).collect();
     for p in &ev.profiles {
-        for (outcome, steps) in &p.procedures {
+        for (outcome, steps) in procedures.get(&p.name).into_iter().flatten() {
             for (i, step) in steps.iter().enumerate() {
                 let (action, verify) = match step {
                     Step::Run { action, verify, .. } => (action, verify),

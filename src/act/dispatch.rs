@@ -25,11 +25,12 @@ use super::procedure::ProcedureDone;
 use super::rollback::describe;
 pub use super::rollback::{InFlight, Phase};
 use super::state::{Rollback, State};
+use super::steps::Procedures;
 use super::versions::Bake;
 use crate::config::policy::{Mode, Policy};
 use crate::journal::{JournalError, SharedJournal};
 use crate::notify::Notifier;
-use crate::rules::{Decision, Evaluator, Outcome, Step, Transition};
+use crate::rules::{Decision, Evaluator, Outcome, Transition};
 use crate::time::{Clock, Span, Timestamp};
 
 pub use super::commands::{Command, CommandRequest};
@@ -37,7 +38,7 @@ pub use super::commands::{Command, CommandRequest};
 /// What a profile's procedures need at run time.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub procedures: BTreeMap<String, Vec<Step>>,
+    pub procedures: Procedures,
     pub consider_auto_after: Option<Span>,
     pub rules: Vec<String>,
     /// Each rule's `labels`, offered to templates as `{{labels.NAME}}`.
@@ -47,15 +48,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Every profile's plan, from a compiled evaluator.
-    pub fn from_evaluator(ev: &Evaluator) -> BTreeMap<String, Plan> {
+    /// Every profile's plan, from a compiled evaluator and the profiles' procedures.
+    pub fn build(ev: &Evaluator, procedures: &BTreeMap<String, Procedures>) -> BTreeMap<String, Plan> {
         ev.profiles
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let mine = || ev.rules.iter().filter(move |r| r.profile == i);
                 let plan = Plan {
-                    procedures: p.procedures.clone(),
+                    procedures: procedures.get(&p.name).cloned().unwrap_or_default(),
                     consider_auto_after: p.consider_auto_after,
                     rules: mine().map(|r| r.name.clone()).collect(),
                     labels: mine().map(|r| (r.name.clone(), r.labels.clone())).collect(),

@@ -19,6 +19,7 @@ pub mod history;
 pub mod procedure;
 pub mod rollback;
 pub mod state;
+pub mod steps;
 pub mod vars;
 pub mod verify;
 pub mod versions;

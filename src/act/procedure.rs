@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use super::action::Action;
 use super::event::{Event, Role, StepEvent};
+use super::steps::Step;
 use crate::journal::SharedJournal;
 use crate::notify::Notifier;
-use crate::rules::Step;
 use crate::template::Vars;
 use crate::time::Clock;
 

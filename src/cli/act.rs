@@ -18,7 +18,7 @@ use crate::time::{Clock, Span, SystemClock};
 
 fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
     match crate::act::deployment::load(path) {
-        Ok((config, _)) => Ok(Some(config)),
+        Ok(loaded) => Ok(Some(loaded.config)),
         Err(errors) => {
             writeln!(out, "{errors}")?;
             Ok(None)

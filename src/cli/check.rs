@@ -9,7 +9,6 @@ use super::toml_files;
 use crate::config::LoadedProfile;
 use crate::diag::{Diagnostics, SourceFile};
 use crate::fixture::Fixture;
-use crate::rules::load;
 
 /// What a file is, told by its top-level keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +43,14 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
     match kind {
         Kind::Profile => {
             let profile = LoadedProfile::from_source(file)?;
-            load::build(std::slice::from_ref(&profile))?;
+            crate::act::deployment::compile(std::slice::from_ref(&profile))?;
         }
         Kind::Fixture => {
             Fixture::from_source(file)?;
         }
         Kind::Config => {
-            let (config, _) = crate::act::deployment::from_source(file)?;
-            note = config.ha.is_some().then_some(NO_HA_YET);
+            let loaded = crate::act::deployment::from_source(file)?;
+            note = loaded.config.ha.is_some().then_some(NO_HA_YET);
         }
     }
     Ok((kind, note))

@@ -29,13 +29,14 @@ pub fn record(path: &Path, duration: Span, output: &Path, out: &mut dyn Write) -
 }
 
 fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (mut config, ev) = match crate::act::deployment::load(path) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            writeln!(out, "{errors}")?;
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+    let crate::act::deployment::Deployment { mut config, evaluator: ev, procedures } =
+        match crate::act::deployment::load(path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                writeln!(out, "{errors}")?;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
     if config.ha.is_some() {
         writeln!(out, "{}: {}", config.path.display(), super::check::NO_HA_YET)?;
         return Ok(ExitCode::FAILURE);
@@ -79,7 +80,9 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let limit = record.map(|(d, _)| d);
-        tokio::spawn(async move {
+        // The signal listeners: ended once the engine has stopped.
+        let mut listeners = tokio::task::JoinSet::new();
+        listeners.spawn(async move {
             match limit {
                 Some(d) => tokio::select! {
                     _ = wait_for_signal() => {}
@@ -92,7 +95,7 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
         });
         let (reload_tx, reload) = tokio::sync::mpsc::channel(1);
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            tokio::spawn(async move {
+            listeners.spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading the config");
                     let _ = reload_tx.try_send(());
@@ -105,9 +108,12 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             reload: Some(reload),
             recorder: recorder.clone(),
             lock: Some(lock),
-            ..engine::Parts::new(ev, targets)
+            ..engine::Parts::new(ev, procedures, targets)
         };
-        engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from)
+        let ran = engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from);
+        listeners.abort_all();
+        while listeners.join_next().await.is_some() {}
+        ran
     })?;
     if let (Some((_, output)), Some(recorder)) = (record, recorder) {
         let recorder = recorder.lock().map_err(|_| anyhow::anyhow!("recorder poisoned"))?;

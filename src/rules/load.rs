@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::state::{OnNoData, Timing};
 use super::tree::{Outcome, Question, Tree};
-use super::{Evaluator, Profile, Rule, Signal, Step};
+use super::{Evaluator, Profile, Rule, Signal};
 use crate::config::LoadedProfile;
 use crate::diag::{Checker, Diagnostic, Diagnostics, SourceFile};
 use crate::expr::{Compiled, Compiler, Expected, Names, Scope};
@@ -171,7 +171,8 @@ fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
 
 /// Builds the evaluator for a set of profiles, or every error found in them. In phases, each
 /// adding to the diagnostics and returning what it built: names, slots, then per profile its
-/// signals, rules and decision tree (with its procedures), then the rules' dependency order.
+/// signals, rules and decision tree, then the rules' dependency order. Procedures are compiled
+/// where acting lives (`act::steps`).
 pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let mut errors = Diagnostics::default();
     check_names(profiles, &mut errors);
@@ -410,7 +411,7 @@ fn compile_rules(
     rules
 }
 
-/// A profile's decision tree, default outcome and procedures.
+/// A profile's decision tree and default outcome.
 fn compile_tree(ctx: &mut Checker, compiler: &mut Compiler, slots: &Slots, p: &LoadedProfile) -> Profile {
     let no_signals = HashMap::new();
     let rule_slots = &slots.rules;
@@ -456,14 +457,12 @@ fn compile_tree(ctx: &mut Checker, compiler: &mut Compiler, slots: &Slots, p: &L
         .consider_auto_after
         .as_ref()
         .map(|_| ctx.duration(&p.raw.consider_auto_after, Span::ZERO, None, "consider_auto_after"));
-    let procedures = procedures(ctx, &p.raw.procedure);
     Profile {
         name: p.name.clone(),
         path: p.file.path.clone(),
         description: p.raw.description.clone(),
         tree: Tree { questions, default },
         consider_auto_after,
-        procedures,
     }
 }
 
@@ -487,42 +486,6 @@ fn rule_order(rules: &[Rule], profiles: &[LoadedProfile], errors: &mut Diagnosti
             (0..rules.len()).collect()
         }
     }
-}
-
-fn procedures(
-    ctx: &mut Checker,
-    raw: &BTreeMap<String, Vec<Spanned<crate::config::raw::RawStep>>>,
-) -> BTreeMap<String, Vec<Step>> {
-    let mut out = BTreeMap::new();
-    for (outcome, steps) in raw {
-        if Outcome::parse(outcome).is_none() {
-            let span = steps.first().map(|s| s.span()).unwrap_or(0..0);
-            ctx.err(
-                &span,
-                Some(&format!("procedure {outcome:?}")),
-                "procedures are named after an outcome: rollback, consider or monitor",
-            );
-            continue;
-        }
-        let mut typed = Vec::new();
-        for (i, s) in steps.iter().enumerate() {
-            let item = format!("procedure {outcome:?} step {}", i + 1);
-            let raw = s.get_ref();
-            let levels = raw.levels.iter().map(|l| l.get_ref().clone()).collect();
-            let get = |v: &Option<Spanned<String>>| v.as_ref().map(|x| x.get_ref().clone());
-            match (&raw.announce, &raw.run, &raw.verify) {
-                (Some(_), None, None) => typed.push(Step::Announce { template: get(&raw.announce).unwrap_or_default(), levels }),
-                (None, Some(_), verify) => typed.push(Step::Run {
-                    action: get(&raw.run).unwrap_or_default(),
-                    verify: verify.as_ref().map(|v| v.get_ref().clone()),
-                    levels,
-                }),
-                _ => ctx.err(&s.span(), Some(&item), "a step either announces a template (announce = \"...\") or runs an action (run = \"...\", optional verify = \"...\")"),
-            }
-        }
-        out.insert(outcome.clone(), typed);
-    }
-    out
 }
 
 #[cfg(test)]

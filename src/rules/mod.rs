@@ -62,14 +62,7 @@ pub struct Rule {
     pending_slot: usize,
 }
 
-/// One step of a procedure, as the profile names it (bound to actions by `rollwatch.toml`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    Announce { template: String, levels: Vec<String> },
-    Run { action: String, verify: Option<String>, levels: Vec<String> },
-}
-
-/// A compiled profile: its tree and procedures (its rules live in the evaluator).
+/// A compiled profile: its tree (its rules live in the evaluator; its procedures with acting).
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
@@ -77,7 +70,6 @@ pub struct Profile {
     pub description: Option<String>,
     pub tree: Tree,
     pub consider_auto_after: Option<Span>,
-    pub procedures: BTreeMap<String, Vec<Step>>,
 }
 
 /// A rule changing state.

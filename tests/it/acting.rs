@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use rollwatch::act::action::{Action, ActionKind};
 use rollwatch::act::procedure::ProcedureDone;
+use rollwatch::act::steps::Step;
 use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy};
 use rollwatch::journal::{Journal, SharedJournal};
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, Templates};
 use rollwatch::rules::tree::Answer;
-use rollwatch::rules::{Decision, Outcome, RuleValue, Step};
+use rollwatch::rules::{Decision, Outcome, RuleValue};
 use rollwatch::time::{Clock, ManualClock, Span, Timestamp};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -614,12 +615,13 @@ fn every_runbook_profile_has_a_procedure_for_each_level_it_decides() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut seen = vec![];
     for example in ["rollwatch", "mace", "mycelia", "piforge", "mdm"] {
-        let (config, ev) = rollwatch::act::deployment::load(&root.join(format!("examples/{example}.toml")))
-            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
+            rollwatch::act::deployment::load(&root.join(format!("examples/{example}.toml")))
+                .unwrap_or_else(|e| panic!("{example}: {e}"));
         assert!(!config.acting.actions.is_empty());
         for p in &ev.profiles {
             seen.push(p.name.clone());
-            let steps = &p.procedures["rollback"];
+            let steps = &procedures[&p.name]["rollback"];
             let mut levels: Vec<Option<String>> =
                 p.tree.questions.iter().filter(|q| q.then == Outcome::Rollback).map(|q| q.level.clone()).collect();
             levels.dedup();

@@ -61,12 +61,12 @@ async fn start() -> Running {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\neval_interval = \"200ms\"\n[[target]]\nname = \"app\"\nkind = \"prometheus\"\nurl = \"{url}\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
         dir.path().join("state").display()
     );
-    let (config, evaluator) =
+    let rollwatch::act::deployment::Deployment { config, evaluator, procedures } =
         rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let parts = Parts { events: Some(tx), ..Parts::new(evaluator, targets) };
+    let parts = Parts { events: Some(tx), ..Parts::new(evaluator, procedures, targets) };
     tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     Running { permille, events, stop, _dir: dir }
 }

@@ -33,7 +33,7 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TEST_TOKEN\"\neval_interval = \"100ms\"\n",
         dir.path().join("state").display()
     );
-    let (config, ev) =
+    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
         rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -43,7 +43,7 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         listener: Some(listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
-        ..rollwatch::engine::Parts::new(ev, vec![])
+        ..rollwatch::engine::Parts::new(ev, procedures, vec![])
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let http = http_client().unwrap();
@@ -126,7 +126,7 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"15s\"\n[policy]\nmode = \"dry-run\"\n",
         dir.path().join("state").display()
     );
-    let (config, ev) =
+    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
         rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -138,7 +138,7 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
         listener: Some(listener),
         clock,
         events: Some(tx),
-        ..rollwatch::engine::Parts::new(ev, vec![])
+        ..rollwatch::engine::Parts::new(ev, procedures, vec![])
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let post = |body: String| async move {

@@ -185,7 +185,7 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
         dir.path().join("state").display(),
         actions(&marker)
     );
-    let (config, evaluator) =
+    let rollwatch::act::deployment::Deployment { config, evaluator, procedures } =
         rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -194,7 +194,7 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
         listener: Some(rollwatch_listener),
         token: Some(Secret("t0k".into())),
         events: Some(tx),
-        ..rollwatch::engine::Parts::new(evaluator, targets)
+        ..rollwatch::engine::Parts::new(evaluator, procedures, targets)
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     let decided = tokio::time::timeout(Duration::from_secs(60), async {

@@ -59,7 +59,8 @@ async fn start(healthy: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
     let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
-    let (config, ev) = rollwatch::act::deployment::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
+        rollwatch::act::deployment::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, ticks) = tokio::sync::mpsc::unbounded_channel();
@@ -67,7 +68,7 @@ async fn start(healthy: bool) -> Running {
     let parts = rollwatch::engine::Parts {
         events: Some(tx),
         reload: Some(reloads),
-        ..rollwatch::engine::Parts::new(ev, targets)
+        ..rollwatch::engine::Parts::new(ev, procedures, targets)
     };
     let engine = tokio::spawn(async move { rollwatch::engine::run(config, parts, shutdown).await });
     Running { healthy, dir, ticks, stop, reload, engine }

@@ -126,7 +126,10 @@ async fn an_issue_persisting_below_the_threshold_after_the_rollback_is_s2_never_
     service.deploy("v2", 80);
     // Whatever broke is not v2 alone: v1 fails 3% once it is back.
     service.set_errors("v1", 30);
-    let events = s.wait("the rollback to finish", finished).await;
+    // The escalation is journalled just after the rollback's end: wait for both.
+    let events = s
+        .wait("the rollback to finish and be escalated", |e| finished(e) && !of_kind(e, "escalation").is_empty())
+        .await;
     let done = of_kind(&events, "rollback_finished")[0];
     assert_eq!(done["result"], "issue_persists", "{done}");
     let e = of_kind(&events, "escalation")[0];
