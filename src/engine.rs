@@ -316,7 +316,7 @@ impl Engine {
         let tick = self.ev.tick(now);
         self.snapshot.last_evaluation_seconds = watch.elapsed_secs();
         let changed = self.snapshot.changed_decisions(&tick.decisions);
-        self.dispatcher.note_tick(now, &tick.transitions, &changed);
+        self.dispatcher.note_tick(&tick.transitions, &changed);
         if let Some(error) = self.journal.failing() {
             self.dispatcher.journal_failed(now, &error);
         }

@@ -28,6 +28,14 @@ struct Line<'a, T: Serialize> {
     data: &'a T,
 }
 
+/// A record that carries its own `at` (a decision, a rule transition): written once.
+#[derive(Serialize)]
+struct Dated<'a, T: Serialize> {
+    event: &'a str,
+    #[serde(flatten)]
+    data: &'a T,
+}
+
 #[derive(Serialize)]
 struct Tagged<'a, T: Serialize> {
     at: Timestamp,
@@ -388,10 +396,21 @@ impl SharedJournal {
         self.durable(line)
     }
 
-    /// Queues a record whose loss must not stop the caller (a decision, a notification result)
-    /// and returns at once; a failed write is logged by the writer and shows in [`failing`](Self::failing).
+    /// Queues a record whose loss must not stop the caller (a notification result, an alert
+    /// change) and returns at once; a failed write is logged by the writer and shows in
+    /// [`failing`](Self::failing).
     pub fn note<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) {
-        let line = match serde_json::to_vec(&Line { at, event, data }) {
+        self.queue_note(event, serde_json::to_vec(&Line { at, event, data }));
+    }
+
+    /// [`note`](Self::note) for a record that carries its own `at` (a decision, a transition):
+    /// the line has one `at`, the record's.
+    pub fn note_dated<T: Serialize>(&self, event: &str, data: &T) {
+        self.queue_note(event, serde_json::to_vec(&Dated { event, data }));
+    }
+
+    fn queue_note(&self, event: &str, line: Result<Vec<u8>, serde_json::Error>) {
+        let line = match line {
             Ok(line) => line,
             Err(e) => return tracing::error!(error = %e, event, "cannot serialize a journal record"),
         };
@@ -569,6 +588,24 @@ mod tests {
         }
         assert_eq!(shared.dropped(), 0);
         assert!(shared.failing().is_none());
+    }
+
+    #[test]
+    fn a_record_with_its_own_time_has_one_at() {
+        #[derive(Serialize)]
+        struct Decision {
+            at: Timestamp,
+            outcome: &'static str,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::new(Journal::open(dir.path()).unwrap());
+        shared.note_dated("decision", &Decision { at: Timestamp(7), outcome: "monitor" });
+        shared.note(Timestamp(8), "alerts", &serde_json::json!({"alerts": []}));
+        shared.flush();
+        let text = std::fs::read_to_string(shared.path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], r#"{"event":"decision","at":7,"outcome":"monitor"}"#);
+        assert_eq!(lines[1], r#"{"at":8,"event":"alerts","alerts":[]}"#);
     }
 
     #[test]

@@ -243,14 +243,14 @@ impl Dispatcher {
 
     /// Journals a tick's rule state changes and the decisions that changed (records: they do
     /// not wait for the disk), and logs them.
-    pub fn note_tick(&self, now: Timestamp, transitions: &[Transition], changed: &[&Decision]) {
+    pub fn note_tick(&self, transitions: &[Transition], changed: &[&Decision]) {
         for t in transitions {
             tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
-            self.journal.note(now, "transition", t);
+            self.journal.note_dated("transition", t);
         }
         for d in changed {
             tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
-            self.journal.note(now, "decision", d);
+            self.journal.note_dated("decision", d);
         }
     }
 

@@ -133,6 +133,17 @@ pub fn notify(
         }
         values.insert(k.to_string(), val.to_string());
     }
+    // Every value the template shows must be given: a message to people never says "unknown".
+    let given: Vec<&str> = vars.iter().filter_map(|v| v.split_once('=')).map(|(k, _)| k).collect();
+    let text = spec.templates.get(template).unwrap_or_default();
+    let mut missing: Vec<&str> =
+        crate::template::placeholders(text).unwrap_or_default().into_iter().filter(|p| !given.contains(p)).collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        let example: Vec<String> = missing.iter().map(|m| format!("--var {m}=...")).collect();
+        writeln!(out, "template {template:?} shows {} not given: add {}", missing.join(", "), example.join(" "))?;
+        return Ok(ExitCode::FAILURE);
+    }
     let env = |var: &str| std::env::var(var).ok();
     let channels = match crate::notify::Channel::build_all(&spec.channels, &env) {
         Ok(c) => c,

@@ -49,6 +49,7 @@ pub enum Command {
     /// Run the sidecar for a while and write every series it saw (resampled onto the evaluation
     /// grid) and its decisions as a fixture.
     Record {
+        /// The deployment's rollwatch.toml.
         #[arg(short, long)]
         config: PathBuf,
         /// How long to record, e.g. "10m".
@@ -95,8 +96,10 @@ pub enum Command {
     },
     /// List the versions the journal knows: deployed when, good/bad/new, and the evidence.
     Versions {
+        /// The deployment's rollwatch.toml (its state_dir holds the journal).
         #[arg(short, long)]
         config: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -105,6 +108,7 @@ pub enum Command {
         /// The running sidecar's rollwatch.toml.
         #[arg(short, long)]
         config: PathBuf,
+        /// The version to mark (as the version target reports it).
         version: String,
         /// good or bad.
         #[arg(value_parser = ["good", "bad"])]
@@ -118,36 +122,47 @@ pub enum Command {
     },
     /// Stop acting (decisions are still made and journalled as suppressed), for a while or until resumed.
     Pause {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
+        /// How long, e.g. "30m" (default: until `resume`).
         #[arg(long = "for", value_parser = parse_span)]
         duration: Option<crate::time::Span>,
     },
     /// Act again after `pause`.
     Resume {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
     },
     /// Suppress rollbacks driven only by this rule, for a while.
     Silence {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
+        /// The rule's name (as in /status and the profile).
         rule: String,
+        /// How long, e.g. "2h".
         #[arg(long = "for", value_parser = parse_span)]
         duration: crate::time::Span,
     },
     /// End a silence early.
     Unsilence {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
+        /// The rule's name (as in /status and the profile).
         rule: String,
     },
     /// Send a notification template through a configured channel (for incident channels).
     Notify {
+        /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
+        /// The channel's name in [channels.NAME].
         #[arg(long)]
         channel: String,
+        /// A template name: rollback_in_progress, rollback_complete, rollback_failed, rollback_approval_needed, escalation, rollback_suppressed, blind, or one from [templates].
         #[arg(long)]
         template: String,
         /// A template value, e.g. --var reason="error spike" (repeatable).
@@ -156,22 +171,27 @@ pub enum Command {
     },
     /// Print the rollback history (runbook 004's fields) from the journal.
     History {
+        /// The deployment's rollwatch.toml (its state_dir holds the journal).
         #[arg(short, long)]
         config: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Record a rollback's root cause in the journal.
     Annotate {
+        /// The deployment's rollwatch.toml (its state_dir holds the journal).
         #[arg(short, long)]
         config: PathBuf,
         /// The rollback id (see `history`).
         id: String,
+        /// What caused the incident (shown in history and reports).
         #[arg(long)]
         root_cause: String,
     },
     /// Replay one fixture and print its timeline: rule state changes and decisions.
     Replay {
+        /// The fixture file to replay.
         fixture: PathBuf,
         /// Print a decision only when it differs from the previous tick's.
         #[arg(long)]
@@ -270,4 +290,27 @@ pub fn toml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
         }
     }
     errors.into_result(out)
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_flag_has_help() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(sub.get_name().to_string());
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && arg.get_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

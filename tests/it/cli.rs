@@ -378,3 +378,20 @@ fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
     assert!(out.contains("`run` refuses the section"), "{out}");
     assert!(!dir.path().join("state").exists(), "refused before touching the state_dir");
 }
+
+/// The README's table of the values each notification template shows is the templates' own
+/// placeholders, in order: documentation that cannot drift from the shipped wording.
+#[test]
+fn the_readme_lists_each_templates_values() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (name, text) in rollwatch::template::messages::DEFAULTS {
+        let mut shown: Vec<&str> = Vec::new();
+        for p in rollwatch::template::placeholders(text).unwrap() {
+            if !shown.contains(&p) {
+                shown.push(p);
+            }
+        }
+        let row = format!("| `{name}` | {} |", shown.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "));
+        assert!(readme.contains(&row), "README lacks the row\n{row}");
+    }
+}

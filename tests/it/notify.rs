@@ -288,6 +288,18 @@ async fn the_notify_command_sends_a_template_with_values() {
             "rollback_in_progress",
             "--var",
             "reason=checkout errors",
+            "--var",
+            "profile=checkout",
+            "--var",
+            "version_from=v2.4.1",
+            "--var",
+            "target_version=v2.4.0",
+            "--var",
+            "level=immediate",
+            "--var",
+            "explanation=error rate 8% > 5%",
+            "--var",
+            "rollback_id=manual",
         ];
         common::rollwatch(&args)
     })
@@ -306,23 +318,35 @@ async fn the_notify_command_sends_a_template_with_values() {
     .unwrap();
     assert_eq!(code, 1);
     assert!(stdout.contains("did you mean rollback_complete?"), "{stdout}");
+    let c = config.clone();
     let (code, stdout, _) = tokio::task::spawn_blocking(move || {
-        common::rollwatch(&[
-            "notify",
-            "-c",
-            &config,
-            "--channel",
-            "hook",
-            "--template",
-            "escalation",
-            "--var",
-            "sevrity=S1",
-        ])
+        common::rollwatch(&["notify", "-c", &c, "--channel", "hook", "--template", "escalation", "--var", "sevrity=S1"])
     })
     .await
     .unwrap();
     assert_eq!(code, 1);
     assert!(stdout.contains("did you mean severity?"), "{stdout}");
+    // A value the template shows but nobody gave is named, never sent as "unknown".
+    let c = config.clone();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        common::rollwatch(&[
+            "notify",
+            "-c",
+            &c,
+            "--channel",
+            "hook",
+            "--template",
+            "escalation",
+            "--var",
+            "severity=S1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("template \"escalation\" shows finding,"), "{stdout}");
+    assert!(stdout.contains("--var finding=..."), "{stdout}");
+    assert_eq!(seen.lock().unwrap().requests.len(), 1, "nothing sent");
 }
 
 /// A server asking to retry after more than a minute does not park the message: the fallback
