@@ -6,16 +6,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROLLWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a terminal: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = rollwatch::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Logs go to stderr; stdout carries the command's output and console channel messages.
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        rollwatch::cli::LogFormat::Json => logs.json().init(),
+        // Colour only for a terminal: a log file or a pipe gets plain text.
+        rollwatch::cli::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     // Not locked for the whole run: console notification channels print from other threads.
     let mut stdout = std::io::stdout();
     match rollwatch::cli::run(cli, &mut stdout) {

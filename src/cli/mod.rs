@@ -22,8 +22,18 @@ use crate::diag::{Diagnostic, Diagnostics};
 #[derive(Debug, Parser)]
 #[command(name = "rollwatch", version, about, long_about = None)]
 pub struct Cli {
+    /// How logs are written to stderr: `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The log format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +68,14 @@ pub enum Command {
         /// The fixture to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Serve on this address instead of the config's `listen` (to record beside the running
+        /// sidecar, e.g. "127.0.0.1:0").
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Keep the recording's journal here instead of the config's `state_dir` (which the
+        /// running sidecar holds).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Watch an embedded simulated deployment with the SOLVEREIGN profile; roll it back, verify, announce.
     Demo,
@@ -207,7 +225,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
         Command::Run { config } => run::run(&config, out),
         Command::Demo => demo::run(),
-        Command::Record { config, duration, output } => run::record(&config, duration, &output, out),
+        Command::Record { config, duration, output, listen, state_dir } => {
+            run::record(&config, run::Recording { duration, output: &output, listen, state_dir }, out)
+        }
         Command::Approve { config, id, by } => {
             let by = by.unwrap_or_else(user_name);
             act::post(&config, &format!("/approve/{}?by={}", url_segment(&id), url_segment(&by)), out)

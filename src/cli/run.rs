@@ -19,16 +19,28 @@ pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     sidecar(path, None, out)
 }
 
-/// `rollwatch record -c FILE --for D -o FIXTURE`.
-pub fn record(path: &Path, duration: Span, output: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let code = sidecar(path, Some((duration, output)), out)?;
+/// What `rollwatch record` was asked for.
+#[derive(Debug)]
+pub struct Recording<'a> {
+    pub duration: Span,
+    /// The fixture to write.
+    pub output: &'a Path,
+    /// Instead of the config's `listen` and `state_dir`: to record beside the running sidecar.
+    pub listen: Option<std::net::SocketAddr>,
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// `rollwatch record -c FILE --for D -o FIXTURE [--listen ADDR] [--state-dir DIR]`.
+pub fn record(path: &Path, recording: Recording, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let (duration, output) = (recording.duration, recording.output);
+    let code = sidecar(path, Some(recording), out)?;
     if code == ExitCode::SUCCESS {
         writeln!(out, "recorded {} to {}", duration, output.display())?;
     }
     Ok(code)
 }
 
-fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let crate::act::deployment::Deployment { mut config, evaluator: ev, procedures } =
         match crate::act::deployment::load(path) {
             Ok(loaded) => loaded,
@@ -37,6 +49,14 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
                 return Ok(ExitCode::FAILURE);
             }
         };
+    if let Some(r) = &record {
+        if let Some(listen) = r.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &r.state_dir {
+            config.state_dir = dir.clone();
+        }
+    }
     if config.ha.is_some() {
         writeln!(out, "{}: {}", config.path.display(), super::check::NO_HA_YET)?;
         return Ok(ExitCode::FAILURE);
@@ -64,12 +84,15 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
     };
     let profiles: Vec<std::path::PathBuf> =
         ev.profiles.iter().map(|p| std::fs::canonicalize(&p.path).unwrap_or_else(|_| p.path.clone())).collect();
-    let recorder = record.map(|_| Arc::new(Mutex::new(Recorder::new(config.eval_interval))));
+    let recorder = record.as_ref().map(|_| Arc::new(Mutex::new(Recorder::new(config.eval_interval))));
     // Before the listen port: a second `run` on this state_dir is told who holds it.
     let lock = match crate::journal::StateLock::take(&config.state_dir) {
         Ok(lock) => lock,
         Err(e) => {
             writeln!(out, "{}: {e}", config.path.display())?;
+            if record.is_some() {
+                writeln!(out, "to record beside the running sidecar, give `record` its own --state-dir and --listen")?;
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -79,7 +102,7 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let limit = record.map(|(d, _)| d);
+        let limit = record.as_ref().map(|r| r.duration);
         // The signal listeners: ended once the engine has stopped.
         let mut listeners = tokio::task::JoinSet::new();
         listeners.spawn(async move {
@@ -115,10 +138,20 @@ fn sidecar(path: &Path, record: Option<(Span, &Path)>, out: &mut dyn Write) -> a
         while listeners.join_next().await.is_some() {}
         ran
     })?;
-    if let (Some((_, output)), Some(recorder)) = (record, recorder) {
+    if let (Some(r), Some(recorder)) = (record, recorder) {
         let recorder = recorder.lock().map_err(|_| anyhow::anyhow!("recorder poisoned"))?;
-        let paths: Vec<&Path> = profiles.iter().map(|p| p.as_path()).collect();
-        std::fs::write(output, recorder.fixture(&paths)).with_context(|| format!("writing {}", output.display()))?;
+        // Profiles named relative to the fixture, so that it can move with them (a repository).
+        let base = std::path::absolute(r.output)
+            .ok()
+            .and_then(|o| o.parent().map(Path::to_path_buf))
+            .and_then(|dir| std::fs::canonicalize(dir).ok());
+        let paths: Vec<std::path::PathBuf> = profiles
+            .iter()
+            .map(|p| base.as_ref().and_then(|b| pathdiff::diff_paths(p, b)).unwrap_or_else(|| p.clone()))
+            .collect();
+        let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        std::fs::write(r.output, recorder.fixture(&paths))
+            .with_context(|| format!("writing {}", r.output.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

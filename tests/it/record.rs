@@ -59,3 +59,46 @@ async fn a_recorded_run_replays_to_the_same_decisions() {
     assert!(journal.iter().any(|e| e["event"] == "dry_run" && e["outcome"] == "rollback"), "{journal:#?}");
     assert!(!journal.iter().any(|e| e["event"] == "rollback_started"), "{journal:#?}");
 }
+
+/// `record` beside the running sidecar: with the config's own state_dir it is refused (one
+/// process per state_dir) and told how to proceed; with its own `--state-dir` and `--listen` it
+/// records, and the fixture names its profiles relative to itself, so it replays from anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_runs_beside_a_live_sidecar_and_names_profiles_relatively() {
+    let url = counters_service(Arc::new(AtomicU64::new(0)), 100.0, Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let listen = crate::common::free_listen();
+    let cfg = write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\neval_interval = \"250ms\"\n[[target]]\nname = \"app\"\nkind = \"prometheus\"\nurl = \"{url}\"\ninterval = \"250ms\"\ntimeout = \"1s\"\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let mut sidecar = crate::common::spawn_run(dir.path(), &cfg);
+    crate::common::wait_for_journal(&dir.path().join("state/journal.jsonl"), "the sidecar's start", |e| {
+        e.iter().any(|e| e["event"] == "started")
+    })
+    .await;
+    std::fs::create_dir(dir.path().join("fixtures")).unwrap();
+    let fixture = dir.path().join("fixtures/live.toml");
+    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
+    let (code, out, _) = rollwatch(&["record", "-c", &cfg_s, "--for", "1s", "-o", &fixture_s]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give `record` its own --state-dir and --listen"), "{out}");
+    let state = dir.path().join("recording").display().to_string();
+    let (c, f) = (cfg_s.clone(), fixture_s.clone());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        rollwatch(&["record", "-c", &c, "--for", "2s", "-o", &f, "--state-dir", &state, "--listen", "127.0.0.1:0"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    crate::common::sigterm(&mut sidecar);
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    assert!(text.contains("profiles = [\"../p.toml\"]"), "{text}");
+    let (code, out, err) = rollwatch(&["test", &fixture_s]);
+    assert_eq!(code, 0, "{out}{err}\n{text}");
+}

@@ -282,3 +282,30 @@ async fn a_tcp_target_going_down_sets_a_file_kill_switch() {
     assert!(marker.exists(), "the file action set the kill-switch marker");
     common::sigterm(&mut child);
 }
+
+/// `--log-format json`: every log line on stderr is one JSON object (level, message, fields),
+/// and nothing but the command's own output is on stdout.
+#[test]
+fn json_logs_are_one_object_a_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", PROFILE);
+    let path = write(dir.path(), "rollwatch.toml", config_text("http://127.0.0.1:9/health", &dir.path().join("state")));
+    let fixture = dir.path().join("recorded.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(["--log-format", "json", "record", "-c", path.to_str().unwrap(), "--for", "1s", "-o"])
+        .arg(&fixture)
+        .env("ROLLWATCH_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("rollwatch started")), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.trim(), format!("recorded 1s to {}", fixture.display()), "{stdout}");
+}
