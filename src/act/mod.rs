@@ -17,6 +17,7 @@ pub mod event;
 pub mod gate;
 pub mod history;
 pub mod procedure;
+pub mod report;
 pub mod rollback;
 pub mod state;
 pub mod steps;

@@ -26,6 +26,55 @@ fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
     }
 }
 
+/// `rollwatch report -c FILE ID [--format md|json]`: the incident report of one rollback.
+pub fn report(config: &Path, id: &str, format: ReportFormat, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let loaded = match crate::act::deployment::load(config) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let severities = loaded.evaluator.rules.iter().map(|r| (r.name.clone(), r.severity.clone())).collect();
+    const KINDS: &[&str] = &[
+        "deploy",
+        "transition",
+        "decision",
+        "approval_opened",
+        "approval_closed",
+        "rollback_started",
+        "step_finished",
+        "rollback_finished",
+        "escalation",
+        "annotated",
+    ];
+    let journal = loaded.config.state_dir.join("journal.jsonl");
+    let lines =
+        crate::journal::Journal::read_back_kept(&journal, |l| l["event"].as_str().is_some_and(|e| KINDS.contains(&e)))?;
+    match crate::act::report::incident(&lines, id, &severities) {
+        Ok(incident) => {
+            match format {
+                ReportFormat::Md => write!(out, "{}", incident.markdown())?,
+                ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&incident)?)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "{}: {e}", journal.display())?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `report --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown, after the runbook's incident report template.
+    Md,
+    /// JSON, every field the Markdown shows.
+    Json,
+}
+
 /// POSTs `path_and_query` to the running sidecar and prints its answer.
 pub fn post(config: &Path, path_and_query: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     post_body(config, path_and_query, None, out)

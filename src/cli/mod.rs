@@ -196,6 +196,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a rollback's incident report from the journal: severity, versions, durations,
+    /// verification, escalations, root cause and a timeline.
+    Report {
+        /// The deployment's rollwatch.toml (its state_dir holds the journal).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The rollback id (see `history`).
+        id: String,
+        /// `md` (Markdown) or `json`.
+        #[arg(long, value_enum, default_value_t = act::ReportFormat::Md)]
+        format: act::ReportFormat,
+    },
     /// Record a rollback's root cause in the journal.
     Annotate {
         /// The deployment's rollwatch.toml (its state_dir holds the journal).
@@ -252,6 +264,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Unsilence { config, rule } => act::post(&config, &format!("/unsilence/{}", url_segment(&rule)), out),
         Command::Notify { config, channel, template, vars } => act::notify(&config, &channel, &template, &vars, out),
         Command::History { config, json } => act::history(&config, json, out),
+        Command::Report { config, id, format } => act::report(&config, &id, format, out),
         Command::Annotate { config, id, root_cause } => act::annotate(&config, &id, &root_cause, out),
     }
 }

@@ -312,3 +312,63 @@ async fn deploys_reported_by_the_hook_and_the_command_are_journalled_and_restore
     assert!(versions.contains("v8  new  deployed") && versions.contains("(deployed now)"), "{versions}");
     assert!(versions.contains("v7  new") && versions.contains("rollback target: v1"), "{versions}");
 }
+
+/// `rollwatch report`: the incident report of a rollback, from the journal — severity,
+/// versions, durations, the verdict, the root cause once annotated, and a timeline from the
+/// deploy through detection, decision, steps and verification; Markdown and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_report_is_filled_from_the_journal() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    service.deploy("v2", 80);
+    s.wait("the rollback to finish", finished).await;
+    let (code, out, _) = s.cli(&["annotate", "rb-1", "--root-cause", "a bad connection pool size in v2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, md, err) = s.cli(&["report", "rb-1"]);
+    assert_eq!(code, 0, "{md}{err}");
+    for wanted in [
+        "# Rollback Incident Report: rb-1",
+        "**Severity**: warning",
+        "**Result**: completed",
+        "a bad connection pool size in v2",
+        "- **Previous version**: v2",
+        "- **Target version**: v1",
+        "- **Version after**: v1",
+        "- verdict: completed",
+        "## Timeline",
+    ] {
+        assert!(md.contains(wanted), "missing {wanted:?} in:\n{md}");
+    }
+    // The timeline in order: HH:MM:SS then what happened.
+    let timeline: Vec<&str> = md.split("## Timeline\n\n").nth(1).unwrap().lines().collect();
+    let order = [
+        "deployment of v2 over v1",
+        "issue detected: rule error-rate-",
+        "decision: rollback",
+        "rollback rb-1 initiated to v1",
+        "run undo: ok",
+        "rollback complete (steps done)",
+        "verification complete: recovered, v1 running",
+    ];
+    let mut at = 0;
+    for what in order {
+        let found = timeline[at..]
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what:?} not after line {at} in:\n{md}"));
+        at += found;
+        let line = timeline[at];
+        assert!(line.starts_with("- ") && line.as_bytes()[4] == b':' && line.as_bytes()[7] == b':', "{line}");
+    }
+    let (code, json, _) = s.cli(&["report", "rb-1", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["result"], "completed");
+    let (duration, impact) = (v["duration_seconds"].as_f64().unwrap(), v["user_impact_seconds"].as_f64().unwrap());
+    assert!(duration > 0.0 && impact >= duration, "impact {impact} s starts before the rollback's {duration} s");
+    let (code, out, _) = s.cli(&["report", "rb-9"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no rollback \"rb-9\" in the journal (known: rb-1)"), "{out}");
+    s.stop();
+}
