@@ -8,3 +8,10 @@ wait_for() {
   echo "not answering: $1" >&2
   return 1
 }
+# Builds the release binary and prints its path (CARGO_TARGET_DIR honoured).
+release_binary() {
+  cargo build --release -q >&2
+  local bin=${CARGO_TARGET_DIR:-target}/release/rollwatch
+  [ -x "$bin" ] || { echo "no binary at $bin" >&2; return 1; }
+  echo "$bin"
+}

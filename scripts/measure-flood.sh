@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
 before=${1:-30}
-cargo build --release -q
+bin=$(release_binary)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
@@ -61,7 +61,7 @@ timeout = "900ms"
 kind = "exec"
 argv = ["/bin/sh", "-c", "date +%s.%N > $dir/acted"]
 TOML
-./target/release/rollwatch run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
+"$bin" run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
 pid=$!
 started=$(date +%s.%N)
 sleep "$before"

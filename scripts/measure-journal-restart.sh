@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
 megabytes=${1:-300}
-cargo build --release -q
+bin=$(release_binary)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 mkdir -p "$dir/state"
@@ -57,11 +57,21 @@ url = "http://127.0.0.1:$port/health"
 interval = "1s"
 TOML
 started=$(date +%s.%N)
-./target/release/rollwatch run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
+"$bin" run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
 pid=$!
-for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$rwport/healthz" >/dev/null && break; sleep 0.05; done
+answered=
+for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$rwport/healthz" >/dev/null && { answered=1; break; }; sleep 0.05; done
 ready=$(date +%s.%N)
+if [ -z "$answered" ]; then
+  echo "rollwatch never answered /healthz within 60 s; its log:" >&2
+  cat "$dir/rollwatch.log" >&2
+  exit 1
+fi
 echo "answering /healthz after $(python3 -c "print(f'{$ready - $started:.2f}')") s"
 echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
-echo "after compaction: journal $(du -k "$dir/state/journal.jsonl" | cut -f1) KB, rotated $(du -m "$dir/state/journal.1.jsonl" | cut -f1) MB"
+if [ -f "$dir/state/journal.1.jsonl" ]; then
+  echo "after compaction: journal $(du -k "$dir/state/journal.jsonl" | cut -f1) KB, rotated $(du -m "$dir/state/journal.1.jsonl" | cut -f1) MB"
+else
+  echo "not compacted (compaction starts above 64 MiB): the journal was read back streaming"
+fi
 kill -TERM "$pid"; wait "$pid"

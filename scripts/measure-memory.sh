@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
 secs=${1:-600}
-cargo build --release -q
+bin=$(release_binary)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
@@ -41,7 +41,7 @@ cp rules/solvereign.toml "$dir/"
     printf '[actions.%s]\nkind = "exec"\nargv = ["true"]\n' "$a"
   done
 } > "$dir/rollwatch.toml"
-./target/release/rollwatch run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
+"$bin" run -c "$dir/rollwatch.toml" 2>"$dir/rollwatch.log" &
 pid=$!
 rss() { grep -E 'VmRSS|VmHWM' "/proc/$pid/status" | tr -s ' ' | tr '\n' ' '; echo; }
 sleep 60; echo "after 60 s: $(rss)"

@@ -517,6 +517,9 @@ fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).
 fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
     let loaded = crate::act::deployment::load(&config.path)?;
+    if loaded.config.ha.is_some() {
+        return Err(crate::diag::Diagnostic::file(&config.path, crate::config::deploy::NO_HA_YET).into());
+    }
     let targets = loaded.config.targets(|var| env(var))?;
     if loaded.config.state_dir != config.state_dir || loaded.config.listen != config.listen {
         tracing::warn!("state_dir and listen changes take effect at the next restart");

@@ -13,6 +13,21 @@ use crate::source::exposition::format_value;
 use crate::source::{Observation, Target, TargetSeries};
 use crate::time::Timestamp;
 
+/// The buckets of the rollback timing histograms, in seconds.
+const TIMING_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+
+/// A histogram's rows (`_bucket{le=…}`, `_sum`, `_count`) for `values`.
+fn histogram(values: &[f64]) -> Vec<String> {
+    let mut rows: Vec<String> = TIMING_BUCKETS
+        .iter()
+        .map(|le| format!("_bucket{{le=\"{}\"}} {}", format_value(*le), values.iter().filter(|v| *v <= le).count()))
+        .collect();
+    rows.push(format!("_bucket{{le=\"+Inf\"}} {}", values.len()));
+    rows.push(format!("_sum {}", format_value(values.iter().sum())));
+    rows.push(format!("_count {}", values.len()));
+    rows
+}
+
 /// How many recent decision changes `/status` keeps.
 pub const RECENT: usize = 20;
 
@@ -259,6 +274,38 @@ impl Snapshot {
             "counter",
             "Escalations (S1, S2, S3, blind) since start.",
             vec![format!(" {}", a.escalations_total)],
+        );
+        let timings = &a.timings;
+        let phase = |f: fn(&crate::act::state::Timings) -> Option<f64>| -> Vec<f64> {
+            timings.iter().filter_map(|(_, t)| f(t)).collect()
+        };
+        section(
+            "rollwatch_detect_seconds",
+            "histogram",
+            "Rollbacks by time from the deploy of the version rolled back to the decision.",
+            histogram(&phase(|t| t.detect_seconds)),
+        );
+        section(
+            "rollwatch_rollback_duration_seconds",
+            "histogram",
+            "Rollbacks by time from their start to their steps done.",
+            histogram(&phase(|t| t.steps_seconds)),
+        );
+        section(
+            "rollwatch_recovery_seconds",
+            "histogram",
+            "Completed rollbacks by time from the first sign of the issue to the verified recovery.",
+            histogram(&phase(|t| t.recovery_seconds)),
+        );
+        let mut downtime: BTreeMap<&str, f64> = BTreeMap::new();
+        for (profile, t) in timings {
+            *downtime.entry(profile).or_default() += t.recovery_seconds.unwrap_or(0.0);
+        }
+        section(
+            "rollwatch_downtime_seconds_total",
+            "counter",
+            "Seconds from the first sign of an issue to its verified recovery, summed over the journal's rollbacks.",
+            downtime.iter().map(|(p, s)| format!("{{profile=\"{}\"}} {}", label(p), format_value(*s))).collect(),
         );
         section(
             "rollwatch_journal_writable",

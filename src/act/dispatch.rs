@@ -96,6 +96,8 @@ pub struct ActingStatus {
     /// Journal records (decisions, transitions, notification results) dropped because the
     /// journal writer fell behind; acting events are never dropped, they wait.
     pub journal_dropped: u64,
+    /// Every rollback in the journal: its profile and how long its phases took.
+    pub timings: Vec<(String, super::state::Timings)>,
     /// The deployed version, since when, and the current rollback target.
     pub version: Option<String>,
     pub deployed_at: Option<Timestamp>,
@@ -145,6 +147,9 @@ pub struct Dispatcher {
     pub(super) journal_down: Option<(Timestamp, String)>,
     /// Profiles told (while the journal is down) that their rollback is held back.
     journal_told: BTreeSet<String>,
+    /// Per profile, since when a rule has been pending or firing (until it decides `monitor`
+    /// with none): where an incident's recovery time starts.
+    pub(super) issue_since: BTreeMap<String, Timestamp>,
 }
 
 impl Dispatcher {
@@ -195,6 +200,7 @@ impl Dispatcher {
             rejected,
             journal_down: None,
             journal_told: BTreeSet::new(),
+            issue_since: BTreeMap::new(),
         };
         let unfinished: Vec<Rollback> = d.state.unfinished().cloned().collect();
         for r in unfinished {
@@ -343,6 +349,13 @@ impl Dispatcher {
         self.expire(now)?;
         self.verify_in_flight(now, decisions)?;
         self.clear_approvals(now, decisions)?;
+        for d in decisions {
+            if d.firing.is_empty() && d.pending.is_empty() && d.outcome == Outcome::Monitor {
+                self.issue_since.remove(&d.profile);
+            } else {
+                self.issue_since.entry(d.profile.clone()).or_insert(d.at);
+            }
+        }
         for d in decisions {
             self.watch_blindness(now, d)?;
         }
@@ -522,6 +535,7 @@ impl Dispatcher {
             escalations_total: self.escalations,
             journal_error: self.journal_error().map(str::to_string),
             journal_dropped: self.journal.dropped(),
+            timings: self.state.rollbacks.iter().map(|r| (r.started.profile.clone(), r.timings())).collect(),
             version: self.state.versions.current.clone(),
             deployed_at: self.state.versions.deployed_at,
             target_version: self.state.versions.target().map(str::to_string),

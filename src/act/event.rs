@@ -119,6 +119,13 @@ pub struct RollbackStarted {
     /// The rules behind the decision (the deciding question's firing rules).
     pub firing: Vec<String>,
     pub approval_id: Option<String>,
+    /// When the version rolled back from was deployed (for the detection time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_at: Option<Timestamp>,
+    /// When the profile first showed the issue (a rule pending or firing) before this rollback
+    /// (for the recovery time and the downtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_since: Option<Timestamp>,
 }
 
 /// `rollback_finished`.

@@ -138,6 +138,8 @@ mod tests {
 
     fn rolled_back(state: &mut State, at: i64, id: &str, version: &str, result: RollbackResult) {
         let s = RollbackStarted {
+            deployed_at: None,
+            issue_since: None,
             rollback_id: id.into(),
             profile: "api".into(),
             key: key("api", Some(version)),

@@ -36,6 +36,9 @@ pub struct Entry {
     pub approval_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// How long detection, the steps and the recovery took.
+    #[serde(flatten)]
+    pub timings: super::state::Timings,
 }
 
 /// An approval people answered (granted or rejected), or that closed otherwise.
@@ -53,6 +56,21 @@ pub struct ApprovalEntry {
 }
 
 impl Entry {
+    /// `detected 1m 5s after the deploy, steps 12s, recovered in 3m` (what is known of it).
+    pub fn timing_line(&self) -> Option<String> {
+        let s = |secs: f64| human(crate::time::Span((secs * 1000.0) as i64));
+        let t = &self.timings;
+        let parts: Vec<String> = [
+            t.detect_seconds.map(|d| format!("detected {} after the deploy", s(d))),
+            t.steps_seconds.map(|d| format!("steps {}", s(d))),
+            t.recovery_seconds.map(|d| format!("recovered {} after the first sign", s(d))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     /// One line for people: `rb-1 api v1.2.4 → v1.2.3, completed in 2m 5s: Is error rate > 5% (…)`.
     pub fn summary(&self) -> String {
         format!(
@@ -139,6 +157,7 @@ pub fn entries(state: &State) -> Vec<Entry> {
                         _ => c.closed.by.clone(),
                     }
                 }),
+                timings: r.timings(),
             }
         })
         .collect()

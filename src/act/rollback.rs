@@ -182,6 +182,10 @@ impl Dispatcher {
         if f.rollback_id != done.rollback_id {
             return Ok(());
         }
+        // The procedure task journals its steps itself: the steps' end is known here.
+        if let Some(r) = self.state.rollbacks.iter_mut().rev().find(|r| r.started.rollback_id == done.rollback_id) {
+            r.steps_at.get_or_insert(now);
+        }
         match done.result {
             Ok(()) => {
                 let verify_for = self.acting.policy.verify_for;
@@ -270,6 +274,8 @@ impl Dispatcher {
             explanation: s.explanation.clone(),
             firing: s.firing.clone(),
             approval_id: approval.as_ref().map(|(a, _, _)| a.clone()),
+            deployed_at: self.state.versions.deployed_at,
+            issue_since: self.issue_since.get(&s.profile).copied(),
         };
         self.record(now, Event::RollbackStarted(started.clone()))?;
         if let Some((approval_id, how, by)) = approval {

@@ -17,9 +17,37 @@ pub struct Rollback {
     pub finished: Option<(Timestamp, RollbackFinished)>,
     /// Run/verify steps started and not (yet) finished: `(step, action, role)`.
     pub open_steps: Vec<(usize, String, Role)>,
-    /// Steps finished, in order.
+    /// Steps finished, in order, and when the last one did.
     pub steps_done: Vec<StepEvent>,
+    pub steps_at: Option<Timestamp>,
     pub root_cause: Option<String>,
+}
+
+/// How long a rollback's phases took, in seconds (what `/metrics` and `history` show).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Deploy of the version rolled back from → the rollback's start (the decision).
+    pub detect_seconds: Option<f64>,
+    /// Rollback start → its steps done.
+    pub steps_seconds: Option<f64>,
+    /// First sign of the issue → verified recovery (completed rollbacks only): the downtime.
+    pub recovery_seconds: Option<f64>,
+}
+
+impl Rollback {
+    pub fn timings(&self) -> Timings {
+        let since = |from: Option<Timestamp>, to: Option<Timestamp>| match (from, to) {
+            (Some(from), Some(to)) if to >= from => Some(to.saturating_since(from).0 as f64 / 1000.0),
+            _ => None,
+        };
+        let recovered =
+            self.finished.as_ref().filter(|(_, f)| f.result == RollbackResult::Completed).map(|(at, _)| *at);
+        Timings {
+            detect_seconds: since(self.started.deployed_at, Some(self.at)),
+            steps_seconds: since(Some(self.at), self.steps_at),
+            recovery_seconds: since(self.started.issue_since.or(Some(self.at)), recovered),
+        }
+    }
 }
 
 /// An approval that was answered or closed, with how.
@@ -105,6 +133,7 @@ impl State {
                     finished: None,
                     open_steps: vec![],
                     steps_done: vec![],
+                    steps_at: None,
                     root_cause: None,
                 });
             }
@@ -126,6 +155,7 @@ impl State {
                 let r = self.rollback_mut(&s.rollback_id)?;
                 r.open_steps.retain(|(step, _, role)| !(*step == s.step && *role == s.role));
                 r.steps_done.push(s.clone());
+                r.steps_at = Some(at);
             }
             Event::ApprovalOpened(a) => {
                 self.next_approval = self.next_approval.max(number(&a.approval_id) + 1);

@@ -255,6 +255,9 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
         let hint =
             format!("(not recorded: rollwatch annotate -c {} {} --root-cause \"...\")", config.path.display(), e.id);
         writeln!(out, "    root cause: {}", e.root_cause.as_deref().unwrap_or(&hint))?;
+        if let Some(t) = e.timing_line() {
+            writeln!(out, "    timing: {t}")?;
+        }
         for step in &e.steps {
             writeln!(out, "    step {step}")?;
         }

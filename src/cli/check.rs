@@ -50,15 +50,11 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
         }
         Kind::Config => {
             let loaded = crate::act::deployment::from_source(file)?;
-            note = loaded.config.ha.is_some().then_some(NO_HA_YET);
+            note = loaded.config.ha.is_some().then_some(crate::config::deploy::NO_HA_YET);
         }
     }
     Ok((kind, note))
 }
-
-/// What `check` says of a valid `[ha]` section and why `run` refuses it.
-pub const NO_HA_YET: &str = "[ha] is checked, but this build cannot run replicas yet (high availability on etcd is \
-     not built): `run` refuses the section; remove it to run this replica alone";
 
 pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let files = match toml_files(paths) {

@@ -58,7 +58,7 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
         }
     }
     if config.ha.is_some() {
-        writeln!(out, "{}: {}", config.path.display(), super::check::NO_HA_YET)?;
+        writeln!(out, "{}: {}", config.path.display(), crate::config::deploy::NO_HA_YET)?;
         return Ok(ExitCode::FAILURE);
     }
     if record.is_some() {

@@ -72,6 +72,10 @@ pub struct HaSpec {
     pub replica: Option<String>,
 }
 
+/// What `check` says of a valid `[ha]` section and why `run` and a reload refuse it.
+pub const NO_HA_YET: &str = "[ha] is checked, but this build cannot run replicas yet (high availability on etcd is \
+     not built): `run` refuses the section; remove it to run this replica alone";
+
 /// The shortest lease `[ha]` accepts: shorter, a busy leader loses it between renewals.
 pub const HA_MIN_TTL: Span = Span(2_000);
 
@@ -79,19 +83,40 @@ pub const HA_MIN_TTL: Span = Span(2_000);
 fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> Option<HaSpec> {
     let ha = raw.get_ref();
     let item = Some("[ha]");
-    if ha.etcd.get_ref().is_empty() {
-        c.err(&ha.etcd.span(), item, "etcd needs at least one endpoint, such as \"http://127.0.0.1:2379\"");
-    }
-    for e in ha.etcd.get_ref() {
+    let endpoints: Vec<String> = match &ha.etcd {
+        None => {
+            c.err(&raw.span(), item, "etcd = [\"http://127.0.0.1:2379\"] is required: the endpoints replicas elect on");
+            vec![]
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            c.err(&list.span(), item, "etcd needs at least one endpoint, such as \"http://127.0.0.1:2379\"");
+            vec![]
+        }
+        Some(list) => list.get_ref().iter().map(|e| e.get_ref().clone()).collect(),
+    };
+    for e in ha.etcd.iter().flat_map(|l| l.get_ref()) {
         let url = e.get_ref();
         if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
             c.err(&e.span(), item, format!("etcd endpoints are URLs starting with http:// or https://, not {url:?}"));
         }
     }
-    let key = ha.key.get_ref();
-    if !key.starts_with('/') || key.len() < 2 {
-        c.err(&ha.key.span(), item, format!("key must be a path such as \"/rollwatch/api\", not {key:?}"));
-    }
+    let key = match &ha.key {
+        None => {
+            c.err(
+                &raw.span(),
+                item,
+                "key = \"/rollwatch/NAME\" is required: replicas guarding one deployment share it",
+            );
+            String::new()
+        }
+        Some(k) => {
+            let key = k.get_ref();
+            if !key.starts_with('/') || key.len() < 2 {
+                c.err(&k.span(), item, format!("key must be a path such as \"/rollwatch/api\", not {key:?}"));
+            }
+            key.clone()
+        }
+    };
     let ttl = match &ha.ttl {
         None => Span::from_secs(10),
         Some(t) => match c.positive_duration(t, item, "ttl") {
@@ -109,12 +134,7 @@ fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> O
     {
         c.err(&r.span(), item, "replica must not be empty (leave it out for host name and pid)");
     }
-    Some(HaSpec {
-        etcd: ha.etcd.get_ref().iter().map(|e| e.get_ref().clone()).collect(),
-        key: key.clone(),
-        ttl,
-        replica,
-    })
+    Some(HaSpec { etcd: endpoints, key, ttl, replica })
 }
 
 impl Config {

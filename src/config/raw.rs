@@ -103,10 +103,11 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHa {
-    /// etcd endpoints (`http://` or `https://`).
-    pub etcd: Spanned<Vec<Spanned<String>>>,
-    /// The key replicas guarding one deployment share.
-    pub key: Spanned<String>,
+    /// etcd endpoints (`http://` or `https://`). Required (checked with the other fields, so that
+    /// every error in the section is reported at once).
+    pub etcd: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The key replicas guarding one deployment share. Required.
+    pub key: Option<Spanned<String>>,
     /// The leader's lease: a dead leader is replaced within about this (at least 2 s).
     pub ttl: Option<Spanned<String>>,
     /// This replica's name (default: host name and pid).

@@ -356,7 +356,9 @@ async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Res
             Ok(attempts) => {
                 tracing::info!(channel = %channel.name, template, attempts, "notification sent");
                 if let Some(j) = &inner.journal {
-                    j.note(now, "notified", &serde_json::json!({"channel": channel.name, "template": template, "attempts": attempts, "rollback_id": vars.get("rollback_id")}));
+                    // A fallback's delivery says whose message it carried.
+                    let fallback_for = (channel.name != first).then_some(first);
+                    j.note(now, "notified", &serde_json::json!({"channel": channel.name, "template": template, "attempts": attempts, "rollback_id": vars.get("rollback_id"), "fallback_for": fallback_for}));
                 }
                 return Ok(Delivery { channel: channel.name.clone(), attempts: *attempts });
             }
@@ -366,7 +368,7 @@ async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Res
                     j.note(
                         now,
                         "notify_failed",
-                        &serde_json::json!({"channel": channel.name, "template": template, "error": e.to_string()}),
+                        &serde_json::json!({"channel": channel.name, "template": template, "error": e.to_string(), "rollback_id": vars.get("rollback_id")}),
                     );
                 }
                 match &channel.fallback {

@@ -365,6 +365,17 @@ fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
     ] {
         assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
     }
+    // Required fields missing: said with the other errors, not instead of them.
+    let bare = write(dir.path(), "bare.toml", format!("{head}[ha]\nttl = \"1s\"\n"));
+    let (code, out, _) = rollwatch(&["check", bare.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for wanted in [
+        "[ha]: etcd = [\"http://127.0.0.1:2379\"] is required",
+        "[ha]: key = \"/rollwatch/NAME\" is required",
+        "bare.toml:8:7: [ha]: ttl must be at least 2s",
+    ] {
+        assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
+    }
     let good = write(
         dir.path(),
         "good.toml",

@@ -469,6 +469,14 @@ argv = ["/usr/bin/touch", {marker:?}]
     assert!(marker.exists());
     let failed = events.iter().find(|e| e["event"] == "notify_failed" && e["channel"] == "hook").unwrap();
     assert!(failed["error"].as_str().unwrap().contains("asked to retry after"), "{failed}");
+    assert_eq!(failed["rollback_id"], "rb-1", "{failed}");
+    // The console printed the hook's message as its fallback, and its own copy: told apart.
+    let carried = events.iter().filter(|e| e["event"] == "notified" && e["fallback_for"] == "hook").count();
+    let own = events
+        .iter()
+        .filter(|e| e["event"] == "notified" && e["channel"] == "console" && e["fallback_for"].is_null())
+        .count();
+    assert!(carried >= 1 && own >= 1, "{events:#?}");
     common::sigterm(&mut child);
     let events = Journal::read_back(&journal).unwrap();
     let unsent: Vec<_> = events.iter().filter(|e| e["event"] == "notify_unsent").collect();

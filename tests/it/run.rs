@@ -196,6 +196,7 @@ async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
     assert_eq!(after, (Outcome::Rollback, true), "`down` still firing after the reload despite for = 1h");
 
     // A broken config: reported, the running one kept.
+    let good = std::fs::read_to_string(dir.path().join("rollwatch.toml")).unwrap();
     write(dir.path(), "rollwatch.toml", "profiles = [\"p.toml\"]\nbogus = 1\n");
     reload.send(()).await.unwrap();
     let kept = tokio::time::timeout(Duration::from_secs(10), async {
@@ -212,6 +213,24 @@ async fn reload_keeps_rule_states_and_a_bad_config_keeps_the_old_one() {
     assert!(kept.contains("unknown field `bogus`"), "{kept}");
     let e = ticks.recv().await.expect("still ticking after a failed reload");
     assert_eq!(e.tick.decisions[0].outcome, Outcome::Rollback);
+
+    // An [ha] section, valid but not runnable by this build: refused as `run` refuses it.
+    let ha = "\n[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\n";
+    write(dir.path(), "rollwatch.toml", format!("{good}{ha}"));
+    reload.send(()).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
+            let failed: Vec<_> = journal.iter().filter(|v| v["event"] == "reload_failed").collect();
+            if failed.len() == 2 {
+                return failed[1]["errors"].as_str().unwrap_or_default().to_string();
+            }
+            ticks.recv().await.expect("the engine keeps running");
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("[ha] is checked, but this build cannot run replicas yet"), "{refused}");
 
     stop.send(true).unwrap();
     engine.await.unwrap().unwrap();

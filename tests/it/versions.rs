@@ -370,5 +370,20 @@ async fn an_incident_report_is_filled_from_the_journal() {
     let (code, out, _) = s.cli(&["report", "rb-9"]);
     assert_eq!(code, 1);
     assert!(out.contains("no rollback \"rb-9\" in the journal (known: rb-1)"), "{out}");
+    // The rollback's timings: in history, and as histograms and a downtime counter in /metrics.
+    let (code, history, _) = s.cli(&["history"]);
+    assert_eq!(code, 0);
+    assert!(history.contains("timing: detected ") && history.contains("recovered "), "{history}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{}/metrics", s.listen)).await.unwrap().text().await.unwrap();
+    for name in ["rollwatch_detect_seconds", "rollwatch_rollback_duration_seconds", "rollwatch_recovery_seconds"] {
+        assert!(metrics.contains(&format!("# TYPE {name} histogram")), "{metrics}");
+        assert!(metrics.contains(&format!("{name}_count 1\n")), "{name}: {metrics}");
+        assert!(metrics.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 1\n")), "{name}: {metrics}");
+    }
+    let downtime =
+        metrics.lines().find(|l| l.starts_with("rollwatch_downtime_seconds_total{profile=\"profile\"}")).unwrap();
+    let secs: f64 = downtime.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((secs - impact).abs() < 1.0, "downtime {secs} s, report's user impact {impact} s");
     s.stop();
 }
