@@ -235,38 +235,37 @@ fn fill_disk(state: &Path) {
     while journal.write_all(b"\n").and_then(|()| journal.sync_data()).is_ok() {}
 }
 
-/// A journal that cannot be written (here: a full disk) stops acting, never watching:
-/// the rollback decision is held back (no step runs without its journal line), every channel
-/// hears S1 "journal unwritable" and that the rollback is held back, `/metrics` and `/status`
-/// show it — and once writes succeed again, rollwatch acts by itself. The disk is a real 1 MiB
-/// tmpfs (the tests run as root, as scripts/test.sh does).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    mount(&state, "size=1m");
-    let _unmount = Unmount(state.clone());
+/// What a journal fault must not break: with the disk under `state` broken by `fault`, an
+/// outage is held back (no step runs without its journal line) and told on the console (S1 and
+/// the held-back rollback), `/metrics` and `/status` show it (`error` in `journal_error`) and
+/// rollwatch keeps watching; once `repair` has run, it acts by itself and says so.
+async fn journal_fault_stops_acting_not_watching(
+    dir: &Path,
+    state: &Path,
+    fault: impl FnOnce(),
+    error: &str,
+    repair: impl FnOnce(),
+) {
     let deployment = common::DownDeployment::start().await;
     deployment.healthy.store(true, Ordering::SeqCst);
-    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
-    let marker = dir.path().join("undone");
+    let profile = common::write(dir, "profile.toml", common::down_profile(&["undo"]));
+    let marker = dir.join("undone");
     let listen = common::free_listen();
-    let head = deployment.config_head(&profile, &state, &listen);
+    let head = deployment.config_head(&profile, state, &listen);
     let config = common::write(
-        dir.path(),
+        dir,
         "rollwatch.toml",
         format!(
             "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[channels.console]\nkind = \"console\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
             marker.display().to_string()
         ),
     );
-    let mut child = common::spawn_run(dir.path(), &config);
+    let mut child = common::spawn_run(dir, &config);
     let journal = state.join("journal.jsonl");
     common::wait_for_journal(&journal, "the first decision", |e| e.iter().any(|e| e["event"] == "decision")).await;
-    fill_disk(&state);
+    fault();
     deployment.healthy.store(false, Ordering::SeqCst);
-    let stdout = || std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+    let stdout = || std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
     let waiting = Stopwatch::start();
     while !(stdout().contains("S1: journal unwritable: not acting")
         && stdout().contains("suppressed: journal unwritable: not acting"))
@@ -280,10 +279,12 @@ async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_ret
     assert!(metrics.contains("rollwatch_journal_writable 0\n"), "{metrics}");
     let status: serde_json::Value =
         reqwest::get(format!("http://{listen}/status")).await.unwrap().json().await.unwrap();
-    let error = status["acting"]["journal_error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("No space left"), "{status}");
-    // Writes succeed again: rollwatch acts by itself, and says so.
-    std::fs::remove_file(state.join("filler")).unwrap();
+    let shown = status["acting"]["journal_error"].as_str().unwrap_or_default().to_string();
+    assert!(shown.contains(error), "{status}");
+    // Still watching: the decision is rollback, on polls made while the journal is broken.
+    assert_eq!(status["decisions"][0]["outcome"], "rollback", "{status}");
+    assert!(child.try_wait().unwrap().is_none(), "rollwatch exited");
+    repair();
     let events = common::wait_for_journal(&journal, "the rollback once the journal is writable", |e| {
         e.iter().any(|e| e["event"] == "step_finished")
     })
@@ -300,6 +301,27 @@ async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_ret
     assert_eq!(lines, Journal::read_back(&journal).unwrap().len(), "{text}");
 }
 
+/// A journal that cannot be written (here: a full disk) stops acting, never watching, and
+/// acting resumes by itself when space returns. The disk is a real 1 MiB tmpfs (the tests run as
+/// root, as scripts/test.sh does), filled to the last byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acting_not_watching_and_acting_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    mount(&state, "size=1m");
+    let _unmount = Unmount(state.clone());
+    let filler = state.join("filler");
+    journal_fault_stops_acting_not_watching(
+        dir.path(),
+        &state,
+        || fill_disk(&state),
+        "No space left",
+        || std::fs::remove_file(&filler).unwrap(),
+    )
+    .await;
+}
+
 /// An ext4 file system on a loop device, mounted with `errors=remount-ro` (as production disks
 /// often are): the kernel turns it read-only under open files when it meets an error.
 fn mount_ext4(image: &Path, at: &Path) {
@@ -312,7 +334,7 @@ fn mount_ext4(image: &Path, at: &Path) {
 /// The journal's file system goes read-only mid-run (ext4 meets an error and remounts itself
 /// read-only, the open journal included): rollwatch keeps watching and serving, stops acting,
 /// says so on every channel and in `/metrics`; once the state_dir is mounted writable again
-/// (here: repaired copy of the disk), it writes to the new mount and acts by itself.
+/// (here: a repaired copy of the disk), it writes to the new mount and acts by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_gone_read_only_stops_acting_not_watching_and_acting_resumes_on_a_repaired_mount() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,67 +344,24 @@ async fn a_journal_gone_read_only_stops_acting_not_watching_and_acting_resumes_o
     std::fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
     mount_ext4(&image, &state);
     let _unmount = Unmount(state.clone());
-    let deployment = common::DownDeployment::start().await;
-    deployment.healthy.store(true, Ordering::SeqCst);
-    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&["undo"]));
-    let marker = dir.path().join("undone");
-    let listen = common::free_listen();
-    let head = deployment.config_head(&profile, &state, &listen);
-    let config = common::write(
-        dir.path(),
-        "rollwatch.toml",
-        format!(
-            "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[channels.console]\nkind = \"console\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/usr/bin/touch\", {:?}]\n",
-            marker.display().to_string()
-        ),
-    );
-    let mut child = common::spawn_run(dir.path(), &config);
-    let journal = state.join("journal.jsonl");
-    common::wait_for_journal(&journal, "the first decision", |e| e.iter().any(|e| e["event"] == "decision")).await;
-    // The kernel's own error path: what `errors=remount-ro` does on a real disk error.
-    let device =
-        String::from_utf8(Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&state).output().unwrap().stdout)
-            .unwrap();
-    let device = device.trim().rsplit('/').next().unwrap().to_string();
-    std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "rollwatch test\n").unwrap();
-    assert!(std::fs::write(state.join("probe"), "x").is_err(), "the state_dir is read-only now");
-    deployment.healthy.store(false, Ordering::SeqCst);
-    let stdout = || std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
-    let waiting = Stopwatch::start();
-    while !(stdout().contains("S1: journal unwritable: not acting")
-        && stdout().contains("suppressed: journal unwritable: not acting"))
-    {
-        assert!(waiting.elapsed_secs() < 30.0, "not told on the console: {}", stdout());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!marker.exists(), "acted without a journal line");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("rollwatch_journal_writable 0\n"), "{metrics}");
-    let status: serde_json::Value =
-        reqwest::get(format!("http://{listen}/status")).await.unwrap().json().await.unwrap();
-    let error = status["acting"]["journal_error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("Read-only file system"), "{status}");
-    // Still watching: the decision is rollback, on polls made while the disk is read-only.
-    assert_eq!(status["decisions"][0]["outcome"], "rollback", "{status}");
-    assert!(child.try_wait().unwrap().is_none(), "rollwatch exited");
-    // The operator repairs the disk and mounts it again at the same place.
-    assert!(Command::new("umount").arg("-l").arg(&state).status().unwrap().success());
-    let repaired = dir.path().join("repaired.img");
-    std::fs::copy(&image, &repaired).unwrap();
-    let _ = Command::new("e2fsck").args(["-f", "-y", "-q"]).arg(&repaired).status().unwrap();
-    let ok = Command::new("mount").args(["-o", "loop"]).arg(&repaired).arg(&state).status().unwrap();
-    assert!(ok.success());
-    let events = common::wait_for_journal(&journal, "the rollback once the journal is writable", |e| {
-        e.iter().any(|e| e["event"] == "step_finished")
-    })
-    .await;
-    assert!(marker.exists());
-    assert!(events.iter().any(|e| e["event"] == "journal_recovered"), "{events:#?}");
-    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("rollwatch_journal_writable 1\n"), "{metrics}");
-    common::sigterm(&mut child);
-    assert!(stdout().contains("journal writable again after"), "{}", stdout());
+    let fault = || {
+        // The kernel's own error path: what `errors=remount-ro` does on a real disk error.
+        let device = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&state).output().unwrap().stdout;
+        let device = String::from_utf8(device).unwrap();
+        let device = device.trim().rsplit('/').next().unwrap().to_string();
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "rollwatch test\n").unwrap();
+        assert!(std::fs::write(state.join("probe"), "x").is_err(), "the state_dir is read-only now");
+    };
+    let repair = || {
+        // The operator repairs the disk and mounts it again at the same place.
+        assert!(Command::new("umount").arg("-l").arg(&state).status().unwrap().success());
+        let repaired = dir.path().join("repaired.img");
+        std::fs::copy(&image, &repaired).unwrap();
+        let _ = Command::new("e2fsck").args(["-f", "-y", "-q"]).arg(&repaired).status().unwrap();
+        let ok = Command::new("mount").args(["-o", "loop"]).arg(&repaired).arg(&state).status().unwrap();
+        assert!(ok.success());
+    };
+    journal_fault_stops_acting_not_watching(dir.path(), &state, fault, "Read-only file system", repair).await;
 }
 
 /// 1,100 idle connections to the own port under a 1,024 file-descriptor limit: the connection
