@@ -15,3 +15,24 @@ release_binary() {
   [ -x "$bin" ] || { echo "no binary at $bin" >&2; return 1; }
   echo "$bin"
 }
+# Serves DIR over HTTP on a free loopback port, with DIR/health answering "ok" (remove the file
+# for an outage); sets `port`. Call directly (not in $(...)): the server runs in the background.
+serve_health() {
+  echo ok > "$1/health"
+  port=$(free_port)
+  (cd "$1" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+  wait_for "http://127.0.0.1:$port/health"
+}
+# Writes the profile the scripts watch with: roll back while target `api` is down.
+down_profile() {
+  cat > "$1" <<'TOML'
+[[rule]]
+name = "down"
+when = 'up("api") == 0'
+
+[[decide]]
+ask = "Is system down?"
+if = 'firing("down")'
+then = "rollback"
+TOML
+}

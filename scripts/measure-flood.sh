@@ -19,24 +19,10 @@ with open(sys.argv[1], "w") as f:
     for i in range(600_000):
         f.write(f'j{{i="{i}"}} 1\n')
 PY
-echo ok > "$dir/health"
-port=$(free_port)
+serve_health "$dir"
 rwport=$(free_port)
-(cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
-wait_for "http://127.0.0.1:$port/health"
-cat > "$dir/profile.toml" <<'TOML'
-[[rule]]
-name = "down"
-when = 'up("api") == 0'
-
-[[decide]]
-ask = "Is system down?"
-if = 'firing("down")'
-then = "rollback"
-
-[[procedure.rollback]]
-run = "undo"
-TOML
+down_profile "$dir/profile.toml"
+printf '\n[[procedure.rollback]]\nrun = "undo"\n' >> "$dir/profile.toml"
 cat > "$dir/rollwatch.toml" <<TOML
 profiles = ["profile.toml"]
 state_dir = "$dir/state"

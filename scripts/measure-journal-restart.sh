@@ -29,21 +29,9 @@ with open(path, "w") as f:
         f.write(json.dumps(line) + "\n")
 PY
 echo "journal: $(du -m "$dir/state/journal.jsonl" | cut -f1) MB, $(wc -l < "$dir/state/journal.jsonl") lines"
-echo ok > "$dir/health"
-port=$(free_port)
+serve_health "$dir"
 rwport=$(free_port)
-(cd "$dir" && python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
-wait_for "http://127.0.0.1:$port/health"
-cat > "$dir/profile.toml" <<'TOML'
-[[rule]]
-name = "down"
-when = 'up("api") == 0'
-
-[[decide]]
-ask = "Is system down?"
-if = 'firing("down")'
-then = "rollback"
-TOML
+down_profile "$dir/profile.toml"
 cat > "$dir/rollwatch.toml" <<TOML
 profiles = ["profile.toml"]
 state_dir = "$dir/state"
