@@ -10,7 +10,7 @@ wait_for() {
 }
 # Builds the release binary and prints its path (CARGO_TARGET_DIR honoured).
 release_binary() {
-  cargo build --release -q >&2
+  cargo build --release -q >&2 || { echo "cargo build failed" >&2; return 1; }
   local bin=${CARGO_TARGET_DIR:-target}/release/rollwatch
   [ -x "$bin" ] || { echo "no binary at $bin" >&2; return 1; }
   echo "$bin"

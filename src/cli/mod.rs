@@ -76,6 +76,9 @@ pub enum Command {
         /// running sidecar holds).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Also draw what was recorded (as `replay --svg` would) into this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Watch an embedded simulated deployment with the SOLVEREIGN profile; roll it back, verify, announce.
     Demo,
@@ -226,6 +229,13 @@ pub enum Command {
         /// Print a decision only when it differs from the previous tick's.
         #[arg(long)]
         changes: bool,
+        /// Also draw each signal over time (thresholds, pending and firing spans, deploys and
+        /// decisions) into this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Also write a page with one chart per signal to this HTML file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
@@ -234,11 +244,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { paths } => check::run(&paths, out),
         Command::Test { paths } => test::run(&paths, out),
-        Command::Replay { fixture, changes } => replay::run(&fixture, changes, out),
+        Command::Replay { fixture, changes, svg, html } => {
+            let plots = replay::PlotFiles { svg: svg.as_deref(), html: html.as_deref() };
+            replay::run(&fixture, changes, plots, out)
+        }
         Command::Run { config } => run::run(&config, out),
         Command::Demo => demo::run(),
-        Command::Record { config, duration, output, listen, state_dir } => {
-            run::record(&config, run::Recording { duration, output: &output, listen, state_dir }, out)
+        Command::Record { config, duration, output, listen, state_dir, svg } => {
+            run::record(&config, run::Recording { duration, output: &output, listen, state_dir, svg }, out)
         }
         Command::Approve { config, id, by } => {
             let by = by.unwrap_or_else(user_name);

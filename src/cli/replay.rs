@@ -1,5 +1,6 @@
-//! `rollwatch replay FIXTURE`: the timeline of one fixture — every rule state change and every
-//! decision with its explanation and values — then the expectations' verdict.
+//! `rollwatch replay FIXTURE [--svg OUT] [--html OUT]`: the timeline of one fixture — every rule
+//! state change and every decision with its explanation and values — then the expectations'
+//! verdict; optionally the plots of its signals.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,14 @@ use std::process::ExitCode;
 use super::report;
 use crate::fixture::{Fixture, run as replay};
 
-pub fn run(path: &Path, changes_only: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+/// Where `replay` writes plots, if anywhere.
+#[derive(Debug, Default)]
+pub struct PlotFiles<'a> {
+    pub svg: Option<&'a Path>,
+    pub html: Option<&'a Path>,
+}
+
+pub fn run(path: &Path, changes_only: bool, plots: PlotFiles, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let (fixture, mut ev) = match Fixture::load(path) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -29,7 +37,9 @@ pub fn run(path: &Path, changes_only: bool, out: &mut dyn Write) -> anyhow::Resu
     let several = names.len() > 1;
     let mut previous: Vec<Option<(String, String)>> = vec![None; names.len()];
     let mut io_error = None;
-    let result = replay(&fixture, &mut ev, |_, tick, deploys| {
+    let mut plot = crate::fixture::plot::Plot::new(&path.display().to_string(), &ev);
+    let result = replay(&fixture, &mut ev, |ev, tick, deploys| {
+        plot.observe(ev, tick, deploys);
         let mut write = || -> std::io::Result<()> {
             for d in deploys {
                 report::deploy(out, d.at, &d.version)?;
@@ -58,5 +68,11 @@ pub fn run(path: &Path, changes_only: bool, out: &mut dyn Write) -> anyhow::Resu
         report::failure(out, f)?;
     }
     writeln!(out, "{} ticks; {} expectations checked, {} failed", result.ticks, result.checked, result.failures.len())?;
+    for (file, text) in [(plots.svg, plot.svg()), (plots.html, plot.html())] {
+        if let Some(file) = file {
+            std::fs::write(file, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+            writeln!(out, "plot written to {}", file.display())?;
+        }
+    }
     Ok(if result.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

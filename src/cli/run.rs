@@ -28,14 +28,28 @@ pub struct Recording<'a> {
     /// Instead of the config's `listen` and `state_dir`: to record beside the running sidecar.
     pub listen: Option<std::net::SocketAddr>,
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where to draw what was recorded, if anywhere.
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// `rollwatch record -c FILE --for D -o FIXTURE [--listen ADDR] [--state-dir DIR]`.
 pub fn record(path: &Path, recording: Recording, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (duration, output) = (recording.duration, recording.output);
+    let (duration, output, svg) = (recording.duration, recording.output, recording.svg.clone());
     let code = sidecar(path, Some(recording), out)?;
     if code == ExitCode::SUCCESS {
         writeln!(out, "recorded {} to {}", duration, output.display())?;
+        if let Some(svg) = svg {
+            match crate::fixture::plot::of_fixture(output) {
+                Ok(plot) => {
+                    std::fs::write(&svg, plot.svg()).with_context(|| format!("writing {}", svg.display()))?;
+                    writeln!(out, "plot written to {}", svg.display())?;
+                }
+                Err(errors) => {
+                    writeln!(out, "{errors}")?;
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
     }
     Ok(code)
 }

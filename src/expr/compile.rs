@@ -47,6 +47,43 @@ pub struct Compiled {
     pub shortest_window: Option<Span>,
 }
 
+/// A comparison a rule makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    /// The same comparison with its sides swapped (`0.05 < x` is `x > 0.05`).
+    pub fn flipped(self) -> Cmp {
+        match self {
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            other => other,
+        }
+    }
+}
+
+impl std::fmt::Display for Cmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+            Cmp::Eq => "==",
+            Cmp::Ne => "!=",
+        })
+    }
+}
+
 /// Owns the slots and the de-duplicated window calls of everything compiled with it.
 #[derive(Debug, Default)]
 pub struct Compiler {
@@ -443,6 +480,50 @@ impl Compiled {
             }
         }
         build(&self.node)
+    }
+
+    /// Every comparison of a slot with a constant (`error_rate > 0.05`, `0.9 <= mem`), as
+    /// `(slot, comparison, constant)` with the slot on the left: the thresholds a plot draws.
+    pub fn thresholds(&self) -> Vec<(usize, Cmp, f64)> {
+        fn slot(node: &Node) -> Option<usize> {
+            match node.operator() {
+                Operator::RootNode if node.children().len() == 1 => slot(&node.children()[0]),
+                Operator::VariableIdentifierRead { identifier } => identifier.strip_prefix("__slot")?.parse().ok(),
+                _ => None,
+            }
+        }
+        fn constant(node: &Node) -> Option<f64> {
+            match node.operator() {
+                Operator::RootNode if node.children().len() == 1 => constant(&node.children()[0]),
+                Operator::Const { value: Value::Float(f) } => Some(*f),
+                Operator::Const { value: Value::Int(i) } => Some(*i as f64),
+                _ => None,
+            }
+        }
+        fn walk(node: &Node, out: &mut Vec<(usize, Cmp, f64)>) {
+            let cmp = match node.operator() {
+                Operator::Gt => Some(Cmp::Gt),
+                Operator::Geq => Some(Cmp::Ge),
+                Operator::Lt => Some(Cmp::Lt),
+                Operator::Leq => Some(Cmp::Le),
+                Operator::Eq => Some(Cmp::Eq),
+                Operator::Neq => Some(Cmp::Ne),
+                _ => None,
+            };
+            if let (Some(cmp), [left, right]) = (cmp, node.children()) {
+                match (slot(left), constant(right), constant(left), slot(right)) {
+                    (Some(s), Some(c), _, _) => out.push((s, cmp, c)),
+                    (_, _, Some(c), Some(s)) => out.push((s, cmp.flipped(), c)),
+                    _ => {}
+                }
+            }
+            for child in node.children() {
+                walk(child, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.node, &mut out);
+        out
     }
 
     /// The left side of the first comparison: a rule's default value for its messages.

@@ -6,6 +6,6 @@ pub mod compile;
 pub mod eval;
 pub mod functions;
 
-pub use compile::{Compiled, Compiler, Expected, Names};
+pub use compile::{Cmp, Compiled, Compiler, Expected, Names};
 pub use eval::{Cond, Num, Slots, Truth, Value};
 pub use functions::{Call, CallSpec, Offset, Scope};

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::state::{OnNoData, Timing};
 use super::tree::{Outcome, Question, Tree};
-use super::{Evaluator, Profile, Rule, Signal};
+use super::{Evaluator, Profile, Rule, Signal, Threshold};
 use crate::config::LoadedProfile;
 use crate::diag::{Checker, Diagnostic, Diagnostics, SourceFile};
 use crate::expr::{Compiled, Compiler, Expected, Names, Scope};
@@ -389,7 +389,14 @@ fn compile_rules(
         reads.extend(when.selectors_read.iter().cloned());
         reads.sort();
         reads.dedup();
+        let by_slot: HashMap<usize, &String> = signal_slots[pi].iter().map(|(n, s)| (*s, n)).collect();
+        let thresholds = when
+            .thresholds()
+            .into_iter()
+            .filter_map(|(slot, cmp, value)| Some(Threshold { signal: by_slot.get(&slot)?.to_string(), cmp, value }))
+            .collect();
         rules.push(Rule {
+            thresholds,
             name,
             profile: pi,
             cond: when.to_cond(),
@@ -496,6 +503,32 @@ mod tests {
     fn load(text: &str) -> Result<Evaluator, Diagnostics> {
         let file = SourceFile { path: Path::new("p.toml").to_path_buf(), text: text.to_string() };
         build(&[LoadedProfile::from_source(file)?])
+    }
+
+    #[test]
+    fn rules_know_the_thresholds_they_compare_signals_with() {
+        let ev = load(
+            r#"
+[signals]
+error_rate = 'last("errors")'
+memory = 'last("mem")'
+
+[[rule]]
+name = "errors-high"
+when = 'error_rate > 0.05 && last("x") > 3'
+
+[[rule]]
+name = "memory-high"
+when = '0.9 <= memory'
+"#,
+        )
+        .unwrap();
+        let of = |name: &str| {
+            let r = ev.rules.iter().find(|r| r.name == name).unwrap();
+            r.thresholds.iter().map(|t| format!("{} {} {}", t.signal, t.cmp, t.value)).collect::<Vec<_>>()
+        };
+        assert_eq!(of("errors-high"), vec!["error_rate > 0.05"], "a window call is no signal");
+        assert_eq!(of("memory-high"), vec!["memory >= 0.9"], "sides swapped");
     }
 
     #[test]

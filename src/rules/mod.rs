@@ -60,6 +60,17 @@ pub struct Rule {
     pub span: Range<usize>,
     firing_slot: usize,
     pending_slot: usize,
+    /// The signals its condition compares with a constant (`error_rate > 0.05`): what a plot
+    /// of the signal draws as thresholds.
+    pub thresholds: Vec<Threshold>,
+}
+
+/// A signal compared with a constant by a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub signal: String,
+    pub cmp: crate::expr::Cmp,
+    pub value: f64,
 }
 
 /// A compiled profile: its tree (its rules live in the evaluator; its procedures with acting).

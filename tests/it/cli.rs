@@ -406,3 +406,55 @@ fn the_readme_lists_each_templates_values() {
         assert!(readme.contains(&row), "README lacks the row\n{row}");
     }
 }
+
+/// `replay --svg/--html` on every shipped fixture: well-formed SVG (a real XML parser), a chart
+/// per signal with its line where it has data, the thresholds its rules compare it with, the
+/// rules' pending/firing spans, deploy and decision markers, a legend; the same bytes twice.
+#[test]
+fn replay_plots_every_shipped_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fixtures: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 10);
+    let (mut thresholds, mut spans, mut deploys) = (0, 0, 0);
+    for fixture in &fixtures {
+        let (svg, html) = (dir.path().join("plot.svg"), dir.path().join("plot.html"));
+        let args =
+            ["replay", fixture.to_str().unwrap(), "--svg", svg.to_str().unwrap(), "--html", html.to_str().unwrap()];
+        let (code, out, err) = rollwatch(&args);
+        assert!(out.contains("plot written to"), "{}: {out}{err} ({code})", fixture.display());
+        let text = std::fs::read_to_string(&svg).unwrap();
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: not XML: {e}", fixture.display()));
+        let class = |c: &str| doc.descendants().filter(|n| n.attribute("class") == Some(c)).count();
+        let charts: Vec<_> = doc.descendants().filter(|n| n.attribute("class") == Some("chart")).collect();
+        assert!(!charts.is_empty(), "{}: no chart", fixture.display());
+        for chart in &charts {
+            let lines = chart.descendants().filter(|n| n.attribute("class") == Some("series")).count();
+            let empty = chart.descendants().any(|n| n.attribute("class") == Some("no-data"));
+            assert!(
+                lines > 0 || empty,
+                "{}: chart {:?} has neither a line nor 'no data'",
+                fixture.display(),
+                chart.attribute("data-signal")
+            );
+            assert_eq!(chart.descendants().filter(|n| n.attribute("class") == Some("legend")).count(), 1);
+            assert!(chart.descendants().filter(|n| n.attribute("class") == Some("x-tick")).count() >= 2);
+        }
+        assert!(class("decision") >= 1, "{}: no decision marker", fixture.display());
+        let has_deploy = std::fs::read_to_string(fixture).unwrap().contains("[[deploy]]");
+        assert_eq!(class("deploy") > 0, has_deploy, "{}", fixture.display());
+        thresholds += class("threshold");
+        spans += class("pending") + class("firing");
+        deploys += class("deploy");
+        // A page with one chart per signal, and the same bytes from a second replay.
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert_eq!(page.matches("<svg ").count(), charts.len(), "{}", fixture.display());
+        rollwatch(&args);
+        assert_eq!(std::fs::read_to_string(&svg).unwrap(), text, "{}: not deterministic", fixture.display());
+    }
+    assert!(thresholds > 0 && spans > 0 && deploys > 0, "thresholds {thresholds}, spans {spans}, deploys {deploys}");
+}

@@ -90,8 +90,24 @@ async fn record_runs_beside_a_live_sidecar_and_names_profiles_relatively() {
     assert!(out.contains("give `record` its own --state-dir and --listen"), "{out}");
     let state = dir.path().join("recording").display().to_string();
     let (c, f) = (cfg_s.clone(), fixture_s.clone());
+    let plot = dir.path().join("live.svg");
+    let svg = plot.display().to_string();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        rollwatch(&["record", "-c", &c, "--for", "2s", "-o", &f, "--state-dir", &state, "--listen", "127.0.0.1:0"])
+        rollwatch(&[
+            "record",
+            "-c",
+            &c,
+            "--for",
+            "2s",
+            "-o",
+            &f,
+            "--state-dir",
+            &state,
+            "--listen",
+            "127.0.0.1:0",
+            "--svg",
+            &svg,
+        ])
     })
     .await
     .unwrap();
@@ -101,4 +117,12 @@ async fn record_runs_beside_a_live_sidecar_and_names_profiles_relatively() {
     assert!(text.contains("profiles = [\"../p.toml\"]"), "{text}");
     let (code, out, err) = rollwatch(&["test", &fixture_s]);
     assert_eq!(code, 0, "{out}{err}\n{text}");
+    // And the plot of what it saw.
+    let drawn = std::fs::read_to_string(&plot).unwrap();
+    let doc = roxmltree::Document::parse(&drawn).unwrap();
+    assert!(
+        doc.descendants()
+            .any(|n| n.attribute("data-signal") == Some("error_rate") && n.attribute("class") == Some("series")),
+        "{drawn}"
+    );
 }
