@@ -131,57 +131,8 @@ async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
     if !wants_html {
         return axum::Json(snap.as_ref().clone()).into_response();
     }
-    let mut page = String::from(
-        "<!doctype html><meta charset=utf-8><title>rollwatch</title><h1>rollwatch</h1><h2>Decisions</h2><ul>",
-    );
-    for d in &snap.decisions {
-        page.push_str(&format!("<li><b>{}</b>: {} — {}</li>", html(&d.profile), d.outcome, html(&d.explanation())));
-    }
-    let a = &snap.acting;
-    page.push_str(&format!("</ul><h2>Acting</h2><p>mode <b>{}</b>", html(&a.mode)));
-    if let Some(f) = &a.in_flight {
-        page.push_str(&format!(
-            "; rollback <b>{}</b> of {} in flight ({:?})",
-            html(&f.rollback_id),
-            html(&f.profile),
-            f.phase
-        ));
-    }
-    if a.paused_until.is_some() {
-        page.push_str("; <b>PAUSED</b>");
-    }
-    if let Some(e) = &a.journal_error {
-        page.push_str(&format!("; <b>NOT ACTING: journal unwritable</b> ({})", html(e)));
-    }
-    for ap in &a.approvals {
-        page.push_str(&format!(
-            "<br>approval <b>{}</b> needed for {}: {} — <code>rollwatch approve {}</code>",
-            html(&ap.approval_id),
-            html(&ap.profile),
-            html(&ap.reason),
-            html(&ap.approval_id)
-        ));
-    }
-    page.push_str("<h2>Rules</h2><table><tr><th>rule<th>state<th>value");
-    for r in &snap.rules {
-        let value = r.value.map(|v| v.to_string()).unwrap_or_else(|| "no data".into());
-        page.push_str(&format!("<tr><td>{}<td>{}<td>{}", html(&r.name), r.state, value));
-    }
-    page.push_str("</table><h2>Targets</h2><table><tr><th>target<th>up<th>last error");
-    for t in &snap.targets {
-        let up = match t.up {
-            Some(true) => "up",
-            Some(false) => "DOWN",
-            None => "not polled yet",
-        };
-        page.push_str(&format!("<tr><td>{}<td>{up}<td>{}", html(&t.name), html(t.last_error.as_deref().unwrap_or(""))));
-    }
-    page.push_str("</table>");
+    let page = snap.page();
     Html(page).into_response()
-}
-
-fn html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Whether the request says its body is `application/json`.

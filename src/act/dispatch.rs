@@ -80,6 +80,14 @@ pub struct Acting {
     pub config_path: PathBuf,
 }
 
+/// An escalation and when it was raised.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentEscalation {
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub escalation: Escalation,
+}
+
 /// What `/status` shows of the dispatcher.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ActingStatus {
@@ -98,10 +106,18 @@ pub struct ActingStatus {
     pub journal_dropped: u64,
     /// Every rollback in the journal: its profile and how long its phases took.
     pub timings: Vec<(String, super::state::Timings)>,
+    /// Per open approval, the exact commands that grant and reject it.
+    pub approval_commands: BTreeMap<String, (String, String)>,
+    /// The latest rollbacks (at most 5), oldest first, as `history` shows them.
+    pub recent_rollbacks: Vec<super::history::Entry>,
+    /// The latest escalations, oldest first.
+    pub recent_escalations: Vec<RecentEscalation>,
     /// The deployed version, since when, and the current rollback target.
     pub version: Option<String>,
     pub deployed_at: Option<Timestamp>,
     pub target_version: Option<String>,
+    /// The most recently deployed version known good (the current one, when it is).
+    pub last_good: Option<String>,
 }
 
 /// The evaluator's evidence must restart at `at` (a deploy or a restore point); `predates`
@@ -529,6 +545,22 @@ impl Dispatcher {
             mode: self.acting.policy.mode.to_string(),
             in_flight: self.in_flight.clone(),
             approvals: self.state.approvals.values().map(|(_, a)| a.clone()).collect(),
+            approval_commands: self
+                .state
+                .approvals
+                .keys()
+                .map(|id| (id.clone(), super::vars::answer_commands(&self.acting.config_path, id)))
+                .collect(),
+            recent_rollbacks: {
+                let all = super::history::entries(&self.state);
+                all[all.len().saturating_sub(5)..].to_vec()
+            },
+            recent_escalations: self
+                .state
+                .escalations
+                .iter()
+                .map(|(at, e)| RecentEscalation { at: *at, escalation: e.clone() })
+                .collect(),
             paused_until: self.state.paused_until,
             silences: self.state.silences.clone(),
             rollbacks,
@@ -539,6 +571,7 @@ impl Dispatcher {
             version: self.state.versions.current.clone(),
             deployed_at: self.state.versions.deployed_at,
             target_version: self.state.versions.target().map(str::to_string),
+            last_good: self.state.versions.last_good().map(str::to_string),
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct ClosedApproval {
     pub closed: ApprovalClosed,
 }
 
+/// Escalations kept for `/status`.
+pub const RECENT_ESCALATIONS: usize = 20;
+
 /// The dispatcher's memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
@@ -75,6 +78,8 @@ pub struct State {
     /// Silenced rules and until when.
     pub silences: BTreeMap<String, Timestamp>,
     pub versions: Versions,
+    /// The latest escalations (at most [`RECENT_ESCALATIONS`]), oldest first.
+    pub escalations: std::collections::VecDeque<(Timestamp, Escalation)>,
 }
 
 /// An event that could not be applied (kept out of the state, reported).
@@ -179,8 +184,13 @@ impl State {
             Event::VersionBaked(b) => self.versions.baked(at, b),
             Event::VersionMarked(m) => self.versions.marked(at, m),
             Event::Annotated(a) => self.rollback_mut(&a.rollback_id)?.root_cause = Some(a.root_cause.clone()),
-            Event::Escalation(_)
-            | Event::Suppressed(_)
+            Event::Escalation(e) => {
+                self.escalations.push_back((at, e.clone()));
+                if self.escalations.len() > RECENT_ESCALATIONS {
+                    self.escalations.pop_front();
+                }
+            }
+            Event::Suppressed(_)
             | Event::DryRun(_)
             | Event::Blind(_)
             | Event::Sighted(_)

@@ -57,10 +57,16 @@ pub fn approval(acting: &Acting, s: &Start, id: &str, target: Option<&str>) -> V
     v.insert("approval_id".into(), id.to_string());
     v.insert("expires_in".into(), crate::time::human(acting.policy.approval_timeout));
     v.insert("target_version".into(), target.unwrap_or("unknown").to_string());
-    let config = shell_word(&acting.config_path);
-    v.insert("approve_command".into(), format!("rollwatch approve -c {config} {id}"));
-    v.insert("reject_command".into(), format!("rollwatch reject -c {config} {id} --reason \"...\""));
+    let (approve, reject) = answer_commands(&acting.config_path, id);
+    v.insert("approve_command".into(), approve);
+    v.insert("reject_command".into(), reject);
     v
+}
+
+/// The exact commands that grant and reject approval `id` (for messages and `/status`).
+pub fn answer_commands(config: &Path, id: &str) -> (String, String) {
+    let config = shell_word(config);
+    (format!("rollwatch approve -c {config} {id}"), format!("rollwatch reject -c {config} {id} --reason \"...\""))
 }
 
 /// A path as one shell word, quoted when it needs to be (for commands people paste).

@@ -118,6 +118,11 @@ impl Versions {
     }
 
     /// The rollback target: the most recently deployed good version other than the current one.
+    /// The most recently deployed version known good (the current one, when it is).
+    pub fn last_good(&self) -> Option<&str> {
+        self.list.iter().rev().find(|v| v.state == VersionState::Good).map(|v| v.version.as_str())
+    }
+
     pub fn target(&self) -> Option<&str> {
         self.list
             .iter()

@@ -123,6 +123,50 @@ pub fn maybe(v: Option<f64>) -> String {
     v.map(number).unwrap_or_else(|| "no data".into())
 }
 
+/// A number for a person: at most 4 decimals, no trailing zeros (`0.0792`, `1200`).
+pub fn short(v: f64) -> String {
+    if !v.is_finite() {
+        return number(v);
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".to_string() } else { s.to_string() }
+}
+
+/// What a named value measures, guessed from its name: `error_rate`/`memory_ratio` are shares,
+/// `*_seconds`/`latency`/`duration` are times; the rest are plain numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Share,
+    Seconds,
+    Plain,
+}
+
+impl Unit {
+    pub fn of(name: &str) -> Unit {
+        let n = name.to_ascii_lowercase();
+        // Times first: "duration" contains "ratio".
+        if ["seconds", "latency", "duration"].iter().any(|w| n.contains(w)) {
+            Unit::Seconds
+        } else if ["rate", "ratio", "share", "fraction"].iter().any(|w| n.contains(w)) {
+            Unit::Share
+        } else {
+            Unit::Plain
+        }
+    }
+
+    /// `v` as a person reads it: a share as a percentage (`7.92%`), seconds as a time
+    /// (`350ms`, `1.25s`), anything else with at most 4 decimals.
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Unit::Share if (0.0..=1.0).contains(&v) => format!("{}%", short((v * 100.0 * 100.0).round() / 100.0)),
+            Unit::Seconds if (0.0..1.0).contains(&v) => format!("{}ms", short((v * 1000.0).round())),
+            Unit::Seconds if v.is_finite() && v >= 0.0 => format!("{}s", short((v * 100.0).round() / 100.0)),
+            _ => short(v),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +186,17 @@ mod tests {
     fn a_value_is_never_read_as_a_placeholder() {
         let v = vars(&[("a", "{{b}}"), ("b", "secret")]);
         assert_eq!(render("{{a}}", &v, Escape::None).unwrap(), "{{b}}");
+    }
+
+    #[test]
+    fn values_read_as_people_read_them() {
+        assert_eq!(short(0.07916666666666666), "0.0792");
+        assert_eq!(short(-0.00001), "0");
+        assert_eq!(Unit::of("error_rate").show(0.07916666666666666), "7.92%");
+        assert_eq!(Unit::of("p99_latency_seconds").show(0.35), "350ms");
+        assert_eq!(Unit::of("request_duration").show(1.2549), "1.25s");
+        assert_eq!(Unit::of("memory_used").show(1234.56789), "1234.5679");
+        assert_eq!(Unit::of("error_rate").show(3.0), "3", "not a share: plain");
     }
 
     #[test]

@@ -381,6 +381,28 @@ async fn an_incident_report_is_filled_from_the_journal() {
         assert!(metrics.contains(&format!("{name}_count 1\n")), "{name}: {metrics}");
         assert!(metrics.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 1\n")), "{name}: {metrics}");
     }
+    // The page for people: versions, a sparkline per signal with its thresholds, formatted
+    // values, the rollback in the history; the JSON keeps what the page shows.
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("http://{}/status", s.listen))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<meta http-equiv=\"refresh\""), "{page}");
+    assert!(page.contains("<b id=\"version\">v1</b>") && page.contains("<b id=\"last-good\">v1</b>"), "{page}");
+    assert!(page.contains("class=\"signal\" data-signal=\"error_rate\""), "{page}");
+    assert_eq!(page.matches("class=\"sparkline\"").count(), page.matches("class=\"signal\"").count(), "{page}");
+    assert!(page.contains("error-rate-critical &gt; 5%"), "a threshold for people: {page}");
+    assert!(page.contains("<tr class=\"rollback-row\"><td>rb-1</td>") && page.contains("v2 → v1"), "{page}");
+    let status: Value = client.get(format!("http://{}/status", s.listen)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["acting"]["recent_rollbacks"][0]["id"], "rb-1", "{status}");
+    assert!(status["signal_history"]["error_rate"].as_array().is_some_and(|h| !h.is_empty()), "{status}");
+    assert_eq!(status["thresholds"]["error_rate"][0][0], "error-rate-critical", "{status}");
     let downtime =
         metrics.lines().find(|l| l.starts_with("rollwatch_downtime_seconds_total{profile=\"profile\"}")).unwrap();
     let secs: f64 = downtime.rsplit(' ').next().unwrap().parse().unwrap();

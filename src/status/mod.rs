@@ -1,8 +1,10 @@
 //! What rollwatch tells about itself: a [`Snapshot`] the engine publishes after every tick, served
-//! as JSON on `/status` and as Prometheus text on `/metrics`.
+//! as JSON on `/status`, as a page for people ([`page`]) and as Prometheus text on `/metrics`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
+
+pub mod page;
 
 use serde::Serialize;
 
@@ -28,6 +30,9 @@ fn histogram(values: &[f64]) -> Vec<String> {
     rows
 }
 
+/// Evaluations of each signal `/status` keeps for its sparkline.
+pub const SIGNAL_HISTORY: usize = 120;
+
 /// How many recent decision changes `/status` keeps.
 pub const RECENT: usize = 20;
 
@@ -41,6 +46,8 @@ pub struct TargetStatus {
     /// Failed polls by reason (`timeout`, `status`, ...).
     pub errors_total: BTreeMap<String, u64>,
     pub polls_total: u64,
+    /// When it last answered well (`up`).
+    pub last_ok_at: Option<Timestamp>,
     /// Series dropped as parsed because no rule reads them.
     pub dropped_total: u64,
     /// String fields of its health body (`version`).
@@ -55,6 +62,8 @@ pub struct RuleStatus {
     pub state: String,
     pub value: Option<f64>,
     pub severity: String,
+    /// Pending or firing since (none while inactive).
+    pub since: Option<Timestamp>,
 }
 
 /// Everything `/status` and `/metrics` show.
@@ -63,6 +72,11 @@ pub struct Snapshot {
     pub at: Timestamp,
     pub targets: Vec<TargetStatus>,
     pub signals: BTreeMap<String, Option<f64>>,
+    /// Each signal's latest values, one per evaluation (at most [`SIGNAL_HISTORY`]), oldest
+    /// first: the page's sparklines.
+    pub signal_history: BTreeMap<String, VecDeque<Option<f64>>>,
+    /// Per signal, the rules comparing it with a constant: rule, comparison, constant.
+    pub thresholds: BTreeMap<String, Vec<(String, String, f64)>>,
     pub rules: Vec<RuleStatus>,
     /// Current decision per profile.
     pub decisions: Vec<Decision>,
@@ -95,6 +109,9 @@ impl Snapshot {
     pub fn record_poll(&mut self, obs: &Observation) {
         let Some(t) = self.targets.iter_mut().find(|t| t.name == obs.target) else { return };
         t.up = Some(obs.up);
+        if obs.up {
+            t.last_ok_at = Some(obs.at);
+        }
         t.polls_total += 1;
         t.duration_seconds = obs.duration_secs;
         t.last_error = obs.error.as_ref().map(|e| e.to_string());
@@ -133,6 +150,20 @@ impl Snapshot {
         self.decisions = tick.decisions.clone();
         self.firing_alerts = alerts.firing();
         self.signals = ev.signal_values().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        self.signal_history.retain(|name, _| self.signals.contains_key(name));
+        for (name, value) in &self.signals {
+            let history = self.signal_history.entry(name.clone()).or_default();
+            history.push_back(value.filter(|v| v.is_finite()));
+            if history.len() > SIGNAL_HISTORY {
+                history.pop_front();
+            }
+        }
+        self.thresholds.clear();
+        for r in &ev.rules {
+            for t in &r.thresholds {
+                self.thresholds.entry(t.signal.clone()).or_default().push((r.name.clone(), t.cmp.to_string(), t.value));
+            }
+        }
         self.rules = ev
             .rule_states()
             .map(|(r, state, value)| RuleStatus {
@@ -141,6 +172,11 @@ impl Snapshot {
                 state: state.phase().to_string(),
                 value,
                 severity: r.severity.clone(),
+                since: match state {
+                    crate::rules::state::RuleState::Inactive => None,
+                    crate::rules::state::RuleState::Pending { since } => Some(since),
+                    crate::rules::state::RuleState::Firing { since, .. } => Some(since),
+                },
             })
             .collect();
         for t in &mut self.targets {
@@ -356,6 +392,7 @@ mod tests {
                 state: "firing".into(),
                 value: None,
                 severity: "critical".into(),
+                since: None,
             }],
             ticks_total: 9,
             ..Snapshot::default()
