@@ -68,6 +68,15 @@ impl Journal {
         Ok(Journal { path, file })
     }
 
+    /// Whether the journal's path still names the file open here (same device and inode).
+    fn path_is_open_file(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(p), Ok(f)) => p.dev() == f.dev() && p.ino() == f.ino(),
+            _ => false,
+        }
+    }
+
     /// Opens the file again (after a failed write): a state_dir repaired by remounting it is
     /// written again, not the old read-only mount the open file still points to.
     fn reopen(&mut self) -> Result<(), JournalError> {
@@ -490,7 +499,9 @@ fn write_groups(
         } else {
             commits += 1;
             let failed_before = failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some();
-            let reopened = if failed_before { journal.reopen() } else { Ok(()) };
+            // After a failure, or when the path no longer names the open file (the state_dir
+            // was remounted, the file moved), the file is opened again by its path.
+            let reopened = if failed_before || !journal.path_is_open_file() { journal.reopen() } else { Ok(()) };
             reopened.and_then(|()| journal.write_batch(&batch))
         };
         if let Err(e) = &result {
@@ -639,6 +650,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert_eq!(Journal::read_back(&path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_journal_moved_away_is_written_at_its_path_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::new(Journal::open(dir.path()).unwrap());
+        shared.append(Timestamp(1), "paused", &serde_json::json!({})).unwrap();
+        std::fs::rename(shared.path(), dir.path().join("moved.jsonl")).unwrap();
+        shared.append(Timestamp(2), "resumed", &serde_json::json!({})).unwrap();
+        let back = Journal::read_back(&shared.path()).unwrap();
+        assert_eq!(back.len(), 1, "the new file at the path: {back:?}");
+        assert_eq!(back[0]["event"], "resumed");
     }
 
     #[test]

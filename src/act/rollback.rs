@@ -29,6 +29,15 @@ pub enum Phase {
     Verifying,
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Steps => "running its steps",
+            Phase::Verifying => "verifying",
+        })
+    }
+}
+
 /// The rollback in flight.
 #[derive(Debug, Clone, Serialize)]
 pub struct InFlight {

@@ -118,7 +118,7 @@ impl Snapshot {
             Some(f) => {
                 let _ = write!(
                     p,
-                    "<p id=\"in-flight\">rollback <b>{}</b> of {} ({} → {}): <b>{:?}</b>, started {} ago{}</p>",
+                    "<p id=\"in-flight\">rollback <b>{}</b> of {} ({} → {}): <b>{}</b>, started {} ago{}</p>",
                     esc(&f.rollback_id),
                     esc(&f.profile),
                     esc(f.version_from.as_deref().unwrap_or("?")),

@@ -5,6 +5,7 @@
 mod common;
 
 mod acting;
+mod browser;
 mod cli;
 mod commands;
 mod crash;
