@@ -252,7 +252,7 @@ url = "http://{sim_addr}/health/ready"
                 t.rule,
                 t.from,
                 t.to,
-                crate::template::maybe(t.value)
+                crate::template::show(&t.rule, t.value)
             )?;
         }
         let error_rate = event.signals.iter().find(|(name, _)| name == "error_rate").and_then(|(_, v)| *v);
@@ -267,7 +267,7 @@ url = "http://{sim_addr}/health/ready"
             decided = true;
             writeln!(out, "\nROLLBACK decided after {secs:.1}s: {}", d.explanation())?;
             let firing: Vec<String> =
-                d.firing.iter().map(|r| format!("{} = {}", r.rule, crate::template::maybe(r.value))).collect();
+                d.firing.iter().map(|r| format!("{} = {}", r.rule, crate::template::show(&r.rule, r.value))).collect();
             writeln!(out, "firing: {}", firing.join(", "))?;
             writeln!(
                 out,

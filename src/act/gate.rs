@@ -30,7 +30,7 @@ impl Start {
         let cause: Vec<&crate::rules::RuleValue> =
             d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
         let values: Vec<String> =
-            cause.iter().map(|r| format!("{} = {}", r.rule, crate::template::maybe(r.value))).collect();
+            cause.iter().map(|r| format!("{} = {}", r.rule, crate::template::show(&r.rule, r.value))).collect();
         let reason = match asked {
             Some(q) => format!("{q} ({})", values.join(", ")),
             None => values.join(", "),

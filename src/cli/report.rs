@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use crate::fixture::Failure;
 use crate::rules::{Decision, Transition};
-pub use crate::template::{maybe, number};
+pub use crate::template::{maybe, number, show};
 
 /// A failed expectation as an expected/got block.
 pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
@@ -16,7 +16,7 @@ pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
 
 /// One rule state change on a timeline.
 pub fn transition(out: &mut dyn Write, t: &Transition) -> io::Result<()> {
-    writeln!(out, "{:>9}  rule {:<28} {} → {}  (value {})", t.at.to_string(), t.rule, t.from, t.to, maybe(t.value))
+    writeln!(out, "{:>9}  rule {:<28} {} → {}  (value {})", t.at.to_string(), t.rule, t.from, t.to, show(&t.rule, t.value))
 }
 
 /// One decision on a timeline, with its firing rules, values and unknown inputs.
@@ -24,7 +24,7 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
     let who = if show_profile { format!("[{}] ", d.profile) } else { String::new() };
     write!(out, "{:>9}  {who}{:<8}  {}", d.at.to_string(), d.outcome.to_string().to_uppercase(), d.explanation())?;
     if !d.firing.is_empty() {
-        let firing: Vec<String> = d.firing.iter().map(|r| format!("{}={}", r.rule, maybe(r.value))).collect();
+        let firing: Vec<String> = d.firing.iter().map(|r| format!("{}={}", r.rule, show(&r.rule, r.value))).collect();
         write!(out, "  | firing: {}", firing.join(", "))?;
     }
     if !d.unknown.is_empty() {

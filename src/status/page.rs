@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 use super::Snapshot;
-use crate::template::{Unit, short};
+use crate::template::{Unit, show};
 use crate::time::{Span, Timestamp, human, iso};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 12px 24px;max-width:980px;color:#222}\
@@ -60,7 +60,7 @@ impl Snapshot {
             let values: Vec<String> = d
                 .firing
                 .iter()
-                .map(|r| format!("{} = {}", esc(&r.rule), r.value.map(short).unwrap_or_else(|| "no data".into())))
+                .map(|r| format!("{} = {}", esc(&r.rule), esc(&show(&r.rule, r.value))))
                 .collect();
             let _ = write!(
                 p,
@@ -107,7 +107,7 @@ impl Snapshot {
                 "<tr><td>{}</td><td class=\"{s}\">{s}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.name),
                 r.since.map(|t| ago(now, t)).unwrap_or_default(),
-                r.value.map(|v| Unit::of(&r.name).show(v)).unwrap_or_else(|| "no data".into()),
+                show(&r.name, r.value),
                 s = esc(&r.state),
             );
         }

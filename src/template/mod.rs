@@ -133,6 +133,11 @@ pub fn short(v: f64) -> String {
     if s == "-0" { "0".to_string() } else { s.to_string() }
 }
 
+/// A named value (a rule's, a signal's) as a person reads it, or `no data`.
+pub fn show(name: &str, value: Option<f64>) -> String {
+    value.map(|v| Unit::of(name).show(v)).unwrap_or_else(|| "no data".into())
+}
+
 /// What a named value measures, guessed from its name: `error_rate`/`memory_ratio` are shares,
 /// `*_seconds`/`latency`/`duration` are times; the rest are plain numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

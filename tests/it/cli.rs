@@ -126,9 +126,9 @@ fn replay_prints_state_changes_and_decisions_with_values() {
     let (code, out, _) = rollwatch(&["replay", "fixtures/solvereign-error-rate-4.8pct.toml"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("15s  rule error-rate-elevated"), "{out}");
-    assert!(out.contains("inactive → pending  (value 0.048)"), "{out}");
-    assert!(out.contains("pending → firing  (value 0.048)"), "{out}");
-    assert!(out.contains("5m15s  CONSIDER  Is system down? no → Is data at risk? no → Is error rate > 5%? no → Is error rate > 1% (5 min)? YES → consider  | firing: error-rate-elevated=0.048"), "{out}");
+    assert!(out.contains("inactive → pending  (value 4.8%)"), "{out}");
+    assert!(out.contains("pending → firing  (value 4.8%)"), "{out}");
+    assert!(out.contains("5m15s  CONSIDER  Is system down? no → Is data at risk? no → Is error rate > 5%? no → Is error rate > 1% (5 min)? YES → consider  | firing: error-rate-elevated=4.8%"), "{out}");
     // Every tick's decision is printed: 25 ticks.
     assert_eq!(out.lines().filter(|l| l.contains("MONITOR") || l.contains("CONSIDER")).count(), 25, "{out}");
     let (_, changes, _) = rollwatch(&["replay", "--changes", "fixtures/solvereign-error-rate-4.8pct.toml"]);
