@@ -4,6 +4,8 @@
 //! The first failed step ends the procedure.
 
 use std::collections::BTreeMap;
+
+use serde::Serialize;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -31,6 +33,58 @@ pub struct ProcedureDone {
     pub result: Result<(), StepFailure>,
 }
 
+/// How far a procedure has got: each step and its state, shared by its task and `/status`
+/// (serialized as the list).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<std::sync::Mutex<Vec<StepProgress>>>);
+
+/// One step of a procedure in flight.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepProgress {
+    pub step: usize,
+    /// `announce rollback_in_progress`, `run undo (verify check)`.
+    pub what: String,
+    pub state: StepState,
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Waiting,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Progress {
+    /// Every step waiting.
+    pub fn new(steps: &[Step]) -> Progress {
+        let list = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepProgress { step: i + 1, what: super::rollback::describe(s), state: StepState::Waiting })
+            .collect();
+        Progress(Arc::new(std::sync::Mutex::new(list)))
+    }
+
+    fn set(&self, step: usize, state: StepState) {
+        if let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(step.saturating_sub(1)) {
+            s.state = state;
+        }
+    }
+
+    pub fn list(&self) -> Vec<StepProgress> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Serialize for Progress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.list().serialize(serializer)
+    }
+}
+
 /// Everything a procedure task needs.
 pub struct Procedure {
     pub rollback_id: String,
@@ -44,6 +98,7 @@ pub struct Procedure {
     pub journal: SharedJournal,
     pub client: reqwest::Client,
     pub clock: Arc<dyn Clock>,
+    pub progress: Progress,
 }
 
 impl Procedure {
@@ -56,15 +111,24 @@ impl Procedure {
     async fn steps(&self) -> Result<(), StepFailure> {
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
+            self.progress.set(n, StepState::Running);
             match step {
                 Step::Announce { template, .. } => self.notifier.announce(template, &self.vars),
                 Step::Run { action, verify, .. } => {
-                    self.one(n, action, Role::Run).await?;
-                    if let Some(v) = verify {
-                        self.one(n, v, Role::Verify).await?;
+                    let ran = match self.one(n, action, Role::Run).await {
+                        Ok(()) => match verify {
+                            Some(v) => self.one(n, v, Role::Verify).await,
+                            None => Ok(()),
+                        },
+                        failed => failed,
+                    };
+                    if let Err(e) = ran {
+                        self.progress.set(n, StepState::Failed);
+                        return Err(e);
                     }
                 }
             }
+            self.progress.set(n, StepState::Done);
         }
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct InFlight {
     pub verify_until: Option<Timestamp>,
     pub version_from: Option<String>,
     pub target_version: Option<String>,
+    /// Each step before verification, and where it is.
+    pub steps: super::procedure::Progress,
     #[serde(skip)]
     pub(super) firing: Vec<String>,
     #[serde(skip)]
@@ -308,7 +310,9 @@ impl Dispatcher {
         let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
         let (main, post) = (steps[..split].to_vec(), steps[split..].to_vec());
         let acts = split > 0;
+        let progress = super::procedure::Progress::new(&main);
         let procedure = Procedure {
+            progress: progress.clone(),
             rollback_id: id.clone(),
             steps: main,
             vars: vars.clone(),
@@ -335,6 +339,7 @@ impl Dispatcher {
             slow_escalated: false,
             verification: None,
             acts,
+            steps: progress,
         });
         Ok(Ok(id))
     }

@@ -16,7 +16,15 @@ pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
 
 /// One rule state change on a timeline.
 pub fn transition(out: &mut dyn Write, t: &Transition) -> io::Result<()> {
-    writeln!(out, "{:>9}  rule {:<28} {} → {}  (value {})", t.at.to_string(), t.rule, t.from, t.to, show(&t.rule, t.value))
+    writeln!(
+        out,
+        "{:>9}  rule {:<28} {} → {}  (value {})",
+        t.at.to_string(),
+        t.rule,
+        t.from,
+        t.to,
+        show(&t.rule, t.value)
+    )
 }
 
 /// One decision on a timeline, with its firing rules, values and unknown inputs.

@@ -9,6 +9,7 @@
 use std::fmt::Write;
 
 use super::Snapshot;
+use crate::act::procedure::StepState;
 use crate::template::{Unit, show};
 use crate::time::{Span, Timestamp, human, iso};
 
@@ -57,11 +58,8 @@ impl Snapshot {
         // Verdicts.
         p.push_str("<h2>Verdict</h2><table id=\"decisions\">");
         for d in &self.decisions {
-            let values: Vec<String> = d
-                .firing
-                .iter()
-                .map(|r| format!("{} = {}", esc(&r.rule), esc(&show(&r.rule, r.value))))
-                .collect();
+            let values: Vec<String> =
+                d.firing.iter().map(|r| format!("{} = {}", esc(&r.rule), esc(&show(&r.rule, r.value)))).collect();
             let _ = write!(
                 p,
                 "<tr><td><b>{}</b></td><td><span class=\"verdict {o}\">{o}</span></td><td>{}{}{}</td></tr>",
@@ -127,6 +125,17 @@ impl Snapshot {
                     ago(now, f.started_at),
                     f.verify_until.map(|t| format!("; verifying until {}", esc(&iso(t)))).unwrap_or_default()
                 );
+                p.push_str("<ol id=\"steps\">");
+                for step in f.steps.list() {
+                    let mark = match step.state {
+                        StepState::Waiting => "waiting",
+                        StepState::Running => "running…",
+                        StepState::Done => "done",
+                        StepState::Failed => "FAILED",
+                    };
+                    let _ = write!(p, "<li class=\"step\">{} — {mark}</li>", esc(&step.what));
+                }
+                p.push_str("</ol>");
             }
             None => p.push_str("<p>no rollback in flight</p>"),
         }

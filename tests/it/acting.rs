@@ -222,6 +222,11 @@ async fn a_rollback_runs_its_steps_verifies_and_completes_once() {
     // The explicit target is the last version that ran healthy.
     assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
     assert_eq!(h.d.status().in_flight.as_ref().map(|f| f.phase), Some(rollwatch::act::dispatch::Phase::Verifying));
+    // Each step's progress, as /status shows it.
+    let steps = serde_json::to_value(&h.d.status().in_flight.unwrap().steps).unwrap();
+    let states: Vec<(&str, &str)> =
+        steps.as_array().unwrap().iter().map(|s| (s["what"].as_str().unwrap(), s["state"].as_str().unwrap())).collect();
+    assert_eq!(states, vec![("announce rollback_in_progress", "done"), ("run undo (verify check)", "done")]);
     // Still firing: not verified yet, and no second rollback while one is in flight.
     h.advance(Span::from_secs(15));
     h.tick(Outcome::Rollback, &["errors"], Some("v1"));
