@@ -410,7 +410,15 @@ impl Engine {
         if let Err(e) = result {
             self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
         }
-        sync_evidence(&mut self.dispatcher, &mut self.ev);
+        // A deploy seen while recording is the fixture's `[[deploy]]`: its replay restarts the
+        // evidence there too.
+        if let Some(deployed) =
+            sync_evidence(&mut self.dispatcher, &mut self.ev).and_then(|r| r.deployed.map(|v| (r.at, v)))
+            && let Some(recorder) = &self.recorder
+            && let Ok(mut r) = recorder.lock()
+        {
+            r.deploy(deployed.0, &deployed.1);
+        }
         self.snapshot.acting = self.dispatcher.status();
     }
 
@@ -508,10 +516,10 @@ fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<&'a str> {
 }
 
 /// The evaluator's evidence follows the dispatcher's deploys and restore points.
-fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) {
-    if let Some(r) = dispatcher.take_restart() {
-        ev.restart_evidence(r.at, r.predates);
-    }
+fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) -> Option<crate::act::Restart> {
+    let r = dispatcher.take_restart()?;
+    ev.restart_evidence(r.at, r.predates);
+    Some(r)
 }
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).

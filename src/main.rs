@@ -20,6 +20,10 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     match rollwatch::cli::run(cli, &mut stdout) {
         Ok(code) => code,
+        // A reader that stopped reading (`rollwatch history | head -1`) is not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("rollwatch: {e:#}");
             ExitCode::FAILURE

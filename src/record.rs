@@ -32,16 +32,29 @@ pub struct Recorder {
     columns: BTreeMap<SeriesKey, Vec<Entry>>,
     expectations: Vec<Expectation>,
     last: BTreeMap<String, (Outcome, Vec<String>)>,
+    /// The live time of the first tick: fixture time 0.
+    start: Option<Timestamp>,
+    /// Deploys seen, at fixture time.
+    deploys: Vec<(Span, String)>,
 }
 
 impl Recorder {
     /// A recorder for ticks every `interval` (the fixture's `interval`).
     pub fn new(interval: Span) -> Recorder {
-        Recorder { interval, ticks: 0, columns: BTreeMap::new(), expectations: Vec::new(), last: BTreeMap::new() }
+        Recorder {
+            interval,
+            ticks: 0,
+            columns: BTreeMap::new(),
+            expectations: Vec::new(),
+            last: BTreeMap::new(),
+            start: None,
+            deploys: Vec::new(),
+        }
     }
 
     /// Records one tick: every series' value as of `now`, and the decisions if they changed.
     pub fn observe(&mut self, store: &Store, now: Timestamp, decisions: &[Decision]) {
+        self.start.get_or_insert(now);
         let k = self.ticks;
         for (key, latest) in store.latest(now) {
             let column = self.columns.entry(key.clone()).or_insert_with(|| vec![Entry::Missing; k]);
@@ -69,6 +82,12 @@ impl Recorder {
         self.ticks += 1;
     }
 
+    /// `version` was deployed at live time `at` (the evidence restarted there).
+    pub fn deploy(&mut self, at: Timestamp, version: &str) {
+        let start = *self.start.get_or_insert(at);
+        self.deploys.push((at.saturating_since(start), version.to_string()));
+    }
+
     /// Ticks recorded.
     pub fn ticks(&self) -> usize {
         self.ticks
@@ -83,6 +102,9 @@ impl Recorder {
         let _ = writeln!(out, "interval = \"{}\"\n\n[series]", self.interval);
         for (key, column) in &self.columns {
             let _ = writeln!(out, "{} = \"{}\"", toml_key(&key.to_string()), notation(column));
+        }
+        for (at, version) in &self.deploys {
+            let _ = writeln!(out, "\n[[deploy]]\nat = \"{}ms\"\nversion = {version:?}", at.0);
         }
         let several = self.last.len() > 1;
         for e in &self.expectations {

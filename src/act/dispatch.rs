@@ -122,10 +122,13 @@ pub struct ActingStatus {
 
 /// The evaluator's evidence must restart at `at` (a deploy or a restore point); `predates`
 /// when it is a deploy seen while watching (rules already firing then predate it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
     pub at: Timestamp,
     pub predates: bool,
+    /// The version deployed, when the restart is a deploy seen while watching (what a recording
+    /// writes as its fixture's `[[deploy]]`).
+    pub deployed: Option<String>,
 }
 
 /// Turns decisions into procedures.
@@ -186,7 +189,7 @@ impl Dispatcher {
             tracing::warn!(error = %e, "journal event skipped while restoring");
         }
         let (done, done_rx) = mpsc::unbounded_channel();
-        let restart = state.versions.deployed_at.map(|at| Restart { at, predates: false });
+        let restart = state.versions.deployed_at.map(|at| Restart { at, predates: false, deployed: None });
         let rejected = state
             .closed_approvals
             .iter()
@@ -400,7 +403,7 @@ impl Dispatcher {
         if v.version_to.is_none() && f.version_from.as_deref() != Some(version) {
             tracing::info!(rollback = %f.rollback_id, version, "restored version seen: its evidence starts here");
             v.restored(now, version);
-            self.restart = Some(Restart { at: now, predates: false });
+            self.restart = Some(Restart { at: now, predates: false, deployed: None });
             self.bake.restart();
         }
         Ok(())
@@ -423,7 +426,7 @@ impl Dispatcher {
         self.rejected.retain(|(_, v)| v.as_deref() == Some(to));
         self.supersede_approvals(now, to)?;
         let predates = source != DeploySource::FirstSight && self.in_flight.is_none();
-        self.restart = Some(Restart { at: now, predates });
+        self.restart = Some(Restart { at: now, predates, deployed: predates.then(|| to.to_string()) });
         Ok(true)
     }
 

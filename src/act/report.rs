@@ -103,7 +103,11 @@ pub fn incident(
             && (l["to"] == "pending" || l["to"] == "firing")
     });
     if let Some(l) = detected {
-        let value = l["value"].as_f64().map(|v| format!(" (value {})", crate::template::number(v))).unwrap_or_default();
+        let rule = l["rule"].as_str().unwrap_or("?");
+        let value = l["value"]
+            .as_f64()
+            .map(|v| format!(" (value {})", crate::template::show(rule, Some(v))))
+            .unwrap_or_default();
         timeline.push(Moment {
             at: at_of(l),
             what: format!(

@@ -210,7 +210,7 @@ impl Dispatcher {
                 // The restore point: the end of the steps, until a new version is seen. A
                 // procedure that runs no action restored nothing: the evidence goes on.
                 if f.acts {
-                    self.restart = Some(Restart { at: now, predates: false });
+                    self.restart = Some(Restart { at: now, predates: false, deployed: None });
                     self.bake.restart();
                 }
                 if nothing_to_verify {

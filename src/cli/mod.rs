@@ -56,8 +56,8 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Run the sidecar for a while and write every series it saw (resampled onto the evaluation
-    /// grid) and its decisions as a fixture.
+    /// Run the sidecar for a while in dry-run mode (it never acts) and write every series it saw
+    /// (resampled onto the evaluation grid), its deploys and its decisions as a fixture.
     Record {
         /// The deployment's rollwatch.toml.
         #[arg(short, long)]
@@ -175,9 +175,10 @@ pub enum Command {
         /// The rule's name (as in /status and the profile).
         rule: String,
     },
-    /// Send a notification template through a configured channel (for incident channels).
+    /// Send a notification template through a configured channel (for incident channels); no
+    /// sidecar needed.
     Notify {
-        /// The running sidecar's rollwatch.toml (its listen address and API token).
+        /// The rollwatch.toml whose [channels] and [templates] to use.
         #[arg(short, long)]
         config: PathBuf,
         /// The channel's name in [channels.NAME].

@@ -115,6 +115,18 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        if record.is_none() {
+            // One line at start, whatever the log level: where to look.
+            let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+            writeln!(
+                out,
+                "rollwatch: watching {} target(s) with {}; status at http://{addr}/status; journal {}",
+                targets.len(),
+                ev.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                config.state_dir.join("journal.jsonl").display()
+            )?;
+            out.flush()?;
+        }
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let limit = record.as_ref().map(|r| r.duration);
         // The signal listeners: ended once the engine has stopped.

@@ -447,7 +447,10 @@ async fn send_once(
             Ok(())
         }
         ChannelKind::Webhook { url, bearer } => {
-            let body = serde_json::json!({ "template": template, "text": text, "vars": vars });
+            // Values not known (yet) are left out rather than sent as "unknown".
+            let known: Vars =
+                vars.iter().filter(|(_, v)| v.as_str() != "unknown").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let body = serde_json::json!({ "template": template, "text": text, "vars": known });
             let mut req = inner.client.post(url).timeout(ATTEMPT_TIMEOUT).json(&body);
             if let Some(token) = bearer {
                 req = req.bearer_auth(&token.0);

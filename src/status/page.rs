@@ -62,14 +62,19 @@ impl Snapshot {
                 d.firing.iter().map(|r| format!("{} = {}", esc(&r.rule), esc(&show(&r.rule, r.value)))).collect();
             let _ = write!(
                 p,
-                "<tr><td><b>{}</b></td><td><span class=\"verdict {o}\">{o}</span></td><td>{}{}{}</td></tr>",
+                "<tr><td><b>{}</b></td><td><span class=\"verdict {o}\">{o}</span>{}</td><td>{}{}{}</td></tr>",
                 esc(&d.profile),
+                a.in_flight
+                    .as_ref()
+                    .filter(|f| f.profile == d.profile)
+                    .map(|f| format!(" <span class=\"verdict rollback\">{} {}</span>", esc(&f.rollback_id), f.phase))
+                    .unwrap_or_default(),
                 esc(&d.explanation()),
                 if values.is_empty() { String::new() } else { format!("<br>firing: {}", values.join(", ")) },
                 if d.unknown.is_empty() {
                     String::new()
                 } else {
-                    format!("<br>blind (no data): {}", esc(&d.unknown.join(", ")))
+                    format!("<br>no data for: {}", esc(&d.unknown.join(", ")))
                 },
                 o = d.outcome,
             );
@@ -228,19 +233,27 @@ fn sparkline(values: &[Option<f64>], thresholds: &[(String, String, f64)]) -> St
         );
     }
     let mut run = Vec::new();
-    let flush = |run: &mut Vec<String>, out: &mut String| {
-        if !run.is_empty() {
-            let _ = write!(
-                out,
-                "<polyline fill=\"none\" stroke=\"#2471a3\" stroke-width=\"1.5\" points=\"{}\"/>",
-                run.join(" ")
-            );
-            run.clear();
+    let flush = |run: &mut Vec<(f64, f64)>, out: &mut String| {
+        match run.as_slice() {
+            [] => {}
+            // A lone reading between gaps is a dot: a one-point line draws nothing.
+            [(x, y)] => {
+                let _ = write!(out, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"2\" fill=\"#2471a3\"/>");
+            }
+            points => {
+                let points: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+                let _ = write!(
+                    out,
+                    "<polyline fill=\"none\" stroke=\"#2471a3\" stroke-width=\"1.5\" points=\"{}\"/>",
+                    points.join(" ")
+                );
+            }
         }
+        run.clear();
     };
     for (i, v) in values.iter().enumerate() {
         match v {
-            Some(v) => run.push(format!("{:.1},{:.1}", x(i), y(*v))),
+            Some(v) => run.push((x(i), y(*v))),
             None => flush(&mut run, &mut out),
         }
     }

@@ -126,3 +126,27 @@ async fn record_runs_beside_a_live_sidecar_and_names_profiles_relatively() {
         "{drawn}"
     );
 }
+
+/// A deploy seen while recording is written as the fixture's `[[deploy]]`: the replay restarts
+/// the evidence where the live run did, and reaches the same decisions (a regression of v2
+/// judged on v2's own traffic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_deploy_replays_to_the_same_decisions() {
+    let service = crate::common::VersionedService::start("v1", 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::common::versioned_config(dir.path(), &service, "127.0.0.1:0", "");
+    let fixture = dir.path().join("deploy.toml");
+    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
+    let recording =
+        tokio::task::spawn_blocking(move || rollwatch(&["record", "-c", &cfg_s, "--for", "8s", "-o", &fixture_s]));
+    // v1 fails 3% (below the 5% threshold); v2, deployed a few seconds in, fails 8%.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    service.deploy("v2", 80);
+    let (code, out, err) = recording.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    assert!(text.contains("[[deploy]]") && text.contains("version = \"v2\""), "{text}");
+    assert!(text.contains("decision = \"rollback\""), "the live run decided rollback on v2:\n{text}");
+    let (code, out, err) = rollwatch(&["test", &fixture.display().to_string()]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\nfixture:\n{text}");
+}

@@ -54,6 +54,16 @@ impl Sidecar {
     }
 }
 
+impl Drop for Sidecar {
+    /// A test that fails midway leaves no sidecar running.
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn finished(events: &[Value]) -> bool {
     !of_kind(events, "rollback_finished").is_empty()
 }
