@@ -31,6 +31,8 @@ pub struct StepFailure {
 pub struct ProcedureDone {
     pub rollback_id: String,
     pub result: Result<(), StepFailure>,
+    /// The steps it journalled as finished, for the dispatcher's state (history, `/status`).
+    pub finished: Vec<(crate::time::Timestamp, StepEvent)>,
 }
 
 /// How far a procedure has got: each step and its state, shared by its task and `/status`
@@ -99,13 +101,16 @@ pub struct Procedure {
     pub client: reqwest::Client,
     pub clock: Arc<dyn Clock>,
     pub progress: Progress,
+    /// Steps journalled as finished so far.
+    pub finished: std::sync::Mutex<Vec<(crate::time::Timestamp, StepEvent)>>,
 }
 
 impl Procedure {
     /// Runs the steps in order and reports on `done`.
     pub async fn run(self, done: mpsc::UnboundedSender<ProcedureDone>) {
         let result = self.steps().await;
-        let _ = done.send(ProcedureDone { rollback_id: self.rollback_id.clone(), result });
+        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = done.send(ProcedureDone { rollback_id: self.rollback_id.clone(), result, finished });
     }
 
     async fn steps(&self) -> Result<(), StepFailure> {
@@ -166,10 +171,12 @@ impl Procedure {
         event.detail = Some(result.detail.clone());
         event.output = Some(result.output.clone());
         event.duration_ms = Some(result.duration_ms);
+        let at = self.clock.now();
         self.journal
-            .append_event_async(self.clock.now(), &Event::StepFinished(event.clone()))
+            .append_event_async(at, &Event::StepFinished(event.clone()))
             .await
             .map_err(|e| fail(e.to_string()))?;
+        self.finished.lock().unwrap_or_else(|p| p.into_inner()).push((at, event.clone()));
         if result.ok {
             tracing::info!(rollback = %self.rollback_id, step, action = name, %role, detail = %result.detail, "step succeeded");
             Ok(())

@@ -193,7 +193,12 @@ impl Dispatcher {
         if f.rollback_id != done.rollback_id {
             return Ok(());
         }
-        // The procedure task journals its steps itself: the steps' end is known here.
+        // The procedure task journalled its steps itself: the state learns them now.
+        for (at, step) in &done.finished {
+            if let Err(e) = self.state.apply(*at, &Event::StepFinished(step.clone())) {
+                tracing::warn!(error = %e, "a finished step not applied");
+            }
+        }
         if let Some(r) = self.state.rollbacks.iter_mut().rev().find(|r| r.started.rollback_id == done.rollback_id) {
             r.steps_at.get_or_insert(now);
         }
@@ -312,6 +317,7 @@ impl Dispatcher {
         let acts = split > 0;
         let progress = super::procedure::Progress::new(&main);
         let procedure = Procedure {
+            finished: std::sync::Mutex::default(),
             progress: progress.clone(),
             rollback_id: id.clone(),
             steps: main,

@@ -411,6 +411,8 @@ async fn an_incident_report_is_filled_from_the_journal() {
     assert!(page.contains("<tr class=\"rollback-row\"><td>rb-1</td>") && page.contains("v2 → v1"), "{page}");
     let status: Value = client.get(format!("http://{}/status", s.listen)).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["acting"]["recent_rollbacks"][0]["id"], "rb-1", "{status}");
+    let steps = status["acting"]["recent_rollbacks"][0]["steps"].as_array().unwrap();
+    assert!(steps.iter().any(|s| s.as_str().is_some_and(|s| s.contains("run undo: ok"))), "{status}");
     assert!(status["signal_history"]["error_rate"].as_array().is_some_and(|h| !h.is_empty()), "{status}");
     assert_eq!(status["thresholds"]["error_rate"][0][0], "error-rate-critical", "{status}");
     let downtime =
