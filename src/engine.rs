@@ -236,6 +236,7 @@ impl Engine {
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
         let mut snapshot = Snapshot::default();
         snapshot.watch_targets(&targets);
+        snapshot.watch_thresholds(&ev);
         let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
         let (status, status_rx) = watch::channel(Arc::new(snapshot.clone()));
         let (alerts_tx, alert_updates) = mpsc::channel(64);
@@ -386,6 +387,7 @@ impl Engine {
                     self.retiring.spawn(old.stop());
                 }
                 self.snapshot.watch_targets(&targets);
+                self.snapshot.watch_thresholds(&self.ev);
                 self.snapshot.decisions.clear();
                 let keep = self.ev.metric_names().map(Arc::new);
                 self.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.queue));

@@ -554,10 +554,7 @@ impl Dispatcher {
                 .keys()
                 .map(|id| (id.clone(), super::vars::answer_commands(&self.acting.config_path, id)))
                 .collect(),
-            recent_rollbacks: {
-                let all = super::history::entries(&self.state);
-                all[all.len().saturating_sub(5)..].to_vec()
-            },
+            recent_rollbacks: super::history::recent(&self.state, 5),
             recent_escalations: self
                 .state
                 .escalations

@@ -124,43 +124,47 @@ pub fn versions(state: &State) -> Vec<VersionInfo> {
 }
 
 pub fn entries(state: &State) -> Vec<Entry> {
-    state
-        .rollbacks
-        .iter()
-        .map(|r| {
-            let finished = r.finished.as_ref().map(|(_, f)| f);
-            Entry {
-                id: r.started.rollback_id.clone(),
-                date: iso(r.at),
-                profile: r.started.profile.clone(),
-                version_from: r.started.version_from.clone(),
-                version_to: finished.and_then(|f| f.version_to.clone()).or_else(|| r.started.target_version.clone()),
-                reason: r.started.reason.clone(),
-                result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
-                duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
-                duration: finished.map(|f| human(crate::time::Span(f.duration_ms))),
-                steps: r
-                    .steps_done
-                    .iter()
-                    .map(|s| {
-                        let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
-                        format!("{} {} {}: {ok}, {}", s.step, s.role, s.action, s.detail.as_deref().unwrap_or(""))
-                    })
-                    .collect(),
-                root_cause: r.root_cause.clone(),
-                error: finished.and_then(|f| f.error.clone()),
-                approval_id: r.started.approval_id.clone(),
-                approved_by: r.started.approval_id.as_ref().and_then(|id| {
-                    let c = state.closed_approval(id)?;
-                    match c.closed.how {
-                        Closed::Auto => Some("auto (consider_auto_after)".to_string()),
-                        _ => c.closed.by.clone(),
-                    }
-                }),
-                timings: r.timings(),
+    state.rollbacks.iter().map(|r| entry(state, r)).collect()
+}
+
+/// The last `n` rollbacks' entries, oldest first (built for those only: `/status` asks each tick).
+pub fn recent(state: &State, n: usize) -> Vec<Entry> {
+    state.rollbacks[state.rollbacks.len().saturating_sub(n)..].iter().map(|r| entry(state, r)).collect()
+}
+
+/// One rollback as history shows it.
+fn entry(state: &State, r: &super::state::Rollback) -> Entry {
+    let finished = r.finished.as_ref().map(|(_, f)| f);
+    Entry {
+        id: r.started.rollback_id.clone(),
+        date: iso(r.at),
+        profile: r.started.profile.clone(),
+        version_from: r.started.version_from.clone(),
+        version_to: finished.and_then(|f| f.version_to.clone()).or_else(|| r.started.target_version.clone()),
+        reason: r.started.reason.clone(),
+        result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
+        duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
+        duration: finished.map(|f| human(crate::time::Span(f.duration_ms))),
+        steps: r
+            .steps_done
+            .iter()
+            .map(|s| {
+                let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
+                format!("{} {} {}: {ok}, {}", s.step, s.role, s.action, s.detail.as_deref().unwrap_or(""))
+            })
+            .collect(),
+        root_cause: r.root_cause.clone(),
+        error: finished.and_then(|f| f.error.clone()),
+        approval_id: r.started.approval_id.clone(),
+        approved_by: r.started.approval_id.as_ref().and_then(|id| {
+            let c = state.closed_approval(id)?;
+            match c.closed.how {
+                Closed::Auto => Some("auto (consider_auto_after)".to_string()),
+                _ => c.closed.by.clone(),
             }
-        })
-        .collect()
+        }),
+        timings: r.timings(),
+    }
 }
 
 /// Records a root cause for rollback `id` in the journal in `dir`; an unknown id is an error

@@ -269,6 +269,18 @@ impl Evaluator {
         self.rules.iter().enumerate().map(|(i, r)| (r, self.states[i], self.values[i]))
     }
 
+    /// Per signal, the rules comparing it with a constant: `(rule, comparison, constant)`, in
+    /// rule order (what the status page and the plots draw as thresholds).
+    pub fn thresholds_by_signal(&self) -> BTreeMap<String, Vec<(String, crate::expr::Cmp, f64)>> {
+        let mut out: BTreeMap<String, Vec<(String, crate::expr::Cmp, f64)>> = BTreeMap::new();
+        for r in &self.rules {
+            for t in &r.thresholds {
+                out.entry(t.signal.clone()).or_default().push((r.name.clone(), t.cmp, t.value));
+            }
+        }
+        out
+    }
+
     /// Current signal values (no data as `None`).
     pub fn signal_values(&self) -> Vec<(&str, Option<f64>)> {
         self.signals

@@ -105,6 +105,15 @@ impl Snapshot {
             targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
     }
 
+    /// The thresholds of `ev`'s rules (at start and after a reload: they change with the profiles).
+    pub fn watch_thresholds(&mut self, ev: &Evaluator) {
+        self.thresholds = ev
+            .thresholds_by_signal()
+            .into_iter()
+            .map(|(signal, list)| (signal, list.into_iter().map(|(rule, cmp, v)| (rule, cmp.to_string(), v)).collect()))
+            .collect();
+    }
+
     /// One poll's outcome on its target's row.
     pub fn record_poll(&mut self, obs: &Observation) {
         let Some(t) = self.targets.iter_mut().find(|t| t.name == obs.target) else { return };
@@ -156,12 +165,6 @@ impl Snapshot {
             history.push_back(value.filter(|v| v.is_finite()));
             if history.len() > SIGNAL_HISTORY {
                 history.pop_front();
-            }
-        }
-        self.thresholds.clear();
-        for r in &ev.rules {
-            for t in &r.thresholds {
-                self.thresholds.entry(t.signal.clone()).or_default().push((r.name.clone(), t.cmp.to_string(), t.value));
             }
         }
         self.rules = ev

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use super::Snapshot;
 use crate::act::procedure::StepState;
-use crate::template::{Unit, show};
+use crate::template::{Unit, html as esc, show};
 use crate::time::{Span, Timestamp, human, iso};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 12px 24px;max-width:980px;color:#222}\
@@ -265,8 +265,4 @@ fn sparkline(values: &[Option<f64>], thresholds: &[(String, String, f64)]) -> St
 /// How long ago `then` was at `now`, for people.
 fn ago(now: Timestamp, then: Timestamp) -> String {
     human(Span(now.0.saturating_sub(then.0).max(0)))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

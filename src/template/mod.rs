@@ -21,6 +21,8 @@ pub enum Escape {
     Json,
     /// A URL component (percent-encoded).
     Url,
+    /// HTML text or an attribute value (`&`, `<`, `>`, `"`): the status page, the plots.
+    Html,
 }
 
 /// A placeholder the template names but the values lack, or an unclosed one.
@@ -71,15 +73,23 @@ pub fn render(text: &str, vars: &Vars, escape: Escape) -> Result<String, Templat
     Ok(out)
 }
 
+/// `text` escaped for HTML (and SVG): text or a quoted attribute value.
+pub fn html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    escape_into(&mut out, text, Escape::Html);
+    out
+}
+
 fn escape_into(out: &mut String, value: &str, escape: Escape) {
     match escape {
         Escape::None => out.push_str(value),
-        Escape::Slack => {
+        Escape::Slack | Escape::Html => {
             for c in value.chars() {
                 match c {
                     '&' => out.push_str("&amp;"),
                     '<' => out.push_str("&lt;"),
                     '>' => out.push_str("&gt;"),
+                    '"' if escape == Escape::Html => out.push_str("&quot;"),
                     c => out.push(c),
                 }
             }
