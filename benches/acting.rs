@@ -76,7 +76,8 @@ fn dispatcher(c: &mut Criterion) {
         redactor: Default::default(),
         config_path: "rollwatch.toml".into(),
     };
-    let (mut d, _done) = Dispatcher::new(acting, notifier, shared, client, clock, &[]).unwrap();
+    let ledger = rollwatch::act::ledger::Ledger::local(shared);
+    let (mut d, _done) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();
     let decisions: Vec<Decision> = names
         .iter()
         .map(|p| Decision {

@@ -22,9 +22,11 @@ use tokio::time::MissedTickBehavior;
 use crate::act::action::Action;
 use crate::act::deployment::Deployment;
 use crate::act::event::Event;
+use crate::act::ledger::{Ledger, RecordError};
 use crate::act::steps::Procedures;
 use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
+use crate::coord::Coordinator;
 use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::notify::{Channel, Console, Notifier};
 use crate::rules::{Evaluator, Tick};
@@ -47,6 +49,10 @@ pub enum EngineError {
     Client(#[from] SourceError),
     #[error("{0}")]
     Config(crate::diag::Diagnostics),
+    #[error(transparent)]
+    Record(#[from] crate::act::ledger::RecordError),
+    #[error("[ha]: {0}")]
+    Coordinator(#[from] crate::coord::etcd::EtcdError),
 }
 
 /// How long a stop waits for a running rollback's steps (Kubernetes' default grace is 30 s).
@@ -121,6 +127,7 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
             Some(done) = engine.procedures.recv() => engine.on_procedure_done(done),
             Some((command, reply)) = engine.commands.recv() => engine.on_command(command, reply),
             Some(()) = engine.reload.recv() => engine.on_reload(),
+            Some(update) = engine.coord_updates.recv() => engine.on_coord(update),
             _ = shutdown.changed() => break,
         }
     }
@@ -188,6 +195,11 @@ struct Engine {
     procedures: mpsc::UnboundedReceiver<crate::act::procedure::ProcedureDone>,
     commands: mpsc::Receiver<CommandRequest>,
     reload: mpsc::Receiver<()>,
+    /// With `[ha]`: the coordinator, its news, its task and how to stop it.
+    coord: Option<Arc<Coordinator>>,
+    coord_updates: mpsc::Receiver<crate::coord::Update>,
+    coord_task: Option<tokio::task::JoinHandle<()>>,
+    stop_coord: watch::Sender<bool>,
     _lock: crate::journal::StateLock,
 }
 
@@ -229,12 +241,31 @@ impl Engine {
         let client = http_client()?;
         let plans = Plan::build(&ev, &procedures);
         let (acting, notifier) = acting_parts(&config, plans, &env, &client, &console, &journal, &clock)?;
+        // With [ha], acting events go to the shared log in etcd first (fenced by leadership).
+        let coord = match &config.ha {
+            Some(spec) => {
+                let compactor: crate::coord::Compactor = Box::new(crate::act::ledger::compact_shared);
+                Some(Arc::new(Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?))
+            }
+            None => None,
+        };
+        let ledger = match &coord {
+            Some(c) => Ledger::shared(journal.clone(), c.clone(), &history),
+            None => Ledger::local(journal.clone()),
+        };
+        let (stop_coord, coord_stopped) = watch::channel(false);
+        let (coord_tx, coord_updates) = mpsc::channel(64);
+        let coord_task = coord.as_ref().map(|c| {
+            tracing::info!(replica = %c.me().replica, address = %c.me().address, "electing on etcd");
+            tokio::spawn(c.clone().run(coord_tx, coord_stopped))
+        });
         let (mut dispatcher, procedures) =
-            Dispatcher::new(acting, notifier, journal.clone(), client.clone(), clock.clone(), &history)?;
+            Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;
         sync_evidence(&mut dispatcher, &mut ev);
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
-        let mut snapshot = Snapshot::default();
+        let mut snapshot =
+            Snapshot { leader: dispatcher.leads(), ha: coord.as_ref().map(|c| c.status()), ..Snapshot::default() };
         snapshot.watch_targets(&targets);
         snapshot.watch_thresholds(&ev);
         let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
@@ -245,7 +276,8 @@ impl Engine {
         let server = listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
-            let shared = Shared { status: status_rx, alerts: alerts_tx, commands: commands_tx, token };
+            let forward = coord.clone().map(|coord| server::Forward { coord, client: client.clone() });
+            let shared = Shared { status: status_rx, alerts: alerts_tx, commands: commands_tx, token, forward };
             let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
             tokio::spawn(server::serve(listener, shared, server_stopped, limits, refused.clone()))
         });
@@ -282,6 +314,10 @@ impl Engine {
             procedures,
             commands,
             reload,
+            coord,
+            coord_updates,
+            coord_task,
+            stop_coord,
             _lock: lock,
         })
     }
@@ -406,11 +442,23 @@ impl Engine {
         }
     }
 
-    /// After the dispatcher ran: a journal failure stops acting (never watching), and the
-    /// evaluator's evidence follows the dispatcher's deploys and restore points.
-    fn after_acting(&mut self, result: Result<(), JournalError>) {
-        if let Err(e) = result {
-            self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
+    /// The coordinator's news (leading, following, the leader's log, etcd trouble).
+    fn on_coord(&mut self, update: crate::coord::Update) {
+        let result = off_runtime(|| self.dispatcher.on_coord(update));
+        self.after_acting(result);
+        self.publish();
+    }
+
+    /// After the dispatcher ran: a journal failure stops acting (never watching), a write the
+    /// shared log refused ends this replica's leadership, and the evaluator's evidence follows
+    /// the dispatcher's deploys and restore points.
+    fn after_acting(&mut self, result: Result<(), RecordError>) {
+        match result {
+            Ok(()) => {}
+            Err(RecordError::Journal(e)) => {
+                self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
+            }
+            Err(RecordError::Shared(e)) => self.dispatcher.stand_down(&e.to_string()),
         }
         // A deploy seen while recording is the fixture's `[[deploy]]`: its replay restarts the
         // evidence there too.
@@ -422,6 +470,8 @@ impl Engine {
             r.deploy(deployed.0, &deployed.1);
         }
         self.snapshot.acting = self.dispatcher.status();
+        self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
+        self.snapshot.leader = self.dispatcher.leads() && self.coord.as_ref().is_none_or(|c| c.leading());
     }
 
     /// Sends the snapshot to `/status` and `/metrics`.
@@ -451,6 +501,11 @@ impl Engine {
             let _ = server.await;
         }
         self.dispatcher.stop(std::time::Duration::from_secs(3)).await;
+        // Last: the lease is revoked, so another replica leads at once.
+        let _ = self.stop_coord.send(true);
+        if let Some(task) = self.coord_task.take() {
+            let _ = task.await;
+        }
         let in_flight = self.dispatcher.status().in_flight.map(|f| f.rollback_id);
         if let Some(id) = &in_flight {
             tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
@@ -527,12 +582,12 @@ fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) -> Option<crat
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).
 fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
     let loaded = crate::act::deployment::load(&config.path)?;
-    if loaded.config.ha.is_some() {
-        return Err(crate::diag::Diagnostic::file(&config.path, crate::config::deploy::NO_HA_YET).into());
-    }
     let targets = loaded.config.targets(|var| env(var))?;
-    if loaded.config.state_dir != config.state_dir || loaded.config.listen != config.listen {
-        tracing::warn!("state_dir and listen changes take effect at the next restart");
+    if loaded.config.state_dir != config.state_dir
+        || loaded.config.listen != config.listen
+        || loaded.config.ha != config.ha
+    {
+        tracing::warn!("state_dir, listen and [ha] changes take effect at the next restart");
     }
     Ok((loaded, targets))
 }

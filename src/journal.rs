@@ -399,6 +399,13 @@ impl SharedJournal {
         self.settle(rx.await.ok())
     }
 
+    /// Appends one whole line (already carrying its `at` and `event`) and waits until it is
+    /// durable: a copy of a line recorded elsewhere (the shared log of replicas).
+    pub fn append_line(&self, line: &serde_json::Value) -> Result<(), JournalError> {
+        let line = serde_json::to_vec(line).map_err(|e| self.error(io::Error::other(e)))?;
+        self.durable(line)
+    }
+
     /// Appends one event under the name `event` and waits until it is durable.
     pub fn append<T: Serialize>(&self, at: Timestamp, event: &str, data: &T) -> Result<(), JournalError> {
         let line = serde_json::to_vec(&Line { at, event, data }).map_err(|e| self.error(io::Error::other(e)))?;

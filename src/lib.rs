@@ -24,6 +24,7 @@
 //! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).
 //! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick.
 //! - [`notify`]: notification channels (console, webhook, Slack, email), retries, fallback.
+//! - [`coord`]: high availability — the leader election on etcd, fenced writes, the shared log.
 //! - [`act`]: acting on decisions — a loaded deployment, actions, the dispatcher, history.
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
@@ -38,6 +39,7 @@
 pub mod act;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod demo;
 pub mod diag;
 pub mod engine;
@@ -57,8 +59,7 @@ pub mod time;
 pub mod window;
 
 /// The layer order, leaves first: a module may use only modules of earlier entries; the
-/// modules of one entry do not use each other. `coord` (the HA coordinator) has its place
-/// before it exists.
+/// modules of one entry do not use each other.
 pub const LAYERS: &[&[&str]] = &[
     &["time"],
     &["selector"],

@@ -4,7 +4,8 @@
 //! `POST /approve/{id}[?by=]`, `/reject/{id}?reason=[&by=]`, `/pause[?for=D]`, `/resume`,
 //! `/silence/{rule}?for=D`, `/unsilence/{rule}` and `/versions/{version}/mark?state=good|bad&reason=`
 //! are commands to the dispatcher. A bearer token
-//! protects every POST when configured (and `run` refuses to listen beyond loopback without one):
+//! protects every POST when configured. Among replicas (`[ha]`) a POST to a replica that
+//! does not lead is sent on to the leader ([`to_leader`]). The token (and `run` refuses to listen beyond loopback without one):
 //! a forged alert or approval must not roll back production.
 
 use std::sync::Arc;
@@ -29,7 +30,22 @@ pub struct Shared {
     pub alerts: mpsc::Sender<Vec<AlertUpdate>>,
     pub commands: mpsc::Sender<CommandRequest>,
     pub token: Option<Secret>,
+    /// With `[ha]`: requests that change state are sent on to the leader.
+    pub forward: Option<Forward>,
 }
+
+/// How a replica that does not lead sends commands and hooks on to the one that does.
+#[derive(Clone)]
+pub struct Forward {
+    pub coord: Arc<crate::coord::Coordinator>,
+    pub client: reqwest::Client,
+}
+
+/// Marks a request one replica sent on to another (it is not sent on again).
+pub const FORWARDED_BY: &str = "x-rollwatch-forwarded-by";
+
+/// The largest body a replica sends on (axum's own limit for the hooks).
+const FORWARD_LIMIT: usize = 2 * 1024 * 1024;
 
 /// The routes.
 pub fn router(shared: Shared) -> Router {
@@ -46,7 +62,76 @@ pub fn router(shared: Shared) -> Router {
         .route("/resume", post(resume))
         .route("/silence/{rule}", post(silence))
         .route("/unsilence/{rule}", post(unsilence))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), to_leader))
         .with_state(shared)
+}
+
+/// Among replicas, a request that changes state (a command, a deploy, alerts) goes to the
+/// leader, whichever replica it reached (behind a Service it reaches any): a follower checks
+/// it as it would its own, sends it on once and answers with the leader's reply — a command is
+/// applied once, by the replica that acts. Alerts are also applied where they arrive (every
+/// replica watches). Without a leader (an election under way, etcd down): 503, try again.
+async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(f) = s.forward.clone() else { return next.run(req).await };
+    if req.method() != axum::http::Method::POST || f.coord.leading() {
+        return next.run(req).await;
+    }
+    if let Some(denied) = unauthorized(&s, req.headers()) {
+        return denied;
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let alerts = req.uri().path() == "/hooks/alertmanager";
+    let status = f.coord.status();
+    if req.headers().contains_key(FORWARDED_BY) {
+        if alerts {
+            return next.run(req).await;
+        }
+        let text = format!("replica {} does not lead either (the leader is changing): try again\n", status.replica);
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORWARD_LIMIT).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response();
+    };
+    let local = || next.run(axum::extract::Request::from_parts(parts.clone(), axum::body::Body::from(bytes.clone())));
+    let leader = status.leader.clone().filter(|l| l.replica != status.replica);
+    let Some(leader) = leader else {
+        if alerts {
+            let _ = local().await;
+        }
+        let why = status.error.map(|e| format!(" ({e})")).unwrap_or_default();
+        let text = format!("no replica leads now{why}: nothing done, try again\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    };
+    let mut request = f
+        .client
+        .post(format!("{}{path}", leader.address.trim_end_matches('/')))
+        .header(FORWARDED_BY, status.replica.clone())
+        .timeout(std::time::Duration::from_secs(30))
+        .body(bytes.clone());
+    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+        if let Some(v) = parts.headers.get(&name) {
+            request = request.header(name, v);
+        }
+    }
+    let forwarded = request.send().await;
+    if alerts {
+        let _ = local().await;
+    }
+    match forwarded {
+        Ok(r) => {
+            let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let text = r.text().await.unwrap_or_default();
+            (code, [("x-rollwatch-leader", leader.replica)], text).into_response()
+        }
+        Err(e) => {
+            let text = format!(
+                "the leader {} at {} did not answer ({e}): nothing done, try again\n",
+                leader.replica, leader.address
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+        }
+    }
 }
 
 /// How much of rollwatch the own server may use: connections beyond the cap are closed at once

@@ -221,6 +221,23 @@ impl Stopwatch {
     pub fn elapsed_secs(&self) -> f64 {
         self.0.elapsed().as_secs_f64()
     }
+
+    /// The moment `after` this stopwatch started, on the same monotonic clock.
+    pub fn deadline(&self, after: std::time::Duration) -> Deadline {
+        Deadline(self.0 + after)
+    }
+}
+
+/// A moment on this process's monotonic clock (a lease's safe end): it keeps running while
+/// the process is stopped, so a replica resumed after SIGSTOP sees its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(std::time::Instant);
+
+impl Deadline {
+    #[allow(clippy::disallowed_methods)]
+    pub fn passed(&self) -> bool {
+        std::time::Instant::now() >= self.0
+    }
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@
 use super::dispatch::Dispatcher;
 use super::event::*;
 use super::gate::Start;
+use super::ledger::RecordError;
 use super::steps::Step;
 use super::vars;
-use crate::journal::JournalError;
 use crate::rules::{Decision, Outcome};
 use crate::time::Timestamp;
 
 impl Dispatcher {
     /// Opens an approval for `d` about the deployed version, once; acts by itself after the
     /// profile's `consider_auto_after` when set (in auto mode).
-    pub(super) fn ask(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+    pub(super) fn ask(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         if let Some(f) = &self.in_flight {
             let reason = format!("rollback {} of {} is in flight", f.rollback_id, f.profile);
             return self.suppress(now, &d.profile, d.outcome, &d.explanation(), reason);
@@ -76,7 +76,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    pub(super) fn expire_approvals(&mut self, now: Timestamp) -> Result<(), JournalError> {
+    pub(super) fn expire_approvals(&mut self, now: Timestamp) -> Result<(), RecordError> {
         let expired: Vec<String> = self
             .state
             .approvals
@@ -93,7 +93,7 @@ impl Dispatcher {
 
     /// Approvals of a profile that has decided `monitor` for `verify_stable` close as cleared
     /// (and a rejection of its decision is forgotten).
-    pub(super) fn clear_approvals(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+    pub(super) fn clear_approvals(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
         let stable = self.acting.policy.verify_stable;
         for d in decisions {
             if d.outcome != Outcome::Monitor {
@@ -121,7 +121,7 @@ impl Dispatcher {
     }
 
     /// A deploy of `to` closes every approval opened for another version.
-    pub(super) fn supersede_approvals(&mut self, now: Timestamp, to: &str) -> Result<(), JournalError> {
+    pub(super) fn supersede_approvals(&mut self, now: Timestamp, to: &str) -> Result<(), RecordError> {
         let superseded: Vec<String> = self
             .state
             .approvals
@@ -143,7 +143,7 @@ impl Dispatcher {
         how: Closed,
         by: Option<String>,
         reason: Option<String>,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), RecordError> {
         self.record(now, Event::ApprovalClosed(ApprovalClosed { approval_id, how, by, reason }))
     }
 }

@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 use super::dispatch::Dispatcher;
 use super::event::*;
 use super::gate::Start;
-use crate::journal::JournalError;
+use super::ledger::RecordError;
 use crate::time::{Span, iso};
 
 /// A request from the API or the command line.
@@ -52,8 +52,12 @@ pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
 
 impl Dispatcher {
     /// Carries out a command; `Ok(Err(why))` when it was refused.
-    pub fn command(&mut self, cmd: Command) -> Result<Result<String, String>, JournalError> {
+    pub fn command(&mut self, cmd: Command) -> Result<Result<String, String>, RecordError> {
         let now = self.clock.now();
+        if !self.leads() {
+            let why = self.standby.clone().unwrap_or_default();
+            return Ok(Err(format!("not done here: this replica is {why}")));
+        }
         match cmd {
             Command::Approve { id, by } => {
                 let Some((_, a)) = self.state.approvals.get(&id).cloned() else {

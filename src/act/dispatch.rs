@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::action::Action;
 use super::event::*;
 use super::gate::{self, Start};
+use super::ledger::{Ledger, RecordError};
 use super::procedure::ProcedureDone;
 use super::rollback::describe;
 pub use super::rollback::{InFlight, Phase};
@@ -28,7 +29,6 @@ use super::state::{Rollback, State};
 use super::steps::Procedures;
 use super::versions::Bake;
 use crate::config::policy::{Mode, Policy};
-use crate::journal::{JournalError, SharedJournal};
 use crate::notify::Notifier;
 use crate::rules::{Decision, Evaluator, Outcome, Transition};
 use crate::time::{Clock, Span, Timestamp};
@@ -104,6 +104,8 @@ pub struct ActingStatus {
     /// Journal records (decisions, transitions, notification results) dropped because the
     /// journal writer fell behind; acting events are never dropped, they wait.
     pub journal_dropped: u64,
+    /// Why this replica does not act, when replicas coordinate and it does not lead.
+    pub standby: Option<String>,
     /// Every rollback in the journal: its profile and how long its phases took.
     pub timings: Vec<(String, super::state::Timings)>,
     /// Per open approval, the exact commands that grant and reject it.
@@ -135,7 +137,7 @@ pub struct Restart {
 pub struct Dispatcher {
     pub(super) acting: Acting,
     pub(super) notifier: Notifier,
-    pub(super) journal: SharedJournal,
+    pub(super) ledger: Ledger,
     pub(super) client: reqwest::Client,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) state: State,
@@ -169,6 +171,13 @@ pub struct Dispatcher {
     /// Per profile, since when a rule has been pending or firing (until it decides `monitor`
     /// with none): where an incident's recovery time starts.
     pub(super) issue_since: BTreeMap<String, Timestamp>,
+    /// The leadership term this replica acts under (replicas on etcd); `None` while it does not
+    /// lead. Alone, always `None` and unused.
+    pub(super) term: Option<crate::coord::Term>,
+    /// Why this replica does not act (a follower, etcd unreachable), with replicas.
+    pub(super) standby: Option<String>,
+    /// Since when etcd cannot be reached, and when that was last told on the channels.
+    pub(super) coord_down: Option<(Timestamp, Timestamp)>,
 }
 
 impl Dispatcher {
@@ -177,11 +186,11 @@ impl Dispatcher {
     pub fn new(
         acting: Acting,
         notifier: Notifier,
-        journal: SharedJournal,
+        ledger: Ledger,
         client: reqwest::Client,
         clock: Arc<dyn Clock>,
         lines: &[serde_json::Value],
-    ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>), JournalError> {
+    ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>), RecordError> {
         // A small clock skew is fine; a line dated beyond it is reported and ignored.
         let latest = clock.now().plus(Span::from_secs(5 * 60));
         let (state, errors) = State::restore_before(lines, latest);
@@ -199,7 +208,8 @@ impl Dispatcher {
         let mut d = Dispatcher {
             acting,
             notifier,
-            journal,
+            standby: ledger.is_shared().then(|| "waiting for the election on etcd".to_string()),
+            ledger,
             client,
             clock,
             state,
@@ -220,10 +230,17 @@ impl Dispatcher {
             journal_down: None,
             journal_told: BTreeSet::new(),
             issue_since: BTreeMap::new(),
+            term: None,
+            coord_down: None,
         };
+        if d.ledger.is_shared() {
+            // The leader's rollbacks are its own: this replica reports one interrupted only
+            // once it leads (and has read the shared log).
+            return Ok((d, done_rx));
+        }
         let unfinished: Vec<Rollback> = d.state.unfinished().cloned().collect();
         for r in unfinished {
-            if let Err(e) = d.interrupted(r) {
+            if let Err(e) = d.interrupted(r, "a restart") {
                 // A full disk at start: keep watching, act once the journal takes writes again.
                 d.journal_failed(d.clock.now(), &crate::error_chain(&e));
                 break;
@@ -271,11 +288,11 @@ impl Dispatcher {
     pub fn note_tick(&self, transitions: &[Transition], changed: &[&Decision]) {
         for t in transitions {
             tracing::info!(rule = %t.rule, from = %t.from, to = %t.to, value = ?t.value, "rule state changed");
-            self.journal.note_dated("transition", t);
+            self.ledger.journal().note_dated("transition", t);
         }
         for d in changed {
             tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
-            self.journal.note_dated("decision", d);
+            self.ledger.journal().note_dated("decision", d);
         }
     }
 
@@ -300,8 +317,8 @@ impl Dispatcher {
     }
 
     /// Journals an event, then applies it to the state: nothing counts before it is durable.
-    pub(super) fn record(&mut self, at: Timestamp, event: Event) -> Result<(), JournalError> {
-        self.journal.append_event(at, &event)?;
+    pub(super) fn record(&mut self, at: Timestamp, event: Event) -> Result<(), RecordError> {
+        self.ledger.append_event(at, &event, self.term)?;
         if let Err(e) = self.state.apply(at, &event) {
             tracing::error!(event = %event.name(), error = %e, "journalled event not applied");
         }
@@ -336,10 +353,10 @@ impl Dispatcher {
     }
 
     /// While the journal is down, tries one write; true once it is writable again.
-    fn journal_writable(&mut self, now: Timestamp) -> Result<bool, JournalError> {
+    fn journal_writable(&mut self, now: Timestamp) -> Result<bool, RecordError> {
         let Some((since, error)) = self.journal_down.clone() else { return Ok(true) };
         let probe = Event::JournalRecovered(JournalRecovered { down_since: since, error });
-        if self.journal.append_event(now, &probe).is_err() {
+        if self.ledger.append_event(now, &probe, self.term).is_err() {
             return Ok(false);
         }
         self.journal_down = None;
@@ -356,13 +373,18 @@ impl Dispatcher {
     /// One tick: expiries, verification, approvals clearing, blindness, baking, then each decision.
     /// While the journal cannot be written, nothing of that runs; a rollback decision is told
     /// on every channel as held back, once per profile.
-    pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+    pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
         if !self.journal_writable(now)? {
             for d in decisions.iter().filter(|d| d.outcome == Outcome::Rollback) {
                 if self.journal_told.insert(d.profile.clone()) {
                     self.announce_suppressed(&d.profile, "journal unwritable: not acting", &d.explanation());
                 }
             }
+            return Ok(());
+        }
+        if !self.leads() {
+            // A follower watches; the leader acts (and journals its acts into the shared log).
+            self.remind_coord(now);
             return Ok(());
         }
         self.expire(now)?;
@@ -389,7 +411,11 @@ impl Dispatcher {
     /// deployed is a deploy (the first reading after start, when it differs from the journal,
     /// is a deploy at first sight); a new version seen after a rollback's steps is its restore
     /// point. An unreadable version is not a change (the caller passes nothing).
-    pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), JournalError> {
+    pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), RecordError> {
+        if !self.leads() {
+            self.observed = Some(version.to_string());
+            return Ok(());
+        }
         let first = self.observed.is_none();
         let changed = self.observed.as_deref() != Some(version);
         self.observed = Some(version.to_string());
@@ -411,7 +437,7 @@ impl Dispatcher {
 
     /// `to` is deployed now (seen by the version source, or reported). Returns whether it was
     /// a change.
-    pub(super) fn deployed(&mut self, now: Timestamp, to: &str, source: DeploySource) -> Result<bool, JournalError> {
+    pub(super) fn deployed(&mut self, now: Timestamp, to: &str, source: DeploySource) -> Result<bool, RecordError> {
         let from = self.state.versions.current.clone();
         if from.as_deref() == Some(to) {
             return Ok(false);
@@ -430,7 +456,7 @@ impl Dispatcher {
         Ok(true)
     }
 
-    fn expire(&mut self, now: Timestamp) -> Result<(), JournalError> {
+    fn expire(&mut self, now: Timestamp) -> Result<(), RecordError> {
         if self.state.paused_until.is_some_and(|until| until <= now) {
             tracing::info!("pause expired; acting again");
             self.record(now, Event::Resumed(Resumed { expired: true }))?;
@@ -444,7 +470,7 @@ impl Dispatcher {
     }
 
     /// The deployed version becomes good once it has run clean for `bake`.
-    fn watch_bake(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+    fn watch_bake(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
         if self.in_flight.is_some() {
             self.bake.restart();
             return Ok(());
@@ -464,7 +490,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn decide(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+    fn decide(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         if d.outcome == Outcome::Monitor {
             self.suppressed.remove(&d.profile);
             self.predates_told.remove(&d.profile);
@@ -493,7 +519,7 @@ impl Dispatcher {
         Start::from_decision(d, self.state.versions.current.clone(), level_label)
     }
 
-    fn dry_run(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+    fn dry_run(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         let key = format!("{}:{}", gate::key(&d.profile, self.state.versions.current.as_deref()), d.outcome);
         if self.dry_runs.contains(&key) {
             return Ok(());
@@ -524,7 +550,7 @@ impl Dispatcher {
         outcome: Outcome,
         explanation: &str,
         reason: String,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), RecordError> {
         if self.suppressed.get(profile) == Some(&reason) {
             return Ok(());
         }
@@ -566,7 +592,8 @@ impl Dispatcher {
             rollbacks,
             escalations_total: self.escalations,
             journal_error: self.journal_error().map(str::to_string),
-            journal_dropped: self.journal.dropped(),
+            journal_dropped: self.ledger.journal().dropped(),
+            standby: self.standby.clone(),
             timings: self.state.rollbacks.iter().map(|r| (r.started.profile.clone(), r.timings())).collect(),
             version: self.state.versions.current.clone(),
             deployed_at: self.state.versions.deployed_at,

@@ -4,8 +4,8 @@
 
 use super::dispatch::Dispatcher;
 use super::event::*;
+use super::ledger::RecordError;
 use super::vars;
-use crate::journal::JournalError;
 use crate::rules::Decision;
 use crate::template::Vars;
 use crate::template::messages::blank_vars;
@@ -23,7 +23,7 @@ impl Dispatcher {
         profile: &str,
         rollback_id: Option<&str>,
         mut vars: Vars,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), RecordError> {
         self.escalations += 1;
         tracing::error!(%severity, finding, profile, "escalation");
         let e = Escalation {
@@ -46,7 +46,7 @@ impl Dispatcher {
     }
 
     /// Every rule of the profile unknown for longer than `blind_after` is told once per spell.
-    pub(super) fn watch_blindness(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+    pub(super) fn watch_blindness(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         let Some(plan) = self.acting.plans.get(&d.profile) else { return Ok(()) };
         let blind = !plan.rules.is_empty() && d.unknown.len() == plan.rules.len();
         if !blind {
@@ -74,7 +74,7 @@ impl Dispatcher {
 
     /// An incident older than the deploy: rolling the new version back would not fix it.
     /// Escalated S2 once, until its rules are seen quiet.
-    pub(super) fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), JournalError> {
+    pub(super) fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         if !self.predates_told.insert(d.profile.clone()) {
             return Ok(());
         }

@@ -4,7 +4,9 @@
 //! baking, the rollback target), [`gate`] whether a rollback may start (pure), [`procedure`] runs
 //! one rollback's steps, [`verify`] decides whether it worked (pure), [`approvals`] and
 //! [`commands`] answer people, [`vars`] fills messages, [`rollback`] carries one rollback from
-//! start to end, [`escalate`] tells people what went wrong, [`dispatch`] routes, and [`history`]
+//! start to end, [`escalate`] tells people what went wrong, [`dispatch`] routes, [`ledger`]
+//! records (fenced by the leadership when replicas share a log in etcd), [`standby`] leads or
+//! follows among replicas, and [`history`]
 //! reads rollbacks back.
 
 pub mod action;
@@ -16,9 +18,11 @@ pub mod escalate;
 pub mod event;
 pub mod gate;
 pub mod history;
+pub mod ledger;
 pub mod procedure;
 pub mod report;
 pub mod rollback;
+pub mod standby;
 pub mod state;
 pub mod steps;
 pub mod vars;

@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use super::action::Action;
 use super::event::{Event, Role, StepEvent};
 use super::steps::Step;
-use crate::journal::SharedJournal;
 use crate::notify::Notifier;
 use crate::template::Vars;
 use crate::time::Clock;
@@ -97,7 +96,10 @@ pub struct Procedure {
     /// Applied to each action's output and detail before they are journalled or logged.
     pub redactor: crate::secret::Redactor,
     pub notifier: Notifier,
-    pub journal: SharedJournal,
+    pub ledger: super::ledger::Ledger,
+    /// The leadership term the rollback started under (replicas): a step is recorded, and so
+    /// run, only while that term lasts.
+    pub term: Option<crate::coord::Term>,
     pub client: reqwest::Client,
     pub clock: Arc<dyn Clock>,
     pub progress: Progress,
@@ -159,8 +161,8 @@ impl Procedure {
             output: None,
             duration_ms: None,
         };
-        self.journal
-            .append_event_async(self.clock.now(), &Event::StepStarted(event.clone()))
+        self.ledger
+            .append_event_async(self.clock.now(), &Event::StepStarted(event.clone()), self.term)
             .await
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(rollback = %self.rollback_id, step, action = name, %role, "step started");
@@ -172,8 +174,8 @@ impl Procedure {
         event.output = Some(result.output.clone());
         event.duration_ms = Some(result.duration_ms);
         let at = self.clock.now();
-        self.journal
-            .append_event_async(at, &Event::StepFinished(event.clone()))
+        self.ledger
+            .append_event_async(at, &Event::StepFinished(event.clone()), self.term)
             .await
             .map_err(|e| fail(e.to_string()))?;
         self.finished.lock().unwrap_or_else(|p| p.into_inner()).push((at, event.clone()));

@@ -8,12 +8,12 @@ use serde::Serialize;
 use super::dispatch::{Dispatcher, Restart};
 use super::event::*;
 use super::gate::{self, Gate, Start};
+use super::ledger::RecordError;
 use super::procedure::{Procedure, ProcedureDone};
 use super::state::Rollback;
 use super::steps::Step;
 use super::vars;
 use super::verify::{Verdict, Verification, rules_to_verify};
-use crate::journal::JournalError;
 use crate::rules::{Decision, Outcome};
 use crate::template::Vars;
 use crate::template::messages::blank_vars;
@@ -67,7 +67,8 @@ pub struct InFlight {
 
 impl Dispatcher {
     /// A rollback found started but unfinished: reported S1, never re-run.
-    pub(super) fn interrupted(&mut self, r: Rollback) -> Result<(), JournalError> {
+    /// `by` says what interrupted it (`a restart`, `a change of leader`).
+    pub(super) fn interrupted(&mut self, r: Rollback, by: &str) -> Result<(), RecordError> {
         let now = self.clock.now();
         let open: Vec<String> =
             r.open_steps.iter().map(|(n, action, role)| format!("step {n} {role} {action:?}")).collect();
@@ -79,7 +80,7 @@ impl Dispatcher {
         } else {
             format!("during {} (started, not finished)", open.join(", "))
         };
-        let error = format!("interrupted by a restart {last}; not re-run");
+        let error = format!("interrupted by {by} {last}; not re-run");
         self.record(
             now,
             Event::RollbackFinished(RollbackFinished {
@@ -98,7 +99,7 @@ impl Dispatcher {
     }
 
     /// Verification and the slow-rollback check of the rollback in flight.
-    pub(super) fn verify_in_flight(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), JournalError> {
+    pub(super) fn verify_in_flight(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
         let Some(f) = &mut self.in_flight else { return Ok(()) };
         let slow = self.acting.policy.slow_rollback;
         if !f.slow_escalated && now.saturating_since(f.started_at) > slow {
@@ -133,7 +134,7 @@ impl Dispatcher {
         }
     }
 
-    pub(super) fn complete(&mut self, now: Timestamp) -> Result<(), JournalError> {
+    pub(super) fn complete(&mut self, now: Timestamp) -> Result<(), RecordError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
         let version_to = f.verification.as_ref().and_then(Verification::observed_after);
@@ -167,7 +168,7 @@ impl Dispatcher {
         now: Timestamp,
         result: RollbackResult,
         finding: String,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), RecordError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
         f.vars.insert("duration".into(), human(duration));
@@ -187,7 +188,7 @@ impl Dispatcher {
     }
 
     /// The procedure task ended.
-    pub fn on_done(&mut self, done: ProcedureDone) -> Result<(), JournalError> {
+    pub fn on_done(&mut self, done: ProcedureDone) -> Result<(), RecordError> {
         let now = self.clock.now();
         let Some(f) = &mut self.in_flight else { return Ok(()) };
         if f.rollback_id != done.rollback_id {
@@ -253,7 +254,7 @@ impl Dispatcher {
         now: Timestamp,
         s: Start,
         approval: Option<(String, Closed, Option<String>)>,
-    ) -> Result<Result<String, String>, JournalError> {
+    ) -> Result<Result<String, String>, RecordError> {
         if let Some((_, error)) = &self.journal_down {
             return Ok(Err(format!("journal unwritable: not acting ({error})")));
         }
@@ -325,7 +326,8 @@ impl Dispatcher {
             actions: self.acting.actions.clone(),
             redactor: self.acting.redactor.clone(),
             notifier: self.notifier.clone(),
-            journal: self.journal.clone(),
+            ledger: self.ledger.clone(),
+            term: self.term,
             client: self.client.clone(),
             clock: self.clock.clone(),
         };

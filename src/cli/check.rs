@@ -50,11 +50,14 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
         }
         Kind::Config => {
             let loaded = crate::act::deployment::from_source(file)?;
-            note = loaded.config.ha.is_some().then_some(crate::config::deploy::NO_HA_YET);
+            note = loaded.config.ha.is_some().then_some(HA_NOTE);
         }
     }
     Ok((kind, note))
 }
+
+/// What `check` says of an `[ha]` section: it is checked, etcd is not contacted.
+const HA_NOTE: &str = "[ha]: replicas elect a leader on etcd at run time (check does not contact etcd)";
 
 pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let files = match toml_files(paths) {

@@ -71,11 +71,9 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
             config.state_dir = dir.clone();
         }
     }
-    if config.ha.is_some() {
-        writeln!(out, "{}: {}", config.path.display(), crate::config::deploy::NO_HA_YET)?;
-        return Ok(ExitCode::FAILURE);
-    }
     if record.is_some() {
+        // A recorder beside the replicas watches alone: it never campaigns for leadership.
+        config.ha = None;
         // Recording watches; the deployment's own sidecar acts. Decisions are journalled as dry runs.
         config.acting.policy.mode = crate::act::Mode::DryRun;
     }

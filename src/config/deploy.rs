@@ -70,11 +70,14 @@ pub struct HaSpec {
     pub key: String,
     pub ttl: Span,
     pub replica: Option<String>,
+    /// Where other replicas reach this one (commands and hooks are forwarded to the leader).
+    pub advertise: Option<String>,
+    /// etcd auth: the env vars holding the user name and the password.
+    pub auth_env: Option<(String, String)>,
+    /// PEM files: the CA to trust for etcd, and a client certificate with its key.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
-
-/// What `check` says of a valid `[ha]` section and why `run` and a reload refuse it.
-pub const NO_HA_YET: &str = "[ha] is checked, but this build cannot run replicas yet (high availability on etcd is \
-     not built): `run` refuses the section; remove it to run this replica alone";
 
 /// The shortest lease `[ha]` accepts: shorter, a busy leader loses it between renewals.
 pub const HA_MIN_TTL: Span = Span(2_000);
@@ -134,7 +137,27 @@ fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> O
     {
         c.err(&r.span(), item, "replica must not be empty (leave it out for host name and pid)");
     }
-    Some(HaSpec { etcd: endpoints, key, ttl, replica })
+    let text = |f: &Option<toml::Spanned<String>>| f.as_ref().map(|v| v.get_ref().clone());
+    let advertise = text(&ha.advertise);
+    if let Some(a) = &ha.advertise {
+        let url = a.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
+            c.err(&a.span(), item, format!("advertise is the URL other replicas reach this one at, such as \"http://10.0.0.5:9464\", not {url:?}"));
+        }
+    }
+    let mut pair = |a: &Option<toml::Spanned<String>>, b: &Option<toml::Spanned<String>>, what: &str| match (a, b) {
+        (Some(a), Some(b)) => Some((a.get_ref().clone(), b.get_ref().clone())),
+        (None, None) => None,
+        (Some(x), None) | (None, Some(x)) => {
+            c.err(&x.span(), item, format!("{what}: give both or neither"));
+            None
+        }
+    };
+    let auth_env = pair(&ha.username_env, &ha.password_env, "username_env and password_env");
+    let client_cert =
+        pair(&ha.cert_file, &ha.key_file, "cert_file and key_file").map(|(c, k)| (PathBuf::from(c), PathBuf::from(k)));
+    let ca_file = text(&ha.ca_file).map(PathBuf::from);
+    Some(HaSpec { etcd: endpoints, key, ttl, replica, advertise, auth_env, ca_file, client_cert })
 }
 
 impl Config {

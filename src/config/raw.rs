@@ -112,6 +112,16 @@ pub struct RawHa {
     pub ttl: Option<Spanned<String>>,
     /// This replica's name (default: host name and pid).
     pub replica: Option<Spanned<String>>,
+    /// The URL other replicas reach this one's endpoints at (default: `http://` + `listen`).
+    pub advertise: Option<Spanned<String>>,
+    /// Env vars holding the etcd user and password (etcd auth), both or neither.
+    pub username_env: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    /// PEM files: the CA that signed etcd's certificate, and this replica's client certificate
+    /// and key (both or neither).
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

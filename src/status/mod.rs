@@ -92,6 +92,10 @@ pub struct Snapshot {
     pub connections_refused: u64,
     /// The dispatcher: mode, rollback in flight, approvals, pause, silences, rollbacks by result.
     pub acting: crate::act::dispatch::ActingStatus,
+    /// Whether this replica may act: alone, always; among replicas (`[ha]`), while it leads.
+    pub leader: bool,
+    /// The coordination among replicas, with `[ha]`: this replica's role and the leader.
+    pub ha: Option<crate::coord::HaStatus>,
 }
 
 fn label(v: &str) -> String {
@@ -351,6 +355,18 @@ impl Snapshot {
             "gauge",
             "0 while the journal cannot be written (rollwatch watches but does not act).",
             vec![format!(" {}", u8::from(a.journal_error.is_none()))],
+        );
+        section(
+            "rollwatch_leader",
+            "gauge",
+            "1 on the replica that may act (the leader among replicas; a replica alone), 0 elsewhere.",
+            vec![format!(" {}", u8::from(self.leader))],
+        );
+        section(
+            "rollwatch_coordinator_reachable",
+            "gauge",
+            "With [ha]: 0 while etcd cannot be reached (no replica acts then); 1 otherwise.",
+            vec![format!(" {}", u8::from(self.ha.as_ref().is_none_or(|h| h.role != crate::coord::Role::Unreachable)))],
         );
         section(
             "rollwatch_journal_dropped_total",

@@ -190,7 +190,8 @@ fn start(
         redactor: rollwatch::secret::Redactor::new(["tok-S3CRET".to_string()]),
         config_path: dir.join("rollwatch.toml"),
     };
-    let (d, done) = Dispatcher::new(acting, notifier, journal, client, clock, &lines).unwrap();
+    let ledger = rollwatch::act::ledger::Ledger::local(journal);
+    let (d, done) = Dispatcher::new(acting, notifier, ledger, client, clock, &lines).unwrap();
     (d, done, console)
 }
 

@@ -1,0 +1,164 @@
+//! Leading and following among replicas (`[ha]`): what the dispatcher does with the
+//! coordinator's news. A replica that comes to lead restores the acting state from the shared
+//! log first, then reports any rollback its predecessor left unfinished (S1, never re-run); one
+//! that follows (or cannot reach etcd) acts on nothing and keeps its state and journal in step
+//! with the leader's log. etcd trouble is told on every channel once, then reminded.
+
+use super::dispatch::{Dispatcher, Restart};
+use super::event::{Closed, Event, Severity};
+use super::ledger::RecordError;
+use super::state::{Rollback, State};
+use crate::coord::Update;
+use crate::time::{Span, Timestamp, human};
+
+/// How often etcd trouble is told again while it lasts.
+pub const COORD_REMIND: Span = Span(15 * 60_000);
+
+impl Dispatcher {
+    /// Whether this replica may act: alone, always; among replicas, while it leads.
+    pub fn leads(&self) -> bool {
+        !self.ledger.is_shared() || self.term.is_some()
+    }
+
+    /// Why this replica does not act now, if it does not.
+    pub fn standby(&self) -> Option<&str> {
+        self.standby.as_deref()
+    }
+
+    /// News from the coordinator.
+    pub fn on_coord(&mut self, update: Update) -> Result<(), RecordError> {
+        let now = self.clock.now();
+        match update {
+            Update::Lead { term, log } => {
+                self.coord_back(now);
+                self.restore_shared(&log)?;
+                self.term = Some(term);
+                self.standby = None;
+                // Whatever this replica ran under an earlier term is fenced off; the next
+                // reading of the version source is a first sight against the shared state.
+                self.in_flight = None;
+                self.observed = None;
+                tracing::warn!(term = term.0, "leading: acting from the shared state");
+                self.ledger.journal().note(now, "leading", &serde_json::json!({ "term": term.0 }));
+                let unfinished: Vec<Rollback> = self.state.unfinished().cloned().collect();
+                for r in unfinished {
+                    self.interrupted(r, "a change of leader")?;
+                }
+            }
+            Update::Follow { leader } => {
+                self.coord_back(now);
+                let reason = match leader {
+                    Some(l) => format!("a follower: {} leads (at {})", l.replica, l.address),
+                    None => "a follower: no replica leads yet".to_string(),
+                };
+                self.stand_down(&reason);
+            }
+            Update::Log(lines) => self.apply_shared(&lines)?,
+            Update::Reset(lines) => self.restore_shared(&lines)?,
+            Update::Unreachable { error } => {
+                self.stand_down(&format!("etcd unreachable: no replica acts ({error})"));
+                if self.coord_down.is_none() {
+                    self.coord_down = Some((now, now));
+                    self.tell_coord_down(now, now, &error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This replica does not act from now on (a rollback in flight here is left to the next
+    /// leader, which reports it interrupted).
+    pub fn stand_down(&mut self, reason: &str) {
+        if self.term.take().is_some() {
+            tracing::error!(reason, "not leading any more: not acting");
+            self.ledger.journal().note(self.clock.now(), "stood_down", &serde_json::json!({ "reason": reason }));
+        }
+        if let Some(f) = self.in_flight.take() {
+            tracing::error!(rollback = %f.rollback_id, "rollback in flight left to the next leader: reported there, never re-run");
+        }
+        self.standby = Some(reason.to_string());
+    }
+
+    /// The leader's new lines: into the state and the journal.
+    fn apply_shared(&mut self, lines: &[serde_json::Value]) -> Result<(), RecordError> {
+        for line in lines {
+            match Event::read(line) {
+                Ok((at, event)) => {
+                    if let Err(e) = self.state.apply(at, &event) {
+                        tracing::warn!(error = %e, "shared log line not applied");
+                    }
+                    if matches!(event, Event::Deploy(_) | Event::VersionChanged(_)) {
+                        self.restart = Some(Restart { at, predates: true, deployed: None });
+                        self.bake.restart();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable shared log line"),
+            }
+        }
+        self.ledger.mirror(lines)?;
+        Ok(())
+    }
+
+    /// The whole shared log: the state rebuilt from it.
+    fn restore_shared(&mut self, lines: &[serde_json::Value]) -> Result<(), RecordError> {
+        let latest = self.clock.now().plus(Span::from_secs(5 * 60));
+        let (state, errors) = State::restore_before(lines, latest);
+        for e in errors {
+            tracing::warn!(error = %e, "shared log line skipped while restoring");
+        }
+        self.rejected = state
+            .closed_approvals
+            .iter()
+            .filter(|c| c.closed.how == Closed::Rejected && c.opened.version == state.versions.current)
+            .map(|c| (c.opened.profile.clone(), c.opened.version.clone()))
+            .collect();
+        if state.versions.deployed_at != self.state.versions.deployed_at
+            && let Some(at) = state.versions.deployed_at
+        {
+            self.restart = Some(Restart { at, predates: false, deployed: None });
+        }
+        self.state = state;
+        self.ledger.mirror(lines)?;
+        Ok(())
+    }
+
+    /// Tells every channel that etcd cannot be reached (and, later, that it still cannot).
+    fn tell_coord_down(&mut self, now: Timestamp, since: Timestamp, error: &str) {
+        let mut vars = crate::template::messages::blank_vars();
+        vars.insert("severity".into(), Severity::S1.to_string());
+        let lasting = if now > since { format!(" for {}", human(now.saturating_since(since))) } else { String::new() };
+        vars.insert("finding".into(), format!("etcd unreachable{lasting}: no replica acts ({error})"));
+        vars.insert(
+            "response".into(),
+            "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.".into(),
+        );
+        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        self.escalations += 1;
+        self.notifier.announce("escalation", &vars);
+        self.ledger.journal().note(now, "coordinator_unreachable", &serde_json::json!({ "error": error }));
+    }
+
+    /// While etcd cannot be reached, a reminder every [`COORD_REMIND`].
+    pub(super) fn remind_coord(&mut self, now: Timestamp) {
+        let Some((since, told)) = self.coord_down else { return };
+        if now.saturating_since(told) >= COORD_REMIND {
+            self.coord_down = Some((since, now));
+            let error = self.standby.clone().unwrap_or_default();
+            self.tell_coord_down(now, since, &error);
+        }
+    }
+
+    /// etcd answers again: told once.
+    fn coord_back(&mut self, now: Timestamp) {
+        let Some((since, _)) = self.coord_down.take() else { return };
+        let finding =
+            format!("etcd reachable again after {}: one replica leads and acts", human(now.saturating_since(since)));
+        tracing::warn!("{finding}");
+        let mut vars = crate::template::messages::blank_vars();
+        vars.insert("severity".into(), Severity::Notice.to_string());
+        vars.insert("finding".into(), finding);
+        vars.insert("response".into(), "None: acting resumed.".into());
+        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        self.notifier.announce("escalation", &vars);
+    }
+}

@@ -1,0 +1,362 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/txn`, `/v3/lease/grant`, …) and the
+//! HTTP client rollwatch already has. Why not the `etcd-client` crate: its build script runs
+//! `protoc`, a system tool the README's two commands must not need; leases, ranges and
+//! transactions are all rollwatch uses, and the gateway serves each as one JSON request. Keys and
+//! values are base64 on the wire, 64-bit integers arrive as strings, and fields at their default
+//! (a `false` `succeeded`, a `0` TTL) are left out — this module hides all three.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use crate::config::deploy::HaSpec;
+use crate::secret::Secret;
+
+/// Why an etcd call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered (down, partitioned, too slow).
+    #[error("etcd unreachable: {0}")]
+    Unreachable(String),
+    /// An endpoint answered with an error (auth, a request it rejects).
+    #[error("etcd refused the request: {0}")]
+    Refused(String),
+    /// An answer that is not etcd's JSON.
+    #[error("etcd answered unreadably: {0}")]
+    Protocol(String),
+    /// The client could not be set up (a certificate file).
+    #[error("etcd client: {0}")]
+    Setup(String),
+}
+
+/// One key and its value as etcd keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// A transaction's condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compare {
+    /// The key's create revision is this (0: the key does not exist).
+    Created(String, i64),
+}
+
+/// A transaction's operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    },
+    Get(String),
+    /// Every key in `[from, to)`.
+    GetRange(String, String),
+    DeleteRange(String, String),
+}
+
+/// The answer to a transaction: whether its conditions held, and each operation's ranges read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub revision: i64,
+    pub ranges: Vec<Vec<Kv>>,
+}
+
+/// The client: every endpoint, tried in turn from the last one that answered.
+pub struct Etcd {
+    client: reqwest::Client,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    auth: Option<(String, Secret)>,
+    token: Mutex<Option<String>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd").field("endpoints", &self.endpoints).finish_non_exhaustive()
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `range_end` for a prefix).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    "\0".into()
+}
+
+/// A 64-bit integer as the gateway writes it (a string), or as a number; absent is 0.
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn kvs(range: &Value) -> Result<Vec<Kv>, EtcdError> {
+    let Some(list) = range.get("kvs").and_then(Value::as_array) else { return Ok(vec![]) };
+    list.iter()
+        .map(|kv| {
+            let decode = |field: &str| {
+                B64.decode(kv.get(field).and_then(Value::as_str).unwrap_or(""))
+                    .map_err(|e| EtcdError::Protocol(format!("{field} is not base64: {e}")))
+            };
+            Ok(Kv {
+                key: String::from_utf8_lossy(&decode("key")?).into_owned(),
+                value: decode("value")?,
+                create_revision: int(kv.get("create_revision")),
+                mod_revision: int(kv.get("mod_revision")),
+                lease: int(kv.get("lease")),
+            })
+        })
+        .collect()
+}
+
+impl Etcd {
+    /// A client for `[ha]`'s endpoints: its CA and client certificate read now, its user and
+    /// password from `env` (the process environment).
+    pub fn new(spec: &HaSpec, env: &dyn Fn(&str) -> Option<String>, timeout: Duration) -> Result<Etcd, EtcdError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| EtcdError::Setup(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout)
+            .user_agent(concat!("rollwatch/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &spec.ca_file {
+            let cert = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| EtcdError::Setup(format!("{}: not a PEM certificate: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        if let Some((cert, key)) = &spec.client_cert {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                EtcdError::Setup(format!(
+                    "{} and {}: not a PEM certificate and key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| EtcdError::Setup(e.to_string()))?;
+        let auth = match &spec.auth_env {
+            None => None,
+            Some((user_var, password_var)) => {
+                let get =
+                    |var: &str| env(var).ok_or_else(|| EtcdError::Setup(format!("[ha]: env var {var} is not set")));
+                Some((get(user_var)?, Secret(get(password_var)?)))
+            }
+        };
+        Ok(Etcd {
+            client,
+            endpoints: spec.etcd.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
+            current: AtomicUsize::new(0),
+            auth,
+            token: Mutex::new(None),
+            timeout,
+        })
+    }
+
+    /// One gateway call, on the endpoint that answered last, then on each other in turn.
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let n = self.endpoints.len().max(1);
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = EtcdError::Unreachable("no endpoints".into());
+        for i in 0..n {
+            let at = (first + i) % n;
+            match self.call_at(at, path, body).await {
+                Ok(v) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e @ EtcdError::Unreachable(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn call_at(&self, at: usize, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let endpoint = &self.endpoints[at];
+        for attempt in 0..2 {
+            let token = self.token(endpoint).await?;
+            let mut request = self.client.post(format!("{endpoint}{path}")).json(body).timeout(self.timeout);
+            if let Some(token) = token {
+                request = request.header(reqwest::header::AUTHORIZATION, token);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| EtcdError::Unreachable(format!("{endpoint}: {}", crate::error_chain(&e))))?;
+            let status = response.status();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| EtcdError::Unreachable(format!("{endpoint}: {}", crate::error_chain(&e))))?;
+            // A streamed answer (keepalive) is one JSON object per line.
+            let first = text.lines().next().unwrap_or("");
+            let value: Value = serde_json::from_str(first)
+                .map_err(|e| EtcdError::Protocol(format!("{endpoint}{path} ({status}): {e}: {:.200}", text)))?;
+            let error = value.get("error").or_else(|| value.get("message")).filter(|_| !status.is_success());
+            if let Some(error) = error {
+                let text = error.as_str().map(str::to_string).unwrap_or_else(|| error.to_string());
+                // An expired auth token: authenticate again, once.
+                if attempt == 0 && self.auth.is_some() && text.contains("token") {
+                    *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    continue;
+                }
+                return Err(if status.is_server_error() && text.contains("timed out") {
+                    EtcdError::Unreachable(format!("{endpoint}: {text}"))
+                } else {
+                    EtcdError::Refused(format!("{endpoint}{path}: {text}"))
+                });
+            }
+            if !status.is_success() {
+                return Err(EtcdError::Refused(format!("{endpoint}{path}: HTTP {status}")));
+            }
+            return Ok(value);
+        }
+        Err(EtcdError::Refused(format!("{endpoint}: authentication failed")))
+    }
+
+    /// The auth token, authenticating first when there is none yet.
+    async fn token(&self, endpoint: &str) -> Result<Option<String>, EtcdError> {
+        let Some((user, password)) = &self.auth else { return Ok(None) };
+        if let Some(t) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(Some(t));
+        }
+        let response = self
+            .client
+            .post(format!("{endpoint}/v3/auth/authenticate"))
+            .json(&json!({"name": user, "password": password.0}))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| EtcdError::Unreachable(format!("{endpoint}: {}", crate::error_chain(&e))))?;
+        let status = response.status();
+        let value: Value = response.json().await.map_err(|e| EtcdError::Protocol(e.to_string()))?;
+        let token = value.get("token").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            EtcdError::Refused(format!("{endpoint}: authentication as {user:?} refused ({status}): {value}"))
+        })?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    /// A new lease of `ttl` seconds; its id.
+    pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl})).await?;
+        match int(v.get("ID")) {
+            0 => Err(EtcdError::Protocol(format!("lease grant without an ID: {v}"))),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews a lease; its remaining TTL, or `None` when it has expired.
+    pub async fn keepalive(&self, lease: i64) -> Result<Option<i64>, EtcdError> {
+        let v = self.call("/v3/lease/keepalive", &json!({"ID": lease.to_string()})).await?;
+        let result = v.get("result").unwrap_or(&v);
+        Ok(match int(result.get("TTL")) {
+            ttl if ttl > 0 => Some(ttl),
+            _ => None,
+        })
+    }
+
+    /// Ends a lease (and deletes its keys) at once.
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", &json!({"ID": lease.to_string()})).await.map(drop)
+    }
+
+    /// The current revision of the keyspace (for tests and diagnostics).
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let v = self.call("/v3/kv/range", &json!({"key": b64(key.as_bytes())})).await?;
+        Ok(kvs(&v)?.into_iter().next())
+    }
+
+    /// A transaction: `success` runs when every comparison holds, `failure` otherwise.
+    pub async fn txn(&self, compare: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, EtcdError> {
+        let compare: Vec<Value> = compare
+            .iter()
+            .map(|c| match c {
+                Compare::Created(key, rev) => json!({"key": b64(key.as_bytes()), "target": "CREATE",
+                    "result": "EQUAL", "create_revision": rev.to_string()}),
+            })
+            .collect();
+        let ops = |ops: &[Op]| -> Vec<Value> {
+            ops.iter()
+                .map(|op| match op {
+                    Op::Put { key, value, lease } => {
+                        let mut put = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+                        if let Some(l) = lease {
+                            put["lease"] = json!(l.to_string());
+                        }
+                        json!({"request_put": put})
+                    }
+                    Op::Get(key) => json!({"request_range": {"key": b64(key.as_bytes())}}),
+                    Op::GetRange(from, to) => {
+                        json!({"request_range": {"key": b64(from.as_bytes()), "range_end": b64(to.as_bytes())}})
+                    }
+                    Op::DeleteRange(from, to) => {
+                        json!({"request_delete_range": {"key": b64(from.as_bytes()), "range_end": b64(to.as_bytes())}})
+                    }
+                })
+                .collect()
+        };
+        let body = json!({"compare": compare, "success": ops(success), "failure": ops(failure)});
+        let v = self.call("/v3/kv/txn", &body).await?;
+        let succeeded = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
+        let revision = int(v.get("header").and_then(|h| h.get("revision")));
+        let mut ranges = vec![];
+        for r in v.get("responses").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(range) = r.get("response_range") {
+                ranges.push(kvs(range)?);
+            }
+        }
+        Ok(TxnResult { succeeded, revision, ranges })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_where_its_keys_do() {
+        assert_eq!(prefix_end("/rollwatch/api/events/"), "/rollwatch/api/events0");
+        assert_eq!(prefix_end("a"), "b");
+    }
+
+    #[test]
+    fn gateway_integers_read_as_strings_numbers_or_absent() {
+        assert_eq!(int(Some(&json!("42"))), 42);
+        assert_eq!(int(Some(&json!(7))), 7);
+        assert_eq!(int(None), 0);
+        let range = json!({"kvs": [{"key": b64(b"/k"), "value": b64(b"v"), "create_revision": "5", "mod_revision": "6", "lease": "9"}]});
+        let kv = &kvs(&range).unwrap()[0];
+        assert_eq!((kv.key.as_str(), kv.value.as_slice(), kv.create_revision, kv.lease), ("/k", &b"v"[..], 5, 9));
+        assert!(kvs(&json!({"kvs": [{"key": "%%%"}]})).is_err());
+    }
+}
