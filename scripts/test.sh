@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: installs the real peers the tests run against (Debian's
-# prometheus, prometheus-alertmanager and python3-aiosmtpd, a real SMTP server; the tests start
+# prometheus, prometheus-alertmanager, etcd-server and python3-aiosmtpd, a real SMTP server; the tests start
 # them themselves on free loopback ports; e2fsprogs for a real ext4 state_dir; chromium for the
 # status page), then runs every test.
 set -euo pipefail
@@ -10,6 +10,8 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+# A real etcd for high availability (tests/it/ha.rs).
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # A real browser for the /status page (tests/it/browser.rs).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # A journal on a real ext4 that turns read-only mid-run (tests/it/crash.rs).

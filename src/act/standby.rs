@@ -5,7 +5,7 @@
 //! with the leader's log. etcd trouble is told on every channel once, then reminded.
 
 use super::dispatch::{Dispatcher, Restart};
-use super::event::{Closed, Event, Severity};
+use super::event::{Closed, DeploySource, Event, Severity};
 use super::ledger::RecordError;
 use super::state::{Rollback, State};
 use crate::coord::Update;
@@ -34,15 +34,21 @@ impl Dispatcher {
                 self.restore_shared(&log)?;
                 self.term = Some(term);
                 self.standby = None;
-                // Whatever this replica ran under an earlier term is fenced off; the next
-                // reading of the version source is a first sight against the shared state.
+                // Whatever this replica ran under an earlier term is fenced off.
                 self.in_flight = None;
-                self.observed = None;
                 tracing::warn!(term = term.0, "leading: acting from the shared state");
                 self.ledger.journal().note(now, "leading", &serde_json::json!({ "term": term.0 }));
                 let unfinished: Vec<Rollback> = self.state.unfinished().cloned().collect();
                 for r in unfinished {
                     self.interrupted(r, "a change of leader")?;
+                }
+                // A version this replica reads that the shared state does not know was deployed
+                // while nobody could record it (etcd down, an election): a deploy at first sight,
+                // recorded before any decision about it is acted on.
+                if let Some(seen) = self.observed.clone()
+                    && self.state.versions.current.as_deref() != Some(seen.as_str())
+                {
+                    self.deployed(now, &seen, DeploySource::FirstSight)?;
                 }
             }
             Update::Follow { leader } => {
@@ -56,7 +62,7 @@ impl Dispatcher {
             Update::Log(lines) => self.apply_shared(&lines)?,
             Update::Reset(lines) => self.restore_shared(&lines)?,
             Update::Unreachable { error } => {
-                self.stand_down(&format!("etcd unreachable: no replica acts ({error})"));
+                self.stand_down(&format!("not acting: {error}"));
                 if self.coord_down.is_none() {
                     self.coord_down = Some((now, now));
                     self.tell_coord_down(now, now, &error);
@@ -127,7 +133,7 @@ impl Dispatcher {
         let mut vars = crate::template::messages::blank_vars();
         vars.insert("severity".into(), Severity::S1.to_string());
         let lasting = if now > since { format!(" for {}", human(now.saturating_since(since))) } else { String::new() };
-        vars.insert("finding".into(), format!("etcd unreachable{lasting}: no replica acts ({error})"));
+        vars.insert("finding".into(), format!("no replica acts{lasting}: {error}"));
         vars.insert(
             "response".into(),
             "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.".into(),

@@ -244,14 +244,25 @@ impl Coordinator {
         }
     }
 
+    /// A write of `term` was not committed: that term ends here (the next round leads again,
+    /// from what etcd holds, if the key is still this replica's). A write of an older term
+    /// (a procedure fenced off) leaves the current one alone.
+    fn lose_term(&self, term: Term, why: &str) {
+        let mut lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        if lead.is_some_and(|(t, _)| t == term) {
+            *lead = None;
+            tracing::error!(why, term = term.0, "leadership lost: not acting");
+        }
+    }
+
     /// Commits one acting line to the shared log under `term`, before it counts (or runs);
     /// returns it with its `seq`. Refused when this replica no longer leads under `term`.
     pub async fn commit(&self, term: Term, mut line: Value) -> Result<Value, CommitError> {
         if !self.may_act(term) {
-            return Err(CommitError::NotLeader(format!(
-                "term {} is over or its lease was not renewed in time (replica {})",
-                term.0, self.me.replica
-            )));
+            let why =
+                format!("term {} is over or its lease was not renewed in time (replica {})", term.0, self.me.replica);
+            self.lose_term(term, &why);
+            return Err(CommitError::NotLeader(why));
         }
         let mut cursor = self.log.lock().await;
         let seq = cursor.next.max(1);
@@ -272,12 +283,12 @@ impl Coordinator {
                     )
                 });
                 let why = format!("etcd refused the write of term {}: the leader key is held by {holder}", term.0);
-                self.lose(&why);
+                self.lose_term(term, &why);
                 Err(CommitError::NotLeader(why))
             }
             Err(e) => {
                 let why = e.to_string();
-                self.lose(&why);
+                self.lose_term(term, &why);
                 Err(CommitError::Unreachable(why))
             }
         }
@@ -345,6 +356,27 @@ impl Coordinator {
             return Ok((Some(Term(kv.create_revision)), holder));
         }
         Ok((None, holder))
+    }
+
+    /// One election round outside [`run`](Self::run) (a tool, a test): the lease taken or
+    /// renewed (`lease` keeps it between calls) and the leader key tried; when it is this
+    /// replica's, it may commit under the term returned — without the shared log read first.
+    pub async fn elect_once(&self, lease: &mut Option<i64>) -> Result<Option<Term>, EtcdError> {
+        let sent = Stopwatch::start();
+        let (term, _) = self.round(lease).await?;
+        if let Some(term) = term {
+            let (log, upto, _) = self.read_log(0, true).await?;
+            let last = log.iter().filter_map(|l| l.get("seq").and_then(Value::as_u64)).max().unwrap_or(0).max(upto);
+            let mut cursor = self.log.lock().await;
+            cursor.next = cursor.next.max(last + 1);
+            *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, sent.deadline(self.ttl * 2 / 3)));
+        }
+        Ok(term)
+    }
+
+    /// The etcd client (to read what replicas wrote).
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
     }
 
     /// Runs the election and the log's upkeep until `stop`; tells the engine on `updates`. At a
@@ -442,11 +474,13 @@ impl Coordinator {
         *cursor = Cursor { next: last + 1, seen: last, snapshot_upto: upto, synced: true };
         drop(cursor);
         tracing::warn!(replica = %self.me.replica, term = term.0, lines = log.len(), "leading: acting state restored from etcd");
+        // Leadership first, then the news: the new leader's first writes (a rollback found
+        // unfinished, reported) may follow the news at once.
+        *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, until));
+        *leading = Some(term);
         if updates.send(Update::Lead { term, log }).await.is_err() {
             return Ok(());
         }
-        *leading = Some(term);
-        *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, until));
         self.set_status(Role::Leader, Some(self.me.clone()), Some(term), None);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The integration suites, one test binary (one link of the crate, shared helpers in
-//! [`common`]): real servers on loopback, the real binary, Debian's Prometheus, Alertmanager and
-//! aiosmtpd. Run a suite with `cargo test --test it SUITE::`, e.g. `cargo test --test it crash::`.
+//! [`common`]): real servers on loopback, the real binary, Debian's Prometheus, Alertmanager,
+//! etcd and aiosmtpd. Run a suite with `cargo test --test it SUITE::`, e.g. `cargo test --test it crash::`.
 
 mod common;
 
@@ -13,6 +13,7 @@ mod data_quality;
 mod demo;
 mod end_to_end;
 mod endpoints;
+mod ha;
 mod hostile;
 mod layers;
 mod notify;

@@ -1,0 +1,453 @@
+//! High availability against a real etcd (Debian's `etcd-server`, started here on free loopback
+//! ports): replicas of the real binary, each with its own state_dir and listen address, watching
+//! one versioned service. Three replicas elect one leader and undo one outage once; a killed
+//! leader is replaced within the TTL and its cooldown kept; a leader killed mid-step is never
+//! re-run; a leader stopped past its TTL never acts beside the new one; with etcd down nobody
+//! acts and everyone answers; a write of a lost term is refused by etcd itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{VersionedService, free_listen, of_kind, spawn_run, versioned_config, wait_for_journal};
+use rollwatch::time::Stopwatch;
+
+/// A single-member etcd on free loopback ports, its data in `dir`; killed when dropped.
+struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: String,
+    peer: String,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let mut etcd = Etcd { child: None, dir: dir.join("etcd"), client: free_listen(), peer: free_listen() };
+        etcd.restart();
+        etcd
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// Starts it (again, on the same data and ports) and waits until it answers.
+    fn restart(&mut self) {
+        let (client, peer) = (format!("http://{}", self.client), format!("http://{}", self.peer));
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
+        self.child = Some(child);
+        let waiting = Stopwatch::start();
+        loop {
+            let ok = Command::new("curl")
+                .args(["-sf", "-m", "1", &format!("{client}/health")])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"));
+            if ok {
+                return;
+            }
+            assert!(waiting.elapsed_secs() < 20.0, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One replica: its dir (config, state, stdout), listen address and process.
+struct Replica {
+    name: String,
+    dir: PathBuf,
+    listen: String,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Writes the replica's config (the versioned service's, with `policy` and `[ha]` on `etcd`
+    /// under `key`, lease `ttl`; `actions` replaces the http undo when given) and starts it.
+    fn start(root: &Path, name: &str, service: &VersionedService, etcd: &str, ttl: &str, policy: &str) -> Replica {
+        Replica::start_with(root, name, service, etcd, ttl, policy, None)
+    }
+
+    fn start_with(
+        root: &Path,
+        name: &str,
+        service: &VersionedService,
+        etcd: &str,
+        ttl: &str,
+        policy: &str,
+        undo: Option<&str>,
+    ) -> Replica {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let listen = free_listen();
+        let config = versioned_config(&dir, service, &listen, policy);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        if let Some(undo) = undo {
+            let at = text.find("[actions.undo]").unwrap();
+            text.truncate(at);
+            text.push_str(undo);
+        }
+        text.push_str(&format!(
+            "\n[ha]\netcd = [\"{etcd}\"]\nkey = \"/rollwatch/test\"\nttl = \"{ttl}\"\nreplica = \"{name}\"\n"
+        ));
+        std::fs::write(&config, text).unwrap();
+        let child = spawn_run(&dir, &config);
+        Replica { name: name.to_string(), dir, listen, config, child: Some(child) }
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.join("state/journal.jsonl")
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = get(&format!("http://{}/metrics", self.listen))?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+    }
+
+    fn leads(&self) -> bool {
+        self.metric("rollwatch_leader") == Some(1.0)
+    }
+
+    fn status(&self) -> Value {
+        get(&format!("http://{}/status", self.listen)).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process must be continued to die of SIGKILL's reaping cleanly.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// A GET's body, when it answers 200 within 2 s.
+fn get(url: &str) -> Option<String> {
+    let out = Command::new("curl").args(["-sf", "-m", "2", url]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A POST (`application/json`) to a replica: its status code, the leader header and the body.
+fn post(listen: &str, path: &str) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-X", "POST", "-H", "content-type: application/json", "-D", "-"])
+        .arg(format!("http://{listen}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let leader = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-rollwatch-leader: "))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, leader, body)
+}
+
+/// Waits (at most `secs`) until exactly one replica leads; its index.
+async fn one_leader(replicas: &[&Replica], secs: f64) -> usize {
+    let waiting = Stopwatch::start();
+    loop {
+        let leading: Vec<usize> = (0..replicas.len()).filter(|&i| replicas[i].leads()).collect();
+        if leading.len() == 1 {
+            return leading[0];
+        }
+        assert!(waiting.elapsed_secs() < secs, "no single leader within {secs} s: {leading:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (at most 30 s) until `ready` holds.
+async fn until(what: &str, ready: impl Fn() -> bool) {
+    let waiting = Stopwatch::start();
+    while !ready() {
+        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const POLICY: &str = "cooldown = \"1h\"";
+
+/// Deploys `version` healthy, waits until the leader (`journal`) has recorded the deploy, then
+/// makes half its requests fail: the bad version is known before its errors are (a version
+/// seen after its own errors would be judged an incident that predates it).
+async fn bad_deploy(service: &VersionedService, version: &str, journal: &Path) {
+    service.deploy(version, 0);
+    wait_for_journal(journal, "the deploy recorded", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == version)).await;
+    service.set_errors(version, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    let replicas: Vec<Replica> =
+        ["a", "b", "c"].iter().map(|n| Replica::start(root.path(), n, &service, &etcd.url(), "3s", POLICY)).collect();
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let l = one_leader(&all, 20.0).await;
+    let leader = &replicas[l];
+    for (i, r) in replicas.iter().enumerate().filter(|(i, _)| *i != l) {
+        let s = r.status();
+        assert_eq!(s["ha"]["role"], "follower", "replica {i}: {s}");
+        assert_eq!(s["ha"]["leader"]["replica"], leader.name.as_str());
+        assert_eq!(r.metric("rollwatch_leader"), Some(0.0));
+    }
+    wait_for_journal(&leader.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+
+    bad_deploy(&service, "v2", &leader.journal()).await;
+    until("the undo", || !service.rollbacks().is_empty()).await;
+    // Every replica watches the same outage; one acts. Long enough for a second to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo, to v1");
+
+    // Every replica's journal has the leader's rollback, and `history` shows it there.
+    for r in &replicas {
+        let events = wait_for_journal(&r.journal(), "the rollback, mirrored", |e| {
+            of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "completed")
+        })
+        .await;
+        assert_eq!(of_kind(&events, "rollback_started").len(), 1, "{}: {events:#?}", r.name);
+        let (code, out, err) = crate::common::rollwatch(&["history", "-c", r.config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("rb-1") && out.contains("completed"), "{}: {out}", r.name);
+    }
+
+    // A command sent to a follower is applied once, by the leader.
+    let follower = &replicas[(l + 1) % 3];
+    let (code, by, body) = post(&follower.listen, "/pause");
+    assert_eq!((code, by.as_str()), (200, leader.name.as_str()), "{body}");
+    assert!(body.contains("paused until resumed"), "{body}");
+    until("the pause on every replica", || replicas.iter().all(|r| !r.status()["acting"]["paused_until"].is_null()))
+        .await;
+    let (code, _, body) = post(&replicas[(l + 2) % 3].listen, "/resume");
+    assert_eq!(code, 200, "{body}");
+    let paused = of_kind(&rollwatch::journal::Journal::read_back(&leader.journal()).unwrap(), "paused").len();
+    assert_eq!(paused, 1, "the pause was applied once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    let mut replicas: Vec<Replica> =
+        ["a", "b"].iter().map(|n| Replica::start(root.path(), n, &service, &etcd.url(), "2s", POLICY)).collect();
+    let l = one_leader(&replicas.iter().collect::<Vec<_>>(), 20.0).await;
+    wait_for_journal(&replicas[l].journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+    bad_deploy(&service, "v2", &replicas[l].journal()).await;
+    wait_for_journal(&replicas[l].journal(), "the rollback", |e| {
+        of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "completed")
+    })
+    .await;
+
+    replicas[l].kill();
+    let failover = Stopwatch::start();
+    let other = &replicas[1 - l];
+    until("the other replica to lead", || other.leads()).await;
+    let took = failover.elapsed_secs();
+    eprintln!("failover: leader SIGKILLed → the other replica leads in {took:.1} s (ttl 2 s)");
+    assert!(took < 2.0 + 5.0, "failover took {took:.1} s");
+
+    // The cooldown of the dead leader's rollback holds the next bad version back.
+    bad_deploy(&service, "v3", &other.journal()).await;
+    let events = wait_for_journal(&other.journal(), "v3 held back by the cooldown", |e| {
+        of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
+    })
+    .await;
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "no second undo: {events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_in_the_middle_of_a_step_is_never_re_run() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    let marker = root.path().join("undo-ran");
+    let undo = format!(
+        "[actions.undo]\nkind = \"exec\"\nargv = [\"sh\", \"-c\", \"echo ran >> {} && sleep 4\"]\ntimeout = \"30s\"\n",
+        marker.display()
+    );
+    let mut replicas: Vec<Replica> = ["a", "b"]
+        .iter()
+        .map(|n| Replica::start_with(root.path(), n, &service, &etcd.url(), "2s", POLICY, Some(&undo)))
+        .collect();
+    let l = one_leader(&replicas.iter().collect::<Vec<_>>(), 20.0).await;
+    wait_for_journal(&replicas[l].journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+    bad_deploy(&service, "v2", &replicas[l].journal()).await;
+    until("the step to run", || marker.exists()).await;
+    replicas[l].kill();
+
+    let other = &replicas[1 - l];
+    let events = wait_for_journal(&other.journal(), "the rollback reported interrupted", |e| {
+        of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "interrupted")
+    })
+    .await;
+    let finished = of_kind(&events, "rollback_finished");
+    let error = finished[0]["error"].as_str().unwrap_or("");
+    assert!(error.contains("change of leader") && error.contains("undo"), "{error}");
+    assert!(of_kind(&events, "escalation").iter().any(|e| e["severity"] == "S1"), "reported S1: {events:#?}");
+    // Long enough for a re-run to show: the step ran once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n", "the step ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_past_its_ttl_never_acts_beside_the_new_one() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    let replicas: Vec<Replica> =
+        ["a", "b"].iter().map(|n| Replica::start(root.path(), n, &service, &etcd.url(), "2s", POLICY)).collect();
+    let l = one_leader(&replicas.iter().collect::<Vec<_>>(), 20.0).await;
+    let (stopped, other) = (&replicas[l], &replicas[1 - l]);
+    wait_for_journal(&stopped.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+
+    stopped.signal("-STOP");
+    until("the other replica to lead", || other.leads()).await;
+    bad_deploy(&service, "v2", &other.journal()).await;
+    until("the undo", || !service.rollbacks().is_empty()).await;
+    stopped.signal("-CONT");
+
+    // From its resumption on, never two acting leaders.
+    let watching = Stopwatch::start();
+    let mut seen_follower = false;
+    while watching.elapsed_secs() < 4.0 {
+        let (a, b) = (stopped.leads(), other.leads());
+        assert!(!(a && b), "two acting leaders");
+        seen_follower |= stopped.status()["ha"]["role"] == "follower";
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_follower, "the resumed replica follows: {}", stopped.status());
+    assert!(other.leads());
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo");
+    let events = rollwatch::journal::Journal::read_back(&stopped.journal()).unwrap();
+    let own = events.iter().filter(|e| e["event"] == "rollback_started").count();
+    assert!(own <= 1, "the stopped replica started nothing of its own: {events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_nobody_acts_everyone_answers_and_one_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    let replicas: Vec<Replica> =
+        ["a", "b"].iter().map(|n| Replica::start(root.path(), n, &service, &etcd.url(), "2s", POLICY)).collect();
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let l = one_leader(&all, 20.0).await;
+    wait_for_journal(&replicas[l].journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+
+    etcd.kill();
+    let down = Stopwatch::start();
+    until("nobody leads", || replicas.iter().all(|r| r.metric("rollwatch_leader") == Some(0.0))).await;
+    assert!(down.elapsed_secs() < 2.0 + 1.0, "the leader stopped acting within the ttl");
+    until("every replica to show the trouble", || {
+        replicas.iter().all(|r| {
+            r.metric("rollwatch_coordinator_reachable") == Some(0.0) && r.status()["ha"]["role"] == "unreachable"
+        })
+    })
+    .await;
+    for r in &replicas {
+        assert_eq!(get(&format!("http://{}/healthz", r.listen)).as_deref(), Some("ok\n"));
+    }
+    until("the trouble told on every replica's channel", || {
+        replicas.iter().all(|r| r.stdout().contains("S1: no replica acts"))
+    })
+    .await;
+    service.deploy("v2", 500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(service.rollbacks().is_empty(), "nobody acts without etcd");
+
+    etcd.restart();
+    one_leader(&all, 15.0).await;
+    until("the undo", || !service.rollbacks().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo once etcd is back");
+    until("etcd's return told", || replicas.iter().any(|r| r.stdout().contains("etcd reachable again"))).await;
+}
+
+/// The fence itself: a replica whose lease was lost finds its write refused by etcd, even
+/// while its own clock would still let it act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_of_a_lost_term_is_refused_by_etcd() {
+    use rollwatch::coord::{CommitError, Coordinator};
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let spec = |replica: &str| rollwatch::config::deploy::HaSpec {
+        etcd: vec![etcd.url()],
+        key: "/rollwatch/fence".into(),
+        ttl: rollwatch::time::Span::from_secs(30),
+        replica: Some(replica.into()),
+        advertise: None,
+        auth_env: None,
+        ca_file: None,
+        client_cert: None,
+    };
+    let clock: std::sync::Arc<dyn rollwatch::time::Clock> = std::sync::Arc::new(rollwatch::time::SystemClock);
+    let listen = "127.0.0.1:1".parse().unwrap();
+    let coordinator = |name: &str| {
+        Coordinator::new(&spec(name), listen, &|_| None, clock.clone(), Box::new(|lines, _| lines)).unwrap()
+    };
+    let (a, b) = (coordinator("a"), coordinator("b"));
+    let (mut lease_a, mut lease_b) = (None, None);
+    let term_a = a.elect_once(&mut lease_a).await.unwrap().expect("a leads");
+    assert_eq!(b.elect_once(&mut lease_b).await.unwrap(), None, "one leader");
+    let line = serde_json::json!({"at": 1, "event": "paused", "until": null});
+    let written = a.commit(term_a, line.clone()).await.unwrap();
+    assert_eq!(written["seq"], 1);
+
+    // a's lease ends (as a partition past the ttl would end it); b takes over.
+    a.etcd().revoke(lease_a.unwrap()).await.unwrap();
+    let term_b = b.elect_once(&mut lease_b).await.unwrap().expect("b leads");
+    assert_ne!(term_a, term_b);
+    assert!(a.may_act(term_a), "a's own clock still lets it act: only etcd can refuse");
+    match a.commit(term_a, line.clone()).await {
+        Err(CommitError::NotLeader(why)) => assert!(why.contains("refused") && why.contains("b"), "{why}"),
+        other => panic!("a late write went through: {other:?}"),
+    }
+    assert!(!a.may_act(term_a), "refused once, a stops acting");
+    let written = b.commit(term_b, line).await.unwrap();
+    assert_eq!(written["seq"], 2, "b goes on after a's line");
+}
