@@ -347,14 +347,16 @@ to = ["oncall@example.com"]
 /// is reported as not runnable by this build, and `run` refuses it rather than running a
 /// replica that would act beside its peers.
 #[test]
-fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
+fn the_ha_section_is_checked_with_its_places() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "ok.toml", PROFILE);
     let head = "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n";
     let bad = write(
         dir.path(),
         "bad.toml",
-        format!("{head}[ha]\netcd = [\"127.0.0.1:2379\"]\nkey = \"rollwatch\"\nttl = \"1s\"\n"),
+        format!(
+            "{head}[ha]\netcd = [\"127.0.0.1:2379\"]\nkey = \"rollwatch\"\nttl = \"1s\"\nadvertise = \"10.0.0.5:9464\"\nusername_env = \"ETCD_USER\"\ncert_file = \"client.pem\"\n"
+        ),
     );
     let (code, out, _) = rollwatch(&["check", bad.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -362,6 +364,9 @@ fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
         "bad.toml:8:9: [ha]: etcd endpoints are URLs starting with http:// or https://, not \"127.0.0.1:2379\"",
         "bad.toml:9:7: [ha]: key must be a path such as \"/rollwatch/api\", not \"rollwatch\"",
         "bad.toml:10:7: [ha]: ttl must be at least 2s",
+        "bad.toml:11:13: [ha]: advertise is the URL other replicas reach this one at",
+        "bad.toml:12:16: [ha]: username_env and password_env: give both or neither",
+        "bad.toml:13:13: [ha]: cert_file and key_file: give both or neither",
     ] {
         assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
     }
@@ -383,11 +388,18 @@ fn the_ha_section_is_checked_and_refused_by_run_until_it_is_built() {
     );
     let (code, out, _) = rollwatch(&["check", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("[ha] is checked, but this build cannot run replicas yet"), "{out}");
-    let (code, out, _) = rollwatch(&["run", "-c", good.to_str().unwrap()]);
+    assert!(out.contains("[ha]: replicas elect a leader on etcd at run time"), "{out}");
+    // A certificate file that cannot be read stops `run` at once, naming it.
+    let missing = write(
+        dir.path(),
+        "missing.toml",
+        format!(
+            "{head}[ha]\netcd = [\"https://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\nca_file = \"/nonexistent/ca.pem\"\n"
+        ),
+    );
+    let (code, out, err) = rollwatch(&["run", "-c", missing.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("`run` refuses the section"), "{out}");
-    assert!(!dir.path().join("state").exists(), "refused before touching the state_dir");
+    assert!(format!("{out}{err}").contains("cannot read /nonexistent/ca.pem"), "{out}{err}");
 }
 
 /// The README's table of the values each notification template shows is the templates' own

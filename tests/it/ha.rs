@@ -321,8 +321,9 @@ async fn a_leader_killed_in_the_middle_of_a_step_is_never_re_run() {
     replicas[l].kill();
 
     let other = &replicas[1 - l];
-    let events = wait_for_journal(&other.journal(), "the rollback reported interrupted", |e| {
+    let events = wait_for_journal(&other.journal(), "the rollback reported interrupted, S1", |e| {
         of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "interrupted")
+            && of_kind(e, "escalation").iter().any(|e| e["severity"] == "S1")
     })
     .await;
     let finished = of_kind(&events, "rollback_finished");
