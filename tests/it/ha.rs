@@ -262,6 +262,11 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
     assert!(body.contains("paused until resumed"), "{body}");
     until("the pause on every replica", || replicas.iter().all(|r| !r.status()["acting"]["paused_until"].is_null()))
         .await;
+    // Alerts posted to a follower reach the leader too (and the follower, which watches).
+    crate::common::post_alert(&follower.listen, "firing").await;
+    for r in [leader, follower] {
+        wait_for_journal(&r.journal(), "the alert", |e| !of_kind(e, "alerts").is_empty()).await;
+    }
     let (code, _, body) = post(&replicas[(l + 2) % 3].listen, "/resume");
     assert_eq!(code, 200, "{body}");
     let paused = of_kind(&rollwatch::journal::Journal::read_back(&leader.journal()).unwrap(), "paused").len();

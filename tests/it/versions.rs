@@ -6,7 +6,9 @@
 //! who, mark, versions, and deploys reported by the hook and `rollwatch deployed`.
 
 use crate::common;
-use crate::common::{VersionedService, of_kind, rollwatch, sigterm, spawn_run, versioned_config, wait_for_journal};
+use crate::common::{
+    VersionedService, of_kind, post_alert, rollwatch, sigterm, spawn_run, versioned_config, wait_for_journal,
+};
 use serde_json::Value;
 
 struct Sidecar {
@@ -148,24 +150,6 @@ async fn an_issue_persisting_below_the_threshold_after_the_rollback_is_s2_never_
     let out = s.stop();
     assert!(!out.contains("ROLLBACK COMPLETE"), "{out}");
     assert!(out.contains("S2: rollback succeeded but issue persists"), "{out}");
-}
-
-async fn post_alert(listen: &str, status: &str) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let body = format!(
-        r#"{{"version":"4","groupKey":"g","status":"{status}","receiver":"rollwatch","groupLabels":{{}},
-        "commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://am","truncatedAlerts":0,
-        "alerts":[{{"status":"{status}","labels":{{"alertname":"KeyFeatureBroken"}},"annotations":{{}},
-        "startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f"}}]}}"#
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("http://{listen}/hooks/alertmanager"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{resp:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

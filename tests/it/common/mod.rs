@@ -394,3 +394,23 @@ pub fn spawn_run(dir: &Path, config: &Path) -> std::process::Child {
 pub fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
+
+/// Posts an Alertmanager webhook (version 4) with one `KeyFeatureBroken` alert in `status`
+/// (`firing` or `resolved`) to a sidecar's hook; it must be accepted.
+pub async fn post_alert(listen: &str, status: &str) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = format!(
+        r#"{{"version":"4","groupKey":"g","status":"{status}","receiver":"rollwatch","groupLabels":{{}},
+        "commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://am","truncatedAlerts":0,
+        "alerts":[{{"status":"{status}","labels":{{"alertname":"KeyFeatureBroken"}},"annotations":{{}},
+        "startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f"}}]}}"#
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{listen}/hooks/alertmanager"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{resp:?}");
+}
