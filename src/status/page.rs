@@ -45,6 +45,22 @@ impl Snapshot {
         if let Some(until) = a.paused_until {
             let _ = write!(p, "<p class=\"alert\"><b>PAUSED</b> until {}</p>", esc(&iso(until)));
         }
+        // Replicas: this one's role and who leads.
+        if let Some(ha) = &self.ha {
+            let leader = ha
+                .leader
+                .as_ref()
+                .map_or("nobody".to_string(), |l| format!("{} ({})", esc(&l.replica), esc(&l.address)));
+            let class = if ha.role == crate::coord::Role::Unreachable { " class=\"alert\"" } else { "" };
+            let _ = write!(
+                p,
+                "<p id=\"replica\"{class}>replica <b>{}</b>: <b id=\"role\">{}</b>{} · leader <b id=\"leader\">{leader}</b>{}</p>",
+                esc(&ha.replica),
+                ha.role,
+                ha.since.map(|t| format!(" for {}", ago(now, t))).unwrap_or_default(),
+                ha.error.as_deref().map(|e| format!(" — {}", esc(e))).unwrap_or_default(),
+            );
+        }
         // Versions.
         let _ = write!(
             p,

@@ -234,6 +234,13 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
         assert_eq!(s["ha"]["role"], "follower", "replica {i}: {s}");
         assert_eq!(s["ha"]["leader"]["replica"], leader.name.as_str());
         assert_eq!(r.metric("rollwatch_leader"), Some(0.0));
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "2", "-H", "accept: text/html", &format!("http://{}/status", r.listen)])
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(page.contains("<b id=\"role\">follower</b>"), "{page}");
+        assert!(page.contains(&format!("<b id=\"leader\">{} (http://{})", leader.name, leader.listen)), "{page}");
     }
     wait_for_journal(&leader.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
 
