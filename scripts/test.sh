@@ -12,6 +12,8 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertman
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 # A real etcd for high availability (tests/it/ha.rs).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# Certificates for the TLS etcd test.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # A real browser for the /status page (tests/it/browser.rs).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # A journal on a real ext4 that turns read-only mid-run (tests/it/crash.rs).

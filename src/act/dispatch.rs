@@ -382,6 +382,14 @@ impl Dispatcher {
             }
             return Ok(());
         }
+        // Where an incident started, on every replica (a follower that comes to lead knows it).
+        for d in decisions {
+            if d.firing.is_empty() && d.pending.is_empty() && d.outcome == Outcome::Monitor {
+                self.issue_since.remove(&d.profile);
+            } else {
+                self.issue_since.entry(d.profile.clone()).or_insert(d.at);
+            }
+        }
         if !self.leads() {
             // A follower watches; the leader acts (and journals its acts into the shared log).
             self.remind_coord(now);
@@ -390,13 +398,6 @@ impl Dispatcher {
         self.expire(now)?;
         self.verify_in_flight(now, decisions)?;
         self.clear_approvals(now, decisions)?;
-        for d in decisions {
-            if d.firing.is_empty() && d.pending.is_empty() && d.outcome == Outcome::Monitor {
-                self.issue_since.remove(&d.profile);
-            } else {
-                self.issue_since.entry(d.profile.clone()).or_insert(d.at);
-            }
-        }
         for d in decisions {
             self.watch_blindness(now, d)?;
         }

@@ -219,8 +219,18 @@ impl Etcd {
                 .map_err(|e| EtcdError::Unreachable(format!("{endpoint}: {}", crate::error_chain(&e))))?;
             // A streamed answer (keepalive) is one JSON object per line.
             let first = text.lines().next().unwrap_or("");
-            let value: Value = serde_json::from_str(first)
-                .map_err(|e| EtcdError::Protocol(format!("{endpoint}{path} ({status}): {e}: {:.200}", text)))?;
+            let value: Value = match serde_json::from_str(first) {
+                Ok(v) => v,
+                // etcd answers some refusals in plain text (a client certificate with a Common
+                // Name while auth is on: "CommonName of client sending a request against gateway
+                // will be ignored"): said as etcd said it.
+                Err(_) if !status.is_success() => {
+                    return Err(EtcdError::Refused(format!("{endpoint}{path} ({status}): {:.300}", text.trim())));
+                }
+                Err(e) => {
+                    return Err(EtcdError::Protocol(format!("{endpoint}{path} ({status}): {e}: {:.200}", text)));
+                }
+            };
             let error = value.get("error").or_else(|| value.get("message")).filter(|_| !status.is_success());
             if let Some(error) = error {
                 let text = error.as_str().map(str::to_string).unwrap_or_else(|| error.to_string());
