@@ -17,7 +17,12 @@ pub const COORD_REMIND: Span = Span(15 * 60_000);
 impl Dispatcher {
     /// Whether this replica may act: alone, always; among replicas, while it leads.
     pub fn leads(&self) -> bool {
-        !self.ledger.is_shared() || self.term.is_some()
+        match (self.ledger.coordinator(), self.term) {
+            (None, _) => true,
+            // The term, and its lease still certain (a replica resumed after a stop knows at once).
+            (Some(c), Some(term)) => c.may_act(term),
+            (Some(_), None) => false,
+        }
     }
 
     /// Why this replica does not act now, if it does not.

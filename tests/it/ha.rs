@@ -579,3 +579,86 @@ async fn a_replica_reaches_etcd_over_tls_with_a_client_certificate_and_a_passwor
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+/// The shared log in a real etcd: past its bound the leader compacts it into a snapshot (in one
+/// fenced transaction that deletes the events it holds), and a replica that starts later reads
+/// the whole log — the snapshot and what followed — and restores the same acting state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
+    use rollwatch::coord::etcd::{Op, prefix_end};
+    use rollwatch::coord::{COMPACT_AFTER, Coordinator, Update};
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let spec = |replica: &str| rollwatch::config::deploy::HaSpec {
+        etcd: vec![etcd.url()],
+        key: "/rollwatch/compact".into(),
+        ttl: rollwatch::time::Span::from_secs(2),
+        replica: Some(replica.into()),
+        advertise: None,
+        auth_env: None,
+        ca_file: None,
+        client_cert: None,
+    };
+    let clock: std::sync::Arc<dyn rollwatch::time::Clock> = std::sync::Arc::new(rollwatch::time::SystemClock);
+    let start = |name: &str| {
+        let c = Coordinator::new(
+            &spec(name),
+            "127.0.0.1:1".parse().unwrap(),
+            &|_| None,
+            clock.clone(),
+            Box::new(rollwatch::act::ledger::compact_shared),
+        )
+        .unwrap();
+        let c = std::sync::Arc::new(c);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(c.clone().run(tx, stopped));
+        (c, rx, stop)
+    };
+    let (a, mut a_news, _stop_a) = start("a");
+    let Some(Update::Lead { term, log }) = a_news.recv().await else { panic!("a leads") };
+    assert!(log.is_empty());
+    let line = |event: &str, data: Value| {
+        let mut v = data;
+        v["at"] = serde_json::json!(1_000);
+        v["event"] = serde_json::json!(event);
+        v
+    };
+    a.commit(term, line("deploy", serde_json::json!({"from": null, "to": "v1", "source": "hook"}))).await.unwrap();
+    for i in 0..COMPACT_AFTER + 40 {
+        let (event, data) = if i % 2 == 0 {
+            ("paused", serde_json::json!({"until": null}))
+        } else {
+            ("resumed", serde_json::json!({}))
+        };
+        a.commit(term, line(event, data)).await.unwrap();
+    }
+    a.commit(term, line("paused", serde_json::json!({"until": null}))).await.unwrap();
+
+    async fn events(c: &Coordinator) -> usize {
+        let from = "/rollwatch/compact/events/".to_string();
+        let to = prefix_end(&from);
+        c.etcd().txn(&[], &[Op::GetRange(from, to)], &[]).await.unwrap().ranges[0].len()
+    }
+    let waiting = Stopwatch::start();
+    while a.etcd().get("/rollwatch/compact/snapshot").await.unwrap().is_none() || events(&a).await > 10 {
+        assert!(waiting.elapsed_secs() < 20.0, "not compacted: {} events", events(&a).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_b, mut b_news, _stop_b) = start("b");
+    let whole = loop {
+        match b_news.recv().await {
+            Some(Update::Reset(lines)) => break lines,
+            Some(_) => continue,
+            None => panic!("b stopped"),
+        }
+    };
+    assert!(whole.len() <= 3, "the snapshot keeps what acting needs: {whole:#?}");
+    let (state, errors) = rollwatch::act::state::State::restore(&whole);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(state.versions.current.as_deref(), Some("v1"));
+    assert!(state.paused_until.is_some(), "still paused");
+    let seqs: Vec<u64> = whole.iter().map(rollwatch::act::ledger::seq_of).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && *seqs.last().unwrap() == COMPACT_AFTER + 42, "{seqs:?}");
+}
