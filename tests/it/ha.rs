@@ -654,7 +654,8 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
             None => panic!("b stopped"),
         }
     };
-    assert!(whole.len() <= 3, "the snapshot keeps what acting needs: {whole:#?}");
+    // The snapshot's few lines and the events after it (at most the 10 waited for).
+    assert!(whole.len() <= 2 + 10, "the snapshot keeps what acting needs: {whole:#?}");
     let (state, errors) = rollwatch::act::state::State::restore(&whole);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(state.versions.current.as_deref(), Some("v1"));
