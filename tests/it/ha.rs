@@ -421,17 +421,18 @@ async fn with_etcd_down_nobody_acts_everyone_answers_and_one_resumes() {
     until("etcd's return told", || replicas.iter().any(|r| r.stdout().contains("etcd reachable again"))).await;
 }
 
-/// The fence itself: a replica whose lease was lost finds its write refused by etcd, even
-/// while its own clock would still let it act.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_of_a_lost_term_is_refused_by_etcd() {
-    use rollwatch::coord::{CommitError, Coordinator};
-    let root = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(root.path());
-    let spec = |replica: &str| rollwatch::config::deploy::HaSpec {
+/// A coordinator in this process, on `etcd`, for tests of the coordination itself.
+fn in_process(
+    etcd: &Etcd,
+    key: &str,
+    ttl_secs: i64,
+    replica: &str,
+    compactor: rollwatch::coord::Compactor,
+) -> rollwatch::coord::Coordinator {
+    let spec = rollwatch::config::deploy::HaSpec {
         etcd: vec![etcd.url()],
-        key: "/rollwatch/fence".into(),
-        ttl: rollwatch::time::Span::from_secs(30),
+        key: key.into(),
+        ttl: rollwatch::time::Span::from_secs(ttl_secs),
         replica: Some(replica.into()),
         advertise: None,
         auth_env: None,
@@ -439,10 +440,17 @@ async fn a_write_of_a_lost_term_is_refused_by_etcd() {
         client_cert: None,
     };
     let clock: std::sync::Arc<dyn rollwatch::time::Clock> = std::sync::Arc::new(rollwatch::time::SystemClock);
-    let listen = "127.0.0.1:1".parse().unwrap();
-    let coordinator = |name: &str| {
-        Coordinator::new(&spec(name), listen, &|_| None, clock.clone(), Box::new(|lines, _| lines)).unwrap()
-    };
+    rollwatch::coord::Coordinator::new(&spec, "127.0.0.1:1".parse().unwrap(), &|_| None, clock, compactor).unwrap()
+}
+
+/// The fence itself: a replica whose lease was lost finds its write refused by etcd, even
+/// while its own clock would still let it act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_of_a_lost_term_is_refused_by_etcd() {
+    use rollwatch::coord::CommitError;
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let coordinator = |name: &str| in_process(&etcd, "/rollwatch/fence", 30, name, Box::new(|lines, _| lines));
     let (a, b) = (coordinator("a"), coordinator("b"));
     let (mut lease_a, mut lease_b) = (None, None);
     let term_a = a.elect_once(&mut lease_a).await.unwrap().expect("a leads");
@@ -589,26 +597,9 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
     use rollwatch::coord::{COMPACT_AFTER, Coordinator, Update};
     let root = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(root.path());
-    let spec = |replica: &str| rollwatch::config::deploy::HaSpec {
-        etcd: vec![etcd.url()],
-        key: "/rollwatch/compact".into(),
-        ttl: rollwatch::time::Span::from_secs(2),
-        replica: Some(replica.into()),
-        advertise: None,
-        auth_env: None,
-        ca_file: None,
-        client_cert: None,
-    };
-    let clock: std::sync::Arc<dyn rollwatch::time::Clock> = std::sync::Arc::new(rollwatch::time::SystemClock);
     let start = |name: &str| {
-        let c = Coordinator::new(
-            &spec(name),
-            "127.0.0.1:1".parse().unwrap(),
-            &|_| None,
-            clock.clone(),
-            Box::new(rollwatch::act::ledger::compact_shared),
-        )
-        .unwrap();
+        let compactor = Box::new(rollwatch::act::ledger::compact_shared);
+        let c = in_process(&etcd, "/rollwatch/compact", 2, name, compactor);
         let c = std::sync::Arc::new(c);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (stop, stopped) = tokio::sync::watch::channel(false);
