@@ -632,7 +632,8 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
         c.etcd().txn(&[], &[Op::GetRange(from, to)], &[]).await.unwrap().ranges[0].len()
     }
     let waiting = Stopwatch::start();
-    while a.etcd().get("/rollwatch/compact/snapshot").await.unwrap().is_none() || events(&a).await > 10 {
+    // 298 lines committed: one compaction (past 256), which leaves at most the 41 after it.
+    while a.etcd().get("/rollwatch/compact/snapshot").await.unwrap().is_none() || events(&a).await > 41 {
         assert!(waiting.elapsed_secs() < 20.0, "not compacted: {} events", events(&a).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -645,8 +646,8 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
             None => panic!("b stopped"),
         }
     };
-    // The snapshot's few lines and the events after it (at most the 10 waited for).
-    assert!(whole.len() <= 2 + 10, "the snapshot keeps what acting needs: {whole:#?}");
+    // The snapshot's few lines and the events after it.
+    assert!(whole.len() <= 2 + 41, "the snapshot keeps what acting needs: {whole:#?}");
     let (state, errors) = rollwatch::act::state::State::restore(&whole);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(state.versions.current.as_deref(), Some("v1"));
