@@ -94,6 +94,41 @@ impl Harness {
         (self.d, self.done, self.console) = (d, done, console);
     }
 
+    /// The dispatcher as one of several replicas (`[ha]`): its acting log is shared through a
+    /// coordinator (whose etcd, a closed port, is never reached here: a replica that does not
+    /// lead writes nothing to it).
+    fn replica(mut self) -> Harness {
+        let spec = rollwatch::config::deploy::HaSpec {
+            etcd: vec!["http://127.0.0.1:1".into()],
+            key: "/rollwatch/test".into(),
+            ttl: Span::from_secs(10),
+            replica: Some("a".into()),
+            advertise: None,
+            auth_env: None,
+            ca_file: None,
+            client_cert: None,
+        };
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let coordinator = rollwatch::coord::Coordinator::new(
+            &spec,
+            "127.0.0.1:9464".parse().unwrap(),
+            &|_| None,
+            clock,
+            Box::new(|lines, _| lines),
+        )
+        .unwrap();
+        let (d, done, console) = start_with(
+            self.dir.path(),
+            &self.clock,
+            &self.policy,
+            &self.actions,
+            &self.plan,
+            Some(Arc::new(coordinator)),
+        );
+        (self.d, self.done, self.console) = (d, done, console);
+        self
+    }
+
     fn advance(&self, span: Span) {
         self.clock.advance(span);
     }
@@ -160,13 +195,26 @@ impl Harness {
     }
 }
 
+type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>, mpsc::UnboundedReceiver<String>);
+
 fn start(
     dir: &std::path::Path,
     clock: &Arc<ManualClock>,
     policy: &Policy,
     actions: &BTreeMap<String, Action>,
     plan: &Plan,
-) -> (Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>, mpsc::UnboundedReceiver<String>) {
+) -> Started {
+    start_with(dir, clock, policy, actions, plan, None)
+}
+
+fn start_with(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    policy: &Policy,
+    actions: &BTreeMap<String, Action>,
+    plan: &Plan,
+    coordinator: Option<Arc<rollwatch::coord::Coordinator>>,
+) -> Started {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let journal = SharedJournal::new(Journal::open(dir).unwrap());
     let lines = Journal::read_back(&dir.join("journal.jsonl")).unwrap();
@@ -190,7 +238,10 @@ fn start(
         redactor: rollwatch::secret::Redactor::new(["tok-S3CRET".to_string()]),
         config_path: dir.join("rollwatch.toml"),
     };
-    let ledger = rollwatch::act::ledger::Ledger::local(journal);
+    let ledger = match coordinator {
+        Some(c) => rollwatch::act::ledger::Ledger::shared(journal, c, &lines),
+        None => rollwatch::act::ledger::Ledger::local(journal),
+    };
     let (d, done) = Dispatcher::new(acting, notifier, ledger, client, clock, &lines).unwrap();
     (d, done, console)
 }
@@ -486,6 +537,39 @@ async fn a_slow_rollback_is_s3_and_an_unknown_target_version_fails_the_step() {
         escalations.iter().any(|e| e["severity"] == "S3" && e["finding"].as_str().unwrap().contains("longer than 15m")),
         "{escalations:?}"
     );
+}
+
+/// Among replicas: one that does not lead acts on nothing and refuses commands, saying why;
+/// etcd trouble is told on the channel once, reminded every 15 minutes while it lasts, and its
+/// end is told.
+#[tokio::test]
+async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_then_reminded() {
+    use rollwatch::coord::{Leader, Update};
+    let mut h = Harness::new(quick_policy()).replica();
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty() && h.runs().is_empty(), "a follower acts on nothing");
+    let refused = h.command(Command::Pause { for_: None }).unwrap_err();
+    assert!(refused.contains("waiting for the election on etcd"), "{refused}");
+
+    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into() }).unwrap();
+    let told = h.messages().await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("S1: no replica acts: etcd unreachable: connection refused"), "{told:?}");
+    h.advance(Span::from_secs(10 * 60));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.messages().await.is_empty(), "not again within 15 minutes");
+    h.advance(Span::from_secs(6 * 60));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let reminded = h.messages().await;
+    assert!(reminded.len() == 1 && reminded[0].contains("no replica acts for 16m"), "{reminded:?}");
+
+    let leader = Leader { replica: "b".into(), address: "http://10.0.0.6:9464".into() };
+    h.d.on_coord(Update::Follow { leader: Some(leader) }).unwrap();
+    let back = h.messages().await;
+    assert!(back.iter().any(|m| m.contains("etcd reachable again after 16m")), "{back:?}");
+    let refused = h.command(Command::Resume).unwrap_err();
+    assert!(refused.contains("b leads (at http://10.0.0.6:9464)"), "{refused}");
+    assert!(h.events("rollback_started").is_empty() && h.runs().is_empty());
 }
 
 #[tokio::test]

@@ -276,6 +276,19 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
     }
     let (code, _, body) = post(&replicas[(l + 2) % 3].listen, "/resume");
     assert_eq!(code, 200, "{body}");
+    // A deploy reported to a follower's hook is recorded once, by the leader, and reaches all.
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "10", "-X", "POST", "-H", "content-type: application/json", "-d", r#"{"version": "v9"}"#])
+        .arg(format!("http://{}/hooks/deploy", follower.listen))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deploy of v9 recorded"), "{out:?}");
+    for r in &replicas {
+        wait_for_journal(&r.journal(), "the reported deploy", |e| {
+            of_kind(e, "deploy").iter().filter(|d| d["to"] == "v9" && d["source"] == "hook").count() == 1
+        })
+        .await;
+    }
     let paused = of_kind(&rollwatch::journal::Journal::read_back(&leader.journal()).unwrap(), "paused").len();
     assert_eq!(paused, 1, "the pause was applied once");
 }
