@@ -51,7 +51,7 @@ pub enum EngineError {
     Config(crate::diag::Diagnostics),
     #[error(transparent)]
     Record(#[from] crate::act::ledger::RecordError),
-    #[error("[ha]: {0}")]
+    #[error(transparent)]
     Coordinator(#[from] crate::coord::etcd::EtcdError),
 }
 

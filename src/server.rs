@@ -2,7 +2,7 @@
 //! [`Snapshot`]; `POST /hooks/alertmanager` takes an Alertmanager webhook (version 4) and hands
 //! its alerts to the engine; `POST /hooks/deploy` (`{"version": "v2"}`) reports a deploy;
 //! `POST /approve/{id}[?by=]`, `/reject/{id}?reason=[&by=]`, `/pause[?for=D]`, `/resume`,
-//! `/silence/{rule}?for=D`, `/unsilence/{rule}` and `/versions/{version}/mark?state=good|bad&reason=`
+//! `/silence/{rule}?for=D`, `/unsilence/{rule}`, `/annotate/{id}?root_cause=` and `/versions/{version}/mark?state=good|bad&reason=`
 //! are commands to the dispatcher. A bearer token
 //! protects every POST when configured. Among replicas (`[ha]`) a POST to a replica that
 //! does not lead is sent on to the leader ([`to_leader`]). The token (and `run` refuses to listen beyond loopback without one):
@@ -44,6 +44,9 @@ pub struct Forward {
 /// Marks a request one replica sent on to another (it is not sent on again).
 pub const FORWARDED_BY: &str = "x-rollwatch-forwarded-by";
 
+/// How long a follower waits for the leader's answer, per try (two tries: within the CLI's 10 s).
+const FORWARD_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The largest body a replica sends on (axum's own limit for the hooks).
 const FORWARD_LIMIT: usize = 2 * 1024 * 1024;
 
@@ -62,6 +65,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/resume", post(resume))
         .route("/silence/{rule}", post(silence))
         .route("/unsilence/{rule}", post(unsilence))
+        .route("/annotate/{id}", post(annotate))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), to_leader))
         .with_state(shared)
 }
@@ -103,35 +107,64 @@ async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: a
         let text = format!("no replica leads now{why}: nothing done, try again\n");
         return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
     };
-    let mut request = f
-        .client
-        .post(format!("{}{path}", leader.address.trim_end_matches('/')))
-        .header(FORWARDED_BY, status.replica.clone())
-        .timeout(std::time::Duration::from_secs(30))
-        .body(bytes.clone());
-    for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
-        if let Some(v) = parts.headers.get(&name) {
-            request = request.header(name, v);
+    // Two tries at most, each short: a leader stalled (stopped, overloaded) must not hold the
+    // caller — the second try goes to whoever leads by then.
+    let mut leader = leader;
+    for attempt in 0..2 {
+        let mut request = f
+            .client
+            .post(format!("{}{path}", leader.address.trim_end_matches('/')))
+            .header(FORWARDED_BY, status.replica.clone())
+            .timeout(FORWARD_ATTEMPT)
+            .body(bytes.clone());
+        for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+            if let Some(v) = parts.headers.get(&name) {
+                request = request.header(name, v);
+            }
+        }
+        match request.send().await {
+            Ok(r) => {
+                if alerts {
+                    let _ = local().await;
+                }
+                let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let text = r.text().await.unwrap_or_default();
+                return (code, [("x-rollwatch-leader", leader.replica)], text).into_response();
+            }
+            Err(e) if !alerts && f.coord.leading() => {
+                // This replica came to lead while it waited: it answers itself.
+                tracing::info!(error = %e, "the old leader did not answer; this replica leads now and answers");
+                return local().await;
+            }
+            Err(e) => {
+                let next = f.coord.status().leader.filter(|l| *l != leader && l.replica != status.replica);
+                if attempt == 0
+                    && let Some(next) = next
+                {
+                    leader = next;
+                    continue;
+                }
+                if alerts {
+                    let _ = local().await;
+                }
+                // Refused before it was sent: nothing done. Sent and unanswered: unknown.
+                let outcome = if e.is_connect() {
+                    "nothing done"
+                } else {
+                    "whether it applied the request is unknown (see /status)"
+                };
+                let text = format!(
+                    "the leader {} at {} did not answer within {} s ({}): {outcome}; try again\n",
+                    leader.replica,
+                    leader.address,
+                    FORWARD_ATTEMPT.as_secs(),
+                    crate::error_chain(&e)
+                );
+                return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+            }
         }
     }
-    let forwarded = request.send().await;
-    if alerts {
-        let _ = local().await;
-    }
-    match forwarded {
-        Ok(r) => {
-            let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let text = r.text().await.unwrap_or_default();
-            (code, [("x-rollwatch-leader", leader.replica)], text).into_response()
-        }
-        Err(e) => {
-            let text = format!(
-                "the leader {} at {} did not answer ({e}): nothing done, try again\n",
-                leader.replica, leader.address
-            );
-            (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
-        }
-    }
+    (StatusCode::SERVICE_UNAVAILABLE, "no replica answered: try again\n").into_response()
 }
 
 /// How much of rollwatch the own server may use: connections beyond the cap are closed at once
@@ -403,6 +436,23 @@ async fn silence(
         Ok(Some(for_)) => command(&s, &headers, Command::Silence { rule, for_ }).await,
         Ok(None) => bad_request(&s, &headers, "say how long: ?for=30m".into()),
         Err(e) => bad_request(&s, &headers, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RootCause {
+    root_cause: Option<String>,
+}
+
+async fn annotate(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<RootCause>,
+    headers: HeaderMap,
+) -> Response {
+    match q.root_cause.filter(|r| !r.trim().is_empty()) {
+        Some(root_cause) => command(&s, &headers, Command::Annotate { id, root_cause }).await,
+        None => bad_request(&s, &headers, "say what the root cause was: ?root_cause=...".into()),
     }
 }
 

@@ -45,6 +45,11 @@ pub enum Command {
         version: String,
         source: DeploySource,
     },
+    /// What only people know about a rollback (among replicas: recorded by the leader).
+    Annotate {
+        id: String,
+        root_cause: String,
+    },
 }
 
 /// A command with where to send its answer.
@@ -145,6 +150,18 @@ impl Dispatcher {
                     "{version} marked {} by {by}; the rollback target is now {target}",
                     state.unwrap_or_default()
                 )))
+            }
+            Command::Annotate { id, root_cause } => {
+                if root_cause.trim().is_empty() {
+                    return Ok(Err("say what the root cause was".into()));
+                }
+                if !self.state.rollbacks.iter().any(|r| r.started.rollback_id == id) {
+                    let known: Vec<&str> =
+                        self.state.rollbacks.iter().map(|r| r.started.rollback_id.as_str()).collect();
+                    return Ok(Err(format!("no rollback {id:?} (known: {})", known.join(", "))));
+                }
+                self.record(now, Event::Annotated(Annotated { rollback_id: id.clone(), root_cause }))?;
+                Ok(Ok(format!("{id}: root cause recorded")))
             }
             Command::Deployed { version, source } => {
                 if version.trim().is_empty() {

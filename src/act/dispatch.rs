@@ -116,6 +116,9 @@ pub struct ActingStatus {
     pub recent_escalations: Vec<RecentEscalation>,
     /// The deployed version, since when, and the current rollback target.
     pub version: Option<String>,
+    /// What the version source reads now (it differs from `version` until the deploy is
+    /// recorded: among replicas, while nobody leads).
+    pub version_seen: Option<String>,
     pub deployed_at: Option<Timestamp>,
     pub target_version: Option<String>,
     /// The most recently deployed version known good (the current one, when it is).
@@ -597,6 +600,7 @@ impl Dispatcher {
             standby: self.standby.clone(),
             timings: self.state.rollbacks.iter().map(|r| (r.started.profile.clone(), r.timings())).collect(),
             version: self.state.versions.current.clone(),
+            version_seen: self.observed.clone(),
             deployed_at: self.state.versions.deployed_at,
             target_version: self.state.versions.target().map(str::to_string),
             last_good: self.state.versions.last_good().map(str::to_string),

@@ -24,8 +24,6 @@ impl Dispatcher {
         rollback_id: Option<&str>,
         mut vars: Vars,
     ) -> Result<(), RecordError> {
-        self.escalations += 1;
-        tracing::error!(%severity, finding, profile, "escalation");
         let e = Escalation {
             severity,
             finding: finding.to_string(),
@@ -33,7 +31,11 @@ impl Dispatcher {
             profile: profile.to_string(),
             rollback_id: rollback_id.map(str::to_string),
         };
+        // Recorded first: an escalation a fenced replica could not record is neither logged
+        // nor sent by it (the leader raises its own).
         self.record(now, Event::Escalation(e))?;
+        self.escalations += 1;
+        tracing::error!(%severity, finding, profile, "escalation");
         vars.insert("severity".into(), severity.to_string());
         vars.insert("finding".into(), finding.to_string());
         vars.insert("response".into(), response.to_string());

@@ -77,17 +77,18 @@ pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_fl
     if let Some((id, profile)) = in_flight {
         return Gate::Hold(format!("rollback {id} of {profile} is in flight"));
     }
-    // A version is rolled back once per deploy of it: a failed or interrupted attempt may be
-    // tried again (cooldown and the loop guard permitting); a redeploy is judged anew.
+    // A version is rolled back once per deploy of it: a failed attempt (its step ended) may be
+    // tried again, cooldown and the loop guard permitting; an interrupted one never is — its
+    // step may still be running where it was cut off (an orphaned `kubectl`, a dead leader's
+    // child), and people were told to take over. A redeploy is judged anew.
     if let Some(version) = &start.version
         && let Some(r) = state.with_key_since(&start.key(), state.versions.deployed_at)
-        && r.finished
-            .as_ref()
-            .is_none_or(|(_, f)| !matches!(f.result, RollbackResult::Failed | RollbackResult::Interrupted))
+        && r.finished.as_ref().is_none_or(|(_, f)| f.result != RollbackResult::Failed)
     {
         let result = r.finished.as_ref().map_or("in flight".to_string(), |(_, f)| f.result.to_string());
+        let by_hand = if result == "interrupted" { "; not retried: check the deployment by hand" } else { "" };
         return Gate::Hold(format!(
-            "version {version} was already rolled back by {} ({result})",
+            "version {version} was already rolled back by {} ({result}){by_hand}",
             r.started.rollback_id
         ));
     }
@@ -188,9 +189,25 @@ mod tests {
             matches!(gate(&state, &policy, Timestamp(60_000), &start("v2"), None), Gate::Hold(r) if r.contains("cooldown"))
         );
         assert_eq!(gate(&state, &policy, Timestamp(H), &start("v2"), None), Gate::Act);
-        rolled_back(&mut state, H, "rb-2", "v2", RollbackResult::Interrupted);
+        rolled_back(&mut state, H, "rb-2", "v2", RollbackResult::Failed);
         assert!(
             matches!(gate(&state, &policy, Timestamp(2 * H), &start("v2"), None), Gate::LoopGuard(f) if f.contains("2 rollbacks"))
+        );
+    }
+
+    #[test]
+    fn an_interrupted_rollback_is_never_retried_for_that_deploy() {
+        let policy = Policy { cooldown: Span(60_000), ..Policy::default() };
+        let mut state = State::default();
+        rolled_back(&mut state, 0, "rb-1", "v2", RollbackResult::Interrupted);
+        assert!(matches!(
+            gate(&state, &policy, Timestamp(10 * H), &start("v2"), None),
+            Gate::Hold(r) if r.contains("rb-1 (interrupted); not retried: check the deployment by hand")
+        ));
+        assert_eq!(
+            gate(&state, &policy, Timestamp(10 * H), &start("v3"), None),
+            Gate::Act,
+            "another version is judged anew"
         );
     }
 }

@@ -41,7 +41,7 @@ impl Dispatcher {
                 self.standby = None;
                 // Whatever this replica ran under an earlier term is fenced off.
                 self.in_flight = None;
-                tracing::warn!(term = term.0, "leading: acting from the shared state");
+                tracing::info!(term = term.0, "leading: acting from the shared state");
                 self.ledger.journal().note(now, "leading", &serde_json::json!({ "term": term.0 }));
                 let unfinished: Vec<Rollback> = self.state.unfinished().cloned().collect();
                 for r in unfinished {

@@ -281,6 +281,12 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the config names replicas (`[ha]`); a config that does not load says no (the
+/// command it was asked for then reports the errors).
+pub fn has_ha(config: &Path) -> bool {
+    crate::act::deployment::load(config).is_ok_and(|d| d.config.ha.is_some())
+}
+
 /// `rollwatch annotate -c FILE ID --root-cause TEXT`
 pub fn annotate(config: &Path, id: &str, root_cause: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };

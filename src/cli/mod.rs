@@ -279,7 +279,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Notify { config, channel, template, vars } => act::notify(&config, &channel, &template, &vars, out),
         Command::History { config, json } => act::history(&config, json, out),
         Command::Report { config, id, format } => act::report(&config, &id, format, out),
-        Command::Annotate { config, id, root_cause } => act::annotate(&config, &id, &root_cause, out),
+        Command::Annotate { config, id, root_cause } => {
+            // Among replicas the root cause goes to the leader (and through the shared log to
+            // every replica's history); alone, straight into the journal.
+            if act::has_ha(&config) {
+                let query = format!("?root_cause={}", url_segment(&root_cause));
+                act::post(&config, &format!("/annotate/{}{query}", url_segment(&id)), out)
+            } else {
+                act::annotate(&config, &id, &root_cause, out)
+            }
+        }
     }
 }
 

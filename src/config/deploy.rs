@@ -157,6 +157,22 @@ fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> O
     let client_cert =
         pair(&ha.cert_file, &ha.key_file, "cert_file and key_file").map(|(c, k)| (PathBuf::from(c), PathBuf::from(k)));
     let ca_file = text(&ha.ca_file).map(PathBuf::from);
+    // The certificate files are read now, so that `check` catches what `run` could not use.
+    let files = [("ca_file", &ha.ca_file), ("cert_file", &ha.cert_file), ("key_file", &ha.key_file)];
+    for (label, file) in files {
+        let Some(f) = file else { continue };
+        let path = f.get_ref();
+        match std::fs::read(path) {
+            Err(e) => c.err(&f.span(), item, format!("{label}: cannot read {path}: {e}")),
+            Ok(bytes) if !bytes.windows(11).any(|w| w == b"-----BEGIN ") => {
+                c.err(&f.span(), item, format!("{label}: {path} is not PEM (no -----BEGIN line)"));
+            }
+            Ok(_) => {}
+        }
+        if !endpoints.iter().any(|e| e.starts_with("https://")) {
+            c.err(&f.span(), item, format!("{label} is for https:// endpoints; every endpoint here is http://"));
+        }
+    }
     Some(HaSpec { etcd: endpoints, key, ttl, replica, advertise, auth_env, ca_file, client_cert })
 }
 

@@ -29,7 +29,7 @@ pub enum EtcdError {
     #[error("etcd answered unreadably: {0}")]
     Protocol(String),
     /// The client could not be set up (a certificate file).
-    #[error("etcd client: {0}")]
+    #[error("[ha]: {0}")]
     Setup(String),
 }
 

@@ -404,7 +404,8 @@ impl Coordinator {
                         self.lose("another replica holds the leader key");
                     }
                     if following.as_ref() != Some(&leader) {
-                        tracing::info!(leader = ?leader.as_ref().map(|l| &l.replica), "following");
+                        let name = leader.as_ref().map_or("nobody yet", |l| l.replica.as_str());
+                        tracing::info!(replica = %self.me.replica, leader = name, "following");
                         following = Some(leader.clone());
                         let _ = updates.send(Update::Follow { leader: leader.clone() }).await;
                     }
@@ -424,8 +425,8 @@ impl Coordinator {
                             self.lose(&error);
                         }
                         following = None;
-                        let leader = self.status().leader;
-                        self.set_status(Role::Unreachable, leader, None, Some(error.clone()));
+                        // Who leads cannot be known without etcd (nobody acts meanwhile).
+                        self.set_status(Role::Unreachable, None, None, Some(error.clone()));
                         if !down {
                             tracing::error!(%error, "etcd unreachable: not acting");
                             down = true;
@@ -435,7 +436,8 @@ impl Coordinator {
                 }
             }
         }
-        self.lose("stopping");
+        // A stop ends leadership quietly: the lease is revoked for the next replica.
+        *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(id) = lease
             && let Err(e) = self.etcd.revoke(id).await
         {
@@ -473,7 +475,7 @@ impl Coordinator {
         let last = log.iter().filter_map(|l| l.get("seq").and_then(Value::as_u64)).max().unwrap_or(0).max(upto);
         *cursor = Cursor { next: last + 1, seen: last, snapshot_upto: upto, synced: true };
         drop(cursor);
-        tracing::warn!(replica = %self.me.replica, term = term.0, lines = log.len(), "leading: acting state restored from etcd");
+        tracing::info!(replica = %self.me.replica, term = term.0, lines = log.len(), "leading: acting state restored from etcd");
         // Leadership first, then the news: the new leader's first writes (a rollback found
         // unfinished, reported) may follow the news at once.
         *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, until));

@@ -67,7 +67,15 @@ impl Snapshot {
             "<p id=\"versions\">mode <b>{}</b> · deployed <b id=\"version\">{}</b>{} · last good <b id=\"last-good\">{}</b> · rollback target <b id=\"target\">{}</b></p>",
             esc(&a.mode),
             esc(a.version.as_deref().unwrap_or("unknown")),
-            a.deployed_at.map(|t| format!(" since {} ({} ago)", esc(&iso(t)), ago(now, t))).unwrap_or_default(),
+            a.deployed_at.map(|t| format!(" since {} ({} ago)", esc(&iso(t)), ago(now, t))).unwrap_or_default()
+                + &a.version_seen
+                    .as_deref()
+                    .filter(|seen| a.version.as_deref() != Some(*seen))
+                    .map(|seen| format!(
+                        " (the version source reads <b id=\"version-seen\">{}</b>: not recorded yet)",
+                        esc(seen)
+                    ))
+                    .unwrap_or_default(),
             esc(a.last_good.as_deref().unwrap_or("none yet")),
             esc(a.target_version.as_deref().unwrap_or("none")),
         );

@@ -367,6 +367,8 @@ fn the_ha_section_is_checked_with_its_places() {
         "bad.toml:11:13: [ha]: advertise is the URL other replicas reach this one at",
         "bad.toml:12:16: [ha]: username_env and password_env: give both or neither",
         "bad.toml:13:13: [ha]: cert_file and key_file: give both or neither",
+        "bad.toml:13:13: [ha]: cert_file: cannot read client.pem",
+        "bad.toml:13:13: [ha]: cert_file is for https:// endpoints; every endpoint here is http://",
     ] {
         assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
     }
@@ -389,7 +391,19 @@ fn the_ha_section_is_checked_with_its_places() {
     let (code, out, _) = rollwatch(&["check", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("[ha]: replicas elect a leader on etcd at run time"), "{out}");
-    // A certificate file that cannot be read stops `run` at once, naming it.
+    // A certificate file that is not PEM, caught by `check`.
+    let not_pem = write(
+        dir.path(),
+        "not-pem.toml",
+        format!(
+            "{head}[ha]\netcd = [\"https://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\nca_file = {:?}\n",
+            good.display()
+        ),
+    );
+    let (code, out, _) = rollwatch(&["check", not_pem.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not PEM (no -----BEGIN line)"), "{out}");
+    // A certificate file that cannot be read stops `run` at once, naming it (and `check` too).
     let missing = write(
         dir.path(),
         "missing.toml",
@@ -399,7 +413,8 @@ fn the_ha_section_is_checked_with_its_places() {
     );
     let (code, out, err) = rollwatch(&["run", "-c", missing.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(format!("{out}{err}").contains("cannot read /nonexistent/ca.pem"), "{out}{err}");
+    let said = format!("{out}{err}");
+    assert_eq!(said.matches("cannot read /nonexistent/ca.pem").count(), 1, "said once: {said}");
 }
 
 /// The README's table of the values each notification template shows is the templates' own

@@ -124,10 +124,14 @@ async fn restart_and_check(s: &Setup, interrupted: bool) {
     } else {
         assert_eq!(finished[0]["result"], "completed");
     }
-    // A completed rollback spends its version; an interrupted one may be tried again, but only
-    // after the cooldown (and within the loop guard).
+    // A completed rollback spends its version; so does an interrupted one — never retried for
+    // that deploy (its step may still be running; people were told to take over).
     let suppressed = s.events().into_iter().rfind(|e| e["event"] == "suppressed").unwrap();
-    let held = if interrupted { "cooldown after rb-1" } else { "version v2 was already rolled back by rb-1" };
+    let held = if interrupted {
+        "version v2 was already rolled back by rb-1 (interrupted); not retried"
+    } else {
+        "version v2 was already rolled back by rb-1"
+    };
     assert!(suppressed["reason"].as_str().unwrap().contains(held), "{suppressed}");
 }
 

@@ -262,6 +262,18 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
         assert!(out.contains("rb-1") && out.contains("completed"), "{}: {out}", r.name);
     }
 
+    // A root cause given on a follower is recorded once, by the leader, for every replica.
+    let follower_config = replicas[(l + 1) % 3].config.to_str().unwrap().to_string();
+    let (code, out, err) =
+        crate::common::rollwatch(&["annotate", "-c", &follower_config, "rb-1", "--root-cause", "bad v2 build"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for r in &replicas {
+        wait_for_journal(&r.journal(), "the root cause", |e| {
+            of_kind(e, "annotated").iter().filter(|a| a["root_cause"] == "bad v2 build").count() == 1
+        })
+        .await;
+    }
+
     // A command sent to a follower is applied once, by the leader.
     let follower = &replicas[(l + 1) % 3];
     let (code, by, body) = post(&follower.listen, "/pause");
@@ -372,6 +384,15 @@ async fn a_leader_stopped_past_its_ttl_never_acts_beside_the_new_one() {
     wait_for_journal(&stopped.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
 
     stopped.signal("-STOP");
+    // A command to the follower while its leader is stalled: answered within the CLI's 10 s
+    // (by the new leader, or a 503 saying to try again), never held.
+    let asked = Stopwatch::start();
+    let (code, _, body) = post(&other.listen, "/silence/no-such-rule?for=1m");
+    assert!(asked.elapsed_secs() < 10.0, "held {:.1} s: {body}", asked.elapsed_secs());
+    assert!(
+        code == 409 && body.contains("no rule named") || code == 503 && body.contains("try again"),
+        "{code} {body}"
+    );
     until("the other replica to lead", || other.leads()).await;
     bad_deploy(&service, "v2", &other.journal()).await;
     until("the undo", || !service.rollbacks().is_empty()).await;
