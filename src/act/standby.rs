@@ -144,6 +144,7 @@ impl Dispatcher {
             "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.".into(),
         );
         vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        vars.insert("rollback_id".into(), "none".into());
         self.escalations += 1;
         self.notifier.announce("escalation", &vars);
         self.ledger.journal().note(now, "coordinator_unreachable", &serde_json::json!({ "error": error }));
@@ -170,6 +171,7 @@ impl Dispatcher {
         vars.insert("finding".into(), finding);
         vars.insert("response".into(), "None: acting resumed.".into());
         vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        vars.insert("rollback_id".into(), "none".into());
         self.notifier.announce("escalation", &vars);
     }
 }

@@ -70,7 +70,7 @@ pub struct HaStatus {
     /// This replica's name.
     pub replica: String,
     pub role: Role,
-    /// The leader, as last seen (this replica, when it leads).
+    /// The leader, as last seen (this replica, when it leads), and its term.
     pub leader: Option<Leader>,
     pub term: Option<i64>,
     /// Why etcd cannot be used, while it cannot.
@@ -327,7 +327,7 @@ impl Coordinator {
     }
 
     /// One round: the lease renewed (or a new one), then the leader key tried.
-    async fn round(&self, lease: &mut Option<i64>) -> Result<(Option<Term>, Option<Leader>), EtcdError> {
+    async fn round(&self, lease: &mut Option<i64>) -> Result<(Option<Term>, Option<(Leader, Term)>), EtcdError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
         let id = match *lease {
             Some(id) if self.etcd.keepalive(id).await?.is_some() => id,
@@ -346,14 +346,15 @@ impl Coordinator {
         let put = Op::Put { key: key.clone(), value: me, lease: Some(id) };
         let r = self.etcd.txn(&[Compare::Created(key.clone(), 0)], &[put], &[Op::Get(key)]).await?;
         if r.succeeded {
-            return Ok((Some(Term(r.revision)), Some(self.me.clone())));
+            return Ok((Some(Term(r.revision)), Some((self.me.clone(), Term(r.revision)))));
         }
         let Some(kv) = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next()) else {
             return Ok((None, None)); // gone between the compare and the read: next round
         };
-        let holder = serde_json::from_slice::<Leader>(&kv.value).ok();
+        let term = Term(kv.create_revision);
+        let holder = serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, term));
         if kv.lease == id {
-            return Ok((Some(Term(kv.create_revision)), holder));
+            return Ok((Some(term), holder));
         }
         Ok((None, holder))
     }
@@ -399,7 +400,9 @@ impl Coordinator {
             let sent = Stopwatch::start();
             let result = match self.round(&mut lease).await {
                 Ok((Some(term), _)) => self.lead_round(term, sent, &mut leading, &updates).await,
-                Ok((None, leader)) => {
+                Ok((None, holder)) => {
+                    let term = holder.as_ref().map(|(_, t)| *t);
+                    let leader = holder.map(|(l, _)| l);
                     if leading.take().is_some() {
                         self.lose("another replica holds the leader key");
                     }
@@ -409,7 +412,7 @@ impl Coordinator {
                         following = Some(leader.clone());
                         let _ = updates.send(Update::Follow { leader: leader.clone() }).await;
                     }
-                    self.set_status(Role::Follower, leader, None, None);
+                    self.set_status(Role::Follower, leader, term, None);
                     self.follow_round(&updates).await
                 }
                 Err(e) => Err(e),
