@@ -217,6 +217,20 @@ impl Config {
         }
         let api_token_env = raw.api_token_env.as_ref().map(|t| t.get_ref().clone());
         let ha = raw.ha.as_ref().and_then(|h| ha_spec(&mut c, h));
+        if let (Some(spec), Some(raw_ha)) = (&ha, &raw.ha)
+            && spec.advertise.is_none()
+            && listen.ip().is_unspecified()
+        {
+            c.err(
+                &raw_ha.span(),
+                Some("[ha]"),
+                format!(
+                    "advertise = \"http://HOST:{}\" is required when listen is {}: the other replicas send commands and hooks there",
+                    listen.port(),
+                    listen.ip()
+                ),
+            );
+        }
 
         let mut names = BTreeSet::new();
         let mut targets = Vec::new();

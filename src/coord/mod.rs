@@ -401,6 +401,9 @@ impl Coordinator {
             let result = match self.round(&mut lease).await {
                 Ok((Some(term), _)) => self.lead_round(term, sent, &mut leading, &updates).await,
                 Ok((None, holder)) => {
+                    if holder.as_ref().is_some_and(|(l, _)| l.replica == self.me.replica) {
+                        tracing::error!(replica = %self.me.replica, "another replica leads under this replica's name: give each its own `replica`");
+                    }
                     let term = holder.as_ref().map(|(_, t)| *t);
                     let leader = holder.map(|(l, _)| l);
                     if leading.take().is_some() {

@@ -391,6 +391,17 @@ fn the_ha_section_is_checked_with_its_places() {
     let (code, out, _) = rollwatch(&["check", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("[ha]: replicas elect a leader on etcd at run time"), "{out}");
+    // Listening on every address: the others need to be told where this replica is.
+    let wide = write(
+        dir.path(),
+        "wide.toml",
+        format!(
+            "listen = \"0.0.0.0:9464\"\napi_token_env = \"T\"\n{head}[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\n"
+        ),
+    );
+    let (code, out, _) = rollwatch(&["check", wide.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("advertise = \"http://HOST:9464\" is required when listen is 0.0.0.0"), "{out}");
     // A certificate file that is not PEM, caught by `check`.
     let not_pem = write(
         dir.path(),
