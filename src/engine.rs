@@ -265,7 +265,7 @@ impl Engine {
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
         let mut snapshot =
-            Snapshot { leader: dispatcher.leads(), ha: coord.as_ref().map(|c| c.status()), ..Snapshot::default() };
+            Snapshot { may_act: dispatcher.leads(), ha: coord.as_ref().map(|c| c.status()), ..Snapshot::default() };
         snapshot.watch_targets(&targets);
         snapshot.watch_thresholds(&ev);
         let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
@@ -389,7 +389,12 @@ impl Engine {
         let answer = match off_runtime(|| self.dispatcher.command(command)) {
             Ok(answer) => answer,
             Err(e) => {
-                let refused = Err(format!("not done: the journal cannot be written ({})", crate::error_chain(&e)));
+                let refused = Err(match &e {
+                    RecordError::Journal(_) => {
+                        format!("not done: the journal cannot be written ({})", crate::error_chain(&e))
+                    }
+                    RecordError::Shared(_) => format!("not done: this replica no longer leads ({e}); try again"),
+                });
                 self.after_acting(Err(e));
                 refused
             }
@@ -471,7 +476,7 @@ impl Engine {
         }
         self.snapshot.acting = self.dispatcher.status();
         self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
-        self.snapshot.leader = self.dispatcher.leads() && self.coord.as_ref().is_none_or(|c| c.leading());
+        self.snapshot.may_act = self.dispatcher.leads() && self.coord.as_ref().is_none_or(|c| c.leading());
     }
 
     /// Sends the snapshot to `/status` and `/metrics`.

@@ -148,19 +148,24 @@ async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: a
                     let _ = local().await;
                 }
                 // Refused before it was sent: nothing done. Sent and unanswered: unknown.
-                let outcome = if e.is_connect() {
-                    "nothing done"
+                let text = if e.is_connect() {
+                    format!(
+                        "the leader {} at {} cannot be reached ({}): nothing done; try again\n",
+                        leader.replica,
+                        leader.address,
+                        crate::error_chain(&e)
+                    )
                 } else {
-                    "whether it applied the request is unknown (see /status)"
+                    format!(
+                        "the leader {} at {} did not answer within {} s ({}): whether it applied the request is unknown (its /status shows what it did); try again\n",
+                        leader.replica,
+                        leader.address,
+                        FORWARD_ATTEMPT.as_secs(),
+                        crate::error_chain(&e)
+                    )
                 };
-                let text = format!(
-                    "the leader {} at {} did not answer within {} s ({}): {outcome}; try again\n",
-                    leader.replica,
-                    leader.address,
-                    FORWARD_ATTEMPT.as_secs(),
-                    crate::error_chain(&e)
-                );
-                return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+                return (StatusCode::SERVICE_UNAVAILABLE, [("x-rollwatch-leader", leader.replica)], text)
+                    .into_response();
             }
         }
     }

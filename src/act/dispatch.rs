@@ -31,7 +31,7 @@ use super::versions::Bake;
 use crate::config::policy::{Mode, Policy};
 use crate::notify::Notifier;
 use crate::rules::{Decision, Evaluator, Outcome, Transition};
-use crate::time::{Clock, Span, Timestamp};
+use crate::time::{Clock, Span, Timestamp, human};
 
 pub use super::commands::{Command, CommandRequest};
 
@@ -348,6 +348,11 @@ impl Dispatcher {
         );
         vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
         self.notifier.announce("escalation", &vars);
+        // Among replicas, one that cannot keep its record hands leadership to one that can.
+        if let Some(c) = self.ledger.coordinator() {
+            c.step_aside();
+            self.stand_down(&format!("journal unwritable: leadership left to another replica ({error})"));
+        }
     }
 
     /// Why acting is stopped by rollwatch's own fault, if it is (for `/status` and `/metrics`).
@@ -367,9 +372,24 @@ impl Dispatcher {
         let finding =
             format!("journal writable again after {}: acting resumed", crate::time::human(now.saturating_since(since)));
         tracing::warn!("{finding}");
-        let vars = crate::template::messages::blank_vars();
+        let mut vars = crate::template::messages::blank_vars();
         let profiles = self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", ");
-        self.escalate(now, Severity::Notice, &finding, "None: rollwatch acts again.", &profiles, None, vars)?;
+        if let Some(c) = self.ledger.coordinator() {
+            // Among replicas: this one may lead again.
+            c.rejoin();
+        }
+        if self.leads() {
+            self.escalate(now, Severity::Notice, &finding, "None: rollwatch acts again.", &profiles, None, vars)?;
+        } else {
+            vars.insert("severity".into(), Severity::Notice.to_string());
+            vars.insert(
+                "finding".into(),
+                format!("journal writable again after {}", human(now.saturating_since(since))),
+            );
+            vars.insert("response".into(), "None: this replica may lead again.".into());
+            vars.insert("profile".into(), profiles);
+            self.notifier.announce("escalation", &vars);
+        }
         Ok(true)
     }
 

@@ -164,16 +164,45 @@ fn ha_spec(c: &mut Checker, raw: &toml::Spanned<crate::config::raw::RawHa>) -> O
         let path = f.get_ref();
         match std::fs::read(path) {
             Err(e) => c.err(&f.span(), item, format!("{label}: cannot read {path}: {e}")),
-            Ok(bytes) if !bytes.windows(11).any(|w| w == b"-----BEGIN ") => {
-                c.err(&f.span(), item, format!("{label}: {path} is not PEM (no -----BEGIN line)"));
+            Ok(bytes) => {
+                if let Err(why) = pem_holds(label, &bytes) {
+                    c.err(&f.span(), item, format!("{label}: {path} {why}"));
+                }
             }
-            Ok(_) => {}
         }
         if !endpoints.iter().any(|e| e.starts_with("https://")) {
             c.err(&f.span(), item, format!("{label} is for https:// endpoints; every endpoint here is http://"));
         }
     }
     Some(HaSpec { etcd: endpoints, key, ttl, replica, advertise, auth_env, ca_file, client_cert })
+}
+
+/// Whether a PEM file holds what its `[ha]` field needs: `ca_file` certificates a trust store
+/// takes, `cert_file` certificates, `key_file` a private key. `Err` says what is wrong.
+fn pem_holds(label: &str, bytes: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err("is not PEM (no -----BEGIN line)".into());
+    }
+    if label == "key_file" {
+        return PrivateKeyDer::from_pem_slice(bytes)
+            .map(drop)
+            .map_err(|e| format!("holds no usable private key ({e})"));
+    }
+    let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("holds a certificate that does not decode ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate (a key, or another PEM kind)".into());
+    }
+    if label == "ca_file" {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("holds a certificate that cannot be trusted as a CA ({e})"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Config {

@@ -162,7 +162,12 @@ impl Etcd {
             })?;
             builder = builder.identity(identity);
         }
-        let client = builder.build().map_err(|e| EtcdError::Setup(e.to_string()))?;
+        let client = builder.build().map_err(|e| {
+            EtcdError::Setup(format!(
+                "the TLS files (ca_file, cert_file, key_file) cannot be used: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
         let auth = match &spec.auth_env {
             None => None,
             Some((user_var, password_var)) => {

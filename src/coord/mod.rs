@@ -139,6 +139,8 @@ pub struct Coordinator {
     log: tokio::sync::Mutex<Cursor>,
     status: Mutex<HaStatus>,
     compactor: Compactor,
+    /// Whether this replica stands for election (not while its journal cannot be written).
+    eligible: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -185,6 +187,7 @@ impl Coordinator {
             log: tokio::sync::Mutex::new(Cursor::default()),
             status: Mutex::new(status),
             compactor,
+            eligible: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -252,6 +255,24 @@ impl Coordinator {
         if lead.is_some_and(|(t, _)| t == term) {
             *lead = None;
             tracing::error!(why, term = term.0, "leadership lost: not acting");
+        }
+    }
+
+    /// This replica cannot keep its own record (its journal fails): it stops acting, and at its
+    /// next round gives up the leader key (its lease revoked) and stands for election no more,
+    /// so that a healthy replica leads.
+    pub fn step_aside(&self) {
+        if self.eligible.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::error!(replica = %self.me.replica, "stepping aside: this replica does not lead while its journal fails");
+        }
+        let mut lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        *lead = None;
+    }
+
+    /// Stands for election again (its journal takes writes again).
+    pub fn rejoin(&self) {
+        if !self.eligible.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(replica = %self.me.replica, "standing for election again");
         }
     }
 
@@ -341,8 +362,22 @@ impl Coordinator {
                 id
             }
         };
-        let me = serde_json::to_vec(&self.me).unwrap_or_default();
         let key = self.leader_key();
+        if !self.eligible.load(std::sync::atomic::Ordering::SeqCst) {
+            // Not standing: read who leads; holding the key, give it up (the lease's revocation
+            // deletes it at once).
+            let holder = self.etcd.get(&key).await?;
+            if holder.as_ref().is_some_and(|kv| kv.lease == id) {
+                self.etcd.revoke(id).await?;
+                *lease = None;
+                tracing::warn!(replica = %self.me.replica, "leader key given up");
+                return Ok((None, None));
+            }
+            let holder = holder
+                .and_then(|kv| serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, Term(kv.create_revision))));
+            return Ok((None, holder));
+        }
+        let me = serde_json::to_vec(&self.me).unwrap_or_default();
         let put = Op::Put { key: key.clone(), value: me, lease: Some(id) };
         let r = self.etcd.txn(&[Compare::Created(key.clone(), 0)], &[put], &[Op::Get(key)]).await?;
         if r.succeeded {

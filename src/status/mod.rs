@@ -92,8 +92,9 @@ pub struct Snapshot {
     pub connections_refused: u64,
     /// The dispatcher: mode, rollback in flight, approvals, pause, silences, rollbacks by result.
     pub acting: crate::act::dispatch::ActingStatus,
-    /// Whether this replica may act: alone, always; among replicas (`[ha]`), while it leads.
-    pub leader: bool,
+    /// Whether this replica may act: alone, always; among replicas (`[ha]`), while it leads
+    /// (`rollwatch_leader` in `/metrics`).
+    pub may_act: bool,
     /// The coordination among replicas, with `[ha]`: this replica's role and the leader.
     pub ha: Option<crate::coord::HaStatus>,
 }
@@ -360,7 +361,7 @@ impl Snapshot {
             "rollwatch_leader",
             "gauge",
             "1 on the replica that may act (the leader among replicas; a replica alone), 0 elsewhere.",
-            vec![format!(" {}", u8::from(self.leader))],
+            vec![format!(" {}", u8::from(self.may_act))],
         );
         section(
             "rollwatch_coordinator_reachable",

@@ -414,6 +414,26 @@ fn the_ha_section_is_checked_with_its_places() {
     let (code, out, _) = rollwatch(&["check", not_pem.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("is not PEM (no -----BEGIN line)"), "{out}");
+    // PEM of the wrong kind, or a certificate that does not decode: caught by `check` too.
+    let key_only = write(dir.path(), "key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    let garbled = write(
+        dir.path(),
+        "garbled.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    for (file, said) in [(&key_only, "holds no certificate"), (&garbled, "holds a certificate that does not decode")] {
+        let config = write(
+            dir.path(),
+            "pem-kind.toml",
+            format!(
+                "{head}[ha]\netcd = [\"https://127.0.0.1:2379\"]\nkey = \"/rollwatch/api\"\nca_file = {:?}\n",
+                file.display()
+            ),
+        );
+        let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(said), "{said:?} missing in {out}");
+    }
     // A certificate file that cannot be read stops `run` at once, naming it (and `check` too).
     let missing = write(
         dir.path(),

@@ -5,6 +5,7 @@
 //! must read back whole.
 
 use crate::common;
+use crate::common::{Unmount, fill_disk, mount};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -211,37 +212,6 @@ async fn sigterm_during_a_step_lets_the_steps_finish_first() {
     // Verification was cut short: the next start reports it, and runs nothing again.
     restart_and_check(&s, true).await;
     assert_eq!(s.steps().len(), 4);
-}
-
-/// Unmounts (lazily) on drop, every mount stacked there.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            let unmounted = Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
-            if !unmounted.is_ok_and(|s| s.success()) {
-                break;
-            }
-        }
-    }
-}
-
-fn mount(state: &Path, options: &str) {
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(state).status().unwrap();
-    assert!(ok.success(), "mounting a tmpfs needs root (scripts/test.sh runs the tests as root)");
-}
-
-/// Fills the disk to the last byte, the journal's own last page too.
-fn fill_disk(state: &Path) {
-    use std::io::Write;
-    let mut filler = std::fs::File::create(state.join("filler")).unwrap();
-    for chunk in [65536, 4096, 1] {
-        while filler.write_all(&vec![0u8; chunk]).is_ok() {}
-    }
-    // The journal's last page still has room: fill it with empty lines (read back as nothing).
-    let mut journal = std::fs::OpenOptions::new().append(true).open(state.join("journal.jsonl")).unwrap();
-    while journal.write_all(b"\n").and_then(|()| journal.sync_data()).is_ok() {}
 }
 
 /// What a journal fault must not break: with the disk under `state` broken by `fault`, an

@@ -689,3 +689,47 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
     let seqs: Vec<u64> = whole.iter().map(rollwatch::act::ledger::seq_of).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]) && *seqs.last().unwrap() == COMPACT_AFTER + 42, "{seqs:?}");
 }
+
+/// The leader's disk fills up: it cannot keep its own record, so it stops acting and gives the
+/// leader key up; the other replica leads and undoes the next outage once; when space returns,
+/// the first stands for election again (and follows, the key being taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_journal_fails_hands_leadership_to_a_healthy_replica() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let service = VersionedService::start("v1", 0).await;
+    // The first replica's state_dir on a small tmpfs, so that its disk can fill.
+    let state = root.path().join("a/state");
+    std::fs::create_dir_all(&state).unwrap();
+    crate::common::mount(&state, "size=2m");
+    let _unmount = crate::common::Unmount(state.clone());
+    let a = Replica::start(root.path(), "a", &service, &etcd.url(), "2s", POLICY);
+    until("a to lead", || a.leads()).await;
+    let b = Replica::start(root.path(), "b", &service, &etcd.url(), "2s", POLICY);
+    until("b to follow a", || b.status()["ha"]["leader"]["replica"] == "a").await;
+    wait_for_journal(&b.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
+
+    crate::common::fill_disk(&state);
+    // The next thing the leader records (a deploy) finds its journal full.
+    service.deploy("v2", 0);
+    until("b to lead", || b.leads()).await;
+    until("a to say why it stood aside", || {
+        let s = a.status();
+        s["acting"]["journal_error"].is_string() && s["ha"]["role"] == "follower"
+    })
+    .await;
+    assert_eq!(a.metric("rollwatch_leader"), Some(0.0));
+    wait_for_journal(&b.journal(), "v2's deploy", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == "v2")).await;
+    service.set_errors("v2", 500);
+    until("the undo", || !service.rollbacks().is_empty()).await;
+
+    std::fs::remove_file(state.join("filler")).unwrap();
+    until("a back on its feet, following b", || {
+        let s = a.status();
+        s["acting"]["journal_error"].is_null() && s["ha"]["role"] == "follower" && s["ha"]["leader"]["replica"] == "b"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo");
+    assert!(b.leads() && !a.leads());
+}

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration suites: temp files and running the real binary.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -413,4 +413,35 @@ pub async fn post_alert(listen: &str, status: &str) {
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{resp:?}");
+}
+
+/// Unmounts (lazily) on drop, every mount stacked there.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            let unmounted = Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                break;
+            }
+        }
+    }
+}
+
+pub fn mount(state: &Path, options: &str) {
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(state).status().unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root (scripts/test.sh runs the tests as root)");
+}
+
+/// Fills the disk to the last byte, the journal's own last page too.
+pub fn fill_disk(state: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(state.join("filler")).unwrap();
+    for chunk in [65536, 4096, 1] {
+        while filler.write_all(&vec![0u8; chunk]).is_ok() {}
+    }
+    // The journal's last page still has room: fill it with empty lines (read back as nothing).
+    let mut journal = std::fs::OpenOptions::new().append(true).open(state.join("journal.jsonl")).unwrap();
+    while journal.write_all(b"\n").and_then(|()| journal.sync_data()).is_ok() {}
 }
