@@ -423,6 +423,9 @@ impl Coordinator {
         let mut leading: Option<Term> = None;
         let mut following: Option<Option<Leader>> = None;
         let mut down = false;
+        // Since when rounds fail: a follower waits out a blip as long as a leader is sure of
+        // its lease (2/3 ttl) before it says nobody acts.
+        let mut failing: Option<Stopwatch> = None;
         let mut first = true;
         loop {
             if !first {
@@ -456,11 +459,20 @@ impl Coordinator {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => down = false,
+                Ok(()) => {
+                    down = false;
+                    failing = None;
+                }
                 Err(e) => {
                     let error = e.to_string();
-                    // Leadership ends when it can no longer be sure of its lease.
-                    let still = leading.is_some_and(|t| self.may_act(t));
+                    let failing_for = failing.get_or_insert_with(Stopwatch::start).elapsed();
+                    // Leadership ends when it can no longer be sure of its lease; a follower
+                    // waits as long before it calls etcd unreachable.
+                    let patience = crate::time::Span((self.ttl * 2 / 3).as_millis() as i64);
+                    let still = match leading {
+                        Some(t) => self.may_act(t),
+                        None => !down && failing_for < patience,
+                    };
                     if !still {
                         if leading.take().is_some() {
                             self.lose(&error);
