@@ -329,6 +329,8 @@ impl Engine {
         if let Some(version) = version_of(&self.config, obs) {
             let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, version));
             self.after_acting(result);
+        } else if self.config.raw.version.as_ref().is_some_and(|v| obs.target == *v.get_ref().target.get_ref()) {
+            self.dispatcher.on_version_unreadable(obs.at);
         }
     }
 

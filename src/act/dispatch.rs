@@ -160,6 +160,11 @@ pub struct Dispatcher {
     pub(super) bake: Bake,
     /// The version source's last reading (a reading that changes is a deploy).
     pub(super) observed: Option<String>,
+    /// When the version source was last read, and last polled at all (read or not): a decision
+    /// about an issue that began after the last poll waits for the next one, which says what
+    /// version the issue is about.
+    pub(super) version_read_at: Option<Timestamp>,
+    pub(super) version_polled_at: Option<Timestamp>,
     pub(super) restart: Option<Restart>,
     /// Profiles whose pre-deploy incident was escalated (once, until its rules are seen quiet).
     pub(super) predates_told: BTreeSet<String>,
@@ -226,6 +231,8 @@ impl Dispatcher {
             escalations: 0,
             bake: Bake::default(),
             observed: None,
+            version_read_at: None,
+            version_polled_at: None,
             restart,
             predates_told: BTreeSet::new(),
             monitor_since: BTreeMap::new(),
@@ -436,6 +443,8 @@ impl Dispatcher {
     /// is a deploy at first sight); a new version seen after a rollback's steps is its restore
     /// point. An unreadable version is not a change (the caller passes nothing).
     pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), RecordError> {
+        let previous_read = self.version_read_at.replace(now);
+        self.version_polled_at = Some(now);
         if !self.leads() {
             self.observed = Some(version.to_string());
             return Ok(());
@@ -445,7 +454,13 @@ impl Dispatcher {
         self.observed = Some(version.to_string());
         if changed && self.state.versions.current.as_deref() != Some(version) {
             let source = if first { DeploySource::FirstSight } else { DeploySource::Version };
-            self.deployed(now, version, source)?;
+            // Dated just after the last reading of the old version: the earliest the new one
+            // could have run, so that what went wrong since is judged as the new version's.
+            let at = match (source, previous_read) {
+                (DeploySource::Version, Some(p)) => p.plus(Span(1)).min(now),
+                _ => now,
+            };
+            self.deployed(at, version, source)?;
         }
         let Some(f) = &mut self.in_flight else { return Ok(()) };
         let Some(v) = &mut f.verification else { return Ok(()) };
@@ -457,6 +472,12 @@ impl Dispatcher {
             self.bake.restart();
         }
         Ok(())
+    }
+
+    /// A poll of the version source that read no version (the target down, the field missing):
+    /// not a change, but the version is as known as it will be for now.
+    pub fn on_version_unreadable(&mut self, now: Timestamp) {
+        self.version_polled_at = Some(now);
     }
 
     /// `to` is deployed now (seen by the version source, or reported). Returns whether it was
@@ -522,6 +543,14 @@ impl Dispatcher {
         }
         if d.predates_deploy() {
             return self.predates(now, d);
+        }
+        // An issue that began after the version source's last poll may be a new version's, not
+        // yet read: wait for the next poll (at most its interval) rather than act on the old one.
+        if let Some(polled) = self.version_polled_at
+            && self.issue_since.get(&d.profile).is_some_and(|since| *since > polled)
+        {
+            tracing::debug!(profile = %d.profile, "waiting for the version source's next poll before acting");
+            return Ok(());
         }
         self.predates_told.remove(&d.profile);
         let wants_approval = d.outcome == Outcome::Consider

@@ -230,13 +230,17 @@ impl Evaluator {
     /// The deployed version's evidence starts at `at` (a deploy, or a rollback's restore point):
     /// windows of deployment-scoped rules start there, their states restart (a pending `for`
     /// does not carry over), and `"deploy"` offsets read the window just before it. With
-    /// `predates` (a deploy seen while running), the rules firing at the last evaluation are
-    /// remembered: until seen inactive, what they report is older than this version.
+    /// `predates` (a deploy seen while running), the rules firing at the last evaluation whose
+    /// condition held since `at` or before are remembered: until seen inactive, what they report
+    /// is older than this version. (A deploy is dated when the version could first have run —
+    /// just after the last reading of the old one — so a rule that turned true after that is
+    /// about the new version, even if its evaluation came before the new version was read.)
     pub fn restart_evidence(&mut self, at: Timestamp, predates: bool) {
         self.take_deploy_values(at);
         self.evidence_since = Some(at);
         for (i, rule) in self.rules.iter().enumerate() {
-            self.predated[i] = predates && self.ticks > 0 && self.states[i].is_firing();
+            let before = matches!(self.states[i], RuleState::Firing { active_since, .. } if active_since <= at);
+            self.predated[i] = predates && self.ticks > 0 && before;
             if rule.scope == Scope::Deployment {
                 if self.states[i].phase() != Phase::Inactive {
                     self.restarted.push(Transition {

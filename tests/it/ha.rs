@@ -210,15 +210,6 @@ async fn until(what: &str, ready: impl Fn() -> bool) {
 
 const POLICY: &str = "cooldown = \"1h\"";
 
-/// Deploys `version` healthy, waits until the leader (`journal`) has recorded the deploy, then
-/// makes half its requests fail: the bad version is known before its errors are (a version
-/// seen after its own errors would be judged an incident that predates it).
-async fn bad_deploy(service: &VersionedService, version: &str, journal: &Path) {
-    service.deploy(version, 0);
-    wait_for_journal(journal, "the deploy recorded", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == version)).await;
-    service.set_errors(version, 500);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
     let root = tempfile::tempdir().unwrap();
@@ -244,7 +235,7 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
     }
     wait_for_journal(&leader.journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
 
-    bad_deploy(&service, "v2", &leader.journal()).await;
+    service.deploy("v2", 500);
     until("the undo", || !service.rollbacks().is_empty()).await;
     // Every replica watches the same outage; one acts. Long enough for a second to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -314,7 +305,7 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
         ["a", "b"].iter().map(|n| Replica::start(root.path(), n, &service, &etcd.url(), "2s", POLICY)).collect();
     let l = one_leader(&replicas.iter().collect::<Vec<_>>(), 20.0).await;
     wait_for_journal(&replicas[l].journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
-    bad_deploy(&service, "v2", &replicas[l].journal()).await;
+    service.deploy("v2", 500);
     wait_for_journal(&replicas[l].journal(), "the rollback", |e| {
         of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "completed")
     })
@@ -329,7 +320,7 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
     assert!(took < 2.0 + 5.0, "failover took {took:.1} s");
 
     // The cooldown of the dead leader's rollback holds the next bad version back.
-    bad_deploy(&service, "v3", &other.journal()).await;
+    service.deploy("v3", 500);
     let events = wait_for_journal(&other.journal(), "v3 held back by the cooldown", |e| {
         of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
     })
@@ -353,7 +344,7 @@ async fn a_leader_killed_in_the_middle_of_a_step_is_never_re_run() {
         .collect();
     let l = one_leader(&replicas.iter().collect::<Vec<_>>(), 20.0).await;
     wait_for_journal(&replicas[l].journal(), "v1 baked", |e| !of_kind(e, "version_baked").is_empty()).await;
-    bad_deploy(&service, "v2", &replicas[l].journal()).await;
+    service.deploy("v2", 500);
     until("the step to run", || marker.exists()).await;
     replicas[l].kill();
 
@@ -394,7 +385,7 @@ async fn a_leader_stopped_past_its_ttl_never_acts_beside_the_new_one() {
         "{code} {body}"
     );
     until("the other replica to lead", || other.leads()).await;
-    bad_deploy(&service, "v2", &other.journal()).await;
+    service.deploy("v2", 500);
     until("the undo", || !service.rollbacks().is_empty()).await;
     stopped.signal("-CONT");
 

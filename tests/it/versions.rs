@@ -70,6 +70,33 @@ fn finished(events: &[Value]) -> bool {
     !of_kind(events, "rollback_finished").is_empty()
 }
 
+/// A bad version's errors reach rollwatch before its version does (the version source polled
+/// every 2 s, the metrics every 200 ms): the rollback waits for the next version reading and
+/// is about the new version, to the last good one — not about the old version, and not judged
+/// an incident older than the deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_seen_before_the_new_version_is_read_are_the_new_versions() {
+    let service = VersionedService::start("v1", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = common::free_listen();
+    let config = versioned_config(dir.path(), &service, &listen, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // The health target (the version source) polled every 2 s.
+    let text = text.replace("/health\"\ninterval = \"200ms\"", "/health\"\ninterval = \"2s\"");
+    assert!(text.contains("/health\"\ninterval = \"2s\""), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut s = Sidecar { child: spawn_run(dir.path(), &config), dir, config, listen };
+    s.baked("v1").await;
+    service.deploy("v2", 500);
+    let events = s.wait("the rollback finished", finished).await;
+    let started = of_kind(&events, "rollback_started");
+    assert_eq!(started.len(), 1, "{events:#?}");
+    assert_eq!((started[0]["version_from"].as_str(), started[0]["target_version"].as_str()), (Some("v2"), Some("v1")));
+    assert!(of_kind(&events, "escalation").iter().all(|e| !e["finding"].as_str().unwrap_or("").contains("predates")));
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()]);
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regression_rolls_back_to_the_last_version_that_ran_healthy() {
     let service = VersionedService::start("v1", 0).await;
