@@ -32,17 +32,8 @@ fn fenced_commit(c: &mut Criterion) {
         .spawn()
         .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let spec = HaSpec {
-        etcd: vec![client],
-        key: "/rollwatch/bench".into(),
-        // Long enough that the leadership outlasts the measurement without renewals.
-        ttl: Span::from_secs(3600),
-        replica: Some("bench".into()),
-        advertise: None,
-        auth_env: None,
-        ca_file: None,
-        client_cert: None,
-    };
+    // Long enough that the leadership outlasts the measurement without renewals.
+    let spec = HaSpec::plain(vec![client], "/rollwatch/bench", Span::from_secs(3600), Some("bench"));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let coord = Coordinator::new(&spec, "127.0.0.1:1".parse().unwrap(), &|_| None, clock, Box::new(|l, _| l)).unwrap();
     let waiting = Stopwatch::start();

@@ -79,6 +79,23 @@ pub struct HaSpec {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
+impl HaSpec {
+    /// Plain `http://` endpoints, no auth: what `[ha]` with only `etcd`, `key`, `ttl` and
+    /// `replica` says (tools, tests, benchmarks).
+    pub fn plain(etcd: Vec<String>, key: &str, ttl: Span, replica: Option<&str>) -> HaSpec {
+        HaSpec {
+            etcd,
+            key: key.to_string(),
+            ttl,
+            replica: replica.map(str::to_string),
+            advertise: None,
+            auth_env: None,
+            ca_file: None,
+            client_cert: None,
+        }
+    }
+}
+
 /// The shortest lease `[ha]` accepts: shorter, a busy leader loses it between renewals.
 pub const HA_MIN_TTL: Span = Span(2_000);
 

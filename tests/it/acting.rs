@@ -98,16 +98,12 @@ impl Harness {
     /// coordinator (whose etcd, a closed port, is never reached here: a replica that does not
     /// lead writes nothing to it).
     fn replica(mut self) -> Harness {
-        let spec = rollwatch::config::deploy::HaSpec {
-            etcd: vec!["http://127.0.0.1:1".into()],
-            key: "/rollwatch/test".into(),
-            ttl: Span::from_secs(10),
-            replica: Some("a".into()),
-            advertise: None,
-            auth_env: None,
-            ca_file: None,
-            client_cert: None,
-        };
+        let spec = rollwatch::config::deploy::HaSpec::plain(
+            vec!["http://127.0.0.1:1".into()],
+            "/rollwatch/test",
+            Span::from_secs(10),
+            Some("a"),
+        );
         let clock: Arc<dyn Clock> = self.clock.clone();
         let coordinator = rollwatch::coord::Coordinator::new(
             &spec,

@@ -454,16 +454,8 @@ fn in_process(
     replica: &str,
     compactor: rollwatch::coord::Compactor,
 ) -> rollwatch::coord::Coordinator {
-    let spec = rollwatch::config::deploy::HaSpec {
-        etcd: vec![etcd.url()],
-        key: key.into(),
-        ttl: rollwatch::time::Span::from_secs(ttl_secs),
-        replica: Some(replica.into()),
-        advertise: None,
-        auth_env: None,
-        ca_file: None,
-        client_cert: None,
-    };
+    let ttl = rollwatch::time::Span::from_secs(ttl_secs);
+    let spec = rollwatch::config::deploy::HaSpec::plain(vec![etcd.url()], key, ttl, Some(replica));
     let clock: std::sync::Arc<dyn rollwatch::time::Clock> = std::sync::Arc::new(rollwatch::time::SystemClock);
     rollwatch::coord::Coordinator::new(&spec, "127.0.0.1:1".parse().unwrap(), &|_| None, clock, compactor).unwrap()
 }
