@@ -428,4 +428,50 @@ mod tests {
         let up = parsed.samples.iter().find(|s| s.key.name == "rollwatch_target_up").unwrap();
         assert_eq!(up.key.label("target"), "a\"pi");
     }
+
+    /// A follower's page: its role, the leader, and the leader's rollback in flight (from the
+    /// shared log); `rollwatch_leader` 0.
+    #[test]
+    fn a_followers_page_names_the_leader_and_its_rollback_in_flight() {
+        let entry = crate::act::history::Entry {
+            id: "rb-3".into(),
+            date: "2026-11-26T12:00:00Z".into(),
+            profile: "api".into(),
+            version_from: Some("v2".into()),
+            version_to: Some("v1".into()),
+            reason: "r".into(),
+            result: "in_flight".into(),
+            duration_minutes: None,
+            duration: None,
+            steps: vec!["2 run undo: HTTP 200".into()],
+            root_cause: None,
+            error: None,
+            approval_id: None,
+            approved_by: None,
+            timings: Default::default(),
+        };
+        let snap = Snapshot {
+            may_act: false,
+            ha: Some(crate::coord::HaStatus {
+                replica: "b".into(),
+                role: crate::coord::Role::Follower,
+                leader: Some(crate::coord::Leader { replica: "a".into(), address: "http://10.0.0.5:9464".into() }),
+                term: Some(7),
+                error: None,
+                since: None,
+            }),
+            acting: crate::act::dispatch::ActingStatus {
+                standby: Some("a follower: a leads".into()),
+                recent_rollbacks: vec![entry],
+                ..Default::default()
+            },
+            ..Snapshot::default()
+        };
+        let page = snap.page();
+        assert!(page.contains("<b id=\"role\">follower</b>"), "{page}");
+        assert!(page.contains("<b id=\"leader\">a (http://10.0.0.5:9464)</b>"), "{page}");
+        assert!(page.contains("rollback <b>rb-3</b> of api (v2 → v1) in flight <b>on the leader</b>"), "{page}");
+        assert!(page.contains("2 run undo: HTTP 200"), "{page}");
+        assert!(snap.metrics().contains("\nrollwatch_leader 0\n"));
+    }
 }

@@ -166,7 +166,24 @@ impl Snapshot {
                 }
                 p.push_str("</ol>");
             }
-            None => p.push_str("<p>no rollback in flight</p>"),
+            // A replica that does not act knows the leader's rollback from the shared log.
+            None => {
+                match a.recent_rollbacks.iter().rfind(|r| r.result == "in_flight").filter(|_| a.standby.is_some()) {
+                    Some(r) => {
+                        let _ = write!(
+                            p,
+                            "<p id=\"in-flight\">rollback <b>{}</b> of {} ({} → {}) in flight <b>on the leader</b> since {}; steps recorded: {}</p>",
+                            esc(&r.id),
+                            esc(&r.profile),
+                            esc(r.version_from.as_deref().unwrap_or("?")),
+                            esc(r.version_to.as_deref().unwrap_or("?")),
+                            esc(&r.date),
+                            if r.steps.is_empty() { "none yet".to_string() } else { esc(&r.steps.join("; ")) },
+                        );
+                    }
+                    None => p.push_str("<p>no rollback in flight</p>"),
+                }
+            }
         }
         for ap in &a.approvals {
             let (approve, reject) = a.approval_commands.get(&ap.approval_id).cloned().unwrap_or_default();
