@@ -165,6 +165,8 @@ pub struct Dispatcher {
     /// version the issue is about.
     pub(super) version_read_at: Option<Timestamp>,
     pub(super) version_polled_at: Option<Timestamp>,
+    /// `(profile, issue since)` whose wait for the version source was told (once each).
+    version_wait_told: BTreeSet<(String, Timestamp)>,
     pub(super) restart: Option<Restart>,
     /// Profiles whose pre-deploy incident was escalated (once, until its rules are seen quiet).
     pub(super) predates_told: BTreeSet<String>,
@@ -233,6 +235,7 @@ impl Dispatcher {
             observed: None,
             version_read_at: None,
             version_polled_at: None,
+            version_wait_told: BTreeSet::new(),
             restart,
             predates_told: BTreeSet::new(),
             monitor_since: BTreeMap::new(),
@@ -456,8 +459,10 @@ impl Dispatcher {
             let source = if first { DeploySource::FirstSight } else { DeploySource::Version };
             // Dated just after the last reading of the old version: the earliest the new one
             // could have run, so that what went wrong since is judged as the new version's.
+            // A rollback's restore is dated when it is seen (its point: the first observation
+            // of a new version after the steps).
             let at = match (source, previous_read) {
-                (DeploySource::Version, Some(p)) => p.plus(Span(1)).min(now),
+                (DeploySource::Version, Some(p)) if self.in_flight.is_none() => p.plus(Span(1)).min(now),
                 _ => now,
             };
             self.deployed(at, version, source)?;
@@ -491,7 +496,8 @@ impl Dispatcher {
         if let Some(seen) = self.observed.as_ref().filter(|seen| *seen != to && source != DeploySource::Version) {
             tracing::warn!(to, seen = %seen, "deploy reported, but the version source reads another version: it bakes only once seen");
         }
-        self.record(now, Event::Deploy(Deploy { from, to: to.to_string(), source }))?;
+        let seen_at = self.version_read_at.filter(|seen| *seen > now);
+        self.record(now, Event::Deploy(Deploy { from, to: to.to_string(), source, seen_at }))?;
         self.bake.restart();
         self.predates_told.clear();
         self.rejected.retain(|(_, v)| v.as_deref() == Some(to));
@@ -547,9 +553,14 @@ impl Dispatcher {
         // An issue that began after the version source's last poll may be a new version's, not
         // yet read: wait for the next poll (at most its interval) rather than act on the old one.
         if let Some(polled) = self.version_polled_at
-            && self.issue_since.get(&d.profile).is_some_and(|since| *since > polled)
+            && let Some(since) = self.issue_since.get(&d.profile).copied()
+            && since > polled
         {
-            tracing::debug!(profile = %d.profile, "waiting for the version source's next poll before acting");
+            if self.version_wait_told.insert((d.profile.clone(), since)) {
+                tracing::info!(profile = %d.profile, outcome = %d.outcome, "decided; waiting for the version source's next poll to know which version this is about");
+                let note = serde_json::json!({ "profile": d.profile, "outcome": d.outcome, "issue_since": since });
+                self.ledger.journal().note(now, "waiting_for_version", &note);
+            }
             return Ok(());
         }
         self.predates_told.remove(&d.profile);

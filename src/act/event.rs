@@ -278,6 +278,10 @@ pub struct Deploy {
     pub from: Option<String>,
     pub to: String,
     pub source: DeploySource,
+    /// When it was seen, when that is later than the line's `at` (a version read after the
+    /// old one's last reading is dated just after that reading: the earliest it could have run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<Timestamp>,
 }
 
 /// `version_baked`: the version ran `bake` with its profiles deciding `monitor` and no rule

@@ -535,6 +535,32 @@ async fn a_slow_rollback_is_s3_and_an_unknown_target_version_fails_the_step() {
     );
 }
 
+/// A rollback decision about an issue that began after the version source's last poll waits
+/// for the next poll (told once); that poll reads v2, whose deploy is dated just after the last
+/// reading of v1 (and says when it was seen) — and the rollback is v2's, to v1.
+#[tokio::test]
+async fn a_decision_newer_than_the_version_poll_waits_for_it_and_the_deploy_is_dated_back() {
+    let mut h = Harness::new(quick_policy()).with_target_undo();
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    h.advance(Span::from_secs(60));
+    h.tick(Outcome::Monitor, &[], Some("v1"));
+    let last_v1 = h.clock.now();
+    // v2 went out; its errors are evaluated before the version source is read again.
+    h.advance(Span::from_secs(3));
+    h.tick(Outcome::Rollback, &["errors"], None);
+    h.advance(Span::from_secs(1));
+    h.tick(Outcome::Rollback, &["errors"], None);
+    assert!(h.events("rollback_started").is_empty(), "no rollback of v1 for v2's errors");
+    assert_eq!(h.events("waiting_for_version").len(), 1, "told once");
+    h.advance(Span::from_secs(1));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let deploy = h.events("deploy").into_iter().rfind(|d| d["to"] == "v2").unwrap();
+    assert_eq!(deploy["at"], last_v1.0 + 1, "dated just after v1's last reading: {deploy}");
+    assert_eq!(deploy["seen_at"], h.clock.now().0, "{deploy}");
+    h.steps_done().await;
+    assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
+}
+
 /// Among replicas: one that does not lead acts on nothing and refuses commands, saying why;
 /// etcd trouble is told on the channel once, reminded every 15 minutes while it lasts, and its
 /// end is told.
