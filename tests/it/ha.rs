@@ -310,6 +310,9 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
         of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "completed")
     })
     .await;
+    // A silence set on the leader, to outlive it.
+    let (code, _, body) = post(&replicas[l].listen, "/silence/error-rate-elevated?for=1h");
+    assert_eq!(code, 200, "{body}");
 
     replicas[l].kill();
     let failover = Stopwatch::start();
@@ -318,6 +321,13 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
     let took = failover.elapsed_secs();
     eprintln!("failover: leader SIGKILLed → the other replica leads in {took:.1} s (ttl 2 s)");
     assert!(took < 2.0 + 5.0, "failover took {took:.1} s");
+    // The new leader acts from the shared state: the silence, the versions (v2 bad, v1 the target).
+    let status = other.status();
+    assert!(status["acting"]["silences"]["error-rate-elevated"].is_i64(), "{status}");
+    assert_eq!(status["acting"]["last_good"], "v1", "{status}");
+    let (code, out, _) = crate::common::rollwatch(&["versions", "-c", other.config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"bad\""), "v2 bad on the new leader too: {out}");
 
     // The cooldown of the dead leader's rollback holds the next bad version back.
     service.deploy("v3", 500);
