@@ -209,12 +209,7 @@ impl Dispatcher {
         }
         let (done, done_rx) = mpsc::unbounded_channel();
         let restart = state.versions.deployed_at.map(|at| Restart { at, predates: false, deployed: None });
-        let rejected = state
-            .closed_approvals
-            .iter()
-            .filter(|c| c.closed.how == Closed::Rejected && c.opened.version == state.versions.current)
-            .map(|c| (c.opened.profile.clone(), c.opened.version.clone()))
-            .collect();
+        let rejected = state.rejected_now();
         let mut d = Dispatcher {
             acting,
             notifier,
@@ -349,15 +344,11 @@ impl Dispatcher {
         tracing::error!(%error, "journal unwritable: not acting until it takes writes again");
         self.journal_down = Some((now, error.clone()));
         self.escalations += 1;
-        let mut vars = crate::template::messages::blank_vars();
-        vars.insert("severity".into(), Severity::S1.to_string());
-        vars.insert("finding".into(), format!("journal unwritable: not acting ({error})"));
-        vars.insert(
-            "response".into(),
-            "Free or fix the disk under state_dir. rollwatch keeps watching and resumes acting by itself.".into(),
+        self.announce_own(
+            Severity::S1,
+            &format!("journal unwritable: not acting ({error})"),
+            "Free or fix the disk under state_dir. rollwatch keeps watching and resumes acting by itself.",
         );
-        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
-        self.notifier.announce("escalation", &vars);
         // Among replicas, one that cannot keep its record hands leadership to one that can.
         if let Some(c) = self.ledger.coordinator() {
             c.step_aside();
@@ -382,23 +373,17 @@ impl Dispatcher {
         let finding =
             format!("journal writable again after {}: acting resumed", crate::time::human(now.saturating_since(since)));
         tracing::warn!("{finding}");
-        let mut vars = crate::template::messages::blank_vars();
-        let profiles = self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", ");
         if let Some(c) = self.ledger.coordinator() {
             // Among replicas: this one may lead again.
             c.rejoin();
         }
         if self.leads() {
+            let vars = crate::template::messages::blank_vars();
+            let profiles = self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", ");
             self.escalate(now, Severity::Notice, &finding, "None: rollwatch acts again.", &profiles, None, vars)?;
         } else {
-            vars.insert("severity".into(), Severity::Notice.to_string());
-            vars.insert(
-                "finding".into(),
-                format!("journal writable again after {}", human(now.saturating_since(since))),
-            );
-            vars.insert("response".into(), "None: this replica may lead again.".into());
-            vars.insert("profile".into(), profiles);
-            self.notifier.announce("escalation", &vars);
+            let finding = format!("journal writable again after {}", human(now.saturating_since(since)));
+            self.announce_own(Severity::Notice, &finding, "None: this replica may lead again.");
         }
         Ok(true)
     }

@@ -12,6 +12,18 @@ use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
 
 impl Dispatcher {
+    /// Tells every channel of rollwatch's own trouble (its journal, etcd) — about every profile
+    /// and no rollback, and not recordable as an escalation while it lasts.
+    pub(super) fn announce_own(&self, severity: Severity, finding: &str, response: &str) {
+        let mut vars = blank_vars();
+        vars.insert("severity".into(), severity.to_string());
+        vars.insert("finding".into(), finding.to_string());
+        vars.insert("response".into(), response.to_string());
+        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
+        vars.insert("rollback_id".into(), "none".into());
+        self.notifier.announce("escalation", &vars);
+    }
+
     /// A runbook 004 finding: journalled, logged, announced on every channel.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn escalate(

@@ -41,10 +41,7 @@ struct Sequenced<'a> {
     event: &'a Event,
 }
 
-/// A line's `seq` in the shared log (0 for lines that never were in it).
-pub fn seq_of(line: &Value) -> u64 {
-    line.get("seq").and_then(Value::as_u64).unwrap_or(0)
-}
+pub use crate::coord::seq_of;
 
 impl Ledger {
     /// The journal alone.

@@ -5,7 +5,7 @@
 //! with the leader's log. etcd trouble is told on every channel once, then reminded.
 
 use super::dispatch::{Dispatcher, Restart};
-use super::event::{Closed, DeploySource, Event, Severity};
+use super::event::{DeploySource, Event, Severity};
 use super::ledger::RecordError;
 use super::state::{Rollback, State};
 use crate::coord::Update;
@@ -117,12 +117,7 @@ impl Dispatcher {
         for e in errors {
             tracing::warn!(error = %e, "shared log line skipped while restoring");
         }
-        self.rejected = state
-            .closed_approvals
-            .iter()
-            .filter(|c| c.closed.how == Closed::Rejected && c.opened.version == state.versions.current)
-            .map(|c| (c.opened.profile.clone(), c.opened.version.clone()))
-            .collect();
+        self.rejected = state.rejected_now();
         if state.versions.deployed_at != self.state.versions.deployed_at
             && let Some(at) = state.versions.deployed_at
         {
@@ -135,18 +130,13 @@ impl Dispatcher {
 
     /// Tells every channel that etcd cannot be reached (and, later, that it still cannot).
     fn tell_coord_down(&mut self, now: Timestamp, since: Timestamp, error: &str) {
-        let mut vars = crate::template::messages::blank_vars();
-        vars.insert("severity".into(), Severity::S1.to_string());
         let lasting = if now > since { format!(" for {}", human(now.saturating_since(since))) } else { String::new() };
-        vars.insert("finding".into(), format!("no replica acts{lasting}: {error}"));
-        vars.insert(
-            "response".into(),
-            "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.".into(),
-        );
-        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
-        vars.insert("rollback_id".into(), "none".into());
         self.escalations += 1;
-        self.notifier.announce("escalation", &vars);
+        self.announce_own(
+            Severity::S1,
+            &format!("no replica acts{lasting}: {error}"),
+            "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.",
+        );
         self.ledger.journal().note(now, "coordinator_unreachable", &serde_json::json!({ "error": error }));
     }
 
@@ -166,12 +156,6 @@ impl Dispatcher {
         let finding =
             format!("etcd reachable again after {}: one replica leads and acts", human(now.saturating_since(since)));
         tracing::warn!("{finding}");
-        let mut vars = crate::template::messages::blank_vars();
-        vars.insert("severity".into(), Severity::Notice.to_string());
-        vars.insert("finding".into(), finding);
-        vars.insert("response".into(), "None: acting resumed.".into());
-        vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
-        vars.insert("rollback_id".into(), "none".into());
-        self.notifier.announce("escalation", &vars);
+        self.announce_own(Severity::Notice, &finding, "None: acting resumed.");
     }
 }

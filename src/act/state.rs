@@ -242,6 +242,16 @@ impl State {
         self.rollbacks.iter().rev().find(|r| r.started.key == key && since.is_none_or(|s| r.at >= s))
     }
 
+    /// `(profile, version)` whose approval was rejected for the version deployed now: not asked
+    /// again until its decision clears or the version changes.
+    pub fn rejected_now(&self) -> std::collections::BTreeSet<(String, Option<String>)> {
+        self.closed_approvals
+            .iter()
+            .filter(|c| c.closed.how == Closed::Rejected && c.opened.version == self.versions.current)
+            .map(|c| (c.opened.profile.clone(), c.opened.version.clone()))
+            .collect()
+    }
+
     /// How the approval with this id closed, if it did.
     pub fn closed_approval(&self, id: &str) -> Option<&ClosedApproval> {
         self.closed_approvals.iter().rev().find(|c| c.opened.approval_id == id)

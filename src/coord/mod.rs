@@ -149,6 +149,11 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// A line's `seq` in the shared log (0 for a line that never was in it).
+pub fn seq_of(line: &Value) -> u64 {
+    line.get("seq").and_then(Value::as_u64).unwrap_or(0)
+}
+
 /// This replica's default name: the host name and the pid.
 pub fn default_replica() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -402,7 +407,7 @@ impl Coordinator {
         let (term, _) = self.round(lease).await?;
         if let Some(term) = term {
             let (log, upto, _) = self.read_log(0, true).await?;
-            let last = log.iter().filter_map(|l| l.get("seq").and_then(Value::as_u64)).max().unwrap_or(0).max(upto);
+            let last = log.iter().map(seq_of).max().unwrap_or(0).max(upto);
             let mut cursor = self.log.lock().await;
             cursor.next = cursor.next.max(last + 1);
             *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, sent.deadline(self.ttl * 2 / 3)));
@@ -525,7 +530,7 @@ impl Coordinator {
         }
         let mut cursor = self.log.lock().await;
         let (log, upto, _) = self.read_log(0, true).await?;
-        let last = log.iter().filter_map(|l| l.get("seq").and_then(Value::as_u64)).max().unwrap_or(0).max(upto);
+        let last = log.iter().map(seq_of).max().unwrap_or(0).max(upto);
         *cursor = Cursor { next: last + 1, seen: last, snapshot_upto: upto, synced: true };
         drop(cursor);
         tracing::info!(replica = %self.me.replica, term = term.0, lines = log.len(), "leading: acting state restored from etcd");
@@ -546,7 +551,7 @@ impl Coordinator {
         let (lines, upto, reset) = self.read_log(cursor.seen, !cursor.synced).await?;
         cursor.snapshot_upto = upto;
         cursor.synced = true;
-        let last = lines.iter().filter_map(|l| l.get("seq").and_then(Value::as_u64)).max().unwrap_or(0);
+        let last = lines.iter().map(seq_of).max().unwrap_or(0);
         cursor.seen = cursor.seen.max(last).max(if reset { upto } else { 0 });
         drop(cursor);
         let update = if reset { Update::Reset(lines) } else { Update::Log(lines) };

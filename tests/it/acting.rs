@@ -551,6 +551,12 @@ async fn a_decision_newer_than_the_version_poll_waits_for_it_and_the_deploy_is_d
     h.advance(Span::from_secs(1));
     h.tick(Outcome::Rollback, &["errors"], None);
     assert!(h.events("rollback_started").is_empty(), "no rollback of v1 for v2's errors");
+    // A note: written by the journal's thread, without waiting.
+    let path = h.dir.path().join("journal.jsonl");
+    crate::common::wait_for_journal(&path, "the wait told", |e| {
+        !crate::common::of_kind(e, "waiting_for_version").is_empty()
+    })
+    .await;
     assert_eq!(h.events("waiting_for_version").len(), 1, "told once");
     h.advance(Span::from_secs(1));
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
