@@ -244,8 +244,12 @@ impl Engine {
         // With [ha], acting events go to the shared log in etcd first (fenced by leadership).
         let coord = match &config.ha {
             Some(spec) => {
-                let compactor: crate::coord::Compactor = Box::new(crate::act::ledger::compact_shared);
-                Some(Arc::new(Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?))
+                // The loop guard counts the last `max_rollbacks`: a compaction keeps them.
+                let recent = acting.policy.max_rollbacks as usize;
+                let compactor: crate::coord::Compactor =
+                    Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
+                let c = Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?;
+                Some(Arc::new(c.with_journal(journal.path(), &history)))
             }
             None => None,
         };
@@ -464,6 +468,11 @@ impl Engine {
             Ok(()) => {}
             Err(RecordError::Journal(e)) => {
                 self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
+            }
+            // A line the shared log did not take (too large): not recorded, so not acted on;
+            // the term goes on.
+            Err(RecordError::Shared(e @ crate::coord::CommitError::Refused(_))) => {
+                tracing::error!(error = %e, "an acting event was not recorded, and so not acted on");
             }
             Err(RecordError::Shared(e)) => self.dispatcher.stand_down(&e.to_string()),
         }

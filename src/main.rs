@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Fault injection for the tests (tikv's `fail`): `FAILPOINTS=after-step-commit=sleep(3000)`
+    // stalls a step between its fenced commit and its start. Unset, nothing is injected.
+    let _failpoints = fail::FailScenario::setup();
     let cli = rollwatch::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -414,9 +414,7 @@ pub fn parse_deploy(body: &[u8]) -> Result<(String, crate::act::event::DeploySou
         Some(other) => return Err(format!("source must be hook or command, not {other:?}")),
     };
     let version = parsed.version.trim().to_string();
-    if version.is_empty() || version.len() > 256 || version.chars().any(char::is_control) {
-        return Err("version must be 1 to 256 printable characters".into());
-    }
+    crate::act::versions::check_version(&version)?;
     Ok((version, source))
 }
 

@@ -238,6 +238,12 @@ impl Deadline {
     pub fn passed(&self) -> bool {
         std::time::Instant::now() >= self.0
     }
+
+    /// How long until it passes (zero once passed).
+    #[allow(clippy::disallowed_methods)]
+    pub fn remaining(&self) -> std::time::Duration {
+        self.0.saturating_duration_since(std::time::Instant::now())
+    }
 }
 
 #[cfg(test)]

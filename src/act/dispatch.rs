@@ -160,6 +160,8 @@ pub struct Dispatcher {
     pub(super) bake: Bake,
     /// The version source's last reading (a reading that changes is a deploy).
     pub(super) observed: Option<String>,
+    /// Whether the version source's last reading was refused (told once).
+    version_refused: bool,
     /// When the version source was last read, and last polled at all (read or not): a decision
     /// about an issue that began after the last poll waits for the next one, which says what
     /// version the issue is about.
@@ -188,6 +190,9 @@ pub struct Dispatcher {
     pub(super) standby: Option<String>,
     /// Since when etcd cannot be reached, and when that was last told on the channels.
     pub(super) coord_down: Option<(Timestamp, Timestamp)>,
+    /// Since when the shared log is not trusted (etcd lost data) and is being rebuilt: told
+    /// once; its end told once.
+    pub(super) rebuilding: Option<Timestamp>,
 }
 
 impl Dispatcher {
@@ -201,7 +206,7 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         lines: &[serde_json::Value],
     ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>), RecordError> {
-        // A small clock skew is fine; a line dated beyond it is reported and ignored.
+        // A small clock skew is fine; a line dated beyond it is reported (and kept: it guards acting).
         let latest = clock.now().plus(Span::from_secs(5 * 60));
         let (state, errors) = State::restore_before(lines, latest);
         for e in errors {
@@ -228,6 +233,7 @@ impl Dispatcher {
             escalations: 0,
             bake: Bake::default(),
             observed: None,
+            version_refused: false,
             version_read_at: None,
             version_polled_at: None,
             version_wait_told: BTreeSet::new(),
@@ -240,6 +246,7 @@ impl Dispatcher {
             issue_since: BTreeMap::new(),
             term: None,
             coord_down: None,
+            rebuilding: None,
         };
         if d.ledger.is_shared() {
             // The leader's rollbacks are its own: this replica reports one interrupted only
@@ -431,6 +438,17 @@ impl Dispatcher {
     /// is a deploy at first sight); a new version seen after a rollback's steps is its restore
     /// point. An unreadable version is not a change (the caller passes nothing).
     pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), RecordError> {
+        // A value that cannot be a version (2 MiB, control characters) is an unreadable reading,
+        // said once: it is never recorded, so it never reaches the journal or the shared log.
+        if let Err(why) = super::versions::check_version(version) {
+            if !self.version_refused {
+                tracing::error!(%why, "the version source's reading is not a version; ignored until it is");
+                self.version_refused = true;
+            }
+            self.on_version_unreadable(now);
+            return Ok(());
+        }
+        self.version_refused = false;
         let previous_read = self.version_read_at.replace(now);
         self.version_polled_at = Some(now);
         if !self.leads() {

@@ -52,8 +52,10 @@ impl Ledger {
     /// The shared log first, then the journal; `lines` is what the journal holds (for the
     /// highest `seq` already mirrored).
     pub fn shared(journal: SharedJournal, coordinator: Arc<Coordinator>, lines: &[Value]) -> Ledger {
-        let mirrored = lines.iter().map(seq_of).max().unwrap_or(0);
-        Ledger { journal, shared: Some(coordinator), mirrored: Arc::new(AtomicU64::new(mirrored)) }
+        // One count with the coordinator's: a shared log that ends before it is not trusted.
+        let mirrored = coordinator.journal_seq();
+        mirrored.fetch_max(lines.iter().map(seq_of).max().unwrap_or(0), Ordering::SeqCst);
+        Ledger { journal, shared: Some(coordinator), mirrored }
     }
 
     pub fn journal(&self) -> &SharedJournal {
@@ -112,6 +114,16 @@ impl Ledger {
         }
     }
 
+    /// Whether a step whose start was committed under `term` (sent at `committed`) may start
+    /// now (see [`Coordinator::may_start`]); alone, always.
+    pub fn may_start(&self, term: Option<Term>, committed: crate::time::Stopwatch) -> Result<(), String> {
+        match (&self.shared, term) {
+            (None, _) => Ok(()),
+            (Some(c), Some(term)) => c.may_start(term, committed),
+            (Some(_), None) => Err("this replica does not lead".into()),
+        }
+    }
+
     fn mirror_own(&self, at: Timestamp, event: &Event, committed: Value) -> Result<(), RecordError> {
         let seq = seq_of(&committed);
         self.journal.append_event(at, &Sequenced { seq, event })?;
@@ -154,9 +166,17 @@ pub const SHARED_RECENT: usize = 20;
 /// What acting needs of the shared log's lines, bounded (the coordinator's compactor): the
 /// events of the last [`SHARED_VERSIONS`] versions deployed and of their rollbacks (steps only
 /// of a rollback unfinished: an interrupted one is reported by its open step), open approvals
-/// and the last closed ones, the pause and silences in force, the latest escalations. Lines keep
-/// their order and `seq`.
-pub fn compact_shared(lines: Vec<Value>, _now: Timestamp) -> Vec<Value> {
+/// and the last closed ones, the pause and silences in force, the latest escalations — and,
+/// whatever was deployed since, every fact that still guards acting: the last rollback of each
+/// profile (its cooldown) and the last `recent_rollbacks` rollbacks (the loop guard's count).
+/// Lines keep their order and `seq`.
+pub fn compact_shared(lines: Vec<Value>, now: Timestamp) -> Vec<Value> {
+    compact_shared_keeping(lines, now, SHARED_RECENT)
+}
+
+/// [`compact_shared`], keeping at least the last `recent_rollbacks` rollbacks (at least the loop
+/// guard's `max_rollbacks`).
+pub fn compact_shared_keeping(lines: Vec<Value>, _now: Timestamp, recent_rollbacks: usize) -> Vec<Value> {
     use std::collections::{BTreeMap, BTreeSet};
     let events: Vec<(Value, Event)> = lines
         .into_iter()
@@ -177,12 +197,29 @@ pub fn compact_shared(lines: Vec<Value>, _now: Timestamp) -> Vec<Value> {
     }
     let versions: BTreeSet<String> = deployed.iter().rev().take(SHARED_VERSIONS).map(|v| v.to_string()).collect();
     let mut rollbacks = BTreeSet::new();
+    // Guards of acting whatever the versions: each profile's last rollback, the latest ones.
+    let mut last_of_profile: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut started: Vec<&str> = vec![];
+    for (_, e) in &events {
+        if let Event::RollbackStarted(s) = e {
+            last_of_profile.insert(&s.profile, &s.rollback_id);
+            started.push(&s.rollback_id);
+        }
+    }
+    let guarding: BTreeSet<String> = last_of_profile
+        .values()
+        .chain(started.iter().rev().take(recent_rollbacks.max(SHARED_RECENT)))
+        .map(|id| id.to_string())
+        .collect();
     let mut unfinished = BTreeSet::new();
     let mut open_approvals = BTreeSet::new();
     let mut closed_approvals = vec![];
     for (_, e) in &events {
         match e {
-            Event::RollbackStarted(s) if s.version_from.as_ref().is_none_or(|v| versions.contains(v)) => {
+            Event::RollbackStarted(s)
+                if s.version_from.as_ref().is_none_or(|v| versions.contains(v))
+                    || guarding.contains(&s.rollback_id) =>
+            {
                 rollbacks.insert(s.rollback_id.clone());
                 unfinished.insert(s.rollback_id.clone());
             }
@@ -326,5 +363,43 @@ mod tests {
         assert_eq!(after.escalations, before.escalations);
         assert_eq!(after.next_rollback, before.next_rollback, "ids go on from the same number");
         assert!(compacted.windows(2).all(|w| seq_of(&w[0]) < seq_of(&w[1])), "order and seq kept");
+    }
+
+    /// A rollback, then 300 versions deployed: the compacted log still holds the rollback that
+    /// guards acting (the profile's cooldown, the loop guard's count, v2 bad).
+    #[test]
+    fn a_compaction_keeps_the_rollbacks_that_guard_acting_whatever_was_deployed_since() {
+        let mut lines = vec![line(1, 1, "deploy", json!({"from": null, "to": "v2", "source": "hook"}))];
+        lines.push(line(
+            2,
+            2,
+            "rollback_started",
+            json!({"rollback_id": "rb-1", "profile": "api", "key": "api@v2", "version_from": "v2",
+            "target_version": "v1", "level": null, "reason": "r", "explanation": "e", "firing": ["err"], "approval_id": null}),
+        ));
+        lines.push(line(
+            3,
+            3,
+            "rollback_finished",
+            json!({"rollback_id": "rb-1", "result": "completed", "duration_ms": 3, "version_to": "v1", "error": null}),
+        ));
+        for n in 0..300u64 {
+            lines.push(line(
+                4 + n,
+                4 + n as i64,
+                "deploy",
+                json!({"from": null, "to": format!("h{n}"), "source": "hook"}),
+            ));
+        }
+        let (before, _) = State::restore(&lines);
+        let (after, errors) = State::restore(&compact_shared_keeping(lines, Timestamp(1_000), 2));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(after.last_of("api").map(|r| r.at), Some(Timestamp(2)), "the cooldown's rollback kept");
+        assert_eq!(
+            after.started_since(Timestamp(0)),
+            before.started_since(Timestamp(0)),
+            "the loop guard counts the same"
+        );
+        assert_eq!(after.next_rollback, 2);
     }
 }

@@ -161,10 +161,25 @@ impl Procedure {
             output: None,
             duration_ms: None,
         };
+        let committed = crate::time::Stopwatch::start();
         self.ledger
             .append_event_async(self.clock.now(), &Event::StepStarted(event.clone()), self.term)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        // Where a test stalls a replica between the commit and the start (FAILPOINTS).
+        fail::fail_point!("after-step-commit");
+        // Fencing reaches only as far as etcd: the step itself starts only while the lease is
+        // certain for longer than a margin, and only within it of the commit.
+        if let Err(why) = self.ledger.may_start(self.term, committed) {
+            let why = format!("not started: {why}");
+            tracing::error!(rollback = %self.rollback_id, step, action = name, %role, why, "step not started");
+            self.ledger.journal().note(
+                self.clock.now(),
+                "step_not_started",
+                &serde_json::json!({"rollback_id": self.rollback_id, "step": step, "action": name, "role": role, "why": why}),
+            );
+            return Err(fail(why));
+        }
         tracing::info!(rollback = %self.rollback_id, step, action = name, %role, "step started");
         let mut result = action.run(&self.vars, &self.client).await;
         result.output = super::action::redact_and_cap(&self.redactor, &result.output);

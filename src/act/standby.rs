@@ -36,6 +36,7 @@ impl Dispatcher {
         match update {
             Update::Lead { term, log } => {
                 self.coord_back(now);
+                self.rebuilt(now);
                 self.restore_shared(&log)?;
                 self.term = Some(term);
                 self.standby = None;
@@ -58,6 +59,7 @@ impl Dispatcher {
             }
             Update::Follow { leader } => {
                 self.coord_back(now);
+                self.rebuilt(now);
                 let reason = match leader {
                     Some(l) => format!("a follower: {} leads (at {})", l.replica, l.address),
                     None => "a follower: no replica leads yet".to_string(),
@@ -66,6 +68,24 @@ impl Dispatcher {
             }
             Update::Log(lines) => self.apply_shared(&lines)?,
             Update::Reset(lines) => self.restore_shared(&lines)?,
+            Update::Distrust { why, lost } => {
+                self.coord_back(now);
+                self.stand_down(&format!("not acting: {why}"));
+                self.ledger.journal().note(
+                    now,
+                    "shared_log_distrusted",
+                    &serde_json::json!({ "why": why, "lost": lost }),
+                );
+                if lost && self.rebuilding.is_none() {
+                    self.rebuilding = Some(now);
+                    self.escalations += 1;
+                    self.announce_own(
+                        Severity::S1,
+                        &format!("no replica acts: {why}"),
+                        "Nothing to do unless no replica's journal survived: every replica merges its journal into the shared log; after a quiet period the leader acts from it again.",
+                    );
+                }
+            }
             Update::Unreachable { error } => {
                 self.stand_down(&format!("not acting: {error}"));
                 if self.coord_down.is_none() {
@@ -118,6 +138,11 @@ impl Dispatcher {
             tracing::warn!(error = %e, "shared log line skipped while restoring");
         }
         self.rejected = state.rejected_now();
+        // Ids go on from the highest this replica knew too: a log that lost lines never makes
+        // an id new again.
+        let mut state = state;
+        state.next_rollback = state.next_rollback.max(self.state.next_rollback);
+        state.next_approval = state.next_approval.max(self.state.next_approval);
         if state.versions.deployed_at != self.state.versions.deployed_at
             && let Some(at) = state.versions.deployed_at
         {
@@ -148,6 +173,17 @@ impl Dispatcher {
             let error = self.standby.clone().unwrap_or_default();
             self.tell_coord_down(now, since, &error);
         }
+    }
+
+    /// The shared log is trusted again (rebuilt): told once.
+    fn rebuilt(&mut self, now: Timestamp) {
+        let Some(since) = self.rebuilding.take() else { return };
+        let finding = format!(
+            "the shared state was rebuilt from the replicas' journals after {}: one replica leads and acts",
+            human(now.saturating_since(since))
+        );
+        tracing::warn!("{finding}");
+        self.announce_own(Severity::Notice, &finding, "None: acting resumed.");
     }
 
     /// etcd answers again: told once.

@@ -98,8 +98,9 @@ impl State {
         State::restore_before(lines, Timestamp(i64::MAX))
     }
 
-    /// As [`State::restore`], but an event dated after `latest` (now plus a clock skew) is
-    /// reported and ignored: a line from the future must not hold a cooldown or a pause.
+    /// As [`State::restore`], and an event dated after `latest` (now plus a clock skew) is
+    /// reported — but applied all the same: a fact that guards acting (a cooldown, a pause, a
+    /// rollback of this version) is never dropped for its date, whichever clock was wrong.
     pub fn restore_before(lines: &[serde_json::Value], latest: Timestamp) -> (State, Vec<ApplyError>) {
         let mut state = State::default();
         let mut errors = Vec::new();
@@ -110,13 +111,13 @@ impl State {
                 message,
             };
             match Event::read(line) {
-                Ok((at, event)) if at > latest && event.restores_state() => {
-                    errors.push(failed(format!(
-                        "dated {} ahead of this clock; ignored",
-                        crate::time::human(at.saturating_since(latest))
-                    )));
-                }
                 Ok((at, event)) => {
+                    if at > latest && event.restores_state() {
+                        errors.push(failed(format!(
+                            "dated {} ahead of this clock (a clock is wrong); kept",
+                            crate::time::human(at.saturating_since(latest))
+                        )));
+                    }
                     if let Err(message) = state.apply(at, &event) {
                         errors.push(failed(message));
                     }
@@ -314,15 +315,15 @@ mod tests {
     }
 
     #[test]
-    fn an_event_from_the_future_holds_nothing() {
+    fn an_event_from_the_future_is_reported_and_kept() {
         let lines = vec![
             line(2_000_000, "rollback_started", started("rb-1", "v2")),
             line(10, "paused", json!({"until": null})),
         ];
         let (s, errors) = State::restore_before(&lines, Timestamp(1_000_000));
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("ahead of this clock"), "{errors:?}");
-        assert!(s.rollbacks.is_empty(), "no cooldown from a year ahead");
+        assert!(errors[0].message.contains("ahead of this clock") && errors[0].message.contains("kept"), "{errors:?}");
+        assert_eq!(s.rollbacks.len(), 1, "a rollback dated ahead still guards acting (its cooldown, v2 bad)");
         assert!(s.paused_until.is_some());
     }
 

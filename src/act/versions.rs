@@ -12,6 +12,24 @@
 
 use serde::Serialize;
 
+/// The longest version accepted from outside (the hook, the version source, the CLI).
+pub const MAX_VERSION_BYTES: usize = 256;
+
+/// Whether `version` (trimmed) can be a version: 1 to [`MAX_VERSION_BYTES`] bytes, no control
+/// character. Everything from outside that names a version goes through here before it is
+/// recorded (and so before it reaches the shared log, which bounds its lines).
+pub fn check_version(version: &str) -> Result<(), String> {
+    if version.is_empty() || version.len() > MAX_VERSION_BYTES || version.chars().any(char::is_control) {
+        let shown: String = version.chars().take(40).flat_map(char::escape_default).collect();
+        return Err(format!(
+            "version must be 1 to {MAX_VERSION_BYTES} printable characters, not {} bytes ({shown:?}{})",
+            version.len(),
+            if version.chars().count() > 40 { "…" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
 use super::event::{Mark, VersionBaked, VersionMarked};
 use crate::rules::{Decision, Outcome};
 use crate::time::{Span, Timestamp};

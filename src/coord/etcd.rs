@@ -48,6 +48,8 @@ pub struct Kv {
 pub enum Compare {
     /// The key's create revision is this (0: the key does not exist).
     Created(String, i64),
+    /// The key's last modification is at this revision (0: the key does not exist).
+    Modified(String, i64),
 }
 
 /// A transaction's operation.
@@ -61,6 +63,8 @@ pub enum Op {
     Get(String),
     /// Every key in `[from, to)`.
     GetRange(String, String),
+    /// The last key (by name) in `[from, to)`, without its value.
+    LastKey(String, String),
     DeleteRange(String, String),
 }
 
@@ -72,6 +76,32 @@ pub struct TxnResult {
     pub ranges: Vec<Vec<Kv>>,
 }
 
+/// What etcd's answers say about etcd itself: its cluster, how far its revision got, and its
+/// clock. A revision lower than one already answered before the request was sent, or a new
+/// cluster id, means etcd lost data (restored from an old snapshot, a wiped member, a new
+/// cluster); a `Date` far from this process's clock means one of the two clocks is wrong.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub cluster_id: Option<String>,
+    /// The highest revision answered.
+    pub revision: i64,
+    /// Set when a revision or the cluster id went back or changed (taken by the reader).
+    pub went_back: Option<String>,
+    /// etcd's clock at its last answer (its `Date` header, whole seconds), and since when.
+    pub date: Option<(crate::time::Timestamp, crate::time::Stopwatch)>,
+}
+
+impl Observed {
+    /// How far `now` (this process's clock) is ahead of etcd's (behind: negative), as of the
+    /// last answer; within a second either way reads as 0 (the header has whole seconds).
+    pub fn skew(&self, now: crate::time::Timestamp) -> Option<i64> {
+        let (date, since) = self.date?;
+        let etcd_now = date.0 + since.elapsed().0;
+        let d = now.0 - etcd_now;
+        Some(if d.abs() <= 1_000 { 0 } else { d })
+    }
+}
+
 /// The client: every endpoint, tried in turn from the last one that answered.
 pub struct Etcd {
     client: reqwest::Client,
@@ -80,6 +110,7 @@ pub struct Etcd {
     auth: Option<(String, Secret)>,
     token: Mutex<Option<String>>,
     timeout: Duration,
+    observed: Mutex<Observed>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -183,6 +214,7 @@ impl Etcd {
             auth,
             token: Mutex::new(None),
             timeout,
+            observed: Mutex::new(Observed::default()),
         })
     }
 
@@ -213,11 +245,17 @@ impl Etcd {
             if let Some(token) = token {
                 request = request.header(reqwest::header::AUTHORIZATION, token);
             }
+            let before = self.observed.lock().unwrap_or_else(|p| p.into_inner()).revision;
             let response = request
                 .send()
                 .await
                 .map_err(|e| EtcdError::Unreachable(format!("{endpoint}: {}", crate::error_chain(&e))))?;
             let status = response.status();
+            let date = response
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| httpdate::parse_http_date(d).ok());
             let text = response
                 .text()
                 .await
@@ -253,9 +291,54 @@ impl Etcd {
             if !status.is_success() {
                 return Err(EtcdError::Refused(format!("{endpoint}{path}: HTTP {status}")));
             }
+            self.observe(endpoint, before, &value, date);
             return Ok(value);
         }
         Err(EtcdError::Refused(format!("{endpoint}: authentication failed")))
+    }
+
+    /// Notes what an answer's header says of etcd (see [`Observed`]); `before` is the highest
+    /// revision answered before this request was sent.
+    fn observe(&self, endpoint: &str, before: i64, value: &Value, date: Option<std::time::SystemTime>) {
+        let header = value.get("header").or_else(|| value.get("result").and_then(|r| r.get("header")));
+        let mut o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(date) = date {
+            let ms = match date.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => d.as_millis() as i64,
+                Err(e) => -(e.duration().as_millis() as i64),
+            };
+            o.date = Some((crate::time::Timestamp(ms), crate::time::Stopwatch::start()));
+        }
+        let Some(header) = header else { return };
+        let revision = int(header.get("revision"));
+        if revision > 0 && revision < before {
+            o.went_back = Some(format!(
+                "{endpoint} answered at revision {revision} after revision {before}: etcd lost data (restored from an older snapshot, wiped, or a new cluster)"
+            ));
+            o.revision = revision;
+        } else {
+            o.revision = o.revision.max(revision);
+        }
+        if let Some(id) = header.get("cluster_id").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)) {
+            match &o.cluster_id {
+                Some(known) if *known != id => {
+                    o.went_back = Some(format!(
+                        "{endpoint} belongs to cluster {id}, not {known}: a different etcd cluster, whose data is not the shared log's"
+                    ));
+                    o.cluster_id = Some(id);
+                }
+                Some(_) => {}
+                None => o.cluster_id = Some(id),
+            }
+        }
+    }
+
+    /// What etcd's answers said of it so far; `went_back` is taken (reported once).
+    pub fn observed(&self) -> Observed {
+        let mut o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = o.clone();
+        o.went_back = None;
+        seen
     }
 
     /// The auth token, authenticating first when there is none yet.
@@ -318,6 +401,8 @@ impl Etcd {
             .map(|c| match c {
                 Compare::Created(key, rev) => json!({"key": b64(key.as_bytes()), "target": "CREATE",
                     "result": "EQUAL", "create_revision": rev.to_string()}),
+                Compare::Modified(key, rev) => json!({"key": b64(key.as_bytes()), "target": "MOD",
+                    "result": "EQUAL", "mod_revision": rev.to_string()}),
             })
             .collect();
         let ops = |ops: &[Op]| -> Vec<Value> {
@@ -334,6 +419,9 @@ impl Etcd {
                     Op::GetRange(from, to) => {
                         json!({"request_range": {"key": b64(from.as_bytes()), "range_end": b64(to.as_bytes())}})
                     }
+                    Op::LastKey(from, to) => json!({"request_range": {"key": b64(from.as_bytes()),
+                        "range_end": b64(to.as_bytes()), "limit": "1", "sort_order": "DESCEND",
+                        "sort_target": "KEY", "keys_only": true}}),
                     Op::DeleteRange(from, to) => {
                         json!({"request_delete_range": {"key": b64(from.as_bytes()), "range_end": b64(to.as_bytes())}})
                     }

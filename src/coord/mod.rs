@@ -14,6 +14,20 @@
 //!   round and mirror it into their journal; a new leader reads it all before it acts. The leader
 //!   compacts it into `{key}/snapshot` (what acting needs, trimmed by the caller's compactor) and
 //!   deletes the events the snapshot holds, in one fenced transaction.
+//! - **Trust.** etcd can lose its data (restored from an old snapshot, a wiped member, a new
+//!   cluster): the term starts again and the log is empty, and acting on that would forget every
+//!   cooldown, pause and rollback in flight. The log has an **epoch** key, created once the log is
+//!   known whole; every round reads it with the log's last seq. A missing epoch, a revision or
+//!   cluster id going back, or a log that ends before this replica's own journal means the log
+//!   cannot be trusted: nobody acts, a **rebuild** key is written, every replica merges its
+//!   journal's lines into the log, and after a quiet period (`2 × ttl`) the leader closes the
+//!   rebuild with a new epoch and acts from the merged log. A brand-new log goes the same way
+//!   (nobody can tell it from a lost one).
+//! - **Clocks.** A replica whose clock disagrees with etcd's (its `Date`) by more than
+//!   [`MAX_SKEW`] does not stand for election: its records would be misdated.
+//! - **Steps.** What runs outside etcd (a step's program or call) starts only while the lease is
+//!   certain for longer than a margin (`ttl / 4`), and only within that margin of its commit:
+//!   a stall between the two ends in "not started", never in a late start.
 
 pub mod etcd;
 
@@ -25,12 +39,14 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::deploy::HaSpec;
-use crate::time::{Clock, Deadline, Stopwatch, Timestamp};
-use etcd::{Compare, Etcd, EtcdError, Op, prefix_end};
+use crate::time::{Clock, Deadline, Span, Stopwatch, Timestamp, human};
+use etcd::{Compare, Etcd, EtcdError, Kv, Op, prefix_end};
 
-/// A leadership term: the leader key's create revision (etcd's fencing token).
+/// A leadership term: the leader key's create revision (etcd's fencing token), and which of
+/// this process's terms it is — etcd that lost its data hands the same revisions out again, and
+/// a procedure of the old term must not pass for one of the new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Term(pub i64);
+pub struct Term(pub i64, pub u64);
 
 /// Who leads, as the leader key says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -51,6 +67,9 @@ pub enum Role {
     Follower,
     /// etcd cannot be reached: nobody here acts.
     Unreachable,
+    /// etcd's shared log cannot be trusted (it lost data, or is new) and is being rebuilt from
+    /// the replicas' journals: nobody acts.
+    Rebuilding,
 }
 
 impl std::fmt::Display for Role {
@@ -60,6 +79,7 @@ impl std::fmt::Display for Role {
             Role::Leader => "leader",
             Role::Follower => "follower",
             Role::Unreachable => "unreachable",
+            Role::Rebuilding => "rebuilding",
         })
     }
 }
@@ -93,6 +113,9 @@ pub enum Update {
     Reset(Vec<Value>),
     /// etcd cannot be reached (or the lease was lost): this replica does not act.
     Unreachable { error: String },
+    /// The shared log cannot be trusted; nobody acts until it is rebuilt. `lost`: etcd lost
+    /// data this replica knew (told on every channel), not a new log.
+    Distrust { why: String, lost: bool },
 }
 
 /// Why an acting write was not committed.
@@ -104,6 +127,10 @@ pub enum CommitError {
     /// etcd did not answer: whether it took the write is unknown, so this replica stops acting.
     #[error("the shared log in etcd cannot be written: {0}")]
     Unreachable(String),
+    /// The line was not written (too large, or etcd refused the request itself): nothing it
+    /// records may run, but the term goes on.
+    #[error("the shared log did not take the line: {0}")]
+    Refused(String),
 }
 
 /// Keeps what acting needs of the shared log's lines (the caller knows the events): bounded.
@@ -114,6 +141,41 @@ pub const COMPACT_AFTER: u64 = 256;
 
 /// The largest snapshot written (etcd refuses requests over 1.5 MiB by default).
 const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
+
+/// The largest line committed to the shared log: every value in it from outside is bounded far
+/// below (a version: 256 bytes), so a larger line is refused here, before etcd refuses it.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The largest disagreement between a replica's clock and etcd's for it to lead.
+pub const MAX_SKEW: Span = Span(30_000);
+
+/// What the shared log looks like, read with each election round.
+#[derive(Debug, Default)]
+struct LogView {
+    /// The epoch key's value (absent: the log is new or lost).
+    epoch: Option<String>,
+    /// The rebuild in progress.
+    rebuild: Option<Kv>,
+    /// The last seq the log holds (its compacted part's or its last event's).
+    last_seq: u64,
+}
+
+/// One rebuild: its key's create revision and value (etcd that lost its data hands the same
+/// revisions out again; the value says who started it, when).
+type RebuildId = (i64, Vec<u8>);
+
+/// Whether this replica trusts the shared log.
+#[derive(Debug, Default)]
+struct Trust {
+    /// The epoch its view of the log is from.
+    epoch: Option<String>,
+    /// Why it does not trust the log now.
+    distrust: Option<String>,
+    /// The rebuild in progress, and since when this replica saw it.
+    rebuild: Option<(RebuildId, Stopwatch)>,
+    /// The rebuild this replica's journal is merged into.
+    merged: Option<RebuildId>,
+}
 
 /// Where the log stands: the next seq to write, the last seq this replica has.
 #[derive(Debug, Default)]
@@ -141,6 +203,15 @@ pub struct Coordinator {
     compactor: Compactor,
     /// Whether this replica stands for election (not while its journal cannot be written).
     eligible: std::sync::atomic::AtomicBool,
+    /// Why this replica's clock keeps it from leading (too far from etcd's), while it does.
+    skewed: Mutex<Option<String>>,
+    /// This replica's journal (its lines of the shared log rebuild a lost one), and the highest
+    /// seq of the shared log it holds.
+    journal: Option<std::path::PathBuf>,
+    journal_seq: Arc<std::sync::atomic::AtomicU64>,
+    trust: Mutex<Trust>,
+    /// How many terms this process has led (see [`Term`]).
+    terms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -193,7 +264,82 @@ impl Coordinator {
             status: Mutex::new(status),
             compactor,
             eligible: std::sync::atomic::AtomicBool::new(true),
+            skewed: Mutex::new(None),
+            journal: None,
+            journal_seq: Arc::default(),
+            trust: Mutex::new(Trust::default()),
+            terms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// This replica's journal: its lines of the shared log (with their `seq`) rebuild the log
+    /// when etcd loses it, and a log that ends before them is not trusted.
+    pub fn with_journal(mut self, path: std::path::PathBuf, lines: &[Value]) -> Coordinator {
+        let seq = lines.iter().map(seq_of).max().unwrap_or(0);
+        self.journal_seq.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+        self.journal = Some(path);
+        self
+    }
+
+    /// The highest seq of the shared log in this replica's journal (kept by the ledger).
+    pub fn journal_seq(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.journal_seq.clone()
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}/epoch", self.key)
+    }
+
+    fn rebuild_key(&self) -> String {
+        format!("{}/rebuild", self.key)
+    }
+
+    /// The compacted part's last seq (beside the snapshot, small enough to read every round).
+    fn compacted_key(&self) -> String {
+        format!("{}/compacted", self.key)
+    }
+
+    /// How long a rebuild stays open for every replica to merge its journal.
+    fn quiet(&self) -> Duration {
+        self.ttl * 2
+    }
+
+    /// The margin a step needs: the lease certain for longer, its commit younger.
+    pub fn step_margin(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    /// Whether a step whose start was committed under `term` (the commit sent at `committed`)
+    /// may start now: this replica still leads under `term`, its lease is certain for longer
+    /// than [`step_margin`](Self::step_margin), and the commit is younger than it. Checked
+    /// immediately before the step starts; a stall in between ends in "not started".
+    pub fn may_start(&self, term: Term, committed: Stopwatch) -> Result<(), String> {
+        let margin = self.step_margin();
+        let lead = *self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = |d: Duration| human(Span(d.as_millis() as i64));
+        match lead {
+            Some((t, until)) if t == term => {
+                let left = until.remaining();
+                let age = committed.elapsed();
+                if left <= margin {
+                    Err(format!(
+                        "the lease of term {} is certain for {} more, less than the margin of {}",
+                        term.0,
+                        ms(left),
+                        ms(margin)
+                    ))
+                } else if age.as_std() > margin {
+                    Err(format!(
+                        "its start was committed {} ago, more than the margin of {}: a stall between the commit and the start",
+                        human(age),
+                        ms(margin)
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(format!("term {} is over: another replica may lead", term.0)),
+        }
     }
 
     fn leader_key(&self) -> String {
@@ -293,7 +439,15 @@ impl Coordinator {
         let mut cursor = self.log.lock().await;
         let seq = cursor.next.max(1);
         line["seq"] = json!(seq);
-        let put = Op::Put { key: self.event_key(seq), value: line.to_string().into_bytes(), lease: None };
+        let value = line.to_string().into_bytes();
+        if value.len() > MAX_LINE_BYTES {
+            let event = line.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
+            return Err(CommitError::Refused(format!(
+                "a {event} line of {} bytes is over the limit of {MAX_LINE_BYTES}",
+                value.len()
+            )));
+        }
+        let put = Op::Put { key: self.event_key(seq), value, lease: None };
         let guard = [Compare::Created(self.leader_key(), term.0), Compare::Created(self.event_key(seq), 0)];
         match self.etcd.txn(&guard, &[put], &[Op::Get(self.leader_key())]).await {
             Ok(r) if r.succeeded => {
@@ -312,6 +466,9 @@ impl Coordinator {
                 self.lose_term(term, &why);
                 Err(CommitError::NotLeader(why))
             }
+            // etcd answered that it did not take the request: nothing was written, the lease
+            // stands.
+            Err(EtcdError::Refused(why)) => Err(CommitError::Refused(why)),
             Err(e) => {
                 let why = e.to_string();
                 self.lose_term(term, &why);
@@ -352,8 +509,65 @@ impl Coordinator {
         Ok((lines, upto, whole))
     }
 
-    /// One round: the lease renewed (or a new one), then the leader key tried.
-    async fn round(&self, lease: &mut Option<i64>) -> Result<(Option<Term>, Option<(Leader, Term)>), EtcdError> {
+    /// What every round reads of the log besides the leader key: the epoch, the rebuild, the
+    /// compacted part's last seq and the last event's key.
+    fn view_ops(&self) -> [Op; 4] {
+        let events = self.events_prefix();
+        [
+            Op::Get(self.epoch_key()),
+            Op::Get(self.rebuild_key()),
+            Op::Get(self.compacted_key()),
+            Op::LastKey(events.clone(), prefix_end(&events)),
+        ]
+    }
+
+    fn view(&self, ranges: &[Vec<Kv>]) -> LogView {
+        let first = |i: usize| ranges.get(i).and_then(|r| r.first());
+        let compacted = first(2)
+            .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .and_then(|v| v.get("upto").and_then(Value::as_u64))
+            .unwrap_or(0);
+        let last_event = first(3)
+            .and_then(|kv| kv.key.strip_prefix(&self.events_prefix()).and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0);
+        LogView {
+            epoch: first(0).map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            rebuild: first(1).cloned(),
+            last_seq: compacted.max(last_event),
+        }
+    }
+
+    /// Whether this replica's clock is within [`MAX_SKEW`] of etcd's (as of etcd's last
+    /// answer); told once when it stops or starts being.
+    fn clock_ok(&self) -> bool {
+        let skew = self.etcd.observed().skew(self.clock.now());
+        let why = skew.filter(|s| s.abs() > MAX_SKEW.0).map(|s| {
+            format!(
+                "this replica's clock is {} {} etcd's (more than {} apart): it does not lead",
+                human(Span(s.abs())),
+                if s > 0 { "ahead of" } else { "behind" },
+                human(MAX_SKEW)
+            )
+        });
+        let mut skewed = self.skewed.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*skewed, &why) {
+            (None, Some(w)) => tracing::error!(replica = %self.me.replica, "{w}"),
+            (Some(_), None) => {
+                tracing::warn!(replica = %self.me.replica, "this replica's clock agrees with etcd's again: standing for election")
+            }
+            _ => {}
+        }
+        *skewed = why;
+        skewed.is_none()
+    }
+
+    /// One round: the lease renewed (or a new one), then the leader key tried; with it, the
+    /// log's view.
+    #[allow(clippy::type_complexity)]
+    async fn round(
+        &self,
+        lease: &mut Option<i64>,
+    ) -> Result<(Option<Term>, Option<(Leader, Term)>, LogView), EtcdError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
         let id = match *lease {
             Some(id) if self.etcd.keepalive(id).await?.is_some() => id,
@@ -368,35 +582,226 @@ impl Coordinator {
             }
         };
         let key = self.leader_key();
-        if !self.eligible.load(std::sync::atomic::Ordering::SeqCst) {
+        let view_ops = self.view_ops();
+        let standing = self.eligible.load(std::sync::atomic::Ordering::SeqCst) & self.clock_ok();
+        if !standing {
             // Not standing: read who leads; holding the key, give it up (the lease's revocation
             // deletes it at once).
-            let holder = self.etcd.get(&key).await?;
+            let mut reads = vec![Op::Get(key.clone())];
+            reads.extend(view_ops);
+            let r = self.etcd.txn(&[], &reads, &[]).await?;
+            let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
+            let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
             if holder.as_ref().is_some_and(|kv| kv.lease == id) {
+                self.lose("not standing for election");
                 self.etcd.revoke(id).await?;
                 *lease = None;
                 tracing::warn!(replica = %self.me.replica, "leader key given up");
-                return Ok((None, None));
+                return Ok((None, None, view));
             }
-            let holder = holder
-                .and_then(|kv| serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, Term(kv.create_revision))));
-            return Ok((None, holder));
+            let holder = holder.and_then(|kv| {
+                serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, Term(kv.create_revision, 0)))
+            });
+            return Ok((None, holder, view));
         }
         let me = serde_json::to_vec(&self.me).unwrap_or_default();
         let put = Op::Put { key: key.clone(), value: me, lease: Some(id) };
-        let r = self.etcd.txn(&[Compare::Created(key.clone(), 0)], &[put], &[Op::Get(key)]).await?;
+        let mut success = vec![put];
+        success.extend(self.view_ops());
+        let mut failure = vec![Op::Get(key.clone())];
+        failure.extend(view_ops);
+        let r = self.etcd.txn(&[Compare::Created(key.clone(), 0)], &success, &failure).await?;
         if r.succeeded {
-            return Ok((Some(Term(r.revision)), Some((self.me.clone(), Term(r.revision)))));
+            let view = self.view(&r.ranges);
+            return Ok((Some(Term(r.revision, 0)), Some((self.me.clone(), Term(r.revision, 0))), view));
         }
+        let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
         let Some(kv) = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next()) else {
-            return Ok((None, None)); // gone between the compare and the read: next round
+            return Ok((None, None, view)); // gone between the compare and the read: next round
         };
-        let term = Term(kv.create_revision);
+        let term = Term(kv.create_revision, 0);
         let holder = serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, term));
         if kv.lease == id {
-            return Ok((Some(term), holder));
+            return Ok((Some(term), holder, view));
         }
-        Ok((None, holder))
+        Ok((None, holder, view))
+    }
+
+    /// Whether the shared log can be trusted this round (see the module's "Trust"): `Ok(None)`
+    /// when it can, else why not and whether it lost data this replica knew. Starts a rebuild,
+    /// merges this replica's journal into one, and — holding the leader key under `term` after
+    /// the quiet period — closes it.
+    async fn check_trust(
+        &self,
+        term: Option<Term>,
+        view: &LogView,
+        local: u64,
+    ) -> Result<Result<bool, (String, bool)>, EtcdError> {
+        let went_back = self.etcd.observed().went_back;
+        if let Some(rebuild) = &view.rebuild {
+            let what: Value = serde_json::from_slice(&rebuild.value).unwrap_or_default();
+            let why = what.get("why").and_then(Value::as_str).unwrap_or("the shared log is new").to_string();
+            let by = what.get("by").and_then(Value::as_str).unwrap_or("a replica").to_string();
+            let id: RebuildId = (rebuild.create_revision, rebuild.value.clone());
+            let (since, merged) = {
+                let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+                if t.rebuild.as_ref().is_none_or(|(r, _)| *r != id) {
+                    t.rebuild = Some((id.clone(), Stopwatch::start()));
+                }
+                let since = t.rebuild.as_ref().map(|(_, s)| *s).unwrap_or_else(Stopwatch::start);
+                (since, t.merged.as_ref() == Some(&id))
+            };
+            if !merged && self.merge(rebuild.create_revision).await? {
+                self.trust.lock().unwrap_or_else(|p| p.into_inner()).merged = Some(id.clone());
+            }
+            let merged = self.trust.lock().unwrap_or_else(|p| p.into_inner()).merged.as_ref() == Some(&id);
+            if let Some(term) = term
+                && merged
+                && since.elapsed().as_std() >= self.quiet()
+                && self.close_rebuild(term, rebuild.create_revision).await?
+            {
+                return Ok(Ok(true));
+            }
+            let lost = !why.starts_with("a new shared log");
+            return Ok(Err((
+                format!("{why}; rebuilding the shared state from the replicas' journals (started by {by})"),
+                lost,
+            )));
+        }
+        let known = self.trust.lock().unwrap_or_else(|p| p.into_inner()).epoch.clone();
+        let loss = match (&view.epoch, went_back) {
+            (_, Some(back)) => Some(back),
+            (None, None) if local > 0 || known.is_some() => Some(format!(
+                "etcd holds no shared log, but this replica's journal holds its lines up to seq {local}: etcd lost its data (wiped, restored from an older snapshot, or a new cluster)"
+            )),
+            (None, None) => None,
+            (Some(_), None) if view.last_seq < local => Some(format!(
+                "the shared log in etcd ends at seq {}, but this replica's journal holds seq {local}: etcd lost data (restored from an older snapshot?)",
+                view.last_seq
+            )),
+            (Some(_), None) => None,
+        };
+        if loss.is_some() || view.epoch.is_none() {
+            let lost = loss.is_some();
+            let why = loss.unwrap_or_else(|| "a new shared log: waiting for every replica's journal".into());
+            self.start_rebuild(&why).await?;
+            return Ok(Err((why, lost)));
+        }
+        let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+        let new_epoch = t.epoch != view.epoch;
+        t.epoch = view.epoch.clone();
+        t.rebuild = None;
+        Ok(Ok(new_epoch))
+    }
+
+    /// Marks the shared log untrusted: the rebuild key (unless one is open) and no epoch.
+    async fn start_rebuild(&self, why: &str) -> Result<(), EtcdError> {
+        let value = json!({"by": self.me.replica, "why": why, "at": self.clock.now().0}).to_string();
+        let ops = [
+            Op::Put { key: self.rebuild_key(), value: value.into_bytes(), lease: None },
+            Op::DeleteRange(self.epoch_key(), format!("{}\0", self.epoch_key())),
+        ];
+        let r = self.etcd.txn(&[Compare::Created(self.rebuild_key(), 0)], &ops, &[]).await?;
+        if r.succeeded {
+            tracing::error!(replica = %self.me.replica, why, "the shared log is not trusted: nobody acts until it is rebuilt from the replicas' journals");
+        }
+        Ok(())
+    }
+
+    /// Merges this replica's journal lines of the shared log into it (rebuild `rebuild`): the
+    /// union by seq, compacted, written as the snapshot. Whether it is merged (nothing to add,
+    /// or written).
+    async fn merge(&self, rebuild: i64) -> Result<bool, EtcdError> {
+        let Some(path) = self.journal.clone() else { return Ok(true) };
+        let read =
+            tokio::task::spawn_blocking(move || crate::journal::Journal::read_back_kept(&path, |l| seq_of(l) > 0))
+                .await;
+        let mine = match read {
+            Ok(Ok(lines)) => lines,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "this replica's journal cannot be read for the rebuild; trying again");
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading this replica's journal for the rebuild failed; trying again");
+                return Ok(false);
+            }
+        };
+        let events = self.events_prefix();
+        let r = self
+            .etcd
+            .txn(
+                &[],
+                &[
+                    Op::Get(self.snapshot_key()),
+                    Op::GetRange(events.clone(), prefix_end(&events)),
+                    Op::Get(self.compacted_key()),
+                ],
+                &[],
+            )
+            .await?;
+        let mut by_seq = std::collections::BTreeMap::new();
+        if let Some(kv) = r.ranges.first().and_then(|k| k.first())
+            && let Ok(v) = serde_json::from_slice::<Value>(&kv.value)
+        {
+            for line in v.get("lines").and_then(Value::as_array).cloned().unwrap_or_default() {
+                by_seq.insert(seq_of(&line), line);
+            }
+        }
+        for kv in r.ranges.get(1).into_iter().flatten() {
+            if let Ok(line) = serde_json::from_slice::<Value>(&kv.value) {
+                by_seq.insert(seq_of(&line), line);
+            }
+        }
+        let compacted_rev = r.ranges.get(2).and_then(|k| k.first()).map_or(0, |kv| kv.mod_revision);
+        let mut added = 0;
+        for line in mine {
+            let seq = seq_of(&line);
+            if seq > 0 && !by_seq.contains_key(&seq) {
+                by_seq.insert(seq, line);
+                added += 1;
+            }
+        }
+        if added == 0 {
+            return Ok(true);
+        }
+        let upto = by_seq.keys().next_back().copied().unwrap_or(0);
+        let kept = (self.compactor)(by_seq.into_values().collect(), self.clock.now());
+        let snapshot = json!({"upto": upto, "lines": kept}).to_string();
+        if snapshot.len() > MAX_SNAPSHOT_BYTES {
+            tracing::error!(bytes = snapshot.len(), "rebuilt shared log too large to write; merging nothing");
+            return Ok(true);
+        }
+        let ops = [
+            Op::Put { key: self.snapshot_key(), value: snapshot.into_bytes(), lease: None },
+            Op::Put { key: self.compacted_key(), value: json!({"upto": upto}).to_string().into_bytes(), lease: None },
+            Op::DeleteRange(self.event_key(0), self.event_key(upto + 1)),
+        ];
+        let guard =
+            [Compare::Created(self.rebuild_key(), rebuild), Compare::Modified(self.compacted_key(), compacted_rev)];
+        let r = self.etcd.txn(&guard, &ops, &[]).await?;
+        if r.succeeded {
+            tracing::warn!(replica = %self.me.replica, added, upto, "this replica's journal merged into the shared log");
+        }
+        Ok(r.succeeded)
+    }
+
+    /// Closes rebuild `rebuild` as the leader of `term`: a new epoch. Whether it closed.
+    async fn close_rebuild(&self, term: Term, rebuild: i64) -> Result<bool, EtcdError> {
+        let epoch = json!({"by": self.me.replica, "term": term.0, "at": self.clock.now().0}).to_string();
+        let ops = [
+            Op::DeleteRange(self.rebuild_key(), format!("{}\0", self.rebuild_key())),
+            Op::Put { key: self.epoch_key(), value: epoch.clone().into_bytes(), lease: None },
+        ];
+        let guard = [Compare::Created(self.leader_key(), term.0), Compare::Created(self.rebuild_key(), rebuild)];
+        let r = self.etcd.txn(&guard, &ops, &[]).await?;
+        if r.succeeded {
+            tracing::warn!(replica = %self.me.replica, term = term.0, "shared log rebuilt: a new epoch");
+            let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+            t.epoch = Some(epoch);
+            t.rebuild = None;
+        }
+        Ok(r.succeeded)
     }
 
     /// One election round outside [`run`](Self::run) (a tool, a test): the lease taken or
@@ -404,7 +809,8 @@ impl Coordinator {
     /// replica's, it may commit under the term returned — without the shared log read first.
     pub async fn elect_once(&self, lease: &mut Option<i64>) -> Result<Option<Term>, EtcdError> {
         let sent = Stopwatch::start();
-        let (term, _) = self.round(lease).await?;
+        let (term, _, _) = self.round(lease).await?;
+        let term = term.map(|t| Term(t.0, self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1));
         if let Some(term) = term {
             let (log, upto, _) = self.read_log(0, true).await?;
             let last = log.iter().map(seq_of).max().unwrap_or(0).max(upto);
@@ -441,26 +847,42 @@ impl Coordinator {
             }
             first = false;
             let sent = Stopwatch::start();
+            // Read before the round: a line this replica commits meanwhile is in the log too.
+            let local = self.journal_seq.load(std::sync::atomic::Ordering::SeqCst);
             let result = match self.round(&mut lease).await {
-                Ok((Some(term), _)) => self.lead_round(term, sent, &mut leading, &updates).await,
-                Ok((None, holder)) => {
-                    if holder.as_ref().is_some_and(|(l, _)| l.replica == self.me.replica) {
-                        tracing::error!(replica = %self.me.replica, "another replica leads under this replica's name: give each its own `replica`");
+                Ok((term, holder, view)) => match self.check_trust(term, &view, local).await {
+                    Err(e) => Err(e),
+                    Ok(Err((why, lost))) => {
+                        // Nobody acts on a log that cannot be trusted: not even its leader.
+                        if leading.take().is_some() {
+                            self.lose(&why);
+                        }
+                        following = None;
+                        let told = {
+                            let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+                            let told = t.distrust.is_some();
+                            t.distrust = Some(why.clone());
+                            told
+                        };
+                        if !told {
+                            let _ = updates.send(Update::Distrust { why: why.clone(), lost }).await;
+                        }
+                        let leader = holder.as_ref().map(|(l, _)| l.clone());
+                        self.set_status(Role::Rebuilding, leader, holder.map(|(_, t)| t), Some(why));
+                        Ok(())
                     }
-                    let term = holder.as_ref().map(|(_, t)| *t);
-                    let leader = holder.map(|(l, _)| l);
-                    if leading.take().is_some() {
-                        self.lose("another replica holds the leader key");
+                    Ok(Ok(new_epoch)) => {
+                        let was_distrusted =
+                            self.trust.lock().unwrap_or_else(|p| p.into_inner()).distrust.take().is_some();
+                        if new_epoch || was_distrusted {
+                            // A log rebuilt (or first seen): read whole, lead anew from it.
+                            leading = None;
+                            following = None;
+                            self.log.lock().await.synced = false;
+                        }
+                        self.act_on_round(term, holder, sent, &mut leading, &mut following, &updates).await
                     }
-                    if following.as_ref() != Some(&leader) {
-                        let name = leader.as_ref().map_or("nobody yet", |l| l.replica.as_str());
-                        tracing::info!(replica = %self.me.replica, leader = name, "following");
-                        following = Some(leader.clone());
-                        let _ = updates.send(Update::Follow { leader: leader.clone() }).await;
-                    }
-                    self.set_status(Role::Follower, leader, term, None);
-                    self.follow_round(&updates).await
-                }
+                },
                 Err(e) => Err(e),
             };
             match result {
@@ -503,6 +925,38 @@ impl Coordinator {
         }
     }
 
+    /// A round whose log is trusted: lead under `term`, or follow `holder`.
+    async fn act_on_round(
+        &self,
+        term: Option<Term>,
+        holder: Option<(Leader, Term)>,
+        sent: Stopwatch,
+        leading: &mut Option<Term>,
+        following: &mut Option<Option<Leader>>,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<(), EtcdError> {
+        if let Some(term) = term {
+            return self.lead_round(term, sent, leading, updates).await;
+        }
+        if holder.as_ref().is_some_and(|(l, _)| l.replica == self.me.replica) {
+            tracing::error!(replica = %self.me.replica, "another replica leads under this replica's name: give each its own `replica`");
+        }
+        let term = holder.as_ref().map(|(_, t)| *t);
+        let leader = holder.map(|(l, _)| l);
+        if leading.take().is_some() {
+            self.lose("another replica holds the leader key");
+        }
+        if following.as_ref() != Some(&leader) {
+            let name = leader.as_ref().map_or("nobody yet", |l| l.replica.as_str());
+            tracing::info!(replica = %self.me.replica, leader = name, "following");
+            *following = Some(leader.clone());
+            let _ = updates.send(Update::Follow { leader: leader.clone() }).await;
+        }
+        let error = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.set_status(Role::Follower, leader, term, error);
+        self.follow_round(updates).await
+    }
+
     /// A round as leader: leadership extended; on a new term, the log read and handed over
     /// first; otherwise the log compacted when it has grown.
     async fn lead_round(
@@ -513,6 +967,11 @@ impl Coordinator {
         updates: &mpsc::Sender<Update>,
     ) -> Result<(), EtcdError> {
         let until = sent.deadline(self.ttl * 2 / 3);
+        // The term as this process numbers it: the same while it goes on, new otherwise.
+        let term = match *leading {
+            Some(t) if t.0 == term.0 => t,
+            _ => Term(term.0, self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1),
+        };
         if *leading == Some(term) {
             let extended = {
                 let mut lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
@@ -579,6 +1038,7 @@ impl Coordinator {
         }
         let ops = [
             Op::Put { key: self.snapshot_key(), value: snapshot.into_bytes(), lease: None },
+            Op::Put { key: self.compacted_key(), value: json!({"upto": upto}).to_string().into_bytes(), lease: None },
             Op::DeleteRange(self.event_key(0), self.event_key(upto + 1)),
         ];
         let r = self.etcd.txn(&[Compare::Created(self.leader_key(), term.0)], &ops, &[]).await?;

@@ -2,7 +2,8 @@
 //! (`checksum_ok: true` → 1), string fields (`version`) are kept as current values, nested
 //! objects are flattened with `_` (`checks.db` → `checks_db`). A body that is not JSON is not an
 //! error — health is the status code — it just yields no fields. Bounded: at most
-//! [`MAX_FIELDS`] fields, [`MAX_DEPTH`] levels.
+//! [`MAX_FIELDS`] fields, [`MAX_DEPTH`] levels, string values cut at [`MAX_STRING`] bytes (with
+//! a `…`: a cut value is never taken for what was sent — a version of that length is refused).
 
 use serde_json::Value;
 
@@ -12,6 +13,8 @@ use crate::selector::metric_name;
 pub const MAX_FIELDS: usize = 256;
 /// Nesting followed; deeper objects are ignored.
 pub const MAX_DEPTH: usize = 4;
+/// The longest string value kept; longer ones are cut (and marked with `…`).
+pub const MAX_STRING: usize = 1024;
 
 /// What a health body says beyond its status.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,7 +51,18 @@ fn walk(prefix: &str, value: &Value, depth: usize, out: &mut HealthFields) {
             }
         }
         Value::Bool(b) if !prefix.is_empty() => out.numbers.push((prefix.to_string(), if *b { 1.0 } else { 0.0 })),
-        Value::String(s) if !prefix.is_empty() => out.strings.push((prefix.to_string(), s.clone())),
+        Value::String(s) if !prefix.is_empty() => {
+            let kept = if s.len() > MAX_STRING {
+                let mut end = MAX_STRING;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…", &s[..end])
+            } else {
+                s.clone()
+            };
+            out.strings.push((prefix.to_string(), kept));
+        }
         _ => {}
     }
 }
@@ -73,6 +87,13 @@ mod tests {
             f.strings,
             [("status".to_string(), "ok".to_string()), ("version".to_string(), "v1.2.4".to_string())]
         );
+    }
+
+    #[test]
+    fn a_long_string_is_cut_and_marked() {
+        let body = format!(r#"{{"version":"{}"}}"#, "é".repeat(MAX_STRING));
+        let f = read(body.as_bytes());
+        assert!(f.strings[0].1.len() <= MAX_STRING + '…'.len_utf8() && f.strings[0].1.ends_with('…'));
     }
 
     #[test]

@@ -51,7 +51,11 @@ impl Snapshot {
                 .leader
                 .as_ref()
                 .map_or("nobody".to_string(), |l| format!("{} ({})", esc(&l.replica), esc(&l.address)));
-            let class = if ha.role == crate::coord::Role::Unreachable { " class=\"alert\"" } else { "" };
+            let class = if matches!(ha.role, crate::coord::Role::Unreachable | crate::coord::Role::Rebuilding) {
+                " class=\"alert\""
+            } else {
+                ""
+            };
             let _ = write!(
                 p,
                 "<p id=\"replica\"{class}>replica <b>{}</b>: <b id=\"role\">{}</b>{} · leader <b id=\"leader\">{leader}</b>{}</p>",

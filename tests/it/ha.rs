@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{VersionedService, free_listen, of_kind, spawn_run, versioned_config, wait_for_journal};
+use crate::common::{VersionedService, free_listen, of_kind, versioned_config, wait_for_journal};
 use rollwatch::time::Stopwatch;
 
 /// A single-member etcd on free loopback ports, its data in `dir`; killed when dropped.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Option<Child>,
     dir: PathBuf,
     client: String,
@@ -23,18 +23,18 @@ struct Etcd {
 }
 
 impl Etcd {
-    fn start(dir: &Path) -> Etcd {
+    pub(crate) fn start(dir: &Path) -> Etcd {
         let mut etcd = Etcd { child: None, dir: dir.join("etcd"), client: free_listen(), peer: free_listen() };
         etcd.restart();
         etcd
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.client)
     }
 
     /// Starts it (again, on the same data and ports) and waits until it answers.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let (client, peer) = (format!("http://{}", self.client), format!("http://{}", self.peer));
         let child = Command::new("etcd")
             .arg("--data-dir")
@@ -61,11 +61,20 @@ impl Etcd {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Etcd {
+    /// Loses every key: killed, its data removed, started again empty (a wiped member).
+    pub(crate) fn wipe(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        self.restart();
     }
 }
 
@@ -76,22 +85,29 @@ impl Drop for Etcd {
 }
 
 /// One replica: its dir (config, state, stdout), listen address and process.
-struct Replica {
-    name: String,
-    dir: PathBuf,
-    listen: String,
-    config: PathBuf,
+pub(crate) struct Replica {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) listen: String,
+    pub(crate) config: PathBuf,
     child: Option<Child>,
 }
 
 impl Replica {
     /// Writes the replica's config (the versioned service's, with `policy` and `[ha]` on `etcd`
     /// under `key`, lease `ttl`; `actions` replaces the http undo when given) and starts it.
-    fn start(root: &Path, name: &str, service: &VersionedService, etcd: &str, ttl: &str, policy: &str) -> Replica {
+    pub(crate) fn start(
+        root: &Path,
+        name: &str,
+        service: &VersionedService,
+        etcd: &str,
+        ttl: &str,
+        policy: &str,
+    ) -> Replica {
         Replica::start_with(root, name, service, etcd, ttl, policy, None)
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         root: &Path,
         name: &str,
         service: &VersionedService,
@@ -99,6 +115,20 @@ impl Replica {
         ttl: &str,
         policy: &str,
         undo: Option<&str>,
+    ) -> Replica {
+        Replica::start_env(root, name, service, etcd, ttl, policy, undo, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_env(
+        root: &Path,
+        name: &str,
+        service: &VersionedService,
+        etcd: &str,
+        ttl: &str,
+        policy: &str,
+        undo: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Replica {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -114,40 +144,40 @@ impl Replica {
             "\n[ha]\netcd = [\"{etcd}\"]\nkey = \"/rollwatch/test\"\nttl = \"{ttl}\"\nreplica = \"{name}\"\n"
         ));
         std::fs::write(&config, text).unwrap();
-        let child = spawn_run(&dir, &config);
+        let child = crate::common::spawn_run_env(&dir, &config, env);
         Replica { name: name.to_string(), dir, listen, config, child: Some(child) }
     }
 
-    fn journal(&self) -> PathBuf {
+    pub(crate) fn journal(&self) -> PathBuf {
         self.dir.join("state/journal.jsonl")
     }
 
-    fn metric(&self, name: &str) -> Option<f64> {
+    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
         let text = get(&format!("http://{}/metrics", self.listen))?;
         text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
     }
 
-    fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         self.metric("rollwatch_leader") == Some(1.0)
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         get(&format!("http://{}/status", self.listen)).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
     }
 }
@@ -163,13 +193,13 @@ impl Drop for Replica {
 }
 
 /// A GET's body, when it answers 200 within 2 s.
-fn get(url: &str) -> Option<String> {
+pub(crate) fn get(url: &str) -> Option<String> {
     let out = Command::new("curl").args(["-sf", "-m", "2", url]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A POST (`application/json`) to a replica: its status code, the leader header and the body.
-fn post(listen: &str, path: &str) -> (u16, String, String) {
+pub(crate) fn post(listen: &str, path: &str) -> (u16, String, String) {
     let out = Command::new("curl")
         .args(["-s", "-m", "10", "-X", "POST", "-H", "content-type: application/json", "-D", "-"])
         .arg(format!("http://{listen}{path}"))
@@ -187,7 +217,7 @@ fn post(listen: &str, path: &str) -> (u16, String, String) {
 }
 
 /// Waits (at most `secs`) until exactly one replica leads; its index.
-async fn one_leader(replicas: &[&Replica], secs: f64) -> usize {
+pub(crate) async fn one_leader(replicas: &[&Replica], secs: f64) -> usize {
     let waiting = Stopwatch::start();
     loop {
         let leading: Vec<usize> = (0..replicas.len()).filter(|&i| replicas[i].leads()).collect();
@@ -200,7 +230,7 @@ async fn one_leader(replicas: &[&Replica], secs: f64) -> usize {
 }
 
 /// Waits (at most 30 s) until `ready` holds.
-async fn until(what: &str, ready: impl Fn() -> bool) {
+pub(crate) async fn until(what: &str, ready: impl Fn() -> bool) {
     let waiting = Stopwatch::start();
     while !ready() {
         assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}");
@@ -208,7 +238,7 @@ async fn until(what: &str, ready: impl Fn() -> bool) {
     }
 }
 
-const POLICY: &str = "cooldown = \"1h\"";
+pub(crate) const POLICY: &str = "cooldown = \"1h\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
@@ -221,6 +251,8 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
     let l = one_leader(&all, 20.0).await;
     let leader = &replicas[l];
     for (i, r) in replicas.iter().enumerate().filter(|(i, _)| *i != l) {
+        // The new log's rebuild closed by the leader: each follower sees it at its next round.
+        until("a follower", || r.status()["ha"]["role"] == "follower").await;
         let s = r.status();
         assert_eq!(s["ha"]["role"], "follower", "replica {i}: {s}");
         assert_eq!(s["ha"]["leader"]["replica"], leader.name.as_str());
@@ -634,7 +666,14 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
         (c, rx, stop)
     };
     let (a, mut a_news, _stop_a) = start("a");
-    let Some(Update::Lead { term, log }) = a_news.recv().await else { panic!("a leads") };
+    // A new log is first rebuilt from every replica's journal (here: none), then led.
+    let (term, log) = loop {
+        match a_news.recv().await {
+            Some(Update::Lead { term, log }) => break (term, log),
+            Some(Update::Distrust { lost, .. }) => assert!(!lost, "a new log is no loss"),
+            other => panic!("a leads: {other:?}"),
+        }
+    };
     assert!(log.is_empty());
     let line = |event: &str, data: Value| {
         let mut v = data;

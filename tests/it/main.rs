@@ -14,6 +14,7 @@ mod demo;
 mod end_to_end;
 mod endpoints;
 mod ha;
+mod ha_faults;
 mod hostile;
 mod layers;
 mod notify;

@@ -380,10 +380,16 @@ pub fn free_listen() -> String {
 
 /// `rollwatch run -c config` with its stdout (the console channel) and stderr in `dir`.
 pub fn spawn_run(dir: &Path, config: &Path) -> std::process::Child {
+    spawn_run_env(dir, config, &[])
+}
+
+/// [`spawn_run`] with more environment (a failpoint, a faked clock).
+pub fn spawn_run_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_rollwatch"))
         .args(["run", "-c"])
         .arg(config)
         .env("ROLLWATCH_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
         .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
