@@ -92,6 +92,7 @@ fn dispatcher(c: &mut Criterion) {
             unknown: vec![],
             pending: vec![],
             predates: vec![],
+            silenced: vec![],
         })
         .collect();
     d.on_version_observed(Timestamp(1), "v1").unwrap();

@@ -355,6 +355,7 @@ impl Engine {
     fn on_tick(&mut self) {
         let now = self.clock.now();
         self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
+        self.ev.silence(self.dispatcher.silenced(now));
         let watch = Stopwatch::start();
         let tick = self.ev.tick(now);
         self.snapshot.last_evaluation_seconds = watch.elapsed_secs();

@@ -193,6 +193,10 @@ pub struct Dispatcher {
     /// Since when the shared log is not trusted (etcd lost data) and is being rebuilt: told
     /// once; its end told once.
     pub(super) rebuilding: Option<Timestamp>,
+    /// Whether this replica tells people of the etcd outage (one replica does).
+    pub(super) coord_teller: bool,
+    /// Profiles whose rollback was wanted during the etcd outage (told once each).
+    pub(super) wanted_told: BTreeSet<String>,
 }
 
 impl Dispatcher {
@@ -247,6 +251,8 @@ impl Dispatcher {
             term: None,
             coord_down: None,
             rebuilding: None,
+            coord_teller: false,
+            wanted_told: BTreeSet::new(),
         };
         if d.ledger.is_shared() {
             // The leader's rollbacks are its own: this replica reports one interrupted only
@@ -417,8 +423,10 @@ impl Dispatcher {
         }
         if !self.leads() {
             // A follower watches; the leader acts (and journals its acts into the shared log).
+            // It bakes too, so that a new leader's bake goes on where it was.
             self.remind_coord(now);
-            return Ok(());
+            self.tell_wanted(decisions);
+            return self.watch_bake(now, decisions);
         }
         self.expire(now)?;
         self.verify_in_flight(now, decisions)?;
@@ -501,6 +509,9 @@ impl Dispatcher {
         }
         let seen_at = self.version_read_at.filter(|seen| *seen > now);
         self.record(now, Event::Deploy(Deploy { from, to: to.to_string(), source, seen_at }))?;
+        if self.in_flight.as_ref().is_some_and(|f| f.phase == Phase::Verifying) {
+            self.supersede_verification(now, to)?;
+        }
         self.bake.restart();
         self.predates_told.clear();
         self.rejected.retain(|(_, v)| v.as_deref() == Some(to));
@@ -525,7 +536,8 @@ impl Dispatcher {
 
     /// The deployed version becomes good once it has run clean for `bake`.
     fn watch_bake(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
-        if self.in_flight.is_some() {
+        // A rollback in flight (here, or the leader's, as the shared log says) is no bake.
+        if self.in_flight.is_some() || self.state.unfinished().next().is_some() {
             self.bake.restart();
             return Ok(());
         }
@@ -537,7 +549,9 @@ impl Dispatcher {
         }
         let plans = &self.acting.plans;
         let rules_of = |p: &str| plans.get(p).map_or(0, |p| p.rules.len());
-        if let Some(since) = self.bake.observe(now, decisions, rules_of, self.acting.policy.bake) {
+        if let Some(since) = self.bake.observe(now, decisions, rules_of, self.acting.policy.bake)
+            && self.leads()
+        {
             tracing::info!(version, since = %crate::time::iso(since), "version baked: good");
             self.record(now, Event::VersionBaked(VersionBaked { version, since }))?;
         }
@@ -629,6 +643,11 @@ impl Dispatcher {
         }
         let e = Suppressed { profile: profile.to_string(), outcome, reason, explanation: explanation.to_string() };
         self.record(now, Event::Suppressed(e))
+    }
+
+    /// The rules silenced at `now` (the evaluator's trees read them as not firing).
+    pub fn silenced(&self, now: Timestamp) -> Vec<String> {
+        self.state.silences.iter().filter(|(_, until)| **until > now).map(|(r, _)| r.clone()).collect()
     }
 
     pub fn status(&self) -> ActingStatus {

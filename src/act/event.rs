@@ -82,6 +82,9 @@ pub enum RollbackResult {
     Unverified,
     /// Found started but unfinished after a restart; never re-run (S1).
     Interrupted,
+    /// Steps succeeded, then another version was deployed during verification: the evidence
+    /// is that version's now, so the rollback is neither complete nor failed.
+    Superseded,
 }
 
 impl RollbackResult {
@@ -93,6 +96,7 @@ impl RollbackResult {
             RollbackResult::IssuePersists => "issue_persists",
             RollbackResult::Unverified => "unverified",
             RollbackResult::Interrupted => "interrupted",
+            RollbackResult::Superseded => "superseded",
         }
     }
 }

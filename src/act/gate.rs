@@ -72,6 +72,23 @@ pub enum Gate {
     LoopGuard(String),
 }
 
+/// Whether `version` is a new deploy since rollback `last`: neither the version it rolled back
+/// from nor its target nor the one it restored, and deployed after it started.
+fn deployed_since(state: &State, last: &super::state::Rollback, version: Option<&str>) -> bool {
+    let Some(version) = version else { return false };
+    let started = &last.started;
+    let restored = last.finished.as_ref().and_then(|(_, f)| f.version_to.as_deref());
+    started.version_from.as_deref() != Some(version)
+        && started.target_version.as_deref() != Some(version)
+        && restored != Some(version)
+        && state.versions.deployed_at.is_some_and(|at| at > last.at)
+}
+
+/// When a silence ends, as said to people.
+pub fn until_text(until: Timestamp) -> String {
+    if until.0 == i64::MAX { "unsilenced".into() } else { iso(until) }
+}
+
 /// Whether `start` may begin at `now`. `in_flight` is the rollback running, if any.
 pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_flight: Option<(&str, &str)>) -> Gate {
     if let Some((id, profile)) = in_flight {
@@ -99,13 +116,20 @@ pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_fl
             format!("paused until {}", iso(until))
         });
     }
-    let silenced: Vec<&str> =
-        start.firing.iter().filter(|r| state.silences.contains_key(*r)).map(String::as_str).collect();
+    let silenced: Vec<String> = start
+        .firing
+        .iter()
+        .filter_map(|r| state.silences.get(r).map(|until| format!("{r} until {}", until_text(*until))))
+        .collect();
     if !start.firing.is_empty() && silenced.len() == start.firing.len() {
         return Gate::Hold(format!("silenced: {}", silenced.join(", ")));
     }
+    // The cooldown guards against flapping on the same versions (the one rolled back from, the
+    // one restored); a version deployed since the last rollback is judged on its own — the loop
+    // guard still counts it.
     if let Some(last) = state.last_of(&start.profile)
         && now.saturating_since(last.at) < policy.cooldown
+        && !deployed_since(state, last, start.version.as_deref())
     {
         let until = last.at.plus(policy.cooldown);
         return Gate::Hold(format!("cooldown after {} until {}", last.started.rollback_id, iso(until)));
@@ -123,7 +147,7 @@ pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_fl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::act::event::{Event, RollbackFinished, RollbackStarted};
+    use crate::act::event::{Deploy, DeploySource, Event, RollbackFinished, RollbackStarted};
     use crate::time::Span;
 
     fn start(version: &str) -> Start {
@@ -177,7 +201,39 @@ mod tests {
         assert!(matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Hold(r) if r == "paused until resumed"));
         state.paused_until = None;
         state.silences.insert("err".into(), Timestamp(i64::MAX));
-        assert!(matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Hold(r) if r == "silenced: err"));
+        assert!(
+            matches!(gate(&state, &policy, now, &start("v3"), None), Gate::Hold(r) if r == "silenced: err until unsilenced")
+        );
+    }
+
+    /// The cooldown guards the versions of the last rollback (the one rolled back from, the one
+    /// restored); a version deployed since is judged on its own, the loop guard counting.
+    #[test]
+    fn the_cooldown_holds_the_same_versions_not_a_new_deploy() {
+        let policy = Policy { cooldown: Span(H), ..Policy::default() };
+        let mut state = State::default();
+        state
+            .apply(
+                Timestamp(0),
+                &Event::Deploy(Deploy { from: None, to: "v2".into(), source: DeploySource::Hook, seen_at: None }),
+            )
+            .unwrap();
+        rolled_back(&mut state, 10, "rb-1", "v2", RollbackResult::Failed);
+        let soon = Timestamp(60_000);
+        assert!(
+            matches!(gate(&state, &policy, soon, &start("v2"), None), Gate::Hold(r) if r.contains("cooldown after rb-1"))
+        );
+        state
+            .apply(
+                Timestamp(30_000),
+                &Event::Deploy(Deploy { from: None, to: "v3".into(), source: DeploySource::Hook, seen_at: None }),
+            )
+            .unwrap();
+        assert_eq!(
+            gate(&state, &policy, soon, &start("v3"), None),
+            Gate::Act,
+            "a new deploy is not held by the cooldown"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Progress {
         Progress(Arc::new(std::sync::Mutex::new(list)))
     }
 
-    fn set(&self, step: usize, state: StepState) {
+    pub(crate) fn set(&self, step: usize, state: StepState) {
         if let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(step.saturating_sub(1)) {
             s.state = state;
         }

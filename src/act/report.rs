@@ -185,6 +185,14 @@ pub fn incident(
                 finished = Some((*at, f.clone()));
             }
             Event::Annotated(a) if a.rollback_id == id => root_cause = Some(a.root_cause.clone()),
+            // Every hold between the issue and the rollback (cooldown, pause, silence, …).
+            Event::Suppressed(x) if x.profile == started.profile && *at >= since && *at <= start_at => {
+                timeline.push(Moment { at: *at, what: format!("held back: {}", x.reason) });
+            }
+            // A deploy while the rollback ran or was verified (it supersedes the verification).
+            Event::Deploy(d) if *at > start_at && finished.is_none() => {
+                timeline.push(Moment { at: *at, what: format!("deployment of {} ({})", d.to, source_name(&d.source)) });
+            }
             _ => {}
         }
     }

@@ -98,6 +98,59 @@ impl Dispatcher {
         self.escalate(now, Severity::S1, &finding, response, &r.started.profile, Some(&r.started.rollback_id), vars)
     }
 
+    /// A rollback a predecessor left unfinished: when every step of its procedure finished
+    /// and succeeded (it was only verifying), this replica verifies it from now on — nothing is
+    /// left to run, so nothing is re-run; otherwise it is [`interrupted`](Self::interrupted).
+    pub(super) fn resume_or_interrupted(&mut self, r: Rollback, by: &str) -> Result<(), RecordError> {
+        let now = self.clock.now();
+        let steps = self.steps_of(&r.started.profile, "rollback", r.started.level.as_deref());
+        let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
+        let (main, post) = (steps[..split].to_vec(), steps[split..].to_vec());
+        let expected: usize = main
+            .iter()
+            .map(|s| match s {
+                Step::Run { verify, .. } => 1 + usize::from(verify.is_some()),
+                Step::Announce { .. } => 0,
+            })
+            .sum();
+        let all_done = split > 0
+            && r.open_steps.is_empty()
+            && r.steps_done.len() == expected
+            && r.steps_done.iter().all(|s| s.ok == Some(true));
+        if !all_done || self.in_flight.is_some() {
+            return self.interrupted(r, by);
+        }
+        tracing::warn!(rollback = %r.started.rollback_id, by, "rollback left verifying: every step done; verifying it here");
+        let progress = super::procedure::Progress::new(&main);
+        for n in 1..=main.len() {
+            progress.set(n, super::procedure::StepState::Done);
+        }
+        let verify_for = self.acting.policy.verify_for;
+        let reads = self.acting.plans.get(&r.started.profile).map(|p| p.reads.clone()).unwrap_or_default();
+        let rules = rules_to_verify(&r.started.firing, &reads);
+        let nothing_to_verify = rules.is_empty();
+        self.in_flight = Some(InFlight {
+            rollback_id: r.started.rollback_id.clone(),
+            profile: r.started.profile.clone(),
+            started_at: r.at,
+            phase: Phase::Verifying,
+            verify_until: Some(now.plus(verify_for)),
+            version_from: r.started.version_from.clone(),
+            target_version: r.started.target_version.clone(),
+            firing: r.started.firing.clone(),
+            post,
+            vars: vars::rollback(&self.acting, &r.started),
+            slow_escalated: false,
+            verification: Some(Verification::new(rules, now, verify_for)),
+            acts: true,
+            steps: progress,
+        });
+        if nothing_to_verify {
+            return self.complete(now);
+        }
+        Ok(())
+    }
+
     /// Verification and the slow-rollback check of the rollback in flight.
     pub(super) fn verify_in_flight(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
         let Some(f) = &mut self.in_flight else { return Ok(()) };
@@ -161,6 +214,45 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// `to` was deployed while the rollback in flight was verifying and it is neither the
+    /// version rolled back from nor the one restored: the verification ends "superseded" —
+    /// neither complete nor failed — told on every channel.
+    pub(super) fn supersede_verification(&mut self, now: Timestamp, to: &str) -> Result<(), RecordError> {
+        let Some(f) = &self.in_flight else { return Ok(()) };
+        let Some(v) = &f.verification else { return Ok(()) };
+        // With a version source, the first new version after the steps is the restore itself.
+        if v.version_to.is_none() && self.version_polled_at.is_some() {
+            return Ok(());
+        }
+        let restored = v.version_to.as_deref().or(f.target_version.as_deref());
+        if f.version_from.as_deref() == Some(to) || restored == Some(to) {
+            return Ok(());
+        }
+        let Some(mut f) = self.in_flight.take() else { return Ok(()) };
+        let duration = now.saturating_since(f.started_at);
+        f.vars.insert("duration".into(), human(duration));
+        let restored = f.verification.as_ref().and_then(Verification::observed_after);
+        let finding = format!(
+            "rollback {} superseded by deploy of {to} during verification{}: neither complete nor failed",
+            f.rollback_id,
+            restored.as_deref().map(|v| format!(" ({v} had been restored)")).unwrap_or_default()
+        );
+        let finished = RollbackFinished {
+            rollback_id: f.rollback_id.clone(),
+            result: RollbackResult::Superseded,
+            duration_ms: duration.0,
+            version_to: restored,
+            error: Some(format!("superseded by deploy of {to}")),
+        };
+        if let Err(e) = self.record(now, Event::RollbackFinished(finished)) {
+            self.in_flight = Some(f);
+            return Err(e);
+        }
+        tracing::warn!(rollback = %f.rollback_id, to, "verification superseded by a deploy");
+        let response = format!("None from rollwatch: {to} is judged on its own evidence from its deploy on.");
+        self.escalate(now, Severity::Notice, &finding, &response, &f.profile, Some(&f.rollback_id), f.vars)
     }
 
     pub(super) fn finish_unverified(
@@ -277,6 +369,20 @@ impl Dispatcher {
             self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
             return Ok(Err(reason));
         }
+        // A procedure that names {{target_version}} with no good version to go to would fail
+        // at its step: known now, said once (and escalated once), never started.
+        if self.state.versions.target().is_none() && self.needs_target(&s.profile, s.level.as_deref()) {
+            let current = self.state.versions.current.as_deref().unwrap_or("the current one");
+            let reason = format!("no rollback target: no good version other than {current} is known");
+            if self.suppressed.get(&s.profile) != Some(&reason) {
+                self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
+                let mut vars = blank_vars();
+                vars.insert("profile".into(), s.profile.clone());
+                let response = "Roll back by hand to a version you know is good, or mark one good (`rollwatch mark VERSION good`).";
+                self.escalate(now, Severity::S1, &reason, response, &s.profile, None, vars)?;
+            }
+            return Ok(Err(reason));
+        }
         self.loop_guard_tripped = false;
         self.suppressed.remove(&s.profile);
         let id = self.state.new_rollback_id();
@@ -350,6 +456,18 @@ impl Dispatcher {
             steps: progress,
         });
         Ok(Ok(id))
+    }
+
+    /// Whether the profile's rollback steps for `level` name `{{target_version}}`.
+    fn needs_target(&self, profile: &str, level: Option<&str>) -> bool {
+        let names_target =
+            |t: &&str| crate::template::placeholders(t).is_ok_and(|names| names.contains(&"target_version"));
+        self.steps_of(profile, "rollback", level).iter().any(|step| match step {
+            Step::Run { action, verify, .. } => std::iter::once(action)
+                .chain(verify)
+                .any(|a| self.acting.actions.get(a).is_some_and(|x| x.templates().iter().any(names_target))),
+            Step::Announce { .. } => false,
+        })
     }
 
     /// The steps of the profile's `outcome` procedure for `level` (steps without levels always).

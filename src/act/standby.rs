@@ -46,7 +46,7 @@ impl Dispatcher {
                 self.ledger.journal().note(now, "leading", &serde_json::json!({ "term": term.0 }));
                 let unfinished: Vec<Rollback> = self.state.unfinished().cloned().collect();
                 for r in unfinished {
-                    self.interrupted(r, "a change of leader")?;
+                    self.resume_or_interrupted(r, "a change of leader")?;
                 }
                 // A version this replica reads that the shared state does not know was deployed
                 // while nobody could record it (etcd down, an election): a deploy at first sight,
@@ -86,11 +86,22 @@ impl Dispatcher {
                     );
                 }
             }
-            Update::Unreachable { error } => {
+            Update::Unreachable { error, tell } => {
                 self.stand_down(&format!("not acting: {error}"));
                 if self.coord_down.is_none() {
                     self.coord_down = Some((now, now));
-                    self.tell_coord_down(now, now, &error);
+                    self.coord_teller = tell;
+                    self.wanted_told.clear();
+                    if tell {
+                        self.tell_coord_down(now, now, &error);
+                    } else {
+                        tracing::error!(%error, "no replica acts (the last leader answers and tells people)");
+                        self.ledger.journal().note(
+                            now,
+                            "coordinator_unreachable",
+                            &serde_json::json!({ "error": error }),
+                        );
+                    }
                 }
             }
         }
@@ -165,8 +176,35 @@ impl Dispatcher {
         self.ledger.journal().note(now, "coordinator_unreachable", &serde_json::json!({ "error": error }));
     }
 
+    /// While etcd cannot be reached, a rollback decided is told (once per profile): wanted,
+    /// but nobody may act.
+    pub(super) fn tell_wanted(&mut self, decisions: &[crate::rules::Decision]) {
+        if self.coord_down.is_none() || !self.coord_teller {
+            return;
+        }
+        for d in decisions.iter().filter(|d| d.outcome == crate::rules::Outcome::Rollback) {
+            if self.wanted_told.insert(d.profile.clone()) {
+                let finding = format!(
+                    "rollback wanted for {} ({}), but no replica may act: etcd cannot be reached",
+                    d.profile,
+                    d.explanation()
+                );
+                tracing::error!("{finding}");
+                self.escalations += 1;
+                self.announce_own(
+                    Severity::S1,
+                    &finding,
+                    "Roll back by hand, or restore etcd: a replica acts again by itself.",
+                );
+            }
+        }
+    }
+
     /// While etcd cannot be reached, a reminder every [`COORD_REMIND`].
     pub(super) fn remind_coord(&mut self, now: Timestamp) {
+        if !self.coord_teller {
+            return;
+        }
         let Some((since, told)) = self.coord_down else { return };
         if now.saturating_since(told) >= COORD_REMIND {
             self.coord_down = Some((since, now));
@@ -189,6 +227,10 @@ impl Dispatcher {
     /// etcd answers again: told once.
     fn coord_back(&mut self, now: Timestamp) {
         let Some((since, _)) = self.coord_down.take() else { return };
+        self.wanted_told.clear();
+        if !std::mem::take(&mut self.coord_teller) {
+            return;
+        }
         let finding =
             format!("etcd reachable again after {}: one replica leads and acts", human(now.saturating_since(since)));
         tracing::warn!("{finding}");

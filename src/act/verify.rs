@@ -129,6 +129,7 @@ mod tests {
             unknown: unknown.iter().map(|r| r.to_string()).collect(),
             pending: pending.iter().map(|r| r.to_string()).collect(),
             predates: vec![],
+            silenced: vec![],
         }
     }
 

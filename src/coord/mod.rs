@@ -111,8 +111,10 @@ pub enum Update {
     Log(Vec<Value>),
     /// The whole shared log (a follower's first read, or after a compaction it had not seen).
     Reset(Vec<Value>),
-    /// etcd cannot be reached (or the lease was lost): this replica does not act.
-    Unreachable { error: String },
+    /// etcd cannot be reached (or the lease was lost): this replica does not act. `tell`:
+    /// this replica is the one to tell people (the last leader, or a follower whose last
+    /// leader does not answer) — one page, not one per replica.
+    Unreachable { error: String, tell: bool },
     /// The shared log cannot be trusted; nobody acts until it is rebuilt. `lost`: etcd lost
     /// data this replica knew (told on every channel), not a new log.
     Distrust { why: String, lost: bool },
@@ -901,16 +903,24 @@ impl Coordinator {
                         None => !down && failing_for < patience,
                     };
                     if !still {
-                        if leading.take().is_some() {
+                        let was_leader = leading.take().is_some();
+                        if was_leader {
                             self.lose(&error);
                         }
-                        following = None;
+                        let last_leader = following.take().flatten();
                         // Who leads cannot be known without etcd (nobody acts meanwhile).
                         self.set_status(Role::Unreachable, None, None, Some(error.clone()));
                         if !down {
                             tracing::error!(%error, "etcd unreachable: not acting");
                             down = true;
-                            let _ = updates.send(Update::Unreachable { error }).await;
+                            // One replica tells people: the last leader, or a follower whose
+                            // last leader does not answer either.
+                            let tell = was_leader
+                                || match &last_leader {
+                                    Some(l) if l.replica != self.me.replica => !self.peer_answers(&l.address).await,
+                                    _ => true,
+                                };
+                            let _ = updates.send(Update::Unreachable { error, tell }).await;
                         }
                     }
                 }
@@ -923,6 +933,15 @@ impl Coordinator {
         {
             tracing::warn!(error = %e, "could not revoke the lease at stop; it expires within the ttl");
         }
+    }
+
+    /// Whether the replica at `address` answers `/healthz` (within a second).
+    async fn peer_answers(&self, address: &str) -> bool {
+        let Ok(client) = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build() else {
+            return false;
+        };
+        let url = format!("{}/healthz", address.trim_end_matches('/'));
+        client.get(url).send().await.is_ok_and(|r| r.status().is_success())
     }
 
     /// A round whose log is trusted: lead under `term`, or follow `holder`.

@@ -133,6 +133,8 @@ pub struct Evaluator {
     predated: Vec<bool>,
     /// States ended by the last evidence restart, reported with the next tick's transitions.
     restarted: Vec<Transition>,
+    /// Rules an operator silenced: the decision trees read them as not firing.
+    silenced: std::collections::BTreeSet<String>,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -158,6 +160,7 @@ impl Evaluator {
             deploy_values,
             predated: vec![false; n],
             restarted: vec![],
+            silenced: Default::default(),
             profiles,
             signals,
             rules,
@@ -299,6 +302,13 @@ impl Evaluator {
             .collect()
     }
 
+    /// The rules silenced from the next tick on (only these): each keeps its state, but the
+    /// decision trees read it as neither firing nor pending, so a tree goes on to the next
+    /// question that holds without it — a silence removes that rule's path, not the incident.
+    pub fn silence(&mut self, rules: impl IntoIterator<Item = String>) {
+        self.silenced = rules.into_iter().collect();
+    }
+
     /// Evaluates everything at `now`: the one place rule states change.
     pub fn tick(&mut self, now: Timestamp) -> Tick {
         if now >= self.next_gc {
@@ -341,8 +351,9 @@ impl Evaluator {
             if self.truths[i] == Truth::False {
                 self.predated[i] = false;
             }
-            self.slots.set(rule.firing_slot, Value::Boolean(after.is_firing()));
-            self.slots.set(rule.pending_slot, Value::Boolean(after.is_pending()));
+            let heard = !self.silenced.contains(&rule.name);
+            self.slots.set(rule.firing_slot, Value::Boolean(heard && after.is_firing()));
+            self.slots.set(rule.pending_slot, Value::Boolean(heard && after.is_pending()));
         }
         for (pi, profile) in self.profiles.iter().enumerate() {
             let (outcome, level, path, by_default) = profile.tree.decide(&self.slots);
@@ -386,6 +397,11 @@ impl Evaluator {
                 predates: rules
                     .iter()
                     .filter(|&&i| self.states[i].is_firing() && self.predated[i])
+                    .map(|&i| self.rules[i].name.clone())
+                    .collect(),
+                silenced: rules
+                    .iter()
+                    .filter(|&&i| self.states[i].is_firing() && self.silenced.contains(&self.rules[i].name))
                     .map(|&i| self.rules[i].name.clone())
                     .collect(),
             });

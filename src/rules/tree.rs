@@ -98,6 +98,10 @@ pub struct Decision {
     /// and have not been seen inactive (with known inputs) since: the deploy did not cause them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predates: Vec<String>,
+    /// Firing rules an operator silenced: the tree read them as not firing (it went on to the
+    /// next question that holds without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silenced: Vec<String>,
 }
 
 impl Tree {
@@ -134,7 +138,11 @@ impl Decision {
             end.push_str(" (default)");
         }
         parts.push(end);
-        parts.join(" → ")
+        let mut text = parts.join(" → ");
+        if !self.silenced.is_empty() {
+            text.push_str(&format!(" [silenced: {}]", self.silenced.join(", ")));
+        }
+        text
     }
 }
 
@@ -159,6 +167,7 @@ mod tests {
             unknown: vec![],
             pending: vec![],
             predates: vec![],
+            silenced: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
         let d = Decision { outcome: Outcome::Monitor, by_default: true, path: vec![], ..d };

@@ -45,6 +45,14 @@ impl Snapshot {
         if let Some(until) = a.paused_until {
             let _ = write!(p, "<p class=\"alert\"><b>PAUSED</b> until {}</p>", esc(&iso(until)));
         }
+        // Silences: a silenced rule is read as not firing by the decision trees.
+        if !a.silences.is_empty() {
+            p.push_str("<p id=\"silences\"><b>SILENCED</b> (the trees go on without them):");
+            for (rule, until) in &a.silences {
+                let _ = write!(p, " <b>{}</b> until {};", esc(rule), esc(&crate::act::gate::until_text(*until)));
+            }
+            p.push_str("</p>");
+        }
         // Replicas: this one's role and who leads.
         if let Some(ha) = &self.ha {
             let leader = ha

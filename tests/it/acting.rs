@@ -147,6 +147,7 @@ impl Harness {
             unknown: unknown.iter().map(|r| r.to_string()).collect(),
             pending: vec![],
             predates: vec![],
+            silenced: vec![],
         };
         if let Some(v) = version {
             self.d.on_version_observed(self.clock.now(), v).unwrap();
@@ -579,7 +580,7 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     let refused = h.command(Command::Pause { for_: None }).unwrap_err();
     assert!(refused.contains("waiting for the election on etcd"), "{refused}");
 
-    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into() }).unwrap();
+    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into(), tell: true }).unwrap();
     let told = h.messages().await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].contains("S1: no replica acts: etcd unreachable: connection refused"), "{told:?}");
@@ -840,6 +841,7 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         unknown: vec![],
         pending: vec![],
         predates: vec![],
+        silenced: vec![],
     };
     h.d.on_version_observed(h.clock.now(), "v2").unwrap();
     h.d.on_tick(h.clock.now(), &[d]).unwrap();

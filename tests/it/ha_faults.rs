@@ -98,14 +98,14 @@ async fn etcd_losing_its_data_stops_acting_until_the_journals_rebuild_the_shared
     until("the rebuild's end told", || leader.stdout().contains("rebuilt from the replicas' journals")).await;
 
     // Paused: a bad version is held back. Resumed: the cooldown of rb-1 holds it back.
-    service.deploy("v3", 500);
-    wait_for_journal(&leader.journal(), "v3 held back by the pause", |e| {
+    service.deploy("v2", 500); // v2 again: the cooldown guards the versions of rb-1
+    wait_for_journal(&leader.journal(), "v2 (again) held back by the pause", |e| {
         of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("paused")))
     })
     .await;
     let (code, _, body) = post(&leader.listen, "/resume");
     assert_eq!(code, 200, "{body}");
-    let events = wait_for_journal(&leader.journal(), "v3 held back by rb-1's cooldown", |e| {
+    let events = wait_for_journal(&leader.journal(), "v2 (again) held back by rb-1's cooldown", |e| {
         of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
     })
     .await;
@@ -151,8 +151,8 @@ async fn a_compacted_shared_log_keeps_the_cooldown_whatever_was_deployed_since()
     replicas[l].kill();
     let b = &replicas[other];
     until("the other replica to lead", || b.leads()).await;
-    service.deploy("v3", 500);
-    let events = wait_for_journal(&b.journal(), "v3 held back by rb-1's cooldown", |e| {
+    service.deploy("v2", 500); // v2 again: the cooldown guards the versions of rb-1
+    let events = wait_for_journal(&b.journal(), "v2 (again) held back by rb-1's cooldown", |e| {
         of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
     })
     .await;

@@ -23,4 +23,5 @@ mod record;
 mod run;
 mod secrets;
 mod sources;
+mod trial2;
 mod versions;

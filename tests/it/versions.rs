@@ -11,15 +11,15 @@ use crate::common::{
 };
 use serde_json::Value;
 
-struct Sidecar {
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    listen: String,
-    child: std::process::Child,
+pub(crate) struct Sidecar {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: std::path::PathBuf,
+    pub(crate) listen: String,
+    pub(crate) child: std::process::Child,
 }
 
 impl Sidecar {
-    async fn start(service: &VersionedService, policy: &str) -> Sidecar {
+    pub(crate) async fn start(service: &VersionedService, policy: &str) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let listen = common::free_listen();
         let config = versioned_config(dir.path(), service, &listen, policy);
@@ -27,30 +27,30 @@ impl Sidecar {
         Sidecar { dir, config, listen, child }
     }
 
-    fn journal(&self) -> std::path::PathBuf {
+    pub(crate) fn journal(&self) -> std::path::PathBuf {
         self.dir.path().join("state").join("journal.jsonl")
     }
 
-    async fn wait(&self, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) async fn wait(&self, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         wait_for_journal(&self.journal(), what, ready).await
     }
 
-    async fn baked(&self, version: &str) -> Vec<Value> {
+    pub(crate) async fn baked(&self, version: &str) -> Vec<Value> {
         self.wait(&format!("{version} baked"), |e| of_kind(e, "version_baked").iter().any(|b| b["version"] == version))
             .await
     }
 
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let mut all: Vec<&str> = vec![args[0], "-c", self.config.to_str().unwrap()];
         all.extend(&args[1..]);
         rollwatch(&all)
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
 
-    fn stop(&mut self) -> String {
+    pub(crate) fn stop(&mut self) -> String {
         sigterm(&mut self.child);
         self.stdout()
     }
@@ -66,7 +66,7 @@ impl Drop for Sidecar {
     }
 }
 
-fn finished(events: &[Value]) -> bool {
+pub(crate) fn finished(events: &[Value]) -> bool {
     !of_kind(events, "rollback_finished").is_empty()
 }
 

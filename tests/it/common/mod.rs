@@ -329,7 +329,8 @@ announce = "rollback_complete"
 "#;
 
 /// A config for [`VERSIONED_PROFILE`] watching `service`: 200 ms polls and ticks, the version
-/// from `/health`, an undo to `{{target_version}}`, a console channel, and `policy` lines.
+/// from `/health`, an undo to `{{target_version}}`, a console channel, and `policy` lines (which
+/// replace the short `bake`, `verify_stable` and `verify_for` defaults they name).
 pub fn versioned_config(dir: &Path, service: &VersionedService, listen: &str, policy: &str) -> PathBuf {
     let profile = write(dir, "profile.toml", VERSIONED_PROFILE);
     let text = format!(
@@ -352,9 +353,7 @@ url = "http://{addr}/metrics"
 interval = "200ms"
 
 [policy]
-bake = "1s"
-verify_stable = "2s"
-verify_for = "10s"
+{defaults}
 {policy}
 
 [channels.console]
@@ -368,6 +367,12 @@ url = "http://{addr}/rollback?to={{{{target_version}}}}"
         profile = profile.display().to_string(),
         state = dir.join("state").display().to_string(),
         addr = service.addr,
+        // The short defaults, unless `policy` sets its own.
+        defaults = [("bake", "\"1s\""), ("verify_stable", "\"2s\""), ("verify_for", "\"10s\"")]
+            .iter()
+            .filter(|(key, _)| !policy.lines().any(|l| l.trim_start().starts_with(&format!("{key} "))))
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect::<String>(),
     );
     write(dir, "rollwatch.toml", text)
 }
