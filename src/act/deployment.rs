@@ -48,7 +48,6 @@ pub fn from_source(file: SourceFile) -> Result<Deployment, Diagnostics> {
         &procedures,
     );
     check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &config.raw, &evaluator);
-    check_outcomes_have_procedures(&profiles, &procedures, &mut errors);
     check_windows(&profiles, &evaluator, config.eval_interval, &mut errors);
     errors.into_result(Deployment { config, evaluator, procedures })
 }
@@ -66,40 +65,6 @@ pub fn compile(profiles: &[LoadedProfile]) -> Result<(Evaluator, BTreeMap<String
             errors.0.extend(p.err().into_iter().flat_map(|e| e.0));
             errors.0.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
             Err(errors)
-        }
-    }
-}
-
-/// A tree that can decide `rollback` or `consider` (an approval, then a rollback) must have a
-/// `[[procedure.rollback]]`: without one rollwatch would "roll back" with no step and no
-/// message. An error at each answer that reaches it (and at `default`).
-fn check_outcomes_have_procedures(
-    profiles: &[LoadedProfile],
-    procedures: &BTreeMap<String, Procedures>,
-    errors: &mut Diagnostics,
-) {
-    for p in profiles {
-        if procedures.get(&p.name).and_then(|by| by.get("rollback")).is_some_and(|steps| !steps.is_empty()) {
-            continue;
-        }
-        let acts = |then: &str| matches!(then, "rollback" | "consider");
-        let message = |then: &str| {
-            format!(
-                "the tree can decide {then:?} here, but profile {:?} has no [[procedure.rollback]]: it would roll back with no step and no message — add the procedure (announce and run steps) or decide \"monitor\"",
-                p.name
-            )
-        };
-        for q in &p.raw.decide {
-            let then = q.get_ref().then.get_ref();
-            if acts(then) {
-                let item = format!("decide {:?}", q.get_ref().ask.get_ref());
-                errors.push(p.file.error(&q.get_ref().then.span(), Some(&item), message(then)));
-            }
-        }
-        if let Some(default) = &p.raw.default
-            && acts(default.get_ref())
-        {
-            errors.push(p.file.error(&default.span(), Some("default"), message(default.get_ref())));
         }
     }
 }

@@ -369,16 +369,29 @@ impl Dispatcher {
             self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
             return Ok(Err(reason));
         }
-        // A procedure that names {{target_version}} with no good version to go to would fail
-        // at its step: known now, said once (and escalated once), never started.
-        if self.state.versions.target().is_none() && self.needs_target(&s.profile, s.level.as_deref()) {
+        // Known before anything starts, said once (and escalated once), never started: a
+        // profile with no rollback procedure (nothing would run), and a procedure that names
+        // {{target_version}} with no good version to go to (it would fail at its step).
+        let no_procedure = self.steps_of(&s.profile, "rollback", s.level.as_deref()).is_empty();
+        let no_target = !no_procedure
+            && self.state.versions.target().is_none()
+            && self.needs_target(&s.profile, s.level.as_deref());
+        if no_procedure || no_target {
             let current = self.state.versions.current.as_deref().unwrap_or("the current one");
-            let reason = format!("no rollback target: no good version other than {current} is known");
+            let reason = if no_procedure {
+                format!("no [[procedure.rollback]] in profile {:?}: nothing to run — roll back by hand", s.profile)
+            } else {
+                format!("no rollback target: no good version other than {current} is known")
+            };
             if self.suppressed.get(&s.profile) != Some(&reason) {
                 self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
                 let mut vars = blank_vars();
                 vars.insert("profile".into(), s.profile.clone());
-                let response = "Roll back by hand to a version you know is good, or mark one good (`rollwatch mark VERSION good`).";
+                let response = if no_procedure {
+                    "Roll back by hand; give the profile a [[procedure.rollback]] for rollwatch to do it."
+                } else {
+                    "Roll back by hand to a version you know is good, or mark one good (`rollwatch mark VERSION good`)."
+                };
                 self.escalate(now, Severity::S1, &reason, response, &s.profile, None, vars)?;
             }
             return Ok(Err(reason));

@@ -458,7 +458,7 @@ async fn pause_and_silences_suppress_acting_but_decisions_are_journalled() {
     h.command(Command::Silence { rule: "errors".into(), for_: Span::from_secs(60) }).unwrap();
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     assert!(h.events("rollback_started").is_empty());
-    assert_eq!(h.events("suppressed").last().unwrap()["reason"], "silenced: errors");
+    assert_eq!(h.events("suppressed").last().unwrap()["reason"], "silenced: errors until unsilenced");
     // A rule that is not silenced still acts.
     h.tick(Outcome::Rollback, &["errors", "down"], Some("v2"));
     assert_eq!(h.events("rollback_started").len(), 1);
@@ -511,13 +511,19 @@ async fn a_failed_step_is_s1_and_stops_the_procedure() {
 }
 
 #[tokio::test]
-async fn a_slow_rollback_is_s3_and_an_unknown_target_version_fails_the_step() {
+async fn a_slow_rollback_is_s3_and_an_unknown_target_version_is_said_once_never_started() {
     let mut h = Harness::new(quick_policy()).with_target_undo();
-    // No version seen before v2: the undo names {{target_version}}, which is unknown.
+    // No version seen before v2: the undo names {{target_version}}, which is unknown — known
+    // before anything starts: said once (suppressed, S1), however often it is decided.
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
-    h.steps_done().await;
-    let finished = &h.events("rollback_finished")[0];
-    assert!(finished["error"].as_str().unwrap().contains("no last-good version is recorded"), "{finished}");
+    h.advance(Span::from_secs(3600));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    assert!(h.events("rollback_started").is_empty());
+    let suppressed = h.events("suppressed");
+    assert_eq!(suppressed.len(), 1, "{suppressed:?}");
+    assert!(suppressed[0]["reason"].as_str().unwrap().contains("no good version other than v2"), "{suppressed:?}");
+    let s1: Vec<Value> = h.events("escalation").into_iter().filter(|e| e["severity"] == "S1").collect();
+    assert_eq!(s1.len(), 1, "{s1:?}");
     assert!(h.runs().is_empty());
 
     let mut h = Harness::new(quick_policy());
@@ -584,7 +590,11 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     let told = h.messages().await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].contains("S1: no replica acts: etcd unreachable: connection refused"), "{told:?}");
-    h.advance(Span::from_secs(10 * 60));
+    h.advance(Span::from_secs(9 * 60));
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let wanted = h.messages().await;
+    assert!(wanted.len() == 1 && wanted[0].contains("rollback wanted for"), "a rollback wanted is told: {wanted:?}");
+    h.advance(Span::from_secs(60));
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     assert!(h.messages().await.is_empty(), "not again within 15 minutes");
     h.advance(Span::from_secs(6 * 60));
@@ -846,7 +856,8 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
     h.d.on_version_observed(h.clock.now(), "v2").unwrap();
     h.d.on_tick(h.clock.now(), &[d]).unwrap();
     assert!(h.events("rollback_started").is_empty());
-    assert_eq!(h.events("suppressed")[0]["reason"], "silenced: errors");
+    let reason = h.events("suppressed")[0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("silenced: errors until "), "{reason}");
 }
 
 #[tokio::test]

@@ -72,43 +72,35 @@ async fn the_cooldown_holds_the_same_version_not_a_new_one() {
     s.stop();
 }
 
-/// A tree that can decide `rollback` (or `consider`) with no `[[procedure.rollback]]` is refused
-/// by `check` and `run`, at the answer's file:line:col.
-#[test]
-fn a_tree_that_can_roll_back_without_a_procedure_is_refused_where_it_says_so() {
+/// A tree that decides `rollback` for a profile with no `[[procedure.rollback]]`: no silent
+/// "rollback" with no step — said once (suppressed, S1: roll back by hand), nothing started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_decided_without_a_procedure_is_said_never_silently_done() {
+    let service = VersionedService::start("v1", 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let profile = crate::common::write(
-        dir.path(),
-        "p.toml",
-        r#"[signals]
-errors = 'last("errors_total")'
-
-[[rule]]
-name = "errors"
-when = 'errors > 5'
-
-[[decide]]
-ask = "Errors?"
-if = 'firing("errors")'
-then = "rollback"
-"#,
-    );
-    let config = crate::common::write(
-        dir.path(),
-        "rollwatch.toml",
-        format!(
-            "profiles = [{:?}]\nstate_dir = {:?}\n\n[[target]]\nname = \"api\"\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1/metrics\"\n",
-            profile.display().to_string(),
-            dir.path().join("state").display().to_string()
-        ),
-    );
-    for args in [vec!["check", config.to_str().unwrap()], vec!["run", "-c", config.to_str().unwrap()]] {
-        let command = args[0];
-        let (code, out, err) = rollwatch(&args);
-        assert_ne!(code, 0, "{command}: {out}{err}");
-        let text = format!("{out}{err}");
-        assert!(text.contains("p.toml:11:8") && text.contains("no [[procedure.rollback]]"), "{command}: {text}");
-    }
+    let listen = crate::common::free_listen();
+    let config = crate::common::versioned_config(dir.path(), &service, &listen, "");
+    let profile = dir.path().join("profile.toml");
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let text = &text[..text.find("[[procedure.rollback]]").unwrap()];
+    std::fs::write(&profile, text).unwrap();
+    let (code, out, err) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "a watching-only profile is valid: {out}{err}");
+    let mut s = Sidecar { child: crate::common::spawn_run(dir.path(), &config), dir, config, listen };
+    s.baked("v1").await;
+    service.deploy("v2", 500);
+    s.wait("the rollback wanted, said", |e| {
+        of_kind(e, "suppressed")
+            .iter()
+            .any(|x| x["reason"].as_str().is_some_and(|r| r.contains("no [[procedure.rollback]]")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = rollwatch::journal::Journal::read_back(&s.journal()).unwrap();
+    assert!(of_kind(&events, "rollback_started").is_empty(), "nothing started: {events:#?}");
+    let out = s.stop();
+    assert!(out.contains("S1: no [[procedure.rollback]]") && out.contains("roll back by hand"), "{out}");
+    assert!(!out.contains("ROLLBACK IN PROGRESS"), "{out}");
 }
 
 /// v1 restored, then v1.7.0 deployed during verification: the verification ends "superseded by
@@ -125,6 +117,15 @@ async fn a_deploy_during_verification_supersedes_it() {
             && of_kind(e, "deploy").iter().filter(|d| d["to"] == "v1.0.0").count() == 2
     })
     .await;
+    // Verifying (the steps done): then v1.7.0 arrives.
+    let status = || -> Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "-m", "2", &format!("http://{}/status", s.listen)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    until("verifying", || status()["acting"]["in_flight"]["phase"] == "verifying").await;
     service.deploy("v1.7.0", 0);
     let events = s.wait("the rollback finished", finished).await;
     let done = of_kind(&events, "rollback_finished")[0];
