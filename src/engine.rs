@@ -236,8 +236,9 @@ impl Engine {
         let restores_state = |line: &serde_json::Value| Event::read(line).is_ok_and(|(_, e)| e.restores_state());
         crate::journal::compact(&config.state_dir, crate::journal::COMPACT_ABOVE, restores_state)?;
         let journal = SharedJournal::new(Journal::open(&config.state_dir)?);
-        // Streamed, keeping the state events only: a large journal does not make a large restart.
-        let history = Journal::read_back_kept(&journal.path(), restores_state)?;
+        // Streamed, keeping the state events only (without the forgotten versions' deploys): a
+        // large journal does not make a large restart.
+        let history = crate::act::history::restore_lines(&journal.path())?;
         let client = http_client()?;
         let plans = Plan::build(&ev, &procedures);
         let (acting, notifier) = acting_parts(&config, plans, &env, &client, &console, &journal, &clock)?;

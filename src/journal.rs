@@ -138,6 +138,12 @@ impl Journal {
         Ok(out)
     }
 
+    /// Streams the file to `f`, one line at a time (unparsable lines skipped with a warning): for
+    /// a reader that folds the lines into something smaller, with no copy of the file in memory.
+    pub fn for_each_line(path: &Path, f: impl FnMut(serde_json::Value)) -> Result<(), JournalError> {
+        each_line(path, f)
+    }
+
     /// Reads every whole line back; a torn or unparsable last line is dropped with a warning,
     /// an unparsable line elsewhere is skipped with a warning (nothing else is lost).
     pub fn read_back(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {

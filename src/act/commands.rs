@@ -134,10 +134,17 @@ impl Dispatcher {
                 }
                 // Only a version that was deployed here: a typo must not become a rollback target.
                 if self.state.versions.get(&version).is_none() {
-                    let known: Vec<&str> = self.state.versions.list.iter().map(|v| v.version.as_str()).collect();
+                    let known: Vec<&str> = self.state.versions.list().map(|v| v.version.as_str()).collect();
                     let hint = crate::diag::did_you_mean(&version, known.iter().copied());
+                    let forgotten = match self.state.versions.forgotten() {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} older versions without a verdict are forgotten (deployed before the last {})",
+                            super::versions::RECENT_VERSIONS
+                        ),
+                    };
                     return Ok(Err(format!(
-                        "no deploy of {version:?} is recorded{hint} (known: {}); nothing marked",
+                        "no deploy of {version:?} is recorded{hint} (known: {}{forgotten}); nothing marked",
                         if known.is_empty() { "none".to_string() } else { known.join(", ") }
                     )));
                 }

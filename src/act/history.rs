@@ -3,11 +3,12 @@
 //! approvals people answered, the versions and their evidence — read back from the journal —
 //! and root causes appended to it.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::event::{Annotated, Closed, Event};
+use super::event::{Annotated, Closed, Deploy, Event, VersionBaked, VersionChanged, VersionMarked};
 use super::state::State;
 use super::versions::VersionInfo;
 use crate::journal::{Journal, JournalError};
@@ -86,10 +87,41 @@ impl Entry {
     }
 }
 
-/// The acting state in the journal at `path`.
+/// The acting state in the journal at `path`, as [`State::restore`] rebuilds it (a line that
+/// does not fit is skipped), folded as the file streams: memory follows the state, not the file.
 pub fn state(path: &Path) -> Result<State, JournalError> {
-    let lines = Journal::read_back_kept(path, |l| Event::read(l).is_ok_and(|(_, e)| e.restores_state()))?;
-    Ok(State::restore(&lines).0)
+    let mut state = State::default();
+    Journal::for_each_line(path, |line| {
+        if let Ok((at, event)) = Event::read(&line)
+            && event.restores_state()
+        {
+            let _ = state.apply(at, &event);
+        }
+    })?;
+    Ok(state)
+}
+
+/// The journal lines at `path` the acting state is restored from, in two streaming passes: the
+/// first finds the versions acting still knows (the last
+/// [`RECENT_VERSIONS`](super::versions::RECENT_VERSIONS) deployed and those with a verdict), the
+/// second keeps the state events but the version events of versions forgotten. A journal of
+/// 100,000 deploys restores from the lines of a few dozen versions.
+pub fn restore_lines(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {
+    let known: HashSet<String> = state(path)?.versions.list().map(|v| v.version.clone()).collect();
+    Journal::read_back_kept(path, |line| {
+        Event::read(line).is_ok_and(|(_, e)| e.restores_state() && version_of(&e).is_none_or(|v| known.contains(v)))
+    })
+}
+
+/// The version a version event is about.
+fn version_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Deploy(Deploy { to: version, .. })
+        | Event::VersionChanged(VersionChanged { to: version, .. })
+        | Event::VersionBaked(VersionBaked { version, .. })
+        | Event::VersionMarked(VersionMarked { version, .. }) => Some(version),
+        _ => None,
+    }
 }
 
 /// The history in the journal at `path`, oldest first.
@@ -120,7 +152,7 @@ pub fn approvals(state: &State) -> Vec<ApprovalEntry> {
 
 /// Every version seen, latest deploy last.
 pub fn versions(state: &State) -> Vec<VersionInfo> {
-    state.versions.list.clone()
+    state.versions.list().cloned().collect()
 }
 
 pub fn entries(state: &State) -> Vec<Entry> {

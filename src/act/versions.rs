@@ -10,6 +10,8 @@
 //!    a deploy; v1 judged anew from here) ── rules quiet for verify_stable ── v2 bad
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use serde::Serialize;
 
 /// The longest version accepted from outside (the hook, the version source, the CLI).
@@ -54,6 +56,12 @@ impl std::fmt::Display for VersionState {
     }
 }
 
+/// The versions most recently deployed that keep all they are known by. An older version keeps
+/// its verdict — good or bad, its deploys and the evidence line that gave the verdict — and one
+/// without a verdict is forgotten: acting never needs it again (it is no rollback target, and
+/// deployed again it is new again). Memory follows the versions with a verdict, not the deploys.
+pub const RECENT_VERSIONS: usize = 50;
+
 /// One version as the journal tells it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VersionInfo {
@@ -63,89 +71,180 @@ pub struct VersionInfo {
     pub deploys: u32,
     pub state: VersionState,
     /// Why it is in that state, oldest first: `baked at …`, `rolled back by rb-3`, `marked bad by
-    /// alice: …`.
+    /// alice: …`. Of a version deployed before the last [`RECENT_VERSIONS`], only the line that
+    /// gave its verdict.
     pub evidence: Vec<String>,
+    /// Which line of `evidence` gave `state` (none while new): what compaction keeps.
+    #[serde(skip)]
+    verdict: Option<usize>,
 }
 
-/// Every version seen, and the one deployed now.
+impl VersionInfo {
+    fn new(version: &str, at: Timestamp) -> VersionInfo {
+        VersionInfo {
+            version: version.to_string(),
+            deployed_at: at,
+            deploys: 0,
+            state: VersionState::New,
+            evidence: vec![],
+            verdict: None,
+        }
+    }
+
+    /// Records `line` as evidence; with `state`, as the line that gave that state.
+    fn note(&mut self, line: String, state: Option<VersionState>) {
+        if let Some(state) = state {
+            self.state = state;
+            self.verdict = Some(self.evidence.len());
+        }
+        self.evidence.push(line);
+    }
+
+    /// Drops every evidence line but the verdict's.
+    fn compact(&mut self) {
+        if self.evidence.len() > 1 {
+            let verdict = self.verdict.and_then(|i| self.evidence.get(i).cloned());
+            self.evidence = verdict.into_iter().collect();
+            self.verdict = (!self.evidence.is_empty()).then_some(0);
+        }
+    }
+}
+
+/// Every version known, and the one deployed now. Each change costs a lookup and a look at the
+/// [`RECENT_VERSIONS`]th latest: 100,000 deploys restore in linear time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Versions {
     pub current: Option<String>,
     /// When the current version was deployed.
     pub deployed_at: Option<Timestamp>,
-    /// By latest deploy, oldest first.
-    pub list: Vec<VersionInfo>,
+    /// Versions by their place in the deploy order (a deploy moves a version to the end).
+    order: BTreeMap<u64, VersionInfo>,
+    /// Each version's place in `order`.
+    place: HashMap<String, u64>,
+    /// The places of the good versions (for the rollback target, without a scan).
+    good: BTreeSet<u64>,
+    /// The next place.
+    next: u64,
+    /// Versions without a verdict forgotten (deployed before the last [`RECENT_VERSIONS`]).
+    forgotten: u64,
 }
 
 impl Versions {
     pub fn get(&self, version: &str) -> Option<&VersionInfo> {
-        self.list.iter().find(|v| v.version == version)
+        self.order.get(self.place.get(version)?)
     }
 
+    /// Every version known, by latest deploy, oldest first.
+    pub fn list(&self) -> impl DoubleEndedIterator<Item = &VersionInfo> + ExactSizeIterator {
+        self.order.values()
+    }
+
+    /// How many versions without a verdict were forgotten.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// The version's entry, created (as the latest) when it is not known.
     fn entry(&mut self, version: &str, at: Timestamp) -> &mut VersionInfo {
-        let i = match self.list.iter().position(|v| v.version == version) {
-            Some(i) => i,
-            None => {
-                self.list.push(VersionInfo {
-                    version: version.to_string(),
-                    deployed_at: at,
-                    deploys: 0,
-                    state: VersionState::New,
-                    evidence: vec![],
-                });
-                self.list.len() - 1
-            }
+        let place = match self.place.get(version) {
+            Some(&place) => place,
+            None => self.push(VersionInfo::new(version, at)),
         };
-        &mut self.list[i]
+        self.order.get_mut(&place).expect("every place is in the order")
+    }
+
+    /// Puts `v` last in the order, then compacts the version that became the
+    /// ([`RECENT_VERSIONS`] + 1)th latest. Returns its place.
+    fn push(&mut self, v: VersionInfo) -> u64 {
+        let place = self.next;
+        self.next += 1;
+        if v.state == VersionState::Good {
+            self.good.insert(place);
+        }
+        self.place.insert(v.version.clone(), place);
+        self.order.insert(place, v);
+        self.compact_beyond_recent();
+        place
+    }
+
+    fn compact_beyond_recent(&mut self) {
+        let Some((&place, old)) = self.order.iter_mut().rev().nth(RECENT_VERSIONS) else { return };
+        if old.state != VersionState::New {
+            old.compact();
+        } else if self.current.as_ref() != Some(&old.version) {
+            let old = self.order.remove(&place).expect("just seen");
+            self.place.remove(&old.version);
+            self.forgotten += 1;
+        }
+    }
+
+    /// Keeps the index of good versions in step with the state of the version at `place`.
+    fn track(&mut self, place: u64) {
+        match self.order.get(&place).map(|v| v.state) {
+            Some(VersionState::Good) => self.good.insert(place),
+            _ => self.good.remove(&place),
+        };
     }
 
     /// `to` deployed at `at`.
     pub fn deploy(&mut self, at: Timestamp, to: &str) {
-        let v = self.entry(to, at);
+        let mut v = match self.place.remove(to) {
+            Some(place) => {
+                self.good.remove(&place);
+                self.order.remove(&place).expect("every place is in the order")
+            }
+            None => VersionInfo::new(to, at),
+        };
         v.deployed_at = at;
         v.deploys += 1;
-        let i = self.list.iter().position(|v| v.version == to).unwrap_or(0);
-        let moved = self.list.remove(i);
-        self.list.push(moved);
         self.current = Some(to.to_string());
         self.deployed_at = Some(at);
+        self.push(v);
     }
 
     pub fn baked(&mut self, at: Timestamp, b: &VersionBaked) {
         let v = self.entry(&b.version, at);
-        if v.state == VersionState::New {
-            v.state = VersionState::Good;
-        }
-        v.evidence.push(format!("baked at {} (clean since {})", super::iso(at), super::iso(b.since)));
+        let state = (v.state == VersionState::New).then_some(VersionState::Good);
+        v.note(format!("baked at {} (clean since {})", super::iso(at), super::iso(b.since)), state);
+        self.retrack(&b.version);
     }
 
     /// A rollback from `version` completed: it is bad.
     pub fn rolled_back(&mut self, at: Timestamp, version: &str, rollback_id: &str) {
         let v = self.entry(version, at);
-        v.state = VersionState::Bad;
-        v.evidence.push(format!("rolled back by {rollback_id} at {}", super::iso(at)));
+        v.note(format!("rolled back by {rollback_id} at {}", super::iso(at)), Some(VersionState::Bad));
+        self.retrack(version);
     }
 
     pub fn marked(&mut self, at: Timestamp, m: &VersionMarked) {
         let v = self.entry(&m.version, at);
-        v.state = match m.state {
+        let state = match m.state {
             Mark::Good => VersionState::Good,
             Mark::Bad => VersionState::Bad,
         };
-        v.evidence.push(format!("marked {} by {} at {}: {}", v.state, m.by, super::iso(at), m.reason));
+        v.note(format!("marked {state} by {} at {}: {}", m.by, super::iso(at), m.reason), Some(state));
+        self.retrack(&m.version);
+    }
+
+    fn retrack(&mut self, version: &str) {
+        if let Some(&place) = self.place.get(version) {
+            self.track(place);
+        }
+    }
+
+    /// The most recently deployed version known good (the current one, when it is).
+    pub fn last_good(&self) -> Option<&str> {
+        let place = self.good.last()?;
+        self.order.get(place).map(|v| v.version.as_str())
     }
 
     /// The rollback target: the most recently deployed good version other than the current one.
-    /// The most recently deployed version known good (the current one, when it is).
-    pub fn last_good(&self) -> Option<&str> {
-        self.list.iter().rev().find(|v| v.state == VersionState::Good).map(|v| v.version.as_str())
-    }
-
     pub fn target(&self) -> Option<&str> {
-        self.list
+        self.good
             .iter()
             .rev()
-            .find(|v| v.state == VersionState::Good && Some(&v.version) != self.current.as_ref())
+            .filter_map(|place| self.order.get(place))
+            .find(|v| Some(&v.version) != self.current.as_ref())
             .map(|v| v.version.as_str())
     }
 

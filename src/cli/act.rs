@@ -86,7 +86,9 @@ pub fn deployed(config: &Path, version: &str, out: &mut dyn Write) -> anyhow::Re
     post_body(config, "/hooks/deploy", Some(body), out)
 }
 
-/// `rollwatch versions -c FILE [--json]`: every version the journal knows, latest deploy last.
+/// `rollwatch versions -c FILE [--json]`: every version the journal knows, latest deploy last
+/// (of versions deployed before the last [`RECENT_VERSIONS`](crate::act::versions::RECENT_VERSIONS),
+/// those with a verdict).
 pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
@@ -100,6 +102,11 @@ pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Resul
     }
     if list.is_empty() {
         writeln!(out, "no deploys in {}", config.state_dir.join("journal.jsonl").display())?;
+    }
+    let forgotten = state.versions.forgotten();
+    if forgotten > 0 {
+        let recent = crate::act::versions::RECENT_VERSIONS;
+        writeln!(out, "({forgotten} versions without a verdict, deployed before the last {recent}, are forgotten)")?;
     }
     for v in &list {
         let now = if current.as_ref() == Some(&v.version) { "  (deployed now)" } else { "" };

@@ -432,3 +432,125 @@ async fn an_incident_report_is_filled_from_the_journal() {
     assert!((secs - impact).abs() < 1.0, "downtime {secs} s, report's user impact {impact} s");
     s.stop();
 }
+
+/// Runs `rollwatch ARGS`, its output in a file; killed and failed if it takes more than `secs`.
+fn rollwatch_within(dir: &std::path::Path, args: &[&str], secs: f64) -> (i32, String) {
+    let out = dir.join("cli.out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+        .args(args)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let took = rollwatch::time::Stopwatch::start();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if took.elapsed_secs() > secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rollwatch {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&out).unwrap())
+}
+
+/// 100,000 deploys through the hook, as the journal holds them (written here line by line as
+/// the sidecar writes them): v1 baked long ago, v50000 rolled back by rb-1. `versions` and
+/// `history` read it back and `run` answers `/healthz` well within 10 s each (quadratic
+/// restoring took 20 s a command in a release build); `versions` keeps what acting needs of the
+/// old versions — v1 good, still the rollback target, and v50000 bad, each with the line that
+/// says why — with the last 50 versions, and says how many without a verdict it forgot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_deploys_read_back_and_restart_in_linear_time() {
+    use std::io::Write;
+    const DEPLOYS: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let t0: i64 = 1_700_000_000_000;
+    let at = |i: u64| t0 + i as i64 * 1000;
+    let mut j = std::io::BufWriter::new(std::fs::File::create(state.join("journal.jsonl")).unwrap());
+    writeln!(j, r#"{{"at":{},"event":"deploy","from":null,"to":"v1","source":"first_sight"}}"#, at(1)).unwrap();
+    writeln!(j, r#"{{"at":{},"event":"version_baked","version":"v1","since":{}}}"#, at(1) + 600, at(1)).unwrap();
+    for i in 2..=DEPLOYS {
+        writeln!(j, r#"{{"at":{},"event":"deploy","from":"v{}","to":"v{i}","source":"hook"}}"#, at(i), i - 1).unwrap();
+        if i == 50_000 {
+            let (t, rb) = (at(i), "rb-1");
+            writeln!(j, r#"{{"at":{},"event":"rollback_started","rollback_id":"{rb}","profile":"profile","key":"profile@v{i}","version_from":"v{i}","target_version":"v1","level":null,"reason":"Is system down? YES","explanation":"Is system down? YES → rollback","firing":["down"],"approval_id":null,"deployed_at":{t}}}"#, t + 100).unwrap();
+            writeln!(
+                j,
+                r#"{{"at":{},"event":"step_started","rollback_id":"{rb}","step":1,"action":"undo","role":"run"}}"#,
+                t + 110
+            )
+            .unwrap();
+            writeln!(j, r#"{{"at":{},"event":"step_finished","rollback_id":"{rb}","step":1,"action":"undo","role":"run","ok":true,"detail":"exit 0","duration_ms":50}}"#, t + 160).unwrap();
+            writeln!(j, r#"{{"at":{},"event":"rollback_finished","rollback_id":"{rb}","result":"completed","duration_ms":700,"version_to":"v1","error":null}}"#, t + 800).unwrap();
+        }
+    }
+    drop(j);
+    let listen = common::free_listen();
+    let profile = common::write(dir.path(), "profile.toml", common::down_profile(&[]));
+    let config = common::write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            "profiles = [{:?}]\nstate_dir = {:?}\nlisten = \"{listen}\"\neval_interval = \"200ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://{listen}/unused\"\ninterval = \"1s\"\n",
+            profile.display().to_string(),
+            state.display().to_string(),
+        ),
+    );
+    let config = config.to_str().unwrap();
+
+    let (code, versions) = rollwatch_within(dir.path(), &["versions", "-c", config], 10.0);
+    assert_eq!(code, 0, "{versions}");
+    let lines: Vec<&str> = versions.lines().collect();
+    assert_eq!(lines[0], "(99948 versions without a verdict, deployed before the last 50, are forgotten)");
+    assert!(lines[1].starts_with("v1  good  deployed 2023-11-14T22:13:21Z"), "{versions}");
+    assert!(lines[2].starts_with("    baked at "), "{versions}");
+    assert!(lines[3].starts_with("v50000  bad  deployed "), "{versions}");
+    assert!(lines[4].starts_with("    rolled back by rb-1 at "), "{versions}");
+    assert!(lines[5].starts_with("v99951  new  deployed "), "{versions}");
+    assert!(
+        lines[lines.len() - 2].starts_with("v100000  new  deployed ")
+            && lines[lines.len() - 2].ends_with("(deployed now)")
+    );
+    assert_eq!(lines[lines.len() - 1], "rollback target: v1");
+    assert_eq!(lines.len(), 1 + 4 + 50 + 1, "{versions}");
+
+    let (code, json) = rollwatch_within(dir.path(), &["versions", "-c", config, "--json"], 10.0);
+    assert_eq!(code, 0, "{json}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((json["current"].as_str(), json["target"].as_str()), (Some("v100000"), Some("v1")));
+    assert_eq!(json["versions"].as_array().unwrap().len(), 52);
+
+    let (code, history) = rollwatch_within(dir.path(), &["history", "-c", config], 10.0);
+    assert_eq!(code, 0, "{history}");
+    assert!(history.starts_with("rb-1 profile v50000 → v1, completed in 0.7s: Is system down? YES"), "{history}");
+    assert!(history.contains("step 1 run undo: ok, exit 0"), "{history}");
+
+    // The sidecar restores from it and answers /healthz, deployed v100000, target v1.
+    let mut child = common::spawn_run(dir.path(), std::path::Path::new(config));
+    let took = rollwatch::time::Stopwatch::start();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    loop {
+        let up = client.get(format!("http://{listen}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
+        if up {
+            break;
+        }
+        if took.elapsed_secs() > 10.0 || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+            panic!("no /healthz within 10 s of the start: {stderr}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status: Value = client.get(format!("http://{listen}/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["acting"]["version"], "v100000", "{}", status["acting"]);
+    assert_eq!(status["acting"]["target_version"], "v1", "{}", status["acting"]);
+    sigterm(&mut child);
+}
