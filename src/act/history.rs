@@ -105,7 +105,8 @@ pub fn state(path: &Path) -> Result<State, JournalError> {
 /// first finds the versions acting still knows (the last
 /// [`RECENT_VERSIONS`](super::versions::RECENT_VERSIONS) deployed and those with a verdict), the
 /// second keeps the state events but the version events of versions forgotten. A journal of
-/// 100,000 deploys restores from the lines of a few dozen versions.
+/// 100,000 deploys restores from the lines of a few dozen versions. (A version forgotten and
+/// deployed again counts its earlier deploys here too; acting never reads the count.)
 pub fn restore_lines(path: &Path) -> Result<Vec<serde_json::Value>, JournalError> {
     let known: HashSet<String> = state(path)?.versions.list().map(|v| v.version.clone()).collect();
     Journal::read_back_kept(path, |line| {
@@ -221,4 +222,56 @@ pub enum AnnotateError {
     Journal(#[from] JournalError),
     #[error("no rollback {id:?} in the journal (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     Unknown { id: String, known: Vec<String> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::versions::RECENT_VERSIONS;
+    use std::io::Write;
+
+    /// A restart restores from fewer lines what `versions` reads from all of them: the same
+    /// versions, verdicts, target, rollbacks.
+    #[test]
+    fn a_restart_skips_forgotten_versions_lines_and_restores_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut line =
+            |at: i64, event: &str, rest: &str| writeln!(f, r#"{{"at":{at},"event":"{event}",{rest}}}"#).unwrap();
+        line(1, "deploy", r#""from":null,"to":"v0","source":"first_sight""#);
+        line(2, "version_baked", r#""version":"v0","since":1"#);
+        line(3, "decision", r#""profile":"p","outcome":"monitor""#);
+        for i in 1..=500 {
+            line(10 * i, "deploy", &format!(r#""from":"v{}","to":"v{i}","source":"hook""#, i - 1));
+        }
+        line(
+            6000,
+            "rollback_started",
+            r#""rollback_id":"rb-1","profile":"p","key":"p@v500","version_from":"v500","target_version":"v0","level":null,"reason":"r","explanation":"e","firing":["x"],"approval_id":null"#,
+        );
+        line(
+            6001,
+            "rollback_finished",
+            r#""rollback_id":"rb-1","result":"completed","duration_ms":1,"version_to":"v0","error":null"#,
+        );
+        line(6002, "deploy", r#""from":"v500","to":"v7","source":"version""#);
+        drop(f);
+        let full = state(&path).unwrap();
+        let kept = restore_lines(&path).unwrap();
+        assert!(kept.len() < 2 * RECENT_VERSIONS + 10, "{} lines kept", kept.len());
+        let (restored, errors) = State::restore(&kept);
+        assert!(errors.is_empty(), "{errors:?}");
+        let seen = |s: &State| -> Vec<(String, String, Vec<String>)> {
+            s.versions.list().map(|v| (v.version.clone(), v.state.to_string(), v.evidence.clone())).collect()
+        };
+        assert_eq!(seen(&restored), seen(&full));
+        assert_eq!(
+            (restored.versions.current.as_deref(), restored.versions.deployed_at, restored.versions.target()),
+            (Some("v7"), Some(Timestamp(6002)), Some("v0"))
+        );
+        assert_eq!(full.versions.target(), Some("v0"));
+        assert_eq!(entries(&restored), entries(&full));
+        assert_eq!(full.versions.get("v500").map(|v| v.state.to_string()).as_deref(), Some("bad"));
+    }
 }

@@ -359,4 +359,51 @@ mod tests {
         assert_eq!(v.get("v3").map(|x| x.state), Some(VersionState::Bad));
         assert!(v.get("v1").unwrap().evidence.last().unwrap().contains("marked bad by alice"));
     }
+
+    #[test]
+    fn versions_before_the_last_recent_keep_their_verdict_or_are_forgotten() {
+        let mut v = Versions::default();
+        let mark = |version: &str, state: Mark| VersionMarked {
+            version: version.into(),
+            state,
+            by: "alice".into(),
+            reason: "seen".into(),
+        };
+        v.deploy(Timestamp(1), "good");
+        v.baked(Timestamp(2), &VersionBaked { version: "good".into(), since: Timestamp(1) });
+        v.marked(Timestamp(3), &mark("good", Mark::Good));
+        v.deploy(Timestamp(4), "bad");
+        v.marked(Timestamp(5), &mark("bad", Mark::Bad));
+        v.baked(Timestamp(6), &VersionBaked { version: "bad".into(), since: Timestamp(4) });
+        v.deploy(Timestamp(7), "rolled");
+        v.rolled_back(Timestamp(8), "rolled", "rb-1");
+        v.deploy(Timestamp(9), "plain");
+        assert_eq!(v.get("bad").unwrap().evidence.len(), 2, "recent versions keep every line");
+        for i in 0..1000 {
+            v.deploy(Timestamp(10 + i), &format!("n{i}"));
+        }
+        assert_eq!(v.list().len(), 3 + RECENT_VERSIONS, "the verdicts and the last {RECENT_VERSIONS}");
+        assert_eq!(v.forgotten(), 1 + 1000 - RECENT_VERSIONS as u64);
+        assert!(v.get("plain").is_none() && v.get("n0").is_none());
+        // Each old verdict keeps the line that gave it.
+        assert_eq!(v.get("good").unwrap().evidence, vec!["marked good by alice at 1970-01-01T00:00:00Z: seen"]);
+        assert_eq!(v.get("bad").unwrap().evidence, vec!["marked bad by alice at 1970-01-01T00:00:00Z: seen"]);
+        assert_eq!(v.get("rolled").map(|r| (r.state, r.evidence.len())), Some((VersionState::Bad, 1)));
+        assert_eq!(
+            (v.target(), v.last_good()),
+            (Some("good"), Some("good")),
+            "an old good version is still the target"
+        );
+        let order: Vec<&str> = v.list().take(4).map(|i| i.version.as_str()).collect();
+        assert_eq!(order, ["good", "bad", "rolled", "n950"], "by latest deploy");
+        // A forgotten version deployed again is new again; an old good one deployed again is
+        // still good, now the latest.
+        v.deploy(Timestamp(2000), "plain");
+        assert_eq!(v.get("plain").map(|p| (p.state, p.deploys)), Some((VersionState::New, 1)));
+        assert_eq!(v.current_unproven(), Some("plain"));
+        v.deploy(Timestamp(2001), "good");
+        assert_eq!(v.get("good").map(|g| (g.state, g.deploys)), Some((VersionState::Good, 2)));
+        assert_eq!((v.target(), v.last_good(), v.current_unproven()), (None, Some("good"), None));
+        assert_eq!(v.list().last().map(|l| l.version.as_str()), Some("good"));
+    }
 }
