@@ -4,7 +4,10 @@
 //! - group commit: 100 notes (decisions, notification results) and one durable append behind
 //!   them — one write and one fsync for all 101 lines;
 //! - the dispatcher's share of a tick when nothing is to be done (5 profiles deciding `monitor`);
-//! - rendering the "ROLLBACK IN PROGRESS" template with Slack escaping.
+//! - rendering the "ROLLBACK IN PROGRESS" template with Slack escaping;
+//! - reading the versions back from a journal of 10,000 and of 100,000 deploys (what `versions`
+//!   and `history` do before they print, and a restart before it acts): linear, so ten times
+//!   the deploys take ten times as long.
 //!
 //! Run: `cargo bench --bench acting`.
 
@@ -111,5 +114,30 @@ fn template(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, journal, dispatcher, template);
+/// A journal of `n` deploys through the hook, each a new version, as the sidecar writes them.
+fn deploys(dir: &std::path::Path, n: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(format!("{n}.jsonl"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(f, r#"{{"at":1,"event":"deploy","from":null,"to":"v1","source":"hook"}}"#).unwrap();
+    for i in 2..=n {
+        writeln!(f, r#"{{"at":{i},"event":"deploy","from":"v{}","to":"v{i}","source":"hook"}}"#, i - 1).unwrap();
+    }
+    path
+}
+
+fn versions(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("versions read back");
+    group.sample_size(10);
+    for n in [10_000, 100_000] {
+        let path = deploys(dir.path(), n);
+        group.bench_function(format!("{n} deploys"), |b| {
+            b.iter(|| rollwatch::act::history::state(black_box(&path)).unwrap().versions.current)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, journal, dispatcher, template, versions);
 criterion_main!(benches);

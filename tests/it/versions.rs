@@ -492,12 +492,13 @@ async fn a_hundred_thousand_deploys_read_back_and_restart_in_linear_time() {
     }
     drop(j);
     let listen = common::free_listen();
+    let api = common::serve_http(|_| ("200 OK", "ok".into())).await;
     let profile = common::write(dir.path(), "profile.toml", common::down_profile(&[]));
     let config = common::write(
         dir.path(),
         "rollwatch.toml",
         format!(
-            "profiles = [{:?}]\nstate_dir = {:?}\nlisten = \"{listen}\"\neval_interval = \"200ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://{listen}/unused\"\ninterval = \"1s\"\n",
+            "profiles = [{:?}]\nstate_dir = {:?}\nlisten = \"{listen}\"\neval_interval = \"200ms\"\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://{api}/health\"\ninterval = \"1s\"\n",
             profile.display().to_string(),
             state.display().to_string(),
         ),
