@@ -185,17 +185,19 @@ pub fn compact_shared_keeping(lines: Vec<Value>, _now: Timestamp, recent_rollbac
             e.restores_state().then_some((l, e))
         })
         .collect();
-    // Versions, newest deploy last.
-    let mut deployed: Vec<&str> = vec![];
-    for (_, e) in &events {
+    // The versions deployed last: the first SHARED_VERSIONS met from the end (one pass, however
+    // many deploys a merged journal brings).
+    let mut versions: BTreeSet<String> = BTreeSet::new();
+    for (_, e) in events.iter().rev() {
+        if versions.len() == SHARED_VERSIONS {
+            break;
+        }
         if let Event::Deploy(super::event::Deploy { to, .. })
         | Event::VersionChanged(super::event::VersionChanged { to, .. }) = e
         {
-            deployed.retain(|v| v != to);
-            deployed.push(to);
+            versions.insert(to.clone());
         }
     }
-    let versions: BTreeSet<String> = deployed.iter().rev().take(SHARED_VERSIONS).map(|v| v.to_string()).collect();
     let mut rollbacks = BTreeSet::new();
     // Guards of acting whatever the versions: each profile's last rollback, the latest ones.
     let mut last_of_profile: BTreeMap<&str, &str> = BTreeMap::new();
