@@ -1,5 +1,6 @@
 //! Rollback actions: `exec` (an argv run directly, never through a shell, killed at its
-//! timeout), `http` (a request whose status must match) and `file` (a kill-switch marker made or
+//! timeout, judged by its exit status, and nothing it started left running: see
+//! [`process`](super::process)), `http` (a request whose status must match) and `file` (a kill-switch marker made or
 //! removed). Each template value fills exactly one argv element, header, URL component or JSON
 //! string, so a hostile label value stays data. Every run reports success, a one-line detail and
 //! capped output for the journal.
@@ -15,6 +16,8 @@ use crate::error_chain;
 use crate::secret::{INHERITED_ENV, Secret};
 use crate::template::{Escape, TemplateError, Vars, render};
 use crate::time::{Span, Stopwatch};
+
+use super::process;
 
 /// Output kept per action for the journal.
 pub const OUTPUT_CAP: usize = 4096;
@@ -171,8 +174,17 @@ impl ActionKind {
     }
 }
 
-/// Runs `argv` with no shell, in its own process group; at `timeout` kills the whole group
-/// (what the program started too) and drops its pipes.
+/// How long a step's output is still read after its program exited: what a child holding the
+/// pipes writes later is not waited for.
+const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long output already written is collected once every process of the step was ended.
+const OUTPUT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs `argv` with no shell, as a step ([`process::spawn`]: its own process group, marked). The
+/// result is the program's exit status; its output is read until it exits plus
+/// [`OUTPUT_GRACE`]; at `timeout` it is killed. Either way, at the end every process the step
+/// left is ended ([`process::Tracked::end`]) and named in the detail.
 async fn exec(
     argv: &[String],
     env: &BTreeMap<String, String>,
@@ -184,7 +196,8 @@ async fn exec(
         return ActionResult::failed("empty argv", watch);
     };
     let inherited = INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)));
-    let mut child = match tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .env_clear()
         .envs(inherited)
@@ -192,51 +205,63 @@ async fn exec(
         .envs(secret_env.iter().map(|(k, v)| (k, &v.0)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .stderr(Stdio::piped());
+    let (mut child, tracked) = match process::spawn(&mut command) {
         Ok(c) => c,
         Err(e) => return ActionResult::failed(format!("cannot start {program:?}: {e}"), watch),
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let finished = async {
-        let (out, err, status) = tokio::join!(drain(stdout), drain(stderr), child.wait());
-        (out, err, status)
-    };
-    match tokio::time::timeout(timeout.as_std(), finished).await {
-        Ok((out, err, status)) => {
-            let mut output = out;
-            output.extend_from_slice(&err);
-            // Cut to OUTPUT_CAP by the caller, after redaction.
-            let output = String::from_utf8_lossy(&output).into_owned();
-            match status {
-                Ok(s) => ActionResult {
-                    ok: s.success(),
-                    detail: match s.code() {
-                        Some(code) => format!("exit status {code}"),
-                        None => format!("ended by {s}"),
-                    },
-                    output,
-                    duration_ms: watch.elapsed().0,
-                },
-                Err(e) => ActionResult::failed(format!("waiting for {program:?}: {e}"), watch),
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (status, left) = {
+        let reading = async {
+            tokio::join!(drain(stdout, &mut out), drain(stderr, &mut err));
+        };
+        tokio::pin!(reading);
+        let mut read_all = false;
+        let exited = tokio::time::timeout(timeout.as_std(), async {
+            loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    () = &mut reading, if !read_all => read_all = true,
+                }
             }
+        })
+        .await;
+        if exited.is_ok() && !read_all {
+            read_all = tokio::time::timeout(OUTPUT_GRACE, &mut reading).await.is_ok();
+        }
+        if exited.is_err() {
+            // Killed and waited for before the sweep: the sweep never reaps tokio's child.
+            let _ = child.kill().await;
+        }
+        let left = tracked.end().await;
+        if !read_all {
+            // What was written before the end; a holder that escaped (no subreaper) is not waited for.
+            let _ = tokio::time::timeout(OUTPUT_FLUSH, &mut reading).await;
+        }
+        (exited, left)
+    };
+    let mut output = out;
+    output.extend_from_slice(&err);
+    // Cut to OUTPUT_CAP by the caller, after redaction.
+    let output = String::from_utf8_lossy(&output).into_owned();
+    let left = process::describe(&left);
+    let duration_ms = watch.elapsed().0;
+    match status {
+        Ok(Ok(s)) => ActionResult {
+            ok: s.success(),
+            detail: match s.code() {
+                Some(code) => format!("exit status {code}{left}"),
+                None => format!("ended by {s}{left}"),
+            },
+            output,
+            duration_ms,
+        },
+        Ok(Err(e)) => {
+            ActionResult { ok: false, detail: format!("waiting for {program:?}: {e}{left}"), output, duration_ms }
         }
         Err(_) => {
-            // The group's id is the child's pid. `kill(1)` reaches the group without unsafe code;
-            // the child itself is killed directly either way.
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await;
-            }
-            let _ = child.kill().await;
-            ActionResult::failed(format!("timed out after {timeout}; killed"), watch)
+            ActionResult { ok: false, detail: format!("timed out after {timeout}; killed{left}"), output, duration_ms }
         }
     }
 }
@@ -255,10 +280,10 @@ pub fn redact_and_cap(redactor: &crate::secret::Redactor, text: &str) -> String 
     out
 }
 
-/// Reads a pipe to its end, keeping the first [`READ_CAP`] bytes.
-async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else { return kept };
+/// Reads a pipe to its end into `kept`, keeping the first [`READ_CAP`] bytes (what was read is
+/// kept if the reading is cut off).
+async fn drain(pipe: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>) {
+    let Some(mut pipe) = pipe else { return };
     let mut buf = [0u8; 8192];
     while let Ok(n) = pipe.read(&mut buf).await {
         if n == 0 {
@@ -267,7 +292,6 @@ async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
         let room = READ_CAP.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
-    kept
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<String, reqwest::Error> {
@@ -328,6 +352,27 @@ mod tests {
         assert!(watch.elapsed() < Span::from_secs(10), "not killed: {}", watch.elapsed());
     }
 
+    /// Waits until process `pid` is gone or a zombie (not running either way): a SIGKILL is
+    /// sent, not awaited, so on a loaded machine it may take a moment. Panics after 5 s.
+    async fn assert_ends(pid: &str, what: &str) {
+        let sent = crate::time::Stopwatch::start();
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone: no stat at all.
+            let running = state.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
+            if !running {
+                return;
+            }
+            assert!(sent.elapsed_secs() < 5.0, "{what} {pid} survived: {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Reads the pid a step's script wrote to `path`.
+    fn pid_in(path: &std::path::Path) -> String {
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    }
+
     #[tokio::test]
     async fn the_timeout_kills_what_the_program_started_too() {
         let dir = tempfile::tempdir().unwrap();
@@ -335,19 +380,59 @@ mod tests {
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
         let r = exec_action(&["/bin/sh", "-c", &script], 300).run(&Vars::new(), &client()).await;
         assert!(r.detail.starts_with("timed out"), "{r:?}");
-        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
-        // Gone, or a zombie waiting for its reaper: not running either way. A SIGKILL is sent,
-        // not awaited: on a loaded machine the process may take a moment to die.
-        let sent = crate::time::Stopwatch::start();
-        loop {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let running = state.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'));
-            if !running {
-                break;
-            }
-            assert!(sent.elapsed_secs() < 5.0, "the grandchild sleep {pid} survived: {state}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        assert_ends(&pid_in(&pidfile), "the grandchild sleep").await;
+    }
+
+    /// A program that exits 0 leaving a child that holds its stdout: the step is its exit status,
+    /// read until the exit plus a short grace — and the child is ended with the step.
+    #[tokio::test]
+    async fn a_program_that_exits_0_leaving_a_child_on_its_stdout_succeeds_and_the_child_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("echo started; sleep 30 & echo $! > {}; exit 0", pidfile.display());
+        let watch = Stopwatch::start();
+        let r = exec_action(&["/bin/sh", "-c", &script], 10_000).run(&Vars::new(), &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert!(watch.elapsed() < Span::from_secs(5), "waited for the child: {}", watch.elapsed());
+        assert_eq!(r.output, "started\n");
+        // (An orphan of a contained test's step running beside may be named too.)
+        let pid = pid_in(&pidfile);
+        assert!(r.detail.starts_with("exit status 0; ended "), "{}", r.detail);
+        assert!(r.detail.contains(&format!("sleep (pid {pid})")), "{}", r.detail);
+        assert_ends(&pid, "the background sleep").await;
+        // A failing program's children end too, and the result is still its status.
+        let script = format!("sleep 30 & echo $! > {}; exit 3", pidfile.display());
+        let r = exec_action(&["/bin/sh", "-c", &script], 10_000).run(&Vars::new(), &client()).await;
+        assert_eq!((r.ok, r.detail.starts_with("exit status 3; ended ")), (false, true), "{r:?}");
+        assert_ends(&pid_in(&pidfile), "the failed step's sleep").await;
+    }
+
+    /// `setsid` leaves the process group, so a group kill misses it. Contained (rollwatch the
+    /// child subreaper, as `rollwatch run` makes itself), it is found by its marker — or, with its
+    /// environment cleared, as an orphan born while steps ran — and ended.
+    #[tokio::test]
+    async fn a_grandchild_that_calls_setsid_is_still_ended_when_contained() {
+        assert!(process::contain(), "Linux: PR_SET_CHILD_SUBREAPER");
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script =
+            format!("setsid /bin/sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; exit 0", pidfile.display());
+        let r = exec_action(&["/bin/sh", "-c", &script], 10_000).run(&Vars::new(), &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert!(r.detail.contains("it left running: sleep (pid "), "{}", r.detail);
+        let pid = pid_in(&pidfile);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(!stat.contains(" S ") && !stat.contains(" R "), "still running: {stat}");
+        assert_ends(&pid, "the setsid sleep").await;
+        // Its environment cleared too: an orphan of ours born while steps ran. Another test's
+        // step may be running beside this one: then the last step to end finds it.
+        let script = format!(
+            "setsid /usr/bin/env -i /bin/sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; sleep 0.2; exit 0",
+            pidfile.display()
+        );
+        let r = exec_action(&["/bin/sh", "-c", &script], 10_000).run(&Vars::new(), &client()).await;
+        assert!(r.ok, "{r:?}");
+        assert_ends(&pid_in(&pidfile), "the setsid sleep with a cleared environment").await;
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! Acting on decisions. [`template`] fills values into actions and messages, [`action`] runs
-//! `exec`/`http`/`file` steps, [`policy`] holds the rules of engagement, [`event`] is what the
+//! `exec`/`http`/`file` steps ([`process`] ends what an exec step left running), [`policy`] holds the rules of engagement, [`event`] is what the
 //! journal records and [`state`] what it rebuilds, [`versions`] the version model (deploys,
 //! baking, the rollback target), [`gate`] whether a rollback may start (pure), [`procedure`] runs
 //! one rollback's steps, [`verify`] decides whether it worked (pure), [`approvals`] and
@@ -20,6 +20,7 @@ pub mod gate;
 pub mod history;
 pub mod ledger;
 pub mod procedure;
+pub mod process;
 pub mod report;
 pub mod rollback;
 pub mod standby;

@@ -108,6 +108,8 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
             return Ok(ExitCode::FAILURE);
         }
     };
+    // Orphans of exec steps become ours (Linux): nothing a step started outlives it unnoticed.
+    crate::act::process::contain();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
