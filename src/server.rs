@@ -23,6 +23,8 @@ use crate::secret::Secret;
 use crate::source::alertmanager::{self, AlertUpdate};
 use crate::status::Snapshot;
 
+pub mod slots;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Shared {
@@ -67,7 +69,19 @@ pub fn router(shared: Shared) -> Router {
         .route("/unsilence/{rule}", post(unsilence))
         .route("/annotate/{id}", post(annotate))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), to_leader))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared)
+}
+
+/// Every POST is checked ([`unauthorized`]) before its body is read: a caller without the token
+/// cannot hold a connection busy by sending a body slowly.
+async fn authorize(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST
+        && let Some(denied) = unauthorized(&s, req.headers())
+    {
+        return denied;
+    }
+    next.run(req).await
 }
 
 /// Among replicas, a request that changes state (a command, a deploy, alerts) goes to the
@@ -172,10 +186,12 @@ async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: a
     (StatusCode::SERVICE_UNAVAILABLE, "no replica answered: try again\n").into_response()
 }
 
-/// How much of rollwatch the own server may use: connections beyond the cap are closed at once
-/// (so a flood of idle connections cannot take the file descriptors the pollers need), a
-/// request's headers must arrive within `header_timeout`, and a connection lives at most
-/// `connection_lifetime` (idle keep-alives included).
+/// How much of rollwatch the own server may use, and how a flood of connections that send
+/// nothing is kept from locking out the operator: at most `max_connections` open (so a flood
+/// cannot take the file descriptors the pollers need), the one idle the longest closed to let a
+/// newcomer in ([`slots`]); a request's header must arrive within `header_timeout` — the first
+/// request's from the connection's start, each next one's from the end of the last response (the
+/// idle keep-alive timeout); and a connection lives at most `connection_lifetime`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
@@ -193,8 +209,9 @@ impl Default for Limits {
     }
 }
 
-/// Serves until `shutdown` turns true, within `limits`. Connections refused by the cap are
-/// counted in `refused`.
+/// Serves until `shutdown` turns true, within `limits`. Connections closed for the cap (an
+/// idle one evicted for a newcomer, or a newcomer refused when every slot is busy) are counted
+/// in `refused`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
@@ -204,17 +221,36 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let app = router(shared);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let slots = slots::Slots::new(limits.max_connections, slots::GRACE);
     // Every connection's task, reaped as they end and cut off at shutdown.
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        // At the cap with no connection idle for the grace yet, newcomers wait in the kernel's
+        // backlog (in order: a client's request arrives there, and is read once accepted).
+        let changed = slots.changed();
+        let room = slots.room();
+        let accept = async {
+            match room {
+                slots::Room::Now => return listener.accept().await.map(Some),
+                slots::Room::In(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = changed => {}
+                    }
+                }
+                slots::Room::Later => changed.await,
+            }
+            // Asked again.
+            Ok(None)
+        };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept => a,
             Some(_) = connections.join_next() => continue,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(None) => continue,
+            Ok(Some((stream, _))) => stream,
             Err(e) => {
                 // Out of file descriptors (or the like): back off; the pollers come first.
                 tracing::warn!(error = %e, "cannot accept a connection");
@@ -222,24 +258,76 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // A second descriptor of the socket, for the slots to see whether a request waits in it.
+        let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok().map(std::net::TcpStream::from);
+        let Some((ticket, evicted, admission)) = slots.admit(probe) else {
             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("connection refused: over the cap by the reserve");
             drop(stream);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tracing::debug!(?admission, open = slots.open(), "connection admitted");
+        if admission == slots::Admission::Evicted {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ticket = Arc::new(ticket);
+        let app = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            // The header is complete: busy until the response was handed over whole.
+            let busy = ticket.busy();
+            let response = hyper::service::Service::call(&app, req);
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| WhileSending { body, _busy: busy }))
+            }
+        });
         connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
-            drop(slot);
+            tokio::select! {
+                ended = tokio::time::timeout(limits.connection_lifetime, connection) => match ended {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "connection ended"),
+                    Err(_) => tracing::debug!("connection cut at its lifetime"),
+                },
+                _ = evicted => tracing::debug!("connection evicted"),
+            }
         });
+        // The new connection's task first: a request already sent is read before the next
+        // newcomer could evict it.
+        tokio::task::yield_now().await;
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A response body that keeps its connection busy (not to be evicted) until it was sent.
+struct WhileSending {
+    body: axum::body::Body,
+    _busy: slots::Busy,
+}
+
+impl hyper::body::Body for WhileSending {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
@@ -481,4 +569,96 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server with short timeouts and a cap of `max`; returns its address and the shutdown.
+    async fn start(max: usize) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_status_tx, status) = watch::channel(Arc::new(Snapshot::default()));
+        let (alerts, _) = mpsc::channel(1);
+        let (commands, _) = mpsc::channel(1);
+        let shared = Shared { status, alerts, commands, token: None, forward: None };
+        let limits = Limits {
+            max_connections: max,
+            header_timeout: Duration::from_millis(300),
+            connection_lifetime: Duration::from_secs(30),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, shared, shutdown, limits, Arc::default()));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection (end of stream or reset); panics after 5 s.
+    async fn closed_by_server(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return got,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("still open after 5 s; read {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_header_is_closed_and_so_is_an_idle_keep_alive() {
+        let (addr, _stop) = start(8).await;
+        let watch = crate::time::Stopwatch::start();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_by_server(&mut silent).await.is_empty());
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        closed_by_server(&mut partial).await;
+        // After a response, the next request's header has the same time: the idle timeout.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let text = String::from_utf8(closed_by_server(&mut idle).await).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("ok\n"), "{text}");
+        assert!(watch.elapsed_secs() < 4.0, "the timeouts are 300 ms: {}", watch.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn half_open_connections_beyond_the_cap_never_keep_a_request_out() {
+        let (addr, _stop) = start(4).await;
+        // Three times the cap, opened and held (the oldest are evicted as more arrive).
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        for i in 0..20 {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            let text = String::from_utf8(closed_by_server(&mut sock).await).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "request {i}: {text:?}");
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_without_its_token_is_refused_before_its_body_is_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_status_tx, status) = watch::channel(Arc::new(Snapshot::default()));
+        let (alerts, _) = mpsc::channel(1);
+        let (commands, _) = mpsc::channel(1);
+        let token = Some(Secret("t".into()));
+        let shared = Shared { status, alerts, commands, token, forward: None };
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, shared, shutdown, Limits::default(), Arc::default()));
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A body announced and never sent: the answer comes anyway.
+        sock.write_all(b"POST /hooks/alertmanager HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+            .await
+            .unwrap();
+        let text = String::from_utf8(closed_by_server(&mut sock).await).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    }
 }

@@ -88,7 +88,8 @@ pub struct Snapshot {
     pub ticks_total: u64,
     pub last_evaluation_seconds: f64,
     pub series: usize,
-    /// Connections to the own server closed at once because `max_connections` were open.
+    /// Connections to the own server closed for `max_connections`: an idle one evicted for a
+    /// newcomer, or a newcomer refused while every slot was busy.
     pub connections_refused: u64,
     /// The dispatcher: mode, rollback in flight, approvals, pause, silences, rollbacks by result.
     pub acting: crate::act::dispatch::ActingStatus,
@@ -378,7 +379,7 @@ impl Snapshot {
         section(
             "rollwatch_connections_refused_total",
             "counter",
-            "Connections to the own server closed at once: max_connections were open.",
+            "Connections to the own server closed for max_connections: an idle one evicted for a newcomer, or a newcomer refused while every slot was busy.",
             vec![format!(" {}", self.connections_refused)],
         );
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);

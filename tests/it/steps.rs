@@ -31,7 +31,7 @@ async fn a_step_that_exits_0_leaving_children_is_ok_at_once_and_its_children_nev
             "{head}\n[policy]\nverify_for = \"30s\"\nverify_stable = \"500ms\"\n\n[actions.undo]\nkind = \"exec\"\nargv = [\"/bin/sh\", \"-c\", {script:?}]\ntimeout = \"10s\"\n"
         ),
     );
-    let mut sidecar = common::spawn_run(dir.path(), &config);
+    let sidecar = common::Guard(common::spawn_run(dir.path(), &config));
     let journal = dir.path().join("state").join("journal.jsonl");
     let events =
         common::wait_for_journal(&journal, "the undo step", |e| e.iter().any(|e| e["event"] == "step_finished")).await;
@@ -59,5 +59,5 @@ async fn a_step_that_exits_0_leaving_children_is_ok_at_once_and_its_children_nev
     }
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(stderr.contains("ended processes the step left running"), "{stderr}");
-    common::sigterm(&mut sidecar);
+    sidecar.stop();
 }

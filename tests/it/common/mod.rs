@@ -139,6 +139,25 @@ pub fn sigterm(child: &mut std::process::Child) {
     assert!(child.wait().unwrap().success(), "the sidecar did not stop cleanly");
 }
 
+/// A sidecar killed when the test ends, also when it fails (none left running by a failed test);
+/// [`Guard::stop`] stops it with SIGTERM and checks its clean exit.
+pub struct Guard(pub std::process::Child);
+
+impl Guard {
+    pub fn stop(mut self) {
+        sigterm(&mut self.0);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A deployment whose health endpoint (`api`) is up only while `healthy` is set, with its version
 /// `v2` served by a second endpoint (`app`) that stays up.
 pub struct DownDeployment {
