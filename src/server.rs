@@ -6,7 +6,9 @@
 //! are commands to the dispatcher. A bearer token
 //! protects every POST when configured. Among replicas (`[ha]`) a POST to a replica that
 //! does not lead is sent on to the leader ([`to_leader`]). The token (and `run` refuses to listen beyond loopback without one):
-//! a forged alert or approval must not roll back production.
+//! a forged alert or approval must not roll back production. [`serve`] holds connections to
+//! [`Limits`]: a header timeout, an idle timeout, and a cap at which idle connections make room
+//! for newcomers ([`slots`]), so connections that only hold a slot never lock out a command.
 
 use std::sync::Arc;
 
