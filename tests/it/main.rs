@@ -23,5 +23,6 @@ mod record;
 mod run;
 mod secrets;
 mod sources;
+mod text;
 mod trial2;
 mod versions;
