@@ -112,14 +112,17 @@ pub fn markdown(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len() + 8);
     let word = |i: Option<usize>| i.and_then(|i| chars.get(i)).is_some_and(|c| c.is_alphanumeric());
+    // What precedes the character, in one pass: only whitespace (a block marker would start
+    // here), or whitespace then digits (an ordered list's `1.` would).
+    let (mut blank, mut digits) = (true, Some(0usize));
     for (i, &c) in chars.iter().enumerate() {
-        let at_start = chars[..i].iter().all(|c| c.is_whitespace());
-        let after_number = i > 0 && {
-            let before = &chars[..i];
-            let digits = before.iter().rev().take_while(|c| c.is_ascii_digit()).count();
-            digits > 0
-                && before[..before.len() - digits].iter().all(|c| c.is_whitespace())
-                && chars.get(i + 1).is_none_or(|c| c.is_whitespace())
+        let at_start = blank;
+        let after_number = digits.is_some_and(|n| n > 0) && chars.get(i + 1).is_none_or(|c| c.is_whitespace());
+        blank &= c.is_whitespace();
+        digits = match digits {
+            Some(n) if c.is_ascii_digit() => Some(n + 1),
+            Some(0) if c.is_whitespace() => Some(0),
+            _ => None,
         };
         match c {
             '&' => out.push_str("&amp;"),
@@ -214,6 +217,9 @@ mod tests {
         assert_eq!(markdown("*bold* `code` [l](u) ~~s~~ a&b"), r"\*bold\* \`code\` \[l\](u) \~\~s\~\~ a&amp;b");
         assert_eq!(markdown("error_rate _x_ y_"), r"error_rate \_x\_ y\_");
         assert_eq!(markdown("\x1b[31m"), r"\\u{1b}\[31m");
+        // One pass: a megabyte of blanks and digits (every character "at the start") is quick.
+        let long = format!("{}{}. x", " ".repeat(1 << 20), "7".repeat(1 << 20));
+        assert!(markdown(&long).ends_with("7\\. x"));
     }
 
     #[test]
