@@ -1,9 +1,10 @@
 //! Text from outside reaching people (issue 18, item 6): a version a service reports or a
-//! pipeline posts, a label value a target exposes. Each kind of output escapes it once, at its
-//! edge: terminal text (`versions`, `history`, the console channel, the log) shows control
-//! characters as visible escapes, the Markdown report escapes HTML and Markdown and never lets a
-//! value start a line, an HTTP action's header carries it percent-encoded, and a recorded
-//! fixture quotes it as TOML reads it back.
+//! pipeline posts, a label value a target exposes. A version's control characters are taken in
+//! their visible form at the version source (the hook refuses them); then each kind of output
+//! escapes once, at its edge: terminal text (`versions`, `history`, the console channel, the
+//! log) shows control characters as visible escapes, the Markdown report escapes HTML and
+//! Markdown and never lets a value start a line, an HTTP action's header carries what a header
+//! cannot percent-encoded, and a recorded fixture quotes it as TOML reads it back.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,8 +12,13 @@ use crate::common::{of_kind, rollwatch, serve_http, sigterm, spawn_run, wait_for
 use serde_json::Value;
 
 /// A version with everything hostile in it: HTML, a CR/LF and a line that would be a Markdown
-/// heading, table rows, and ANSI colour escapes.
-const HOSTILE: &str = "v2<script>alert(1)</script>\r\n## injected\n| a | b |\n\x1b[31mRED\x1b[0m";
+/// heading, table rows, ANSI colour escapes — and a character beyond ASCII and a `%`, which a
+/// header carries percent-encoded.
+const HOSTILE: &str = "v2-ü 100%<script>alert(1)</script>\r\n## injected\n| a | b |\n\x1b[31mRED\x1b[0m";
+
+/// The same version as rollwatch takes it from the version source: its control characters in
+/// their visible form.
+const SEEN: &str = r"v2-ü 100%<script>alert(1)</script>\r\n## injected\n| a | b |\n\u{1b}[31mRED\u{1b}[0m";
 
 /// The profile: errors above 5% over 2 s roll back through `undo`.
 const PROFILE: &str = r#"
@@ -189,10 +195,11 @@ fn assert_terminal_safe(what: &str, text: &str) {
 }
 
 /// A version from the version source with HTML, CR/LF, a would-be heading, table rows and ANSI
-/// escapes: the rollback from it completes (the http action's header carries it percent-encoded,
-/// decoded back to the same text by the receiver), and the console channel, the log,
-/// `versions`, `history` and `report --format md` show it with its control characters as
-/// visible escapes, never raw; the Markdown escapes its HTML and Markdown.
+/// escapes is taken in its visible form (`\r\n`, `\u{1b}`): the deploy is seen and the rollback
+/// from it completes — the http action's header carries it (what a header cannot, percent-
+/// encoded, decoded back to the same text by the receiver) — and the console channel, the log,
+/// `versions`, `history` and `report --format md` show no raw control character; the Markdown
+/// escapes its HTML and Markdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     let service = Service::start("v1").await;
@@ -206,7 +213,7 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     let events =
         wait_for_journal(&journal, "the rollback to finish", |e| !of_kind(e, "rollback_finished").is_empty()).await;
     let started = of_kind(&events, "rollback_started");
-    assert_eq!(started[0]["version_from"], HOSTILE, "the journal keeps the version as read: {events:#?}");
+    assert_eq!(started[0]["version_from"], SEEN, "the version in its visible form: {events:#?}");
     let finished = of_kind(&events, "rollback_finished");
     assert_eq!(finished[0]["result"], "completed", "a CR/LF in a version does not fail the step: {events:#?}");
 
@@ -214,8 +221,8 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     let requests = service.rollbacks();
     assert_eq!(requests.len(), 1, "{requests:#?}");
     let sent = header(&requests[0], "x-version-from").expect("the header was sent");
-    assert!(sent.contains("%0D%0A## injected%0A") && !sent.contains('\x1b'), "{sent}");
-    assert_eq!(percent_decode(sent), HOSTILE, "sent as {sent}");
+    assert!(sent.starts_with(r"v2-%C3%BC 100%25<script>alert(1)</script>\r\n## injected"), "{sent}");
+    assert_eq!(percent_decode(sent), SEEN, "sent as {sent}");
     assert_eq!(header(&requests[0], "x-target"), Some("to v1"), "a plain value is sent as it is");
 
     // Also logged: a deploy reported by the hook while the version source reads a hostile one.
@@ -231,10 +238,7 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
 
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     assert!(stdout.contains("ROLLBACK COMPLETE"), "{stdout}");
-    assert!(
-        stdout.contains(r"v2<script>alert(1)</script>\r\n## injected\n| a | b |\n\u{1b}[31mRED\u{1b}[0m"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("Rolling back profile from {SEEN} (target: v1)")), "{stdout}");
     assert_terminal_safe("the console channel", &stdout);
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(stderr.contains("deploy reported, but the version source reads another version"), "{stderr}");
@@ -243,11 +247,11 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     let c = cfg.to_str().unwrap();
     let (code, versions, _) = rollwatch(&["versions", "-c", c]);
     assert_eq!(code, 0, "{versions}");
-    assert!(versions.contains(r"\r\n## injected\n| a | b |\n\u{1b}[31mRED\u{1b}[0m  bad  deployed"), "{versions}");
+    assert!(versions.contains(&format!("{SEEN}  bad  deployed")), "{versions}");
     assert_terminal_safe("versions", &versions);
     let (code, history, _) = rollwatch(&["history", "-c", c]);
     assert_eq!(code, 0, "{history}");
-    assert!(history.contains(r"rb-1 profile v2<script>alert(1)</script>\r\n## injected"), "{history}");
+    assert!(history.contains(&format!("rb-1 profile {SEEN} → v1, completed")), "{history}");
     assert_terminal_safe("history", &history);
 
     let (code, md, _) = rollwatch(&["report", "-c", c, "rb-1", "--format", "md"]);
@@ -256,7 +260,7 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     assert!(!md.contains("<script") && !md.contains("</script"), "raw HTML in:\n{md}");
     assert!(
         md.contains(
-            r"- **Previous version**: v2&lt;script&gt;alert(1)&lt;/script&gt;\\r\\n\#\# injected\\n\| a \| b \|"
+            r"- **Previous version**: v2-ü 100%&lt;script&gt;alert(1)&lt;/script&gt;\\r\\n\#\# injected\\n\| a \| b \|\\n\\u{1b}\[31mRED"
         ),
         "{md}"
     );
@@ -274,10 +278,10 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
         "{md}"
     );
     assert!(md.lines().all(|l| !l.starts_with('|')), "a table row in:\n{md}");
-    // JSON carries the version as it is.
+    // JSON carries the version as recorded.
     let (code, json, _) = rollwatch(&["report", "-c", c, "rb-1", "--format", "json"]);
     assert_eq!(code, 0, "{json}");
-    assert_eq!(serde_json::from_str::<Value>(&json).unwrap()["version_from"], HOSTILE);
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap()["version_from"], SEEN);
 }
 
 /// A pipeline's deploy hook: a version with HTML and Markdown (printable: accepted) reaches the
@@ -326,8 +330,9 @@ async fn versions_from_the_deploy_hook_are_refused_or_escaped() {
     assert!(!md.contains("<img"), "{md}");
 }
 
-/// A label value with a quote and a control character, and a version with both, recorded: the
-/// fixture is TOML that `test` and `replay` read, with the same label value and version.
+/// A label value with a quote and control characters, and a version with a quote (its control
+/// characters taken in their visible form, backslashes), recorded: the fixture is TOML that
+/// `test` and `replay` read, with the same label value and version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_label_value_with_a_quote_and_a_control_character_reads_back() {
     const VALUE: &str = "a\"b\x01c\x1b[0m\td\\e";
@@ -397,7 +402,8 @@ interval = "250ms"
         .filter_map(|s| s.key.labels.iter().find(|(l, _)| l == "path").map(|(_, v)| v.as_str()))
         .collect();
     assert_eq!(paths, [VALUE, VALUE], "{text}");
-    assert_eq!(loaded.deploys.iter().map(|d| d.version.as_str()).collect::<Vec<_>>(), [VERSION], "{text}");
+    let versions: Vec<&str> = loaded.deploys.iter().map(|d| d.version.as_str()).collect();
+    assert_eq!(versions, [r#"v"2\u{1b}[31m\u{7f}"#], "{text}");
 }
 
 /// A header the config itself writes wrongly — a name with a space, a value with a line break
