@@ -351,7 +351,9 @@ async fn a_recorded_label_value_with_a_quote_and_a_control_character_reads_back(
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p.toml", PROFILE.split("[[procedure.rollback]]").next().unwrap());
+    // The rule and the tree without acting: recording never acts.
+    let watching = PROFILE.split("[[procedure.rollback]]").next().unwrap().replace("\"rollback\"", "\"monitor\"");
+    write(dir.path(), "p.toml", watching);
     let cfg = write(
         dir.path(),
         "rollwatch.toml",
