@@ -332,7 +332,7 @@ impl Engine {
         self.series.apply(obs, self.ev.store_mut());
         self.snapshot.record_poll(obs);
         if let Some(version) = version_of(&self.config, obs) {
-            let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, version));
+            let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, &version));
             self.after_acting(result);
         } else if self.config.raw.version.as_ref().is_some_and(|v| obs.target == *v.get_ref().target.get_ref()) {
             self.dispatcher.on_version_unreadable(obs.at);
@@ -581,13 +581,21 @@ fn acting_parts(
 
 /// The deployed version an observation reads, when it is of the target `version = {...}`
 /// names, that target is up, and the field is there and not empty (an unreadable version is not
-/// a change).
-fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<&'a str> {
+/// a change). A reading with control characters (a line break, an ANSI escape) is taken in its
+/// visible form (`\n`, `\u{1b}`: [`crate::template::terminal`]), as people will see it and can
+/// type it: the deploy is still seen — refusing the reading would blame the version before it
+/// and roll back from that one — and every version recorded is printable. (The deploy hook
+/// refuses such a version instead: it has a caller to tell.)
+fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<std::borrow::Cow<'a, str>> {
     let v = config.raw.version.as_ref()?.get_ref();
     if obs.target != *v.target.get_ref() || !obs.up {
         return None;
     }
-    obs.strings.iter().find(|(k, _)| k == v.field.get_ref()).map(|(_, val)| val.trim()).filter(|val| !val.is_empty())
+    obs.strings
+        .iter()
+        .find(|(k, _)| k == v.field.get_ref())
+        .map(|(_, val)| crate::template::terminal(val.trim()))
+        .filter(|val| !val.is_empty())
 }
 
 /// The evaluator's evidence follows the dispatcher's deploys and restore points.

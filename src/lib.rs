@@ -12,8 +12,9 @@
 //! - [`time`]: timestamps, spans, duration parsing, the clocks — the only reader of wall time.
 //! - [`selector`]: series keys and PromQL-style selectors.
 //! - [`diag`]: errors placed at file:line:col, the checker every loader shares, "did you mean".
-//! - [`template`]: `{{name}}` rendering with escaping, numbers as people read them, and the
-//!   notification messages.
+//! - [`template`]: `{{name}}` rendering with escaping, numbers as people read them, the
+//!   notification messages, and the one escape per kind of output (terminal, Markdown, HTML,
+//!   HTTP header, TOML) that text from outside passes through.
 //! - [`secret`]: secrets from the environment, redaction, what an exec action inherits.
 //! - [`journal`]: the append-only JSONL journal in `state_dir`, its group-committing writer, the
 //!   `state_dir` lock.

@@ -16,8 +16,24 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         rollwatch::cli::LogFormat::Json => logs.json().init(),
-        // Colour only for a terminal: a log file or a pipe gets plain text.
-        rollwatch::cli::LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // Colour only for a terminal: a log file or a pipe gets plain text. Every field and
+        // message goes through one escape: a version's ANSI escape or line break from outside
+        // shows as `\u{1b}` or `\n`, never colours the terminal or forges a log line (JSON
+        // escapes them itself).
+        rollwatch::cli::LogFormat::Text => logs
+            .fmt_fields(tracing_subscriber::field::MakeExt::delimited(
+                tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                    let text = format!("{value:?}");
+                    let text = rollwatch::template::terminal(&text);
+                    match field.name() {
+                        "message" => write!(w, "{text}"),
+                        name => write!(w, "{name}={text}"),
+                    }
+                }),
+                " ",
+            ))
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     // Not locked for the whole run: console notification channels print from other threads.
     let mut stdout = std::io::stdout();

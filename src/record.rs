@@ -12,6 +12,7 @@ use crate::fixture::Entry;
 use crate::rules::{Decision, Outcome};
 use crate::selector::SeriesKey;
 use crate::source::exposition::format_value;
+use crate::template::toml_string;
 use crate::time::{Span, Timestamp};
 use crate::window::{Latest, Store};
 
@@ -97,24 +98,24 @@ impl Recorder {
     pub fn fixture(&self, profiles: &[&Path]) -> String {
         let mut out =
             String::from("# Recorded by `rollwatch record`: every series resampled onto the evaluation grid.\n");
-        let list: Vec<String> = profiles.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let list: Vec<String> = profiles.iter().map(|p| toml_string(&p.display().to_string())).collect();
         let _ = writeln!(out, "profiles = [{}]", list.join(", "));
         let _ = writeln!(out, "interval = \"{}\"\n\n[series]", self.interval);
         for (key, column) in &self.columns {
             let _ = writeln!(out, "{} = \"{}\"", toml_key(&key.to_string()), notation(column));
         }
         for (at, version) in &self.deploys {
-            let _ = writeln!(out, "\n[[deploy]]\nat = \"{}ms\"\nversion = {version:?}", at.0);
+            let _ = writeln!(out, "\n[[deploy]]\nat = \"{}ms\"\nversion = {}", at.0, toml_string(version));
         }
         let several = self.last.len() > 1;
         for e in &self.expectations {
             let _ = writeln!(out, "\n[[expect]]\nat = \"{}\"", Span(e.tick as i64 * self.interval.0));
             if several {
-                let _ = writeln!(out, "profile = {:?}", e.profile);
+                let _ = writeln!(out, "profile = {}", toml_string(&e.profile));
             }
             let _ = writeln!(out, "decision = \"{}\"", e.outcome);
             if !e.firing.is_empty() {
-                let firing: Vec<String> = e.firing.iter().map(|f| format!("{f:?}")).collect();
+                let firing: Vec<String> = e.firing.iter().map(|f| toml_string(f)).collect();
                 let _ = writeln!(out, "firing = [{}]", firing.join(", "));
             }
         }
@@ -122,9 +123,10 @@ impl Recorder {
     }
 }
 
-/// A series key as a TOML key: a literal string when it can be, else a basic string.
+/// A series key as a TOML key: a literal string when it can be (no `'`, no control character),
+/// else a basic string with TOML's escapes — a scraped label value may hold anything.
 fn toml_key(key: &str) -> String {
-    if !key.contains('\'') && !key.contains('\n') { format!("'{key}'") } else { format!("{key:?}") }
+    if !key.contains('\'') && !key.chars().any(char::is_control) { format!("'{key}'") } else { toml_string(key) }
 }
 
 /// Writes entries in promtool notation, runs compressed: `5x3`, `0+2x4`, `_x2`, `stale`.

@@ -161,9 +161,10 @@ impl ActionKind {
             ActionKind::Http { method, url, headers, bearer, body, expect_status } => ActionKind::Http {
                 method: method.clone(),
                 url: render(url, vars, Escape::Url)?,
+                // Percent-encoded where a header cannot carry a value's bytes (CR, LF, …).
                 headers: headers
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), render(v, vars, Escape::None)?)))
+                    .map(|(k, v)| Ok((k.clone(), render(v, vars, Escape::Header)?)))
                     .collect::<Result<_, _>>()?,
                 bearer: bearer.clone(),
                 body: body.as_ref().map(|b| render(b, vars, Escape::Json)).transpose()?,

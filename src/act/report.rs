@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::event::{Event, RollbackStarted};
+use crate::template::markdown;
 use crate::time::{Span, Timestamp, human, iso};
 
 /// One rollback's incident report.
@@ -240,30 +241,34 @@ fn severity_of(started: &RollbackStarted, severities: &BTreeMap<String, String>)
 }
 
 impl Incident {
-    /// The report as Markdown, after runbook 002's template.
+    /// The report as Markdown, after runbook 002's template. Every value is escaped
+    /// ([`markdown`]): a version, a root cause or an error shows as the text it is and never
+    /// becomes HTML, a heading, a table row or a line of its own.
     pub fn markdown(&self) -> String {
-        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".into());
+        let dash = |v: &Option<String>| v.as_deref().map_or_else(|| "—".into(), markdown);
         let secs = |s: Option<f64>| s.map_or("—".to_string(), |s| human(Span((s * 1000.0) as i64)));
-        let mut out = format!("# Rollback Incident Report: {}\n\n", self.rollback_id);
+        let result = markdown(&self.result.replace('_', " "));
+        let mut out = format!("# Rollback Incident Report: {}\n\n", markdown(&self.rollback_id));
         out.push_str(&format!("**Date**: {}  \n", iso(self.started_at)));
-        out.push_str(&format!("**Profile**: {}  \n", self.profile));
+        out.push_str(&format!("**Profile**: {}  \n", markdown(&self.profile)));
         out.push_str(&format!("**Severity**: {}  \n", dash(&self.severity)));
         out.push_str(&format!("**Rollback level**: {}  \n", dash(&self.level)));
-        out.push_str(&format!("**Result**: {}\n\n", self.result.replace('_', " ")));
+        out.push_str(&format!("**Result**: {result}\n\n"));
         out.push_str("## Issue Description\n\n");
         out.push_str(&format!(
             "{}\n\nDecision: {}\n\nRules: {}\n\n",
-            self.reason,
-            self.explanation,
-            self.rules.join(", ")
+            markdown(&self.reason),
+            markdown(&self.explanation),
+            markdown(&self.rules.join(", "))
         ));
         out.push_str("## Root Cause\n\n");
         out.push_str(&format!(
             "{}\n\n",
-            self.root_cause.clone().unwrap_or_else(|| format!(
-                "Not recorded yet (`rollwatch annotate -c FILE {} --root-cause ...`).",
-                self.rollback_id
-            ))
+            self.root_cause.as_deref().map_or_else(
+                // In a code span, where escapes are not read: the id is rollwatch's own (`rb-N`).
+                || format!("Not recorded yet (`rollwatch annotate -c FILE {} --root-cause ...`).", self.rollback_id),
+                markdown
+            )
         ));
         out.push_str("## Rollback Details\n\n");
         out.push_str(&format!("- **Previous version**: {}\n", dash(&self.version_from)));
@@ -272,25 +277,25 @@ impl Incident {
         out.push_str(&format!("- **Duration**: {}\n", secs(self.duration_seconds)));
         out.push_str(&format!("- **User impact duration**: {}\n", secs(self.user_impact_seconds)));
         if let Some(by) = &self.approved_by {
-            out.push_str(&format!("- **Approved by**: {by}\n"));
+            out.push_str(&format!("- **Approved by**: {}\n", markdown(by)));
         }
         if let Some(e) = &self.error {
-            out.push_str(&format!("- **Error**: {e}\n"));
+            out.push_str(&format!("- **Error**: {}\n", markdown(e)));
         }
         out.push_str("\n## Verification Results\n\n");
         for s in &self.steps {
-            out.push_str(&format!("- step {s}\n"));
+            out.push_str(&format!("- step {}\n", markdown(s)));
         }
-        out.push_str(&format!("- verdict: {}\n", self.result.replace('_', " ")));
+        out.push_str(&format!("- verdict: {result}\n"));
         if !self.escalations.is_empty() {
             out.push_str("\n## Escalations\n\n");
             for e in &self.escalations {
-                out.push_str(&format!("- {e}\n"));
+                out.push_str(&format!("- {}\n", markdown(e)));
             }
         }
         out.push_str("\n## Timeline\n\n");
         for m in &self.timeline {
-            out.push_str(&format!("- {} {}\n", clock_time(m.at), m.what));
+            out.push_str(&format!("- {} {}\n", clock_time(m.at), markdown(&m.what)));
         }
         out
     }

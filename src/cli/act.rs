@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::report::{line, lines};
 use crate::act::history;
 use crate::config::deploy::Config;
 use crate::notify::{Console, Notifier};
@@ -108,15 +109,17 @@ pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Resul
         let recent = crate::act::versions::RECENT_VERSIONS;
         writeln!(out, "({forgotten} versions without a verdict, deployed before the last {recent}, are forgotten)")?;
     }
+    // Versions and evidence come from outside (a service, a pipeline, an operator): each line
+    // goes out through `line`, control characters shown as escapes.
     for v in &list {
         let now = if current.as_ref() == Some(&v.version) { "  (deployed now)" } else { "" };
         let deploys = if v.deploys > 1 { format!(", {} deploys", v.deploys) } else { String::new() };
-        writeln!(out, "{}  {}  deployed {}{deploys}{now}", v.version, v.state, crate::time::iso(v.deployed_at))?;
+        line(out, &format!("{}  {}  deployed {}{deploys}{now}", v.version, v.state, crate::time::iso(v.deployed_at)))?;
         for e in &v.evidence {
-            writeln!(out, "    {e}")?;
+            line(out, &format!("    {e}"))?;
         }
     }
-    writeln!(out, "rollback target: {}", target.as_deref().unwrap_or("none (no other version has run healthy)"))?;
+    line(out, &format!("rollback target: {}", target.as_deref().unwrap_or("none (no other version has run healthy)")))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -152,7 +155,7 @@ fn post_body(
         let text = resp.text().await.unwrap_or_default();
         anyhow::Ok((status, text))
     })?;
-    write!(out, "{text}")?;
+    lines(out, &text)?;
     Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -258,21 +261,21 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
         writeln!(out, "no rollbacks in {}", config.state_dir.join("journal.jsonl").display())?;
     }
     for e in entries {
-        writeln!(out, "{}  ({})", e.summary(), e.date)?;
+        line(out, &format!("{}  ({})", e.summary(), e.date))?;
         let hint =
             format!("(not recorded: rollwatch annotate -c {} {} --root-cause \"...\")", config.path.display(), e.id);
-        writeln!(out, "    root cause: {}", e.root_cause.as_deref().unwrap_or(&hint))?;
+        line(out, &format!("    root cause: {}", e.root_cause.as_deref().unwrap_or(&hint)))?;
         if let Some(t) = e.timing_line() {
-            writeln!(out, "    timing: {t}")?;
+            line(out, &format!("    timing: {t}"))?;
         }
         for step in &e.steps {
-            writeln!(out, "    step {step}")?;
+            line(out, &format!("    step {step}"))?;
         }
         if let Some(err) = &e.error {
-            writeln!(out, "    error: {err}")?;
+            line(out, &format!("    error: {err}"))?;
         }
         if let (Some(id), Some(by)) = (&e.approval_id, &e.approved_by) {
-            writeln!(out, "    approved: {id} by {by}")?;
+            line(out, &format!("    approved: {id} by {by}"))?;
         }
     }
     let answered: Vec<_> = approvals.iter().filter(|a| a.result != "granted" && a.result != "auto").collect();
@@ -283,7 +286,7 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
         let by = a.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
         let why = a.why.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
         let version = a.version.as_deref().unwrap_or("?");
-        writeln!(out, "{} {} {version}, {}{by}{why}  ({}; {})", a.id, a.profile, a.result, a.date, a.reason)?;
+        line(out, &format!("{} {} {version}, {}{by}{why}  ({}; {})", a.id, a.profile, a.result, a.date, a.reason))?;
     }
     Ok(ExitCode::SUCCESS)
 }

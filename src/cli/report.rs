@@ -6,6 +6,18 @@ use crate::fixture::Failure;
 use crate::rules::{Decision, Transition};
 pub use crate::template::{maybe, number, show};
 
+/// One line of output for a terminal: a control character in it (a version's ANSI escape or
+/// line break, from outside) is shown as a visible escape, never sent raw
+/// ([`crate::template::terminal`]).
+pub fn line(out: &mut dyn Write, text: &str) -> io::Result<()> {
+    writeln!(out, "{}", crate::template::terminal(text))
+}
+
+/// Text made of lines (a sidecar's answer), each shown as [`line`] does.
+pub fn lines(out: &mut dyn Write, text: &str) -> io::Result<()> {
+    text.lines().try_for_each(|l| line(out, l))
+}
+
 /// A failed expectation as an expected/got block.
 pub fn failure(out: &mut dyn Write, f: &Failure) -> io::Result<()> {
     writeln!(out, "  {}: at {}: {}", f.place, f.at, f.what)?;
@@ -46,7 +58,7 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
 
 /// A deploy on a timeline: the version's evidence starts here.
 pub fn deploy(out: &mut dyn Write, at: crate::time::Timestamp, version: &str) -> io::Result<()> {
-    writeln!(out, "{:>9}  DEPLOY    {version} (its evidence starts here)", at.to_string())
+    line(out, &format!("{:>9}  DEPLOY    {version} (its evidence starts here)", at.to_string()))
 }
 
 #[cfg(test)]

@@ -236,6 +236,23 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
                         }
                     },
                 };
+                // The config's own header text must make a header; values filled in are
+                // percent-encoded where needed (template::header), so they always do.
+                for (k, v) in &a.headers {
+                    if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        c.err(&span, item, format!("header {k:?}: not a valid HTTP header name"));
+                    }
+                    let own_text = crate::template::own_text(v);
+                    if reqwest::header::HeaderValue::from_str(&own_text).is_err() {
+                        c.err(
+                            &span,
+                            item,
+                            format!(
+                                "header {k:?}: its text {v:?} has a character a header cannot carry (a control character such as CR or LF); write it percent-encoded"
+                            ),
+                        );
+                    }
+                }
                 for s in &a.expect_status {
                     if !(100..=599).contains(s) {
                         c.err(&span, item, format!("expect_status: {s} is not an HTTP status"));

@@ -382,9 +382,10 @@ async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Res
 
 /// Up to `attempts` tries with doubling backoff; a `Retry-After` replaces the backoff once.
 async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Vars) -> Result<u32, NotifyError> {
+    // Every channel's text is for people: a value's control characters show as escapes.
     let escape = match channel.kind {
         ChannelKind::Slack(_) => Escape::Slack,
-        _ => Escape::None,
+        ChannelKind::Console | ChannelKind::Webhook { .. } | ChannelKind::Email(_) => Escape::Text,
     };
     let text = inner.templates.render(template, vars, escape)?;
     let attempts = channel.attempts.max(1);

@@ -1,29 +1,19 @@
 //! Templates: `{{name}}` placeholders filled from [`Vars`], each value escaped for where it goes
-//! (a Slack message, a JSON body, a URL, a single argv element). Rendering never re-reads its
+//! (a message for people, Slack, a JSON body, a URL, a header, a single argv element: see
+//! [`escape`], which also escapes for terminals, Markdown and TOML). Rendering never re-reads its
 //! output, so a value can never become a placeholder, an extra argument or shell code. Numbers
 //! are written as people read them ([`number`]).
 
 use std::collections::BTreeMap;
 
+pub mod escape;
 pub mod messages;
+
+use escape::escape_into;
+pub use escape::{Escape, header, html, markdown, terminal, toml_string};
 
 /// The values a template may name.
 pub type Vars = BTreeMap<String, String>;
-
-/// How a value is escaped where it is inserted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Escape {
-    /// As is: one argv element, a file path, a console line, an email body.
-    None,
-    /// Slack mrkdwn control characters `&`, `<`, `>`.
-    Slack,
-    /// Inside a JSON string literal (the quotes are the template's).
-    Json,
-    /// A URL component (percent-encoded).
-    Url,
-    /// HTML text or an attribute value (`&`, `<`, `>`, `"`): the status page, the plots.
-    Html,
-}
 
 /// A placeholder the template names but the values lack, or an unclosed one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,6 +39,20 @@ pub fn placeholders(text: &str) -> Result<Vec<&str>, TemplateError> {
     Ok(out)
 }
 
+/// A template's own text: every `{{name}}` left out (for checking what the config wrote, apart
+/// from the values filled in later).
+pub fn own_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start + 2..].find("}}") else { break };
+        out.push_str(&rest[..start]);
+        rest = &rest[start + 2 + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Fills every `{{name}}` from `vars`, escaping each value; text outside placeholders is kept.
 pub fn render(text: &str, vars: &Vars, escape: Escape) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
@@ -71,43 +75,6 @@ pub fn render(text: &str, vars: &Vars, escape: Escape) -> Result<String, Templat
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// `text` escaped for HTML (and SVG): text or a quoted attribute value.
-pub fn html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    escape_into(&mut out, text, Escape::Html);
-    out
-}
-
-fn escape_into(out: &mut String, value: &str, escape: Escape) {
-    match escape {
-        Escape::None => out.push_str(value),
-        Escape::Slack | Escape::Html => {
-            for c in value.chars() {
-                match c {
-                    '&' => out.push_str("&amp;"),
-                    '<' => out.push_str("&lt;"),
-                    '>' => out.push_str("&gt;"),
-                    '"' if escape == Escape::Html => out.push_str("&quot;"),
-                    c => out.push(c),
-                }
-            }
-        }
-        Escape::Json => {
-            let quoted = serde_json::Value::String(value.to_string()).to_string();
-            out.push_str(&quoted[1..quoted.len() - 1]);
-        }
-        Escape::Url => {
-            for b in value.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    out.push(b as char);
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
-        }
-    }
 }
 
 /// A number as people read it: `0.052`, `1200`, `3.5e-7`, `NaN`.
@@ -220,12 +187,20 @@ mod tests {
         assert_eq!(render("x {{nope}}", &v, Escape::None), Err(TemplateError::Unknown("nope".into())));
         assert!(matches!(render("x {{nope", &v, Escape::None), Err(TemplateError::Unclosed(_))));
         assert_eq!(placeholders("{{a}} and {{ b }}").unwrap(), vec!["a", "b"]);
+        assert_eq!(own_text("to {{a}} and {{ b }}!"), "to  and !");
+        assert_eq!(own_text("x {{nope"), "x {{nope");
     }
 
     #[test]
     fn values_are_escaped_for_their_channel() {
         let v = vars(&[("x", "<@here> & \"q\"\n")]);
-        assert_eq!(render("{{x}}", &v, Escape::Slack).unwrap(), "&lt;@here&gt; &amp; \"q\"\n");
+        assert_eq!(render("{{x}}", &v, Escape::Slack).unwrap(), "&lt;@here&gt; &amp; \"q\"\\n");
+        assert_eq!(
+            render("a\n{{x}}", &v, Escape::Text).unwrap(),
+            "a\n<@here> & \"q\"\\n",
+            "the template's own lines stay"
+        );
+        assert_eq!(render("{{x}}", &v, Escape::Header).unwrap(), "<@here> & \"q\"%0A");
         assert_eq!(render("{\"t\":\"{{x}}\"}", &v, Escape::Json).unwrap(), r#"{"t":"<@here> & \"q\"\n"}"#);
         assert_eq!(render("?v={{x}}", &v, Escape::Url).unwrap(), "?v=%3C%40here%3E%20%26%20%22q%22%0A");
     }

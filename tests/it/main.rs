@@ -25,5 +25,6 @@ mod run;
 mod secrets;
 mod sources;
 mod steps;
+mod text;
 mod trial2;
 mod versions;
