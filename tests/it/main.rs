@@ -7,6 +7,7 @@ mod common;
 mod acting;
 mod browser;
 mod cli;
+mod clock;
 mod commands;
 mod crash;
 mod data_quality;
