@@ -329,19 +329,21 @@ impl Engine {
             clock_said: None,
             _lock: lock,
         };
-        engine.watch_clock();
+        let now = engine.clock.now();
+        engine.watch_clock(now);
         Ok(engine)
     }
 
-    /// Compares rollwatch's timeline with the system clock: a disagreement that appears, ends or
-    /// changes by more than [`CLOCK_DISAGREEMENT`] is logged and journalled once, and saved in the
-    /// state_dir for the next start; `/status` shows it after every tick.
-    fn watch_clock(&mut self) {
+    /// Compares rollwatch's timeline with the system clock at `now`: a disagreement that
+    /// appears, ends or changes by more than [`CLOCK_DISAGREEMENT`] is logged and journalled
+    /// once, and saved in the state_dir for the next start (only then: a start that finds it as
+    /// saved writes nothing); `/status` shows it after every tick.
+    fn watch_clock(&mut self, now: Timestamp) {
         let Some(ahead) = self.clock.system_ahead() else { return };
-        let now = self.clock.now();
         let starting = self.clock_said.is_none();
-        let (said, _) = self.clock_said.unwrap_or((Span::ZERO, now));
-        if starting || (ahead.0 - said.0).abs() > CLOCK_DISAGREEMENT.0 {
+        let (said, _) = self.clock_said.unwrap_or((crate::journal::saved_clock(&self.config.state_dir), now));
+        let moved = (ahead.0 - said.0).abs() > CLOCK_DISAGREEMENT.0;
+        if starting || moved {
             let (far, side) = (human(Span(ahead.0.abs())), if ahead.0 > 0 { "ahead of" } else { "behind" });
             let disagrees = ahead.0.abs() > CLOCK_DISAGREEMENT.0;
             if starting && disagrees {
@@ -363,7 +365,7 @@ impl Engine {
                 self.journal.note(now, "clock", &data);
             }
             let dir = self.config.state_dir.clone();
-            if let Err(e) = off_runtime(|| crate::journal::save_clock(&dir, ahead, now)) {
+            if moved && let Err(e) = off_runtime(|| crate::journal::save_clock(&dir, ahead, now)) {
                 tracing::warn!(error = %crate::error_chain(&e), "cannot save the clock's disagreement for the next start");
             }
             self.clock_said = Some((ahead, now));
@@ -403,8 +405,8 @@ impl Engine {
 
     /// An evaluation: rules and decisions, journalled when they change, acted on, published.
     fn on_tick(&mut self) {
-        self.watch_clock();
         let now = self.clock.now();
+        self.watch_clock(now);
         self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
         self.ev.silence(self.dispatcher.silenced(now));
         let watch = Stopwatch::start();

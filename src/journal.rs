@@ -557,22 +557,7 @@ impl LastTimeline {
     pub fn read(dir: &Path) -> Result<LastTimeline, JournalError> {
         let path = dir.join("journal.jsonl");
         let last = last_date(&path).map_err(|source| JournalError::Io { path, source })?;
-        let clock = dir.join(CLOCK_FILE);
-        let system_ahead = match std::fs::read(&clock) {
-            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(v) => Span(v["system_ahead_ms"].as_i64().unwrap_or(0)),
-                Err(e) => {
-                    tracing::warn!(path = %clock.display(), error = %e, "unreadable; taking the system clock as right");
-                    Span::ZERO
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Span::ZERO,
-            Err(e) => {
-                tracing::warn!(path = %clock.display(), error = %e, "unreadable; taking the system clock as right");
-                Span::ZERO
-            }
-        };
-        Ok(LastTimeline { last, system_ahead })
+        Ok(LastTimeline { last, system_ahead: saved_clock(dir) })
     }
 
     /// Where the timeline resumes when the system clock reads `system`: the last run's timeline
@@ -580,6 +565,23 @@ impl LastTimeline {
     /// last date (see [`crate::time::resume_point`]).
     pub fn resume(&self, system: Timestamp, carry: bool) -> Timestamp {
         crate::time::resume_point(system, if carry { self.system_ahead } else { Span::ZERO }, self.last)
+    }
+}
+
+/// The disagreement [`CLOCK_FILE`] in `dir` holds: none when there is no file, or with a warning
+/// when it cannot be read.
+pub fn saved_clock(dir: &Path) -> Span {
+    let clock = dir.join(CLOCK_FILE);
+    let read = std::fs::read(&clock).and_then(|bytes| {
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    match read {
+        Ok(v) => Span(v["system_ahead_ms"].as_i64().unwrap_or(0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Span::ZERO,
+        Err(e) => {
+            tracing::warn!(path = %clock.display(), error = %e, "unreadable; taking the system clock as right");
+            Span::ZERO
+        }
     }
 }
 

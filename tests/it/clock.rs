@@ -213,6 +213,8 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     assert_eq!(code, 0, "{out}{err}");
     s.step_clock("+2h");
     s.disagreement_shown(7200.0).await;
+    let page = s.get("/status", "text/html");
+    assert!(page.contains("the system clock is 2h 0m ahead of rollwatch"), "{page}");
 
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
     service.deploy("v3", 500);
