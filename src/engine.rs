@@ -36,7 +36,7 @@ use crate::source::alertmanager::Alerts;
 use crate::source::poller::{http_client, run_target};
 use crate::source::{Observation, SourceError, Target, TargetSeries};
 use crate::status::Snapshot;
-use crate::time::{Clock, Stopwatch};
+use crate::time::{CLOCK_DISAGREEMENT, Clock, Span, Stopwatch, Timestamp, human};
 
 /// Why the sidecar could not run.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +87,14 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// The usual parts: wall-clock time, no endpoints, no token, no observers.
+    /// The usual parts: rollwatch's own timeline from the system clock now (the sidecar resumes
+    /// the journal's instead), no endpoints, no token, no observers.
     pub fn new(evaluator: Evaluator, procedures: BTreeMap<String, Procedures>, targets: Vec<Target>) -> Parts {
         Parts {
             evaluator,
             procedures,
             targets,
-            clock: Arc::new(crate::time::SystemClock),
+            clock: Arc::new(crate::time::SteadyClock::from_system()),
             listener: None,
             token: None,
             events: None,
@@ -200,6 +201,8 @@ struct Engine {
     coord_updates: mpsc::Receiver<crate::coord::Update>,
     coord_task: Option<tokio::task::JoinHandle<()>>,
     stop_coord: watch::Sender<bool>,
+    /// The disagreement with the system clock last reported, and since when (rollwatch's time).
+    clock_said: Option<(Span, Timestamp)>,
     _lock: crate::journal::StateLock,
 }
 
@@ -292,7 +295,7 @@ impl Engine {
         tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
         let mut ticker = tokio::time::interval(config.eval_interval.as_std());
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        Ok(Engine {
+        let mut engine = Engine {
             config,
             ev,
             clock,
@@ -323,8 +326,56 @@ impl Engine {
             coord_updates,
             coord_task,
             stop_coord,
+            clock_said: None,
             _lock: lock,
-        })
+        };
+        let now = engine.clock.now();
+        engine.watch_clock(now);
+        Ok(engine)
+    }
+
+    /// Compares rollwatch's timeline with the system clock at `now`: a disagreement that
+    /// appears, ends or changes by more than [`CLOCK_DISAGREEMENT`] is logged and journalled
+    /// once, and saved in the state_dir for the next start (only then: a start that finds it as
+    /// saved writes nothing); `/status` shows it after every tick.
+    fn watch_clock(&mut self, now: Timestamp) {
+        let Some(ahead) = self.clock.system_ahead() else { return };
+        let starting = self.clock_said.is_none();
+        let (said, _) = self.clock_said.unwrap_or((crate::journal::saved_clock(&self.config.state_dir), now));
+        let moved = (ahead.0 - said.0).abs() > CLOCK_DISAGREEMENT.0;
+        if starting || moved {
+            let (far, side) = (human(Span(ahead.0.abs())), if ahead.0 > 0 { "ahead of" } else { "behind" });
+            let disagrees = ahead.0.abs() > CLOCK_DISAGREEMENT.0;
+            if starting && disagrees {
+                tracing::warn!(
+                    system_ahead_ms = ahead.0,
+                    "rollwatch's timeline continues where it was: the system clock is {far} {side} it (a step of the system clock carried over from the last run, or the journal dated later than the system clock); cooldowns, pauses and silences keep what was left of them"
+                );
+            } else if disagrees {
+                tracing::warn!(
+                    system_ahead_ms = ahead.0,
+                    "the system clock stepped: it is {far} {side} rollwatch's timeline; rollwatch keeps its own (samples, windows, `for`, cooldowns, pauses and silences are not moved); dates journalled and shown are rollwatch's"
+                );
+            } else if !starting {
+                tracing::info!(system_ahead_ms = ahead.0, "the system clock agrees with rollwatch's timeline again");
+            }
+            if !starting || disagrees {
+                let system = now.plus(ahead);
+                let data = serde_json::json!({ "system_ahead_ms": ahead.0, "system": system, "starting": starting });
+                self.journal.note(now, "clock", &data);
+            }
+            let dir = self.config.state_dir.clone();
+            if moved && let Err(e) = off_runtime(|| crate::journal::save_clock(&dir, ahead, now)) {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot save the clock's disagreement for the next start");
+            }
+            self.clock_said = Some((ahead, now));
+        }
+        let since = self.clock_said.map(|(_, at)| at);
+        self.snapshot.clock = Some(crate::status::ClockStatus {
+            system_ahead_seconds: ahead.as_secs_f64(),
+            disagrees: ahead.0.abs() > CLOCK_DISAGREEMENT.0,
+            since,
+        });
     }
 
     /// A poll: into the store and the snapshot; a version reading may be a deploy.
@@ -355,6 +406,7 @@ impl Engine {
     /// An evaluation: rules and decisions, journalled when they change, acted on, published.
     fn on_tick(&mut self) {
         let now = self.clock.now();
+        self.watch_clock(now);
         self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
         self.ev.silence(self.dispatcher.silenced(now));
         let watch = Stopwatch::start();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::time::Timestamp;
+use crate::time::{Span, Timestamp};
 
 /// An append-only JSONL file.
 #[derive(Debug)]
@@ -537,9 +537,132 @@ fn bytecount(batch: &[u8]) -> usize {
     batch.iter().filter(|&&b| b == b'\n').count()
 }
 
+/// The file beside the journal that carries, across a restart, how far the system clock was
+/// ahead of rollwatch's timeline (see [`crate::time::SteadyClock`]).
+pub const CLOCK_FILE: &str = "clock.json";
+
+/// What a `state_dir` says of the last run's timeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LastTimeline {
+    /// The latest date among the journal's last lines.
+    pub last: Option<Timestamp>,
+    /// How far the system clock was ahead of the timeline when the last run last said
+    /// ([`CLOCK_FILE`]; behind: negative).
+    pub system_ahead: Span,
+}
+
+impl LastTimeline {
+    /// Reads the journal's tail and [`CLOCK_FILE`] in `dir`. An unreadable clock file counts as
+    /// no disagreement, with a warning; an unreadable journal is an error.
+    pub fn read(dir: &Path) -> Result<LastTimeline, JournalError> {
+        let path = dir.join("journal.jsonl");
+        let last = last_date(&path).map_err(|source| JournalError::Io { path, source })?;
+        Ok(LastTimeline { last, system_ahead: saved_clock(dir) })
+    }
+
+    /// Where the timeline resumes when the system clock reads `system`: the last run's timeline
+    /// continued (`carry`: the disagreement kept) or the system clock, never before the journal's
+    /// last date (see [`crate::time::resume_point`]).
+    pub fn resume(&self, system: Timestamp, carry: bool) -> Timestamp {
+        crate::time::resume_point(system, if carry { self.system_ahead } else { Span::ZERO }, self.last)
+    }
+}
+
+/// The disagreement [`CLOCK_FILE`] in `dir` holds: none when there is no file, or with a warning
+/// when it cannot be read.
+pub fn saved_clock(dir: &Path) -> Span {
+    let clock = dir.join(CLOCK_FILE);
+    let read = std::fs::read(&clock).and_then(|bytes| {
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    match read {
+        Ok(v) => Span(v["system_ahead_ms"].as_i64().unwrap_or(0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Span::ZERO,
+        Err(e) => {
+            tracing::warn!(path = %clock.display(), error = %e, "unreadable; taking the system clock as right");
+            Span::ZERO
+        }
+    }
+}
+
+/// Writes [`CLOCK_FILE`] whole (a new file, fsynced, renamed over the old): how far the system
+/// clock is ahead of the timeline at `at`.
+pub fn save_clock(dir: &Path, system_ahead: Span, at: Timestamp) -> Result<(), JournalError> {
+    let path = dir.join(CLOCK_FILE);
+    let io = |source| JournalError::Io { path: path.clone(), source };
+    let fresh = dir.join(format!("{CLOCK_FILE}.new"));
+    let text = serde_json::json!({ "system_ahead_ms": system_ahead.0, "at": at }).to_string();
+    let mut f = File::create(&fresh).map_err(io)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&fresh, &path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// The latest `at` among the journal's last whole lines, read backwards in pages until one
+/// has a date (at most 4 MiB): the journal is not read whole for it.
+fn last_date(path: &Path) -> io::Result<Option<Timestamp>> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: u64 = 1 << 16;
+    const MOST: u64 = 1 << 22;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let (mut start, mut tail) = (len, Vec::new());
+    loop {
+        let from = start.saturating_sub(PAGE);
+        let mut page = vec![0u8; (start - from) as usize];
+        file.read_exact_at(&mut page, from)?;
+        page.extend_from_slice(&tail);
+        (tail, start) = (page, from);
+        // Whole lines: all of them from the file's start, else those after the first newline.
+        let whole = match (start, tail.iter().position(|&b| b == b'\n')) {
+            (0, _) => &tail[..],
+            (_, Some(i)) => &tail[i + 1..],
+            (_, None) => &[][..],
+        };
+        let latest = whole
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("at").and_then(|a| a.as_i64()))
+            .max();
+        if latest.is_some() || start == 0 || len - start >= MOST {
+            return Ok(latest.map(Timestamp));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_timeline_is_the_tails_latest_date_and_the_saved_disagreement() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(LastTimeline::read(dir.path()).unwrap(), LastTimeline::default());
+        let mut j = Journal::open(dir.path()).unwrap();
+        // More than a page of lines; the latest date is not the last line's (a dated record).
+        for i in 0..2000 {
+            j.append(Timestamp(i), "decision", &serde_json::json!({"outcome": "monitor", "pad": "x".repeat(40)}))
+                .unwrap();
+        }
+        j.append(Timestamp(5000), "decision", &serde_json::json!({})).unwrap();
+        j.append(Timestamp(4000), "notified", &serde_json::json!({})).unwrap();
+        save_clock(dir.path(), Span(-120_000), Timestamp(4000)).unwrap();
+        let last = LastTimeline::read(dir.path()).unwrap();
+        assert_eq!(last, LastTimeline { last: Some(Timestamp(5000)), system_ahead: Span(-120_000) });
+        // Carried: the system clock 120 s behind, so the timeline continues 120 s ahead of it.
+        assert_eq!(last.resume(Timestamp(10_000), true), Timestamp(130_000));
+        assert_eq!(last.resume(Timestamp(10_000), false), Timestamp(10_000));
+        assert_eq!(last.resume(Timestamp(1_000), false), Timestamp(5000));
+        // One line longer than a page: still found.
+        j.append(Timestamp(9000), "decision", &serde_json::json!({"pad": "y".repeat(200_000)})).unwrap();
+        assert_eq!(LastTimeline::read(dir.path()).unwrap().last, Some(Timestamp(9000)));
+        std::fs::write(dir.path().join(CLOCK_FILE), "{torn").unwrap();
+        assert_eq!(LastTimeline::read(dir.path()).unwrap().system_ahead, Span::ZERO);
+    }
 
     #[test]
     fn reading_back_keeps_only_what_is_asked_for() {

@@ -2,6 +2,11 @@
 //! parsing, and the [`Clock`] that live mode reads. This is the only module allowed to read the
 //! system clock (see `clippy.toml`); everything below the sources takes time as a parameter so
 //! that replay on fixture time and live on wall time run the same code.
+//!
+//! Live mode runs on a [`SteadyClock`]: rollwatch's own timeline, the wall time at start plus
+//! the monotonic time elapsed since. A step of the system clock (an NTP correction, a VM
+//! restored) moves neither samples nor windows, `for`, ticks, cooldowns or pauses; it shows as
+//! a disagreement ([`Clock::system_ahead`]) that the engine reports.
 
 use std::fmt;
 
@@ -143,9 +148,15 @@ pub fn parse_duration(text: &str) -> Result<Span, DurationError> {
     Ok(Span(ms as i64))
 }
 
-/// Where "now" comes from. Live mode uses [`SystemClock`]; replay advances time itself.
+/// Where "now" comes from. Live mode uses [`SteadyClock`]; replay advances time itself.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+
+    /// How far the system clock is ahead of this one (behind: negative), for a clock that keeps
+    /// its own timeline; `None` for the others (fixture, test and tokio time).
+    fn system_ahead(&self) -> Option<Span> {
+        None
+    }
 }
 
 /// Wall-clock time since the Unix epoch.
@@ -158,6 +169,58 @@ impl Clock for SystemClock {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(since_epoch.as_millis() as i64)
     }
+}
+
+/// A disagreement between the system clock and rollwatch's timeline beyond this is reported
+/// (logged and journalled when it appears or changes by as much, shown on `/status`).
+pub const CLOCK_DISAGREEMENT: Span = Span(5_000);
+
+/// rollwatch's own timeline: a starting time plus the monotonic time elapsed since (Linux's
+/// `CLOCK_MONOTONIC`, which no setting of the system clock moves). It never goes back, and a
+/// span measured on it is a span that passed, whatever the system clock did meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct SteadyClock {
+    start: std::time::Instant,
+    at_start: Timestamp,
+}
+
+impl SteadyClock {
+    /// A timeline at `at` now.
+    #[allow(clippy::disallowed_methods)]
+    pub fn starting_at(at: Timestamp) -> SteadyClock {
+        SteadyClock { start: std::time::Instant::now(), at_start: at }
+    }
+
+    /// A timeline on the system clock now.
+    pub fn from_system() -> SteadyClock {
+        SteadyClock::starting_at(SystemClock.now())
+    }
+
+    /// Where this timeline started.
+    pub fn started_at(&self) -> Timestamp {
+        self.at_start
+    }
+}
+
+impl Clock for SteadyClock {
+    fn now(&self) -> Timestamp {
+        self.at_start.plus(Span(self.start.elapsed().as_millis().min(i64::MAX as u128) as i64))
+    }
+
+    fn system_ahead(&self) -> Option<Span> {
+        // The system clock first: a reading of ours taken after it is never the later one.
+        let system = SystemClock.now();
+        Some(Span(system.0.saturating_sub(self.now().0)))
+    }
+}
+
+/// Where a timeline resumes after a restart, when the system clock reads `system`: where the
+/// last one would be now — the system clock less the disagreement `carried` from the last run
+/// (the time spent stopped as the system clock measured it) — but never before `last`, the
+/// latest date journalled, so the timeline never goes back across a restart.
+pub fn resume_point(system: Timestamp, carried: Span, last: Option<Timestamp>) -> Timestamp {
+    let continued = Timestamp(system.0.saturating_sub(carried.0));
+    last.map_or(continued, |last| continued.max(last))
 }
 
 /// Time that moves only when told (tests of code that reads a [`Clock`] but runs no timers).
@@ -274,6 +337,35 @@ mod tests {
         assert_eq!(Span(3_600_000).to_string(), "1h");
         assert_eq!(Span(0).to_string(), "0s");
         assert_eq!(Span(1_250).to_string(), "1s250ms");
+    }
+
+    #[test]
+    fn a_timeline_resumes_where_it_was_and_never_before_its_last_date() {
+        let hour = Span::from_secs(3600);
+        // No disagreement, no journal: the system clock.
+        assert_eq!(resume_point(Timestamp(10 * 3_600_000), Span::ZERO, None), Timestamp(10 * 3_600_000));
+        // The system clock 2 h ahead when the last run stopped, 5 minutes ago by the system
+        // clock: the timeline continues 2 h behind it (a 1 h cooldown keeps what was left).
+        let last = Timestamp(10 * 3_600_000);
+        let system = last.plus(hour).plus(hour).plus(Span::from_secs(300));
+        assert_eq!(resume_point(system, Span(2 * hour.0), Some(last)), last.plus(Span::from_secs(300)));
+        // The system clock stepped back while stopped: the journal's last date is the floor.
+        assert_eq!(resume_point(last.minus(Span::from_secs(600)), Span::ZERO, Some(last)), last);
+        // A step back carried from the last run: the timeline continues ahead of the system clock.
+        let carried = Span(-120_000);
+        assert_eq!(resume_point(last.plus(Span::from_secs(60)), carried, Some(last)), last.plus(Span::from_secs(180)));
+    }
+
+    #[test]
+    fn a_steady_clock_starts_where_told_and_tells_the_system_clocks_lead() {
+        let c = SteadyClock::starting_at(Timestamp(1000));
+        assert!(c.now() >= Timestamp(1000) && c.now() < Timestamp(61_000));
+        assert_eq!(c.started_at(), Timestamp(1000));
+        // Started at 1 s after the epoch: the system clock is decades ahead.
+        assert!(c.system_ahead().unwrap() > Span::from_secs(365 * 86_400));
+        let now = SteadyClock::from_system();
+        assert!(now.system_ahead().unwrap().0.abs() < 1000);
+        assert_eq!(ManualClock::default().system_ahead(), None);
     }
 
     #[test]

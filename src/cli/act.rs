@@ -300,7 +300,10 @@ pub fn has_ha(config: &Path) -> bool {
 /// `rollwatch annotate -c FILE ID --root-cause TEXT`
 pub fn annotate(config: &Path, id: &str, root_cause: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
-    match history::annotate(&config.state_dir, id, root_cause, SystemClock.now()) {
+    // Dated on the sidecar's timeline (as it resumes), which may differ from the system clock.
+    let now = SystemClock.now();
+    let at = crate::journal::LastTimeline::read(&config.state_dir).map_or(now, |l| l.resume(now, config.ha.is_none()));
+    match history::annotate(&config.state_dir, id, root_cause, at) {
         Ok(()) => {
             writeln!(out, "{id}: root cause recorded")?;
             Ok(ExitCode::SUCCESS)

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::engine;
 use crate::record::Recorder;
-use crate::time::Span;
+use crate::time::{Clock, Span, SystemClock};
 
 pub fn run(path: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     sidecar(path, None, out)
@@ -110,6 +110,18 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
     };
     // Orphans of exec steps become ours (Linux): nothing a step started outlives it unnoticed.
     crate::act::process::contain();
+    // rollwatch's own timeline (see README, "When rollwatch is the problem"): it resumes where the
+    // journal left it, never before its last date; alone, it continues the last run's timeline
+    // (a step of the system clock then carried over), while replicas take etcd's clock as the
+    // reference and start on the system clock.
+    let last = match crate::journal::LastTimeline::read(&config.state_dir) {
+        Ok(last) => last,
+        Err(e) => {
+            writeln!(out, "{}: {e}", config.path.display())?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let clock = crate::time::SteadyClock::starting_at(last.resume(SystemClock.now(), config.ha.is_none()));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -157,6 +169,7 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
             reload: Some(reload),
             recorder: recorder.clone(),
             lock: Some(lock),
+            clock: Arc::new(clock),
             ..engine::Parts::new(ev, procedures, targets)
         };
         let ran = engine::run(config, parts, shutdown).await.map_err(anyhow::Error::from);

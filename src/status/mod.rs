@@ -98,6 +98,21 @@ pub struct Snapshot {
     pub may_act: bool,
     /// The coordination among replicas, with `[ha]`: this replica's role and the leader.
     pub ha: Option<crate::coord::HaStatus>,
+    /// How rollwatch's own timeline and the system clock agree (live runs).
+    pub clock: Option<ClockStatus>,
+}
+
+/// rollwatch's timeline against the system clock: a step of the system clock (NTP, a VM
+/// restored) moves neither, but shows here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ClockStatus {
+    /// The system clock minus rollwatch's timeline, in seconds (behind: negative).
+    pub system_ahead_seconds: f64,
+    /// Whether they disagree by more than [`crate::time::CLOCK_DISAGREEMENT`] (said in the log,
+    /// the journal and on the page).
+    pub disagrees: bool,
+    /// Since when (rollwatch's time) the disagreement is about what it is now.
+    pub since: Option<Timestamp>,
 }
 
 fn label(v: &str) -> String {
@@ -382,6 +397,14 @@ impl Snapshot {
             "Connections to the own server closed for max_connections: an idle one evicted for a newcomer, or a newcomer refused while every slot was busy.",
             vec![format!(" {}", self.connections_refused)],
         );
+        if let Some(c) = &self.clock {
+            section(
+                "rollwatch_clock_system_ahead_seconds",
+                "gauge",
+                "The system clock minus rollwatch's own timeline (behind: negative); rollwatch times everything on its own.",
+                vec![format!(" {}", format_value(c.system_ahead_seconds))],
+            );
+        }
         section("rollwatch_series", "gauge", "Series in the window store.", vec![format!(" {}", self.series)]);
         section(
             "rollwatch_firing_alerts",

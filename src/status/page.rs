@@ -42,6 +42,18 @@ impl Snapshot {
                 esc(e)
             );
         }
+        if let Some(c) = self.clock.filter(|c| c.disagrees) {
+            let ahead = (c.system_ahead_seconds * 1000.0) as i64;
+            let _ = write!(
+                p,
+                "<p class=\"alert\" id=\"clock\"><b>CLOCK</b>: the system clock is {} {} rollwatch's timeline{}. \
+                 rollwatch keeps its own: samples, windows, <code>for</code>, cooldowns, pauses and silences are \
+                 not moved by a step of the system clock; the dates shown and journalled are rollwatch's.</p>",
+                human(Span(ahead.abs())),
+                if ahead > 0 { "ahead of" } else { "behind" },
+                c.since.map(|t| format!(" (since {})", esc(&iso(t)))).unwrap_or_default(),
+            );
+        }
         if let Some(until) = a.paused_until {
             let _ = write!(p, "<p class=\"alert\"><b>PAUSED</b> until {}</p>", esc(&iso(until)));
         }

@@ -8,6 +8,7 @@ mod acting;
 mod browser;
 mod cli;
 mod clients;
+mod clock;
 mod commands;
 mod crash;
 mod data_quality;
