@@ -1,4 +1,5 @@
-//! The live pipeline: pollers → observations → window store → evaluator on wall-clock ticks →
+//! The live pipeline: pollers → observations → window store → evaluator on ticks of rollwatch's
+//! own timeline ([`crate::time::SteadyClock`], which a step of the system clock does not move) →
 //! decisions, logged and journalled when they change → the dispatcher, which acts on them;
 //! alerts from the webhook become `ALERTS` series; approvals, pauses and silences arrive as
 //! commands; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the

@@ -197,14 +197,16 @@ async fn no_second_rollback(s: &Sidecar, service: &VersionedService, secs: f64) 
     }
 }
 
-/// After a rollback with a 1 h cooldown and `pause --for 30m`, the clock steps forward 2 h: a
-/// new bad version is held by the pause, then (resumed) by the cooldown — neither expired with
-/// the step — and still by the cooldown after a restart, which continues rollwatch's timeline
+/// After a rollback, with a 1 h cooldown, a loop guard of one rollback an hour and `pause --for
+/// 30m`, the clock steps forward 2 h: a new bad version is held by the pause, then (resumed) by
+/// the loop guard; the version rolled back from, deployed again, by the cooldown — none of
+/// them expired with the step — and still after a restart, which continues rollwatch's timeline
 /// where it was rather than jumping to the system clock's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     let service = VersionedService::start("v1", 0).await;
-    let mut s = Sidecar::start(&service, "cooldown = \"1h\"");
+    let policy = "cooldown = \"1h\"\nmax_rollbacks = { count = 1, per = \"1h\" }";
+    let mut s = Sidecar::start(&service, policy);
     baked(&s, "v1").await;
     time_to_rollback(&s, &service, "v2").await;
     s.wait("the rollback finished", |e| !of_kind(e, "rollback_finished").is_empty()).await;
@@ -216,27 +218,35 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     let page = s.get("/status", "text/html");
     assert!(page.contains("the system clock is 2h 0m ahead of rollwatch"), "{page}");
 
+    // A new bad version: held by the pause.
+    let held_by = |seen: usize, why: &'static str| {
+        move |e: &[Value]| suppressed_after(e, seen).iter().any(|r| r.starts_with(why))
+    };
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
     service.deploy("v3", 500);
-    let events = s.wait("v3 held back", |e| !suppressed_after(e, seen).is_empty()).await;
-    assert!(suppressed_after(&events, seen)[0].starts_with("paused until"), "{:?}", suppressed_after(&events, seen));
+    s.wait("v3 held by the pause", held_by(seen, "paused until")).await;
     no_second_rollback(&s, &service, 5.0).await;
     assert!(s.status()["acting"]["paused_until"].is_i64(), "still paused: {}", s.status()["acting"]);
 
-    // Resumed: the cooldown holds v3 (1 h from rb-1, on rollwatch's timeline).
+    // Resumed: the loop guard holds v3 (one rollback in the last hour of rollwatch's timeline).
     let (code, out, err) = rollwatch(&["resume", "-c", &config]);
     assert_eq!(code, 0, "{out}{err}");
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
-    let held = |e: &[Value]| suppressed_after(e, seen).iter().any(|r| r.starts_with("cooldown after rb-1"));
-    s.wait("v3 held by the cooldown", held).await;
-    no_second_rollback(&s, &service, 5.0).await;
+    s.wait("v3 held by the loop guard", held_by(seen, "loop guard: 1 rollbacks in the last 1h")).await;
+    no_second_rollback(&s, &service, 3.0).await;
+    // v3 mended (it bakes), then v2 deployed again: the cooldown holds the version rolled back
+    // from (1 h from rb-1).
+    service.set_errors("v3", 0);
+    baked(&s, "v3").await;
+    let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
+    service.deploy("v2", 500);
+    s.wait("v2 held by the cooldown", held_by(seen, "cooldown after rb-1")).await;
+    no_second_rollback(&s, &service, 3.0).await;
 
     // A restart (the clock still 2 h ahead): what was left of the cooldown still holds.
     s.restart();
     let events = s.wait("started again", |e| of_kind(e, "started").len() == 2).await;
-    let seen = events.len();
-    let held = |e: &[Value]| suppressed_after(e, seen).iter().any(|r| r.starts_with("cooldown after rb-1"));
-    s.wait("v3 held by the cooldown after the restart", held).await;
+    s.wait("v2 held by the cooldown after the restart", held_by(events.len(), "cooldown after rb-1")).await;
     no_second_rollback(&s, &service, 5.0).await;
     s.disagreement_shown(7200.0).await;
     assert!(s.stderr().contains("continues"), "the carried disagreement is said at start: {}", s.stderr());
