@@ -66,9 +66,11 @@ impl fmt::Display for WindowCoverage {
 
 /// `no data`, `12 s of data`, `10 min of data`, `1 h 5 min of data`.
 fn amount(covered: Span) -> String {
-    let secs = covered.0.max(0) / 1000;
+    let ms = covered.0.max(0);
+    let secs = ms / 1000;
     let text = match secs {
-        0 => return "no data".into(),
+        _ if ms == 0 => return "no data".into(),
+        s if s < 10 && ms % 1000 != 0 => format!("{:.1} s", ms as f64 / 1000.0),
         s if s < 60 => format!("{s} s"),
         s if s < 3600 && s % 60 == 0 => format!("{} min", s / 60),
         s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
@@ -127,6 +129,8 @@ mod tests {
         assert_eq!(amount(Span(3_900 * S)), "1 h 5 min of data");
         assert_eq!(amount(Span(7_200 * S)), "2 h of data");
         assert_eq!(amount(Span(95 * S)), "1 min 35 s of data");
+        assert_eq!(amount(Span(390)), "0.4 s of data", "a fraction of a second is data too");
+        assert_eq!(amount(Span(12_400)), "12 s of data");
         assert_eq!(share(Span(60 * S), Span(90 * S)), 1.0, "never above 1");
     }
 

@@ -25,3 +25,4 @@ mod secrets;
 mod sources;
 mod trial2;
 mod versions;
+mod windows;
