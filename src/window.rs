@@ -400,12 +400,20 @@ impl Store {
     /// later — to its end that the store was watched. No matching series: nothing.
     pub fn coverage(&self, sels: &[SelectorId], at: At, len: Span) -> Span {
         let (start, end, floor) = at.window(len);
-        let first =
-            sels.iter().flat_map(|&sel| self.matching(sel)).filter_map(|s| s.samples.front()).map(|s| s.t).min();
-        let Some(first) = first else { return Span::ZERO };
+        let from = start.max(floor.unwrap_or(i64::MIN));
         // The first sample is data from its own time on (a counter's baseline, a gauge's value).
-        let from = start.max(floor.unwrap_or(i64::MIN)).max(first);
-        Span(self.watched_between(from, end).min(len.0))
+        // Usually the first series looked at reaches back far enough.
+        let mut first = i64::MAX;
+        for s in sels.iter().flat_map(|&sel| self.matching(sel)) {
+            first = first.min(s.samples.front().map_or(i64::MAX, |x| x.t));
+            if first <= from {
+                break;
+            }
+        }
+        if first == i64::MAX {
+            return Span::ZERO;
+        }
+        Span(self.watched_between(from.max(first), end).min(len.0))
     }
 
     /// Every live series with its samples `(t, v)` oldest first (stale markers as their NaN

@@ -383,7 +383,7 @@ impl CallOf<SelectorId> {
     }
 
     /// How much of the call's window holds data at `now` (`since` and `deploy` as for
-    /// [`eval`](Self::eval)): `(window, covered)`. `None` for calls without a window (`last`,
+    /// `eval`): `(window, covered)`. `None` for calls without a window (`last`,
     /// `up`, `down_for`) and for a `"deploy"` offset with no deploy known.
     pub fn coverage(
         &self,
@@ -394,12 +394,18 @@ impl CallOf<SelectorId> {
     ) -> Option<(Span, Span)> {
         let window = self.window()?;
         let at = self.at(now, since, deploy)?;
-        let mut sels = Vec::with_capacity(2);
-        self.clone().map(|sel| sels.push(sel));
-        Some((window, store.coverage(&sels, at, window)))
+        // At most two selectors (a ratio's), without allocating.
+        let (mut sels, mut n) = ([0; 2], 0);
+        self.clone().map(|sel| {
+            if let Some(slot) = sels.get_mut(n) {
+                *slot = sel;
+                n += 1;
+            }
+        });
+        Some((window, store.coverage(&sels[..n], at, window)))
     }
 
-    /// The call's value at `now`; `None` is no data. `since` and `deploy` as for [`at`](Self::at).
+    /// The call's value at `now`; `None` is no data. `since` and `deploy` as for `at`.
     pub fn eval(
         &self,
         store: &Store,
