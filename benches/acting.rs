@@ -96,6 +96,7 @@ fn dispatcher(c: &mut Criterion) {
             pending: vec![],
             predates: vec![],
             silenced: vec![],
+            coverage: vec![],
         })
         .collect();
     d.on_version_observed(Timestamp(1), "v1").unwrap();

@@ -2,7 +2,10 @@
 //! - one evaluation tick over 10,000 series and 1,000 rules (2,000 window calls), with and
 //!   without the 10,000 sample pushes a live tick receives;
 //! - a replay of a 24-hour fixture at 15 s resolution (5,760 ticks) through the SOLVEREIGN
-//!   profile, including loading and expanding the fixture.
+//!   profile, including loading and expanding the fixture;
+//! - the checkpoint of 10,000 series holding an hour at 15 s each (2.4 million samples):
+//!   encoding it (the engine's share every 30 s) and restoring it into a fresh evaluator (a
+//!   restart's share).
 //!
 //! Run: `cargo bench --bench evaluate`.
 
@@ -131,5 +134,42 @@ fn replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tick, replay);
+/// One rule reading every series over an hour: each keeps an hour (and more) of samples.
+fn hour_profile() -> Evaluator {
+    let text = "[[rule]]\nname = \"traffic\"\nwhen = 'rate(\"http_requests_total\", \"1h\") > 0'\n".to_string();
+    let file = SourceFile { path: PathBuf::from("hour.toml"), text };
+    load::build(&[LoadedProfile::from_source(file).expect("parse")]).expect("compile")
+}
+
+fn checkpoint(c: &mut Criterion) {
+    let keys = keys();
+    let mut ev = hour_profile();
+    for k in 0..240 {
+        push_all(&mut ev, &keys, k);
+        if k % 4 == 0 {
+            ev.tick(Timestamp(k * STEP_MS));
+        }
+    }
+    let now = Timestamp(240 * STEP_MS);
+    let bytes = ev.checkpoint(now);
+    let samples: usize = ev.store().series().map(|(_, _, s)| s.len()).sum();
+    assert_eq!(samples, 2_400_000);
+    eprintln!(
+        "checkpoint: {} bytes for {samples} samples ({:.1} bytes a sample)",
+        bytes.len(),
+        bytes.len() as f64 / samples as f64
+    );
+    let mut group = c.benchmark_group("checkpoint");
+    group.sample_size(10);
+    group.bench_function("encode 10k series x 240 samples", |b| b.iter(|| black_box(ev.checkpoint(now))));
+    group.bench_function("restore 10k series x 240 samples", |b| {
+        b.iter(|| {
+            let mut fresh = hour_profile();
+            black_box(fresh.restore(&bytes, now).expect("restore"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tick, replay, checkpoint);
 criterion_main!(benches);

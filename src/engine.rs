@@ -30,7 +30,7 @@ use crate::config::deploy::Config;
 use crate::coord::Coordinator;
 use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::notify::{Channel, Console, Notifier};
-use crate::rules::{Evaluator, Tick};
+use crate::rules::{Evaluator, Tick, checkpoint};
 use crate::secret::{Env, Secret, process_env};
 use crate::server::{self, Shared};
 use crate::source::alertmanager::Alerts;
@@ -130,6 +130,7 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
             Some((command, reply)) = engine.commands.recv() => engine.on_command(command, reply),
             Some(()) = engine.reload.recv() => engine.on_reload(),
             Some(update) = engine.coord_updates.recv() => engine.on_coord(update),
+            _ = engine.checkpoints.ticker.tick() => engine.checkpoints.write(&engine.ev, engine.clock.now()),
             _ = shutdown.changed() => break,
         }
     }
@@ -204,6 +205,8 @@ struct Engine {
     stop_coord: watch::Sender<bool>,
     /// The disagreement with the system clock last reported, and since when (rollwatch's time).
     clock_said: Option<(Span, Timestamp)>,
+    /// Writes what the evaluator has seen to `state_dir` every [`checkpoint::EVERY`] and on stop.
+    checkpoints: Checkpoints,
     _lock: crate::journal::StateLock,
 }
 
@@ -271,6 +274,10 @@ impl Engine {
         let (mut dispatcher, procedures) =
             Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;
         sync_evidence(&mut dispatcher, &mut ev);
+        // What was seen before the restart, from the current deploy's evidence on. A recording
+        // keeps what this run sees only.
+        let checkpoints = Checkpoints::new(recorder.is_none().then(|| config.state_dir.clone()));
+        checkpoints.restore(&mut ev, clock.now(), &journal);
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
         let mut snapshot =
@@ -328,6 +335,7 @@ impl Engine {
             coord_task,
             stop_coord,
             clock_said: None,
+            checkpoints,
             _lock: lock,
         };
         let now = engine.clock.now();
@@ -567,6 +575,8 @@ impl Engine {
             pollers.stop().await;
         }
         while self.retiring.join_next().await.is_some() {}
+        let now = self.clock.now();
+        self.checkpoints.finish(&self.ev, now).await;
         let _ = self.stop_server.send(true);
         if let Some(server) = self.server.take() {
             let _ = server.await;
@@ -649,6 +659,87 @@ fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<std::borrow::
         .find(|(k, _)| k == v.field.get_ref())
         .map(|(_, val)| crate::template::terminal(val.trim()))
         .filter(|val| !val.is_empty())
+}
+
+/// The checkpoint of what the evaluator has seen ([`checkpoint`]): read at start, written every
+/// [`checkpoint::EVERY`] off the runtime (one write at a time) and once more on stop. A failure
+/// is logged once until a write succeeds again; it never stops watching.
+struct Checkpoints {
+    /// `None`: no checkpoint (a recording).
+    dir: Option<std::path::PathBuf>,
+    ticker: tokio::time::Interval,
+    writing: Option<tokio::task::JoinHandle<()>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpoints {
+    fn new(dir: Option<std::path::PathBuf>) -> Checkpoints {
+        let mut ticker = tokio::time::interval(checkpoint::EVERY.as_std());
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick of an interval is at once; the first checkpoint is due one period on.
+        ticker.reset();
+        Checkpoints { dir, ticker, writing: None, failing: Arc::default() }
+    }
+
+    /// Restores the checkpoint into `ev` if it is usable; says what it did.
+    fn restore(&self, ev: &mut Evaluator, now: crate::time::Timestamp, journal: &SharedJournal) {
+        let Some(dir) = &self.dir else { return };
+        match checkpoint::restore_at_start(dir, ev, now) {
+            checkpoint::AtStart::Fresh => {}
+            checkpoint::AtStart::Restored(r) => {
+                let gap = crate::time::human(r.gap);
+                tracing::info!(series = r.series, samples = r.samples, rules = r.rules, %gap, "checkpoint restored: windows and rule states carry over; the gap is missing data");
+                let data = serde_json::json!({
+                    "written_at": r.written_at, "series": r.series, "samples": r.samples, "rules": r.rules,
+                    "gap_seconds": r.gap.as_secs_f64(),
+                });
+                journal.note(now, "checkpoint_restored", &data);
+            }
+            checkpoint::AtStart::Ignored(why) => {
+                tracing::warn!(%why, "checkpoint not used: starting with empty windows");
+                journal.note(now, "checkpoint_ignored", &serde_json::json!({ "reason": why }));
+            }
+        }
+    }
+
+    /// Writes a checkpoint off the runtime, unless the last one is still being written.
+    fn write(&mut self, ev: &Evaluator, now: crate::time::Timestamp) {
+        let Some(dir) = self.dir.clone() else { return };
+        if self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let bytes = ev.checkpoint(now);
+        let failing = self.failing.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || save_reporting(&dir, &bytes, &failing)));
+    }
+
+    /// On stop: waits for a write under way, then writes the last checkpoint.
+    async fn finish(&mut self, ev: &Evaluator, now: crate::time::Timestamp) {
+        let Some(dir) = self.dir.clone() else { return };
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.await;
+        }
+        let bytes = ev.checkpoint(now);
+        off_runtime(|| save_reporting(&dir, &bytes, &self.failing));
+    }
+}
+
+/// Saves a checkpoint; a failure is logged once until a save succeeds again.
+fn save_reporting(dir: &std::path::Path, bytes: &[u8], failing: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    match checkpoint::save(dir, bytes) {
+        Ok(()) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!("checkpoint written again");
+            }
+            tracing::debug!(bytes = bytes.len(), "checkpoint written");
+        }
+        Err(e) => {
+            if !failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot write the checkpoint: a restart now would start with empty windows");
+            }
+        }
+    }
 }
 
 /// The evaluator's evidence follows the dispatcher's deploys and restore points.

@@ -11,7 +11,11 @@
 //! - retention is per series: the longest reach (window + offset) of the selectors that match it,
 //!   plus a margin; a series no rule reads keeps only its latest sample (for status and
 //!   recording). Memory is bounded by configuration, not uptime; series that have received
-//!   nothing for longer than the longest retention are dropped.
+//!   nothing for longer than the longest retention are dropped;
+//! - the store knows when it was *watched* (fed by a running rollwatch: one stretch per run,
+//!   stretched by every evaluation). A window's coverage is the part of its span, from its floor
+//!   and its series' first sample on, that lies in those stretches: the time rollwatch was down
+//!   between two runs is missing data, and `last`/`up`/`down_for` never look back across it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -140,7 +144,17 @@ pub struct Store {
     retention: Span,
     /// Samples refused because they were older than the series' latest one.
     pub out_of_order: u64,
+    /// When the store was watched, oldest first: `(from, to)` in ms, one stretch per run of
+    /// rollwatch (the last one growing while `watching`). Empty: never watched (unit tests of
+    /// the aggregates), so no gap is known.
+    watched: VecDeque<(i64, i64)>,
+    /// Whether the last stretch is this run's (evaluations stretch it) or a past run's.
+    watching: bool,
 }
+
+/// At most this many stretches of watching are remembered (one per restart within the
+/// retention); beyond, the oldest is forgotten — its time then counts as not covered.
+pub const MAX_WATCHED: usize = 64;
 
 impl Store {
     /// A store that keeps each series' samples for `retention` (plus the one before, as a
@@ -155,6 +169,8 @@ impl Store {
             matches: Vec::new(),
             retention: Span(retention.0.max(LOOKBACK.0)),
             out_of_order: 0,
+            watched: VecDeque::new(),
+            watching: false,
         }
     }
 
@@ -318,6 +334,115 @@ impl Store {
         self.free.extend(dropped);
     }
 
+    /// An evaluation at `now`: this run watched the store until `now`. The first call of a run
+    /// opens a stretch; stretches older than the retention are forgotten.
+    pub fn watch(&mut self, now: Timestamp) {
+        match self.watched.back_mut() {
+            Some(last) if self.watching => last.1 = last.1.max(now.0),
+            _ => {
+                self.watched.push_back((now.0, now.0));
+                self.watching = true;
+            }
+        }
+        let horizon = now.0.saturating_sub(self.retention.0);
+        while self.watched.len() > MAX_WATCHED || (self.watched.len() > 1 && self.watched[0].1 < horizon) {
+            self.watched.pop_front();
+        }
+    }
+
+    /// When the store was watched, oldest first (for a checkpoint).
+    pub fn watched(&self) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
+        self.watched.iter().map(|&(a, b)| (Timestamp(a), Timestamp(b)))
+    }
+
+    /// A new run resumes at `now` after the past runs' stretches `past` (from a checkpoint):
+    /// the time between them and `now` was not watched. Stretches that are malformed, overlap
+    /// or lie after `now` are dropped.
+    pub fn resume(&mut self, past: impl IntoIterator<Item = (Timestamp, Timestamp)>, now: Timestamp) {
+        let mut kept: VecDeque<(i64, i64)> = VecDeque::new();
+        for (a, b) in past {
+            let after_last = kept.back().is_none_or(|&(_, end)| a.0 > end);
+            if a <= b && b < now && after_last {
+                kept.push_back((a.0, b.0));
+            }
+        }
+        self.watched = kept;
+        self.watching = false;
+        self.watch(now);
+    }
+
+    /// How long within `(start, end]` the store was watched (all of it when never watched).
+    fn watched_between(&self, start: i64, end: i64) -> i64 {
+        if end <= start {
+            return 0;
+        }
+        if self.watched.is_empty() {
+            return end - start;
+        }
+        self.watched.iter().map(|&(a, b)| (end.min(b) - start.max(a)).max(0)).sum()
+    }
+
+    /// The earliest sample `last`, `up` and `down_for` may read at `at`: the floor, and after a
+    /// gap in watching, the start of the stretch `at.end` lies in — a value seen before
+    /// rollwatch stopped says nothing about after it restarted.
+    fn lookback_floor(&self, at: At) -> Option<i64> {
+        let end = at.end.0;
+        let stretch = self.watched.iter().rposition(|&(a, _)| a <= end);
+        let resumed = stretch.filter(|&i| i > 0).map(|i| self.watched[i].0);
+        match (at.floor(), resumed) {
+            (Some(f), Some(r)) => Some(f.max(r)),
+            (f, r) => f.or(r),
+        }
+    }
+
+    /// How much of the window `len` back from `at` holds data for the selectors `sels`: the
+    /// time from the window's start — or its floor, or the matching series' first sample, if
+    /// later — to its end that the store was watched. No matching series: nothing.
+    pub fn coverage(&self, sels: &[SelectorId], at: At, len: Span) -> Span {
+        let (start, end, floor) = at.window(len);
+        let from = start.max(floor.unwrap_or(i64::MIN));
+        // The first sample is data from its own time on (a counter's baseline, a gauge's value).
+        // Usually the first series looked at reaches back far enough.
+        let mut first = i64::MAX;
+        for s in sels.iter().flat_map(|&sel| self.matching(sel)) {
+            first = first.min(s.samples.front().map_or(i64::MAX, |x| x.t));
+            if first <= from {
+                break;
+            }
+        }
+        if first == i64::MAX {
+            return Span::ZERO;
+        }
+        Span(self.watched_between(from.max(first), end).min(len.0))
+    }
+
+    /// Every live series with its samples `(t, v)` oldest first (stale markers as their NaN
+    /// bits) and the start of its current run of zeros: what a checkpoint keeps.
+    pub fn series(
+        &self,
+    ) -> impl Iterator<Item = (&SeriesKey, Option<Timestamp>, impl ExactSizeIterator<Item = (Timestamp, f64)> + '_)>
+    {
+        self.series
+            .iter()
+            .flatten()
+            .map(|s| (&s.key, s.zero_since.map(Timestamp), s.samples.iter().map(|x| (Timestamp(x.t), x.v))))
+    }
+
+    /// Puts a series back as a checkpoint kept it (samples oldest first; out-of-order ones are
+    /// refused and counted as always); retention applies as the samples go in.
+    pub fn restore_series(&mut self, key: &SeriesKey, samples: &[(Timestamp, f64)], zero_since: Option<Timestamp>) {
+        let id = self.intern(key);
+        for &(t, v) in samples {
+            self.push_id(id, t, v);
+        }
+        // The run of zeros may have started before the oldest sample kept.
+        if let Some(s) = self.series.get_mut(id).and_then(Option::as_mut)
+            && let (Some(kept), Some(now)) = (zero_since, s.zero_since)
+        {
+            s.zero_since = Some(now.min(kept.0));
+        }
+    }
+
     fn matching(&self, sel: SelectorId) -> impl Iterator<Item = &Series> {
         self.matches[sel].iter().filter_map(|&id| self.series[id].as_ref())
     }
@@ -380,23 +505,26 @@ impl Store {
 
     /// Latest value (within [`LOOKBACK`]) summed over matching series.
     pub fn last(&self, sel: SelectorId, at: At) -> Option<f64> {
-        sum_present(self.matching(sel).map(|s| s.latest(at.end.0, at.floor()).map(|s| s.v)))
+        let floor = self.lookback_floor(at);
+        sum_present(self.matching(sel).map(|s| s.latest(at.end.0, floor).map(|s| s.v)))
     }
 
     /// Minimum of the latest `up` values of matching targets.
     pub fn up(&self, sel: SelectorId, at: At) -> Option<f64> {
-        self.matching(sel).filter_map(|s| s.latest(at.end.0, at.floor())).map(|s| s.v).reduce(f64::min)
+        let floor = self.lookback_floor(at);
+        self.matching(sel).filter_map(|s| s.latest(at.end.0, floor)).map(|s| s.v).reduce(f64::min)
     }
 
     /// Longest current run of `up == 0` among matching targets, in seconds (0 when all are up);
     /// a run counts from the floor at the earliest.
     pub fn down_for(&self, sel: SelectorId, at: At) -> Option<f64> {
+        let floor = self.lookback_floor(at);
         self.matching(sel)
             .filter_map(|s| {
-                let latest = s.latest(at.end.0, at.floor())?;
+                let latest = s.latest(at.end.0, floor)?;
                 Some(match (latest.v == 0.0, s.zero_since) {
                     (true, Some(since)) => {
-                        let since = at.floor().map_or(since, |f| since.max(f));
+                        let since = floor.map_or(since, |f| since.max(f));
                         at.end.saturating_since(Timestamp(since)).as_secs_f64()
                     }
                     _ => 0.0,
@@ -727,6 +855,108 @@ mod tests {
             st.latest(Timestamp(999 * S)).find(|(k, _)| **k == unread).map(|(_, l)| l),
             Some(Latest::Value(999.0))
         );
+    }
+
+    #[test]
+    fn coverage_is_the_watched_part_of_the_window_from_its_first_sample_and_floor() {
+        let mut st = Store::new(Span(3600 * S));
+        let sel = st.add_selector(Selector::parse("c").unwrap());
+        let k = key("c");
+        let h = Span(3600 * S);
+        for i in 0..=40i64 {
+            st.push(&k, Timestamp(i * 15 * S), i as f64);
+            st.watch(Timestamp(i * 15 * S));
+        }
+        // 10 minutes of a 1h window, from the first sample on.
+        assert_eq!(st.coverage(&[sel], At::new(Timestamp(600 * S)), h), Span(600 * S));
+        // A floor (the deploy) later than the first sample: from the floor.
+        assert_eq!(st.coverage(&[sel], At::new(Timestamp(600 * S)).since(Some(Timestamp(420 * S))), h), Span(180 * S));
+        // A short window is covered whole.
+        assert_eq!(st.coverage(&[sel], At::new(Timestamp(600 * S)), Span(60 * S)), Span(60 * S));
+        // An offset reaching before anything was seen: nothing.
+        assert_eq!(st.coverage(&[sel], At::ago(Timestamp(600 * S), h), Span(60 * S)), Span::ZERO);
+        // No matching series: nothing.
+        let none = st.add_selector(Selector::parse("absent").unwrap());
+        assert_eq!(st.coverage(&[none], At::new(Timestamp(600 * S)), h), Span::ZERO);
+    }
+
+    #[test]
+    fn a_gap_in_watching_is_missing_data() {
+        let mut st = Store::new(Span(3600 * S));
+        let sel = st.add_selector(Selector::parse("up").unwrap());
+        let k = key("up");
+        // Watched from 0 to 10 min, down to 0 at 9 min; rollwatch stops.
+        for i in 0..=40i64 {
+            st.push(&k, Timestamp(i * 15 * S), if i >= 36 { 0.0 } else { 1.0 });
+            st.watch(Timestamp(i * 15 * S));
+        }
+        let past: Vec<_> = st.watched().collect();
+        assert_eq!(past, vec![(Timestamp(0), Timestamp(600 * S))]);
+        // Restarted at 12 min: the 2 minutes between are not covered.
+        st.resume(past, Timestamp(720 * S));
+        st.watch(Timestamp(780 * S));
+        let h = Span(3600 * S);
+        assert_eq!(st.coverage(&[sel], At::new(Timestamp(780 * S)), h), Span(660 * S), "10 min + 1 min");
+        // `up` does not look back across the gap: nothing seen since the restart is no data.
+        assert_eq!(st.up(sel, At::new(Timestamp(780 * S))), None);
+        assert_eq!(st.down_for(sel, At::new(Timestamp(780 * S))), None);
+        // Before the gap it reads as it did.
+        assert_eq!(st.up(sel, At::new(Timestamp(600 * S))), Some(0.0));
+        // Seen down again after the restart: the down time counts from the restart, not across
+        // the gap.
+        st.push(&k, Timestamp(780 * S), 0.0);
+        assert_eq!(st.down_for(sel, At::new(Timestamp(780 * S))), Some(60.0));
+        // Without any gap, a store never watched reads as before (nothing is floored).
+        let (plain, psel) = store("up", &[("up", &vals(&[1.0, 0.0]))]);
+        assert_eq!(plain.up(psel, At::new(Timestamp(15 * S))), Some(0.0));
+    }
+
+    #[test]
+    fn watching_is_bounded() {
+        let mut st = Store::new(Span(600 * S));
+        for run in 0..200i64 {
+            let past: Vec<_> = st.watched().collect();
+            st.resume(past, Timestamp(run * 10 * S));
+            st.watch(Timestamp(run * 10 * S + 5 * S));
+        }
+        let kept: Vec<_> = st.watched().collect();
+        assert!(kept.len() <= MAX_WATCHED, "{}", kept.len());
+        assert!(kept.iter().all(|(_, b)| b.0 >= 1995 * S - 600 * S), "older than the retention: forgotten");
+        // Stretches that overlap, run backwards or lie after the restart are dropped.
+        st.resume(
+            vec![(Timestamp(5), Timestamp(1)), (Timestamp(10), Timestamp(20)), (Timestamp(15), Timestamp(30))],
+            Timestamp(25),
+        );
+        assert_eq!(
+            st.watched().collect::<Vec<_>>(),
+            vec![(Timestamp(10), Timestamp(20)), (Timestamp(25), Timestamp(25))]
+        );
+    }
+
+    #[test]
+    fn restored_series_read_as_they_were() {
+        let mut st = Store::new(Span(3600 * S));
+        let sel = st.add_selector(Selector::parse("c").unwrap());
+        let k = key(r#"c{a="1"}"#);
+        for i in 0..10i64 {
+            st.push(&k, Timestamp(i * 15 * S), (i * 10) as f64);
+        }
+        st.mark_stale(&k, Timestamp(150 * S));
+        let dump: Vec<_> = st.series().map(|(key, z, samples)| (key.clone(), z, samples.collect::<Vec<_>>())).collect();
+        let mut back = Store::new(Span(3600 * S));
+        let bsel = back.add_selector(Selector::parse("c").unwrap());
+        for (key, z, samples) in &dump {
+            back.restore_series(key, samples, *z);
+        }
+        let at = At::new(Timestamp(135 * S));
+        assert_eq!(back.increase(bsel, at, Span(60 * S)), st.increase(sel, at, Span(60 * S)));
+        assert_eq!(back.last(bsel, At::new(Timestamp(150 * S))), None, "the stale marker came back too");
+        // A run of zeros that began before the oldest sample kept is restored from its start.
+        let z = key("z");
+        let mut zs = Store::new(Span(3600 * S));
+        let zsel = zs.add_selector(Selector::parse("z").unwrap());
+        zs.restore_series(&z, &[(Timestamp(100 * S), 0.0), (Timestamp(115 * S), 0.0)], Some(Timestamp(40 * S)));
+        assert_eq!(zs.down_for(zsel, At::new(Timestamp(115 * S))), Some(75.0));
     }
 
     #[test]

@@ -312,7 +312,7 @@ impl Dispatcher {
             self.ledger.journal().note_dated("transition", t);
         }
         for d in changed {
-            tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explanation(), "decision");
+            tracing::info!(profile = %d.profile, outcome = %d.outcome, explanation = %d.explained(), "decision");
             self.ledger.journal().note_dated("decision", d);
         }
     }

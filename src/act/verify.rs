@@ -130,6 +130,7 @@ mod tests {
             pending: pending.iter().map(|r| r.to_string()).collect(),
             predates: vec![],
             silenced: vec![],
+            coverage: vec![],
         }
     }
 

@@ -50,6 +50,10 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
     if !d.unknown.is_empty() {
         write!(out, "  | no data: {}", d.unknown.join(", "))?;
     }
+    if !d.coverage.is_empty() {
+        let partial: Vec<String> = d.coverage.iter().map(|c| format!("{}: {c}", c.rule)).collect();
+        write!(out, "  | coverage: {}", partial.join("; "))?;
+    }
     if d.predates_deploy() {
         write!(out, "  | predates the deploy: {} (escalate, not roll back)", d.predates.join(", "))?;
     }

@@ -46,6 +46,9 @@ pub struct RawRule {
     pub labels: BTreeMap<String, String>,
     /// `deployment` (default: judged on the deployed version's evidence) or `environment`.
     pub scope: Option<Spanned<String>>,
+    /// The share of each window the rule reads that must hold data (`"90%"` or `0.9`); below
+    /// it the rule is unknown.
+    pub min_coverage: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,6 +45,9 @@ pub struct Compiled {
     pub selectors_read: Vec<String>,
     /// The shortest window of the calls it makes directly.
     pub shortest_window: Option<Span>,
+    /// The window calls it makes directly, as indices of the calls [`Compiler::finish`]
+    /// returns (each once).
+    pub calls_read: Vec<usize>,
 }
 
 /// A comparison a rule makes.
@@ -91,7 +94,8 @@ pub struct Compiler {
     /// Values used for the trial evaluation that type-checks each expression.
     trial: Slots,
     calls: Vec<(CallSpec, usize, Scope)>,
-    call_slots: HashMap<(Scope, String), usize>,
+    /// Each distinct call's slot and index in `calls`.
+    call_slots: HashMap<(Scope, String), (usize, usize)>,
     /// The scope of the calls compiled next (set per signal and rule by the loader).
     pub scope: Scope,
 }
@@ -118,6 +122,12 @@ impl Compiler {
         self.calls.iter().map(|(c, _, _)| c.reach()).max().unwrap_or(Span::ZERO)
     }
 
+    /// Whether call `index` (of [`Compiled::calls_read`]) reads a window (not `last`, `up`,
+    /// `down_for`).
+    pub fn windowed(&self, index: usize) -> bool {
+        self.calls.get(index).is_some_and(|(c, _, _)| c.window().is_some())
+    }
+
     /// Registers every call's selectors with `store`; returns the calls with their slots.
     pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize, Scope)>) {
         let calls = self.calls.into_iter().map(|(spec, slot, scope)| (spec.register(store), slot, scope)).collect();
@@ -135,6 +145,7 @@ impl Compiler {
             rules_read: vec![],
             selectors_read: vec![],
             shortest_window: None,
+            calls_read: vec![],
         };
         let mut errors = Vec::new();
         self.rewrite(&mut node, names, &mut out, &mut errors);
@@ -293,15 +304,18 @@ impl Compiler {
                     out.shortest_window = Some(out.shortest_window.map_or(w, |s| s.min(w)));
                 }
                 let key = (self.scope, spec.key());
-                let slot = match self.call_slots.get(&key) {
-                    Some(&slot) => slot,
+                let (slot, index) = match self.call_slots.get(&key) {
+                    Some(&found) => found,
                     None => {
                         let slot = self.number_slot();
-                        self.call_slots.insert(key, slot);
+                        self.call_slots.insert(key, (slot, self.calls.len()));
                         self.calls.push((spec, slot, self.scope));
-                        slot
+                        (slot, self.calls.len() - 1)
                     }
                 };
+                if !out.calls_read.contains(&index) {
+                    out.calls_read.push(index);
+                }
                 read_slot(node, slot);
             }
             Err(e) => errors.push(e),

@@ -371,9 +371,41 @@ impl<S> CallOf<S> {
 }
 
 impl CallOf<SelectorId> {
-    /// The call's value at `now`; `None` is no data. Without an offset it reads only samples at
-    /// or after `since` (the current version's evidence); an offset of a span reads the past as
-    /// it was; the `"deploy"` offset reads the window ending at `deploy` (none known: no data).
+    /// Where the call reads at `now`. Without an offset it reads only samples at or after
+    /// `since` (the current version's evidence); an offset of a span reads the past as it was;
+    /// the `"deploy"` offset reads the window ending at `deploy` (none known: nowhere).
+    fn at(&self, now: Timestamp, since: Option<Timestamp>, deploy: Option<Timestamp>) -> Option<At> {
+        Some(match self.offset() {
+            Offset::Ago(span) if span.is_zero() => At::new(now).since(since),
+            Offset::Ago(span) => At::ago(now, span),
+            Offset::Deploy => At::new(deploy?),
+        })
+    }
+
+    /// How much of the call's window holds data at `now` (`since` and `deploy` as for
+    /// `eval`): `(window, covered)`. `None` for calls without a window (`last`,
+    /// `up`, `down_for`) and for a `"deploy"` offset with no deploy known.
+    pub fn coverage(
+        &self,
+        store: &Store,
+        now: Timestamp,
+        since: Option<Timestamp>,
+        deploy: Option<Timestamp>,
+    ) -> Option<(Span, Span)> {
+        let window = self.window()?;
+        let at = self.at(now, since, deploy)?;
+        // At most two selectors (a ratio's), without allocating.
+        let (mut sels, mut n) = ([0; 2], 0);
+        self.clone().map(|sel| {
+            if let Some(slot) = sels.get_mut(n) {
+                *slot = sel;
+                n += 1;
+            }
+        });
+        Some((window, store.coverage(&sels[..n], at, window)))
+    }
+
+    /// The call's value at `now`; `None` is no data. `since` and `deploy` as for `at`.
     pub fn eval(
         &self,
         store: &Store,
@@ -381,11 +413,7 @@ impl CallOf<SelectorId> {
         since: Option<Timestamp>,
         deploy: Option<Timestamp>,
     ) -> Option<f64> {
-        let at = match self.offset() {
-            Offset::Ago(span) if span.is_zero() => At::new(now).since(since),
-            Offset::Ago(span) => At::ago(now, span),
-            Offset::Deploy => At::new(deploy?),
-        };
+        let at = self.at(now, since, deploy)?;
         match *self {
             CallOf::Rate { sel, window, .. } => store.rate(sel, at, window),
             CallOf::Increase { sel, window, .. } => store.increase(sel, at, window),

@@ -185,7 +185,8 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         let mut ctx = Checker { file: &p.file, errors: &mut errors };
         let rule_scopes = rule_scopes(&mut ctx, &p.raw.rule);
         signals.extend(compile_signals(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes));
-        let compiled = compile_rules(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes, &rules);
+        let of_profile: Vec<Signal> = signals.iter().filter(|s| s.profile == pi).cloned().collect();
+        let compiled = compile_rules(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes, &rules, &of_profile);
         rules.extend(compiled);
         out_profiles.push(compile_tree(&mut ctx, &mut compiler, &slots, p));
     }
@@ -301,12 +302,15 @@ fn compile_signals(
         Ok(order) => {
             for i in order {
                 let (name, _, c) = &compiled_signals[i];
+                // In dependency order: the signals it reads already know their calls.
+                let calls = calls_through(&c.calls_read, &c.signals_read, &signals);
                 signals.push(Signal {
                     name: name.clone(),
                     slot: signal_slots[pi][name],
                     num: c.to_num(),
                     reads: c.selectors_read.clone(),
                     shortest_window: c.shortest_window,
+                    calls,
                     span: compiled_signals[i].1.clone(),
                     profile: pi,
                 });
@@ -322,7 +326,21 @@ fn compile_signals(
     signals
 }
 
-/// A profile's rules (`done` holds the rules of earlier profiles: a name compiles once).
+/// The calls an expression makes directly (`direct`) and through the signals it reads (of
+/// `signals`, one profile's, compiled before it), each once.
+fn calls_through(direct: &[usize], read: &[String], signals: &[Signal]) -> Vec<usize> {
+    let mut calls = direct.to_vec();
+    for s in signals.iter().filter(|s| read.contains(&s.name)) {
+        calls.extend(&s.calls);
+    }
+    calls.sort_unstable();
+    calls.dedup();
+    calls
+}
+
+/// A profile's rules (`done` holds the rules of earlier profiles: a name compiles once;
+/// `signals` its compiled signals).
+#[allow(clippy::too_many_arguments)]
 fn compile_rules(
     ctx: &mut Checker,
     compiler: &mut Compiler,
@@ -331,6 +349,7 @@ fn compile_rules(
     p: &LoadedProfile,
     rule_scopes: &HashMap<String, Scope>,
     done: &[Rule],
+    signals: &[Signal],
 ) -> Vec<Rule> {
     let (signal_slots, rule_slots) = (&slots.signals, &slots.rules);
     let mut rules: Vec<Rule> = Vec::new();
@@ -382,9 +401,23 @@ fn compile_rules(
                 "warning".to_string()
             }
         };
+        let min_coverage = raw.min_coverage.as_ref().and_then(|v| {
+            crate::rules::coverage::parse_min_coverage(v.get_ref()).map_err(|e| ctx.err(&v.span(), Some(&item), e)).ok()
+        });
         let (Some(when), Some(value)) = (when, value) else {
             continue;
         };
+        let windows: Vec<usize> = calls_through(&when.calls_read, &when.signals_read, signals)
+            .into_iter()
+            .filter(|&c| compiler.windowed(c))
+            .collect();
+        if let (Some(v), true) = (&raw.min_coverage, windows.is_empty()) {
+            ctx.err(
+                &v.span(),
+                Some(&item),
+                "min_coverage: the condition reads no window (last, up and down_for have none)",
+            );
+        }
         let mut reads: Vec<String> = when.signals_read.iter().map(|s| format!("signal:{s}")).collect();
         reads.extend(when.selectors_read.iter().cloned());
         reads.sort();
@@ -404,6 +437,8 @@ fn compile_rules(
             scope,
             reads,
             shortest_window: when.shortest_window,
+            min_coverage,
+            windows,
             span: raw.when.span(),
             value,
             timing: Timing { for_, keep_firing_for, on_no_data },
@@ -625,6 +660,88 @@ then = "panic"
         // Errors come in file order.
         let lines: Vec<usize> = e.0.iter().filter_map(|d| d.line).map(|(l, _)| l).collect();
         assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    }
+
+    #[test]
+    fn min_coverage_is_checked_with_its_place() {
+        let e = load(
+            "[[rule]]\nname = \"a\"\nwhen = 'rate(\"m\", \"1h\") > 1'\nmin_coverage = \"ninety\"\n\
+             [[rule]]\nname = \"b\"\nwhen = 'up(\"api\") == 0'\nmin_coverage = 0.9\n\
+             [[rule]]\nname = \"c\"\nwhen = 'rate(\"m\", \"1h\") > 1'\nmin_coverage = \"150%\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "p.toml:4:16: rule \"a\": min_coverage must be a share such as \"90%\" or 0.9, not \"ninety\"",
+            "p.toml:8:16: rule \"b\": min_coverage: the condition reads no window",
+            "p.toml:12:16: rule \"c\": min_coverage must be above 0% and at most 100%, not \"150%\"",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert_eq!(e.len(), 3, "{text}");
+        let ev = load(
+            "[signals]\nr = 'rate(\"m\", \"1h\")'\n[[rule]]\nname = \"a\"\nwhen = 'r > 1'\nmin_coverage = \"90%\"\n",
+        )
+        .unwrap();
+        assert_eq!(ev.rules[0].min_coverage, Some(0.9));
+        assert_eq!(ev.rules[0].windows.len(), 1, "the window read through the signal");
+    }
+
+    /// A burn-rate rule on a 10-minute window, 10% errors from the start, every 15 s: the tick at
+    /// each time and the decision then.
+    fn burn(min_coverage: &str) -> Vec<(i64, crate::rules::Decision, bool)> {
+        let mut ev = load(&format!(
+            "[signals]\nerror_rate = 'ratio(\"req{{code=\\\"500\\\"}}\", \"req\", \"10m\")'\n\
+             [[rule]]\nname = \"burn\"\nwhen = 'error_rate > 0.05'\n{min_coverage}\n\
+             [[decide]]\nask = \"Burning?\"\nif = 'firing(\"burn\")'\nthen = \"rollback\"\n"
+        ))
+        .unwrap();
+        let (ok, bad) = (
+            crate::selector::SeriesKey::parse("req{code=\"200\"}").unwrap(),
+            crate::selector::SeriesKey::parse("req{code=\"500\"}").unwrap(),
+        );
+        let mut out = Vec::new();
+        for i in 0..=44i64 {
+            let t = crate::time::Timestamp(i * 15_000);
+            ev.store_mut().push(&ok, t, 90.0 * i as f64);
+            ev.store_mut().push(&bad, t, 10.0 * i as f64);
+            let d = ev.tick(t).decisions.remove(0);
+            out.push((i * 15, d, ev.state("burn").unwrap().is_firing()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_window_holding_minutes_fires_only_with_its_coverage_told() {
+        // Without min_coverage: firing on 15 seconds of a 10-minute window, and saying so.
+        let runs = burn("");
+        let (_, d, firing) = &runs[1];
+        assert!(firing);
+        assert_eq!(d.explained(), "Burning? YES → rollback; burn: 10m window: 15 s of data");
+        let (_, d, _) = &runs[40];
+        assert!(d.coverage.is_empty(), "covered whole at 10 min: {:?}", d.coverage);
+        assert_eq!(d.explained(), "Burning? YES → rollback");
+    }
+
+    #[test]
+    fn min_coverage_keeps_a_rule_unknown_until_its_window_holds_enough() {
+        let runs = burn("min_coverage = \"90%\"");
+        for (secs, d, firing) in &runs {
+            // 90% of 10 minutes: 9 minutes.
+            assert_eq!(*firing, *secs >= 540, "at {secs} s: {}", d.explained());
+            assert_eq!(d.unknown.contains(&"burn".to_string()), *secs < 540, "at {secs} s");
+        }
+        let (_, d, _) = &runs[20];
+        assert_eq!(d.outcome, crate::rules::Outcome::Monitor);
+        assert_eq!(
+            d.explained(),
+            "Burning? no → monitor (default); burn: 10m window: 5 min of data, under min_coverage 90%: unknown"
+        );
+        let json = serde_json::to_value(d).unwrap();
+        assert_eq!(
+            json["coverage"],
+            serde_json::json!([{"rule": "burn", "window": "10m", "covered": "5m", "share": 0.5, "required": 0.9}])
+        );
     }
 
     #[test]

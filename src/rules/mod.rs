@@ -2,8 +2,12 @@
 //! [`load`] compiles profiles, and the [`Evaluator`] here runs one tick — window calls →
 //! signals → rules in dependency order → one decision per profile — on the time it is given.
 //! It is the sole owner of the window store and the rule states (no locks): replay and the live
-//! sidecar drive the same evaluator.
+//! sidecar drive the same evaluator. [`coverage`] tells how much of a window holds data (a rule
+//! may require a share: `min_coverage`), and [`checkpoint`] keeps windows and rule states across
+//! a restart of rollwatch.
 
+pub mod checkpoint;
+pub mod coverage;
 pub mod load;
 pub mod state;
 pub mod tree;
@@ -15,6 +19,7 @@ use std::path::PathBuf;
 use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
+pub use coverage::WindowCoverage;
 pub use state::{OnNoData, Phase, RuleState, Timing};
 pub use tree::{Decision, Outcome, RuleValue, Tree};
 
@@ -28,6 +33,9 @@ pub struct Signal {
     pub reads: Vec<String>,
     /// The shortest window it reads, with where it is written.
     pub shortest_window: Option<Span>,
+    /// The window calls it makes, directly or through other signals (indices of the
+    /// evaluator's calls).
+    pub calls: Vec<usize>,
     pub span: Range<usize>,
     /// Index of its profile.
     pub profile: usize,
@@ -56,6 +64,12 @@ pub struct Rule {
     pub reads: Vec<String>,
     /// The shortest window its condition reads directly.
     pub shortest_window: Option<Span>,
+    /// The share of each window its condition reads that must hold data (`min_coverage`):
+    /// below it the rule is unknown — it neither fires nor clears on partial data.
+    pub min_coverage: Option<f64>,
+    /// The window calls its condition reads, directly or through signals (indices of the
+    /// evaluator's calls): whose coverage it reports and requires.
+    pub windows: Vec<usize>,
     /// Where its condition is written, for messages.
     pub span: Range<usize>,
     firing_slot: usize,
@@ -135,6 +149,8 @@ pub struct Evaluator {
     restarted: Vec<Transition>,
     /// Rules an operator silenced: the decision trees read them as not firing.
     silenced: std::collections::BTreeSet<String>,
+    /// Per rule, whether a window it reads held less than its `min_coverage` this tick.
+    short: Vec<bool>,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -161,6 +177,7 @@ impl Evaluator {
             predated: vec![false; n],
             restarted: vec![],
             silenced: Default::default(),
+            short: vec![false; n],
             profiles,
             signals,
             rules,
@@ -311,6 +328,7 @@ impl Evaluator {
 
     /// Evaluates everything at `now`: the one place rule states change.
     pub fn tick(&mut self, now: Timestamp) -> Tick {
+        self.store.watch(now);
         if now >= self.next_gc {
             self.store.collect_garbage(now);
             self.next_gc = now.plus(GC_EVERY);
@@ -334,7 +352,19 @@ impl Evaluator {
             let truth = rule.cond.eval(&self.slots);
             let value = rule.value.as_ref().and_then(|v| v.eval(&self.slots));
             let before = self.states[i];
-            let after = before.step(now, truth, &rule.timing);
+            // A window holding less than the rule requires: unknown, whatever `on_no_data`
+            // says — partial data is no evidence either way, so the state holds.
+            self.short[i] = rule.min_coverage.is_some_and(|min| {
+                rule.windows.iter().any(|&c| {
+                    window_coverage(&self.calls[c], &self.store, now, self.evidence_since)
+                        .is_some_and(|(window, covered)| coverage::share(window, covered) < min)
+                })
+            });
+            let (truth, timing) = match self.short[i] {
+                true => (Truth::Unknown, Timing { on_no_data: OnNoData::Keep, ..rule.timing }),
+                false => (truth, rule.timing),
+            };
+            let after = before.step(now, truth, &timing);
             if before.phase() != after.phase() {
                 tracing::debug!(rule = %rule.name, at = %now, from = %before.phase(), to = %after.phase(), ?value, "rule state changed");
                 tick.transitions.push(Transition {
@@ -347,7 +377,7 @@ impl Evaluator {
             }
             self.states[i] = after;
             self.values[i] = value;
-            self.truths[i] = rule.timing.on_no_data.apply(truth);
+            self.truths[i] = timing.on_no_data.apply(truth);
             if self.truths[i] == Truth::False {
                 self.predated[i] = false;
             }
@@ -404,8 +434,42 @@ impl Evaluator {
                     .filter(|&&i| self.states[i].is_firing() && self.silenced.contains(&self.rules[i].name))
                     .map(|&i| self.rules[i].name.clone())
                     .collect(),
+                coverage: rules
+                    .iter()
+                    .filter(|&&i| self.short[i] || self.states[i].phase() != Phase::Inactive)
+                    .flat_map(|&i| self.rule_coverage(&self.rules[i], now))
+                    .collect(),
             });
         }
         tick
     }
+
+    /// The windows `rule`'s condition reads that hold less than their whole span at `now`
+    /// (after the tick at `now`), with how much they hold.
+    pub fn rule_coverage(&self, rule: &Rule, now: Timestamp) -> Vec<WindowCoverage> {
+        rule.windows
+            .iter()
+            .filter_map(|&c| {
+                let (window, covered) = window_coverage(&self.calls[c], &self.store, now, self.evidence_since)?;
+                let offset = match self.calls[c].0.offset() {
+                    Offset::Ago(span) if span.is_zero() => None,
+                    Offset::Ago(span) => Some(span.to_string()),
+                    Offset::Deploy => Some("deploy".to_string()),
+                };
+                (covered < window).then(|| WindowCoverage::new(&rule.name, window, offset, covered, rule.min_coverage))
+            })
+            .collect()
+    }
+}
+
+/// A window call's `(window, covered)` at `now`: deployment-scoped calls from the current
+/// version's evidence on. `None` for calls without a window.
+fn window_coverage(
+    (call, _, scope): &(Call, usize, Scope),
+    store: &Store,
+    now: Timestamp,
+    evidence_since: Option<Timestamp>,
+) -> Option<(Span, Span)> {
+    let since = if *scope == Scope::Deployment { evidence_since } else { None };
+    call.coverage(store, now, since, evidence_since)
 }

@@ -102,6 +102,10 @@ pub struct Decision {
     /// next question that holds without them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub silenced: Vec<String>,
+    /// The windows of the profile's firing, pending and under-covered rules that do not yet
+    /// hold data over their whole span ("1h window: 10 min of data").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<super::coverage::WindowCoverage>,
 }
 
 impl Tree {
@@ -144,6 +148,17 @@ impl Decision {
         }
         text
     }
+
+    /// The explanation with the windows that hold less than their span:
+    /// `… → rollback; errors-1h: 1h window: 1 min of data`. For people (logs, messages, pages);
+    /// [`explanation`](Self::explanation) is the same decision as long as the path holds.
+    pub fn explained(&self) -> String {
+        let mut text = self.explanation();
+        for c in &self.coverage {
+            text.push_str(&format!("; {}: {c}", c.rule));
+        }
+        text
+    }
 }
 
 #[cfg(test)]
@@ -168,8 +183,22 @@ mod tests {
             pending: vec![],
             predates: vec![],
             silenced: vec![],
+            coverage: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
+        assert_eq!(d.explained(), d.explanation(), "every window full");
+        let short = super::super::coverage::WindowCoverage::new(
+            "errors-1h",
+            crate::time::Span(3_600_000),
+            None,
+            crate::time::Span(60_000),
+            None,
+        );
+        let d2 = Decision { coverage: vec![short], ..d.clone() };
+        assert_eq!(
+            d2.explained(),
+            "Is system down? no → Is error rate > 5%? YES → rollback; errors-1h: 1h window: 1 min of data"
+        );
         let d = Decision { outcome: Outcome::Monitor, by_default: true, path: vec![], ..d };
         assert_eq!(d.explanation(), "monitor (default)");
         assert_eq!(Outcome::parse("consider"), Some(Outcome::Consider));

@@ -64,6 +64,10 @@ pub struct RuleStatus {
     pub severity: String,
     /// Pending or firing since (none while inactive).
     pub since: Option<Timestamp>,
+    /// The windows its condition reads that hold less than their span ("1h window: 10 min of
+    /// data"); with `min_coverage`, the share it requires.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<crate::rules::WindowCoverage>,
 }
 
 /// Everything `/status` and `/metrics` show.
@@ -201,6 +205,7 @@ impl Snapshot {
                     crate::rules::state::RuleState::Pending { since } => Some(since),
                     crate::rules::state::RuleState::Firing { since, .. } => Some(since),
                 },
+                coverage: ev.rule_coverage(r, now),
             })
             .collect();
         for t in &mut self.targets {
@@ -437,6 +442,7 @@ mod tests {
                 value: None,
                 severity: "critical".into(),
                 since: None,
+                coverage: vec![],
             }],
             ticks_total: 9,
             ..Snapshot::default()

@@ -117,7 +117,7 @@ impl Snapshot {
                     .filter(|f| f.profile == d.profile)
                     .map(|f| format!(" <span class=\"verdict rollback\">{} {}</span>", esc(&f.rollback_id), f.phase))
                     .unwrap_or_default(),
-                esc(&d.explanation()),
+                esc(&d.explained()),
                 if values.is_empty() { String::new() } else { format!("<br>firing: {}", values.join(", ")) },
                 if d.unknown.is_empty() {
                     String::new()
@@ -153,9 +153,11 @@ impl Snapshot {
         // Rules.
         p.push_str("<h2>Rules</h2><table id=\"rules\"><tr><th>rule</th><th>state</th><th>for</th><th>value</th></tr>");
         for r in &self.rules {
+            let coverage: String =
+                r.coverage.iter().map(|c| format!("<br><small>{}</small>", esc(&c.to_string()))).collect();
             let _ = write!(
                 p,
-                "<tr><td>{}</td><td class=\"{s}\">{s}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}{coverage}</td><td class=\"{s}\">{s}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.name),
                 r.since.map(|t| ago(now, t)).unwrap_or_default(),
                 show(&r.name, r.value),

@@ -148,6 +148,7 @@ impl Harness {
             pending: vec![],
             predates: vec![],
             silenced: vec![],
+            coverage: vec![],
         };
         if let Some(v) = version {
             self.d.on_version_observed(self.clock.now(), v).unwrap();
@@ -853,6 +854,7 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         pending: vec![],
         predates: vec![],
         silenced: vec![],
+        coverage: vec![],
     };
     h.d.on_version_observed(h.clock.now(), "v2").unwrap();
     h.d.on_tick(h.clock.now(), &[d]).unwrap();

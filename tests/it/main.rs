@@ -29,3 +29,4 @@ mod steps;
 mod text;
 mod trial2;
 mod versions;
+mod windows;

@@ -1,0 +1,701 @@
+//! What rollwatch has seen, kept across its own restart: the window store's series (as much as
+//! their retention keeps), when the store was watched, the rule states (pending `for` timers
+//! included) and where the current version's evidence started. [`encode`] is pure; [`save`]
+//! writes `state_dir/checkpoint.bin` atomically (a temporary file, fsync, rename, fsync of the
+//! directory) — the engine does so every [`EVERY`] and on stop — and [`restore_at_start`] reads
+//! it back when it is recent.
+//!
+//! Format, little-endian: the magic `RWCKPT` and a format number (u16); the header's length
+//! (u32) and the header, JSON (times, watched stretches, rule states); the number of series
+//! (u64); per series its name and labels (u32-length strings, a u32 label count), the start of
+//! its run of zeros (i64, `i64::MIN` for none), its sample count (u64), then the first sample's
+//! time (i64) and each later one's as a LEB128 delta, each value as its f64 bits (stale markers
+//! and NaN kept as they are); last an FNV-1a 64 hash of everything before it. About ten bytes a
+//! sample — the store's own size, bounded by the same retention and sample limits. A file that
+//! does not check out is refused whole; reading never allocates more than the file holds.
+//!
+//! Restoring invents nothing: the time between the checkpoint and the restart was not watched,
+//! so it is missing data in every window's coverage, and `last`/`up`/`down_for` do not look
+//! back across it. Rule states come back by rule name — a deployment's rules only when the
+//! checkpoint's evidence started at the same deploy as now (a deploy in between restarted
+//! them). A pending `for` keeps the time it had been pending, and the gap does not count:
+//! `since` moves forward by the gap, so the gap never brings a rule closer to firing. A firing
+//! rule stays firing (as with `on_no_data = "keep"`); a `keep_firing_for` countdown goes on
+//! through the gap.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Evaluator, RuleState};
+use crate::expr::{Offset, Scope, Value};
+use crate::selector::SeriesKey;
+use crate::time::{Span, Timestamp};
+use crate::window::LOOKBACK;
+
+/// The checkpoint's file name in `state_dir`.
+pub const FILE: &str = "checkpoint.bin";
+/// Written there first, then renamed.
+const TMP: &str = "checkpoint.bin.tmp";
+/// How often the running engine writes one (and once more on stop).
+pub const EVERY: Span = Span(30_000);
+/// A larger file is not read (it could not have been written from a store this process holds).
+pub const MAX_BYTES: u64 = 1 << 30;
+
+const MAGIC: &[u8; 6] = b"RWCKPT";
+const FORMAT: u16 = 1;
+/// The smallest a sample can be encoded in (one delta byte, eight value bytes).
+const MIN_SAMPLE_BYTES: usize = 9;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    written_at: i64,
+    evidence_since: Option<i64>,
+    ticks: u64,
+    watched: Vec<(i64, i64)>,
+    rules: Vec<SavedRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedRule {
+    name: String,
+    state: SavedState,
+    value: Option<f64>,
+    #[serde(default)]
+    predated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+enum SavedState {
+    Inactive,
+    Pending { since: i64 },
+    Firing { since: i64, active_since: i64, clearing_since: Option<i64> },
+}
+
+impl From<RuleState> for SavedState {
+    fn from(s: RuleState) -> SavedState {
+        match s {
+            RuleState::Inactive => SavedState::Inactive,
+            RuleState::Pending { since } => SavedState::Pending { since: since.0 },
+            RuleState::Firing { since, active_since, clearing_since } => SavedState::Firing {
+                since: since.0,
+                active_since: active_since.0,
+                clearing_since: clearing_since.map(|t| t.0),
+            },
+        }
+    }
+}
+
+impl From<SavedState> for RuleState {
+    fn from(s: SavedState) -> RuleState {
+        match s {
+            SavedState::Inactive => RuleState::Inactive,
+            SavedState::Pending { since } => RuleState::Pending { since: Timestamp(since) },
+            SavedState::Firing { since, active_since, clearing_since } => RuleState::Firing {
+                since: Timestamp(since),
+                active_since: Timestamp(active_since),
+                clearing_since: clearing_since.map(Timestamp),
+            },
+        }
+    }
+}
+
+/// Why a checkpoint was not used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    #[error("checkpoint written {} ago, longer than the longest window ({}): nothing in it is still read", crate::time::human(*age), max)]
+    TooOld { age: Span, max: Span },
+    #[error("checkpoint dated {} after now (the clock went back?): its samples would hide new ones", crate::time::human(*ahead))]
+    Ahead { ahead: Span },
+}
+
+fn corrupt(what: impl Into<String>) -> RestoreError {
+    RestoreError::Corrupt(what.into())
+}
+
+/// What a restore brought back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    pub written_at: Timestamp,
+    pub series: usize,
+    pub samples: u64,
+    /// Rules whose state came back.
+    pub rules: usize,
+    /// From the last evaluation the checkpoint saw to now: missing data.
+    pub gap: Span,
+}
+
+/// The checkpoint of `ev` at `now`.
+pub fn encode(ev: &Evaluator, now: Timestamp) -> Vec<u8> {
+    let store = ev.store();
+    let header = Header {
+        written_at: now.0,
+        evidence_since: ev.evidence_since.map(|t| t.0),
+        ticks: ev.ticks,
+        watched: store.watched().map(|(a, b)| (a.0, b.0)).collect(),
+        rules: ev
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SavedRule {
+                name: r.name.clone(),
+                state: ev.states[i].into(),
+                value: ev.values[i].filter(|v| v.is_finite()),
+                predated: ev.predated[i],
+            })
+            .collect(),
+    };
+    // Plain data: serializing it cannot fail; if it did, the file would be refused at start.
+    let json = serde_json::to_vec(&header).unwrap_or_default();
+    let mut out = Vec::with_capacity(64 + json.len() + store.len() * 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    let count_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    for (key, zero_since, samples) in store.series() {
+        count += 1;
+        put_str(&mut out, &key.name);
+        out.extend_from_slice(&(key.labels.len() as u32).to_le_bytes());
+        for (k, v) in &key.labels {
+            put_str(&mut out, k);
+            put_str(&mut out, v);
+        }
+        out.extend_from_slice(&zero_since.map_or(i64::MIN, |t| t.0).to_le_bytes());
+        out.extend_from_slice(&(samples.len() as u64).to_le_bytes());
+        let mut previous = None;
+        for (t, v) in samples {
+            match previous {
+                None => out.extend_from_slice(&t.0.to_le_bytes()),
+                Some(p) => put_varint(&mut out, t.0.saturating_sub(p).max(0) as u64),
+            }
+            previous = Some(t.0);
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+    let hash = fnv1a(&out);
+    out.extend_from_slice(&hash.to_le_bytes());
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// FNV-1a, 64 bits: enough to tell a torn or damaged file from a whole one.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A checkpoint read back in full (tests, and the check before anything is restored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub written_at: Timestamp,
+    pub evidence_since: Option<Timestamp>,
+    pub ticks: u64,
+    pub watched: Vec<(Timestamp, Timestamp)>,
+    /// `(rule, state, value)`.
+    pub rules: Vec<(String, RuleState, Option<f64>)>,
+    pub series: Vec<SavedSeries>,
+}
+
+/// One series as kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSeries {
+    pub key: SeriesKey,
+    pub zero_since: Option<Timestamp>,
+    pub samples: Vec<(Timestamp, f64)>,
+}
+
+/// Reads a whole checkpoint (every series in memory: for tests and tools; a restore streams).
+pub fn decode(bytes: &[u8]) -> Result<Decoded, RestoreError> {
+    let mut reader = Reader::new(bytes)?;
+    let h = &reader.header;
+    let mut out = Decoded {
+        written_at: Timestamp(h.written_at),
+        evidence_since: h.evidence_since.map(Timestamp),
+        ticks: h.ticks,
+        watched: h.watched.iter().map(|&(a, b)| (Timestamp(a), Timestamp(b))).collect(),
+        rules: h.rules.iter().map(|r| (r.name.clone(), r.state.into(), r.value)).collect(),
+        series: vec![],
+    };
+    let mut samples = Vec::new();
+    while let Some((key, zero_since)) = reader.next_series(&mut samples)? {
+        out.series.push(SavedSeries { key, zero_since, samples: std::mem::take(&mut samples) });
+    }
+    Ok(out)
+}
+
+/// Reads the series of a checkpoint one at a time, every length checked against what is left.
+struct Reader<'a> {
+    header: Header,
+    rest: &'a [u8],
+    left: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the magic, the format and the hash, and reads the header.
+    fn new(bytes: &'a [u8]) -> Result<Reader<'a>, RestoreError> {
+        if bytes.len() < MAGIC.len() + 2 + 4 + 8 + 8 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(corrupt("not a rollwatch checkpoint"));
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 8);
+        if fnv1a(body) != u64::from_le_bytes(tail.try_into().unwrap_or_default()) {
+            return Err(corrupt("its checksum does not match (torn or damaged)"));
+        }
+        let mut rest = &body[MAGIC.len()..];
+        let format = u16::from_le_bytes(take(&mut rest, 2)?.try_into().unwrap_or_default());
+        if format != FORMAT {
+            return Err(corrupt(format!("format {format}, this rollwatch reads format {FORMAT}")));
+        }
+        let len = take_u32(&mut rest)? as usize;
+        let header: Header =
+            serde_json::from_slice(take(&mut rest, len)?).map_err(|e| corrupt(format!("header: {e}")))?;
+        let left = take_u64(&mut rest)?;
+        Ok(Reader { header, rest, left })
+    }
+
+    /// The next series (its samples into `samples`, cleared first), or `None` after the last.
+    fn next_series(
+        &mut self,
+        samples: &mut Vec<(Timestamp, f64)>,
+    ) -> Result<Option<(SeriesKey, Option<Timestamp>)>, RestoreError> {
+        samples.clear();
+        if self.left == 0 {
+            return match self.rest.is_empty() {
+                true => Ok(None),
+                false => Err(corrupt("bytes after the last series")),
+            };
+        }
+        self.left -= 1;
+        let rest = &mut self.rest;
+        let name = take_str(rest)?;
+        let labels = take_u32(rest)? as usize;
+        if labels > rest.len() / 8 {
+            return Err(corrupt("more labels than bytes"));
+        }
+        let mut pairs = Vec::with_capacity(labels);
+        for _ in 0..labels {
+            pairs.push((take_str(rest)?, take_str(rest)?));
+        }
+        let zero_since = Some(take_i64(rest)?).filter(|&t| t != i64::MIN).map(Timestamp);
+        let n = take_u64(rest)?;
+        if n > (rest.len() / MIN_SAMPLE_BYTES) as u64 {
+            return Err(corrupt("more samples than bytes"));
+        }
+        samples.reserve(n as usize);
+        let mut t = 0i64;
+        for i in 0..n {
+            t = match i {
+                0 => take_i64(rest)?,
+                _ => {
+                    let delta = i64::try_from(take_varint(rest)?).map_err(|_| corrupt("sample time out of range"))?;
+                    t.checked_add(delta).ok_or_else(|| corrupt("sample time out of range"))?
+                }
+            };
+            samples.push((Timestamp(t), f64::from_bits(take_u64(rest)?)));
+        }
+        Ok(Some((SeriesKey::new(name, pairs), zero_since)))
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], RestoreError> {
+    if rest.len() < n {
+        return Err(corrupt("it ends early"));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn take_u32(rest: &mut &[u8]) -> Result<u32, RestoreError> {
+    Ok(u32::from_le_bytes(take(rest, 4)?.try_into().unwrap_or_default()))
+}
+
+fn take_u64(rest: &mut &[u8]) -> Result<u64, RestoreError> {
+    Ok(u64::from_le_bytes(take(rest, 8)?.try_into().unwrap_or_default()))
+}
+
+fn take_i64(rest: &mut &[u8]) -> Result<i64, RestoreError> {
+    Ok(i64::from_le_bytes(take(rest, 8)?.try_into().unwrap_or_default()))
+}
+
+fn take_str(rest: &mut &[u8]) -> Result<String, RestoreError> {
+    let len = take_u32(rest)? as usize;
+    String::from_utf8(take(rest, len)?.to_vec()).map_err(|_| corrupt("a series name or label is not UTF-8"))
+}
+
+fn take_varint(rest: &mut &[u8]) -> Result<u64, RestoreError> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = take(rest, 1)?[0];
+        n |= ((b & 0x7f) as u64).checked_shl(shift).unwrap_or(0);
+        if b & 0x80 == 0 {
+            return Ok(n);
+        }
+    }
+    Err(corrupt("a sample time's delta is too long"))
+}
+
+impl Evaluator {
+    /// The checkpoint of this evaluator at `now` (see [`encode`]).
+    pub fn checkpoint(&self, now: Timestamp) -> Vec<u8> {
+        encode(self, now)
+    }
+
+    /// The longest span any rule reads back, window plus offset (at least [`LOOKBACK`]): a
+    /// checkpoint older than this holds nothing a window still reads.
+    pub fn longest_window(&self) -> Span {
+        self.calls
+            .iter()
+            .map(|(c, _, _)| {
+                let offset = match c.offset() {
+                    Offset::Ago(span) => span,
+                    Offset::Deploy => Span::ZERO,
+                };
+                Span(c.window().unwrap_or(LOOKBACK).0.saturating_add(offset.0))
+            })
+            .fold(LOOKBACK, Span::max)
+    }
+
+    /// Restores a checkpoint into this evaluator, fresh from its profiles with its evidence
+    /// already started where the journal says (the current deploy), at `now`: every series,
+    /// the watched stretches (the gap since is missing data) and the rule states, as the module
+    /// documentation says. The whole file is checked before anything changes: a checkpoint
+    /// refused leaves the evaluator as it was.
+    pub fn restore(&mut self, bytes: &[u8], now: Timestamp) -> Result<Restored, RestoreError> {
+        let mut check = Reader::new(bytes)?;
+        let written_at = Timestamp(check.header.written_at);
+        if written_at > now {
+            return Err(RestoreError::Ahead { ahead: written_at.saturating_since(now) });
+        }
+        let (age, max) = (now.saturating_since(written_at), self.longest_window());
+        if age > max {
+            return Err(RestoreError::TooOld { age, max });
+        }
+        let mut samples = Vec::new();
+        while check.next_series(&mut samples)?.is_some() {
+            if samples.last().is_some_and(|(t, _)| *t > written_at) {
+                return Err(corrupt("a sample dated after the checkpoint"));
+            }
+        }
+
+        let mut reader = Reader::new(bytes)?;
+        let mut restored = Restored { written_at, series: 0, samples: 0, rules: 0, gap: Span::ZERO };
+        while let Some((key, zero_since)) = reader.next_series(&mut samples)? {
+            restored.series += 1;
+            restored.samples += samples.len() as u64;
+            self.store.restore_series(&key, &samples, zero_since);
+        }
+        let header = reader.header;
+        let watched: Vec<(Timestamp, Timestamp)> =
+            header.watched.iter().map(|&(a, b)| (Timestamp(a), Timestamp(b))).collect();
+        let last_seen = watched.last().map_or(written_at, |&(_, b)| b.min(written_at));
+        restored.gap = now.saturating_since(last_seen);
+        self.store.resume(watched, now);
+
+        let same_evidence = header.evidence_since.map(Timestamp) == self.evidence_since;
+        for saved in header.rules {
+            let Some(i) = self.rules.iter().position(|r| r.name == saved.name) else { continue };
+            let rule = &self.rules[i];
+            if rule.scope == Scope::Deployment && !same_evidence {
+                continue;
+            }
+            let state = match RuleState::from(saved.state) {
+                // The gap does not count towards `for`: pending as long as before the stop.
+                RuleState::Pending { since } => RuleState::Pending { since: since.plus(restored.gap).min(now) },
+                state => state,
+            };
+            self.states[i] = state;
+            self.values[i] = saved.value;
+            self.predated[i] = saved.predated && same_evidence;
+            self.slots.set(rule.firing_slot, Value::Boolean(state.is_firing()));
+            self.slots.set(rule.pending_slot, Value::Boolean(state.is_pending()));
+            restored.rules += 1;
+        }
+        self.ticks = self.ticks.max(header.ticks);
+        // `"deploy"` offsets read the window before the deploy: the restored samples hold it.
+        if let Some(at) = self.evidence_since {
+            self.take_deploy_values(at);
+        }
+        Ok(restored)
+    }
+}
+
+/// What [`restore_at_start`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AtStart {
+    /// No checkpoint: a first start, or a state_dir without one.
+    Fresh,
+    Restored(Restored),
+    /// A checkpoint was there but not used (start fresh), with why.
+    Ignored(String),
+}
+
+/// Reads `dir`'s checkpoint into `ev` at `now`, if there is a usable one. Never fails: an
+/// unreadable, corrupt, old or future checkpoint is reported and the evaluator starts fresh.
+pub fn restore_at_start(dir: &Path, ev: &mut Evaluator, now: Timestamp) -> AtStart {
+    match load(dir) {
+        Ok(None) => AtStart::Fresh,
+        Ok(Some(bytes)) => match ev.restore(&bytes, now) {
+            Ok(restored) => AtStart::Restored(restored),
+            Err(e) => AtStart::Ignored(e.to_string()),
+        },
+        Err(e) => AtStart::Ignored(format!("cannot read {}: {e}", dir.join(FILE).display())),
+    }
+}
+
+/// The checkpoint's bytes in `dir`, `None` when there is none. Only a regular file of at most
+/// [`MAX_BYTES`] is read.
+pub fn load(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let path = dir.join(FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    if meta.len() > MAX_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {MAX_BYTES} a checkpoint may have", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(&path)?.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Writes `bytes` as `dir`'s checkpoint, atomically: a temporary file written and fsynced, then
+/// renamed over the old one and the directory fsynced. A crash leaves the old checkpoint or
+/// the new one, never a part; a failure (a full disk) removes the temporary file.
+pub fn save(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(TMP);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadedProfile;
+    use crate::diag::SourceFile;
+
+    const S: i64 = 1000;
+
+    /// Errors over a 1-minute ratio pending for 10 minutes; an environment gauge.
+    const PROFILE: &str = r#"
+[signals]
+error_rate = 'ratio("req{code=\"500\"}", "req", "1m")'
+
+[[rule]]
+name = "errors"
+when = 'error_rate > 0.05'
+for = "10m"
+
+[[rule]]
+name = "node-memory"
+scope = "environment"
+when = 'last("mem") > 0.9'
+"#;
+
+    fn evaluator() -> Evaluator {
+        let file = SourceFile { path: "p.toml".into(), text: PROFILE.to_string() };
+        super::super::load::build(&[LoadedProfile::from_source(file).unwrap()]).unwrap()
+    }
+
+    fn key(s: &str) -> SeriesKey {
+        SeriesKey::parse(s).unwrap()
+    }
+
+    /// `ev` fed 10% errors and memory at 95%, every 15 s from `from` to `to`, evaluated each time.
+    fn feed(ev: &mut Evaluator, from: i64, to: i64) {
+        let (ok, bad, mem) = (key(r#"req{code="200"}"#), key(r#"req{code="500"}"#), key("mem"));
+        let mut t = from;
+        while t <= to {
+            let n = (t / (15 * S)) as f64;
+            ev.store_mut().push(&ok, Timestamp(t), 90.0 * n);
+            ev.store_mut().push(&bad, Timestamp(t), 10.0 * n);
+            ev.store_mut().push(&mem, Timestamp(t), 0.95);
+            ev.tick(Timestamp(t));
+            t += 15 * S;
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_decodes_to_what_was_encoded() {
+        let mut ev = evaluator();
+        ev.restart_evidence(Timestamp(0), false);
+        feed(&mut ev, 0, 300 * S);
+        ev.store_mut().mark_stale(&key("mem"), Timestamp(300 * S + 1));
+        let bytes = encode(&ev, Timestamp(301 * S));
+        let d = decode(&bytes).unwrap();
+        assert_eq!(d.written_at, Timestamp(301 * S));
+        assert_eq!(d.evidence_since, Some(Timestamp(0)));
+        assert_eq!(d.ticks, 21);
+        assert_eq!(d.watched, vec![(Timestamp(0), Timestamp(300 * S))]);
+        let errors = d.rules.iter().find(|r| r.0 == "errors").unwrap();
+        assert_eq!(errors.1, RuleState::Pending { since: Timestamp(15 * S) }, "true from the second tick");
+        assert!(errors.2.is_some_and(|v| (v - 0.1).abs() < 1e-9));
+        // Every series, every sample as the store holds it (NaN bits included).
+        let bits = |samples: &[(Timestamp, f64)]| samples.iter().map(|(t, v)| (t.0, v.to_bits())).collect::<Vec<_>>();
+        assert_eq!(d.series.len(), 3);
+        for (k, zero_since, samples) in ev.store().series() {
+            let kept = d.series.iter().find(|s| s.key == *k).unwrap();
+            assert_eq!(kept.zero_since, zero_since);
+            assert_eq!(bits(&kept.samples), bits(&samples.collect::<Vec<_>>()), "{k}");
+        }
+        let mem = d.series.iter().find(|s| s.key.name == "mem").unwrap();
+        assert!(mem.samples.last().unwrap().1.is_nan(), "the stale marker is kept");
+        let bad = d.series.iter().find(|s| s.key.label("code") == "500").unwrap();
+        assert_eq!(bad.samples.last(), Some(&(Timestamp(300 * S), 200.0)));
+        // About ten bytes a sample, not JSON's forty.
+        let samples: usize = d.series.iter().map(|s| s.samples.len()).sum();
+        assert!(bytes.len() < 1000 + samples * 11, "{} bytes for {samples} samples", bytes.len());
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_whole_and_never_panics() {
+        let mut ev = evaluator();
+        feed(&mut ev, 0, 120 * S);
+        let bytes = encode(&ev, Timestamp(121 * S));
+        for cut in [0, 5, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // Every single-byte change is caught by the hash (or the magic).
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x41;
+            let mut fresh = evaluator();
+            assert!(fresh.restore(&bad, Timestamp(130 * S)).is_err(), "byte {i} changed");
+            assert_eq!(fresh.store().len(), 0, "nothing restored from a refused file");
+        }
+        // Hostile content with a valid hash: lengths beyond the file, huge counts.
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut body = bytes[..bytes.len() - 8].to_vec();
+            let at = 16 + (rng as usize % (body.len() - 16));
+            body[at] = (rng >> 32) as u8;
+            if rng % 3 == 0 {
+                body.truncate(at + 1);
+            }
+            let hash = fnv1a(&body);
+            body.extend_from_slice(&hash.to_le_bytes());
+            let _ = decode(&body);
+            let _ = evaluator().restore(&body, Timestamp(130 * S));
+        }
+        let e = decode(b"not a checkpoint at all, just text").unwrap_err();
+        assert_eq!(e.to_string(), "corrupt checkpoint: not a rollwatch checkpoint");
+    }
+
+    #[test]
+    fn a_restart_keeps_windows_and_pending_time_but_not_the_gap() {
+        let mut ev = evaluator();
+        ev.restart_evidence(Timestamp(0), false);
+        feed(&mut ev, 0, 300 * S);
+        let bytes = encode(&ev, Timestamp(300 * S));
+
+        // Restarted 60 s later: same deploy (the journal's).
+        let mut back = evaluator();
+        back.restart_evidence(Timestamp(0), false);
+        let r = back.restore(&bytes, Timestamp(360 * S)).unwrap();
+        assert_eq!((r.series, r.rules, r.gap), (3, 2, Span(60 * S)));
+        // Pending since 15 s, for 285 s before the stop: still 285 s, the gap not counted.
+        assert_eq!(back.state("errors"), Some(RuleState::Pending { since: Timestamp(75 * S) }));
+        assert!(back.state("node-memory").unwrap().is_firing());
+        // The windows hold what was seen before, less the gap.
+        let errors = back.rules.iter().find(|r| r.name == "errors").unwrap().clone();
+        feed(&mut back, 375 * S, 375 * S);
+        assert!(back.state("errors").unwrap().is_pending());
+        let cov = back.rule_coverage(&errors, Timestamp(375 * S));
+        assert_eq!(cov.len(), 1, "{cov:?}");
+        assert_eq!(cov[0].covered, Span(15 * S), "the 1m window (315s, 375s]: only the 15 s since the restart");
+        // It fires 10 minutes of watched pending time after 15 s: 600 − 285 = 315 s after the restart.
+        feed(&mut back, 390 * S, 660 * S);
+        assert!(back.state("errors").unwrap().is_pending(), "at 660 s: 585 s pending");
+        feed(&mut back, 675 * S, 675 * S);
+        assert!(back.state("errors").unwrap().is_firing(), "at 675 s: 600 s pending");
+    }
+
+    #[test]
+    fn a_deploy_since_the_checkpoint_restarts_the_deployment_s_rules_only() {
+        let mut ev = evaluator();
+        ev.restart_evidence(Timestamp(0), false);
+        feed(&mut ev, 0, 300 * S);
+        let bytes = encode(&ev, Timestamp(300 * S));
+        let mut back = evaluator();
+        back.restart_evidence(Timestamp(310 * S), false);
+        let r = back.restore(&bytes, Timestamp(320 * S)).unwrap();
+        assert_eq!(r.rules, 1, "the environment's rule only");
+        assert_eq!(back.state("errors"), Some(RuleState::Inactive));
+        assert!(back.state("node-memory").unwrap().is_firing());
+        assert_eq!(back.store().len(), 3, "the samples come back all the same (windows start at the deploy)");
+    }
+
+    #[test]
+    fn an_old_or_future_checkpoint_is_not_used() {
+        let mut ev = evaluator();
+        feed(&mut ev, 0, 60 * S);
+        let bytes = encode(&ev, Timestamp(60 * S));
+        let mut back = evaluator();
+        // The longest window here is `last`'s 5 minutes of lookback.
+        assert_eq!(back.longest_window(), LOOKBACK);
+        let e = back.restore(&bytes, Timestamp(60 * S + LOOKBACK.0 + 1)).unwrap_err();
+        assert!(matches!(e, RestoreError::TooOld { .. }), "{e}");
+        let e = back.restore(&bytes, Timestamp(59 * S)).unwrap_err();
+        assert!(matches!(e, RestoreError::Ahead { .. }), "{e}");
+        assert_eq!(back.store().len(), 0);
+        assert!(back.restore(&bytes, Timestamp(60 * S + LOOKBACK.0)).is_ok());
+    }
+
+    #[test]
+    fn save_replaces_the_file_atomically_and_load_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        save(dir.path(), b"first").unwrap();
+        save(dir.path(), b"second").unwrap();
+        assert_eq!(load(dir.path()).unwrap().as_deref(), Some(&b"second"[..]));
+        assert!(!dir.path().join(TMP).exists());
+        let mut ev = evaluator();
+        assert!(
+            matches!(restore_at_start(dir.path(), &mut ev, Timestamp(0)), AtStart::Ignored(why) if why.contains("not a rollwatch checkpoint"))
+        );
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
+        std::fs::create_dir(dir.path().join(FILE)).unwrap();
+        assert!(
+            matches!(restore_at_start(dir.path(), &mut ev, Timestamp(0)), AtStart::Ignored(why) if why.contains("not a regular file"))
+        );
+        assert!(save(dir.path(), b"x").is_err(), "a directory in the way: an error, not a panic");
+        assert!(!dir.path().join(TMP).exists(), "the temporary file is removed");
+    }
+}
