@@ -218,6 +218,7 @@ url = "ftp://x"
 #[test]
 fn config_that_cannot_work_is_refused_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
     let long = format!("{}1{} > 0", "(".repeat(100_000), ")".repeat(100_000));
     let deep = format!("{}1{} > 0", "(".repeat(1000), ")".repeat(1000));
     let bangs = format!("{}true", "!".repeat(1000));
@@ -254,9 +255,8 @@ then = "rollback"
     let config = write(
         dir.path(),
         "rollwatch.toml",
-        r#"profiles = ["p.toml"]
-state_dir = "state"
-eval_interval = "0s"
+        format!("profiles = [\"p.toml\"]\nstate_dir = {state:?}\n")
+            + r#"eval_interval = "0s"
 
 [[target]]
 name = "svc"
@@ -308,7 +308,7 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "svc.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"svc\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!("profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"svc\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n"),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -322,7 +322,7 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "slow.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\neval_interval = \"2m\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!("profiles = [\"ok.toml\"]\nstate_dir = {state:?}\neval_interval = \"2m\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n"),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -332,12 +332,12 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "am.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!("profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"api\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:1/\"\n"),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("am.toml:5:8: target \"api\": there is no alertmanager target"), "{out}");
-    let config = write(dir.path(), "zero.toml", "profiles = [\"/dev/zero\"]\nstate_dir = \"state\"\n");
+    let config = write(dir.path(), "zero.toml", format!("profiles = [\"/dev/zero\"]\nstate_dir = {state:?}\n"));
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/dev/zero: not a regular file"), "{out}");
@@ -349,8 +349,10 @@ to = ["oncall@example.com"]
 #[test]
 fn the_ha_section_is_checked_with_its_places() {
     let dir = tempfile::tempdir().unwrap();
+    // Every path under the test's own folder: `rollwatch` runs in the repository root.
+    let state = dir.path().join("state").display().to_string();
     write(dir.path(), "ok.toml", PROFILE);
-    let head = "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n";
+    let head = format!("profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n");
     let bad = write(
         dir.path(),
         "bad.toml",
