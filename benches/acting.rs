@@ -68,6 +68,7 @@ fn dispatcher(c: &mut Criterion) {
                     rules,
                     labels: BTreeMap::new(),
                     reads: vec![],
+                    environment: vec![],
                 },
             )
         })

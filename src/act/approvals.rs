@@ -62,7 +62,7 @@ impl Dispatcher {
         self.record(now, Event::ApprovalOpened(opened))?;
         tracing::warn!(approval = %id, profile = %d.profile, "rollback approval needed");
         let target = self.state.versions.target().map(str::to_string);
-        let vars = vars::approval(&self.acting, &start, &id, target.as_deref());
+        let vars = vars::approval(&self.acting, &start, Some(d.outcome), &id, target.as_deref());
         let consider: Vec<Step> = self.steps_of(&d.profile, "consider", start.level.as_deref());
         let announced = consider.iter().any(|s| matches!(s, Step::Announce { .. }));
         for step in consider {

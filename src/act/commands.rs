@@ -77,6 +77,7 @@ impl Dispatcher {
                     )));
                 }
                 tracing::warn!(approval = %id, by, "approved");
+                self.announce_answer(&a, "approval_granted", &by, None);
                 let started =
                     self.try_start(now, Start::from_approval(&a), Some((id.clone(), Closed::Granted, Some(by))))?;
                 Ok(started.map(|rb| format!("approval {id} granted: rollback {rb} started")))
@@ -86,7 +87,8 @@ impl Dispatcher {
                     return Ok(Err(self.no_open_approval(&id)));
                 };
                 tracing::warn!(approval = %id, by, reason, "rejected");
-                self.close_approval(now, id.clone(), Closed::Rejected, Some(by.clone()), Some(reason))?;
+                self.close_approval(now, id.clone(), Closed::Rejected, Some(by.clone()), Some(reason.clone()))?;
+                self.announce_answer(&a, "approval_rejected", &by, Some(&reason));
                 self.rejected.insert((a.profile.clone(), a.version.clone()));
                 Ok(Ok(format!(
                     "approval {id} rejected by {by}; {} is not asked about again until its decision clears or the version changes",
@@ -181,6 +183,17 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Tells every channel how approval `a` was answered (in its thread), and by whom.
+    fn announce_answer(&self, a: &ApprovalOpened, template: &str, by: &str, rejection: Option<&str>) {
+        let target = self.state.versions.target();
+        let mut vars = super::vars::approval(&self.acting, &Start::from_approval(a), a.outcome, &a.approval_id, target);
+        vars.insert("by".into(), by.to_string());
+        if let Some(r) = rejection {
+            vars.insert("rejection".into(), r.to_string());
+        }
+        self.notifier.announce(template, &vars);
     }
 
     fn no_open_approval(&self, id: &str) -> String {

@@ -45,6 +45,8 @@ pub struct Plan {
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Each rule and the signals and selectors it reads (rules that share one verify together).
     pub reads: Vec<(String, Vec<String>)>,
+    /// The rules with `scope = "environment"`: what they report is not the version's fault.
+    pub environment: Vec<String>,
 }
 
 impl Plan {
@@ -61,10 +63,19 @@ impl Plan {
                     rules: mine().map(|r| r.name.clone()).collect(),
                     labels: mine().map(|r| (r.name.clone(), r.labels.clone())).collect(),
                     reads: mine().map(|r| (r.name.clone(), r.reads.clone())).collect(),
+                    environment: mine()
+                        .filter(|r| r.scope == crate::expr::Scope::Environment)
+                        .map(|r| r.name.clone())
+                        .collect(),
                 };
                 (p.name.clone(), plan)
             })
             .collect()
+    }
+
+    /// Whether every rule in `firing` (a decision's cause) judges the environment.
+    pub fn judges_the_environment(&self, firing: &[String]) -> bool {
+        !firing.is_empty() && firing.iter().all(|r| self.environment.contains(r))
     }
 }
 

@@ -130,6 +130,11 @@ pub struct RollbackStarted {
     /// (for the recovery time and the downtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue_since: Option<Timestamp>,
+    /// Every rule behind it judges the environment (`scope = "environment"`: an alert, a node,
+    /// a storage backend), not the deployed version: completing it does not make `version_from`
+    /// bad.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub environment: bool,
 }
 
 /// `rollback_finished`.

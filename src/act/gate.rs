@@ -175,6 +175,7 @@ mod tests {
             explanation: "e".into(),
             firing: vec![],
             approval_id: None,
+            environment: false,
         };
         state.apply(Timestamp(at), &Event::RollbackStarted(s)).unwrap();
         let f = RollbackFinished { rollback_id: id.into(), result, duration_ms: 1, version_to: None, error: None };

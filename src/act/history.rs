@@ -178,14 +178,10 @@ fn entry(state: &State, r: &super::state::Rollback) -> Entry {
         result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
         duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
         duration: finished.map(|f| human(crate::time::Span(f.duration_ms))),
-        steps: r
-            .steps_done
-            .iter()
-            .map(|s| {
-                let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
-                format!("{} {} {}: {ok}, {}", s.step, s.role, s.action, s.detail.as_deref().unwrap_or(""))
-            })
-            .collect(),
+        steps: {
+            let mut numbers = StepNumbers::default();
+            r.steps_done.iter().map(|s| numbers.line(s)).collect()
+        },
         root_cause: r.root_cause.clone(),
         error: finished.and_then(|f| f.error.clone()),
         approval_id: r.started.approval_id.clone(),
@@ -197,6 +193,23 @@ fn entry(state: &State, r: &super::state::Rollback) -> Entry {
             }
         }),
         timings: r.timings(),
+    }
+}
+
+/// Numbers a rollback's steps as people count them — 1, 2, … over the steps that ran (a `run`
+/// and its `verify` share a number) — where the journal numbers each by its place in the
+/// procedure, announcements included (the first `run` after an announcement is step 2 there).
+#[derive(Debug, Default)]
+pub struct StepNumbers(Vec<usize>);
+
+impl StepNumbers {
+    /// `1 run undo: ok, exit status 0`.
+    pub fn line(&mut self, s: &super::event::StepEvent) -> String {
+        if self.0.last() != Some(&s.step) {
+            self.0.push(s.step);
+        }
+        let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
+        format!("{} {} {}: {ok}, {}", self.0.len(), s.role, s.action, s.detail.as_deref().unwrap_or(""))
     }
 }
 

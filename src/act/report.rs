@@ -138,6 +138,7 @@ pub fn incident(
     let mut root_cause = None;
     let mut approved_by = None;
     let mut last_step_at = None;
+    let mut numbers = super::history::StepNumbers::default();
     for (at, e) in &events {
         match e {
             Event::ApprovalOpened(a) if Some(&a.approval_id) == started.approval_id.as_ref() => {
@@ -154,8 +155,7 @@ pub fn incident(
                 timeline.push(Moment { at: *at, what: format!("rollback {id} initiated{target}{level}") });
             }
             Event::StepFinished(s) if s.rollback_id == id => {
-                let ok = if s.ok == Some(true) { "ok" } else { "FAILED" };
-                let line = format!("{} {} {}: {ok}, {}", s.step, s.role, s.action, s.detail.as_deref().unwrap_or(""));
+                let line = numbers.line(s);
                 timeline.push(Moment { at: *at, what: format!("step {line}") });
                 steps.push(line);
                 last_step_at = Some(*at);

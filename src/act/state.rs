@@ -148,10 +148,15 @@ impl State {
                 r.open_steps.clear();
                 r.finished = Some((at, f.clone()));
                 let from = r.started.version_from.clone();
+                let environment = r.started.environment;
                 if f.result == RollbackResult::Completed
                     && let Some(v) = from
                 {
-                    self.versions.rolled_back(at, &v, &f.rollback_id);
+                    if environment {
+                        self.versions.restored_for_the_environment(at, &v, &f.rollback_id);
+                    } else {
+                        self.versions.rolled_back(at, &v, &f.rollback_id);
+                    }
                 }
             }
             Event::StepStarted(s) => {
@@ -349,6 +354,29 @@ mod tests {
         let (s, _) = State::restore(&lines);
         assert_eq!(s.versions.get("v2").map(|v| v.state), Some(VersionState::Bad));
         assert_eq!(s.versions.get("v1").map(|v| v.state), Some(VersionState::Good));
+    }
+
+    #[test]
+    fn a_rollback_for_the_environment_does_not_make_the_version_bad() {
+        let mut env = started("rb-1", "v2");
+        env["environment"] = json!(true);
+        let lines = vec![
+            line(1, "deploy", json!({"from": null, "to": "v1", "source": "first_sight"})),
+            line(2, "version_baked", json!({"version": "v1", "since": 1})),
+            line(3, "deploy", json!({"from": "v1", "to": "v2", "source": "version"})),
+            line(4, "version_baked", json!({"version": "v2", "since": 3})),
+            line(5, "rollback_started", env),
+            line(
+                6,
+                "rollback_finished",
+                json!({"rollback_id": "rb-1", "result": "completed", "duration_ms": 1, "version_to": "v1", "error": null}),
+            ),
+        ];
+        let (s, errors) = State::restore(&lines);
+        assert!(errors.is_empty(), "{errors:?}");
+        let v2 = s.versions.get("v2").unwrap();
+        assert_eq!(v2.state, VersionState::Good, "an alert about the environment is not v2's fault");
+        assert!(v2.evidence.last().unwrap().contains("for the environment"), "{:?}", v2.evidence);
     }
 
     #[test]

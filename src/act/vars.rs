@@ -6,6 +6,7 @@ use std::path::Path;
 use super::dispatch::Acting;
 use super::event::RollbackStarted;
 use super::gate::Start;
+use crate::rules::Outcome;
 use crate::template::Vars;
 use crate::template::messages::blank_vars;
 
@@ -51,12 +52,17 @@ pub fn rollback(acting: &Acting, r: &RollbackStarted) -> Vars {
     v
 }
 
-/// The values of an approval request: its id, and the exact commands that answer it.
-pub fn approval(acting: &Acting, s: &Start, id: &str, target: Option<&str>) -> Vars {
+/// The values of an approval request: its id, the decision's outcome (`consider`, or
+/// `rollback` in approve mode), the version it would roll back to, and the exact commands that
+/// answer it.
+pub fn approval(acting: &Acting, s: &Start, outcome: Option<Outcome>, id: &str, target: Option<&str>) -> Vars {
     let mut v = base(acting, s);
+    if let Some(o) = outcome {
+        v.insert("outcome".into(), o.to_string());
+    }
     v.insert("approval_id".into(), id.to_string());
     v.insert("expires_in".into(), crate::time::human(acting.policy.approval_timeout));
-    v.insert("target_version".into(), target.unwrap_or("unknown").to_string());
+    v.insert("target_version".into(), target.unwrap_or("none known").to_string());
     let (approve, reject) = answer_commands(&acting.config_path, id);
     v.insert("approve_command".into(), approve);
     v.insert("reject_command".into(), reject);

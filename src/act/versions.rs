@@ -216,6 +216,16 @@ impl Versions {
         self.retrack(version);
     }
 
+    /// A rollback from `version` for the environment's sake completed (every rule behind it
+    /// judges the environment): the version keeps its state — the fault was not its own.
+    pub fn restored_for_the_environment(&mut self, at: Timestamp, version: &str, rollback_id: &str) {
+        let v = self.entry(version, at);
+        v.evidence.push(format!(
+            "rolled back by {rollback_id} at {} for the environment (not its own fault: not marked bad)",
+            super::iso(at)
+        ));
+    }
+
     pub fn marked(&mut self, at: Timestamp, m: &VersionMarked) {
         let v = self.entry(&m.version, at);
         let state = match m.state {

@@ -167,7 +167,16 @@ pub fn notify(
     vars: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let (config, profiles) = match crate::act::deployment::load(config) {
+        Ok(loaded) => {
+            let profiles: Vec<String> = loaded.evaluator.profiles.iter().map(|p| p.name.clone()).collect();
+            (loaded.config, profiles)
+        }
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let spec = &config.acting;
     if spec.templates.get(template).is_none() {
         let hint = crate::diag::did_you_mean(template, spec.templates.names());
@@ -192,15 +201,37 @@ pub fn notify(
         }
         values.insert(k.to_string(), val.to_string());
     }
-    // Every value the template shows must be given: a message to people never says "unknown".
-    let given: Vec<&str> = vars.iter().filter_map(|v| v.split_once('=')).map(|(k, _)| k).collect();
+    // A note sent by hand belongs to no rollback or approval, and the config knows the rest of
+    // its context: those values need not be given.
+    let context = [
+        ("rollback_id", "none".to_string()),
+        ("approval_id", "none".to_string()),
+        ("profile", profiles.join(", ")),
+        ("mode", spec.policy.mode.to_string()),
+        ("stable_for", spec.policy.verify_stable.to_string()),
+        ("expires_in", crate::time::human(spec.policy.approval_timeout)),
+    ];
+    let mut given: Vec<&str> = vars.iter().filter_map(|v| v.split_once('=')).map(|(k, _)| k).collect();
+    for (k, v) in &context {
+        if !given.contains(k) {
+            values.insert(k.to_string(), v.clone());
+            given.push(k);
+        }
+    }
+    // Every other value the template shows must be given: a message to people never says
+    // "unknown" (an empty `--var NAME=` is given, and shows nothing).
     let text = spec.templates.get(template).unwrap_or_default();
     let mut missing: Vec<&str> =
         crate::template::placeholders(text).unwrap_or_default().into_iter().filter(|p| !given.contains(p)).collect();
     missing.dedup();
     if !missing.is_empty() {
         let example: Vec<String> = missing.iter().map(|m| format!("--var {m}=...")).collect();
-        writeln!(out, "template {template:?} shows {} not given: add {}", missing.join(", "), example.join(" "))?;
+        writeln!(
+            out,
+            "template {template:?} shows {} not given: add {} (or --var NAME= to leave one empty)",
+            missing.join(", "),
+            example.join(" ")
+        )?;
         return Ok(ExitCode::FAILURE);
     }
     let env = |var: &str| std::env::var(var).ok();

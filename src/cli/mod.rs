@@ -292,12 +292,30 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Who is at the keyboard, for `--by` (`$USER`, `$LOGNAME`, else `unknown`).
+/// Who is at the keyboard, for `--by`: `$USER`, `$LOGNAME`, else the process's user — its
+/// name in `/etc/passwd`, or `uid N` (a container's root has no `$USER`; no C call needed: the
+/// owner of `/proc/self` is the process's uid).
 fn user_name() -> String {
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    use std::os::unix::fs::MetadataExt;
+    if let Some(name) = ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
+    {
+        return name;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return "unknown".into() };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| passwd_name(&passwd, uid))
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// The name of `uid` in an `/etc/passwd` text (`name:x:uid:gid:...`).
+fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// A path segment, percent-encoded.
@@ -368,5 +386,16 @@ mod help_tests {
             }
         }
         assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+}
+
+#[cfg(test)]
+mod user_tests {
+    #[test]
+    fn a_uid_is_named_from_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
+        assert_eq!(super::passwd_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(super::passwd_name(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(super::passwd_name(passwd, 7), None);
     }
 }

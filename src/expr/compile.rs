@@ -11,6 +11,7 @@ use evalexpr::{DefaultNumericTypes, Node, Operator};
 use super::eval::{Cond, Num, Slots, Value};
 use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, Scope};
 use crate::diag::did_you_mean;
+use crate::template::Unit;
 use crate::time::Span;
 use crate::window::Store;
 
@@ -98,6 +99,9 @@ pub struct Compiler {
     call_slots: HashMap<(Scope, String), (usize, usize)>,
     /// The scope of the calls compiled next (set per signal and rule by the loader).
     pub scope: Scope,
+    /// What the value in a slot measures, where known: calls' units, and signals' as the loader
+    /// sets them ([`Compiler::set_unit`]).
+    units: HashMap<usize, Unit>,
 }
 
 impl Compiler {
@@ -115,6 +119,11 @@ impl Compiler {
     pub fn boolean_slot(&mut self) -> usize {
         self.trial.add(Value::Boolean(false));
         self.slots.add(Value::Boolean(false))
+    }
+
+    /// Records what the value in `slot` (a signal's) measures, for expressions that read it.
+    pub fn set_unit(&mut self, slot: usize, unit: Unit) {
+        self.units.insert(slot, unit);
     }
 
     /// The longest reach of any call compiled so far: the store's retention.
@@ -309,6 +318,9 @@ impl Compiler {
                     None => {
                         let slot = self.number_slot();
                         self.call_slots.insert(key, (slot, self.calls.len()));
+                        if let Some(unit) = spec.unit() {
+                            self.units.insert(slot, unit);
+                        }
                         self.calls.push((spec, slot, self.scope));
                         (slot, self.calls.len() - 1)
                     }
@@ -542,16 +554,79 @@ impl Compiled {
 
     /// The left side of the first comparison: a rule's default value for its messages.
     pub fn comparison_left(&self) -> Option<Num> {
-        fn find(node: &Node) -> Option<&Node> {
-            match node.operator() {
-                Operator::Gt | Operator::Lt | Operator::Geq | Operator::Leq | Operator::Eq | Operator::Neq => {
-                    node.children().first()
-                }
-                _ => node.children().iter().find_map(find),
+        let left = comparison_left(&self.node)?;
+        Some(Num { node: left.clone(), inputs: inputs_of(left) })
+    }
+
+    /// What this numeric expression measures, as far as its structure tells (`None`: it does
+    /// not say): a call's or signal's unit, kept through `+`, `-`, `min`/`max` of one unit and
+    /// scaling a time or a count by a constant (`1.5 * p99` is a time; `100 * ratio` is no
+    /// longer a share).
+    pub fn unit(&self, compiler: &Compiler) -> Option<Unit> {
+        unit_of(&self.node, &compiler.units)
+    }
+
+    /// What the left side of the first comparison measures (a rule's default value).
+    pub fn comparison_left_unit(&self, compiler: &Compiler) -> Option<Unit> {
+        unit_of(comparison_left(&self.node)?, &compiler.units)
+    }
+}
+
+fn comparison_left(node: &Node) -> Option<&Node> {
+    match node.operator() {
+        Operator::Gt | Operator::Lt | Operator::Geq | Operator::Leq | Operator::Eq | Operator::Neq => {
+            node.children().first()
+        }
+        _ => node.children().iter().find_map(comparison_left),
+    }
+}
+
+/// The unit of a rewritten numeric tree (see [`Compiled::unit`]).
+fn unit_of(node: &Node, units: &HashMap<usize, Unit>) -> Option<Unit> {
+    let kids = node.children();
+    fn is_const(n: &Node) -> bool {
+        match n.operator() {
+            Operator::Const { .. } => true,
+            Operator::VariableIdentifierRead { .. } | Operator::FunctionIdentifier { .. } => false,
+            _ => n.children().iter().all(is_const),
+        }
+    }
+    let same = |list: &[Node]| -> Option<Unit> {
+        let mut found = None;
+        for n in list.iter().filter(|n| !is_const(n)) {
+            let u = unit_of(n, units)?;
+            if found.is_some_and(|f| f != u) {
+                return None;
+            }
+            found = Some(u);
+        }
+        found
+    };
+    match node.operator() {
+        Operator::RootNode | Operator::Neg if kids.len() == 1 => unit_of(&kids[0], units),
+        Operator::VariableIdentifierRead { identifier } => {
+            units.get(&identifier.strip_prefix("__slot")?.parse().ok()?).copied()
+        }
+        Operator::Add | Operator::Sub if kids.len() == 2 => same(kids),
+        Operator::Mul | Operator::Div if kids.len() == 2 => {
+            let scaled = match (is_const(&kids[0]), is_const(&kids[1])) {
+                (true, false) if matches!(node.operator(), Operator::Mul) => &kids[1],
+                (false, true) => &kids[0],
+                _ => return None,
+            };
+            unit_of(scaled, units).filter(|u| *u != Unit::Share)
+        }
+        Operator::FunctionIdentifier { identifier } if identifier == "min" || identifier == "max" => {
+            let mut inner = kids.first()?;
+            while matches!(inner.operator(), Operator::RootNode) && inner.children().len() == 1 {
+                inner = &inner.children()[0];
+            }
+            match inner.operator() {
+                Operator::Tuple => same(inner.children()),
+                _ => unit_of(inner, units),
             }
         }
-        let left = find(&self.node)?;
-        Some(Num { node: left.clone(), inputs: inputs_of(left) })
+        _ => None,
     }
 }
 
@@ -608,6 +683,29 @@ mod tests {
         slots.set_number(a.to_num().inputs[0], Some(1.0));
         // 3/4 is 0.75 with floats (integer division would give 0).
         assert_eq!(b.to_cond().eval(&slots), super::super::eval::Truth::True);
+    }
+
+    #[test]
+    fn units_follow_the_expression() {
+        let mut c = Compiler::new();
+        let p99 = c.number_slot();
+        c.set_unit(p99, Unit::Seconds);
+        let sig = HashMap::from([("p99".to_string(), p99)]);
+        let rules = HashMap::new();
+        let n = names(&sig, &rules);
+        let mut unit = |text: &str| c.compile(text, &n, Expected::Number).unwrap().unit(&c);
+        assert_eq!(unit(r#"quantile(0.99, "http_request_duration_seconds_bucket", "1m")"#), Some(Unit::Seconds));
+        assert_eq!(unit(r#"ratio("e_total", "t_total", "1m")"#), Some(Unit::Share));
+        assert_eq!(unit(r#"100 * ratio("e_total", "t_total", "1m")"#), None, "a percentage is no share");
+        assert_eq!(unit(r#"rate("errors_total", "1m")"#), Some(Unit::Plain), "per second, not a share");
+        assert_eq!(unit(r#"down_for("api")"#), Some(Unit::Seconds));
+        assert_eq!(unit(r#"max_over("node_memory_ratio", "1m")"#), Some(Unit::Share));
+        assert_eq!(unit("1.5 * p99"), Some(Unit::Seconds));
+        assert_eq!(unit("p99 - 0.1"), Some(Unit::Seconds));
+        assert_eq!(unit(r#"max(p99, down_for("api"))"#), Some(Unit::Seconds));
+        assert_eq!(unit("p99 / p99"), None, "a quotient of times is no time");
+        let cond = c.compile("p99 > 1.5 * p99", &n, Expected::Boolean).unwrap();
+        assert_eq!(cond.comparison_left_unit(&c), Some(Unit::Seconds));
     }
 
     #[test]

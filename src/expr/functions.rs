@@ -3,6 +3,7 @@
 //! they are parsed once, into a [`Call`] holding registered selector ids and spans.
 
 use crate::selector::Selector;
+use crate::template::Unit;
 use crate::time::Timestamp;
 use crate::time::{Span, parse_duration};
 use crate::window::{At, LOOKBACK, Over, SelectorId, Store};
@@ -333,6 +334,20 @@ impl CallOf<Selector> {
             | CallOf::Quantile { window, offset, .. } => windowed(*window, *offset),
             CallOf::Last { offset, .. } => Span(offset.reach().0 + LOOKBACK.0),
             CallOf::Up { .. } | CallOf::DownFor { .. } => LOOKBACK,
+        }
+    }
+
+    /// What the call's value measures, when the function says (`ratio`: a share, `down_for`: a
+    /// time, `rate`: a count per second) or the series it reads do (`quantile` of
+    /// `…_seconds_bucket`, `max_over` of a `…_seconds` gauge); `None` when neither does.
+    pub fn unit(&self) -> Option<Unit> {
+        let named = |sel: &Selector| sel.name.as_deref().map(|n| Unit::of(n.strip_suffix("_bucket").unwrap_or(n)));
+        match self {
+            CallOf::Ratio { .. } => Some(Unit::Share),
+            CallOf::DownFor { .. } => Some(Unit::Seconds),
+            CallOf::Rate { .. } | CallOf::Increase { .. } | CallOf::Up { .. } => Some(Unit::Plain),
+            CallOf::Over { how: Over::Count, .. } => Some(Unit::Plain),
+            CallOf::Over { sel, .. } | CallOf::Last { sel, .. } | CallOf::Quantile { sel, .. } => named(sel),
         }
     }
 

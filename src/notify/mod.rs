@@ -358,7 +358,7 @@ async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Res
                 if let Some(j) = &inner.journal {
                     // A fallback's delivery says whose message it carried.
                     let fallback_for = (channel.name != first).then_some(first);
-                    j.note(now, "notified", &serde_json::json!({"channel": channel.name, "template": template, "attempts": attempts, "rollback_id": vars.get("rollback_id"), "fallback_for": fallback_for}));
+                    j.note(now, "notified", &serde_json::json!({"channel": channel.name, "template": template, "attempts": attempts, "rollback_id": id_of(vars, "rollback_id"), "fallback_for": fallback_for}));
                 }
                 return Ok(Delivery { channel: channel.name.clone(), attempts: *attempts });
             }
@@ -368,7 +368,7 @@ async fn deliver(inner: &Inner, first: &str, template: &str, vars: &Vars) -> Res
                     j.note(
                         now,
                         "notify_failed",
-                        &serde_json::json!({"channel": channel.name, "template": template, "error": e.to_string(), "rollback_id": vars.get("rollback_id")}),
+                        &serde_json::json!({"channel": channel.name, "template": template, "error": e.to_string(), "rollback_id": id_of(vars, "rollback_id")}),
                     );
                 }
                 match &channel.fallback {
@@ -427,7 +427,13 @@ async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Va
 /// What a message is about: the approval that started it, else the rollback (their messages
 /// form one thread).
 fn incident(vars: &Vars) -> Option<&str> {
-    ["approval_id", "rollback_id"].iter().filter_map(|k| vars.get(*k)).map(String::as_str).find(|v| *v != "unknown")
+    id_of(vars, "approval_id").or_else(|| id_of(vars, "rollback_id"))
+}
+
+/// An id the message carries (`rb-3`, `ap-1`); none when it reads `unknown` or `none` (a message
+/// about no rollback): journalled as null, never as a rollback called "unknown".
+fn id_of<'a>(vars: &'a Vars, key: &str) -> Option<&'a str> {
+    vars.get(key).map(String::as_str).filter(|v| !matches!(*v, "unknown" | "none" | ""))
 }
 
 async fn send_once(

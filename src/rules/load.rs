@@ -13,6 +13,7 @@ use super::{Evaluator, Profile, Rule, Signal, Threshold};
 use crate::config::LoadedProfile;
 use crate::diag::{Checker, Diagnostic, Diagnostics, SourceFile};
 use crate::expr::{Compiled, Compiler, Expected, Names, Scope};
+use crate::template::Unit;
 use crate::time::Span;
 use crate::window::Store;
 
@@ -302,9 +303,12 @@ fn compile_signals(
         Ok(order) => {
             for i in order {
                 let (name, _, c) = &compiled_signals[i];
-                // In dependency order: the signals it reads already know their calls.
+                // In dependency order: the signals it reads already know their calls and units.
                 let calls = calls_through(&c.calls_read, &c.signals_read, &signals);
+                let unit = c.unit(compiler).unwrap_or_else(|| Unit::of(name));
+                compiler.set_unit(signal_slots[pi][name], unit);
                 signals.push(Signal {
+                    unit,
                     name: name.clone(),
                     slot: signal_slots[pi][name],
                     num: c.to_num(),
@@ -369,9 +373,15 @@ fn compile_rules(
         compiler.scope = scope;
         let when = compiled(ctx, compiler, &raw.when, &rule_names, Expected::Boolean, &item);
         let value_names = Names { what: "a rule value", ..rule_names };
-        let value = match &raw.value {
-            Some(v) => compiled(ctx, compiler, v, &value_names, Expected::Number, &item).map(|c| Some(c.to_num())),
-            None => Some(when.as_ref().and_then(Compiled::comparison_left)),
+        let (value, unit) = match &raw.value {
+            Some(v) => match compiled(ctx, compiler, v, &value_names, Expected::Number, &item) {
+                Some(c) => (Some(Some(c.to_num())), c.unit(compiler)),
+                None => (None, None),
+            },
+            None => (
+                Some(when.as_ref().and_then(Compiled::comparison_left)),
+                when.as_ref().and_then(|w| w.comparison_left_unit(compiler)),
+            ),
         };
         let for_ = match &raw.for_ {
             Some(f) => ctx.positive_duration(f, Some(&item), "for").unwrap_or(Span::ZERO),
@@ -429,6 +439,7 @@ fn compile_rules(
             .filter_map(|(slot, cmp, value)| Some(Threshold { signal: by_slot.get(&slot)?.to_string(), cmp, value }))
             .collect();
         rules.push(Rule {
+            unit: unit.unwrap_or_else(|| Unit::of(&name)),
             thresholds,
             name,
             profile: pi,

@@ -39,6 +39,8 @@ pub struct Signal {
     pub span: Range<usize>,
     /// Index of its profile.
     pub profile: usize,
+    /// What its values measure, from its expression (else its name): how people are shown them.
+    pub unit: crate::template::Unit,
 }
 
 /// A compiled rule.
@@ -50,6 +52,8 @@ pub struct Rule {
     pub cond: Cond,
     /// What its messages report: `value = '...'`, else the left side of its first comparison.
     pub value: Option<Num>,
+    /// What that value measures, from its expression (else the rule's name).
+    pub unit: crate::template::Unit,
     pub timing: Timing,
     pub severity: String,
     pub summary: Option<String>,

@@ -13,6 +13,7 @@ use crate::selector::escape_label_value;
 use crate::source::alertmanager::Alerts;
 use crate::source::exposition::format_value;
 use crate::source::{Observation, Target, TargetSeries};
+use crate::template::Unit;
 use crate::time::Timestamp;
 
 /// The buckets of the rollback timing histograms, in seconds.
@@ -59,8 +60,16 @@ pub struct TargetStatus {
 pub struct RuleStatus {
     pub name: String,
     pub profile: String,
+    /// The state it holds (`inactive`, `pending`, `firing`); see `unknown`.
     pub state: String,
+    /// Its condition could not be decided this tick (inputs without data, `on_no_data = "keep"`):
+    /// `state` is only what it holds meanwhile.
+    pub unknown: bool,
+    /// The signals it reads that have no data now.
+    pub no_data: Vec<String>,
     pub value: Option<f64>,
+    /// What `value` measures (`share`, `seconds`, `plain`).
+    pub unit: Unit,
     pub severity: String,
     /// Pending or firing since (none while inactive).
     pub since: Option<Timestamp>,
@@ -81,6 +90,9 @@ pub struct Snapshot {
     pub signal_history: BTreeMap<String, VecDeque<Option<f64>>>,
     /// Per signal, the rules comparing it with a constant: rule, comparison, constant.
     pub thresholds: BTreeMap<String, Vec<(String, String, f64)>>,
+    /// What each signal measures (`share`, `seconds`, `plain`): values stay raw here, the page
+    /// shows them as percentages and durations.
+    pub units: BTreeMap<String, Unit>,
     pub rules: Vec<RuleStatus>,
     /// Current decision per profile.
     pub decisions: Vec<Decision>,
@@ -130,8 +142,10 @@ impl Snapshot {
             targets.iter().map(|t| TargetStatus { name: t.name.clone(), ..TargetStatus::default() }).collect();
     }
 
-    /// The thresholds of `ev`'s rules (at start and after a reload: they change with the profiles).
+    /// The thresholds of `ev`'s rules and its signals' units (at start and after a reload: they
+    /// change with the profiles).
     pub fn watch_thresholds(&mut self, ev: &Evaluator) {
+        self.units = ev.signals.iter().map(|s| (s.name.clone(), s.unit)).collect();
         self.thresholds = ev
             .thresholds_by_signal()
             .into_iter()
@@ -192,13 +206,25 @@ impl Snapshot {
                 history.pop_front();
             }
         }
+        let unknown: std::collections::HashSet<&str> =
+            tick.decisions.iter().flat_map(|d| d.unknown.iter().map(String::as_str)).collect();
+        let signals = &self.signals;
         self.rules = ev
             .rule_states()
             .map(|(r, state, value)| RuleStatus {
                 name: r.name.clone(),
                 profile: ev.profiles[r.profile].name.clone(),
                 state: state.phase().to_string(),
+                unknown: unknown.contains(r.name.as_str()),
+                no_data: r
+                    .reads
+                    .iter()
+                    .filter_map(|read| read.strip_prefix("signal:"))
+                    .filter(|s| signals.get(*s).is_some_and(|v| v.is_none_or(|v| !v.is_finite())))
+                    .map(str::to_string)
+                    .collect(),
                 value,
+                unit: r.unit,
                 severity: r.severity.clone(),
                 since: match state {
                     crate::rules::state::RuleState::Inactive => None,
@@ -439,7 +465,10 @@ mod tests {
                 name: "r".into(),
                 profile: "p".into(),
                 state: "firing".into(),
+                unknown: false,
+                no_data: vec![],
                 value: None,
+                unit: Unit::Plain,
                 severity: "critical".into(),
                 since: None,
                 coverage: vec![],

@@ -18,7 +18,7 @@ h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.4em;border-bottom:1px solid #
 table{border-collapse:collapse;width:100%;font-size:.92em}td,th{text-align:left;padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top}\
 .verdict{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:bold}\
 .rollback{background:#c0392b}.consider{background:#d68910}.monitor{background:#27ae60}\
-.firing{color:#c0392b;font-weight:bold}.pending{color:#b7950b;font-weight:bold}.down{color:#c0392b;font-weight:bold}\
+.firing{color:#c0392b;font-weight:bold}.pending{color:#b7950b;font-weight:bold}.unknown{color:#7f8c8d;font-weight:bold}.down{color:#c0392b;font-weight:bold}\
 .alert{background:#fdecea;border:1px solid #c0392b;padding:6px 10px;border-radius:4px}code{background:#f4f4f4;padding:1px 4px}\
 @media (max-width:600px){td,th{padding:2px 3px}.wide{display:none}}";
 
@@ -106,8 +106,11 @@ impl Snapshot {
         // Verdicts.
         p.push_str("<h2>Verdict</h2><table id=\"decisions\">");
         for d in &self.decisions {
-            let values: Vec<String> =
-                d.firing.iter().map(|r| format!("{} = {}", esc(&r.rule), esc(&show(&r.rule, r.value)))).collect();
+            let values: Vec<String> = d
+                .firing
+                .iter()
+                .map(|r| format!("{} = {}", esc(&r.rule), esc(&self.rule_value(&r.rule, r.value))))
+                .collect();
             let _ = write!(
                 p,
                 "<tr><td><b>{}</b></td><td><span class=\"verdict {o}\">{o}</span>{}</td><td>{}{}{}</td></tr>",
@@ -131,7 +134,7 @@ impl Snapshot {
         // Signals with sparklines.
         p.push_str("<h2>Signals</h2><table id=\"signals\"><tr><th>signal</th><th>now</th><th>recent</th><th class=\"wide\">thresholds</th></tr>");
         for (name, value) in &self.signals {
-            let unit = Unit::of(name);
+            let unit = self.unit(name);
             let history =
                 self.signal_history.get(name).map(|h| h.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
             let thresholds = self.thresholds.get(name).map(Vec::as_slice).unwrap_or_default();
@@ -155,13 +158,24 @@ impl Snapshot {
         for r in &self.rules {
             let coverage: String =
                 r.coverage.iter().map(|c| format!("<br><small>{}</small>", esc(&c.to_string()))).collect();
+            // Unknown is said as unknown: the state it holds meanwhile is not a verdict.
+            let state = if r.unknown {
+                let missing = if r.no_data.is_empty() {
+                    String::new()
+                } else {
+                    format!(", no data for {}", esc(&r.no_data.join(", ")))
+                };
+                format!("<td class=\"unknown\">unknown <small>(holds {}{missing})</small></td>", esc(&r.state))
+            } else {
+                format!("<td class=\"{s}\">{s}</td>", s = esc(&r.state))
+            };
             let _ = write!(
                 p,
-                "<tr><td>{}{coverage}</td><td class=\"{s}\">{s}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"rule\" data-rule=\"{}\"><td>{}{coverage}</td>{state}<td>{}</td><td>{}</td></tr>",
+                esc(&r.name),
                 esc(&r.name),
                 r.since.map(|t| ago(now, t)).unwrap_or_default(),
-                show(&r.name, r.value),
-                s = esc(&r.state),
+                esc(&r.value.map(|v| r.unit.show(v)).unwrap_or_else(|| "no data".into())),
             );
         }
         p.push_str("</table>");
@@ -273,6 +287,21 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What a signal measures (its name's guess when the profile did not say).
+    fn unit(&self, signal: &str) -> Unit {
+        self.units.get(signal).copied().unwrap_or_else(|| Unit::of(signal))
+    }
+
+    /// A rule's value as people read it, in the rule's unit.
+    fn rule_value(&self, rule: &str, value: Option<f64>) -> String {
+        match self.rules.iter().find(|r| r.name == rule) {
+            Some(r) => value.map(|v| r.unit.show(v)).unwrap_or_else(|| "no data".into()),
+            None => show(rule, value),
+        }
+    }
+}
+
 /// An inline SVG sparkline of `values` (gaps where there was no data), with the thresholds as
 /// dashed lines.
 fn sparkline(values: &[Option<f64>], thresholds: &[(String, String, f64)]) -> String {
@@ -282,8 +311,9 @@ fn sparkline(values: &[Option<f64>], thresholds: &[(String, String, f64)]) -> St
     let mut out = format!(
         "<svg class=\"sparkline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\">"
     );
-    if known.is_empty() {
-        out.push_str("</svg>");
+    // Nothing seen: said, not an empty box (or thresholds over nothing).
+    if values.iter().all(Option::is_none) {
+        let _ = write!(out, "<text x=\"2\" y=\"20\" font-size=\"11\" fill=\"#7f8c8d\">no data</text></svg>");
         return out;
     }
     let lo = known.iter().copied().fold(f64::INFINITY, f64::min);

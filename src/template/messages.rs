@@ -1,6 +1,7 @@
 //! The notification templates, worded after runbook 004's messages: `rollback_in_progress`,
 //! `rollback_complete`, `rollback_failed`, `rollback_approval_needed` and `escalation` (plus
-//! `rollback_suppressed` and `blind`), each overridable in `[templates]` of `rollwatch.toml`.
+//! `approval_granted`, `approval_rejected`, `rollback_suppressed` and `blind`), each
+//! overridable in `[templates]` of `rollwatch.toml`.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,8 @@ pub const VARS: &[&str] = &[
     "approve_command",
     "reject_command",
     "stable_for",
+    "by",
+    "rejection",
 ];
 
 /// The shipped wording.
@@ -52,7 +55,15 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ),
     (
         "rollback_approval_needed",
-        "⚠️ ROLLBACK APPROVAL NEEDED\n\nIssue: {{reason}}\nProfile: {{profile}} at {{version_from}}\nDecision: {{explanation}}\n\nApprove within {{expires_in}}: {{approve_command}}\nReject: {{reject_command}}",
+        "⚠️ ROLLBACK APPROVAL NEEDED\n\nIssue: {{reason}}\nProfile: {{profile}} at {{version_from}}\nRollback to: {{target_version}}\nDecision: {{explanation}}\n\nApprove within {{expires_in}}: {{approve_command}}\nReject: {{reject_command}}",
+    ),
+    (
+        "approval_granted",
+        "✅ ROLLBACK APPROVED by {{by}} ({{approval_id}})\n\nProfile: {{profile}} from {{version_from}} to {{target_version}}\nIssue: {{reason}}",
+    ),
+    (
+        "approval_rejected",
+        "✋ ROLLBACK REJECTED by {{by}} ({{approval_id}}): {{rejection}}\n\nProfile: {{profile}} stays at {{version_from}}\nIssue: {{reason}}\nNot asked again for {{version_from}} until the decision clears or the version changes.",
     ),
     (
         "escalation",

@@ -115,9 +115,11 @@ pub fn show(name: &str, value: Option<f64>) -> String {
     value.map(|v| Unit::of(name).show(v)).unwrap_or_else(|| "no data".into())
 }
 
-/// What a named value measures, guessed from its name: `error_rate`/`memory_ratio` are shares,
-/// `*_seconds`/`latency`/`duration` are times; the rest are plain numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a value measures. [`Unit::of`] guesses it from a name (`error_rate`/`memory_ratio` are
+/// shares, `*_seconds`/`latency`/`duration` are times, the rest plain numbers); a profile's
+/// compiler knows better from the expression (`quantile` of a `_seconds` histogram is a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Unit {
     Share,
     Seconds,
@@ -137,12 +139,13 @@ impl Unit {
         }
     }
 
-    /// `v` as a person reads it: a share as a percentage (`7.92%`), seconds as a time
-    /// (`350ms`, `1.25s`), anything else with at most 4 decimals.
+    /// `v` as a person reads it: a share as a percentage (`7.92%`), seconds as a duration
+    /// (`350ms`, `1.25s`, `2m 30s`), anything else with at most 4 decimals.
     pub fn show(self, v: f64) -> String {
         match self {
             Unit::Share if (0.0..=1.0).contains(&v) => format!("{}%", short((v * 100.0 * 100.0).round() / 100.0)),
             Unit::Seconds if (0.0..1.0).contains(&v) => format!("{}ms", short((v * 1000.0).round())),
+            Unit::Seconds if (60.0..1e12).contains(&v) => crate::time::human(crate::time::Span((v * 1000.0) as i64)),
             Unit::Seconds if v.is_finite() && v >= 0.0 => format!("{}s", short((v * 100.0).round() / 100.0)),
             _ => short(v),
         }
@@ -177,6 +180,8 @@ mod tests {
         assert_eq!(Unit::of("error_rate").show(0.07916666666666666), "7.92%");
         assert_eq!(Unit::of("p99_latency_seconds").show(0.35), "350ms");
         assert_eq!(Unit::of("request_duration").show(1.2549), "1.25s");
+        assert_eq!(Unit::Seconds.show(150.0), "2m 30s");
+        assert_eq!(Unit::Seconds.show(0.0247), "25ms");
         assert_eq!(Unit::of("memory_used").show(1234.56789), "1234.5679");
         assert_eq!(Unit::of("error_rate").show(3.0), "3", "not a share: plain");
     }

@@ -73,6 +73,7 @@ impl Harness {
             rules: vec!["errors".into(), "down".into()],
             labels: BTreeMap::new(),
             reads: vec![("errors".into(), vec!["signal:error_rate".into()]), ("down".into(), vec!["up".into()])],
+            environment: vec![],
         };
         let clock = Arc::new(ManualClock::starting_at(Timestamp(START)));
         let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);

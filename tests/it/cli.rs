@@ -218,6 +218,7 @@ url = "ftp://x"
 #[test]
 fn config_that_cannot_work_is_refused_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state").display().to_string();
     let long = format!("{}1{} > 0", "(".repeat(100_000), ")".repeat(100_000));
     let deep = format!("{}1{} > 0", "(".repeat(1000), ")".repeat(1000));
     let bangs = format!("{}true", "!".repeat(1000));
@@ -254,9 +255,8 @@ then = "rollback"
     let config = write(
         dir.path(),
         "rollwatch.toml",
-        r#"profiles = ["p.toml"]
-state_dir = "state"
-eval_interval = "0s"
+        format!("profiles = [\"p.toml\"]\nstate_dir = {state:?}\n")
+            + r#"eval_interval = "0s"
 
 [[target]]
 name = "svc"
@@ -308,7 +308,9 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "svc.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"svc\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!(
+            "profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"svc\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n"
+        ),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -322,7 +324,9 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "slow.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\neval_interval = \"2m\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!(
+            "profiles = [\"ok.toml\"]\nstate_dir = {state:?}\neval_interval = \"2m\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n"
+        ),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
@@ -332,12 +336,14 @@ to = ["oncall@example.com"]
     let config = write(
         dir.path(),
         "am.toml",
-        "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:1/\"\n",
+        format!(
+            "profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"api\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:1/\"\n"
+        ),
     );
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("am.toml:5:8: target \"api\": there is no alertmanager target"), "{out}");
-    let config = write(dir.path(), "zero.toml", "profiles = [\"/dev/zero\"]\nstate_dir = \"state\"\n");
+    let config = write(dir.path(), "zero.toml", format!("profiles = [\"/dev/zero\"]\nstate_dir = {state:?}\n"));
     let (code, out, _) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/dev/zero: not a regular file"), "{out}");
@@ -349,8 +355,12 @@ to = ["oncall@example.com"]
 #[test]
 fn the_ha_section_is_checked_with_its_places() {
     let dir = tempfile::tempdir().unwrap();
+    // Every path under the test's own folder: `rollwatch` runs in the repository root.
+    let state = dir.path().join("state").display().to_string();
     write(dir.path(), "ok.toml", PROFILE);
-    let head = "profiles = [\"ok.toml\"]\nstate_dir = \"state\"\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n";
+    let head = format!(
+        "profiles = [\"ok.toml\"]\nstate_dir = {state:?}\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/\"\n"
+    );
     let bad = write(
         dir.path(),
         "bad.toml",
@@ -499,8 +509,10 @@ fn replay_plots_every_shipped_fixture() {
                 fixture.display(),
                 chart.attribute("data-signal")
             );
-            assert_eq!(chart.descendants().filter(|n| n.attribute("class") == Some("legend")).count(), 1);
-            assert!(chart.descendants().filter(|n| n.attribute("class") == Some("x-tick")).count() >= 2);
+            if !empty {
+                assert_eq!(chart.descendants().filter(|n| n.attribute("class") == Some("legend")).count(), 1);
+                assert!(chart.descendants().filter(|n| n.attribute("class") == Some("x-tick")).count() >= 2);
+            }
         }
         assert!(class("decision") >= 1, "{}: no decision marker", fixture.display());
         let has_deploy = std::fs::read_to_string(fixture).unwrap().contains("[[deploy]]");
@@ -515,4 +527,104 @@ fn replay_plots_every_shipped_fixture() {
         assert_eq!(std::fs::read_to_string(&svg).unwrap(), text, "{}: not deterministic", fixture.display());
     }
     assert!(thresholds > 0 && spans > 0 && deploys > 0, "thresholds {thresholds}, spans {spans}, deploys {deploys}");
+}
+
+/// Issue 19, item 11 (plots): two rules on one signal with the same threshold, both pending and
+/// firing at once, two deploys 15 s apart and a signal that never has data. Each rule shades its
+/// own lane (no pending/firing band lies over another rule's, so no colour blends), no label
+/// prints over another, and the signal without data is one line saying so — not an empty chart.
+#[test]
+fn replay_plots_keep_labels_apart_and_bands_unblended_and_say_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.toml",
+        r#"
+[signals]
+error_rate = 'ratio("http_requests_total{code=~\"5..\"}", "http_requests_total", "1m")'
+p99 = 'quantile(0.99, "latency_seconds_bucket", "1m")'
+
+[[rule]]
+name = "errors-high"
+when = 'error_rate > 0.05'
+
+[[rule]]
+name = "errors-elevated"
+when = 'error_rate >= 0.05'
+for = "1m"
+
+[[rule]]
+name = "slow"
+when = 'p99 > 0.5'
+
+[[decide]]
+ask = "high?"
+if = 'firing("errors-high")'
+then = "rollback"
+
+[[decide]]
+ask = "elevated?"
+if = 'firing("errors-elevated") || firing("slow")'
+then = "consider"
+"#,
+    );
+    let fixture = write(
+        dir.path(),
+        "f.toml",
+        "profiles = [\"p.toml\"]\ninterval = \"15s\"\n[series]\n'http_requests_total{code=\"500\"}' = \"0+20x40\"\n'http_requests_total{code=\"200\"}' = \"0+180x40\"\n[[deploy]]\nat = \"5m\"\nversion = \"v2\"\n[[deploy]]\nat = \"5m15s\"\nversion = \"v3\"\n",
+    );
+    let svg = dir.path().join("plot.svg");
+    let (code, out, err) = rollwatch(&["replay", fixture.to_str().unwrap(), "--svg", svg.to_str().unwrap()]);
+    assert!(out.contains("plot written to"), "{out}{err} ({code})");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let chart = |signal: &str| {
+        doc.descendants()
+            .find(|n| n.attribute("class") == Some("chart") && n.attribute("data-signal") == Some(signal))
+            .unwrap_or_else(|| panic!("no chart for {signal}: {text}"))
+    };
+    let num = |n: roxmltree::Node, a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+
+    // Bands: of two different rules, none overlaps another in area.
+    let rates = chart("error_rate");
+    let bands: Vec<_> = rates
+        .descendants()
+        .filter(|n| matches!(n.attribute("class"), Some("pending" | "firing")))
+        .map(|n| (n.attribute("data-rule").unwrap(), num(n, "x"), num(n, "y"), num(n, "width"), num(n, "height")))
+        .collect();
+    let rules: std::collections::BTreeSet<_> = bands.iter().map(|b| b.0).collect();
+    assert_eq!(rules.len(), 2, "both rules shaded: {bands:?}");
+    for a in &bands {
+        for b in bands.iter().filter(|b| b.0 != a.0) {
+            let apart = a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1 || a.2 + a.4 <= b.2 + 0.01 || b.2 + b.4 <= a.2 + 0.01;
+            assert!(apart, "{a:?} lies over {b:?}");
+        }
+    }
+    // Labels: no two share a line where they run side by side (6.2 px a character is wider than
+    // the 11 px sans-serif's average, so an overlap here is an overlap on screen).
+    let labels: Vec<_> = rates
+        .descendants()
+        .filter(|n| n.attribute("class").is_some_and(|c| c.ends_with("-label")))
+        .map(|n| {
+            let width = 6.2 * n.text().unwrap().chars().count() as f64;
+            let x = num(n, "x");
+            let x0 = if n.attribute("text-anchor") == Some("end") { x - width } else { x };
+            (n.text().unwrap().to_string(), x0, x0 + width, num(n, "y"))
+        })
+        .collect();
+    for want in ["deploy v2", "deploy v3", "errors-high > 5%", "errors-elevated >= 5%"] {
+        assert!(labels.iter().any(|l| l.0.contains(want)), "no label {want:?}: {labels:?}");
+    }
+    for (i, a) in labels.iter().enumerate() {
+        for b in &labels[i + 1..] {
+            let side_by_side = a.1 < b.2 && b.1 < a.2;
+            assert!(!side_by_side || (a.3 - b.3).abs() >= 11.0, "{a:?} prints over {b:?}");
+        }
+    }
+    // No data: said on one line, no axes, legend or thresholds drawn around nothing.
+    let p99 = chart("p99");
+    assert!(p99.descendants().any(|n| n.attribute("class") == Some("no-data")), "{text}");
+    for empty in ["axes", "legend", "threshold", "series", "y-tick"] {
+        assert!(!p99.descendants().any(|n| n.attribute("class") == Some(empty)), "{empty} in the no-data chart");
+    }
 }

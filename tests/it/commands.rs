@@ -103,7 +103,8 @@ async fn approve_pause_silence_history_and_annotate() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(" profile v2 → v2, completed in "), "{out}");
     assert!(out.contains(": Is system down (down = 0)"), "{out}");
-    assert!(out.contains("step 2 run undo: ok, exit status 0"), "{out}");
+    assert!(out.contains("step 1 run undo: ok, exit status 0"), "{out}");
+    assert!(!out.contains("step 2"), "one step ran, numbered 1: {out}");
     let rb = out.split_whitespace().next().unwrap().to_string();
     let (code, out) = run(&["annotate", "-c", c, "rb-404", "--root-cause", "x"]);
     assert_eq!(code, 1);

@@ -17,7 +17,7 @@ async fn the_demo_rolls_back_verifies_and_completes() {
     assert!(text.contains("Duration: "), "{text}");
     // The steps ran against the simulation: its rollback endpoint answered, and the history says so.
     assert!(text.contains("history: rb-1 solvereign v1.2.4 → v1.2.3, completed"), "{text}");
-    assert!(text.contains("step 2 run undo: ok, HTTP 200"), "{text}");
+    assert!(text.contains("step 1 run undo: ok, HTTP 200"), "{text}");
     let announce = text.find("ROLLBACK IN PROGRESS").unwrap();
     let complete = text.find("ROLLBACK COMPLETE").unwrap();
     assert!(announce < complete, "{text}");

@@ -344,9 +344,38 @@ async fn the_notify_command_sends_a_template_with_values() {
     .await
     .unwrap();
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("template \"escalation\" shows finding,"), "{stdout}");
+    assert!(stdout.contains("template \"escalation\" shows finding, response not given"), "{stdout}");
     assert!(stdout.contains("--var finding=..."), "{stdout}");
+    assert!(!stdout.contains("rollback_id") && !stdout.contains("profile"), "the context is not asked for: {stdout}");
     assert_eq!(seen.lock().unwrap().requests.len(), 1, "nothing sent");
+    // Issue 19, item 11: an ad-hoc escalation names what it is about; the rollback it belongs to
+    // (none) and the profile (the config's) are not asked for.
+    let c = config.clone();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        common::rollwatch(&[
+            "notify",
+            "-c",
+            &c,
+            "--channel",
+            "hook",
+            "--template",
+            "escalation",
+            "--var",
+            "severity=S2",
+            "--var",
+            "finding=database failover under way",
+            "--var",
+            "response=hold deploys",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap().requests[1].1).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(text.contains("S2: database failover under way"), "{body}");
+    assert!(text.contains("Rollback: none") && text.contains("Profile: p"), "{body}");
+    assert!(!text.contains("unknown"), "{body}");
 }
 
 /// A server asking to retry after more than a minute does not park the message: the fallback

@@ -197,6 +197,14 @@ async fn an_alert_driven_rollback_completes_when_the_alert_resolves() {
     let done = of_kind(&events, "rollback_finished")[0];
     assert_eq!(done["result"], "completed", "a resolved alert is known-false: {done}");
     assert_eq!(done["version_to"], "v1");
+    // The alert's rule judges the environment (scope = "environment"): v2 baked and did nothing
+    // wrong, so it stays good — a rollback target still, not marked bad.
+    let (_, json, _) = s.cli(&["versions", "--json"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let v2 = json["versions"].as_array().unwrap().iter().find(|v| v["version"] == "v2").unwrap();
+    assert_eq!(v2["state"], "good", "{json:#}");
+    assert!(v2["evidence"].to_string().contains("for the environment"), "{json:#}");
+    assert_eq!(json["target"], "v2", "{json:#}");
     let out = s.stop();
     assert!(out.contains("ROLLBACK COMPLETE"), "{out}");
 }
@@ -561,4 +569,101 @@ async fn a_hundred_thousand_deploys_read_back_and_restart_in_linear_time() {
     assert_eq!(status["acting"]["version"], "v100000", "{}", status["acting"]);
     assert_eq!(status["acting"]["target_version"], "v1", "{}", status["acting"]);
     sigterm(&mut child);
+}
+
+/// The name `id -un` gives for this process's user.
+fn os_user() -> String {
+    let out = std::process::Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issue 19, item 11, through the binary: the approval message names the version it would roll
+/// back to; a rejection and an approval are announced on the channels, with who; the webhook's
+/// `vars.outcome` of a consider says `consider`; `notified` lines of messages about no rollback
+/// carry no rollback id (never "unknown"); `approve` and `mark` without `--by` and without
+/// `$USER`/`$LOGNAME` (a container's root) record the OS user, not "unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_name_their_target_and_answers_are_announced_with_who() {
+    // A webhook channel beside the console one, recording each body.
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = bodies.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(serde_json::from_str(&body).unwrap_or(Value::Null));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let service = VersionedService::start("v1", 0).await;
+    // (The [policy] lines are followed by this table, then the console channel.)
+    let channel = format!("\n[channels.hook]\nkind = \"webhook\"\nurl = \"http://{hook}/hook\"\n");
+    let mut s = Sidecar::start(&service, &channel).await;
+    s.baked("v1").await;
+    service.deploy("v2", 30);
+    s.wait("an approval for v2", |e| !of_kind(e, "approval_opened").is_empty()).await;
+    let waiting = rollwatch::time::Stopwatch::start();
+    while !s.stdout().contains("ROLLBACK APPROVAL NEEDED") {
+        assert!(waiting.elapsed_secs() < 30.0, "{}", s.stdout());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(s.stdout().contains("Rollback to: v1"), "the target is named: {}", s.stdout());
+    let asked = bodies.lock().unwrap().iter().find(|b| b["template"] == "rollback_approval_needed").cloned();
+    let asked = asked.expect("the approval reached the webhook");
+    assert_eq!(asked["vars"]["outcome"], "consider", "{asked:#}");
+    assert_eq!(asked["vars"]["target_version"], "v1", "{asked:#}");
+
+    let (code, out, err) = s.cli(&["reject", "ap-1", "--reason", "known flaky dependency", "--by", "bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // v3 runs healthy, then regresses: asked anew, approved by whoever runs the command.
+    service.deploy("v3", 0);
+    s.baked("v3").await;
+    service.set_errors("v3", 30);
+    s.wait("an approval for v3", |e| of_kind(e, "approval_opened").iter().any(|a| a["version"] == "v3")).await;
+    let without_user = |args: &[&str]| {
+        let mut all: Vec<&str> = vec![args[0], "-c", s.config.to_str().unwrap()];
+        all.extend(&args[1..]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+            .args(&all)
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .output()
+            .unwrap()
+    };
+    let approved = without_user(&["approve", "ap-2"]);
+    assert!(approved.status.success(), "{approved:?}");
+    let me = os_user();
+    assert!(!me.is_empty());
+    s.wait("the rollback to finish", finished).await;
+    let marked = without_user(&["mark", "v3", "bad", "--reason", "regressed"]);
+    assert!(marked.status.success(), "{marked:?}");
+    let events = s.wait("the mark", |e| !of_kind(e, "version_marked").is_empty()).await;
+    let closed = of_kind(&events, "approval_closed");
+    let granted = closed.iter().find(|c| c["approval_id"] == "ap-2").unwrap();
+    assert_eq!(granted["by"], me.as_str(), "{granted}");
+    assert_eq!(of_kind(&events, "version_marked")[0]["by"], me.as_str());
+    // Messages about no rollback carry none; the rollback's carry its id.
+    let notified = of_kind(&events, "notified");
+    assert!(!notified.is_empty());
+    for n in &notified {
+        let id = &n["rollback_id"];
+        assert!(id.is_null() || id.as_str().is_some_and(|i| i.starts_with("rb-")), "{n}");
+    }
+    assert!(notified.iter().any(|n| n["template"] == "rollback_approval_needed" && n["rollback_id"].is_null()));
+    assert!(notified.iter().any(|n| n["template"] == "rollback_in_progress" && n["rollback_id"] == "rb-1"));
+
+    let out = s.stop();
+    assert!(out.contains("ROLLBACK REJECTED by bob (ap-1): known flaky dependency"), "{out}");
+    assert!(out.contains(&format!("ROLLBACK APPROVED by {me} (ap-2)")), "{out}");
+    assert!(out.contains("Profile: profile from v3 to v1"), "the approval names the target: {out}");
+    let hooked: Vec<String> =
+        bodies.lock().unwrap().iter().map(|b| b["template"].as_str().unwrap_or("").to_string()).collect();
+    for t in ["approval_rejected", "approval_granted", "rollback_in_progress"] {
+        assert!(hooked.iter().any(|h| h == t), "{t} not on the webhook: {hooked:?}");
+    }
 }

@@ -15,13 +15,23 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
-/// Runs the built `rollwatch` binary; returns (exit code, stdout, stderr).
+/// Runs the built `rollwatch` binary; returns (exit code, stdout, stderr). It runs in the
+/// repository root (so that `fixtures/` and `rules/` resolve), where a relative `state_dir` would
+/// leave a journal in the working tree: a run that creates `state/` there fails the test.
 pub fn rollwatch(args: &[&str]) -> (i32, String, String) {
+    let stray = Path::new(env!("CARGO_MANIFEST_DIR")).join("state");
+    let was_there = stray.exists();
     let out = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run rollwatch");
+    assert!(
+        was_there || !stray.exists(),
+        "`rollwatch {}` wrote {} into the working tree: give the test a state_dir under its temporary folder",
+        args.join(" "),
+        stray.display()
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
