@@ -606,7 +606,7 @@ when = 'last("mem") > 0.9'
             let mut body = bytes[..bytes.len() - 8].to_vec();
             let at = 16 + (rng as usize % (body.len() - 16));
             body[at] = (rng >> 32) as u8;
-            if rng % 3 == 0 {
+            if rng.is_multiple_of(3) {
                 body.truncate(at + 1);
             }
             let hash = fnv1a(&body);
