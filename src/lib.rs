@@ -23,7 +23,8 @@
 //!   and the queue to the evaluator.
 //! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
 //! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).
-//! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick.
+//! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick;
+//!   window coverage, and the checkpoint that carries windows and rule states across a restart.
 //! - [`notify`]: notification channels (console, webhook, Slack, email), retries, fallback.
 //! - [`coord`]: high availability — the leader election on etcd, fenced writes, the shared log.
 //! - [`act`]: acting on decisions — a loaded deployment, actions, the dispatcher, history.
