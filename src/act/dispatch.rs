@@ -12,84 +12,26 @@
 //! `verify_stable` → "ROLLBACK COMPLETE"; the version rolled back from is then bad.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::action::Action;
+use super::effect::Restart;
 use super::event::*;
 use super::gate::{self, Start};
+use super::inflight::InFlight;
+pub use super::inflight::Phase;
 use super::ledger::{Ledger, RecordError};
+use super::plan::Acting;
 use super::procedure::ProcedureDone;
-use super::rollback::describe;
-pub use super::rollback::{InFlight, Phase};
 use super::state::{Rollback, State};
-use super::steps::Procedures;
+use super::steps::describe;
 use super::versions::Bake;
-use crate::config::policy::{Mode, Policy};
+use crate::config::policy::Mode;
 use crate::notify::Notifier;
-use crate::rules::{Decision, Evaluator, Outcome, Transition};
+use crate::rules::{Decision, Outcome, Transition};
 use crate::time::{Clock, Span, Timestamp, human};
-
-pub use super::commands::{Command, CommandRequest};
-
-/// What a profile's procedures need at run time.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub procedures: Procedures,
-    pub consider_auto_after: Option<Span>,
-    pub rules: Vec<String>,
-    /// Each rule's `labels`, offered to templates as `{{labels.NAME}}`.
-    pub labels: BTreeMap<String, BTreeMap<String, String>>,
-    /// Each rule and the signals and selectors it reads (rules that share one verify together).
-    pub reads: Vec<(String, Vec<String>)>,
-    /// The rules with `scope = "environment"`: what they report is not the version's fault.
-    pub environment: Vec<String>,
-}
-
-impl Plan {
-    /// Every profile's plan, from a compiled evaluator and the profiles' procedures.
-    pub fn build(ev: &Evaluator, procedures: &BTreeMap<String, Procedures>) -> BTreeMap<String, Plan> {
-        ev.profiles
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mine = || ev.rules.iter().filter(move |r| r.profile == i);
-                let plan = Plan {
-                    procedures: procedures.get(&p.name).cloned().unwrap_or_default(),
-                    consider_auto_after: p.consider_auto_after,
-                    rules: mine().map(|r| r.name.clone()).collect(),
-                    labels: mine().map(|r| (r.name.clone(), r.labels.clone())).collect(),
-                    reads: mine().map(|r| (r.name.clone(), r.reads.clone())).collect(),
-                    environment: mine()
-                        .filter(|r| r.scope == crate::expr::Scope::Environment)
-                        .map(|r| r.name.clone())
-                        .collect(),
-                };
-                (p.name.clone(), plan)
-            })
-            .collect()
-    }
-
-    /// Whether every rule in `firing` (a decision's cause) judges the environment.
-    pub fn judges_the_environment(&self, firing: &[String]) -> bool {
-        !firing.is_empty() && firing.iter().all(|r| self.environment.contains(r))
-    }
-}
-
-/// The acting half of a config, secrets resolved.
-#[derive(Debug, Clone)]
-pub struct Acting {
-    pub policy: Policy,
-    pub actions: Arc<BTreeMap<String, Action>>,
-    pub plans: BTreeMap<String, Plan>,
-    /// Masks secret values in what actions print before it is journalled.
-    pub redactor: crate::secret::Redactor,
-    /// The config file, for the commands messages tell people to run.
-    pub config_path: PathBuf,
-}
 
 /// An escalation and when it was raised.
 #[derive(Debug, Clone, Serialize)]
@@ -134,17 +76,6 @@ pub struct ActingStatus {
     pub target_version: Option<String>,
     /// The most recently deployed version known good (the current one, when it is).
     pub last_good: Option<String>,
-}
-
-/// The evaluator's evidence must restart at `at` (a deploy or a restore point); `predates`
-/// when it is a deploy seen while watching (rules already firing then predate it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restart {
-    pub at: Timestamp,
-    pub predates: bool,
-    /// The version deployed, when the restart is a deploy seen while watching (what a recording
-    /// writes as its fixture's `[[deploy]]`).
-    pub deployed: Option<String>,
 }
 
 /// Turns decisions into procedures.

@@ -64,7 +64,7 @@ impl Progress {
         let list = steps
             .iter()
             .enumerate()
-            .map(|(i, s)| StepProgress { step: i + 1, what: super::rollback::describe(s), state: StepState::Waiting })
+            .map(|(i, s)| StepProgress { step: i + 1, what: super::steps::describe(s), state: StepState::Waiting })
             .collect();
         Progress(Arc::new(std::sync::Mutex::new(list)))
     }

@@ -3,11 +3,11 @@
 //! ends — completed (the version rolled back from is then bad), failed (S1), issue persists or
 //! unverified (S2), slow (S3), or interrupted by a restart (S1, never re-run).
 
-use serde::Serialize;
-
-use super::dispatch::{Dispatcher, Restart};
+use super::dispatch::Dispatcher;
+use super::effect::Restart;
 use super::event::*;
 use super::gate::{self, Gate, Start};
+use super::inflight::{InFlight, Phase};
 use super::ledger::RecordError;
 use super::procedure::{Procedure, ProcedureDone};
 use super::state::Rollback;
@@ -15,55 +15,8 @@ use super::steps::Step;
 use super::vars;
 use super::verify::{Verdict, Verification, rules_to_verify};
 use crate::rules::{Decision, Outcome};
-use crate::template::Vars;
 use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
-
-/// Where a rollback in flight is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// The procedure's steps are running.
-    Steps,
-    /// The steps are done; waiting for the rules behind it to stay quiet.
-    Verifying,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Phase::Steps => "running its steps",
-            Phase::Verifying => "verifying",
-        })
-    }
-}
-
-/// The rollback in flight.
-#[derive(Debug, Clone, Serialize)]
-pub struct InFlight {
-    pub rollback_id: String,
-    pub profile: String,
-    pub started_at: Timestamp,
-    pub phase: Phase,
-    pub verify_until: Option<Timestamp>,
-    pub version_from: Option<String>,
-    pub target_version: Option<String>,
-    /// Each step before verification, and where it is.
-    pub steps: super::procedure::Progress,
-    #[serde(skip)]
-    pub(super) firing: Vec<String>,
-    #[serde(skip)]
-    pub(super) post: Vec<Step>,
-    #[serde(skip)]
-    pub(super) vars: Vars,
-    #[serde(skip)]
-    pub(super) slow_escalated: bool,
-    #[serde(skip)]
-    pub(super) verification: Option<Verification>,
-    /// Whether the procedure runs any action (one that only announces restores nothing).
-    #[serde(skip)]
-    pub(super) acts: bool,
-}
 
 impl Dispatcher {
     /// A rollback found started but unfinished: reported S1, never re-run.
@@ -497,13 +450,5 @@ impl Dispatcher {
             })
             .cloned()
             .collect()
-    }
-}
-
-pub(super) fn describe(s: &Step) -> String {
-    match s {
-        Step::Announce { template, .. } => format!("announce {template}"),
-        Step::Run { action, verify: Some(v), .. } => format!("run {action} (verify {v})"),
-        Step::Run { action, .. } => format!("run {action}"),
     }
 }

@@ -4,7 +4,8 @@
 //! that follows (or cannot reach etcd) acts on nothing and keeps its state and journal in step
 //! with the leader's log. etcd trouble is told on every channel once, then reminded.
 
-use super::dispatch::{Dispatcher, Restart};
+use super::dispatch::Dispatcher;
+use super::effect::Restart;
 use super::event::{DeploySource, Event, Severity};
 use super::ledger::RecordError;
 use super::state::{Rollback, State};

@@ -65,3 +65,12 @@ pub fn compile(ctx: &mut Checker, raw: &BTreeMap<String, Vec<Spanned<RawStep>>>)
     }
     out
 }
+
+/// A step as people read it: `announce rollback_in_progress`, `run undo (verify check)`.
+pub fn describe(s: &Step) -> String {
+    match s {
+        Step::Announce { template, .. } => format!("announce {template}"),
+        Step::Run { action, verify: Some(v), .. } => format!("run {action} (verify {v})"),
+        Step::Run { action, .. } => format!("run {action}"),
+    }
+}

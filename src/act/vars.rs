@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use super::dispatch::Acting;
 use super::event::RollbackStarted;
 use super::gate::Start;
+use super::plan::Acting;
 use crate::rules::Outcome;
 use crate::template::Vars;
 use crate::template::messages::blank_vars;

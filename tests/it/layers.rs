@@ -97,3 +97,108 @@ fn the_layer_check_sees_what_it_must() {
         vec!["newmod.rs: module newmod is not in rollwatch::LAYERS"]
     );
 }
+
+/// The sibling files `text` (file `file` of folder `module`) references: `super::x`,
+/// `super::{x, y::Z}` and `crate::module::x`, unit tests and comments left out. `mod.rs` is the
+/// folder's index (declarations and re-exports): it is neither a source nor a target.
+fn sibling_references(module: &str, text: &str, siblings: &[String]) -> Vec<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let code: String = code.lines().map(|l| l.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n");
+    let mut out = Vec::new();
+    let ident =
+        |s: &str| -> String { s.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    for prefix in ["super::".to_string(), format!("crate::{module}::")] {
+        let mut rest = code.as_str();
+        while let Some(i) = rest.find(&prefix) {
+            // `crate::act::` must not match inside `crate::act::…` of another prefix word.
+            let before = rest[..i].chars().last();
+            rest = &rest[i + prefix.len()..];
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                out.extend(group[..end].split(',').map(ident));
+            } else {
+                out.push(ident(rest));
+            }
+        }
+    }
+    out.retain(|n| siblings.contains(n));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The circles among `edges` (file → files it references): each group of files that reach
+/// one another, sorted.
+fn circles(edges: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
+    let reach = |from: &str| {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(n) = todo.pop() {
+            for next in edges.get(&n).into_iter().flatten() {
+                if seen.insert(next.clone()) {
+                    todo.push(next.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reaches: BTreeMap<&String, _> = edges.keys().map(|n| (n, reach(n))).collect();
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for n in edges.keys() {
+        if !reaches[n].contains(n) || out.iter().any(|c| c.contains(n)) {
+            continue;
+        }
+        out.push(edges.keys().filter(|m| reaches[n].contains(*m) && reaches[*m].contains(n)).cloned().collect());
+    }
+    out
+}
+
+#[test]
+fn no_file_cycle_inside_a_module_folder() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    let mut folders = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        folders += 1;
+        let module = dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut files = Vec::new();
+        sources(&dir, &mut files);
+        let name = |p: &PathBuf| p.file_stem().unwrap().to_string_lossy().to_string();
+        let siblings: Vec<String> = files.iter().map(name).filter(|n| n != "mod").collect();
+        let edges: BTreeMap<String, Vec<String>> = files
+            .iter()
+            .filter(|p| name(p) != "mod")
+            .map(|p| {
+                let refs = sibling_references(&module, &std::fs::read_to_string(p).unwrap(), &siblings);
+                (name(p), refs.into_iter().filter(|r| *r != name(p)).collect())
+            })
+            .collect();
+        for circle in circles(&edges) {
+            found.push(format!("src/{module}/: {}", circle.join(" ↔ ")));
+        }
+    }
+    assert!(folders > 5, "read only {folders} module folders under {}", src.display());
+    assert!(found.is_empty(), "files of one module folder reference each other in a circle:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_cycle_check_sees_what_it_must() {
+    let siblings: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let text = "use super::{a, b::Thing};\nuse crate::act::c::X;\n// super::zzz\nfn f() { super::c::go() }";
+    assert_eq!(sibling_references("act", text, &siblings), vec!["a", "b", "c"]);
+    let edges = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect()
+    };
+    assert!(circles(&edges(&[("a", &["b"]), ("b", &["c"]), ("c", &[])])).is_empty());
+    assert_eq!(
+        circles(&edges(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"])])),
+        vec![["a", "b", "c"].map(String::from).to_vec()]
+    );
+}
