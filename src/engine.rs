@@ -123,13 +123,13 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
     let mut engine = Engine::build(config, parts)?;
     loop {
         tokio::select! {
-            Some(queued) = engine.observations.recv() => engine.on_observation(&queued.obs),
-            Some(updates) = engine.alert_updates.recv() => engine.on_alerts(updates),
-            _ = engine.ticker.tick() => engine.on_tick(),
-            Some(done) = engine.procedures.recv() => engine.on_procedure_done(done),
-            Some((command, reply)) = engine.commands.recv() => engine.on_command(command, reply),
-            Some(()) = engine.reload.recv() => engine.on_reload(),
-            Some(update) = engine.coord_updates.recv() => engine.on_coord(update),
+            Some(queued) = engine.inputs.observations.recv() => engine.on_observation(&queued.obs),
+            Some(updates) = engine.inputs.alert_updates.recv() => engine.on_alerts(updates),
+            _ = engine.inputs.ticker.tick() => engine.on_tick(),
+            Some(news) = engine.inputs.procedures.recv() => engine.on_procedure_news(news),
+            Some((command, reply)) = engine.inputs.commands.recv() => engine.on_command(command, reply),
+            Some(()) = engine.inputs.reload.recv() => engine.on_reload(),
+            Some(update) = engine.inputs.coord_updates.recv() => engine.on_coord(update),
             _ = engine.checkpoints.ticker.tick() => engine.checkpoints.write(&engine.ev, engine.clock.now()),
             _ = shutdown.changed() => break,
         }
@@ -169,6 +169,31 @@ impl Pollers {
     }
 }
 
+/// What [`run`]'s loop waits on.
+struct Inputs {
+    observations: crate::source::queue::Receiver,
+    alert_updates: mpsc::Receiver<Vec<crate::source::alertmanager::AlertUpdate>>,
+    ticker: tokio::time::Interval,
+    procedures: mpsc::UnboundedReceiver<crate::act::procedure::ProcedureNews>,
+    commands: mpsc::Receiver<CommandRequest>,
+    reload: mpsc::Receiver<()>,
+    coord_updates: mpsc::Receiver<crate::coord::Update>,
+}
+
+/// The tasks the engine started, and how to stop them: pollers (one set, replaced on reload)
+/// and their queue, the own server and its refused-connection count, the coordinator's task.
+struct Tasks {
+    pollers: Option<Pollers>,
+    /// Pollers a reload replaced, while they stop.
+    retiring: tokio::task::JoinSet<()>,
+    queue: crate::source::queue::Sender,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop_server: watch::Sender<bool>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    coord_task: Option<tokio::task::JoinHandle<()>>,
+    stop_coord: watch::Sender<bool>,
+}
+
 /// The running sidecar: what [`run`]'s loop reads from, and what each arm changes.
 struct Engine {
     config: Config,
@@ -185,28 +210,16 @@ struct Engine {
     recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
     series: TargetSeries,
     alerts: Alerts,
-    refused: Arc<std::sync::atomic::AtomicU64>,
-    queue: crate::source::queue::Sender,
-    pollers: Option<Pollers>,
-    /// Pollers a reload replaced, while they stop.
-    retiring: tokio::task::JoinSet<()>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    stop_server: watch::Sender<bool>,
-    observations: crate::source::queue::Receiver,
-    alert_updates: mpsc::Receiver<Vec<crate::source::alertmanager::AlertUpdate>>,
-    ticker: tokio::time::Interval,
-    procedures: mpsc::UnboundedReceiver<crate::act::procedure::ProcedureDone>,
-    commands: mpsc::Receiver<CommandRequest>,
-    reload: mpsc::Receiver<()>,
     /// With `[ha]`: the coordinator, its news, its task and how to stop it.
     coord: Option<Arc<Coordinator>>,
-    coord_updates: mpsc::Receiver<crate::coord::Update>,
-    coord_task: Option<tokio::task::JoinHandle<()>>,
-    stop_coord: watch::Sender<bool>,
     /// The disagreement with the system clock last reported, and since when (rollwatch's time).
     clock_said: Option<(Span, Timestamp)>,
     /// Writes what the evaluator has seen to `state_dir` every [`checkpoint::EVERY`] and on stop.
     checkpoints: Checkpoints,
+    /// What the loop waits on.
+    inputs: Inputs,
+    /// The tasks it started (pollers, the server, the coordinator) and how to stop them.
+    tasks: Tasks,
     _lock: crate::journal::StateLock,
 }
 
@@ -318,24 +331,20 @@ impl Engine {
             recorder,
             series: TargetSeries::default(),
             alerts: Alerts::default(),
-            refused,
-            queue,
-            pollers: Some(pollers),
-            retiring: tokio::task::JoinSet::new(),
-            server,
-            stop_server,
-            observations,
-            alert_updates,
-            ticker,
-            procedures,
-            commands,
-            reload,
             coord,
-            coord_updates,
-            coord_task,
-            stop_coord,
             clock_said: None,
             checkpoints,
+            inputs: Inputs { observations, alert_updates, ticker, procedures, commands, reload, coord_updates },
+            tasks: Tasks {
+                pollers: Some(pollers),
+                retiring: tokio::task::JoinSet::new(),
+                queue,
+                server,
+                stop_server,
+                refused,
+                coord_task,
+                stop_coord,
+            },
             _lock: lock,
         };
         let now = engine.clock.now();
@@ -441,9 +450,9 @@ impl Engine {
         }
     }
 
-    /// A procedure's steps ended.
-    fn on_procedure_done(&mut self, done: crate::act::procedure::ProcedureDone) {
-        let result = off_runtime(|| self.dispatcher.on_done(done));
+    /// News of a procedure's steps (a step's state, a step finished, its end).
+    fn on_procedure_news(&mut self, news: crate::act::procedure::ProcedureNews) {
+        let result = off_runtime(|| self.dispatcher.on_news(news));
         self.after_acting(result);
         self.publish();
     }
@@ -492,18 +501,18 @@ impl Engine {
                 self.dispatcher.reconfigure(acting, notifier);
                 let old = std::mem::replace(&mut self.ev, ev);
                 self.ev.adopt(old);
-                if let Some(old) = self.pollers.take() {
-                    while self.retiring.try_join_next().is_some() {}
-                    self.retiring.spawn(old.stop());
+                if let Some(old) = self.tasks.pollers.take() {
+                    while self.tasks.retiring.try_join_next().is_some() {}
+                    self.tasks.retiring.spawn(old.stop());
                 }
                 self.snapshot.watch_targets(&targets);
                 self.snapshot.watch_thresholds(&self.ev);
                 self.snapshot.decisions.clear();
                 let keep = self.ev.metric_names().map(Arc::new);
-                self.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.queue));
+                self.tasks.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
                 if config.eval_interval != self.config.eval_interval {
-                    self.ticker = tokio::time::interval(config.eval_interval.as_std());
-                    self.ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                    self.inputs.ticker = tokio::time::interval(config.eval_interval.as_std());
+                    self.inputs.ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
                 }
                 self.config = config;
                 tracing::info!(path = %self.config.path.display(), "config reloaded");
@@ -555,7 +564,7 @@ impl Engine {
 
     /// Sends the snapshot to `/status` and `/metrics`.
     fn publish(&mut self) {
-        self.snapshot.connections_refused = self.refused.load(std::sync::atomic::Ordering::Relaxed);
+        self.snapshot.connections_refused = self.tasks.refused.load(std::sync::atomic::Ordering::Relaxed);
         let _ = self.status.send(Arc::new(self.snapshot.clone()));
     }
 
@@ -566,25 +575,32 @@ impl Engine {
         if self.dispatcher.steps_running() {
             // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
-            if let Ok(Some(done)) = tokio::time::timeout(SHUTDOWN_GRACE, self.procedures.recv()).await {
-                let result = off_runtime(|| self.dispatcher.on_done(done));
-                self.after_acting(result);
-            }
+            let until_done = async {
+                while let Some(news) = self.inputs.procedures.recv().await {
+                    let done = matches!(news, crate::act::procedure::ProcedureNews::Done(_));
+                    let result = off_runtime(|| self.dispatcher.on_news(news));
+                    self.after_acting(result);
+                    if done {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, until_done).await;
         }
-        if let Some(pollers) = self.pollers.take() {
+        if let Some(pollers) = self.tasks.pollers.take() {
             pollers.stop().await;
         }
-        while self.retiring.join_next().await.is_some() {}
+        while self.tasks.retiring.join_next().await.is_some() {}
         let now = self.clock.now();
         self.checkpoints.finish(&self.ev, now).await;
-        let _ = self.stop_server.send(true);
-        if let Some(server) = self.server.take() {
+        let _ = self.tasks.stop_server.send(true);
+        if let Some(server) = self.tasks.server.take() {
             let _ = server.await;
         }
         self.dispatcher.stop(std::time::Duration::from_secs(3)).await;
         // Last: the lease is revoked, so another replica leads at once.
-        let _ = self.stop_coord.send(true);
-        if let Some(task) = self.coord_task.take() {
+        let _ = self.tasks.stop_coord.send(true);
+        if let Some(task) = self.tasks.coord_task.take() {
             let _ = task.await;
         }
         let in_flight = self.dispatcher.status().in_flight.map(|f| f.rollback_id);

@@ -5,7 +5,7 @@
 //! `monitor` for `verify_stable`). A rejected decision is not asked again for that version until
 //! it clears.
 
-use super::dispatch::Dispatcher;
+use super::core::Core;
 use super::event::*;
 use super::gate::Start;
 use super::ledger::RecordError;
@@ -14,7 +14,7 @@ use super::vars;
 use crate::rules::{Decision, Outcome};
 use crate::time::Timestamp;
 
-impl Dispatcher {
+impl Core {
     /// Opens an approval for `d` about the deployed version, once; acts by itself after the
     /// profile's `consider_auto_after` when set (in auto mode).
     pub(super) fn ask(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
@@ -67,11 +67,11 @@ impl Dispatcher {
         let announced = consider.iter().any(|s| matches!(s, Step::Announce { .. }));
         for step in consider {
             if let Step::Announce { template, .. } = step {
-                self.notifier.announce(&template, &vars);
+                self.out.announce(&template, &vars);
             }
         }
         if !announced {
-            self.notifier.announce("rollback_approval_needed", &vars);
+            self.out.announce("rollback_approval_needed", &vars);
         }
         Ok(())
     }

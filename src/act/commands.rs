@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::dispatch::Dispatcher;
+use super::core::Core;
 use super::event::*;
 use super::gate::Start;
 use super::ledger::RecordError;
@@ -55,12 +55,12 @@ pub enum Command {
 /// A command with where to send its answer.
 pub type CommandRequest = (Command, oneshot::Sender<Result<String, String>>);
 
-impl Dispatcher {
+impl Core {
     /// Carries out a command; `Ok(Err(why))` when it was refused.
     pub fn command(&mut self, cmd: Command) -> Result<Result<String, String>, RecordError> {
         let now = self.clock.now();
         if !self.leads() {
-            let why = self.standby.clone().unwrap_or_default();
+            let why = self.lead.standby.clone().unwrap_or_default();
             return Ok(Err(format!("not done here: this replica is {why}")));
         }
         match cmd {
@@ -186,14 +186,14 @@ impl Dispatcher {
     }
 
     /// Tells every channel how approval `a` was answered (in its thread), and by whom.
-    fn announce_answer(&self, a: &ApprovalOpened, template: &str, by: &str, rejection: Option<&str>) {
+    fn announce_answer(&mut self, a: &ApprovalOpened, template: &str, by: &str, rejection: Option<&str>) {
         let target = self.state.versions.target();
         let mut vars = super::vars::approval(&self.acting, &Start::from_approval(a), a.outcome, &a.approval_id, target);
         vars.insert("by".into(), by.to_string());
         if let Some(r) = rejection {
             vars.insert("rejection".into(), r.to_string());
         }
-        self.notifier.announce(template, &vars);
+        self.out.announce(template, &vars);
     }
 
     fn no_open_approval(&self, id: &str) -> String {

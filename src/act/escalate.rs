@@ -2,7 +2,7 @@
 //! incident older than the deploy, S3 slow) journalled and announced on every channel, and
 //! blindness — every rule's inputs unknown for `blind_after` — which is never all-clear.
 
-use super::dispatch::Dispatcher;
+use super::core::Core;
 use super::event::*;
 use super::ledger::RecordError;
 use super::vars;
@@ -11,17 +11,17 @@ use crate::template::Vars;
 use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
 
-impl Dispatcher {
+impl Core {
     /// Tells every channel of rollwatch's own trouble (its journal, etcd) — about every profile
     /// and no rollback, and not recordable as an escalation while it lasts.
-    pub(super) fn announce_own(&self, severity: Severity, finding: &str, response: &str) {
+    pub(super) fn announce_own(&mut self, severity: Severity, finding: &str, response: &str) {
         let mut vars = blank_vars();
         vars.insert("severity".into(), severity.to_string());
         vars.insert("finding".into(), finding.to_string());
         vars.insert("response".into(), response.to_string());
         vars.insert("profile".into(), self.acting.plans.keys().cloned().collect::<Vec<_>>().join(", "));
         vars.insert("rollback_id".into(), "none".into());
-        self.notifier.announce("escalation", &vars);
+        self.out.announce("escalation", &vars);
     }
 
     /// A runbook 004 finding: journalled, logged, announced on every channel.
@@ -55,7 +55,7 @@ impl Dispatcher {
         if let Some(id) = rollback_id {
             vars.insert("rollback_id".into(), id.to_string());
         }
-        self.notifier.announce("escalation", &vars);
+        self.out.announce("escalation", &vars);
         Ok(())
     }
 
@@ -64,16 +64,16 @@ impl Dispatcher {
         let Some(plan) = self.acting.plans.get(&d.profile) else { return Ok(()) };
         let blind = !plan.rules.is_empty() && d.unknown.len() == plan.rules.len();
         if !blind {
-            if self.blind.remove(&d.profile).is_some_and(|(_, told)| told) {
+            if self.told.blind.remove(&d.profile).is_some_and(|(_, told)| told) {
                 tracing::info!(profile = %d.profile, "inputs known again");
                 self.record(now, Event::Sighted(Sighted { profile: d.profile.clone() }))?;
             }
             return Ok(());
         }
-        let (since, told) = *self.blind.entry(d.profile.clone()).or_insert((now, false));
+        let (since, told) = *self.told.blind.entry(d.profile.clone()).or_insert((now, false));
         let blind_for = now.saturating_since(since);
         if !told && blind_for >= self.acting.policy.blind_after {
-            self.blind.insert(d.profile.clone(), (since, true));
+            self.told.blind.insert(d.profile.clone(), (since, true));
             let mut vars = blank_vars();
             vars.insert("profile".into(), d.profile.clone());
             vars.insert("duration".into(), human(blind_for));
@@ -81,7 +81,7 @@ impl Dispatcher {
             tracing::error!(profile = %d.profile, for_ = %blind_for, "blind: every rule's inputs unknown");
             let blind = Blind { profile: d.profile.clone(), since, rules: d.unknown.clone() };
             self.record(now, Event::Blind(blind))?;
-            self.notifier.announce("blind", &vars);
+            self.out.announce("blind", &vars);
         }
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Dispatcher {
     /// An incident older than the deploy: rolling the new version back would not fix it.
     /// Escalated S2 once, until its rules are seen quiet.
     pub(super) fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
-        if !self.predates_told.insert(d.profile.clone()) {
+        if !self.told.predates.insert(d.profile.clone()) {
             return Ok(());
         }
         let version = self.state.versions.current.clone().unwrap_or_else(|| "unknown".into());

@@ -38,7 +38,7 @@ pub struct InFlight {
     pub version_from: Option<String>,
     pub target_version: Option<String>,
     /// Each step before verification, and where it is.
-    pub steps: super::procedure::Progress,
+    pub steps: Vec<super::procedure::StepProgress>,
     #[serde(skip)]
     pub(super) firing: Vec<String>,
     #[serde(skip)]

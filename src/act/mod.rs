@@ -12,14 +12,17 @@
 pub mod action;
 pub mod approvals;
 pub mod commands;
+pub mod core;
 pub mod deployment;
 pub mod dispatch;
 pub mod effect;
 pub mod escalate;
 pub mod event;
+pub mod executor;
 pub mod gate;
 pub mod history;
 pub mod inflight;
+pub mod leadership;
 pub mod ledger;
 pub mod plan;
 pub mod procedure;

@@ -30,14 +30,26 @@ pub struct StepFailure {
 pub struct ProcedureDone {
     pub rollback_id: String,
     pub result: Result<(), StepFailure>,
-    /// The steps it journalled as finished, for the dispatcher's state (history, `/status`).
-    pub finished: Vec<(crate::time::Timestamp, StepEvent)>,
 }
 
-/// How far a procedure has got: each step and its state, shared by its task and `/status`
-/// (serialized as the list).
-#[derive(Debug, Clone, Default)]
-pub struct Progress(Arc<std::sync::Mutex<Vec<StepProgress>>>);
+/// What a procedure task reports, in order, on its one channel: where each step is, each step
+/// journalled as finished, and its end. The core applies each once (the only path by which a
+/// step's result reaches the acting state).
+#[derive(Debug)]
+pub enum ProcedureNews {
+    /// Step `step` (from 1) is now in `state`.
+    Step {
+        rollback_id: String,
+        step: usize,
+        state: StepState,
+    },
+    /// A step's `run` or `verify` journalled as finished at `at`.
+    Finished {
+        at: crate::time::Timestamp,
+        event: StepEvent,
+    },
+    Done(ProcedureDone),
+}
 
 /// One step of a procedure in flight.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,32 +70,13 @@ pub enum StepState {
     Failed,
 }
 
-impl Progress {
-    /// Every step waiting.
-    pub fn new(steps: &[Step]) -> Progress {
-        let list = steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StepProgress { step: i + 1, what: super::steps::describe(s), state: StepState::Waiting })
-            .collect();
-        Progress(Arc::new(std::sync::Mutex::new(list)))
-    }
-
-    pub(crate) fn set(&self, step: usize, state: StepState) {
-        if let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(step.saturating_sub(1)) {
-            s.state = state;
-        }
-    }
-
-    pub fn list(&self) -> Vec<StepProgress> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl Serialize for Progress {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.list().serialize(serializer)
-    }
+/// Every step of `steps`, waiting.
+pub fn progress(steps: &[Step]) -> Vec<StepProgress> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StepProgress { step: i + 1, what: super::steps::describe(s), state: StepState::Waiting })
+        .collect()
 }
 
 /// Everything a procedure task needs.
@@ -102,23 +95,25 @@ pub struct Procedure {
     pub term: Option<crate::coord::Term>,
     pub client: reqwest::Client,
     pub clock: Arc<dyn Clock>,
-    pub progress: Progress,
-    /// Steps journalled as finished so far.
-    pub finished: std::sync::Mutex<Vec<(crate::time::Timestamp, StepEvent)>>,
+    /// Where the task reports ([`ProcedureNews`]).
+    pub news: mpsc::UnboundedSender<ProcedureNews>,
 }
 
 impl Procedure {
-    /// Runs the steps in order and reports on `done`.
-    pub async fn run(self, done: mpsc::UnboundedSender<ProcedureDone>) {
+    /// Runs the steps in order, reporting each on the news channel, and then its end.
+    pub async fn run(self) {
         let result = self.steps().await;
-        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = done.send(ProcedureDone { rollback_id: self.rollback_id.clone(), result, finished });
+        let _ = self.news.send(ProcedureNews::Done(ProcedureDone { rollback_id: self.rollback_id.clone(), result }));
+    }
+
+    fn set(&self, step: usize, state: StepState) {
+        let _ = self.news.send(ProcedureNews::Step { rollback_id: self.rollback_id.clone(), step, state });
     }
 
     async fn steps(&self) -> Result<(), StepFailure> {
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
-            self.progress.set(n, StepState::Running);
+            self.set(n, StepState::Running);
             match step {
                 Step::Announce { template, .. } => self.notifier.announce(template, &self.vars),
                 Step::Run { action, verify, .. } => {
@@ -130,12 +125,12 @@ impl Procedure {
                         failed => failed,
                     };
                     if let Err(e) = ran {
-                        self.progress.set(n, StepState::Failed);
+                        self.set(n, StepState::Failed);
                         return Err(e);
                     }
                 }
             }
-            self.progress.set(n, StepState::Done);
+            self.set(n, StepState::Done);
         }
         Ok(())
     }
@@ -193,7 +188,7 @@ impl Procedure {
             .append_event_async(at, &Event::StepFinished(event.clone()), self.term)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        self.finished.lock().unwrap_or_else(|p| p.into_inner()).push((at, event.clone()));
+        let _ = self.news.send(ProcedureNews::Finished { at, event: event.clone() });
         if result.ok {
             tracing::info!(rollback = %self.rollback_id, step, action = name, %role, detail = %result.detail, "step succeeded");
             Ok(())

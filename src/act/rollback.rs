@@ -3,13 +3,13 @@
 //! ends — completed (the version rolled back from is then bad), failed (S1), issue persists or
 //! unverified (S2), slow (S3), or interrupted by a restart (S1, never re-run).
 
-use super::dispatch::Dispatcher;
-use super::effect::Restart;
+use super::core::Core;
+use super::effect::{Effect, Restart, StartSteps};
 use super::event::*;
 use super::gate::{self, Gate, Start};
 use super::inflight::{InFlight, Phase};
 use super::ledger::RecordError;
-use super::procedure::{Procedure, ProcedureDone};
+use super::procedure::{ProcedureDone, ProcedureNews, StepState, progress};
 use super::state::Rollback;
 use super::steps::Step;
 use super::vars;
@@ -18,7 +18,7 @@ use crate::rules::{Decision, Outcome};
 use crate::template::messages::blank_vars;
 use crate::time::{Timestamp, human};
 
-impl Dispatcher {
+impl Core {
     /// A rollback found started but unfinished: reported S1, never re-run.
     /// `by` says what interrupted it (`a restart`, `a change of leader`).
     pub(super) fn interrupted(&mut self, r: Rollback, by: &str) -> Result<(), RecordError> {
@@ -74,9 +74,9 @@ impl Dispatcher {
             return self.interrupted(r, by);
         }
         tracing::warn!(rollback = %r.started.rollback_id, by, "rollback left verifying: every step done; verifying it here");
-        let progress = super::procedure::Progress::new(&main);
-        for n in 1..=main.len() {
-            progress.set(n, super::procedure::StepState::Done);
+        let mut progress = progress(&main);
+        for p in &mut progress {
+            p.state = StepState::Done;
         }
         let verify_for = self.acting.policy.verify_for;
         let reads = self.acting.plans.get(&r.started.profile).map(|p| p.reads.clone()).unwrap_or_default();
@@ -163,7 +163,7 @@ impl Dispatcher {
         tracing::info!(rollback = %f.rollback_id, profile = %f.profile, duration = %duration, "ROLLBACK COMPLETE");
         for step in &f.post {
             if let Step::Announce { template, .. } = step {
-                self.notifier.announce(template, &f.vars);
+                self.out.announce(template, &f.vars);
             }
         }
         Ok(())
@@ -176,7 +176,7 @@ impl Dispatcher {
         let Some(f) = &self.in_flight else { return Ok(()) };
         let Some(v) = &f.verification else { return Ok(()) };
         // With a version source, the first new version after the steps is the restore itself.
-        if v.version_to.is_none() && self.version_polled_at.is_some() {
+        if v.version_to.is_none() && self.seen.polled_at.is_some() {
             return Ok(());
         }
         let restored = v.version_to.as_deref().or(f.target_version.as_deref());
@@ -232,18 +232,34 @@ impl Dispatcher {
         self.escalate(now, Severity::S2, &finding, response, &f.profile, Some(&f.rollback_id), f.vars)
     }
 
+    /// News from the procedure task, each applied once: a step's state (for `/status`), a
+    /// step journalled as finished (the task journalled it: the state learns it here), its end.
+    pub fn on_news(&mut self, news: ProcedureNews) -> Result<(), RecordError> {
+        match news {
+            ProcedureNews::Step { rollback_id, step, state } => {
+                if let Some(f) = self.in_flight.as_mut().filter(|f| f.rollback_id == rollback_id)
+                    && let Some(p) = f.steps.get_mut(step.saturating_sub(1))
+                {
+                    p.state = state;
+                }
+                Ok(())
+            }
+            ProcedureNews::Finished { at, event } => {
+                if let Err(e) = self.state.apply(at, &Event::StepFinished(event)) {
+                    tracing::warn!(error = %e, "a finished step not applied");
+                }
+                Ok(())
+            }
+            ProcedureNews::Done(done) => self.on_done(done),
+        }
+    }
+
     /// The procedure task ended.
-    pub fn on_done(&mut self, done: ProcedureDone) -> Result<(), RecordError> {
+    fn on_done(&mut self, done: ProcedureDone) -> Result<(), RecordError> {
         let now = self.clock.now();
         let Some(f) = &mut self.in_flight else { return Ok(()) };
         if f.rollback_id != done.rollback_id {
             return Ok(());
-        }
-        // The procedure task journalled its steps itself: the state learns them now.
-        for (at, step) in &done.finished {
-            if let Err(e) = self.state.apply(*at, &Event::StepFinished(step.clone())) {
-                tracing::warn!(error = %e, "a finished step not applied");
-            }
         }
         if let Some(r) = self.state.rollbacks.iter_mut().rev().find(|r| r.started.rollback_id == done.rollback_id) {
             r.steps_at.get_or_insert(now);
@@ -261,8 +277,8 @@ impl Dispatcher {
                 // The restore point: the end of the steps, until a new version is seen. A
                 // procedure that runs no action restored nothing: the evidence goes on.
                 if f.acts {
-                    self.restart = Some(Restart { at: now, predates: false, deployed: None });
-                    self.bake.restart();
+                    self.out.push(Effect::RestartEvidence(Restart { at: now, predates: false, deployed: None }));
+                    self.seen.bake.restart();
                 }
                 if nothing_to_verify {
                     return self.complete(now);
@@ -283,7 +299,7 @@ impl Dispatcher {
                     error: Some(format!("step {} {:?}: {}", failure.step, failure.action, failure.error)),
                 };
                 self.record(now, Event::RollbackFinished(finished))?;
-                self.notifier.announce("rollback_failed", &f.vars);
+                self.out.announce("rollback_failed", &f.vars);
                 let finding =
                     format!("rollback failed at step {} ({}): {}", failure.step, failure.action, failure.error);
                 let response = "All hands. Manual intervention.";
@@ -308,8 +324,8 @@ impl Dispatcher {
             Gate::Act => None,
             Gate::Hold(reason) => Some(reason),
             Gate::LoopGuard(finding) => {
-                if !self.loop_guard_tripped {
-                    self.loop_guard_tripped = true;
+                if !self.told.loop_guard {
+                    self.told.loop_guard = true;
                     let mut vars = blank_vars();
                     vars.insert("profile".into(), s.profile.clone());
                     let response = "All hands. Something keeps failing after each rollback; decide by hand.";
@@ -336,7 +352,7 @@ impl Dispatcher {
             } else {
                 format!("no rollback target: no good version other than {current} is known")
             };
-            if self.suppressed.get(&s.profile) != Some(&reason) {
+            if self.told.suppressed.get(&s.profile) != Some(&reason) {
                 self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
                 let mut vars = blank_vars();
                 vars.insert("profile".into(), s.profile.clone());
@@ -349,8 +365,8 @@ impl Dispatcher {
             }
             return Ok(Err(reason));
         }
-        self.loop_guard_tripped = false;
-        self.suppressed.remove(&s.profile);
+        self.told.loop_guard = false;
+        self.told.suppressed.remove(&s.profile);
         let id = self.state.new_rollback_id();
         let started = RollbackStarted {
             rollback_id: id.clone(),
@@ -389,23 +405,15 @@ impl Dispatcher {
         let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
         let (main, post) = (steps[..split].to_vec(), steps[split..].to_vec());
         let acts = split > 0;
-        let progress = super::procedure::Progress::new(&main);
-        let procedure = Procedure {
-            finished: std::sync::Mutex::default(),
-            progress: progress.clone(),
+        let progress = progress(&main);
+        self.out.push(Effect::Start(Box::new(StartSteps {
             rollback_id: id.clone(),
             steps: main,
             vars: vars.clone(),
             actions: self.acting.actions.clone(),
             redactor: self.acting.redactor.clone(),
-            notifier: self.notifier.clone(),
-            ledger: self.ledger.clone(),
-            term: self.term,
-            client: self.client.clone(),
-            clock: self.clock.clone(),
-        };
-        let done = self.done.clone();
-        self.spawn(procedure.run(done));
+            term: self.lead.term,
+        })));
         self.in_flight = Some(InFlight {
             rollback_id: id.clone(),
             profile: s.profile,

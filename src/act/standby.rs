@@ -4,8 +4,8 @@
 //! that follows (or cannot reach etcd) acts on nothing and keeps its state and journal in step
 //! with the leader's log. etcd trouble is told on every channel once, then reminded.
 
-use super::dispatch::Dispatcher;
-use super::effect::Restart;
+use super::core::Core;
+use super::effect::{Effect, Restart};
 use super::event::{DeploySource, Event, Severity};
 use super::ledger::RecordError;
 use super::state::{Rollback, State};
@@ -15,10 +15,10 @@ use crate::time::{Span, Timestamp, human};
 /// How often etcd trouble is told again while it lasts.
 pub const COORD_REMIND: Span = Span(15 * 60_000);
 
-impl Dispatcher {
+impl Core {
     /// Whether this replica may act: alone, always; among replicas, while it leads.
     pub fn leads(&self) -> bool {
-        match (self.ledger.coordinator(), self.term) {
+        match (self.ledger.coordinator(), self.lead.term) {
             (None, _) => true,
             // The term, and its lease still certain (a replica resumed after a stop knows at once).
             (Some(c), Some(term)) => c.may_act(term),
@@ -28,7 +28,7 @@ impl Dispatcher {
 
     /// Why this replica does not act now, if it does not.
     pub fn standby(&self) -> Option<&str> {
-        self.standby.as_deref()
+        self.lead.standby.as_deref()
     }
 
     /// News from the coordinator.
@@ -39,12 +39,12 @@ impl Dispatcher {
                 self.coord_back(now);
                 self.rebuilt(now);
                 self.restore_shared(&log)?;
-                self.term = Some(term);
-                self.standby = None;
+                self.lead.term = Some(term);
+                self.lead.standby = None;
                 // Whatever this replica ran under an earlier term is fenced off.
                 self.in_flight = None;
                 tracing::info!(term = term.0, "leading: acting from the shared state");
-                self.ledger.journal().note(now, "leading", &serde_json::json!({ "term": term.0 }));
+                self.out.note(now, "leading", serde_json::json!({ "term": term.0 }));
                 let unfinished: Vec<Rollback> = self.state.unfinished().cloned().collect();
                 for r in unfinished {
                     self.resume_or_interrupted(r, "a change of leader")?;
@@ -52,7 +52,7 @@ impl Dispatcher {
                 // A version this replica reads that the shared state does not know was deployed
                 // while nobody could record it (etcd down, an election): a deploy at first sight,
                 // recorded before any decision about it is acted on.
-                if let Some(seen) = self.observed.clone()
+                if let Some(seen) = self.seen.observed.clone()
                     && self.state.versions.current.as_deref() != Some(seen.as_str())
                 {
                     self.deployed(now, &seen, DeploySource::FirstSight)?;
@@ -72,13 +72,9 @@ impl Dispatcher {
             Update::Distrust { why, lost } => {
                 self.coord_back(now);
                 self.stand_down(&format!("not acting: {why}"));
-                self.ledger.journal().note(
-                    now,
-                    "shared_log_distrusted",
-                    &serde_json::json!({ "why": why, "lost": lost }),
-                );
-                if lost && self.rebuilding.is_none() {
-                    self.rebuilding = Some(now);
+                self.out.note(now, "shared_log_distrusted", serde_json::json!({ "why": why, "lost": lost }));
+                if lost && self.lead.rebuilding.is_none() {
+                    self.lead.rebuilding = Some(now);
                     self.escalations += 1;
                     self.announce_own(
                         Severity::S1,
@@ -89,19 +85,15 @@ impl Dispatcher {
             }
             Update::Unreachable { error, tell } => {
                 self.stand_down(&format!("not acting: {error}"));
-                if self.coord_down.is_none() {
-                    self.coord_down = Some((now, now));
-                    self.coord_teller = tell;
-                    self.wanted_told.clear();
+                if self.lead.coord_down.is_none() {
+                    self.lead.coord_down = Some((now, now));
+                    self.lead.coord_teller = tell;
+                    self.lead.wanted_told.clear();
                     if tell {
                         self.tell_coord_down(now, now, &error);
                     } else {
                         tracing::error!(%error, "no replica acts (the last leader answers and tells people)");
-                        self.ledger.journal().note(
-                            now,
-                            "coordinator_unreachable",
-                            &serde_json::json!({ "error": error }),
-                        );
+                        self.out.note(now, "coordinator_unreachable", serde_json::json!({ "error": error }));
                     }
                 }
             }
@@ -112,14 +104,14 @@ impl Dispatcher {
     /// This replica does not act from now on (a rollback in flight here is left to the next
     /// leader, which reports it interrupted).
     pub fn stand_down(&mut self, reason: &str) {
-        if self.term.take().is_some() {
+        if self.lead.term.take().is_some() {
             tracing::error!(reason, "not leading any more: not acting");
-            self.ledger.journal().note(self.clock.now(), "stood_down", &serde_json::json!({ "reason": reason }));
+            self.out.note(self.clock.now(), "stood_down", serde_json::json!({ "reason": reason }));
         }
         if let Some(f) = self.in_flight.take() {
             tracing::error!(rollback = %f.rollback_id, "rollback in flight left to the next leader: reported there, never re-run");
         }
-        self.standby = Some(reason.to_string());
+        self.lead.standby = Some(reason.to_string());
     }
 
     /// The leader's new lines: into the state and the journal.
@@ -131,8 +123,8 @@ impl Dispatcher {
                         tracing::warn!(error = %e, "shared log line not applied");
                     }
                     if matches!(event, Event::Deploy(_) | Event::VersionChanged(_)) {
-                        self.restart = Some(Restart { at, predates: true, deployed: None });
-                        self.bake.restart();
+                        self.out.push(Effect::RestartEvidence(Restart { at, predates: true, deployed: None }));
+                        self.seen.bake.restart();
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable shared log line"),
@@ -158,7 +150,7 @@ impl Dispatcher {
         if state.versions.deployed_at != self.state.versions.deployed_at
             && let Some(at) = state.versions.deployed_at
         {
-            self.restart = Some(Restart { at, predates: false, deployed: None });
+            self.out.push(Effect::RestartEvidence(Restart { at, predates: false, deployed: None }));
         }
         self.state = state;
         self.ledger.mirror(lines)?;
@@ -174,17 +166,17 @@ impl Dispatcher {
             &format!("no replica acts{lasting}: {error}"),
             "Restore etcd or the network to it. Every replica keeps watching; one resumes acting by itself.",
         );
-        self.ledger.journal().note(now, "coordinator_unreachable", &serde_json::json!({ "error": error }));
+        self.out.note(now, "coordinator_unreachable", serde_json::json!({ "error": error }));
     }
 
     /// While etcd cannot be reached, a rollback decided is told (once per profile): wanted,
     /// but nobody may act.
     pub(super) fn tell_wanted(&mut self, decisions: &[crate::rules::Decision]) {
-        if self.coord_down.is_none() || !self.coord_teller {
+        if self.lead.coord_down.is_none() || !self.lead.coord_teller {
             return;
         }
         for d in decisions.iter().filter(|d| d.outcome == crate::rules::Outcome::Rollback) {
-            if self.wanted_told.insert(d.profile.clone()) {
+            if self.lead.wanted_told.insert(d.profile.clone()) {
                 let finding = format!(
                     "rollback wanted for {} ({}), but no replica may act: etcd cannot be reached",
                     d.profile,
@@ -203,20 +195,20 @@ impl Dispatcher {
 
     /// While etcd cannot be reached, a reminder every [`COORD_REMIND`].
     pub(super) fn remind_coord(&mut self, now: Timestamp) {
-        if !self.coord_teller {
+        if !self.lead.coord_teller {
             return;
         }
-        let Some((since, told)) = self.coord_down else { return };
+        let Some((since, told)) = self.lead.coord_down else { return };
         if now.saturating_since(told) >= COORD_REMIND {
-            self.coord_down = Some((since, now));
-            let error = self.standby.clone().unwrap_or_default();
+            self.lead.coord_down = Some((since, now));
+            let error = self.lead.standby.clone().unwrap_or_default();
             self.tell_coord_down(now, since, &error);
         }
     }
 
     /// The shared log is trusted again (rebuilt): told once.
     fn rebuilt(&mut self, now: Timestamp) {
-        let Some(since) = self.rebuilding.take() else { return };
+        let Some(since) = self.lead.rebuilding.take() else { return };
         let finding = format!(
             "the shared state was rebuilt from the replicas' journals after {}: one replica leads and acts",
             human(now.saturating_since(since))
@@ -227,9 +219,9 @@ impl Dispatcher {
 
     /// etcd answers again: told once.
     fn coord_back(&mut self, now: Timestamp) {
-        let Some((since, _)) = self.coord_down.take() else { return };
-        self.wanted_told.clear();
-        if !std::mem::take(&mut self.coord_teller) {
+        let Some((since, _)) = self.lead.coord_down.take() else { return };
+        self.lead.wanted_told.clear();
+        if !std::mem::take(&mut self.lead.coord_teller) {
             return;
         }
         let finding =

@@ -265,6 +265,23 @@ impl Versions {
     }
 }
 
+/// What the version source reads: its last reading (a reading that changes is a deploy), when
+/// it was last read and polled, whether a reading was refused (told once), and the bake of the
+/// deployed version.
+#[derive(Debug, Default)]
+pub struct Sighting {
+    /// The version source's last reading.
+    pub observed: Option<String>,
+    /// Whether the version source's last reading was refused (told once).
+    pub refused: bool,
+    /// When the version source was last read, and last polled at all (read or not): a decision
+    /// about an issue that began after the last poll waits for the next one, which says what
+    /// version the issue is about.
+    pub read_at: Option<Timestamp>,
+    pub polled_at: Option<Timestamp>,
+    pub bake: Bake,
+}
+
 /// Watches the current version run clean: every profile deciding `monitor`, none of its rules
 /// pending or firing, and not every rule unknown (rules with unknown inputs neither block nor
 /// count, but a profile watching nothing proves nothing).

@@ -195,7 +195,7 @@ impl Snapshot {
                     f.verify_until.map(|t| format!("; verifying until {}", esc(&iso(t)))).unwrap_or_default()
                 );
                 p.push_str("<ol id=\"steps\">");
-                for step in f.steps.list() {
+                for step in &f.steps {
                     let mark = match step.state {
                         StepState::Waiting => "waiting",
                         StepState::Running => "running…",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollwatch::act::action::{Action, ActionKind};
-use rollwatch::act::procedure::ProcedureDone;
+use rollwatch::act::procedure::ProcedureNews;
 use rollwatch::act::steps::Step;
 use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy};
 use rollwatch::journal::{Journal, SharedJournal};
@@ -26,7 +26,7 @@ struct Harness {
     dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     d: Dispatcher,
-    done: mpsc::UnboundedReceiver<ProcedureDone>,
+    done: mpsc::UnboundedReceiver<ProcedureNews>,
     console: mpsc::UnboundedReceiver<String>,
     policy: Policy,
     actions: BTreeMap<String, Action>,
@@ -157,10 +157,17 @@ impl Harness {
         self.d.on_tick(self.clock.now(), &[d]).unwrap();
     }
 
-    /// Waits for the procedure task to end and hands its report to the dispatcher.
+    /// Hands the procedure task's news to the dispatcher until the task ends.
     async fn steps_done(&mut self) {
-        let done = tokio::time::timeout(Duration::from_secs(20), self.done.recv()).await.expect("procedure ended");
-        self.d.on_done(done.unwrap()).unwrap();
+        loop {
+            let news = tokio::time::timeout(Duration::from_secs(20), self.done.recv()).await.expect("procedure ended");
+            let news = news.expect("the procedure task reports its end");
+            let done = matches!(news, ProcedureNews::Done(_));
+            self.d.on_news(news).unwrap();
+            if done {
+                break;
+            }
+        }
     }
 
     fn runs(&self) -> Vec<String> {
@@ -194,7 +201,7 @@ impl Harness {
     }
 }
 
-type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureDone>, mpsc::UnboundedReceiver<String>);
+type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, mpsc::UnboundedReceiver<String>);
 
 fn start(
     dir: &std::path::Path,
