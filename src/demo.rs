@@ -192,8 +192,8 @@ url = "http://{sim_addr}/health/ready"
     );
     let config_path: PathBuf = dir.join("rollwatch.toml");
     std::fs::write(&config_path, config_text)?;
-    let crate::act::deployment::Deployment { config, evaluator, procedures } =
-        crate::act::deployment::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::rules::deployment::Deployment { config, evaluator, procedures } =
+        crate::rules::deployment::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let targets = config.targets(|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     writeln!(

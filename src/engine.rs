@@ -21,15 +21,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::act::action::Action;
-use crate::act::deployment::Deployment;
 use crate::act::event::Event;
 use crate::act::ledger::{Ledger, RecordError};
-use crate::act::steps::Procedures;
 use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
 use crate::config::deploy::Config;
+use crate::config::procedures::Procedures;
 use crate::coord::Coordinator;
 use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::notify::{Channel, Console, Notifier};
+use crate::rules::deployment::Deployment;
 use crate::rules::{Evaluator, Tick, checkpoint};
 use crate::secret::{Env, Secret, process_env};
 use crate::server::{self, Shared};
@@ -62,7 +62,7 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// Everything the engine runs with.
 pub struct Parts {
     pub evaluator: Evaluator,
-    /// Each profile's procedures, by profile name (from [`crate::act::deployment`]).
+    /// Each profile's procedures, by profile name (from [`crate::rules::deployment`]).
     pub procedures: BTreeMap<String, Procedures>,
     pub targets: Vec<Target>,
     pub clock: Arc<dyn Clock>,
@@ -403,7 +403,7 @@ impl Engine {
         if let Some(version) = version_of(&self.config, obs) {
             let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, &version));
             self.after_acting(result);
-        } else if self.config.raw.version.as_ref().is_some_and(|v| obs.target == *v.get_ref().target.get_ref()) {
+        } else if self.config.version.as_ref().is_some_and(|v| obs.target == v.target) {
             self.dispatcher.on_version_unreadable(obs.at);
         }
     }
@@ -666,13 +666,13 @@ fn acting_parts(
 /// and roll back from that one — and every version recorded is printable. (The deploy hook
 /// refuses such a version instead: it has a caller to tell.)
 fn version_of<'a>(config: &Config, obs: &'a Observation) -> Option<std::borrow::Cow<'a, str>> {
-    let v = config.raw.version.as_ref()?.get_ref();
-    if obs.target != *v.target.get_ref() || !obs.up {
+    let v = config.version.as_ref()?;
+    if obs.target != v.target || !obs.up {
         return None;
     }
     obs.strings
         .iter()
-        .find(|(k, _)| k == v.field.get_ref())
+        .find(|(k, _)| *k == v.field)
         .map(|(_, val)| crate::template::terminal(val.trim()))
         .filter(|val| !val.is_empty())
 }
@@ -767,7 +767,7 @@ fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) -> Option<crat
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).
 fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
-    let loaded = crate::act::deployment::load(&config.path)?;
+    let loaded = crate::rules::deployment::load(&config.path)?;
     let targets = loaded.config.targets(|var| env(var))?;
     if loaded.config.state_dir != config.state_dir
         || loaded.config.listen != config.listen

@@ -9,8 +9,8 @@ use super::core::Core;
 use super::event::*;
 use super::gate::Start;
 use super::ledger::RecordError;
-use super::steps::Step;
 use super::vars;
+use crate::config::procedures::Step;
 use crate::rules::{Decision, Outcome};
 use crate::time::Timestamp;
 

@@ -25,9 +25,9 @@ use super::leadership::Leadership;
 use super::ledger::{Ledger, RecordError};
 use super::plan::Acting;
 use super::state::{Rollback, State};
-use super::steps::describe;
 use super::versions::Sighting;
 use crate::config::policy::Mode;
+use crate::config::procedures::describe;
 use crate::rules::{Decision, Outcome};
 use crate::time::{Clock, Span, Timestamp, human};
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::action::Action;
-use super::steps::Step;
+use crate::config::procedures::Step;
 use crate::template::Vars;
 use crate::time::Timestamp;
 

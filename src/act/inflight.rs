@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::steps::Step;
 use super::verify::Verification;
+use crate::config::procedures::Step;
 use crate::template::Vars;
 use crate::time::Timestamp;
 

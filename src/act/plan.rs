@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::action::Action;
-use super::steps::Procedures;
 use crate::config::policy::Policy;
+use crate::config::procedures::Procedures;
 use crate::rules::Evaluator;
 use crate::time::Span;
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::action::Action;
 use super::event::{Event, Role, StepEvent};
-use super::steps::Step;
+use crate::config::procedures::Step;
 use crate::notify::Notifier;
 use crate::template::Vars;
 use crate::time::Clock;
@@ -75,7 +75,11 @@ pub fn progress(steps: &[Step]) -> Vec<StepProgress> {
     steps
         .iter()
         .enumerate()
-        .map(|(i, s)| StepProgress { step: i + 1, what: super::steps::describe(s), state: StepState::Waiting })
+        .map(|(i, s)| StepProgress {
+            step: i + 1,
+            what: crate::config::procedures::describe(s),
+            state: StepState::Waiting,
+        })
         .collect()
 }
 

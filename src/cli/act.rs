@@ -18,7 +18,7 @@ use crate::template::messages::blank_vars;
 use crate::time::{Clock, Span, SystemClock};
 
 fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
-    match crate::act::deployment::load(path) {
+    match crate::rules::deployment::load(path) {
         Ok(loaded) => Ok(Some(loaded.config)),
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -29,7 +29,7 @@ fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
 
 /// `rollwatch report -c FILE ID [--format md|json]`: the incident report of one rollback.
 pub fn report(config: &Path, id: &str, format: ReportFormat, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let loaded = match crate::act::deployment::load(config) {
+    let loaded = match crate::rules::deployment::load(config) {
         Ok(loaded) => loaded,
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -167,7 +167,7 @@ pub fn notify(
     vars: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let (config, profiles) = match crate::act::deployment::load(config) {
+    let (config, profiles) = match crate::rules::deployment::load(config) {
         Ok(loaded) => {
             let profiles: Vec<String> = loaded.evaluator.profiles.iter().map(|p| p.name.clone()).collect();
             (loaded.config, profiles)
@@ -325,7 +325,7 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
 /// Whether the config names replicas (`[ha]`); a config that does not load says no (the
 /// command it was asked for then reports the errors).
 pub fn has_ha(config: &Path) -> bool {
-    crate::act::deployment::load(config).is_ok_and(|d| d.config.ha.is_some())
+    crate::rules::deployment::load(config).is_ok_and(|d| d.config.ha.is_some())
 }
 
 /// `rollwatch annotate -c FILE ID --root-cause TEXT`

@@ -43,13 +43,13 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
     match kind {
         Kind::Profile => {
             let profile = LoadedProfile::from_source(file)?;
-            crate::act::deployment::compile(std::slice::from_ref(&profile))?;
+            crate::rules::deployment::compile(std::slice::from_ref(&profile))?;
         }
         Kind::Fixture => {
             Fixture::from_source(file)?;
         }
         Kind::Config => {
-            let loaded = crate::act::deployment::from_source(file)?;
+            let loaded = crate::rules::deployment::from_source(file)?;
             note = loaded.config.ha.is_some().then_some(HA_NOTE);
         }
     }

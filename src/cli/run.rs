@@ -55,8 +55,8 @@ pub fn record(path: &Path, recording: Recording, out: &mut dyn Write) -> anyhow:
 }
 
 fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let crate::act::deployment::Deployment { mut config, evaluator: ev, procedures } =
-        match crate::act::deployment::load(path) {
+    let crate::rules::deployment::Deployment { mut config, evaluator: ev, procedures } =
+        match crate::rules::deployment::load(path) {
             Ok(loaded) => loaded,
             Err(errors) => {
                 writeln!(out, "{errors}")?;

@@ -61,6 +61,15 @@ pub struct Config {
     pub acting: ActingSpec,
     /// `[ha]`: replicas coordinated on etcd (none: this process runs alone).
     pub ha: Option<HaSpec>,
+    /// `version = { target, field }`: where the deployed version is read.
+    pub version: Option<VersionSource>,
+}
+
+/// Where the deployed version is read: a field of a target's health response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSource {
+    pub target: String,
+    pub field: String,
 }
 
 /// The `[ha]` section, checked.
@@ -400,8 +409,13 @@ impl Config {
         let acting = super::acting::check(&mut c, &raw);
 
         let profiles = read_listed(file, &raw.profiles, c.errors);
+        let version = raw.version.as_ref().map(|v| VersionSource {
+            target: v.get_ref().target.get_ref().clone(),
+            field: v.get_ref().field.get_ref().clone(),
+        });
         let config = Config {
             path: file.path.clone(),
+            version,
             raw,
             state_dir,
             listen,

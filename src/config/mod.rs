@@ -5,7 +5,9 @@
 
 pub mod acting;
 pub mod deploy;
+pub mod outcome;
 pub mod policy;
+pub mod procedures;
 pub mod profile;
 pub mod raw;
 

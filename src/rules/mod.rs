@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod coverage;
+pub mod deployment;
 pub mod load;
 pub mod state;
 pub mod tree;

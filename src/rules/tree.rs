@@ -1,43 +1,10 @@
 //! The decision tree (runbook 004, the matrix of 003): ordered questions over rule states; the
 //! first that holds gives the outcome, and the path walked is kept as the explanation.
 
-use std::fmt;
-
 use crate::expr::{Cond, Slots, Truth};
 use crate::time::Timestamp;
 
-/// What to do about a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Record only.
-    Monitor,
-    /// Notify and ask for approval.
-    Consider,
-    /// Act now.
-    Rollback,
-}
-
-impl Outcome {
-    pub fn parse(text: &str) -> Option<Outcome> {
-        match text {
-            "rollback" => Some(Outcome::Rollback),
-            "consider" => Some(Outcome::Consider),
-            "monitor" => Some(Outcome::Monitor),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Outcome::Rollback => "rollback",
-            Outcome::Consider => "consider",
-            Outcome::Monitor => "monitor",
-        })
-    }
-}
+pub use crate::config::outcome::Outcome;
 
 /// One `[[decide]]` entry, compiled.
 #[derive(Debug, Clone)]

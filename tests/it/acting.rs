@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rollwatch::act::action::{Action, ActionKind};
 use rollwatch::act::procedure::ProcedureNews;
-use rollwatch::act::steps::Step;
 use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy};
+use rollwatch::config::procedures::Step;
 use rollwatch::journal::{Journal, SharedJournal};
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, Templates};
 use rollwatch::rules::tree::Answer;
@@ -754,8 +754,8 @@ fn every_runbook_profile_has_a_procedure_for_each_level_it_decides() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut seen = vec![];
     for example in ["rollwatch", "mace", "mycelia", "piforge", "mdm"] {
-        let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
-            rollwatch::act::deployment::load(&root.join(format!("examples/{example}.toml")))
+        let rollwatch::rules::deployment::Deployment { config, evaluator: ev, procedures } =
+            rollwatch::rules::deployment::load(&root.join(format!("examples/{example}.toml")))
                 .unwrap_or_else(|e| panic!("{example}: {e}"));
         assert!(!config.acting.actions.is_empty());
         for p in &ev.profiles {

@@ -61,8 +61,8 @@ async fn start() -> Running {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\neval_interval = \"200ms\"\n[[target]]\nname = \"app\"\nkind = \"prometheus\"\nurl = \"{url}\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
         dir.path().join("state").display()
     );
-    let rollwatch::act::deployment::Deployment { config, evaluator, procedures } =
-        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::rules::deployment::Deployment { config, evaluator, procedures } =
+        rollwatch::rules::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();

@@ -33,8 +33,8 @@ async fn endpoints_serve_state_and_the_hook_reaches_a_decision() {
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\napi_token_env = \"RW_TEST_TOKEN\"\neval_interval = \"100ms\"\n",
         dir.path().join("state").display()
     );
-    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
-        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::rules::deployment::Deployment { config, evaluator: ev, procedures } =
+        rollwatch::rules::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -126,8 +126,8 @@ async fn an_alert_sent_once_still_fires_six_minutes_later_and_ends_when_resolved
         "profiles = [\"p.toml\"]\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\neval_interval = \"15s\"\n[policy]\nmode = \"dry-run\"\n",
         dir.path().join("state").display()
     );
-    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
-        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::rules::deployment::Deployment { config, evaluator: ev, procedures } =
+        rollwatch::rules::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let clock =

@@ -170,7 +170,7 @@ fn a_missing_secret_names_the_target_and_variable_never_a_value() {
         "rollwatch.toml",
         "profiles = [\"p.toml\"]\nstate_dir = \"/tmp/rw\"\n[[target]]\nname = \"api\"\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1/metrics\"\nbearer_token_env = \"RW_API_TOKEN\"\n[[target]]\nname = \"db\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/h\"\nbasic_auth_user = \"ops\"\nbasic_auth_password_env = \"RW_DB_PASSWORD\"\n",
     );
-    let config = rollwatch::act::deployment::load(&cfg).map(|d| d.config).unwrap_or_else(|e| panic!("{e}"));
+    let config = rollwatch::rules::deployment::load(&cfg).map(|d| d.config).unwrap_or_else(|e| panic!("{e}"));
     let e = config.targets(|_| None).unwrap_err().to_string();
     assert!(e.contains("target \"api\": environment variable RW_API_TOKEN is not set"), "{e}");
     assert!(e.contains("target \"db\": environment variable RW_DB_PASSWORD is not set"), "{e}");

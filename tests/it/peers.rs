@@ -185,8 +185,8 @@ async fn a_real_alertmanager_webhook_reaches_a_rollback_decision_and_rolls_back(
         dir.path().join("state").display(),
         actions(&marker)
     );
-    let rollwatch::act::deployment::Deployment { config, evaluator, procedures } =
-        rollwatch::act::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::rules::deployment::Deployment { config, evaluator, procedures } =
+        rollwatch::rules::deployment::load(&write(dir.path(), "rollwatch.toml", cfg)).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();

@@ -59,8 +59,8 @@ async fn start(healthy: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.toml", PROFILE);
     let path = write(dir.path(), "rollwatch.toml", config_text(&url, &dir.path().join("state")));
-    let rollwatch::act::deployment::Deployment { config, evaluator: ev, procedures } =
-        rollwatch::act::deployment::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let rollwatch::rules::deployment::Deployment { config, evaluator: ev, procedures } =
+        rollwatch::rules::deployment::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let targets = config.targets(|_| None).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (tx, ticks) = tokio::sync::mpsc::unbounded_channel();

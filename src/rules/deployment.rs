@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::steps::{self, Procedures, Step};
+use super::{Evaluator, load};
 use crate::config::LoadedProfile;
 use crate::config::acting::ActingSpec;
 use crate::config::deploy::Config;
+use crate::config::procedures::{self as steps, Procedures, Step};
 use crate::config::raw::RawConfig;
 use crate::diag::{Checker, Diagnostics, SourceFile};
-use crate::rules::{Evaluator, load};
 use crate::time::Span;
 
 /// A config with its profiles compiled: what `run` runs.

@@ -1,15 +1,15 @@
 //! Procedures: a profile's `[[procedure.OUTCOME]]` steps compiled — announce a template, or
-//! run an action (and verify with another) — with the levels they apply at. Compiled here,
-//! beside acting, from the profiles as loaded; `rollwatch.toml` binds the names to actions.
+//! run an action (and verify with another) — with the levels they apply at. Compiled from the
+//! profiles as loaded; `rollwatch.toml` binds the names to actions.
 
 use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use crate::config::LoadedProfile;
-use crate::config::raw::RawStep;
+use super::LoadedProfile;
+use super::outcome::Outcome;
+use super::raw::RawStep;
 use crate::diag::{Checker, Diagnostics};
-use crate::rules::Outcome;
 
 /// One step of a procedure, as the profile names it (bound to actions by `rollwatch.toml`).
 #[derive(Debug, Clone, PartialEq)]
