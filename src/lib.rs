@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //!
-//! Modules in their layer order (DESIGN.md, "Layers"; [`LAYERS`] is the same list, checked by the
-//! test `layers_are_one_way`): each uses only modules listed before it, and the modules of one
+//! Modules in their layer order (docs/ARCHITECTURE.md, "Layers"; [`LAYERS`] is the same list, checked
+//! by the test `layers_are_one_way`, and no file cycle inside a module folder): each uses only modules listed before it, and the modules of one
 //! tier (`rules`, `notify`; `status`, `fixture`) do not use each other.
 //!
 //! - [`time`]: timestamps, spans, duration parsing, the clocks — the only reader of wall time.
@@ -24,10 +24,12 @@
 //! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
 //! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).
 //! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick;
+//!   the deployment (a config with its profiles compiled and cross-checked);
 //!   window coverage, and the checkpoint that carries windows and rule states across a restart.
 //! - [`notify`]: notification channels (console, webhook, Slack, email), retries, fallback.
 //! - [`coord`]: high availability — the leader election on etcd, fenced writes, the shared log.
-//! - [`act`]: acting on decisions — a loaded deployment, actions, the dispatcher, history.
+//! - [`act`]: acting on decisions — the acting core (owners of the acting state, effects), the
+//!   executor that applies its effects, actions and procedures, the ledger, history.
 //! - [`status`]: the snapshot behind `/status` and `/metrics`.
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
 //! - [`record`]: a live run written as a fixture (`rollwatch record`).

@@ -1,7 +1,7 @@
 //! The window store: one ring buffer of samples per series, keyed by name + labels, and the
 //! window aggregates the rule functions read. Pure: every call takes the time it is asked about.
 //!
-//! Semantics (DESIGN.md, "Window store"):
+//! Semantics (the window store of docs/ARCHITECTURE.md):
 //! - a window is `(t − w, t]`, shifted back by an optional offset;
 //! - counters: a drop is a reset (the new value counts as the increase since the reset); the sample
 //!   just before the window is the baseline when it is no older than the window itself, otherwise

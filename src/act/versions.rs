@@ -1,4 +1,4 @@
-//! The version model (DESIGN.md, "Versions"): what is deployed, since when, and what each
+//! The version model (README, "Versions"; its place: docs/ARCHITECTURE.md): what is deployed, since when, and what each
 //! version is known to be. A version is *good* only by positive evidence — it baked (ran `bake`
 //! clean) or an operator marked it — and *bad* once a rollback from it completed or an operator
 //! marked it. A failed or interrupted rollback leaves every version as it was. The rollback

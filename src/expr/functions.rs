@@ -1,4 +1,4 @@
-//! The window functions of the rule language (DESIGN.md's table): their signatures, argument
+//! The window functions of the rule language (the README's table, "Profiles: the rule language"): their signatures, argument
 //! checking at load, and evaluation against the [`Store`]. A call's arguments must be literals;
 //! they are parsed once, into a [`Call`] holding registered selector ids and spans.
 

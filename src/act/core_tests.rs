@@ -1,0 +1,218 @@
+//! The acting core alone: driven input by input on a manual clock, with a real journal and no
+//! executor — no task, no action, no sleep. What it decides is read from the effects it queues
+//! and the events it records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::act::core::Core;
+use crate::act::effect::Effect;
+use crate::act::event::StepEvent;
+use crate::act::ledger::Ledger;
+use crate::act::plan::{Acting, Plan};
+use crate::act::procedure::{ProcedureDone, ProcedureNews, StepState};
+use crate::act::{Command, Policy};
+use crate::config::procedures::Step;
+use crate::journal::{Journal, SharedJournal};
+use crate::rules::tree::Answer;
+use crate::rules::{Decision, Outcome, RuleValue};
+use crate::time::{Clock, ManualClock, Span, Timestamp};
+
+const START: i64 = 1_800_000_000_000;
+
+struct Bench {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    core: Core,
+}
+
+fn acting(policy: Policy) -> Acting {
+    let rollback = vec![
+        Step::Announce { template: "rollback_in_progress".into(), levels: vec![] },
+        Step::Run { action: "undo".into(), verify: None, levels: vec![] },
+        Step::Announce { template: "rollback_complete".into(), levels: vec![] },
+    ];
+    let plan = Plan {
+        procedures: BTreeMap::from([("rollback".to_string(), rollback)]),
+        consider_auto_after: None,
+        rules: vec!["errors".into()],
+        labels: BTreeMap::new(),
+        reads: vec![("errors".into(), vec!["signal:error_rate".into()])],
+        environment: vec![],
+    };
+    Acting {
+        policy,
+        actions: Arc::new(BTreeMap::new()),
+        plans: BTreeMap::from([("api".to_string(), plan)]),
+        redactor: Default::default(),
+        config_path: "rollwatch.toml".into(),
+    }
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::starting_at(Timestamp(START)));
+        let policy = Policy { verify_stable: Span::ZERO, bake: Span::from_secs(60), ..Policy::default() };
+        let ledger = Ledger::local(SharedJournal::new(Journal::open(dir.path()).unwrap()));
+        let as_clock: Arc<dyn Clock> = clock.clone();
+        let core = Core::new(acting(policy), ledger, as_clock, &[]);
+        Bench { dir, clock, core }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn tick(&mut self, outcome: Outcome) -> Vec<Effect> {
+        let firing = if outcome == Outcome::Monitor { vec![] } else { vec!["errors"] };
+        let d = Decision {
+            at: self.now(),
+            profile: "api".into(),
+            outcome,
+            level: None,
+            path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: outcome != Outcome::Monitor }],
+            by_default: outcome == Outcome::Monitor,
+            firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
+            because: firing.iter().map(|r| r.to_string()).collect(),
+            unknown: vec![],
+            pending: vec![],
+            predates: vec![],
+            silenced: vec![],
+            coverage: vec![],
+        };
+        // The version source is read on the same tick (an issue newer than its last reading
+        // waits for the next one).
+        let seen = self.core.status().version_seen;
+        let mut effects = Vec::new();
+        if let Some(v) = seen {
+            self.core.on_version_observed(self.now(), &v).unwrap();
+            effects = self.core.take_effects();
+        }
+        self.core.on_tick(self.now(), &[d]).unwrap();
+        effects.extend(self.core.take_effects());
+        effects
+    }
+
+    fn journalled(&self, event: &str) -> usize {
+        let lines = Journal::read_back(&self.dir.path().join("journal.jsonl")).unwrap();
+        lines.iter().filter(|l| l["event"] == event).count()
+    }
+}
+
+fn started(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Start(s) => Some(s.rollback_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn announced(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Announce { template, .. } => Some(template.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rollback_decided_starts_its_steps_once_and_completes_on_quiet() {
+    let mut b = Bench::new();
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.core.take_effects();
+    b.clock.advance(Span::from_secs(1));
+    b.core.on_version_observed(b.now(), "v2").unwrap();
+    let deploy = b.core.take_effects();
+    assert!(
+        deploy.iter().any(|e| matches!(e, Effect::RestartEvidence(r) if r.deployed.as_deref() == Some("v2"))),
+        "a deploy restarts the evidence: {deploy:?}"
+    );
+
+    b.clock.advance(Span::from_secs(10));
+    let effects = b.tick(Outcome::Rollback);
+    assert_eq!(started(&effects), vec!["rb-1"], "one procedure started: {effects:?}");
+    assert_eq!(b.journalled("rollback_started"), 1, "recorded before it is started");
+    // The same decision on the next tick starts nothing more: a rollback is in flight.
+    b.clock.advance(Span::from_secs(1));
+    assert!(started(&b.tick(Outcome::Rollback)).is_empty());
+
+    // The task's news: step 2 ran and was journalled; then its end.
+    let step = StepEvent {
+        rollback_id: "rb-1".into(),
+        step: 2,
+        action: "undo".into(),
+        role: crate::act::event::Role::Run,
+        ok: Some(true),
+        detail: Some("exit 0".into()),
+        output: None,
+        duration_ms: Some(5),
+    };
+    b.core.on_news(ProcedureNews::Step { rollback_id: "rb-1".into(), step: 2, state: StepState::Done }).unwrap();
+    b.core.on_news(ProcedureNews::Finished { at: b.now(), event: step }).unwrap();
+    let status = b.core.status();
+    let f = status.in_flight.expect("in flight");
+    assert_eq!(f.steps[1].state, StepState::Done, "the step's state reached /status by the news");
+    b.core.on_news(ProcedureNews::Done(ProcedureDone { rollback_id: "rb-1".into(), result: Ok(()) })).unwrap();
+    let done = b.core.take_effects();
+    assert!(done.iter().any(|e| matches!(e, Effect::RestartEvidence(_))), "the restore point restarts the evidence");
+    assert_eq!(b.core.status().in_flight.map(|f| f.phase), Some(crate::act::inflight::Phase::Verifying));
+
+    // Quiet: verified, completed, announced (the steps after the last run).
+    b.clock.advance(Span::from_secs(5));
+    let effects = b.tick(Outcome::Monitor);
+    assert_eq!(announced(&effects), vec!["rollback_complete"]);
+    assert_eq!(b.journalled("rollback_finished"), 1);
+    assert!(b.core.status().in_flight.is_none());
+
+    // The version source still reads v2 (this bench saw no restore) and it is decided bad
+    // again: it was rolled back already, and that is said once.
+    let before = b.journalled("suppressed");
+    b.clock.advance(Span::from_secs(5));
+    let effects = b.tick(Outcome::Rollback);
+    assert!(started(&effects).is_empty(), "not rolled back twice: {effects:?}");
+    assert_eq!(b.journalled("suppressed"), before + 1);
+    let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
+    let last = lines.iter().rev().find(|l| l["event"] == "suppressed").unwrap();
+    assert!(last["reason"].as_str().is_some_and(|r| r.contains("already rolled back by rb-1")), "{last}");
+}
+
+#[test]
+fn a_pause_holds_every_rollback_until_it_expires() {
+    let mut b = Bench::new();
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.clock.advance(Span::from_secs(1));
+    b.core.on_version_observed(b.now(), "v2").unwrap();
+    b.core.take_effects();
+    let answer = b.core.command(Command::Pause { for_: Some(Span::from_secs(600)) }).unwrap();
+    assert!(answer.is_ok_and(|a| a.starts_with("paused until")));
+
+    b.clock.advance(Span::from_secs(10));
+    assert!(started(&b.tick(Outcome::Rollback)).is_empty(), "paused: not started");
+    assert_eq!(b.journalled("rollback_started"), 0);
+
+    // Ten minutes on the manual clock: the pause ends by itself and the rollback starts.
+    b.clock.advance(Span::from_secs(600));
+    assert_eq!(started(&b.tick(Outcome::Rollback)), vec!["rb-1"]);
+    assert_eq!(b.journalled("resumed"), 1);
+}
+
+#[test]
+fn a_failed_step_ends_the_rollback_as_failed_and_escalates_s1() {
+    let mut b = Bench::new();
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.clock.advance(Span::from_secs(1));
+    b.core.on_version_observed(b.now(), "v2").unwrap();
+    b.clock.advance(Span::from_secs(10));
+    assert_eq!(started(&b.tick(Outcome::Rollback)), vec!["rb-1"]);
+    let failure = crate::act::procedure::StepFailure { step: 2, action: "undo".into(), error: "exit 1".into() };
+    b.core.on_news(ProcedureNews::Done(ProcedureDone { rollback_id: "rb-1".into(), result: Err(failure) })).unwrap();
+    let effects = b.core.take_effects();
+    assert_eq!(announced(&effects), vec!["rollback_failed", "escalation"]);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::RestartEvidence(_))), "nothing was restored");
+    assert_eq!(b.journalled("escalation"), 1);
+}
