@@ -83,10 +83,16 @@ impl Recorder {
         self.ticks += 1;
     }
 
-    /// `version` was deployed at live time `at` (the evidence restarted there).
+    /// `version` was deployed at live time `at` (the evidence restarted there). The live run
+    /// applies it at its next tick, the one [`observe`](Self::observe) records next: the fixture
+    /// places it within that tick's interval, so that its replay applies it at the same tick.
+    /// The live offset alone would not do: the grid puts tick k at k × interval, while the live
+    /// tick k came late or early of that (a loaded machine, a skipped tick).
     pub fn deploy(&mut self, at: Timestamp, version: &str) {
         let start = *self.start.get_or_insert(at);
-        self.deploys.push((at.saturating_since(start), version.to_string()));
+        let next = self.ticks as i64 * self.interval.0;
+        let offset = at.saturating_since(start).0.clamp(next - self.interval.0 + 1, next);
+        self.deploys.push((Span(offset.max(0)), version.to_string()));
     }
 
     /// Ticks recorded.
@@ -205,5 +211,31 @@ mod tests {
         assert_eq!(notation(&[Entry::Value(3.0); 4]), "3x3");
         assert_eq!(notation(&(0..5).map(|k| Entry::Value(k as f64)).collect::<Vec<_>>()), "0+1x4");
         assert_eq!(notation(&[Entry::Missing, Entry::Value(1.0)]), "_ 1");
+    }
+
+    #[test]
+    fn a_deploy_is_placed_in_the_interval_of_the_tick_that_applied_it() {
+        let store = Store::new(Span::from_secs(60));
+        let mut r = Recorder::new(Span(200));
+        let start = Timestamp(1_000_000);
+        for k in 0..16 {
+            r.observe(&store, start.plus(Span(k * 200)), &[]);
+        }
+        // Live, tick 16 comes 3.4 s after tick 0 (ticks were skipped or late): a deploy seen just
+        // before it is applied at tick 16, which the grid puts at 3.2 s.
+        r.deploy(start.plus(Span(3_390)), "v2");
+        // Ticks ahead of the grid (the first one came late): a deploy 2.9 s in, after tick 15,
+        // is applied at tick 16 too, which follows tick 15's 3 s on the grid.
+        r.deploy(start.plus(Span(2_900)), "v3");
+        // On time: the live offset stands.
+        r.deploy(start.plus(Span(3_150)), "v4");
+        let at: Vec<i64> = r.deploys.iter().map(|(at, _)| at.0).collect();
+        assert_eq!(at, [3_200, 3_001, 3_150]);
+        let text = r.fixture(&[]);
+        assert!(text.contains("[[deploy]]\nat = \"3200ms\"\nversion = \"v2\""), "{text}");
+        // The first deploy seen before any tick is at 0.
+        let mut r = Recorder::new(Span(200));
+        r.deploy(start, "v1");
+        assert_eq!(r.deploys[0].0, Span(0));
     }
 }

@@ -170,6 +170,13 @@ impl Harness {
         }
     }
 
+    /// The dispatcher has no procedure in flight and no task running one: what a tick starts is
+    /// in flight as soon as the tick returns, so nothing needs waiting for to show it did not.
+    fn nothing_in_flight(&self) {
+        let status = self.d.status();
+        assert!(status.in_flight.is_none() && !self.d.steps_running(), "a procedure was started: {status:?}");
+    }
+
     fn runs(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("runs.log"))
             .unwrap_or_default()
@@ -379,7 +386,8 @@ async fn dry_run_journals_what_would_run_and_runs_nothing() {
         serde_json::json!(["announce rollback_in_progress", "run undo (verify check)", "announce rollback_complete"])
     );
     assert!(h.events("rollback_started").is_empty());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Nothing was started: a procedure is in flight from the tick that starts it on.
+    h.nothing_in_flight();
     assert!(h.runs().is_empty());
     assert!(h.messages().await.is_empty());
 }
@@ -658,7 +666,7 @@ async fn a_restart_reports_an_unfinished_rollback_and_never_reruns_it() {
     assert_eq!(h.events("escalation")[0]["severity"], "S1");
     // The same decision after the restart does not run anything again.
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.nothing_in_flight();
     assert_eq!(h.runs(), vec!["undo v2 to v1", "check"]);
     assert_eq!(h.events("rollback_started").len(), 1);
     // A second restart does not report it again.

@@ -95,21 +95,16 @@ async fn the_status_page_says_unknown_and_shows_latencies_as_durations() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let url = format!("http://{listen}/status");
-    let waiting = rollwatch::time::Stopwatch::start();
-    let status = loop {
-        assert!(
-            waiting.elapsed_secs() < 30.0,
-            "p99 never had a value; stderr:\n{}",
-            std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
-        );
-        if let Ok(r) = http.get(&url).send().await
-            && let Ok(status) = r.json::<serde_json::Value>().await
-            && status["signals"]["p99"].is_f64()
-        {
-            break status;
+    let status = crate::common::wait_for("a value of p99", crate::common::DEADLINE, async || {
+        match crate::common::status(&listen).await {
+            Ok(status) if status["signals"]["p99"].is_f64() => Ok(status),
+            seen => Err(format!(
+                "{seen:?}; stderr:\n{}",
+                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+            )),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     // JSON: raw values, the unit said, unknown said.
     let p99 = status["signals"]["p99"].as_f64().unwrap();
     assert!((p99 - 0.0492).abs() < 1e-9, "{status:#}");

@@ -83,20 +83,15 @@ async fn half_open_connections_beyond_the_cap_lock_out_neither_commands_nor_hook
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
-    let waiting = Stopwatch::start();
-    while client.get(format!("http://{listen}/healthz")).send().await.is_err() {
-        assert!(waiting.elapsed_secs() < 30.0, "the sidecar never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for("the sidecar to answer", common::DEADLINE, async || {
+        client.get(format!("http://{listen}/healthz")).send().await
+    })
+    .await;
 
     // 40 half-open connections against a cap of 16, kept open.
     let (stop, opened) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let flooders = flood(listen.clone(), 40, stop.clone(), opened.clone());
-    let waiting = Stopwatch::start();
-    while opened.load(Ordering::Relaxed) < 40 {
-        assert!(waiting.elapsed_secs() < 30.0, "the flood could not open its connections");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until("the flood to open its connections", || opened.load(Ordering::Relaxed) >= 40).await;
     let hook = |status: &str| {
         format!(
             r#"{{"version":"4","groupKey":"g","status":"{status}","receiver":"rollwatch","groupLabels":{{}},

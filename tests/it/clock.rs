@@ -5,11 +5,13 @@
 //! a restart; the disagreement with the system clock shows on `/status`, its page and `/metrics`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{VersionedService, of_kind, rollwatch, sigterm, spawn_run_env, versioned_config, wait_for_journal};
+use crate::common::{
+    VersionedService, of_kind, rollwatch, sigterm, spawn_run_env, status_when, ticks_later, versioned_config,
+    wait_for_journal,
+};
 use rollwatch::time::Stopwatch;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -89,17 +91,12 @@ impl Sidecar {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
     }
 
-    /// Polls `/status` until the clock's disagreement is `seconds` (± 5 s), at most 30 s.
+    /// Polls `/status` until the clock's disagreement is `seconds` (± 5 s).
     async fn disagreement_shown(&self, seconds: f64) -> Value {
-        let waiting = Stopwatch::start();
-        loop {
-            let status = self.status();
-            if status["clock"]["system_ahead_seconds"].as_f64().is_some_and(|s| (s - seconds).abs() < 5.0) {
-                return status;
-            }
-            assert!(waiting.elapsed_secs() < 30.0, "no disagreement of {seconds} s on /status: {}", status["clock"]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        status_when(&self.listen, &format!("a disagreement of {seconds} s on /status"), |status| {
+            status["clock"]["system_ahead_seconds"].as_f64().is_some_and(|s| (s - seconds).abs() < 5.0)
+        })
+        .await
     }
 }
 
@@ -188,13 +185,14 @@ fn suppressed_after(events: &[Value], from: usize) -> Vec<String> {
         .collect()
 }
 
-/// Waits `secs` seconds (real time) while checking that nothing is rolled back but `expected`.
-async fn no_second_rollback(s: &Sidecar, service: &VersionedService, secs: f64) {
-    let waited = Stopwatch::start();
-    while waited.elapsed_secs() < secs {
-        assert_eq!(service.rollbacks(), vec!["v1".to_string()], "a second rollback: {}", s.stderr());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits until the sidecar has decided `ticks` more ticks (200 ms each), then checks that
+/// nothing was rolled back but v1: no second rollback started (journalled before its steps run),
+/// no second undo.
+async fn no_second_rollback(s: &Sidecar, service: &VersionedService, ticks: u64) {
+    ticks_later(&s.listen, ticks).await;
+    let events = rollwatch::journal::Journal::read_back(&s.journal()).unwrap();
+    assert_eq!(of_kind(&events, "rollback_started").len(), 1, "a second rollback: {}", s.stderr());
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()], "a second rollback: {}", s.stderr());
 }
 
 /// After a rollback, with a 1 h cooldown, a loop guard of one rollback an hour and `pause --for
@@ -225,7 +223,7 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
     service.deploy("v3", 500);
     s.wait("v3 held by the pause", held_by(seen, "paused until")).await;
-    no_second_rollback(&s, &service, 5.0).await;
+    no_second_rollback(&s, &service, 25).await;
     assert!(s.status()["acting"]["paused_until"].is_i64(), "still paused: {}", s.status()["acting"]);
 
     // Resumed: the loop guard holds v3 (one rollback in the last hour of rollwatch's timeline).
@@ -233,7 +231,7 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     assert_eq!(code, 0, "{out}{err}");
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
     s.wait("v3 held by the loop guard", held_by(seen, "loop guard: 1 rollbacks in the last 1h")).await;
-    no_second_rollback(&s, &service, 3.0).await;
+    no_second_rollback(&s, &service, 15).await;
     // v3 mended (it bakes), then v2 deployed again: the cooldown holds the version rolled back
     // from (1 h from rb-1).
     service.set_errors("v3", 0);
@@ -241,7 +239,7 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     let seen = rollwatch::journal::Journal::read_back(&s.journal()).unwrap().len();
     service.deploy("v2", 500);
     s.wait("v2 held by the cooldown", held_by(seen, "cooldown after rb-1")).await;
-    no_second_rollback(&s, &service, 3.0).await;
+    no_second_rollback(&s, &service, 15).await;
 
     // A restart (the clock still 2 h ahead): what was left of the cooldown still holds.
     s.restart();
@@ -249,7 +247,7 @@ async fn a_2_hour_step_forward_ends_neither_a_cooldown_nor_a_pause() {
     // From the second start on (its first hold may already be in `events`).
     let restarted = events.iter().rposition(|e| e["event"] == "started").unwrap() + 1;
     s.wait("v2 held by the cooldown after the restart", held_by(restarted, "cooldown after rb-1")).await;
-    no_second_rollback(&s, &service, 5.0).await;
+    no_second_rollback(&s, &service, 25).await;
     s.disagreement_shown(7200.0).await;
     assert!(s.stderr().contains("continues"), "the carried disagreement is said at start: {}", s.stderr());
 }

@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use rollwatch::journal::Journal;
-use rollwatch::time::Stopwatch;
 use serde_json::Value;
 
 struct Setup {
@@ -77,13 +75,9 @@ impl Setup {
             .unwrap()
     }
 
-    /// Waits (up to 30 s) until `ready` holds.
+    /// Waits until `ready` holds.
     async fn until(&self, what: &str, ready: impl Fn(&Setup) -> bool) {
-        let waiting = Stopwatch::start();
-        while !ready(self) {
-            assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}; journal: {:#?}", self.events());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_for(what, common::DEADLINE, async || if ready(self) { Ok(()) } else { Err(self.events()) }).await;
     }
 }
 
@@ -245,13 +239,13 @@ async fn journal_fault_stops_acting_not_watching(
     fault();
     deployment.healthy.store(false, Ordering::SeqCst);
     let stdout = || std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
-    let waiting = Stopwatch::start();
-    while !(stdout().contains("S1: journal unwritable: not acting")
-        && stdout().contains("suppressed: journal unwritable: not acting"))
-    {
-        assert!(waiting.elapsed_secs() < 30.0, "not told on the console: {}", stdout());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for("the console told", common::DEADLINE, async || {
+        let out = stdout();
+        let told = out.contains("S1: journal unwritable: not acting")
+            && out.contains("suppressed: journal unwritable: not acting");
+        if told { Ok(()) } else { Err(out) }
+    })
+    .await;
     assert!(!marker.exists(), "acted without a journal line");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
@@ -393,16 +387,11 @@ async fn a_connection_flood_neither_rolls_back_a_healthy_service_nor_hides_an_ou
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let metrics = |client: reqwest::Client, listen: String| async move {
-        let waiting = Stopwatch::start();
-        loop {
-            if let Ok(r) = client.get(format!("http://{listen}/metrics")).send().await
-                && let Ok(text) = r.text().await
-            {
-                return text;
-            }
-            assert!(waiting.elapsed_secs() < 30.0, "/metrics unreachable for 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::wait_for("/metrics to answer", common::DEADLINE, async || {
+            let answer = client.get(format!("http://{listen}/metrics")).send().await.map_err(|e| e.to_string())?;
+            answer.text().await.map_err(|e| e.to_string())
+        })
+        .await
     };
     let polls = |text: &str| -> u64 {
         text.lines()
@@ -411,15 +400,11 @@ async fn a_connection_flood_neither_rolls_back_a_healthy_service_nor_hides_an_ou
             .unwrap_or(0)
     };
     let before = polls(&metrics(client.clone(), listen.clone()).await);
-    let waiting = Stopwatch::start();
-    let text = loop {
+    let text = common::wait_for("15 more polls under the flood", common::DEADLINE, async || {
         let text = metrics(client.clone(), listen.clone()).await;
-        if polls(&text) >= before + 15 {
-            break text;
-        }
-        assert!(waiting.elapsed_secs() < 30.0, "the poller stalled under the flood: {text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if polls(&text) >= before + 15 { Ok(text) } else { Err(text) }
+    })
+    .await;
     assert!(text.contains("rollwatch_target_up{target=\"api\"} 1\n"), "{text}");
     let refused: u64 = text
         .lines()

@@ -7,11 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{VersionedService, free_listen, of_kind, versioned_config, wait_for_journal};
+use crate::common::{
+    DEADLINE, VersionedService, free_listen, of_kind, status_when, ticks_later, until, versioned_config, wait_for,
+    wait_for_blocking, wait_for_journal,
+};
 use rollwatch::time::Stopwatch;
 
 /// A single-member etcd on free loopback ports, its data in `dir`; killed when dropped.
@@ -47,18 +49,11 @@ impl Etcd {
             .spawn()
             .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
         self.child = Some(child);
-        let waiting = Stopwatch::start();
-        loop {
-            let ok = Command::new("curl")
-                .args(["-sf", "-m", "1", &format!("{client}/health")])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"));
-            if ok {
-                return;
-            }
-            assert!(waiting.elapsed_secs() < 20.0, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_blocking("etcd to start", 20.0, || {
+            let out = Command::new("curl").args(["-sf", "-m", "1", &format!("{client}/health")]).output();
+            let health = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            if health.contains("true") { Ok(()) } else { Err(health) }
+        });
     }
 
     pub(crate) fn kill(&mut self) {
@@ -218,23 +213,17 @@ pub(crate) fn post(listen: &str, path: &str) -> (u16, String, String) {
 
 /// Waits (at most `secs`) until exactly one replica leads; its index.
 pub(crate) async fn one_leader(replicas: &[&Replica], secs: f64) -> usize {
-    let waiting = Stopwatch::start();
-    loop {
+    wait_for("a single leader", secs, async || {
         let leading: Vec<usize> = (0..replicas.len()).filter(|&i| replicas[i].leads()).collect();
-        if leading.len() == 1 {
-            return leading[0];
-        }
-        assert!(waiting.elapsed_secs() < secs, "no single leader within {secs} s: {leading:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if leading.len() == 1 { Ok(leading[0]) } else { Err(leading) }
+    })
+    .await
 }
 
-/// Waits (at most 30 s) until `ready` holds.
-pub(crate) async fn until(what: &str, ready: impl Fn() -> bool) {
-    let waiting = Stopwatch::start();
-    while !ready() {
-        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits until every replica has evaluated `n` more ticks (see [`ticks_later`]).
+pub(crate) async fn all_ticks_later(replicas: &[&Replica], n: u64) {
+    for r in replicas {
+        ticks_later(&r.listen, n).await;
     }
 }
 
@@ -269,8 +258,9 @@ async fn three_replicas_elect_one_leader_and_undo_one_outage_once() {
 
     service.deploy("v2", 500);
     until("the undo", || !service.rollbacks().is_empty()).await;
-    // Every replica watches the same outage; one acts. Long enough for a second to show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every replica watches the same outage; one acts. Each one has decided 15 more ticks (3 s)
+    // on it, long enough for a second undo to show.
+    all_ticks_later(&all, 15).await;
     assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo, to v1");
 
     // Every replica's journal has the leader's rollback, and `history` shows it there.
@@ -404,8 +394,11 @@ async fn a_leader_killed_in_the_middle_of_a_step_is_never_re_run() {
     let error = finished[0]["error"].as_str().unwrap_or("");
     assert!(error.contains("change of leader") && error.contains("undo"), "{error}");
     assert!(of_kind(&events, "escalation").iter().any(|e| e["severity"] == "S1"), "reported S1: {events:#?}");
-    // Long enough for a re-run to show: the step ran once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 15 more ticks (3 s) decided by the new leader, long enough for a re-run to show: a step is
+    // journalled before it runs, and none was; the step ran once.
+    ticks_later(&other.listen, 15).await;
+    let events = rollwatch::journal::Journal::read_back(&other.journal()).unwrap();
+    assert_eq!(of_kind(&events, "step_started").len(), 1, "the step started once: {events:#?}");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n", "the step ran once");
 }
 
@@ -435,16 +428,23 @@ async fn a_leader_stopped_past_its_ttl_never_acts_beside_the_new_one() {
     until("the undo", || !service.rollbacks().is_empty()).await;
     stopped.signal("-CONT");
 
-    // From its resumption on, never two acting leaders.
-    let watching = Stopwatch::start();
+    // From its resumption on, never two acting leaders: looked at until the resumed replica
+    // follows and both have decided 20 more ticks (4 s).
+    let ticks = |r: &Replica| r.status()["ticks_total"].as_u64().unwrap_or(0);
+    let answered = |s: &Value| s["ticks_total"].is_u64();
+    let from = (
+        status_when(&stopped.listen, "the resumed replica's status", answered).await["ticks_total"].as_u64().unwrap(),
+        status_when(&other.listen, "the other replica's status", answered).await["ticks_total"].as_u64().unwrap(),
+    );
     let mut seen_follower = false;
-    while watching.elapsed_secs() < 4.0 {
+    wait_for("the resumed replica to follow, 20 ticks on", DEADLINE, async || {
         let (a, b) = (stopped.leads(), other.leads());
         assert!(!(a && b), "two acting leaders");
         seen_follower |= stopped.status()["ha"]["role"] == "follower";
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen_follower, "the resumed replica follows: {}", stopped.status());
+        let (now_a, now_b) = (ticks(stopped), ticks(other));
+        if seen_follower && now_a >= from.0 + 20 && now_b >= from.1 + 20 { Ok(()) } else { Err((now_a, now_b)) }
+    })
+    .await;
     assert!(other.leads());
     assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo");
     let events = rollwatch::journal::Journal::read_back(&stopped.journal()).unwrap();
@@ -482,7 +482,7 @@ async fn with_etcd_down_nobody_acts_everyone_answers_one_tells_and_one_resumes()
     service.deploy("v2", 500);
     // A rollback wanted meanwhile is said (by the same replica), and not acted on.
     until("the wanted rollback told", || leader.stdout().contains("rollback wanted for")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    all_ticks_later(&all, 15).await;
     assert!(service.rollbacks().is_empty(), "nobody acts without etcd");
     let follower = &replicas[1 - l];
     assert!(!follower.stdout().contains("no replica acts"), "one page, not two: {}", follower.stdout());
@@ -491,7 +491,7 @@ async fn with_etcd_down_nobody_acts_everyone_answers_one_tells_and_one_resumes()
     etcd.restart();
     one_leader(&all, 15.0).await;
     until("the undo", || !service.rollbacks().is_empty()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    all_ticks_later(&all, 10).await;
     assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo once etcd is back");
     until("etcd's return told", || replicas.iter().any(|r| r.stdout().contains("etcd reachable again"))).await;
 }
@@ -705,12 +705,13 @@ async fn the_shared_log_is_compacted_and_a_late_replica_reads_it_whole() {
         let to = prefix_end(&from);
         c.etcd().txn(&[], &[Op::GetRange(from, to)], &[]).await.unwrap().ranges[0].len()
     }
-    let waiting = Stopwatch::start();
     // 298 lines committed: one compaction (past 256), which leaves at most the 41 after it.
-    while a.etcd().get("/rollwatch/compact/snapshot").await.unwrap().is_none() || events(&a).await > 41 {
-        assert!(waiting.elapsed_secs() < 20.0, "not compacted: {} events", events(&a).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the compaction", 20.0, async || {
+        let snapshot = a.etcd().get("/rollwatch/compact/snapshot").await.unwrap().is_some();
+        let left = events(&a).await;
+        if snapshot && left <= 41 { Ok(()) } else { Err(format!("snapshot: {snapshot}, {left} events")) }
+    })
+    .await;
 
     let (_b, mut b_news, _stop_b) = start("b");
     let whole = loop {
@@ -769,7 +770,7 @@ async fn a_leader_whose_journal_fails_hands_leadership_to_a_healthy_replica() {
         s["acting"]["journal_error"].is_null() && s["ha"]["role"] == "follower" && s["ha"]["leader"]["replica"] == "b"
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    all_ticks_later(&[&a, &b], 10).await;
     assert_eq!(service.rollbacks(), vec!["v1".to_string()], "exactly one undo");
     assert!(b.leads() && !a.leads());
 }

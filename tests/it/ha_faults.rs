@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use crate::common::{VersionedService, of_kind, wait_for_journal};
-use crate::ha::{Etcd, POLICY, Replica, one_leader, post, until};
+use crate::common::until;
+use crate::common::{DEADLINE, VersionedService, of_kind, status_when, wait_for, wait_for_journal};
+use crate::ha::{Etcd, POLICY, Replica, one_leader, post};
 use rollwatch::time::Stopwatch;
 
 /// The leader commits a step's start, then freezes (SIGSTOP, right after the commit: the
@@ -36,9 +37,8 @@ async fn a_leader_stalled_between_a_steps_commit_and_its_start_never_starts_it_l
         of_kind(e, "rollback_finished").iter().any(|f| f["rollback_id"] == "rb-1" && f["result"] == "interrupted")
     })
     .await;
-    while frozen.elapsed_secs() < 9.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The stall this test is about (part of the scenario, not a wait for a result): 9 s in all.
+    tokio::time::sleep(Duration::from_secs_f64((9.0 - frozen.elapsed_secs()).max(0.0))).await;
     a.signal("-CONT");
     let events =
         wait_for_journal(&a.journal(), "the step not started", |e| !of_kind(e, "step_not_started").is_empty()).await;
@@ -187,12 +187,16 @@ async fn a_replica_whose_clock_is_an_hour_ahead_does_not_lead() {
     assert_eq!(skewed.metric("rollwatch_leader"), Some(0.0));
     assert_eq!(skewed.status()["ha"]["leader"]["replica"], "fine");
     fine.kill();
-    // Nobody else may lead: the skewed replica keeps saying why, for longer than a failover.
-    let waited = Stopwatch::start();
-    while waited.elapsed_secs() < 8.0 {
+    // Nobody else may lead: the skewed replica keeps saying why, for longer than a failover —
+    // looked at until it has decided 40 more ticks (8 s).
+    let ticks = |s: &serde_json::Value| s["ticks_total"].as_u64().unwrap_or(0);
+    let from = ticks(&status_when(&skewed.listen, "the skewed replica's status", |s| s["ticks_total"].is_u64()).await);
+    wait_for("40 more ticks of the skewed replica", DEADLINE, async || {
         assert_eq!(skewed.metric("rollwatch_leader"), Some(0.0), "{}", skewed.status()["ha"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let now = ticks(&skewed.status());
+        if now >= from + 40 { Ok(()) } else { Err(now) }
+    })
+    .await;
     let error = skewed.status()["ha"]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("ahead of etcd's"), "still says why: {error}");
 }
@@ -212,11 +216,13 @@ async fn a_2_mib_version_from_the_version_source_costs_no_lease() {
     service.deploy(&huge, 0);
     let stderr = || std::fs::read_to_string(a.dir.join("stderr")).unwrap_or_default();
     until("the reading refused", || stderr().contains("is not a version")).await;
-    // Several version polls (200 ms) and lease rounds (500 ms) later: the same term, quiet.
-    let waited = Stopwatch::start();
-    while waited.elapsed_secs() < 5.0 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // 25 more version polls (200 ms; 5 s, ten lease rounds of 500 ms) later: the same term, quiet.
+    let polls = |s: &serde_json::Value| {
+        let api = s["targets"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "api").cloned());
+        api.and_then(|t| t["polls_total"].as_u64())
+    };
+    let from = polls(&status_when(&a.listen, "a's status", |s| polls(s).is_some()).await).unwrap();
+    status_when(&a.listen, "25 more version polls", |s| polls(s).is_some_and(|n| n >= from + 25)).await;
     let status = crate::ha::get(&format!("http://{}/status", a.listen)).unwrap();
     assert!(status.len() < 64 * 1024, "/status is {} bytes", status.len());
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();

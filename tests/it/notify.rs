@@ -190,11 +190,8 @@ async fn smtp_server() -> SmtpServer {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("python3-aiosmtpd is installed by scripts/test.sh");
-    let waiting = Stopwatch::start();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(waiting.elapsed_secs() < 20.0, "aiosmtpd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for("aiosmtpd to start", 20.0, async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await)
+        .await;
     SmtpServer { child, port, maildir }
 }
 
@@ -403,9 +400,12 @@ async fn notifications_degrade_visibly() {
     assert!(failed["error"].as_str().unwrap().contains("failed after 1 attempt(s): HTTP 429"), "{failed}");
 
     // A channel whose server never answers in time: its queue fills, the oldest go.
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let got = received.clone();
     let stuck = serve(Router::new().route(
         "/hook",
-        post(|| async {
+        post(move || async move {
+            got.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             StatusCode::OK
         }),
@@ -418,7 +418,7 @@ async fn notifications_degrade_visibly() {
     let extra = 10;
     n.announce("escalation", &blank_vars());
     // The worker takes the first message and waits on the server.
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    common::until("the first message at the server", || received.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
     for _ in 0..rollwatch::notify::QUEUE_CAP + extra {
         n.announce("escalation", &blank_vars());
     }

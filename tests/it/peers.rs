@@ -44,16 +44,13 @@ fn start(binary: &str, args: &[String], log: &Path) -> Peer {
 /// Waits until `url` answers 200 (the peer is ready), up to 30 s.
 async fn ready(url: &str, log: &Path) {
     let http = http_client().unwrap();
-    let ok = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::common::wait_for(&format!("{url} to be ready"), crate::common::DEADLINE, async || {
+        match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            answer => Err(format!("{answer:?}\nits log:\n{}", std::fs::read_to_string(log).unwrap_or_default())),
         }
     })
     .await;
-    assert!(ok.is_ok(), "{url} not ready: {}", std::fs::read_to_string(log).unwrap_or_default());
 }
 
 /// A loopback service exposing two counters.
@@ -99,17 +96,11 @@ async fn promql_source_reads_a_real_prometheus() {
         sample_limit: rollwatch::source::DEFAULT_SAMPLE_LIMIT,
     };
     let errors = target(r#"app_requests_total{code="500"}"#);
-    let obs = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let obs = probe(&http, &errors, &SystemClock).await;
-            if !obs.samples.is_empty() {
-                return obs;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    let obs = crate::common::wait_for("Prometheus to scrape the service", crate::common::DEADLINE, async || {
+        let obs = probe(&http, &errors, &SystemClock).await;
+        if obs.samples.is_empty() { Err(obs) } else { Ok(obs) }
     })
-    .await
-    .expect("Prometheus scraped the service within 30 s");
+    .await;
     assert!(obs.up, "{:?}", obs.error);
     let (key, value) = &obs.samples[0];
     assert_eq!(key.name, "app_requests_total");

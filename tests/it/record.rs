@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::common::{counters_service, rollwatch, write};
+use crate::common::{Recording, counters_service, rollwatch, write};
 
 const PROFILE: &str = r#"
 [signals]
@@ -38,14 +38,17 @@ async fn a_recorded_run_replays_to_the_same_decisions() {
         ),
     );
     let fixture = dir.path().join("recorded.toml");
-    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
-    let recording =
-        tokio::task::spawn_blocking(move || rollwatch(&["record", "-c", &cfg_s, "--for", "6s", "-o", &fixture_s]));
-    // Errors jump to 20% a few seconds in.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let recording = Recording::start(dir.path(), &cfg, &fixture);
+    // Errors jump to 20% once the healthy service has been judged for ten ticks (2.5 s).
+    recording
+        .status_when("ten ticks judging the healthy service", |s| {
+            s["ticks_total"].as_u64().is_some_and(|n| n >= 10) && s["signals"]["error_rate"] == 0.0
+        })
+        .await;
     permille.store(200, Ordering::SeqCst);
-    let (code, out, err) = recording.await.unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    recording.status_when("the rollback decided", |s| s["decisions"][0]["outcome"] == "rollback").await;
+    let (code, out) = recording.stop();
+    assert_eq!(code, 0, "{out}");
     let text = std::fs::read_to_string(&fixture).unwrap();
     assert!(text.contains("'up{target=\"app\"}' = \"_ 1x"), "the first tick precedes the first poll: {text}");
     assert!(text.contains("'http_requests_total{code=\"500\",target=\"app\"}'"), "{text}");
@@ -136,14 +139,21 @@ async fn a_recorded_deploy_replays_to_the_same_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = crate::common::versioned_config(dir.path(), &service, "127.0.0.1:0", "");
     let fixture = dir.path().join("deploy.toml");
-    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
-    let recording =
-        tokio::task::spawn_blocking(move || rollwatch(&["record", "-c", &cfg_s, "--for", "8s", "-o", &fixture_s]));
-    // v1 fails 3% (below the 5% threshold); v2, deployed a few seconds in, fails 8%.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let recording = Recording::start(dir.path(), &cfg, &fixture);
+    // v1 fails 3% (below the 5% threshold), judged for a while; then v2, which fails 8%.
+    recording
+        .status_when("v1 judged for 3.5 s", |s| {
+            s["ticks_total"].as_u64().is_some_and(|n| n >= 17) && s["signals"]["error_rate"].as_f64().is_some()
+        })
+        .await;
     service.deploy("v2", 80);
-    let (code, out, err) = recording.await.unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    recording
+        .status_when("the rollback decided on v2", |s| {
+            s["acting"]["version"] == "v2" && s["decisions"][0]["outcome"] == "rollback"
+        })
+        .await;
+    let (code, out) = recording.stop();
+    assert_eq!(code, 0, "{out}");
     let text = std::fs::read_to_string(&fixture).unwrap();
     assert!(text.contains("[[deploy]]") && text.contains("version = \"v2\""), "{text}");
     assert!(text.contains("decision = \"rollback\""), "the live run decided rollback on v2:\n{text}");

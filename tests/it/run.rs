@@ -147,14 +147,9 @@ fn sigterm_stops_the_sidecar_cleanly() {
     assert!(out.contains("one process per state_dir"), "{out}");
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let stopped = rollwatch::time::Stopwatch::start();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(stopped.elapsed().0 < 5000, "not stopped within 5 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_for_blocking("the sidecar to stop (within 5 s)", 5.0, || {
+        child.try_wait().unwrap().ok_or("still running")
+    });
     assert!(status.success(), "{status}");
     let journal = Journal::read_back(&dir.path().join("state/journal.jsonl")).unwrap();
     assert_eq!(journal.last().and_then(|v| v["event"].as_str()), Some("stopped"));

@@ -380,14 +380,14 @@ interval = "250ms"
         ),
     );
     let fixture = dir.path().join("recorded.toml");
-    let (cfg_s, fixture_s) = (cfg.display().to_string(), fixture.display().to_string());
-    let recording =
-        tokio::task::spawn_blocking(move || rollwatch(&["record", "-c", &cfg_s, "--for", "3s", "-o", &fixture_s]));
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let recording = crate::common::Recording::start(dir.path(), &cfg, &fixture);
+    recording.status_when("v1 seen", |s| s["acting"]["version"] == "v1").await;
     *version.lock().unwrap() = VERSION.to_string();
-    let (code, out, err) = recording.await.unwrap();
+    // The deploy seen, and evaluated after (a status is published by a tick).
+    recording.status_when("the new version seen", |s| s["acting"]["version"].as_str().is_some_and(|v| v != "v1")).await;
+    let (code, out) = recording.stop();
     let text = std::fs::read_to_string(&fixture).unwrap_or_default();
-    assert_eq!(code, 0, "{out}{err}\n{text}");
+    assert_eq!(code, 0, "{out}\n{text}");
     assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "raw control characters in:\n{text}");
     let (code, out, err) = rollwatch(&["test", &fixture.display().to_string()]);
     assert_eq!(code, 0, "{out}{err}\n{text}");

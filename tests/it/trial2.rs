@@ -5,10 +5,8 @@
 //! said once; and, among replicas on etcd, a leader killed while verifying leaves the
 //! verification to the next, and the bake survives a change of leader.
 
-use std::time::Duration;
-
-use crate::common::{VersionedService, of_kind, rollwatch, wait_for_journal};
-use crate::ha::{Etcd, Replica, one_leader, until};
+use crate::common::{VersionedService, of_kind, rollwatch, status_when, ticks_later, until, wait_for_journal};
+use crate::ha::{Etcd, Replica, one_leader};
 use crate::versions::{Sidecar, finished};
 use serde_json::Value;
 
@@ -95,7 +93,8 @@ async fn a_rollback_decided_without_a_procedure_is_said_never_silently_done() {
             .any(|x| x["reason"].as_str().is_some_and(|r| r.contains("no [[procedure.rollback]]")))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Ten more ticks (2 s) decided on the same outage: nothing started.
+    ticks_later(&s.listen, 10).await;
     let events = rollwatch::journal::Journal::read_back(&s.journal()).unwrap();
     assert!(of_kind(&events, "rollback_started").is_empty(), "nothing started: {events:#?}");
     let out = s.stop();
@@ -147,14 +146,20 @@ async fn no_rollback_target_is_said_once() {
     let mut s = Sidecar::start(&service, "cooldown = \"1s\"\nbake = \"1h\"").await;
     s.wait("v1 seen", |e| of_kind(e, "deploy").iter().any(|d| d["to"] == "v1")).await;
     service.set_errors("v1", 500);
-    s.wait("no target said", |e| {
-        of_kind(e, "suppressed").iter().any(|x| {
-            x["reason"].as_str().is_some_and(|r| r.contains("no rollback target: no good version other than v1"))
+    let events = s
+        .wait("no target said", |e| {
+            of_kind(e, "suppressed").iter().any(|x| {
+                x["reason"].as_str().is_some_and(|r| r.contains("no rollback target: no good version other than v1"))
+            })
         })
+        .await;
+    let no_target = |x: &&Value| x["reason"].as_str().is_some_and(|r| r.contains("no rollback target"));
+    let said = of_kind(&events, "suppressed").into_iter().find(no_target).unwrap()["at"].as_i64().unwrap();
+    // Several cooldowns (1 s) later on rollwatch's own timeline: still once.
+    status_when(&s.listen, "4 s evaluated past the first saying", |st| {
+        st["at"].as_i64().is_some_and(|at| at >= said + 4000)
     })
     .await;
-    // Several cooldowns (1 s) later: still once.
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let events = rollwatch::journal::Journal::read_back(&s.journal()).unwrap();
     let escalations: Vec<&Value> = of_kind(&events, "escalation")
         .into_iter()
@@ -211,8 +216,12 @@ async fn the_bake_goes_on_across_a_change_of_leader() {
     until("the follower to follow", || replicas[other].status()["ha"]["role"] == "follower").await;
     let events = wait_for_journal(&replicas[l].journal(), "v1 seen", |e| !of_kind(e, "deploy").is_empty()).await;
     let deployed = of_kind(&events, "deploy")[0]["at"].as_i64().unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Killed 5 s into the 8 s bake (on the leader's timeline), before it ends.
+    status_when(&replicas[l].listen, "5 s of the bake", |st| st["at"].as_i64().is_some_and(|at| at >= deployed + 5000))
+        .await;
     replicas[l].kill();
+    let events = rollwatch::journal::Journal::read_back(&replicas[l].journal()).unwrap();
+    assert!(of_kind(&events, "version_baked").is_empty(), "killed during the bake, not after: {events:#?}");
     let events = wait_for_journal(&replicas[other].journal(), "v1 baked by the new leader", |e| {
         !of_kind(e, "version_baked").is_empty()
     })

@@ -245,11 +245,11 @@ async fn people_reject_approve_and_mark_and_history_says_who() {
     s.wait("an approval for v2", |e| !of_kind(e, "approval_opened").is_empty()).await;
     // The message gives the exact command.
     let wanted = format!("rollwatch approve -c {} ap-1", s.config.display());
-    let waiting = rollwatch::time::Stopwatch::start();
-    while !s.stdout().contains(&wanted) {
-        assert!(waiting.elapsed_secs() < 30.0, "{}", s.stdout());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::wait_for("the approval message", common::DEADLINE, async || {
+        let out = s.stdout();
+        if out.contains(&wanted) { Ok(()) } else { Err(out) }
+    })
+    .await;
     let (code, out, err) = s.cli(&["reject", "ap-1", "--reason", "known flaky dependency", "--by", "bob"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("rejected by bob"), "{out}");
@@ -444,24 +444,18 @@ async fn an_incident_report_is_filled_from_the_journal() {
 /// Runs `rollwatch ARGS`, its output in a file; killed and failed if it takes more than `secs`.
 fn rollwatch_within(dir: &std::path::Path, args: &[&str], secs: f64) -> (i32, String) {
     let out = dir.join("cli.out");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
-        .args(args)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let took = rollwatch::time::Stopwatch::start();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if took.elapsed_secs() > secs {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rollwatch {args:?} still running after {secs} s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    // Killed when dropped: also when the wait fails.
+    let mut child = common::Guard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+            .args(args)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let status = common::wait_for_blocking(&format!("rollwatch {args:?} to finish"), secs, || {
+        child.0.try_wait().unwrap().ok_or("still running")
+    });
     (status.code().unwrap_or(-1), std::fs::read_to_string(&out).unwrap())
 }
 
@@ -541,34 +535,35 @@ async fn a_hundred_thousand_deploys_read_back_and_restart_in_linear_time() {
     assert!(history.contains("step 1 run undo: ok, exit 0"), "{history}");
 
     // The sidecar restores from it and answers /healthz, deployed v100000, target v1.
-    let mut child = common::spawn_run(dir.path(), std::path::Path::new(config));
+    let mut child = common::Guard(common::spawn_run(dir.path(), std::path::Path::new(config)));
     let took = rollwatch::time::Stopwatch::start();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
-    loop {
-        let up = client.get(format!("http://{listen}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
-        if up {
-            break;
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    common::wait_for("/healthz within 10 s of the start", 10.0, async || {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("rollwatch exited ({exit}): {}", stderr());
         }
-        if took.elapsed_secs() > 10.0 || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-            panic!("no /healthz within 10 s of the start: {stderr}");
+        match client.get(format!("http://{listen}/healthz")).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            answer => Err(format!("{answer:?}; stderr: {}", stderr())),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    // /status shows the restored versions from the first evaluation on.
-    let status = loop {
-        let status: Value = client.get(format!("http://{listen}/status")).send().await.unwrap().json().await.unwrap();
-        if !status["acting"]["version"].is_null() || took.elapsed_secs() > 10.0 {
-            break status;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
+    // /status shows the restored versions from the first evaluation on (still within the 10 s).
+    let status =
+        common::wait_for("the first evaluation", (10.0 - took.elapsed_secs()).max(0.0), async || match common::status(
+            &listen,
+        )
+        .await
+        {
+            Ok(status) if !status["acting"]["version"].is_null() => Ok(status),
+            seen => Err(seen),
+        })
+        .await;
     assert_eq!(status["acting"]["version"], "v100000", "{}", status["acting"]);
     assert_eq!(status["acting"]["target_version"], "v1", "{}", status["acting"]);
-    sigterm(&mut child);
+    child.stop();
 }
 
 /// The name `id -un` gives for this process's user.
@@ -607,11 +602,11 @@ async fn approvals_name_their_target_and_answers_are_announced_with_who() {
     s.baked("v1").await;
     service.deploy("v2", 30);
     s.wait("an approval for v2", |e| !of_kind(e, "approval_opened").is_empty()).await;
-    let waiting = rollwatch::time::Stopwatch::start();
-    while !s.stdout().contains("ROLLBACK APPROVAL NEEDED") {
-        assert!(waiting.elapsed_secs() < 30.0, "{}", s.stdout());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::wait_for("the approval message", common::DEADLINE, async || {
+        let out = s.stdout();
+        if out.contains("ROLLBACK APPROVAL NEEDED") { Ok(()) } else { Err(out) }
+    })
+    .await;
     assert!(s.stdout().contains("Rollback to: v1"), "the target is named: {}", s.stdout());
     let asked = bodies.lock().unwrap().iter().find(|b| b["template"] == "rollback_approval_needed").cloned();
     let asked = asked.expect("the approval reached the webhook");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rollwatch::time::Stopwatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Writes `text` to `dir/name`, returning the path.
@@ -125,21 +126,101 @@ pub fn down_profile(runs: &[&str]) -> String {
     text
 }
 
-/// Reads the journal at `path` every 20 ms until `ready` holds for its events (at most 30 s).
+/// How long a wait for a condition may last before the test fails: generous, for a loaded
+/// 2-core machine. A test that passes never waits it out.
+pub const DEADLINE: f64 = 30.0;
+
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A wait's deadline: fails the test, saying what it waited for and what it saw last.
+struct Deadline<'a> {
+    what: &'a str,
+    secs: f64,
+    waiting: Stopwatch,
+}
+
+impl Deadline<'_> {
+    fn check(&self, seen: &dyn std::fmt::Debug) {
+        assert!(
+            self.waiting.elapsed_secs() < self.secs,
+            "timed out after {} s waiting for {}; last seen: {seen:#?}",
+            self.secs,
+            self.what
+        );
+    }
+}
+
+/// The one wait of these suites: tests wait on a condition, never for a fixed time. Looks at
+/// `probe` every 20 ms until it answers `Ok(value)`, and returns the value; while it answers
+/// `Err(seen)` for more than `secs` s, fails the test with `what` and the last `seen`.
+pub async fn wait_for<T, E: std::fmt::Debug>(what: &str, secs: f64, mut probe: impl AsyncFnMut() -> Result<T, E>) -> T {
+    let deadline = Deadline { what, secs, waiting: Stopwatch::start() };
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => deadline.check(&seen),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] outside the async runtime (a plain thread, a synchronous helper).
+pub fn wait_for_blocking<T, E: std::fmt::Debug>(what: &str, secs: f64, mut probe: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Deadline { what, secs, waiting: Stopwatch::start() };
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) => deadline.check(&seen),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits (at most [`DEADLINE`]) until `ready` holds.
+pub async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    wait_for(what, DEADLINE, async || if ready() { Ok(()) } else { Err("not yet") }).await
+}
+
+/// Reads the journal at `path` until `ready` holds for its events (at most [`DEADLINE`]).
 pub async fn wait_for_journal(
     path: &Path,
     what: &str,
     ready: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let waiting = rollwatch::time::Stopwatch::start();
-    loop {
+    wait_for(what, DEADLINE, async || {
         let events = rollwatch::journal::Journal::read_back(path).unwrap_or_default();
-        if ready(&events) {
-            return events;
-        }
-        assert!(waiting.elapsed_secs() < 30.0, "timed out waiting for {what}: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if ready(&events) { Ok(events) } else { Err(events) }
+    })
+    .await
+}
+
+/// A sidecar's `/status` as JSON, or why it did not answer (within 2 s).
+pub async fn status(listen: &str) -> Result<serde_json::Value, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
+    let answer = client.get(format!("http://{listen}/status")).send().await.map_err(|e| e.to_string())?;
+    answer.json().await.map_err(|e| e.to_string())
+}
+
+/// The sidecar's `/status` once `ready` holds for it (at most [`DEADLINE`]).
+pub async fn status_when(listen: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for(what, DEADLINE, async || match status(listen).await {
+        Ok(s) if ready(&s) => Ok(s),
+        Ok(s) => Err(s),
+        Err(e) => Err(serde_json::Value::String(e)),
+    })
+    .await
+}
+
+/// Waits until the sidecar at `listen` has evaluated `n` more ticks than it had when asked, and
+/// returns its `/status` then. Each tick's decisions are acted on before its status is
+/// published, so whatever those ticks would start has been started (and journalled) by then:
+/// this is how a test shows that nothing happened, rather than by sleeping.
+pub async fn ticks_later(listen: &str, n: u64) -> serde_json::Value {
+    let ticks = |s: &serde_json::Value| s["ticks_total"].as_u64().unwrap_or(0);
+    let from = ticks(&status_when(listen, "the sidecar's /status", |s| s["ticks_total"].is_u64()).await);
+    status_when(listen, &format!("{n} more ticks than {from}"), |s| ticks(s) >= from + n).await
 }
 
 /// Stops a running sidecar with SIGTERM and checks that it exits 0.
@@ -147,6 +228,48 @@ pub fn sigterm(child: &mut std::process::Child) {
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     assert!(child.wait().unwrap().success(), "the sidecar did not stop cleanly");
+}
+
+/// `rollwatch record -c config -o fixture` running, its output in `dir`, serving `/status` on
+/// its own `listen` address so that the test can wait for what it wants recorded; then
+/// [`Recording::stop`] ends it as SIGTERM does (it writes the fixture, as at the end of `--for`).
+pub struct Recording {
+    pub listen: String,
+    dir: PathBuf,
+    child: Guard,
+}
+
+impl Recording {
+    pub fn start(dir: &Path, config: &Path, fixture: &Path) -> Recording {
+        let listen = free_listen();
+        let child = Command::new(env!("CARGO_BIN_EXE_rollwatch"))
+            .args(["record", "-c"])
+            .arg(config)
+            // A bound only: the test stops it once the recording holds what it is about.
+            .args(["--for", "5m", "-o"])
+            .arg(fixture)
+            .args(["--listen", &listen])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::fs::File::create(dir.join("record.stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("record.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        Recording { listen, dir: dir.to_path_buf(), child: Guard(child) }
+    }
+
+    /// Its `/status` once `ready` holds for it.
+    pub async fn status_when(&self, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        status_when(&self.listen, what, ready).await
+    }
+
+    /// Stops it with SIGTERM; its exit code and output (stdout, then stderr).
+    pub fn stop(mut self) -> (i32, String) {
+        let kill = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let code = self.child.0.wait().unwrap().code().unwrap_or(-1);
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        (code, format!("{}{}", read("record.stdout"), read("record.stderr")))
+    }
 }
 
 /// A sidecar killed when the test ends, also when it fails (none left running by a failed test);
