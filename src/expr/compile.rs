@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use evalexpr::{DefaultNumericTypes, Node, Operator};
 
 use super::eval::{Cond, Num, Slots, Value};
-use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, Scope};
+use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, SLO_FUNCTION_NAMES, Scope};
+use super::slo::SloSpec;
 use crate::diag::did_you_mean;
 use crate::template::Unit;
 use crate::time::Span;
@@ -102,6 +103,8 @@ pub struct Compiler {
     /// What the value in a slot measures, where known: calls' units, and signals' as the loader
     /// sets them ([`Compiler::set_unit`]).
     units: HashMap<usize, Unit>,
+    /// The SLOs loaded, by name: what `burn_rate("name", …)` and the budget functions read.
+    pub slos: HashMap<String, SloSpec>,
 }
 
 impl Compiler {
@@ -306,7 +309,11 @@ impl Compiler {
             ));
             return;
         }
-        match CallSpec::parse(name, &args) {
+        let parsed = match SLO_FUNCTION_NAMES.contains(&name) {
+            true => CallSpec::parse_slo(name, &args, &self.slos),
+            false => CallSpec::parse(name, &args),
+        };
+        match parsed {
             Ok(spec) => {
                 out.selectors_read.extend(spec.selector_texts());
                 if let Some(w) = spec.window() {
