@@ -134,6 +134,11 @@ impl Compiler {
         self.calls.iter().map(|(c, _, _)| c.reach()).max().unwrap_or(Span::ZERO)
     }
 
+    /// The slot of call `index` (of [`Compiled::calls_read`]).
+    pub fn call_slot(&self, index: usize) -> Option<usize> {
+        self.calls.get(index).map(|(_, slot, _)| *slot)
+    }
+
     /// Whether call `index` (of [`Compiled::calls_read`]) reads a window (not `last`, `up`,
     /// `down_for`).
     pub fn windowed(&self, index: usize) -> bool {
