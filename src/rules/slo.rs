@@ -366,7 +366,7 @@ impl SloReading {
     /// "availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×;
     /// 97.9% of the budget remains" — what a decision says about an SLO whose rules fire.
     pub fn note(&self) -> String {
-        let pct = |v: f64| crate::template::Unit::Share.show(v);
+        let pct = |v: f64| format!("{}%", crate::template::Unit::Plain.show((v * 10_000.0).round() / 100.0));
         let mut text = format!("{}:", self.name);
         match (self.budget_spent, self.burn_rate_since_deploy) {
             (Some(spent), Some(burn)) if burn > 0.0 => {
