@@ -119,7 +119,11 @@ pub fn parse_objective(value: &toml::Value) -> Result<f64, String> {
         toml::Value::Float(f) => (*f, f.to_string()),
         toml::Value::Integer(i) => (*i as f64, i.to_string()),
         toml::Value::String(s) => match s.trim().strip_suffix('%') {
-            Some(p) => (p.trim().parse::<f64>().map(|p| p / 100.0).unwrap_or(f64::NAN), format!("{s:?}")),
+            // "99.9e-2" is read as the decimal 0.999 is: the same float as `objective = 0.999`.
+            Some(p) => (
+                p.trim().parse::<f64>().and_then(|_| format!("{}e-2", p.trim()).parse::<f64>()).unwrap_or(f64::NAN),
+                format!("{s:?}"),
+            ),
             None => (f64::NAN, format!("{s:?}")),
         },
         other => (f64::NAN, other.to_string()),
@@ -212,8 +216,7 @@ mod tests {
 
     #[test]
     fn objectives_are_shares_strictly_inside_0_and_1() {
-        let nines = parse_objective(&toml::Value::String("99.9%".into())).unwrap();
-        assert!((nines - 0.999).abs() < 1e-12, "{nines}");
+        assert_eq!(parse_objective(&toml::Value::String("99.9%".into())), Ok(0.999), "the same float as 0.999");
         assert_eq!(parse_objective(&toml::Value::Float(0.995)), Ok(0.995));
         for bad in [toml::Value::String("100%".into()), toml::Value::Float(1.0), toml::Value::Integer(0)] {
             assert!(parse_objective(&bad).unwrap_err().contains("strictly between"), "{bad}");
