@@ -265,3 +265,110 @@ fn replay_says_what_the_version_burned() {
         "{page}"
     );
 }
+
+/// `/status` as JSON once `ready` holds for it (at most 60 s).
+async fn status_when(listen: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let waiting = rollwatch::time::Stopwatch::start();
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            reqwest::get(format!("http://{listen}/status")).await?.json::<serde_json::Value>().await
+        })
+        .await
+        {
+            if ready(&s) {
+                return s;
+            }
+            last = s;
+        }
+        assert!(waiting.elapsed_secs() < 60.0, "timed out waiting for {what}: {last:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_pages_on_a_burning_version_and_shows_the_budget() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    // 10% of requests fail: for 99.9% a burn rate of 100, over every window since the deploy.
+    let metrics =
+        crate::common::counters_service(Arc::new(AtomicU64::new(100)), 50.0, std::time::Duration::from_millis(100))
+            .await;
+    let health = crate::common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.into())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = crate::common::free_listen();
+    let profile = write(dir.path(), "slo.toml", format!("{PROFILE}\n[[procedure.rollback]]\nannounce = \"rollback_in_progress\"\n"));
+    let config = write(
+        dir.path(),
+        "rollwatch.toml",
+        format!(
+            r#"profiles = [{profile:?}]
+state_dir = {state:?}
+listen = "{listen}"
+eval_interval = "200ms"
+version = {{ target = "api", field = "version" }}
+
+[[target]]
+name = "api"
+kind = "health"
+url = "http://{health}/health"
+interval = "200ms"
+
+[[target]]
+name = "api-metrics"
+kind = "prometheus"
+url = "{metrics}"
+interval = "200ms"
+
+[policy]
+mode = "dry-run"
+
+[channels.console]
+kind = "console"
+"#,
+            profile = profile.display().to_string(),
+            state = dir.path().join("state").display().to_string(),
+        ),
+    );
+    let (code, out, err) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let child = crate::common::spawn_run(dir.path(), &config);
+    let guard = crate::common::Guard(child);
+    let s = status_when(&listen, "a rollback decision", |s| {
+        s["decisions"][0]["outcome"] == "rollback" && s["slos"][0]["budget_remaining"].is_number()
+    })
+    .await;
+    let d = &s["decisions"][0];
+    assert!(d["firing"].as_array().unwrap().iter().any(|r| r["rule"] == "availability-page"), "{d:#}");
+    let note = d["slo"][0].as_str().unwrap_or_default();
+    assert!(note.starts_with("availability: this version burned "), "{d:#}");
+    assert!(note.contains("burn rate 100×"), "{note}");
+    let slo = &s["slos"][0];
+    assert_eq!(slo["name"], "availability");
+    assert!(slo["budget_remaining"].as_f64().unwrap() < 0.0, "{slo:#}");
+    let five = slo["burn_rates"].as_array().unwrap().iter().find(|b| b["window"] == "5m").unwrap();
+    assert!((five["burn_rate"].as_f64().unwrap() - 100.0).abs() < 1.0, "{five}");
+    assert_eq!(five["factor"], 14.4);
+
+    let metrics = reqwest::get(format!("http://{listen}/metrics")).await.unwrap().text().await.unwrap();
+    let line = |prefix: &str| metrics.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+    let remaining = line("rollwatch_slo_budget_remaining{slo=\"availability\"} ").expect(&metrics);
+    assert!(remaining.ends_with(|c: char| c.is_ascii_digit()) && remaining.contains(" -"), "{remaining}");
+    let burn = line("rollwatch_slo_burn_rate{slo=\"availability\",window=\"1h\"} ").expect(&metrics);
+    let v: f64 = burn.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((v - 100.0).abs() < 1.0, "{burn}");
+
+    let page = reqwest::Client::new()
+        .get(format!("http://{listen}/status"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>SLOs</h2>") && page.contains("data-slo=\"availability\""), "{page}");
+    assert!(page.contains("class=\"sparkline\""), "{page}");
+    guard.stop();
+}
