@@ -26,7 +26,8 @@ struct Level {
 impl Level {
     fn new(step: i64, keep: i64) -> Level {
         let cap = (keep / step.max(1)) as usize + 1;
-        Level { step: step.max(1), cap, first_k: 0, points: VecDeque::new(), trimmed: false }
+        // Exactly `cap`: the buffer never grows (a full one drops its oldest before it takes one).
+        Level { step: step.max(1), cap, first_k: 0, points: VecDeque::with_capacity(cap), trimmed: false }
     }
 
     /// Grid time of the next point to write.
@@ -61,7 +62,11 @@ impl Checkpoints {
     pub(super) fn add_levels(&mut self, levels: &[(i64, i64)]) {
         for &(step, keep) in levels {
             if let Some(l) = self.levels.iter_mut().find(|l| l.step == step) {
-                l.cap = l.cap.max(Level::new(step, keep).cap);
+                let cap = Level::new(step, keep).cap;
+                if cap > l.cap {
+                    l.points.reserve_exact(cap - l.points.len());
+                    l.cap = cap;
+                }
                 continue;
             }
             let mut level = Level::new(step, keep);
@@ -111,12 +116,12 @@ impl Checkpoints {
                 l.trimmed = true;
             }
             while l.next_k() <= upto {
+                if l.points.len() >= l.cap {
+                    l.points.pop_front();
+                    l.first_k += 1;
+                    l.trimmed = true;
+                }
                 l.points.push_back(self.total);
-            }
-            while l.points.len() > l.cap {
-                l.points.pop_front();
-                l.first_k += 1;
-                l.trimmed = true;
             }
         }
         self.last_t = t;
