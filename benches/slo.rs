@@ -107,7 +107,10 @@ fn replay() {
         assert!(report.passed(), "{:?}", report.failures);
         assert_eq!(report.ticks, minutes as u64 + 1);
     }
-    println!("slo replay: 30 days at 1-minute samples ({} ticks), one SLO: {best:.3} s (best of 3; limit 1 s)", minutes + 1);
+    println!(
+        "slo replay: 30 days at 1-minute samples ({} ticks), one SLO: {best:.3} s (best of 3; limit 1 s)",
+        minutes + 1
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(best < 1.0, "replay over 1 s");
 }

@@ -331,7 +331,9 @@ impl Store {
                 self.series.len() - 1
             }
         };
-        for (i, ((sel, matched), keep)) in self.selectors.iter().zip(self.matches.iter_mut()).zip(&self.reach).enumerate() {
+        for (i, ((sel, matched), keep)) in
+            self.selectors.iter().zip(self.matches.iter_mut()).zip(&self.reach).enumerate()
+        {
             if sel.matches(key) {
                 matched.push(id);
                 if let Some(s) = self.series[id].as_mut() {
@@ -1086,7 +1088,11 @@ mod checkpointed_tests {
             if i % 97 == 0 {
                 for w in [5, 30, 60, 120, 360, 1440, 4320] {
                     let at = At::new(Timestamp(i * M));
-                    assert_eq!(cp.increase(cs, at, Span(w * M)), raw.increase(rs, at, Span(w * M)), "at {i} min, {w} min");
+                    assert_eq!(
+                        cp.increase(cs, at, Span(w * M)),
+                        raw.increase(rs, at, Span(w * M)),
+                        "at {i} min, {w} min"
+                    );
                 }
             }
         }

@@ -131,16 +131,53 @@ impl Scope {
 /// [`CallSpec`] as written (parsed selectors), [`Call`] ready to evaluate (registered ids).
 #[derive(Debug, Clone)]
 pub enum CallOf<S> {
-    Rate { sel: S, window: Span, offset: Offset },
-    Increase { sel: S, window: Span, offset: Offset },
-    Ratio { num: S, den: S, window: Span, min_den: f64, offset: Offset },
-    Over { how: Over, sel: S, window: Span, offset: Offset },
-    Last { sel: S, offset: Offset },
-    Quantile { q: f64, sel: S, window: Span, offset: Offset },
-    Up { sel: S },
-    DownFor { sel: S },
+    Rate {
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Increase {
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Ratio {
+        num: S,
+        den: S,
+        window: Span,
+        min_den: f64,
+        offset: Offset,
+    },
+    Over {
+        how: Over,
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Last {
+        sel: S,
+        offset: Offset,
+    },
+    Quantile {
+        q: f64,
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Up {
+        sel: S,
+    },
+    DownFor {
+        sel: S,
+    },
     /// An SLO's burn rate or budget; `window` is the period for the budget functions.
-    Slo { what: SloFn, num: S, den: S, window: Span, params: SloParams },
+    Slo {
+        what: SloFn,
+        num: S,
+        den: S,
+        window: Span,
+        params: SloParams,
+    },
 }
 
 /// A call as written, selectors parsed but not yet registered.
@@ -372,7 +409,10 @@ impl CallOf<Selector> {
             _ => slo.period,
         };
         if window > slo.period {
-            return Err(format!("argument 2 of {name}: the window {window} is longer than the SLO's period {}", slo.period));
+            return Err(format!(
+                "argument 2 of {name}: the window {window} is longer than the SLO's period {}",
+                slo.period
+            ));
         }
         Ok(CallOf::Slo { what, num: slo.num.clone(), den: slo.den.clone(), window, params: SloParams::of(slo) })
     }

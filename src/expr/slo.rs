@@ -105,10 +105,7 @@ impl Resolution {
         let coarse = Span((period.0 / COARSE_POINTS).max(fine.0));
         Resolution {
             raw: Span(2 * shortest_window().0),
-            levels: [
-                (fine, Span(longest_window().0 + 2 * fine.0)),
-                (coarse, Span(period.0 + 2 * coarse.0)),
-            ],
+            levels: [(fine, Span(longest_window().0 + 2 * fine.0)), (coarse, Span(period.0 + 2 * coarse.0))],
         }
     }
 }

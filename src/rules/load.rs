@@ -251,7 +251,12 @@ struct Slots {
 }
 
 impl Slots {
-    fn allocate(profiles: &[LoadedProfile], expanded: &Expanded, compiler: &mut Compiler, errors: &mut Diagnostics) -> Slots {
+    fn allocate(
+        profiles: &[LoadedProfile],
+        expanded: &Expanded,
+        compiler: &mut Compiler,
+        errors: &mut Diagnostics,
+    ) -> Slots {
         let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
         for p in profiles {
             let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();

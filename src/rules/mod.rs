@@ -456,7 +456,9 @@ impl Evaluator {
                 slo: self
                     .slos
                     .iter()
-                    .filter(|w| w.profile == pi && w.rules().iter().any(|r| self.state(r).is_some_and(|s| s.is_firing())))
+                    .filter(|w| {
+                        w.profile == pi && w.rules().iter().any(|r| self.state(r).is_some_and(|s| s.is_firing()))
+                    })
                     .map(|w| w.read(&self.slots).note())
                     .collect(),
             });

@@ -78,7 +78,9 @@ pub fn expand(profiles: &[LoadedProfile], errors: &mut Diagnostics) -> Expanded 
                     ctx.err(
                         &slo.span,
                         Some(&item),
-                        format!("the name collides with rule {taken:?} (an SLO generates {name}-page and {name}-ticket)"),
+                        format!(
+                            "the name collides with rule {taken:?} (an SLO generates {name}-page and {name}-ticket)"
+                        ),
                     );
                     clash = true;
                 }
@@ -187,10 +189,7 @@ pub fn condition(name: &str, rows: &[AlertWindow]) -> String {
     rows.iter()
         .map(|w| {
             let f = factor_text(w.factor);
-            format!(
-                "(burn_rate(\"{name}\", \"{}\") > {f} && burn_rate(\"{name}\", \"{}\") > {f})",
-                w.long, w.short
-            )
+            format!("(burn_rate(\"{name}\", \"{}\") > {f} && burn_rate(\"{name}\", \"{}\") > {f})", w.long, w.short)
         })
         .collect::<Vec<_>>()
         .join(" || ")
@@ -264,8 +263,10 @@ pub fn watches(slos: &[Slo], compiler: &mut Compiler) -> Vec<SloWatch> {
             let c = compiler.compile(&text, &names, Expected::Number).ok()?;
             compiler.call_slot(*c.calls_read.first()?)
         };
-        let burn: Option<Vec<(Span, usize)>> =
-            window_spans().into_iter().map(|w| slot(format!("burn_rate(\"{name}\", \"{w}\")")).map(|s| (w, s))).collect();
+        let burn: Option<Vec<(Span, usize)>> = window_spans()
+            .into_iter()
+            .map(|w| slot(format!("burn_rate(\"{name}\", \"{w}\")")).map(|s| (w, s)))
+            .collect();
         let (Some(remaining), Some(spent), Some(burn_since), Some(burn)) = (
             slot(format!("budget_remaining(\"{name}\")")),
             slot(format!("budget_spent(\"{name}\")")),
@@ -447,7 +448,8 @@ mod tests {
         }
         let e = load(&format!("{SLO}[[rule]]\nname = \"availability-ticket\"\nwhen = 'true'\n")).unwrap_err();
         assert!(
-            e.to_string().contains("p.toml:2:8: slo \"availability\": the name collides with rule \"availability-ticket\""),
+            e.to_string()
+                .contains("p.toml:2:8: slo \"availability\": the name collides with rule \"availability-ticket\""),
             "{e}"
         );
         let e = load(&format!("{SLO}[[slo]]\nname = \"availability\"\nobjective = 0.9\ngood = 'x'\ntotal = 'y'\n"))

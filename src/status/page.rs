@@ -169,7 +169,9 @@ impl Snapshot {
                             "<span class=\"{}\">{}: {} ({}× {})</span>",
                             if over { "over" } else { "under" },
                             b.window,
-                            b.burn_rate.map(|v| format!("{}×", crate::template::number((v * 100.0).round() / 100.0))).unwrap_or_else(|| "no data".into()),
+                            b.burn_rate
+                                .map(|v| format!("{}×", crate::template::number((v * 100.0).round() / 100.0)))
+                                .unwrap_or_else(|| "no data".into()),
                             crate::template::number((b.factor * 100.0).round() / 100.0),
                             b.alert
                         )

@@ -34,9 +34,7 @@ then = "consider"
 /// The same alerts as Sloth writes them for google-30d, in PromQL.
 fn prometheus_rules() -> String {
     let ratio = |w: &str| {
-        format!(
-            "(sum(increase(http_requests_total{{code=~\"5..\"}}[{w}])) / sum(increase(http_requests_total[{w}])))"
-        )
+        format!("(sum(increase(http_requests_total{{code=~\"5..\"}}[{w}])) / sum(increase(http_requests_total[{w}])))")
     };
     let row = |long: &str, short: &str, factor: &str| {
         format!("({} > ({factor} * (1 - 0.999)) and {} > ({factor} * (1 - 0.999)))", ratio(long), ratio(short))
@@ -165,7 +163,11 @@ fn generated_rules_agree_with_promtool() {
     for s in scenarios() {
         let timeline = rollwatch_timeline(dir.path(), &s);
         let test = write(dir.path(), &format!("{}.yml", s.name), promtool_test(&s, &timeline));
-        let out = Command::new("promtool").args(["test", "rules"]).arg(&test).output().expect("promtool (Debian: prometheus)");
+        let out = Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(&test)
+            .output()
+            .expect("promtool (Debian: prometheus)");
         assert!(
             out.status.success(),
             "{}: promtool disagrees with rollwatch:\n{}{}",
@@ -298,7 +300,11 @@ async fn run_pages_on_a_burning_version_and_shows_the_budget() {
     let health = crate::common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.into())).await;
     let dir = tempfile::tempdir().unwrap();
     let listen = crate::common::free_listen();
-    let profile = write(dir.path(), "slo.toml", format!("{PROFILE}\n[[procedure.rollback]]\nannounce = \"rollback_in_progress\"\n"));
+    let profile = write(
+        dir.path(),
+        "slo.toml",
+        format!("{PROFILE}\n[[procedure.rollback]]\nannounce = \"rollback_in_progress\"\n"),
+    );
     let config = write(
         dir.path(),
         "rollwatch.toml",
