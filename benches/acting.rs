@@ -98,6 +98,7 @@ fn dispatcher(c: &mut Criterion) {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         })
         .collect();
     d.on_version_observed(Timestamp(1), "v1").unwrap();

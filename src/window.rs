@@ -15,9 +15,16 @@
 //! - the store knows when it was *watched* (fed by a running rollwatch: one stretch per run,
 //!   stretched by every evaluation). A window's coverage is the part of its span, from its floor
 //!   and its series' first sample on, that lies in those stretches: the time rollwatch was down
-//!   between two runs is missing data, and `last`/`up`/`down_for` never look back across it.
+//!   between two runs is missing data, and `last`/`up`/`down_for` never look back across it;
+//! - a series an SLO reads keeps raw samples for the shortest window only and, beyond it,
+//!   [`checkpoints`] of its running total at coarser steps: its increase over a window the raw
+//!   samples do not reach is read from them.
+
+mod checkpoints;
 
 use std::collections::{HashMap, VecDeque};
+
+use checkpoints::Checkpoints;
 
 use crate::selector::{Selector, SeriesKey};
 use crate::time::{Span, Timestamp};
@@ -61,6 +68,8 @@ struct Series {
     samples: VecDeque<Sample>,
     /// Start of the current unbroken run of zero values, for `down_for`.
     zero_since: Option<i64>,
+    /// Its running total at coarse steps, when an SLO reads it.
+    checkpoints: Option<Box<Checkpoints>>,
 }
 
 impl Series {
@@ -84,6 +93,16 @@ impl Series {
     /// `start` clips the window to samples at or after it, the first of them the baseline: no
     /// sample before the floor (another version's) counts.
     fn increase(&self, start: i64, end: i64, floor: Option<i64>) -> Option<f64> {
+        if let Some(c) = &self.checkpoints {
+            // The raw samples hold the baseline (or everything since the first sample): read
+            // them; else the checkpoints, when they reach back to it.
+            let base = floor.filter(|&f| f > start).map_or(start, |f| f - 1);
+            let front = self.samples.front().map(|s| s.t);
+            let raw_reaches = front.is_some_and(|t| t <= base || c.first_t().is_some_and(|f| t <= f));
+            if !raw_reaches && c.reach(base) {
+                return c.increase(start, end, floor);
+            }
+        }
         let window = end - start;
         let (start, baseline) = match floor {
             Some(f) if f > start => (f - 1, false),
@@ -108,6 +127,21 @@ impl Series {
             prev = Some(s.v);
         }
         (have && !total.is_nan()).then_some(total)
+    }
+}
+
+/// Gives `s` checkpoints at `levels` (or adds the levels it lacks); new checkpoints start from
+/// the raw samples the series holds.
+fn checkpoint(s: &mut Series, levels: &[(i64, i64)]) {
+    match s.checkpoints.as_mut() {
+        Some(c) => c.add_levels(levels),
+        None => {
+            let mut c = Checkpoints::new(levels);
+            for x in &s.samples {
+                c.push(x.t, x.v, x.is_stale());
+            }
+            s.checkpoints = Some(Box::new(c));
+        }
     }
 }
 
@@ -141,6 +175,9 @@ pub struct Store {
     /// How far back each selector's calls read (window + offset), plus [`MARGIN`].
     reach: Vec<i64>,
     matches: Vec<Vec<SeriesId>>,
+    /// Per selector, the checkpoint levels `(step, keep)` in ms of the series it matches (empty:
+    /// raw samples only; shorter than `selectors` when the last ones have none).
+    levels: Vec<Vec<(i64, i64)>>,
     retention: Span,
     /// Samples refused because they were older than the series' latest one.
     pub out_of_order: u64,
@@ -167,6 +204,7 @@ impl Store {
             selectors: Vec::new(),
             reach: Vec::new(),
             matches: Vec::new(),
+            levels: Vec::new(),
             retention: Span(retention.0.max(LOOKBACK.0)),
             out_of_order: 0,
             watched: VecDeque::new(),
@@ -182,6 +220,23 @@ impl Store {
     pub fn add_selector(&mut self, selector: Selector) -> SelectorId {
         let reach = self.retention;
         self.add_selector_reaching(selector, reach)
+    }
+
+    /// Registers a selector read by an SLO: the series it matches keep raw samples for `raw`
+    /// (plus [`MARGIN`]) and checkpoints of their running total at each `(step, keep)` level.
+    pub fn add_selector_checkpointed(&mut self, selector: Selector, raw: Span, levels: &[(Span, Span)]) -> SelectorId {
+        let id = self.add_selector_reaching(selector, raw);
+        let levels: Vec<(i64, i64)> = levels.iter().map(|(s, k)| (s.0, k.0)).collect();
+        while self.levels.len() < id {
+            self.levels.push(Vec::new());
+        }
+        self.levels.push(levels);
+        for &sid in &self.matches[id] {
+            if let Some(s) = self.series[sid].as_mut() {
+                checkpoint(s, &self.levels[id]);
+            }
+        }
+        id
     }
 
     /// Registers a selector (at load) whose calls read `reach` back (window + offset): the
@@ -208,11 +263,21 @@ impl Store {
         self.selectors = Vec::new();
         self.reach = Vec::new();
         self.matches = Vec::new();
+        self.levels = Vec::new();
         for s in self.series.iter_mut().flatten() {
             s.keep = 0;
         }
-        for (sel, keep) in other.selectors.into_iter().zip(other.reach) {
-            self.add_selector_reaching(sel, Span(keep - MARGIN.0));
+        for (i, (sel, keep)) in other.selectors.into_iter().zip(other.reach).enumerate() {
+            let raw = Span(keep - MARGIN.0);
+            match other.levels.get(i).filter(|l| !l.is_empty()) {
+                Some(levels) => {
+                    let levels: Vec<(Span, Span)> = levels.iter().map(|&(s, k)| (Span(s), Span(k))).collect();
+                    self.add_selector_checkpointed(sel, raw, &levels);
+                }
+                None => {
+                    self.add_selector_reaching(sel, raw);
+                }
+            }
         }
     }
 
@@ -220,6 +285,19 @@ impl Store {
     /// nothing may be dropped before it reaches the store).
     pub fn selector_names(&self) -> Option<std::collections::HashSet<String>> {
         self.selectors.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Bytes the samples and checkpoints of every series take (their buffers' capacity), for
+    /// the memory benchmark and tests.
+    pub fn sample_bytes(&self) -> usize {
+        self.series
+            .iter()
+            .flatten()
+            .map(|s| {
+                s.samples.capacity() * std::mem::size_of::<Sample>()
+                    + s.checkpoints.as_ref().map_or(0, |c| c.points() * std::mem::size_of::<f64>())
+            })
+            .sum()
     }
 
     /// Number of live series.
@@ -241,7 +319,8 @@ impl Store {
         if let Some(&id) = self.index.get(key) {
             return id;
         }
-        let series = Series { key: key.clone(), keep: 0, samples: VecDeque::new(), zero_since: None };
+        let series =
+            Series { key: key.clone(), keep: 0, samples: VecDeque::new(), zero_since: None, checkpoints: None };
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id] = Some(series);
@@ -252,11 +331,16 @@ impl Store {
                 self.series.len() - 1
             }
         };
-        for ((sel, matched), keep) in self.selectors.iter().zip(self.matches.iter_mut()).zip(&self.reach) {
+        for (i, ((sel, matched), keep)) in
+            self.selectors.iter().zip(self.matches.iter_mut()).zip(&self.reach).enumerate()
+        {
             if sel.matches(key) {
                 matched.push(id);
                 if let Some(s) = self.series[id].as_mut() {
                     s.keep = s.keep.max(*keep);
+                    if let Some(levels) = self.levels.get(i).filter(|l| !l.is_empty()) {
+                        checkpoint(s, levels);
+                    }
                 }
             }
         }
@@ -294,6 +378,9 @@ impl Store {
             (false, _) => None,
         };
         series.samples.push_back(sample);
+        if let Some(c) = series.checkpoints.as_mut() {
+            c.push(sample.t, v, sample.is_stale());
+        }
         let horizon = t.0.saturating_sub(series.keep);
         while series.samples.len() >= 2 && series.samples[1].t <= horizon {
             series.samples.pop_front();
@@ -405,7 +492,8 @@ impl Store {
         // Usually the first series looked at reaches back far enough.
         let mut first = i64::MAX;
         for s in sels.iter().flat_map(|&sel| self.matching(sel)) {
-            first = first.min(s.samples.front().map_or(i64::MAX, |x| x.t));
+            let kept = s.checkpoints.as_ref().and_then(|c| c.first_t());
+            first = first.min(s.samples.front().map_or(i64::MAX, |x| x.t)).min(kept.unwrap_or(i64::MAX));
             if first <= from {
                 break;
             }
@@ -969,5 +1057,45 @@ mod tests {
         st.push(&k, Timestamp(10 * S), 3.0);
         assert_eq!(st.out_of_order, 2);
         assert_eq!(st.last(sel, At::new(Timestamp(10 * S))), Some(1.0));
+    }
+}
+
+#[cfg(test)]
+mod checkpointed_tests {
+    use super::*;
+
+    const M: i64 = 60_000;
+
+    #[test]
+    fn checkpointed_series_read_long_windows_as_raw_ones_do() {
+        let mut raw = Store::new(Span(7 * 24 * 60 * M));
+        let mut cp = Store::new(Span(7 * 24 * 60 * M));
+        let rs = raw.add_selector_reaching(Selector::parse("c").unwrap(), Span(4 * 24 * 60 * M));
+        let cs = cp.add_selector_checkpointed(
+            Selector::parse("c").unwrap(),
+            Span(10 * M),
+            &[(Span(M), Span(72 * 60 * M + 2 * M)), (Span(60 * M), Span(30 * 24 * 60 * M))],
+        );
+        let k = SeriesKey::parse("c").unwrap();
+        let mut v = 0.0;
+        for i in 0..=(5 * 24 * 60i64) {
+            v += if i % 700 < 300 { 7.0 } else { 1.0 };
+            if i == 3000 {
+                v = 3.0; // a reset
+            }
+            raw.push(&k, Timestamp(i * M), v);
+            cp.push(&k, Timestamp(i * M), v);
+            if i % 97 == 0 {
+                for w in [5, 30, 60, 120, 360, 1440, 4320] {
+                    let at = At::new(Timestamp(i * M));
+                    assert_eq!(
+                        cp.increase(cs, at, Span(w * M)),
+                        raw.increase(rs, at, Span(w * M)),
+                        "at {i} min, {w} min"
+                    );
+                }
+            }
+        }
+        assert!(cp.sample_bytes() * 3 < raw.sample_bytes() * 2, "{} vs {}", cp.sample_bytes(), raw.sample_bytes());
     }
 }

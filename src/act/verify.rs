@@ -131,6 +131,7 @@ mod tests {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         }
     }
 

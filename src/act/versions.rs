@@ -342,6 +342,7 @@ mod tests {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         }
     }
 

@@ -54,6 +54,9 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
         let partial: Vec<String> = d.coverage.iter().map(|c| format!("{}: {c}", c.rule)).collect();
         write!(out, "  | coverage: {}", partial.join("; "))?;
     }
+    if !d.slo.is_empty() {
+        write!(out, "  | slo: {}", d.slo.join("; "))?;
+    }
     if d.predates_deploy() {
         write!(out, "  | predates the deploy: {} (escalate, not roll back)", d.predates.join(", "))?;
     }

@@ -28,6 +28,31 @@ pub struct RawProfile {
     /// Steps per outcome (`[[procedure.rollback]]`), bound to actions by the config.
     #[serde(default)]
     pub procedure: BTreeMap<String, Vec<Spanned<RawStep>>>,
+    /// Service level objectives; each generates the rules `<name>-page` and `<name>-ticket`.
+    #[serde(default)]
+    pub slo: Vec<Spanned<RawSlo>>,
+}
+
+/// `[[slo]]`: an objective over a period on two counters (checked in `rules::slo`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    pub name: Spanned<String>,
+    /// `"99.9%"` or `0.999`.
+    pub objective: Spanned<toml::Value>,
+    /// Default `30d`.
+    pub period: Option<Spanned<String>>,
+    /// Bad events (counters), or `good` instead: exactly one of the two.
+    pub errors: Option<Spanned<String>>,
+    pub good: Option<Spanned<String>>,
+    /// All events (counters).
+    pub total: Spanned<String>,
+    /// A traffic floor: a burn-rate window with fewer events is no data (default: none).
+    pub min_events: Option<Spanned<f64>>,
+    /// `deployment` (default: the generated rules judge the deployed version's own burn) or
+    /// `environment` (the service's, across deploys).
+    pub scope: Option<Spanned<String>>,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

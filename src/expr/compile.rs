@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use evalexpr::{DefaultNumericTypes, Node, Operator};
 
 use super::eval::{Cond, Num, Slots, Value};
-use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, Scope};
+use super::functions::{Arg, BUILTIN_NAMES, Call, CallSpec, FUNCTION_NAMES, SLO_FUNCTION_NAMES, Scope};
+use super::slo::SloSpec;
 use crate::diag::did_you_mean;
 use crate::template::Unit;
 use crate::time::Span;
@@ -102,6 +103,8 @@ pub struct Compiler {
     /// What the value in a slot measures, where known: calls' units, and signals' as the loader
     /// sets them ([`Compiler::set_unit`]).
     units: HashMap<usize, Unit>,
+    /// The SLOs loaded, by name: what `burn_rate("name", …)` and the budget functions read.
+    pub slos: HashMap<String, SloSpec>,
 }
 
 impl Compiler {
@@ -129,6 +132,11 @@ impl Compiler {
     /// The longest reach of any call compiled so far: the store's retention.
     pub fn reach(&self) -> Span {
         self.calls.iter().map(|(c, _, _)| c.reach()).max().unwrap_or(Span::ZERO)
+    }
+
+    /// The slot of call `index` (of [`Compiled::calls_read`]).
+    pub fn call_slot(&self, index: usize) -> Option<usize> {
+        self.calls.get(index).map(|(_, slot, _)| *slot)
     }
 
     /// Whether call `index` (of [`Compiled::calls_read`]) reads a window (not `last`, `up`,
@@ -306,7 +314,11 @@ impl Compiler {
             ));
             return;
         }
-        match CallSpec::parse(name, &args) {
+        let parsed = match SLO_FUNCTION_NAMES.contains(&name) {
+            true => CallSpec::parse_slo(name, &args, &self.slos),
+            false => CallSpec::parse(name, &args),
+        };
+        match parsed {
             Ok(spec) => {
                 out.selectors_read.extend(spec.selector_texts());
                 if let Some(w) = spec.window() {

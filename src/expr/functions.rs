@@ -2,6 +2,10 @@
 //! checking at load, and evaluation against the [`Store`]. A call's arguments must be literals;
 //! they are parsed once, into a [`Call`] holding registered selector ids and spans.
 
+use std::collections::HashMap;
+
+use super::slo::{SloParams, SloSpec};
+use crate::diag::did_you_mean;
 use crate::selector::Selector;
 use crate::template::Unit;
 use crate::time::Timestamp;
@@ -23,7 +27,26 @@ pub const FUNCTION_NAMES: &[&str] = &[
     "down_for",
     "firing",
     "pending",
+    "burn_rate",
+    "budget_remaining",
+    "budget_spent",
 ];
+
+/// The functions that read an SLO by name (`burn_rate("availability", "1h")`).
+pub const SLO_FUNCTION_NAMES: &[&str] = &["burn_rate", "budget_remaining", "budget_spent"];
+
+/// What an SLO call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SloFn {
+    /// The bad-event ratio over the window ÷ (1 − objective).
+    BurnRate,
+    /// 1 − the period's bad-event ratio ÷ (1 − objective), on the data there is up to the
+    /// period: the service's budget, whatever the version (negative when overspent).
+    BudgetRemaining,
+    /// The share of the period's budget the current version has spent since its deploy: its
+    /// burn rate since the deploy × (time since the deploy ÷ period).
+    BudgetSpent,
+}
 
 /// evalexpr builtins allowed in rules (pure math; no string or assignment functions).
 pub const BUILTIN_NAMES: &[&str] = &[
@@ -108,14 +131,53 @@ impl Scope {
 /// [`CallSpec`] as written (parsed selectors), [`Call`] ready to evaluate (registered ids).
 #[derive(Debug, Clone)]
 pub enum CallOf<S> {
-    Rate { sel: S, window: Span, offset: Offset },
-    Increase { sel: S, window: Span, offset: Offset },
-    Ratio { num: S, den: S, window: Span, min_den: f64, offset: Offset },
-    Over { how: Over, sel: S, window: Span, offset: Offset },
-    Last { sel: S, offset: Offset },
-    Quantile { q: f64, sel: S, window: Span, offset: Offset },
-    Up { sel: S },
-    DownFor { sel: S },
+    Rate {
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Increase {
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Ratio {
+        num: S,
+        den: S,
+        window: Span,
+        min_den: f64,
+        offset: Offset,
+    },
+    Over {
+        how: Over,
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Last {
+        sel: S,
+        offset: Offset,
+    },
+    Quantile {
+        q: f64,
+        sel: S,
+        window: Span,
+        offset: Offset,
+    },
+    Up {
+        sel: S,
+    },
+    DownFor {
+        sel: S,
+    },
+    /// An SLO's burn rate or budget; `window` is the period for the budget functions.
+    Slo {
+        what: SloFn,
+        num: S,
+        den: S,
+        window: Span,
+        params: SloParams,
+    },
 }
 
 /// A call as written, selectors parsed but not yet registered.
@@ -138,6 +200,10 @@ impl<S> CallOf<S> {
             CallOf::Quantile { q, sel, window, offset } => CallOf::Quantile { q, sel: f(sel), window, offset },
             CallOf::Up { sel } => CallOf::Up { sel: f(sel) },
             CallOf::DownFor { sel } => CallOf::DownFor { sel: f(sel) },
+            CallOf::Slo { what, num, den, window, params } => {
+                let num = f(num);
+                CallOf::Slo { what, num, den: f(den), window, params }
+            }
         }
     }
 }
@@ -150,6 +216,8 @@ fn signature(name: &str) -> &'static str {
         "last" => "(selector[, offset])",
         "quantile" => "(q, bucket_selector, window[, offset])",
         "up" | "down_for" => "(target_or_selector)",
+        "burn_rate" => "(\"slo-name\", window)",
+        "budget_remaining" | "budget_spent" => "(\"slo-name\")",
         _ => "(\"rule-name\")",
     }
 }
@@ -311,6 +379,44 @@ impl CallOf<Selector> {
         }
     }
 
+    /// Checks an SLO function's arguments (`name` is one of [`SLO_FUNCTION_NAMES`]) against
+    /// the SLOs loaded.
+    pub fn parse_slo(name: &str, args: &[Arg], slos: &HashMap<String, SloSpec>) -> Result<CallSpec, String> {
+        let a = Args { name, args };
+        let what = match name {
+            "burn_rate" => {
+                a.arity(2, 2)?;
+                SloFn::BurnRate
+            }
+            "budget_remaining" => {
+                a.arity(1, 1)?;
+                SloFn::BudgetRemaining
+            }
+            _ => {
+                a.arity(1, 1)?;
+                SloFn::BudgetSpent
+            }
+        };
+        let slo_name = a.string(0, "an SLO's name (a string)")?;
+        let Some(slo) = slos.get(slo_name) else {
+            return Err(format!(
+                "{name}({slo_name:?}): no SLO named {slo_name:?} is loaded{}",
+                did_you_mean(slo_name, slos.keys().map(String::as_str))
+            ));
+        };
+        let window = match what {
+            SloFn::BurnRate => a.window(1)?,
+            _ => slo.period,
+        };
+        if window > slo.period {
+            return Err(format!(
+                "argument 2 of {name}: the window {window} is longer than the SLO's period {}",
+                slo.period
+            ));
+        }
+        Ok(CallOf::Slo { what, num: slo.num.clone(), den: slo.den.clone(), window, params: SloParams::of(slo) })
+    }
+
     /// A key that is equal for calls that compute the same thing (they share one slot).
     pub fn key(&self) -> String {
         format!("{:?}", self.clone().map(|sel| sel.text))
@@ -334,6 +440,9 @@ impl CallOf<Selector> {
             | CallOf::Quantile { window, offset, .. } => windowed(*window, *offset),
             CallOf::Last { offset, .. } => Span(offset.reach().0 + LOOKBACK.0),
             CallOf::Up { .. } | CallOf::DownFor { .. } => LOOKBACK,
+            // What the store's retention must span; the series themselves keep raw samples
+            // for the shortest window only and checkpoints beyond (see `register`).
+            CallOf::Slo { params, .. } => params.period,
         }
     }
 
@@ -344,6 +453,8 @@ impl CallOf<Selector> {
         let named = |sel: &Selector| sel.name.as_deref().map(|n| Unit::of(n.strip_suffix("_bucket").unwrap_or(n)));
         match self {
             CallOf::Ratio { .. } => Some(Unit::Share),
+            CallOf::Slo { what: SloFn::BurnRate, .. } => Some(Unit::Plain),
+            CallOf::Slo { .. } => Some(Unit::Share),
             CallOf::DownFor { .. } => Some(Unit::Seconds),
             CallOf::Rate { .. } | CallOf::Increase { .. } | CallOf::Up { .. } => Some(Unit::Plain),
             CallOf::Over { how: Over::Count, .. } => Some(Unit::Plain),
@@ -353,6 +464,10 @@ impl CallOf<Selector> {
 
     /// Registers the selectors with the store.
     pub fn register(self, store: &mut Store) -> Call {
+        if let CallOf::Slo { params, .. } = &self {
+            let res = params.resolution;
+            return self.map(|sel| store.add_selector_checkpointed(sel, res.raw, &res.levels));
+        }
         let reach = self.reach();
         self.map(|sel| store.add_selector_reaching(sel, reach))
     }
@@ -366,7 +481,8 @@ impl<S> CallOf<S> {
             | CallOf::Increase { window, .. }
             | CallOf::Ratio { window, .. }
             | CallOf::Over { window, .. }
-            | CallOf::Quantile { window, .. } => Some(*window),
+            | CallOf::Quantile { window, .. }
+            | CallOf::Slo { window, .. } => Some(*window),
             CallOf::Last { .. } | CallOf::Up { .. } | CallOf::DownFor { .. } => None,
         }
     }
@@ -380,7 +496,7 @@ impl<S> CallOf<S> {
             | CallOf::Over { offset, .. }
             | CallOf::Last { offset, .. }
             | CallOf::Quantile { offset, .. } => *offset,
-            CallOf::Up { .. } | CallOf::DownFor { .. } => Offset::NONE,
+            CallOf::Up { .. } | CallOf::DownFor { .. } | CallOf::Slo { .. } => Offset::NONE,
         }
     }
 }
@@ -390,6 +506,9 @@ impl CallOf<SelectorId> {
     /// `since` (the current version's evidence); an offset of a span reads the past as it was;
     /// the `"deploy"` offset reads the window ending at `deploy` (none known: nowhere).
     fn at(&self, now: Timestamp, since: Option<Timestamp>, deploy: Option<Timestamp>) -> Option<At> {
+        if let CallOf::Slo { what: SloFn::BudgetRemaining, .. } = self {
+            return Some(At::new(now));
+        }
         Some(match self.offset() {
             Offset::Ago(span) if span.is_zero() => At::new(now).since(since),
             Offset::Ago(span) => At::ago(now, span),
@@ -438,6 +557,19 @@ impl CallOf<SelectorId> {
             CallOf::Quantile { q, sel, window, .. } => store.quantile(q, sel, at, window),
             CallOf::Up { sel } => store.up(sel, at),
             CallOf::DownFor { sel } => store.down_for(sel, at),
+            CallOf::Slo { what, num, den, window, params } => {
+                let floor = if what == SloFn::BurnRate { params.min_events } else { 0.0 };
+                let bad = params.bad_ratio(store.ratio(num, den, at, window, floor)?, 1.0);
+                let burn = bad / params.budget;
+                match what {
+                    SloFn::BurnRate => Some(burn),
+                    SloFn::BudgetRemaining => Some(1.0 - burn),
+                    SloFn::BudgetSpent => {
+                        let covered = store.coverage(&[den], at, window);
+                        Some(burn * covered.0 as f64 / window.0 as f64)
+                    }
+                }
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The rule language: evalexpr expressions plus rollwatch's window functions, compiled once at
 //! load ([`compile`]) and evaluated three-valued each tick ([`eval`]); [`functions`] holds the
-//! function table and argument checking.
+//! function table and argument checking, [`slo`] the arithmetic of SLOs (budgets, the
+//! burn-rate table, how their counters are kept).
 
 pub mod compile;
 pub mod eval;
 pub mod functions;
+pub mod slo;
 
 pub use compile::{Cmp, Compiled, Compiler, Expected, Names};
 pub use eval::{Cond, Num, Slots, Truth, Value};

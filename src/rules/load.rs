@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use toml::Spanned;
 
+use super::slo::{self, Expanded};
 use super::state::{OnNoData, Timing};
 use super::tree::{Outcome, Question, Tree};
 use super::{Evaluator, Profile, Rule, Signal, Threshold};
 use crate::config::LoadedProfile;
+use crate::config::raw::RawRule;
 use crate::diag::{Checker, Diagnostic, Diagnostics, SourceFile};
 use crate::expr::{Compiled, Compiler, Expected, Names, Scope};
 use crate::template::Unit;
@@ -44,7 +46,7 @@ fn compiled(
 }
 
 /// Each rule's `scope` (default `deployment`), bad values reported.
-fn rule_scopes(ctx: &mut Checker, rules: &[Spanned<crate::config::raw::RawRule>]) -> HashMap<String, Scope> {
+fn rule_scopes(ctx: &mut Checker, rules: &[&Spanned<RawRule>]) -> HashMap<String, Scope> {
     let mut scopes = HashMap::new();
     for r in rules {
         let raw = r.get_ref();
@@ -80,7 +82,7 @@ fn names_in(text: &str) -> Vec<String> {
 fn signal_scopes(
     ctx: &mut Checker,
     signals: &BTreeMap<String, Spanned<String>>,
-    rules: &[Spanned<crate::config::raw::RawRule>],
+    rules: &[&Spanned<RawRule>],
     rule_scopes: &HashMap<String, Scope>,
 ) -> HashMap<String, Scope> {
     let mut readers: HashMap<String, Vec<(Scope, String)>> = HashMap::new();
@@ -177,17 +179,21 @@ fn dependency_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
 pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let mut errors = Diagnostics::default();
     check_names(profiles, &mut errors);
+    let expanded = slo::expand(profiles, &mut errors);
     let mut compiler = Compiler::new();
-    let slots = Slots::allocate(profiles, &mut compiler, &mut errors);
+    compiler.slos = expanded.table();
+    let slots = Slots::allocate(profiles, &expanded, &mut compiler, &mut errors);
     let mut signals: Vec<Signal> = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();
     let mut out_profiles: Vec<Profile> = Vec::new();
     for (pi, p) in profiles.iter().enumerate() {
         let mut ctx = Checker { file: &p.file, errors: &mut errors };
-        let rule_scopes = rule_scopes(&mut ctx, &p.raw.rule);
-        signals.extend(compile_signals(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes));
+        let raw_rules = rules_of(p, pi, &expanded);
+        let rule_scopes = rule_scopes(&mut ctx, &raw_rules);
+        signals.extend(compile_signals(&mut ctx, &mut compiler, &slots, pi, p, &raw_rules, &rule_scopes));
         let of_profile: Vec<Signal> = signals.iter().filter(|s| s.profile == pi).cloned().collect();
-        let compiled = compile_rules(&mut ctx, &mut compiler, &slots, pi, p, &rule_scopes, &rules, &of_profile);
+        let compiled =
+            compile_rules(&mut ctx, &mut compiler, &slots, pi, &raw_rules, &rule_scopes, &rules, &of_profile);
         rules.extend(compiled);
         out_profiles.push(compile_tree(&mut ctx, &mut compiler, &slots, p));
     }
@@ -207,8 +213,16 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
         retention = %store.retention(),
         "compiled profiles"
     );
+    let watches = slo::watches(&expanded.slos, &mut compiler);
     let (slots, calls) = compiler.finish(&mut store);
-    Ok(Evaluator::new(out_profiles, signals, rules, calls, slots, store))
+    let mut ev = Evaluator::new(out_profiles, signals, rules, calls, slots, store);
+    ev.slos = watches;
+    Ok(ev)
+}
+
+/// A profile's rules: those written, then those its SLOs generate.
+fn rules_of<'a>(p: &'a LoadedProfile, pi: usize, expanded: &'a Expanded) -> Vec<&'a Spanned<RawRule>> {
+    p.raw.rule.iter().chain(expanded.rules.get(pi).into_iter().flatten()).collect()
 }
 
 /// Names: each profile's unknown fields, and profile names used twice (decisions and
@@ -237,7 +251,12 @@ struct Slots {
 }
 
 impl Slots {
-    fn allocate(profiles: &[LoadedProfile], compiler: &mut Compiler, errors: &mut Diagnostics) -> Slots {
+    fn allocate(
+        profiles: &[LoadedProfile],
+        expanded: &Expanded,
+        compiler: &mut Compiler,
+        errors: &mut Diagnostics,
+    ) -> Slots {
         let mut signal_slots: Vec<HashMap<String, usize>> = Vec::new();
         for p in profiles {
             let map = p.raw.signals.keys().map(|name| (name.clone(), compiler.number_slot())).collect();
@@ -245,8 +264,8 @@ impl Slots {
         }
         let mut rule_slots: HashMap<String, (usize, usize)> = HashMap::new();
         let mut rule_origin: HashMap<String, String> = HashMap::new();
-        for p in profiles {
-            for r in &p.raw.rule {
+        for (pi, p) in profiles.iter().enumerate() {
+            for r in rules_of(p, pi, expanded) {
                 let name = r.get_ref().name.get_ref();
                 let span = r.get_ref().name.span();
                 let here = {
@@ -278,13 +297,14 @@ fn compile_signals(
     slots: &Slots,
     pi: usize,
     p: &LoadedProfile,
+    raw_rules: &[&Spanned<RawRule>],
     rule_scopes: &HashMap<String, Scope>,
 ) -> Vec<Signal> {
     let signal_slots = &slots.signals;
     let no_rules = HashMap::new();
     let mut signals = Vec::new();
     let sig_names = Names { signals: &signal_slots[pi], rules: &no_rules, data: true, states: false, what: "a signal" };
-    let signal_scopes = signal_scopes(ctx, &p.raw.signals, &p.raw.rule, rule_scopes);
+    let signal_scopes = signal_scopes(ctx, &p.raw.signals, raw_rules, rule_scopes);
     let mut compiled_signals = Vec::new();
     for (name, text) in &p.raw.signals {
         let item = format!("signal {name:?}");
@@ -350,7 +370,7 @@ fn compile_rules(
     compiler: &mut Compiler,
     slots: &Slots,
     pi: usize,
-    p: &LoadedProfile,
+    raw_rules: &[&Spanned<RawRule>],
     rule_scopes: &HashMap<String, Scope>,
     done: &[Rule],
     signals: &[Signal],
@@ -359,7 +379,7 @@ fn compile_rules(
     let mut rules: Vec<Rule> = Vec::new();
     let rule_names =
         Names { signals: &signal_slots[pi], rules: rule_slots, data: true, states: true, what: "a rule condition" };
-    for r in &p.raw.rule {
+    for r in raw_rules {
         let raw = r.get_ref();
         let name = raw.name.get_ref().clone();
         let item = format!("rule {name:?}");

@@ -4,12 +4,13 @@
 //! It is the sole owner of the window store and the rule states (no locks): replay and the live
 //! sidecar drive the same evaluator. [`coverage`] tells how much of a window holds data (a rule
 //! may require a share: `min_coverage`), and [`checkpoint`] keeps windows and rule states across
-//! a restart of rollwatch.
+//! a restart of rollwatch. [`slo`] turns `[[slo]]` into rules and reads SLOs' budgets.
 
 pub mod checkpoint;
 pub mod coverage;
 pub mod deployment;
 pub mod load;
+pub mod slo;
 pub mod state;
 pub mod tree;
 
@@ -156,6 +157,8 @@ pub struct Evaluator {
     silenced: std::collections::BTreeSet<String>,
     /// Per rule, whether a window it reads held less than its `min_coverage` this tick.
     short: Vec<bool>,
+    /// The SLOs loaded, with the slots of their burn rates and budgets.
+    slos: Vec<slo::SloWatch>,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -183,6 +186,7 @@ impl Evaluator {
             restarted: vec![],
             silenced: Default::default(),
             short: vec![false; n],
+            slos: Vec::new(),
             profiles,
             signals,
             rules,
@@ -291,6 +295,11 @@ impl Evaluator {
                 self.deploy_values[i] = call.eval(&self.store, at, None, Some(at));
             }
         }
+    }
+
+    /// Every SLO's budget and burn rates after the last tick, with the index of its profile.
+    pub fn slo_readings(&self) -> Vec<(usize, slo::SloReading)> {
+        self.slos.iter().map(|w| (w.profile, w.read(&self.slots))).collect()
     }
 
     /// Every rule with its current state and value, in evaluation order.
@@ -443,6 +452,14 @@ impl Evaluator {
                     .iter()
                     .filter(|&&i| self.short[i] || self.states[i].phase() != Phase::Inactive)
                     .flat_map(|&i| self.rule_coverage(&self.rules[i], now))
+                    .collect(),
+                slo: self
+                    .slos
+                    .iter()
+                    .filter(|w| {
+                        w.profile == pi && w.rules().iter().any(|r| self.state(r).is_some_and(|s| s.is_firing()))
+                    })
+                    .map(|w| w.read(&self.slots).note())
                     .collect(),
             });
         }

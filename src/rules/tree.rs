@@ -73,6 +73,10 @@ pub struct Decision {
     /// hold data over their whole span ("1h window: 10 min of data").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coverage: Vec<super::coverage::WindowCoverage>,
+    /// For each SLO whose page or ticket rule fires: what the version spent of its budget
+    /// ("availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×; …").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slo: Vec<String>,
 }
 
 impl Tree {
@@ -124,6 +128,9 @@ impl Decision {
         for c in &self.coverage {
             text.push_str(&format!("; {}: {c}", c.rule));
         }
+        for note in &self.slo {
+            text.push_str(&format!("; {note}"));
+        }
         text
     }
 }
@@ -151,6 +158,7 @@ mod tests {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
         assert_eq!(d.explained(), d.explanation(), "every window full");

@@ -79,6 +79,16 @@ pub struct RuleStatus {
     pub coverage: Vec<crate::rules::WindowCoverage>,
 }
 
+/// One SLO on the status page: its readings after the last tick and the budget remaining at
+/// each of the last [`SIGNAL_HISTORY`] evaluations, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct SloStatus {
+    pub profile: String,
+    #[serde(flatten)]
+    pub reading: crate::rules::slo::SloReading,
+    pub budget_history: VecDeque<Option<f64>>,
+}
+
 /// Everything `/status` and `/metrics` show.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
@@ -94,6 +104,8 @@ pub struct Snapshot {
     /// shows them as percentages and durations.
     pub units: BTreeMap<String, Unit>,
     pub rules: Vec<RuleStatus>,
+    /// Each SLO's budget and burn rates, with its budget's recent history (the page's sparkline).
+    pub slos: Vec<SloStatus>,
     /// Current decision per profile.
     pub decisions: Vec<Decision>,
     /// The latest decision changes, newest last.
@@ -206,6 +218,21 @@ impl Snapshot {
                 history.pop_front();
             }
         }
+        let mut slos = Vec::new();
+        for (pi, reading) in ev.slo_readings() {
+            let mut budget_history = self
+                .slos
+                .iter_mut()
+                .find(|s| s.reading.name == reading.name)
+                .map(|s| std::mem::take(&mut s.budget_history))
+                .unwrap_or_default();
+            budget_history.push_back(reading.budget_remaining.filter(|v| v.is_finite()));
+            if budget_history.len() > SIGNAL_HISTORY {
+                budget_history.pop_front();
+            }
+            slos.push(SloStatus { profile: ev.profiles[pi].name.clone(), reading, budget_history });
+        }
+        self.slos = slos;
         let unknown: std::collections::HashSet<&str> =
             tick.decisions.iter().flat_map(|d| d.unknown.iter().map(String::as_str)).collect();
         let signals = &self.signals;
@@ -261,6 +288,37 @@ impl Snapshot {
                         _ => 0,
                     };
                     format!("{{rule=\"{}\",profile=\"{}\"}} {v}", label(&r.name), label(&r.profile))
+                })
+                .collect(),
+        );
+        section(
+            "rollwatch_slo_budget_remaining",
+            "gauge",
+            "Share of the SLO's error budget left over its period (on the data there is; negative when overspent).",
+            self.slos
+                .iter()
+                .filter_map(|s| {
+                    let v = s.reading.budget_remaining?;
+                    Some(format!("{{slo=\"{}\"}} {}", label(&s.reading.name), format_value(v)))
+                })
+                .collect(),
+        );
+        section(
+            "rollwatch_slo_burn_rate",
+            "gauge",
+            "The SLO's burn rate over each window of its alerts (error ratio / (1 - objective)).",
+            self.slos
+                .iter()
+                .flat_map(|s| {
+                    s.reading.burn_rates.iter().filter_map(move |b| {
+                        let v = b.burn_rate?;
+                        Some(format!(
+                            "{{slo=\"{}\",window=\"{}\"}} {}",
+                            label(&s.reading.name),
+                            b.window,
+                            format_value(v)
+                        ))
+                    })
                 })
                 .collect(),
         );

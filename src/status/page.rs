@@ -153,6 +153,44 @@ impl Snapshot {
             );
         }
         p.push_str("</table>");
+        // SLOs: budget remaining, burn rate per alert window against its factor, budget sparkline.
+        if !self.slos.is_empty() {
+            p.push_str("<h2>SLOs</h2><table id=\"slos\"><tr><th>SLO</th><th>budget remaining</th><th>budget</th><th class=\"wide\">burn rate (alert factor)</th></tr>");
+            for s in &self.slos {
+                let r = &s.reading;
+                let pct = |v: f64| format!("{}%", crate::template::number((v * 10_000.0).round() / 100.0));
+                let history: Vec<Option<f64>> = s.budget_history.iter().copied().collect();
+                let burns: Vec<String> = r
+                    .burn_rates
+                    .iter()
+                    .map(|b| {
+                        let over = b.burn_rate.is_some_and(|v| v > b.factor);
+                        format!(
+                            "<span class=\"{}\">{}: {} ({}× {})</span>",
+                            if over { "over" } else { "under" },
+                            b.window,
+                            b.burn_rate
+                                .map(|v| format!("{}×", crate::template::number((v * 100.0).round() / 100.0)))
+                                .unwrap_or_else(|| "no data".into()),
+                            crate::template::number((b.factor * 100.0).round() / 100.0),
+                            b.alert
+                        )
+                    })
+                    .collect();
+                let _ = write!(
+                    p,
+                    "<tr class=\"slo\" data-slo=\"{}\"><td>{} ({} over {})</td><td>{}</td><td>{}</td><td class=\"wide\">{}</td></tr>",
+                    esc(&r.name),
+                    esc(&r.name),
+                    pct(r.objective),
+                    r.period,
+                    r.budget_remaining.map(pct).unwrap_or_else(|| "no data".into()),
+                    sparkline(&history, &[]),
+                    burns.join("<br>")
+                );
+            }
+            p.push_str("</table>");
+        }
         // Rules.
         p.push_str("<h2>Rules</h2><table id=\"rules\"><tr><th>rule</th><th>state</th><th>for</th><th>value</th></tr>");
         for r in &self.rules {

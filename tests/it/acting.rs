@@ -150,6 +150,7 @@ impl Harness {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         };
         if let Some(v) = version {
             self.d.on_version_observed(self.clock.now(), v).unwrap();
@@ -871,6 +872,7 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         predates: vec![],
         silenced: vec![],
         coverage: vec![],
+        slo: vec![],
     };
     h.d.on_version_observed(h.clock.now(), "v2").unwrap();
     h.d.on_tick(h.clock.now(), &[d]).unwrap();

@@ -24,6 +24,7 @@ mod peers;
 mod record;
 mod run;
 mod secrets;
+mod slo;
 mod sources;
 mod steps;
 mod text;
