@@ -80,6 +80,7 @@ impl Bench {
             predates: vec![],
             silenced: vec![],
             coverage: vec![],
+            slo: vec![],
         };
         // The version source is read on the same tick (an issue newer than its last reading
         // waits for the next one).
