@@ -42,7 +42,7 @@ impl Core {
         }
         let start = self.start_of(d);
         if version.is_some()
-            && let Some(r) = self.state.with_key_since(&start.key(), self.state.versions.deployed_at)
+            && let Some(r) = self.state.with_key_since_deploy(&start.key())
         {
             let reason = format!("this version was already rolled back by {}", r.started.rollback_id);
             return self.suppress(now, &d.profile, d.outcome, &d.explanation(), reason);

@@ -73,7 +73,8 @@ pub enum Gate {
 }
 
 /// Whether `version` is a new deploy since rollback `last`: neither the version it rolled back
-/// from nor its target nor the one it restored, and deployed after it started.
+/// from nor its target nor the one it restored, and deployed after it started (in the order of
+/// the facts, whichever clocks dated them).
 fn deployed_since(state: &State, last: &super::state::Rollback, version: Option<&str>) -> bool {
     let Some(version) = version else { return false };
     let started = &last.started;
@@ -81,7 +82,7 @@ fn deployed_since(state: &State, last: &super::state::Rollback, version: Option<
     started.version_from.as_deref() != Some(version)
         && started.target_version.as_deref() != Some(version)
         && restored != Some(version)
-        && state.versions.deployed_at.is_some_and(|at| at > last.at)
+        && state.deployed_seq.is_some_and(|seq| seq > last.seq)
 }
 
 /// When a silence ends, as said to people.
@@ -99,7 +100,7 @@ pub fn gate(state: &State, policy: &Policy, now: Timestamp, start: &Start, in_fl
     // step may still be running where it was cut off (an orphaned `kubectl`, a dead leader's
     // child), and people were told to take over. A redeploy is judged anew.
     if let Some(version) = &start.version
-        && let Some(r) = state.with_key_since(&start.key(), state.versions.deployed_at)
+        && let Some(r) = state.with_key_since_deploy(&start.key())
         && r.finished.as_ref().is_none_or(|(_, f)| f.result != RollbackResult::Failed)
     {
         let result = r.finished.as_ref().map_or("in flight".to_string(), |(_, f)| f.result.to_string());

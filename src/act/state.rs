@@ -13,6 +13,9 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollback {
     pub at: Timestamp,
+    /// Its place in the order events were applied ([`State::applied`]): what "since the deploy"
+    /// compares, never the dates two replicas' clocks put on them.
+    pub seq: u64,
     pub started: RollbackStarted,
     pub finished: Option<(Timestamp, RollbackFinished)>,
     /// Run/verify steps started and not (yet) finished: `(step, action, role)`.
@@ -80,6 +83,10 @@ pub struct State {
     pub versions: Versions,
     /// The latest escalations (at most [`RECENT_ESCALATIONS`]), oldest first.
     pub escalations: std::collections::VecDeque<(Timestamp, Escalation)>,
+    /// Events applied so far: the order of the facts, whichever replica's clock dated them.
+    pub applied: u64,
+    /// [`State::applied`] when the current version's deploy was applied.
+    pub deployed_seq: Option<u64>,
 }
 
 /// An event that could not be applied (kept out of the state, reported).
@@ -130,11 +137,13 @@ impl State {
 
     /// Applies one event. Events the dispatcher does not keep are ignored.
     pub fn apply(&mut self, at: Timestamp, event: &Event) -> Result<(), String> {
+        let seq = self.applied + 1;
         match event {
             Event::RollbackStarted(started) => {
                 self.next_rollback = self.next_rollback.max(number(&started.rollback_id) + 1);
                 self.rollbacks.push(Rollback {
                     at,
+                    seq,
                     started: started.clone(),
                     finished: None,
                     open_steps: vec![],
@@ -185,8 +194,10 @@ impl State {
             Event::Unsilenced(s) => {
                 self.silences.remove(&s.rule);
             }
-            Event::VersionChanged(v) => self.versions.deploy(at, &v.to),
-            Event::Deploy(d) => self.versions.deploy(at, &d.to),
+            Event::VersionChanged(VersionChanged { to, .. }) | Event::Deploy(Deploy { to, .. }) => {
+                self.versions.deploy(at, to);
+                self.deployed_seq = Some(seq);
+            }
             Event::VersionBaked(b) => self.versions.baked(at, b),
             Event::VersionMarked(m) => self.versions.marked(at, m),
             Event::Annotated(a) => self.rollback_mut(&a.rollback_id)?.root_cause = Some(a.root_cause.clone()),
@@ -203,6 +214,7 @@ impl State {
             | Event::JournalRecovered(_)
             | Event::Other => {}
         }
+        self.applied = seq;
         Ok(())
     }
 
@@ -243,9 +255,12 @@ impl State {
         self.rollbacks.iter().rev().find(|r| r.started.profile == profile)
     }
 
-    /// The latest rollback with this idempotency key since `since`, if one ran.
-    pub fn with_key_since(&self, key: &str, since: Option<Timestamp>) -> Option<&Rollback> {
-        self.rollbacks.iter().rev().find(|r| r.started.key == key && since.is_none_or(|s| r.at >= s))
+    /// The latest rollback with this idempotency key started after the current version's deploy
+    /// (in the order the facts were applied, not by their dates: a replica whose clock runs ahead
+    /// must not make a later redeploy look older than its rollback), if one ran.
+    pub fn with_key_since_deploy(&self, key: &str) -> Option<&Rollback> {
+        let since = self.deployed_seq.unwrap_or(0);
+        self.rollbacks.iter().rev().take_while(|r| r.seq > since).find(|r| r.started.key == key)
     }
 
     /// `(profile, version)` whose approval was rejected for the version deployed now: not asked
@@ -315,8 +330,24 @@ mod tests {
         assert!(s.approvals.contains_key("ap-4"));
         assert_eq!(s.paused_until, Some(Timestamp(i64::MAX)));
         assert_eq!(s.silences["x"], Timestamp(50));
-        assert_eq!(s.with_key_since("api@v2", None).map(|r| r.at), Some(Timestamp(3)));
-        assert!(s.with_key_since("api@v2", Some(Timestamp(4))).is_none());
+        assert_eq!(s.with_key_since_deploy("api@v2").map(|r| r.at), Some(Timestamp(3)));
+        assert!(s.with_key_since_deploy("api@v1").is_none());
+    }
+
+    #[test]
+    fn a_redeploy_after_a_rollback_dated_ahead_is_a_new_deploy() {
+        // A replica 25 s ahead rolled v2 back; v2 is deployed again afterwards, dated by a right
+        // clock before that rollback's date. The order of the facts decides, not their dates.
+        let lines = vec![
+            line(100, "deploy", json!({"from": "v1", "to": "v2", "source": "hook"})),
+            line(125, "rollback_started", started("rb-1", "v2")),
+            line(110, "deploy", json!({"from": "v1", "to": "v2", "source": "hook"})),
+        ];
+        let (s, errors) = State::restore(&lines);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(s.with_key_since_deploy("api@v2").is_none(), "the redeploy is judged anew");
+        let (before, _) = State::restore(&lines[..2]);
+        assert_eq!(before.with_key_since_deploy("api@v2").map(|r| r.seq), Some(2));
     }
 
     #[test]
