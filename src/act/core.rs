@@ -104,6 +104,9 @@ pub struct Core {
     /// Per profile, since when a rule has been pending or firing (until it decides `monitor`
     /// with none): where an incident's recovery time starts.
     pub(super) issue_since: BTreeMap<String, Timestamp>,
+    /// Per profile, since when the tree has decided something other than `monitor` (until it
+    /// decides `monitor` again): where detection ends and a hold or an approval's wait begins.
+    pub(super) decided_since: BTreeMap<String, Timestamp>,
     /// The effects queued by the input being handled, for the executor.
     pub(super) out: Effects,
 }
@@ -156,6 +159,7 @@ impl Core {
             rejected,
             journal_down: None,
             issue_since: BTreeMap::new(),
+            decided_since: BTreeMap::new(),
             out,
         };
         if d.ledger.is_shared() {
@@ -276,6 +280,11 @@ impl Core {
                 self.issue_since.remove(&d.profile);
             } else {
                 self.issue_since.entry(d.profile.clone()).or_insert(d.at);
+            }
+            if d.outcome == Outcome::Monitor {
+                self.decided_since.remove(&d.profile);
+            } else {
+                self.decided_since.entry(d.profile.clone()).or_insert(d.at);
             }
         }
         if !self.leads() {

@@ -130,6 +130,10 @@ pub struct RollbackStarted {
     /// (for the recovery time and the downtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issue_since: Option<Timestamp>,
+    /// When the tree first decided against the version (before this rollback): detection ends
+    /// there; from there to the start it was held back or waited for an approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Timestamp>,
     /// Every rule behind it judges the environment (`scope = "environment"`: an alert, a node,
     /// a storage backend), not the deployed version: completing it does not make `version_from`
     /// bad.

@@ -166,6 +166,7 @@ mod tests {
         let s = RollbackStarted {
             deployed_at: None,
             issue_since: None,
+            decided_at: None,
             rollback_id: id.into(),
             profile: "api".into(),
             key: key("api", Some(version)),

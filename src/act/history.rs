@@ -63,6 +63,7 @@ impl Entry {
         let t = &self.timings;
         let parts: Vec<String> = [
             t.detect_seconds.map(|d| format!("detected {} after the deploy", s(d))),
+            t.held_seconds.map(|d| format!("started {} after the decision (held back or awaiting approval)", s(d))),
             t.steps_seconds.map(|d| format!("steps {}", s(d))),
             t.recovery_seconds.map(|d| format!("recovered {} after the first sign", s(d))),
         ]

@@ -381,6 +381,7 @@ impl Core {
             approval_id: approval.as_ref().map(|(a, _, _)| a.clone()),
             deployed_at: self.state.versions.deployed_at,
             issue_since: self.issue_since.get(&s.profile).copied(),
+            decided_at: self.decided_since.get(&s.profile).copied(),
             environment: self.acting.plans.get(&s.profile).is_some_and(|p| p.judges_the_environment(&s.firing)),
         };
         self.record(now, Event::RollbackStarted(started.clone()))?;

@@ -29,8 +29,12 @@ pub struct Rollback {
 /// How long a rollback's phases took, in seconds (what `/metrics` and `history` show).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
-    /// Deploy of the version rolled back from → the rollback's start (the decision).
+    /// Deploy of the version rolled back from → the first decision against it.
     pub detect_seconds: Option<f64>,
+    /// That decision → the rollback's start: held back (cooldown, pause, silence, …) or waiting
+    /// for an approval (absent when it started at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_seconds: Option<f64>,
     /// Rollback start → its steps done.
     pub steps_seconds: Option<f64>,
     /// First sign of the issue → verified recovery (completed rollbacks only): the downtime.
@@ -43,10 +47,13 @@ impl Rollback {
             (Some(from), Some(to)) if to >= from => Some(to.saturating_since(from).0 as f64 / 1000.0),
             _ => None,
         };
+        // Journals from before `decided_at` was recorded: the decision is the start.
+        let decided = self.started.decided_at.filter(|d| *d <= self.at).unwrap_or(self.at);
         let recovered =
             self.finished.as_ref().filter(|(_, f)| f.result == RollbackResult::Completed).map(|(at, _)| *at);
         Timings {
-            detect_seconds: since(self.started.deployed_at, Some(self.at)),
+            detect_seconds: since(self.started.deployed_at, Some(decided)),
+            held_seconds: since(Some(decided), Some(self.at)).filter(|s| *s > 0.0),
             steps_seconds: since(Some(self.at), self.steps_at),
             recovery_seconds: since(self.started.issue_since.or(Some(self.at)), recovered),
         }

@@ -48,6 +48,7 @@ pub fn report(config: &Path, id: &str, format: ReportFormat, out: &mut dyn Write
         "rollback_finished",
         "escalation",
         "annotated",
+        "suppressed",
     ];
     let journal = loaded.config.state_dir.join("journal.jsonl");
     let lines =

@@ -651,14 +651,47 @@ async fn approvals_name_their_target_and_answers_are_announced_with_who() {
     }
     assert!(notified.iter().any(|n| n["template"] == "rollback_approval_needed" && n["rollback_id"].is_null()));
     assert!(notified.iter().any(|n| n["template"] == "rollback_in_progress" && n["rollback_id"] == "rb-1"));
+    // The webhook is delivered by the channel's worker, in its own time.
+    let delivered = |t: &str| bodies.lock().unwrap().iter().any(|b| b["template"] == t);
+    common::until("the answers and the rollback on the webhook", || {
+        ["approval_rejected", "approval_granted", "rollback_in_progress"].iter().all(|t| delivered(t))
+    })
+    .await;
 
     let out = s.stop();
     assert!(out.contains("ROLLBACK REJECTED by bob (ap-1): known flaky dependency"), "{out}");
     assert!(out.contains(&format!("ROLLBACK APPROVED by {me} (ap-2)")), "{out}");
     assert!(out.contains("Profile: profile from v3 to v1"), "the approval names the target: {out}");
-    let hooked: Vec<String> =
-        bodies.lock().unwrap().iter().map(|b| b["template"].as_str().unwrap_or("").to_string()).collect();
-    for t in ["approval_rejected", "approval_granted", "rollback_in_progress"] {
-        assert!(hooked.iter().any(|h| h == t), "{t} not on the webhook: {hooked:?}");
-    }
+}
+
+/// A rollback held back (here by a pause) shows the hold in the report's timeline, and its
+/// detection time ends at the decision, not at the start the hold delayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_rollback_shows_its_hold_in_the_report_and_history() {
+    let service = VersionedService::start("v1", 0).await;
+    let mut s = Sidecar::start(&service, "").await;
+    s.baked("v1").await;
+    let (code, out, err) = s.cli(&["pause"]);
+    assert_eq!(code, 0, "{out}{err}");
+    service.deploy("v2", 80);
+    s.wait("the rollback held back by the pause", |e| {
+        of_kind(e, "suppressed").iter().any(|x| x["reason"].as_str().is_some_and(|r| r.starts_with("paused")))
+    })
+    .await;
+    let (code, out, err) = s.cli(&["resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = s.wait("the rollback to finish", finished).await;
+    let started = &of_kind(&events, "rollback_started")[0];
+    let decided = started["decided_at"].as_i64().expect("the decision's time is recorded");
+    assert!(decided < started["at"].as_i64().unwrap(), "decided before the hold ended: {started}");
+    let (code, md, err) = s.cli(&["report", "rb-1"]);
+    assert_eq!(code, 0, "{md}{err}");
+    let timeline = md.split("## Timeline\n\n").nth(1).unwrap();
+    let held = timeline.find("held back: paused").unwrap_or_else(|| panic!("no hold in:\n{md}"));
+    let initiated = timeline.find("rollback rb-1 initiated").unwrap();
+    assert!(held < initiated, "{md}");
+    let (code, history, _) = s.cli(&["history"]);
+    assert_eq!(code, 0);
+    assert!(history.contains("after the decision (held back or awaiting approval)"), "{history}");
+    s.stop();
 }
