@@ -291,7 +291,7 @@ impl Core {
             // A follower watches; the leader acts (and journals its acts into the shared log).
             // It bakes too, so that a new leader's bake goes on where it was.
             self.remind_coord(now);
-            self.tell_wanted(decisions);
+            self.tell_wanted(now, decisions);
             return self.watch_bake(now, decisions);
         }
         self.expire(now)?;

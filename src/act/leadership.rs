@@ -22,8 +22,11 @@ pub struct Leadership {
     pub(super) rebuilding: Option<Timestamp>,
     /// Whether this replica tells people of the etcd outage (one replica does).
     pub(super) coord_teller: bool,
-    /// Profiles whose rollback was wanted during the etcd outage (told once each).
+    /// Profiles whose rollback was wanted during the etcd outage, or while no replica could
+    /// lead (told once each).
     pub(super) wanted_told: BTreeSet<String>,
+    /// Since when no replica leads, as this follower sees it, and why this one does not stand.
+    pub(super) leaderless: Option<(Timestamp, Option<String>)>,
 }
 
 impl Leadership {

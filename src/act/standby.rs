@@ -41,6 +41,8 @@ impl Core {
                 self.restore_shared(&log)?;
                 self.lead.term = Some(term);
                 self.lead.standby = None;
+                self.lead.leaderless = None;
+                self.lead.wanted_told.clear();
                 // Whatever this replica ran under an earlier term is fenced off.
                 self.in_flight = None;
                 tracing::info!(term = term.0, "leading: acting from the shared state");
@@ -58,9 +60,17 @@ impl Core {
                     self.deployed(now, &seen, DeploySource::FirstSight)?;
                 }
             }
-            Update::Follow { leader } => {
+            Update::Follow { leader, not_standing } => {
                 self.coord_back(now);
                 self.rebuilt(now);
+                self.lead.leaderless = match (&leader, self.lead.leaderless.take()) {
+                    (Some(_), _) => None,
+                    (None, Some((since, _))) => Some((since, not_standing)),
+                    (None, None) => Some((now, not_standing)),
+                };
+                if self.lead.leaderless.is_none() {
+                    self.lead.wanted_told.clear();
+                }
                 let reason = match leader {
                     Some(l) => format!("a follower: {} leads (at {})", l.replica, l.address),
                     None => "a follower: no replica leads yet".to_string(),
@@ -169,25 +179,33 @@ impl Core {
         self.out.note(now, "coordinator_unreachable", serde_json::json!({ "error": error }));
     }
 
-    /// While etcd cannot be reached, a rollback decided is told (once per profile): wanted,
-    /// but nobody may act.
-    pub(super) fn tell_wanted(&mut self, decisions: &[crate::rules::Decision]) {
-        if self.lead.coord_down.is_none() || !self.lead.coord_teller {
+    /// While etcd cannot be reached, or no replica has led for longer than an election takes
+    /// while this one may not stand (its clock), a rollback decided is told (once per profile):
+    /// wanted, but nobody may act.
+    pub(super) fn tell_wanted(&mut self, now: Timestamp, decisions: &[crate::rules::Decision]) {
+        let why = if self.lead.coord_down.is_some() {
+            if !self.lead.coord_teller {
+                return;
+            }
+            "etcd cannot be reached".to_string()
+        } else if let Some((since, Some(not_standing))) = &self.lead.leaderless
+            && let Some(c) = self.ledger.coordinator()
+            && now.saturating_since(*since) > Span(2 * c.ttl().as_millis() as i64)
+        {
+            format!("no replica has led for {}, and {not_standing}", human(now.saturating_since(*since)))
+        } else {
             return;
-        }
+        };
         for d in decisions.iter().filter(|d| d.outcome == crate::rules::Outcome::Rollback) {
             if self.lead.wanted_told.insert(d.profile.clone()) {
-                let finding = format!(
-                    "rollback wanted for {} ({}), but no replica may act: etcd cannot be reached",
-                    d.profile,
-                    d.explanation()
-                );
+                let finding =
+                    format!("rollback wanted for {} ({}), but no replica may act: {why}", d.profile, d.explanation());
                 tracing::error!("{finding}");
                 self.escalations += 1;
                 self.announce_own(
                     Severity::S1,
                     &finding,
-                    "Roll back by hand, or restore etcd: a replica acts again by itself.",
+                    "Roll back by hand, or restore etcd or the replica's clock: a replica acts again by itself.",
                 );
             }
         }

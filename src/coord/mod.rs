@@ -105,8 +105,10 @@ pub enum Update {
     /// This replica leads under `term` from now on; `log` is the whole shared log (the acting
     /// state is restored from it before anything is acted on).
     Lead { term: Term, log: Vec<Value> },
-    /// Another replica leads (or none yet): this one watches.
-    Follow { leader: Option<Leader> },
+    /// Another replica leads (or none yet): this one watches. `not_standing`: why this replica
+    /// does not stand for election (its clock too far from etcd's), while it does not — sent
+    /// again when that changes, so that a replica left alone and unable to lead can say so.
+    Follow { leader: Option<Leader>, not_standing: Option<String> },
     /// Lines of the shared log new since the last update (followers).
     Log(Vec<Value>),
     /// The whole shared log (a follower's first read, or after a compaction it had not seen).
@@ -119,6 +121,9 @@ pub enum Update {
     /// data this replica knew (told on every channel), not a new log.
     Distrust { why: String, lost: bool },
 }
+
+/// Whom this replica follows (nobody yet: `None`), and why it does not stand, as last told.
+type Following = (Option<Leader>, Option<String>);
 
 /// Why an acting write was not committed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -361,6 +366,11 @@ impl Coordinator {
     }
 
     /// This replica's name and address.
+    /// The lease's time to live: an election is over within it.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub fn me(&self) -> &Leader {
         &self.me
     }
@@ -834,7 +844,7 @@ impl Coordinator {
         let every = (self.ttl / 4).max(Duration::from_millis(200));
         let mut lease = None;
         let mut leading: Option<Term> = None;
-        let mut following: Option<Option<Leader>> = None;
+        let mut following: Option<Following> = None;
         let mut down = false;
         // Since when rounds fail: a follower waits out a blip as long as a leader is sure of
         // its lease (2/3 ttl) before it says nobody acts.
@@ -907,7 +917,7 @@ impl Coordinator {
                         if was_leader {
                             self.lose(&error);
                         }
-                        let last_leader = following.take().flatten();
+                        let last_leader = following.take().and_then(|(l, _)| l);
                         // Who leads cannot be known without etcd (nobody acts meanwhile).
                         self.set_status(Role::Unreachable, None, None, Some(error.clone()));
                         if !down {
@@ -951,7 +961,7 @@ impl Coordinator {
         holder: Option<(Leader, Term)>,
         sent: Stopwatch,
         leading: &mut Option<Term>,
-        following: &mut Option<Option<Leader>>,
+        following: &mut Option<Following>,
         updates: &mpsc::Sender<Update>,
     ) -> Result<(), EtcdError> {
         if let Some(term) = term {
@@ -965,13 +975,14 @@ impl Coordinator {
         if leading.take().is_some() {
             self.lose("another replica holds the leader key");
         }
-        if following.as_ref() != Some(&leader) {
+        let error = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now_following = (leader.clone(), error.clone());
+        if following.as_ref() != Some(&now_following) {
             let name = leader.as_ref().map_or("nobody yet", |l| l.replica.as_str());
             tracing::info!(replica = %self.me.replica, leader = name, "following");
-            *following = Some(leader.clone());
-            let _ = updates.send(Update::Follow { leader: leader.clone() }).await;
+            *following = Some(now_following);
+            let _ = updates.send(Update::Follow { leader: leader.clone(), not_standing: error.clone() }).await;
         }
-        let error = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.set_status(Role::Follower, leader, term, error);
         self.follow_round(updates).await
     }

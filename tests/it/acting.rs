@@ -622,7 +622,7 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     assert!(reminded.len() == 1 && reminded[0].contains("no replica acts for 16m"), "{reminded:?}");
 
     let leader = Leader { replica: "b".into(), address: "http://10.0.0.6:9464".into() };
-    h.d.on_coord(Update::Follow { leader: Some(leader) }).unwrap();
+    h.d.on_coord(Update::Follow { leader: Some(leader), not_standing: None }).unwrap();
     let back = h.messages().await;
     assert!(back.iter().any(|m| m.contains("etcd reachable again after 16m")), "{back:?}");
     let refused = h.command(Command::Resume).unwrap_err();

@@ -166,7 +166,8 @@ async fn a_compacted_shared_log_keeps_the_cooldown_whatever_was_deployed_since()
 
 /// libfaketime puts one replica's clock an hour ahead (its monotonic clock left alone). It does
 /// not lead, and says why; the other leads. With the other gone, nobody leads — rather than a
-/// replica whose records would be dated an hour off.
+/// replica whose records would be dated an hour off — and a rollback wanted is told on the
+/// channels by the replica left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_clock_is_an_hour_ahead_does_not_lead() {
     let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -199,6 +200,15 @@ async fn a_replica_whose_clock_is_an_hour_ahead_does_not_lead() {
     .await;
     let error = skewed.status()["ha"]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("ahead of etcd's"), "still says why: {error}");
+    // Left alone, it still tells people: a rollback wanted is said, with why nobody acts.
+    service.deploy("v2", 500);
+    until("the wanted rollback told by the skewed replica", || {
+        let out = skewed.stdout();
+        out.contains("rollback wanted for") && out.contains("no replica may act: no replica has led for")
+    })
+    .await;
+    assert!(skewed.stdout().contains("ahead of etcd's"), "{}", skewed.stdout());
+    assert!(service.rollbacks().is_empty(), "nobody acts");
 }
 
 /// The version source returns a 2 MiB version: it is not a version (said once); nothing of it
