@@ -45,7 +45,11 @@ pub struct ActingStatus {
     pub mode: String,
     pub in_flight: Option<InFlight>,
     pub approvals: Vec<ApprovalOpened>,
+    /// Paused until then; `9223372036854775807` (`i64::MAX`): until resumed, as `paused`
+    /// says for people.
     pub paused_until: Option<Timestamp>,
+    /// `until resumed` or `until <date>` while paused.
+    pub paused: Option<String>,
     pub silences: BTreeMap<String, Timestamp>,
     /// Rollbacks in the journal by result (`in_flight` for the unfinished one).
     pub rollbacks: BTreeMap<String, u64>,
@@ -544,6 +548,9 @@ impl Core {
                 .map(|(at, e)| RecentEscalation { at: *at, escalation: e.clone() })
                 .collect(),
             paused_until: self.state.paused_until,
+            paused: self.state.paused_until.map(|u| {
+                if u.0 == i64::MAX { "until resumed".to_string() } else { format!("until {}", super::iso(u)) }
+            }),
             silences: self.state.silences.clone(),
             rollbacks,
             escalations_total: self.escalations,

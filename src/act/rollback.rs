@@ -31,7 +31,9 @@ impl Core {
                 None => "before its first step".to_string(),
             }
         } else {
-            format!("during {} (started, not finished)", open.join(", "))
+            // Its start is on record; whether it ran is not (a leader may have stopped between
+            // the record and the start, and then never starts it).
+            format!("during {} (its start recorded, its end not: it may or may not have run)", open.join(", "))
         };
         let error = format!("interrupted by {by} {last}; not re-run");
         self.record(

@@ -55,7 +55,8 @@ impl Snapshot {
             );
         }
         if let Some(until) = a.paused_until {
-            let _ = write!(p, "<p class=\"alert\"><b>PAUSED</b> until {}</p>", esc(&iso(until)));
+            let until = if until.0 == i64::MAX { "resumed".to_string() } else { iso(until) };
+            let _ = write!(p, "<p class=\"alert\"><b>PAUSED</b> until {}</p>", esc(&until));
         }
         // Silences: a silenced rule is read as not firing by the decision trees.
         if !a.silences.is_empty() {

@@ -678,6 +678,13 @@ async fn a_held_rollback_shows_its_hold_in_the_report_and_history() {
         of_kind(e, "suppressed").iter().any(|x| x["reason"].as_str().is_some_and(|r| r.starts_with("paused")))
     })
     .await;
+    // Paused without an end: said so, not as a date in the year 292 million.
+    let status = common::status(&s.listen).await.unwrap();
+    assert_eq!(status["acting"]["paused"], "until resumed", "{}", status["acting"]);
+    let client = reqwest::Client::new();
+    let page = client.get(format!("http://{}/status", s.listen)).header("accept", "text/html").send().await.unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<b>PAUSED</b> until resumed"), "{page}");
     let (code, out, err) = s.cli(&["resume"]);
     assert_eq!(code, 0, "{out}{err}");
     let events = s.wait("the rollback to finish", finished).await;
