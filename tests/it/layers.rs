@@ -202,3 +202,81 @@ fn the_cycle_check_sees_what_it_must() {
         vec![["a", "b", "c"].map(String::from).to_vec()]
     );
 }
+
+/// The structs in `text` with more than `most` fields: `(name, fields)`. Serialized records
+/// (a derive of `Serialize` or `Deserialize` on the struct: a report's rows, a journal line, a
+/// config as read) are data, not owners of runtime state, and are left out; so are unit tests.
+fn crowded_structs(text: &str, most: usize) -> Vec<(String, usize)> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("pub struct ").or_else(|| t.strip_prefix("struct ")).or_else(|| {
+            t.strip_prefix("pub(crate) struct ").or_else(|| t.strip_prefix("pub(super) struct "))
+        }) else {
+            continue;
+        };
+        if !rest.trim_end().ends_with('{') {
+            continue; // a tuple or unit struct
+        }
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        // The attributes right above it.
+        let serialized = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| {
+                let l = l.trim_start();
+                l.starts_with("#[") || l.starts_with("///") || l.starts_with("//") || l.starts_with(')')
+            })
+            .any(|l| l.contains("Serialize") || l.contains("Deserialize"));
+        if serialized {
+            continue;
+        }
+        // Fields: lines of the body at its first level of nesting that read `name: Type`.
+        let indent = line.len() - t.len();
+        let mut fields = 0;
+        for body in &lines[i + 1..] {
+            let b = body.trim_start();
+            if b.starts_with('}') && body.len() - b.len() == indent {
+                break;
+            }
+            let field = b.trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ").trim_start_matches("pub ");
+            let ident: String = field.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if body.len() - b.len() == indent + 4 && !ident.is_empty() && field[ident.len()..].starts_with(':') {
+                fields += 1;
+            }
+        }
+        if fields > most {
+            out.push((name, fields));
+        }
+    }
+    out
+}
+
+/// No struct that owns runtime state holds more than 20 fields: one owner, one job.
+#[test]
+fn no_struct_owning_runtime_state_has_more_than_20_fields() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for path in &files {
+        let rel = path.strip_prefix(&src).unwrap().to_string_lossy().to_string();
+        for (name, n) in crowded_structs(&std::fs::read_to_string(path).unwrap(), 20) {
+            found.push(format!("{rel}: {name} has {n} fields"));
+        }
+    }
+    assert!(found.is_empty(), "structs owning too much:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_field_count_sees_what_it_must() {
+    let fields: String = (0..21).map(|i| format!("    pub f{i}: u8,\n")).collect();
+    let owner = format!("/// An owner.\npub struct Big {{\n{fields}}}\n");
+    assert_eq!(crowded_structs(&owner, 20), vec![("Big".to_string(), 21)]);
+    let record = format!("#[derive(Debug, Serialize)]\npub struct Row {{\n{fields}}}\n");
+    assert!(crowded_structs(&record, 20).is_empty(), "a serialized record is data");
+    let nested = "struct S {\n    a: u8,\n    b: Vec<Inner>,\n}\nfn g() { let x = T { c: 1 }; }\n";
+    assert!(crowded_structs(nested, 1).len() == 1 && crowded_structs(nested, 2).is_empty());
+}
