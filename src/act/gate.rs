@@ -37,7 +37,8 @@ impl Start {
         };
         let firing: Vec<String> = cause.iter().map(|r| r.rule.clone()).collect();
         let level = d.level.clone().or_else(|| firing.iter().find_map(|r| level_label(r)));
-        Start { profile: d.profile.clone(), version, level, reason, explanation: d.explained(), firing }
+        let explanation = d.explained_for(version.as_deref());
+        Start { profile: d.profile.clone(), version, level, reason, explanation, firing }
     }
 
     pub fn from_approval(a: &ApprovalOpened) -> Start {

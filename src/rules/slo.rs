@@ -363,6 +363,10 @@ impl SloWatch {
     }
 }
 
+/// Who burned the budget in a decision's note; [`Decision::explained_for`](super::Decision::explained_for)
+/// names the version instead where it is known.
+pub const SUBJECT: &str = "this version";
+
 impl SloReading {
     /// "availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×;
     /// 97.9% of the budget remains" — what a decision says about an SLO whose rules fire.
@@ -373,7 +377,7 @@ impl SloReading {
             (Some(spent), Some(burn)) if burn > 0.0 => {
                 let elapsed = Span((spent / burn * self.period.0 as f64).round() as i64);
                 text.push_str(&format!(
-                    " this version burned {} of the {} budget in {}, burn rate {}×;",
+                    " {SUBJECT} burned {} of the {} budget in {}, burn rate {}×;",
                     pct(spent),
                     period_text(self.period),
                     crate::time::human(elapsed),

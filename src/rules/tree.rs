@@ -133,6 +133,17 @@ impl Decision {
         }
         text
     }
+
+    /// [`explained`](Self::explained), the version named where the SLO notes say "this
+    /// version" (`v2 burned 2.1% of the 30-day budget …`): what the acting core tells people.
+    pub fn explained_for(&self, version: Option<&str>) -> String {
+        let Some(version) = version else { return self.explained() };
+        let named = Decision {
+            slo: self.slo.iter().map(|n| n.replacen(super::slo::SUBJECT, version, 1)).collect(),
+            ..self.clone()
+        };
+        named.explained()
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +180,11 @@ mod tests {
             crate::time::Span(60_000),
             None,
         );
+        let burned = format!("availability: {} burned 2.1% of the 30-day budget in 12m", super::super::slo::SUBJECT);
+        let d3 = Decision { slo: vec![burned], ..d.clone() };
+        assert!(d3.explained().ends_with("; availability: this version burned 2.1% of the 30-day budget in 12m"));
+        assert!(d3.explained_for(Some("v2")).ends_with("; availability: v2 burned 2.1% of the 30-day budget in 12m"));
+        assert_eq!(d3.explained_for(None), d3.explained());
         let d2 = Decision { coverage: vec![short], ..d.clone() };
         assert_eq!(
             d2.explained(),

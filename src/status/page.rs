@@ -121,7 +121,7 @@ impl Snapshot {
                     .filter(|f| f.profile == d.profile)
                     .map(|f| format!(" <span class=\"verdict rollback\">{} {}</span>", esc(&f.rollback_id), f.phase))
                     .unwrap_or_default(),
-                esc(&d.explained()),
+                esc(&d.explained_for(a.version.as_deref())),
                 if values.is_empty() { String::new() } else { format!("<br>firing: {}", values.join(", ")) },
                 if d.unknown.is_empty() {
                     String::new()

@@ -212,9 +212,11 @@ fn crowded_structs(text: &str, most: usize) -> Vec<(String, usize)> {
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim_start();
-        let Some(rest) = t.strip_prefix("pub struct ").or_else(|| t.strip_prefix("struct ")).or_else(|| {
-            t.strip_prefix("pub(crate) struct ").or_else(|| t.strip_prefix("pub(super) struct "))
-        }) else {
+        let Some(rest) = t
+            .strip_prefix("pub struct ")
+            .or_else(|| t.strip_prefix("struct "))
+            .or_else(|| t.strip_prefix("pub(crate) struct ").or_else(|| t.strip_prefix("pub(super) struct ")))
+        else {
             continue;
         };
         if !rest.trim_end().ends_with('{') {
@@ -241,7 +243,8 @@ fn crowded_structs(text: &str, most: usize) -> Vec<(String, usize)> {
             if b.starts_with('}') && body.len() - b.len() == indent {
                 break;
             }
-            let field = b.trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ").trim_start_matches("pub ");
+            let field =
+                b.trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ").trim_start_matches("pub ");
             let ident: String = field.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             if body.len() - b.len() == indent + 4 && !ident.is_empty() && field[ident.len()..].starts_with(':') {
                 fields += 1;

@@ -376,5 +376,7 @@ kind = "console"
         .unwrap();
     assert!(page.contains("<h2>SLOs</h2>") && page.contains("data-slo=\"availability\""), "{page}");
     assert!(page.contains("class=\"sparkline\""), "{page}");
+    // For people, the version by its name.
+    assert!(page.contains("availability: v2 burned "), "{page}");
     guard.stop();
 }
