@@ -152,7 +152,7 @@ fn checkpoint(c: &mut Criterion) {
     }
     let now = Timestamp(240 * STEP_MS);
     let bytes = ev.checkpoint(now);
-    let samples: usize = ev.store().series().map(|(_, _, s)| s.len()).sum();
+    let samples: usize = ev.store().series().map(|s| s.samples.len()).sum();
     assert_eq!(samples, 2_400_000);
     eprintln!(
         "checkpoint: {} bytes for {samples} samples ({:.1} bytes a sample)",

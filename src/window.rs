@@ -21,6 +21,7 @@
 //!   samples do not reach is read from them.
 
 mod checkpoints;
+pub use checkpoints::{SavedLevel, SavedTotals};
 
 use std::collections::{HashMap, VecDeque};
 
@@ -143,6 +144,17 @@ fn checkpoint(s: &mut Series, levels: &[(i64, i64)]) {
             s.checkpoints = Some(Box::new(c));
         }
     }
+}
+
+/// One series as a checkpoint keeps it ([`Store::series`]).
+pub struct SeriesView<'a, I> {
+    pub key: &'a SeriesKey,
+    /// Start of its current run of zeros.
+    pub zero_since: Option<Timestamp>,
+    /// Its samples, oldest first.
+    pub samples: I,
+    /// Its counter checkpoints, when an SLO reads it.
+    pub totals: Option<SavedTotals>,
 }
 
 /// A series' state at an instant, for recording.
@@ -506,14 +518,23 @@ impl Store {
 
     /// Every live series with its samples `(t, v)` oldest first (stale markers as their NaN
     /// bits) and the start of its current run of zeros: what a checkpoint keeps.
-    pub fn series(
-        &self,
-    ) -> impl Iterator<Item = (&SeriesKey, Option<Timestamp>, impl ExactSizeIterator<Item = (Timestamp, f64)> + '_)>
-    {
-        self.series
-            .iter()
-            .flatten()
-            .map(|s| (&s.key, s.zero_since.map(Timestamp), s.samples.iter().map(|x| (Timestamp(x.t), x.v))))
+    pub fn series(&self) -> impl Iterator<Item = SeriesView<'_, impl ExactSizeIterator<Item = (Timestamp, f64)> + '_>> {
+        self.series.iter().flatten().map(|s| SeriesView {
+            key: &s.key,
+            zero_since: s.zero_since.map(Timestamp),
+            samples: s.samples.iter().map(|x| (Timestamp(x.t), x.v)),
+            totals: s.checkpoints.as_ref().map(|c| c.save()),
+        })
+    }
+
+    /// Gives a restored series back the checkpoints an earlier run kept of it (after
+    /// [`restore_series`](Self::restore_series)): its long windows reach back as they did. A
+    /// series no SLO reads now takes none.
+    pub fn restore_totals(&mut self, key: &SeriesKey, saved: &SavedTotals) {
+        let Some(&id) = self.index.get(key) else { return };
+        if let Some(c) = self.series.get_mut(id).and_then(Option::as_mut).and_then(|s| s.checkpoints.as_mut()) {
+            c.adopt(saved);
+        }
     }
 
     /// Puts a series back as a checkpoint kept it (samples oldest first; out-of-order ones are
@@ -1030,7 +1051,7 @@ mod tests {
             st.push(&k, Timestamp(i * 15 * S), (i * 10) as f64);
         }
         st.mark_stale(&k, Timestamp(150 * S));
-        let dump: Vec<_> = st.series().map(|(key, z, samples)| (key.clone(), z, samples.collect::<Vec<_>>())).collect();
+        let dump: Vec<_> = st.series().map(|s| (s.key.clone(), s.zero_since, s.samples.collect::<Vec<_>>())).collect();
         let mut back = Store::new(Span(3600 * S));
         let bsel = back.add_selector(Selector::parse("c").unwrap());
         for (key, z, samples) in &dump {

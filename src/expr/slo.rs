@@ -1,4 +1,4 @@
-//! The arithmetic of an SLO (DESIGN.md, "SLOs"): its error budget, the SRE workbook's
+//! The arithmetic of an SLO (docs/ARCHITECTURE.md, "SLOs"): its error budget, the SRE workbook's
 //! multi-window, multi-burn-rate table (Sloth's `google-30d`) with factors derived from the
 //! budget shares and the period, and the resolution its counters are kept at — raw samples for
 //! the shortest window, checkpoints at a coarser step beyond it. Pure: no store, no clock.

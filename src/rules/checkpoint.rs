@@ -32,7 +32,7 @@ use super::{Evaluator, RuleState};
 use crate::expr::{Offset, Scope, Value};
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
-use crate::window::LOOKBACK;
+use crate::window::{LOOKBACK, SavedLevel, SavedTotals};
 
 /// The checkpoint's file name in `state_dir`.
 pub const FILE: &str = "checkpoint.bin";
@@ -44,7 +44,9 @@ pub const EVERY: Span = Span(30_000);
 pub const MAX_BYTES: u64 = 1 << 30;
 
 const MAGIC: &[u8; 6] = b"RWCKPT";
-const FORMAT: u16 = 1;
+const FORMAT: u16 = 2;
+/// The format before counter checkpoints were kept (read still: its series get none).
+const FORMAT_1: u16 = 1;
 /// The smallest a sample can be encoded in (one delta byte, eight value bytes).
 const MIN_SAMPLE_BYTES: usize = 9;
 
@@ -159,7 +161,8 @@ pub fn encode(ev: &Evaluator, now: Timestamp) -> Vec<u8> {
     let count_at = out.len();
     out.extend_from_slice(&0u64.to_le_bytes());
     let mut count = 0u64;
-    for (key, zero_since, samples) in store.series() {
+    for s in store.series() {
+        let (key, zero_since, samples) = (s.key, s.zero_since, s.samples);
         count += 1;
         put_str(&mut out, &key.name);
         out.extend_from_slice(&(key.labels.len() as u32).to_le_bytes());
@@ -178,11 +181,72 @@ pub fn encode(ev: &Evaluator, now: Timestamp) -> Vec<u8> {
             previous = Some(t.0);
             out.extend_from_slice(&v.to_bits().to_le_bytes());
         }
+        put_totals(&mut out, s.totals.as_ref());
     }
     out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
     let hash = fnv1a(&out);
     out.extend_from_slice(&hash.to_le_bytes());
     out
+}
+
+/// A series' counter checkpoints (format 2): a flag, then its running total, the last value
+/// (a flag and its bits), the first and last sample times, and per level its step, first grid
+/// index, whether it was trimmed, and its points.
+fn put_totals(out: &mut Vec<u8>, totals: Option<&SavedTotals>) {
+    let Some(t) = totals else {
+        out.push(0);
+        return;
+    };
+    out.push(1);
+    out.extend_from_slice(&t.total.to_bits().to_le_bytes());
+    out.push(u8::from(t.prev.is_some()));
+    out.extend_from_slice(&t.prev.unwrap_or(0.0).to_bits().to_le_bytes());
+    out.extend_from_slice(&t.first_t.unwrap_or(i64::MIN).to_le_bytes());
+    out.extend_from_slice(&t.last_t.to_le_bytes());
+    out.extend_from_slice(&(t.levels.len() as u32).to_le_bytes());
+    for l in &t.levels {
+        out.extend_from_slice(&l.step.to_le_bytes());
+        out.extend_from_slice(&l.first_k.to_le_bytes());
+        out.push(u8::from(l.trimmed));
+        out.extend_from_slice(&(l.points.len() as u64).to_le_bytes());
+        for p in &l.points {
+            out.extend_from_slice(&p.to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// Reads what [`put_totals`] wrote, every length checked against what is left.
+fn take_totals(rest: &mut &[u8]) -> Result<Option<SavedTotals>, RestoreError> {
+    match take(rest, 1)?[0] {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(corrupt("a series' checkpoint flag is neither 0 nor 1")),
+    }
+    let total = f64::from_bits(take_u64(rest)?);
+    let has_prev = take(rest, 1)?[0] == 1;
+    let prev = f64::from_bits(take_u64(rest)?);
+    let first_t = Some(take_i64(rest)?).filter(|&t| t != i64::MIN);
+    let last_t = take_i64(rest)?;
+    let count = take_u32(rest)? as usize;
+    if count > rest.len() / 25 {
+        return Err(corrupt("more checkpoint levels than bytes"));
+    }
+    let mut levels = Vec::with_capacity(count);
+    for _ in 0..count {
+        let step = take_i64(rest)?;
+        let first_k = take_i64(rest)?;
+        let trimmed = take(rest, 1)?[0] == 1;
+        let n = take_u64(rest)?;
+        if n > (rest.len() / 8) as u64 {
+            return Err(corrupt("more checkpoints than bytes"));
+        }
+        let points = (0..n).map(|_| take_u64(rest).map(f64::from_bits)).collect::<Result<Vec<_>, _>>()?;
+        if step <= 0 {
+            return Err(corrupt("a checkpoint level's step is not positive"));
+        }
+        levels.push(SavedLevel { step, first_k, trimmed, points });
+    }
+    Ok(Some(SavedTotals { total, prev: has_prev.then_some(prev), first_t, last_t, levels }))
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -221,6 +285,8 @@ pub struct SavedSeries {
     pub key: SeriesKey,
     pub zero_since: Option<Timestamp>,
     pub samples: Vec<(Timestamp, f64)>,
+    /// Its counter checkpoints (an SLO read it).
+    pub totals: Option<SavedTotals>,
 }
 
 /// Reads a whole checkpoint (every series in memory: for tests and tools; a restore streams).
@@ -236,8 +302,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, RestoreError> {
         series: vec![],
     };
     let mut samples = Vec::new();
-    while let Some((key, zero_since)) = reader.next_series(&mut samples)? {
-        out.series.push(SavedSeries { key, zero_since, samples: std::mem::take(&mut samples) });
+    while let Some((key, zero_since, totals)) = reader.next_series(&mut samples)? {
+        out.series.push(SavedSeries { key, zero_since, samples: std::mem::take(&mut samples), totals });
     }
     Ok(out)
 }
@@ -245,6 +311,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, RestoreError> {
 /// Reads the series of a checkpoint one at a time, every length checked against what is left.
 struct Reader<'a> {
     header: Header,
+    /// Whether series carry their counter checkpoints (format 2 on).
+    totals: bool,
     rest: &'a [u8],
     left: u64,
 }
@@ -261,21 +329,21 @@ impl<'a> Reader<'a> {
         }
         let mut rest = &body[MAGIC.len()..];
         let format = u16::from_le_bytes(take(&mut rest, 2)?.try_into().unwrap_or_default());
-        if format != FORMAT {
-            return Err(corrupt(format!("format {format}, this rollwatch reads format {FORMAT}")));
+        if format != FORMAT && format != FORMAT_1 {
+            return Err(corrupt(format!("format {format}, this rollwatch reads formats {FORMAT_1} and {FORMAT}")));
         }
         let len = take_u32(&mut rest)? as usize;
         let header: Header =
             serde_json::from_slice(take(&mut rest, len)?).map_err(|e| corrupt(format!("header: {e}")))?;
         let left = take_u64(&mut rest)?;
-        Ok(Reader { header, rest, left })
+        Ok(Reader { header, totals: format >= FORMAT, rest, left })
     }
 
     /// The next series (its samples into `samples`, cleared first), or `None` after the last.
     fn next_series(
         &mut self,
         samples: &mut Vec<(Timestamp, f64)>,
-    ) -> Result<Option<(SeriesKey, Option<Timestamp>)>, RestoreError> {
+    ) -> Result<Option<(SeriesKey, Option<Timestamp>, Option<SavedTotals>)>, RestoreError> {
         samples.clear();
         if self.left == 0 {
             return match self.rest.is_empty() {
@@ -311,7 +379,8 @@ impl<'a> Reader<'a> {
             };
             samples.push((Timestamp(t), f64::from_bits(take_u64(rest)?)));
         }
-        Ok(Some((SeriesKey::new(name, pairs), zero_since)))
+        let totals = if self.totals { take_totals(rest)? } else { None };
+        Ok(Some((SeriesKey::new(name, pairs), zero_since, totals)))
     }
 }
 
@@ -398,10 +467,15 @@ impl Evaluator {
 
         let mut reader = Reader::new(bytes)?;
         let mut restored = Restored { written_at, series: 0, samples: 0, rules: 0, gap: Span::ZERO };
-        while let Some((key, zero_since)) = reader.next_series(&mut samples)? {
+        while let Some((key, zero_since, totals)) = reader.next_series(&mut samples)? {
             restored.series += 1;
             restored.samples += samples.len() as u64;
             self.store.restore_series(&key, &samples, zero_since);
+            if let Some(totals) = &totals
+                && totals.last_t <= written_at.0
+            {
+                self.store.restore_totals(&key, totals);
+            }
         }
         let header = reader.header;
         let watched: Vec<(Timestamp, Timestamp)> =
@@ -507,6 +581,7 @@ mod tests {
     use super::*;
     use crate::config::LoadedProfile;
     use crate::diag::SourceFile;
+    use crate::rules::slo;
 
     const S: i64 = 1000;
 
@@ -567,10 +642,10 @@ when = 'last("mem") > 0.9'
         // Every series, every sample as the store holds it (NaN bits included).
         let bits = |samples: &[(Timestamp, f64)]| samples.iter().map(|(t, v)| (t.0, v.to_bits())).collect::<Vec<_>>();
         assert_eq!(d.series.len(), 3);
-        for (k, zero_since, samples) in ev.store().series() {
-            let kept = d.series.iter().find(|s| s.key == *k).unwrap();
-            assert_eq!(kept.zero_since, zero_since);
-            assert_eq!(bits(&kept.samples), bits(&samples.collect::<Vec<_>>()), "{k}");
+        for s in ev.store().series() {
+            let kept = d.series.iter().find(|k| k.key == *s.key).unwrap();
+            assert_eq!(kept.zero_since, s.zero_since);
+            assert_eq!(bits(&kept.samples), bits(&s.samples.collect::<Vec<_>>()), "{}", s.key);
         }
         let mem = d.series.iter().find(|s| s.key.name == "mem").unwrap();
         assert!(mem.samples.last().unwrap().1.is_nan(), "the stale marker is kept");
@@ -645,6 +720,62 @@ when = 'last("mem") > 0.9'
         assert!(back.state("errors").unwrap().is_pending(), "at 660 s: 585 s pending");
         feed(&mut back, 675 * S, 675 * S);
         assert!(back.state("errors").unwrap().is_firing(), "at 675 s: 600 s pending");
+    }
+
+    /// An SLO's long windows keep only checkpoints of their counters beyond the shortest
+    /// window: a restart keeps those too, so the 1-day and 3-day burn rates read as before.
+    #[test]
+    fn a_restart_keeps_an_slo_s_long_windows() {
+        let slo = "[[slo]]\nname = \"availability\"\nobjective = \"99.9%\"\n\
+                   errors = 'req{code=\"500\"}'\ntotal = 'req'\n";
+        let build = || {
+            let file = SourceFile { path: "slo.toml".into(), text: slo.to_string() };
+            super::super::load::build(&[LoadedProfile::from_source(file).unwrap()]).unwrap()
+        };
+        const MIN: i64 = 60 * S;
+        let (ok, bad) = (key(r#"req{code="200"}"#), key(r#"req{code="500"}"#));
+        let mut ev = build();
+        ev.restart_evidence(Timestamp(0), false);
+        // Two days at one sample a minute: 0.5% errors the first day, none the second.
+        let end = 2 * 24 * 60;
+        let (mut good, mut errors) = (0.0, 0.0);
+        for m in 0..=end {
+            good += 1000.0;
+            errors += if m <= 24 * 60 { 5.0 } else { 0.0 };
+            ev.store_mut().push(&ok, Timestamp(m * MIN), good);
+            ev.store_mut().push(&bad, Timestamp(m * MIN), errors);
+        }
+        let now = Timestamp(end * MIN);
+        ev.tick(now);
+        let before = ev.slo_readings();
+        let rate = |r: &[(usize, slo::SloReading)], w: &str| {
+            let w = crate::time::parse_duration(w).unwrap();
+            r[0].1.burn_rates.iter().find(|b| b.window == w).and_then(|b| b.burn_rate)
+        };
+        assert!(rate(&before, "3d").is_some_and(|r| r > 1.0), "{before:?}");
+        let bytes = encode(&ev, now);
+        let d = decode(&bytes).unwrap();
+        assert!(d.series.iter().all(|s| s.totals.is_some()), "the counters' checkpoints are kept");
+
+        let mut back = build();
+        back.restart_evidence(Timestamp(0), false);
+        back.restore(&bytes, now).unwrap();
+        back.tick(now);
+        let after = back.slo_readings();
+        for w in ["1d", "3d", "6h", "1h"] {
+            let (b, a) = (rate(&before, w), rate(&after, w));
+            assert!(b.is_some() && a.is_some_and(|a| (a - b.unwrap()).abs() < 1e-9), "{w}: {b:?} before, {a:?} after");
+        }
+        assert_eq!(after[0].1.budget_remaining, before[0].1.budget_remaining);
+        // Without them (a format-1 checkpoint), the 3-day window would reach the raw samples only.
+        let mut fresh = build();
+        fresh.restart_evidence(Timestamp(0), false);
+        let d1 = decode(&bytes).unwrap();
+        for s in &d1.series {
+            fresh.store_mut().restore_series(&s.key, &s.samples, s.zero_since);
+        }
+        fresh.tick(now);
+        assert_ne!(rate(&fresh.slo_readings(), "3d"), rate(&before, "3d"), "the test sees what checkpoints add");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! SLOs as rules (DESIGN.md, "SLOs"): each `[[slo]]` of a profile is checked — objective,
+//! SLOs as rules (docs/ARCHITECTURE.md, "SLOs"): each `[[slo]]` of a profile is checked — objective,
 //! period, selectors, exactly one of `errors`/`good`, a name no rule uses — at its file:line:col,
 //! and generates two rules, `<name>-page` (critical) and `<name>-ticket` (warning), with the SRE
 //! workbook's multi-window, multi-burn-rate conditions written in the rule language

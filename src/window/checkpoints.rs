@@ -1,5 +1,5 @@
 //! Counter checkpoints at coarse steps: what a long window of an SLO needs instead of every raw
-//! sample (DESIGN.md, "SLOs"). A counter's increase over a window needs only its value at the
+//! sample (docs/ARCHITECTURE.md, "SLOs"). A counter's increase over a window needs only its value at the
 //! window's edges, so a series read by an SLO keeps, besides its raw samples for the shortest
 //! window, its reset-corrected running total at each multiple of a step (one level per step,
 //! finest first, each kept for its own span). Memory then follows the steps, not the poll rate.
@@ -37,6 +37,27 @@ impl Level {
 }
 
 /// One series' running total and its checkpoints.
+/// A series' checkpoints as a restart keeps them (see `rules::checkpoint`): its running total
+/// and each level's points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedTotals {
+    pub total: f64,
+    pub prev: Option<f64>,
+    pub first_t: Option<i64>,
+    pub last_t: i64,
+    pub levels: Vec<SavedLevel>,
+}
+
+/// One level of [`SavedTotals`]: its step, the grid index of its first point, whether it
+/// reaches back to the series' first sample, and its points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedLevel {
+    pub step: i64,
+    pub first_k: i64,
+    pub trimmed: bool,
+    pub points: Vec<f64>,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Checkpoints {
     /// Reset-corrected increase since the first sample.
@@ -77,6 +98,53 @@ impl Checkpoints {
             self.levels.push(level);
         }
         self.levels.sort_by_key(|l| l.step);
+    }
+
+    /// What a restart keeps.
+    pub(super) fn save(&self) -> SavedTotals {
+        SavedTotals {
+            total: self.total,
+            prev: self.prev,
+            first_t: self.first_t,
+            last_t: self.last_t,
+            levels: self
+                .levels
+                .iter()
+                .map(|l| SavedLevel {
+                    step: l.step,
+                    first_k: l.first_k,
+                    trimmed: l.trimmed,
+                    points: l.points.iter().copied().collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes over what an earlier run kept, when it is not behind what this one holds (the
+    /// samples restored before it rebuilt the short end). Levels keep this run's steps and
+    /// spans: a saved level with a step no longer read is dropped, one with too many points
+    /// keeps its latest, a level new to this run starts at the saved end.
+    pub(super) fn adopt(&mut self, saved: &SavedTotals) {
+        if saved.first_t.is_none() || saved.last_t < self.last_t || !saved.total.is_finite() {
+            return;
+        }
+        self.total = saved.total;
+        self.prev = saved.prev;
+        self.first_t = saved.first_t;
+        self.last_t = saved.last_t;
+        for l in &mut self.levels {
+            let Some(s) = saved.levels.iter().find(|s| s.step == l.step) else {
+                l.points.clear();
+                l.first_k = saved.last_t.div_euclid(l.step) + 1;
+                l.trimmed = true;
+                continue;
+            };
+            let skip = s.points.len().saturating_sub(l.cap);
+            l.points.clear();
+            l.points.extend(s.points[skip..].iter().copied());
+            l.first_k = s.first_k + skip as i64;
+            l.trimmed = s.trimmed || skip > 0;
+        }
     }
 
     /// The series' first sample, if any.
