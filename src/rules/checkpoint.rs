@@ -308,6 +308,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, RestoreError> {
     Ok(out)
 }
 
+/// A series read back, beside its samples: its key, the start of its run of zeros, its counter
+/// checkpoints.
+type SeriesHead = (SeriesKey, Option<Timestamp>, Option<SavedTotals>);
+
 /// Reads the series of a checkpoint one at a time, every length checked against what is left.
 struct Reader<'a> {
     header: Header,
@@ -343,7 +347,7 @@ impl<'a> Reader<'a> {
     fn next_series(
         &mut self,
         samples: &mut Vec<(Timestamp, f64)>,
-    ) -> Result<Option<(SeriesKey, Option<Timestamp>, Option<SavedTotals>)>, RestoreError> {
+    ) -> Result<Option<SeriesHead>, RestoreError> {
         samples.clear();
         if self.left == 0 {
             return match self.rest.is_empty() {
