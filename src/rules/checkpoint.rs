@@ -344,10 +344,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next series (its samples into `samples`, cleared first), or `None` after the last.
-    fn next_series(
-        &mut self,
-        samples: &mut Vec<(Timestamp, f64)>,
-    ) -> Result<Option<SeriesHead>, RestoreError> {
+    fn next_series(&mut self, samples: &mut Vec<(Timestamp, f64)>) -> Result<Option<SeriesHead>, RestoreError> {
         samples.clear();
         if self.left == 0 {
             return match self.rest.is_empty() {

@@ -266,27 +266,17 @@ fn replay_says_what_the_version_burned() {
         page.contains("slo: availability: this version burned 2.01% of the 30-day budget in 6h 58m, burn rate 2.1×"),
         "{page}"
     );
-}
-
-/// `/status` as JSON once `ready` holds for it (at most 60 s).
-async fn status_when(listen: &str, what: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let waiting = rollwatch::time::Stopwatch::start();
-    let mut last = serde_json::Value::Null;
-    loop {
-        if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            reqwest::get(format!("http://{listen}/status")).await?.json::<serde_json::Value>().await
-        })
-        .await
-        {
-            if ready(&s) {
-                return s;
-            }
-            last = s;
-        }
-        assert!(waiting.elapsed_secs() < 60.0, "timed out waiting for {what}: {last:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // `--svg` draws each alert window's burn rate against its factor.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("burn.svg");
+    let (code, out, err) = rollwatch(&["replay", "fixtures/slo-page-1h-crosses.toml", "--svg", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    for window in ["5m", "30m", "1h", "2h", "6h", "1d", "3d"] {
+        assert!(drawn.contains(&format!("availability burn rate over {window}")), "{window}:\n{drawn}");
     }
+    assert!(drawn.contains("&gt; 14.4×") && drawn.contains("&gt; 6×"), "the page factors: {drawn}");
+    assert!(drawn.contains("&gt; 3×") && drawn.contains("&gt; 1×"), "the ticket factors: {drawn}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +331,7 @@ kind = "console"
     assert_eq!(code, 0, "{out}{err}");
     let child = crate::common::spawn_run(dir.path(), &config);
     let guard = crate::common::Guard(child);
-    let s = status_when(&listen, "a rollback decision", |s| {
+    let s = crate::common::status_when(&listen, "a rollback decision", |s| {
         s["decisions"][0]["outcome"] == "rollback" && s["slos"][0]["budget_remaining"].is_number()
     })
     .await;
