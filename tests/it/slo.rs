@@ -3,7 +3,8 @@
 //! written as Prometheus rules and run by Debian's `promtool test rules` on the same series
 //! (fast burn, slow burn, ticket-level burn, a spike that ends, flapping, a traffic gap); the
 //! shipped fixtures pass `test`; `replay` says what a version burned and draws the burn rates;
-//! `run` shows each SLO's budget and burn rates on `/status` and `/metrics`.
+//! `run` shows each SLO's budget and burn rates on `/status` and `/metrics`, and judges each
+//! version on its own burn: a bad one rolled back, the next not held to the budget it spent.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -368,5 +369,52 @@ kind = "console"
     assert!(page.contains("class=\"sparkline\""), "{page}");
     // For people, the version by its name.
     assert!(page.contains("availability: v2 burned "), "{page}");
+    guard.stop();
+}
+
+/// A version deployed in the middle of an SLO: v2 burns at 80× and is rolled back on its own
+/// burn; v3, deployed after, is judged on its own evidence — the budget v2 spent (and the
+/// service's budget, overspent) are not held against it: no second rollback, and v3's own
+/// spend starts at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_is_judged_on_its_own_burn() {
+    use crate::common::{VersionedService, free_listen, of_kind, spawn_run, wait_for_journal};
+    let service = VersionedService::start("v1", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_listen();
+    let profile = format!(
+        "{PROFILE}\n[[procedure.rollback]]\nannounce = \"rollback_in_progress\"\n\n[[procedure.rollback]]\nrun = \"undo\"\n"
+    );
+    let config = crate::common::versioned_config_with(dir.path(), &service, &listen, "", &profile);
+    let (code, out, err) = rollwatch(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let child = spawn_run(dir.path(), &config);
+    let guard = crate::common::Guard(child);
+    let journal = dir.path().join("state").join("journal.jsonl");
+    let baked =
+        |v: &'static str| move |e: &[serde_json::Value]| of_kind(e, "version_baked").iter().any(|b| b["version"] == v);
+    wait_for_journal(&journal, "v1 baked", baked("v1")).await;
+    service.deploy("v2", 80);
+    let events = wait_for_journal(&journal, "v2 rolled back", |e| {
+        of_kind(e, "rollback_finished").iter().any(|f| f["result"] == "completed")
+    })
+    .await;
+    let started = of_kind(&events, "rollback_started");
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(started[0]["version_from"], "v2");
+    assert!(started[0]["firing"].as_array().unwrap().iter().any(|r| r == "availability-page"), "{}", started[0]);
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()]);
+    // The service's budget is overspent now; v3 is clean and judged on its own burn.
+    service.deploy("v3", 0);
+    let events = wait_for_journal(&journal, "v3 baked", baked("v3")).await;
+    assert_eq!(of_kind(&events, "rollback_started").len(), 1, "v3 not rolled back: {events:#?}");
+    let s = crate::common::status_when(&listen, "v3's SLO reading", |s| {
+        s["acting"]["version"] == "v3" && s["slos"][0]["budget_spent"].is_number()
+    })
+    .await;
+    let slo = &s["slos"][0];
+    assert_eq!(slo["budget_spent"].as_f64(), Some(0.0), "v3 spent nothing: {slo:#}");
+    assert!(slo["budget_remaining"].as_f64().unwrap() < 1.0, "v2's burn stays in the service's budget: {slo:#}");
+    assert_eq!(s["decisions"][0]["outcome"], "monitor", "{}", s["decisions"][0]);
     guard.stop();
 }

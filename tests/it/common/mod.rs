@@ -484,7 +484,19 @@ announce = "rollback_complete"
 /// from `/health`, an undo to `{{target_version}}`, a console channel, and `policy` lines (which
 /// replace the short `bake`, `verify_stable` and `verify_for` defaults they name).
 pub fn versioned_config(dir: &Path, service: &VersionedService, listen: &str, policy: &str) -> PathBuf {
-    let profile = write(dir, "profile.toml", VERSIONED_PROFILE);
+    versioned_config_with(dir, service, listen, policy, VERSIONED_PROFILE)
+}
+
+/// [`versioned_config`] with another profile (`profile`, the text of `profile.toml`): it may
+/// run the action `undo`.
+pub fn versioned_config_with(
+    dir: &Path,
+    service: &VersionedService,
+    listen: &str,
+    policy: &str,
+    profile: &str,
+) -> PathBuf {
+    let profile = write(dir, "profile.toml", profile);
     let text = format!(
         r#"profiles = [{profile:?}]
 state_dir = {state:?}
