@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::policy::{Mode, Policy};
-use super::raw::RawConfig;
+use super::raw::{RawAction, RawChannel, RawConfig};
 use crate::diag::Checker;
 use crate::template::messages::{self as templates, Templates};
 use crate::time::Span;
@@ -153,8 +153,23 @@ pub struct ActingSpec {
     pub templates: Templates,
 }
 
-/// Checks `[policy]`, `[actions]`, `[channels]` and `[templates]`.
+/// Checks `[policy]`, `[actions]`, `[channels]` and `[templates]`, each in its own phase; every
+/// problem is reported.
 pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
+    let policy = policy(c, raw);
+    let actions = raw.actions.iter().filter_map(|(name, a)| action(c, name, a).map(|a| (name.clone(), a))).collect();
+    let channels = raw.channels.iter().filter_map(|(name, ch)| channel(c, raw, name, ch.get_ref())).collect();
+    for (name, text) in &raw.templates {
+        if let Err(e) = templates::check(text.get_ref()) {
+            c.err(&text.span(), Some(&format!("template {name:?}")), e);
+        }
+    }
+    let templates = Templates::with(raw.templates.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())));
+    ActingSpec { policy, actions, channels, templates }
+}
+
+/// `[policy]`: the mode, the durations (verify_stable within verify_for), the loop guard.
+fn policy(c: &mut Checker, raw: &RawConfig) -> Policy {
     let mut policy = Policy::default();
     if let Some(p) = &raw.policy {
         let p = p.get_ref();
@@ -193,210 +208,214 @@ pub fn check(c: &mut Checker, raw: &RawConfig) -> ActingSpec {
         }
     }
 
-    let mut actions = BTreeMap::new();
-    for (name, a) in &raw.actions {
-        let item = format!("action {name:?}");
-        let item = Some(item.as_str());
-        let span = a.span();
-        let a = a.get_ref();
-        let timeout = c.duration(&a.timeout, DEFAULT_ACTION_TIMEOUT, item, "timeout");
-        if !c.one_of(&a.kind, ACTION_KINDS, item, "kind") {
-            continue;
-        }
-        let kind = match a.kind.get_ref().as_str() {
-            "exec" => {
-                if a.argv.is_empty() {
-                    c.err(&a.kind.span(), item, "an exec action needs argv = [\"program\", \"arg\", ...]");
-                }
-                ActionKind::Exec {
-                    argv: a.argv.clone(),
-                    env: a.env.clone(),
-                    secret_env: a.env_from.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                }
-            }
-            "http" => {
-                let Some(url) = &a.url else {
-                    c.err(&a.kind.span(), item, "an http action needs url = \"http(s)://...\"");
-                    continue;
-                };
-                if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://")) {
-                    c.err(
-                        &url.span(),
-                        item,
-                        format!("url must start with http:// or https://, got {:?}", url.get_ref()),
-                    );
-                }
-                let method = match &a.method {
-                    None => reqwest::Method::POST,
-                    Some(m) => match m.get_ref().to_ascii_uppercase().parse::<reqwest::Method>() {
-                        Ok(m) => m,
-                        Err(_) => {
-                            c.err(&m.span(), item, format!("method {:?} is not an HTTP method", m.get_ref()));
-                            reqwest::Method::POST
-                        }
-                    },
-                };
-                // The config's own header text must make a header; values filled in are
-                // percent-encoded where needed (template::header), so they always do.
-                for (k, v) in &a.headers {
-                    if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                        c.err(&span, item, format!("header {k:?}: not a valid HTTP header name"));
-                    }
-                    let own_text = crate::template::own_text(v);
-                    if reqwest::header::HeaderValue::from_str(&own_text).is_err() {
-                        c.err(
-                            &span,
-                            item,
-                            format!(
-                                "header {k:?}: its text {v:?} has a character a header cannot carry (a control character such as CR or LF); write it percent-encoded"
-                            ),
-                        );
-                    }
-                }
-                for s in &a.expect_status {
-                    if !(100..=599).contains(s) {
-                        c.err(&span, item, format!("expect_status: {s} is not an HTTP status"));
-                    }
-                }
-                ActionKind::Http {
-                    method,
-                    url: url.get_ref().clone(),
-                    headers: a.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    bearer: a.bearer_token_env.as_ref().map(|t| t.get_ref().clone()),
-                    body: a.body.clone(),
-                    expect_status: a.expect_status.clone(),
-                }
-            }
-            _ => {
-                let Some(path) = &a.path else {
-                    c.err(&a.kind.span(), item, "a file action needs path = \"/run/rollwatch/killswitch\"");
-                    continue;
-                };
-                let present = match &a.state {
-                    Some(s) if c.one_of(s, &["present", "absent"], item, "state") => s.get_ref() == "present",
-                    Some(_) => true,
-                    None => {
-                        c.err(&a.kind.span(), item, "a file action needs state = \"present\" or \"absent\"");
-                        true
-                    }
-                };
-                ActionKind::File { path: PathBuf::from(path.get_ref()), present }
-            }
-        };
-        let action = ActionSpec { name: name.clone(), kind, timeout };
-        for t in action.kind.templates() {
-            if let Err(e) = templates::check(t) {
-                c.err(&span, item, e);
-            }
-        }
-        if !a.env_from.is_empty() && a.kind.get_ref() != "exec" {
-            c.err(&a.kind.span(), item, "env_from is for exec actions");
-        }
-        actions.insert(name.clone(), action);
-    }
+    policy
+}
 
-    let mut channels = Vec::new();
-    for (name, ch) in &raw.channels {
-        let item = format!("channel {name:?}");
-        let item = Some(item.as_str());
-        let ch = ch.get_ref();
-        if !c.one_of(&ch.kind, CHANNEL_KINDS, item, "kind") {
-            continue;
-        }
-        let at = ch.kind.span();
-        let need = |c: &mut Checker, v: Option<String>, field: &str| {
-            v.unwrap_or_else(|| {
-                c.err(&at, item, format!("a {} channel needs {field}", ch.kind.get_ref()));
-                String::new()
-            })
-        };
-        let kind = match ch.kind.get_ref().as_str() {
-            "console" => ChannelSpecKind::Console,
-            "webhook" => ChannelSpecKind::Webhook {
-                url: need(c, ch.url.as_ref().map(|u| u.get_ref().clone()), "url"),
-                token_env: ch.token_env.as_ref().map(|t| t.get_ref().clone()),
-            },
-            "slack" => ChannelSpecKind::Slack {
-                channel: need(c, ch.channel.clone(), "channel = \"#incidents\""),
-                token_env: need(c, ch.token_env.as_ref().map(|t| t.get_ref().clone()), "token_env"),
-                api_url: ch.api_url.as_ref().map(|u| u.get_ref().clone()),
-            },
-            _ => {
-                let security = match &ch.smtp_security {
-                    None => Security::StartTls,
-                    Some(s) if c.one_of(s, &["starttls", "tls", "none"], item, "smtp_security") => {
-                        match s.get_ref().as_str() {
-                            "tls" => Security::Tls,
-                            "none" => Security::None,
-                            _ => Security::StartTls,
-                        }
-                    }
-                    Some(_) => Security::StartTls,
-                };
-                if ch.to.is_empty() {
-                    c.err(&at, item, "an email channel needs to = [\"oncall@example.com\"]");
-                }
-                if ch.smtp_user.is_some() != ch.smtp_password_env.is_some() {
-                    c.err(&at, item, "authenticate with both smtp_user and smtp_password_env, or neither");
-                }
-                let host =
-                    ch.smtp.as_ref().map(|s| s.get_ref().rsplit_once(':').map_or(s.get_ref().as_str(), |(h, _)| h));
-                let loopback = host.is_some_and(|h| {
-                    h == "localhost"
-                        || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-                });
-                if matches!(security, Security::None)
-                    && ch.smtp_password_env.is_some()
-                    && !loopback
-                    && !ch.smtp_allow_plaintext_password
-                {
-                    c.err(
-                        &at,
-                        item,
-                        "smtp_security = \"none\" would send the SMTP password in clear beyond loopback: use starttls or tls \
-                         (or set smtp_allow_plaintext_password = true if this network is trusted)",
-                    );
-                }
-                ChannelSpecKind::Email {
-                    smtp: need(c, ch.smtp.as_ref().map(|s| s.get_ref().clone()), "smtp = \"host:port\""),
-                    security,
-                    from: need(c, ch.from.clone(), "from = \"rollwatch@example.com\""),
-                    to: ch.to.clone(),
-                    user: ch.smtp_user.clone(),
-                    password_env: ch.smtp_password_env.as_ref().map(|p| p.get_ref().clone()),
-                }
-            }
-        };
-        if let Some(f) = &ch.fallback {
-            if f.get_ref() == name {
-                c.err(&f.span(), item, "a channel cannot be its own fallback");
-            } else if !raw.channels.contains_key(f.get_ref()) {
-                let hint = crate::diag::did_you_mean(f.get_ref(), raw.channels.keys().map(String::as_str));
-                c.err(&f.span(), item, format!("fallback names no channel {:?}{hint}", f.get_ref()));
-            }
-        }
-        let attempts = match &ch.attempts {
-            None => 4,
-            Some(a) if *a.get_ref() == 0 || *a.get_ref() > 20 => {
-                c.err(&a.span(), item, "attempts must be between 1 and 20");
-                4
-            }
-            Some(a) => *a.get_ref(),
-        };
-        channels.push(ChannelSpec {
-            name: name.clone(),
-            kind,
-            fallback: ch.fallback.as_ref().map(|f| f.get_ref().clone()),
-            attempts,
-            backoff: c.duration(&ch.backoff, Span::from_secs(1), item, "backoff"),
-        });
+/// `[actions.NAME]`: its kind's fields, its templates; `None` when it cannot be built.
+fn action(c: &mut Checker, name: &str, a: &toml::Spanned<RawAction>) -> Option<ActionSpec> {
+    let item = format!("action {name:?}");
+    let item = Some(item.as_str());
+    let span = a.span();
+    let a = a.get_ref();
+    let timeout = c.duration(&a.timeout, DEFAULT_ACTION_TIMEOUT, item, "timeout");
+    if !c.one_of(&a.kind, ACTION_KINDS, item, "kind") {
+        return None;
     }
+    let kind = match a.kind.get_ref().as_str() {
+        "exec" => {
+            if a.argv.is_empty() {
+                c.err(&a.kind.span(), item, "an exec action needs argv = [\"program\", \"arg\", ...]");
+            }
+            ActionKind::Exec {
+                argv: a.argv.clone(),
+                env: a.env.clone(),
+                secret_env: a.env_from.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            }
+        }
+        "http" => http_action(c, item, &span, a)?,
+        _ => {
+            let Some(path) = &a.path else {
+                c.err(&a.kind.span(), item, "a file action needs path = \"/run/rollwatch/killswitch\"");
+                return None;
+            };
+            let present = match &a.state {
+                Some(s) if c.one_of(s, &["present", "absent"], item, "state") => s.get_ref() == "present",
+                Some(_) => true,
+                None => {
+                    c.err(&a.kind.span(), item, "a file action needs state = \"present\" or \"absent\"");
+                    true
+                }
+            };
+            ActionKind::File { path: PathBuf::from(path.get_ref()), present }
+        }
+    };
+    let action = ActionSpec { name: name.to_string(), kind, timeout };
+    for t in action.kind.templates() {
+        if let Err(e) = templates::check(t) {
+            c.err(&span, item, e);
+        }
+    }
+    if !a.env_from.is_empty() && a.kind.get_ref() != "exec" {
+        c.err(&a.kind.span(), item, "env_from is for exec actions");
+    }
+    Some(action)
+}
 
-    for (name, text) in &raw.templates {
-        if let Err(e) = templates::check(text.get_ref()) {
-            c.err(&text.span(), Some(&format!("template {name:?}")), e);
+/// `[channels.NAME]`: its kind's fields, its fallback, its retries; `None` when its kind is
+/// unknown.
+fn channel(c: &mut Checker, raw: &RawConfig, name: &str, ch: &RawChannel) -> Option<ChannelSpec> {
+    let item = format!("channel {name:?}");
+    let item = Some(item.as_str());
+    if !c.one_of(&ch.kind, CHANNEL_KINDS, item, "kind") {
+        return None;
+    }
+    let at = ch.kind.span();
+    let need = |c: &mut Checker, v: Option<String>, field: &str| {
+        v.unwrap_or_else(|| {
+            c.err(&at, item, format!("a {} channel needs {field}", ch.kind.get_ref()));
+            String::new()
+        })
+    };
+    let kind = match ch.kind.get_ref().as_str() {
+        "console" => ChannelSpecKind::Console,
+        "webhook" => ChannelSpecKind::Webhook {
+            url: need(c, ch.url.as_ref().map(|u| u.get_ref().clone()), "url"),
+            token_env: ch.token_env.as_ref().map(|t| t.get_ref().clone()),
+        },
+        "slack" => ChannelSpecKind::Slack {
+            channel: need(c, ch.channel.clone(), "channel = \"#incidents\""),
+            token_env: need(c, ch.token_env.as_ref().map(|t| t.get_ref().clone()), "token_env"),
+            api_url: ch.api_url.as_ref().map(|u| u.get_ref().clone()),
+        },
+        _ => email_channel(c, item, ch),
+    };
+    if let Some(f) = &ch.fallback {
+        if f.get_ref() == name {
+            c.err(&f.span(), item, "a channel cannot be its own fallback");
+        } else if !raw.channels.contains_key(f.get_ref()) {
+            let hint = crate::diag::did_you_mean(f.get_ref(), raw.channels.keys().map(String::as_str));
+            c.err(&f.span(), item, format!("fallback names no channel {:?}{hint}", f.get_ref()));
         }
     }
-    let templates = Templates::with(raw.templates.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())));
-    ActingSpec { policy, actions, channels, templates }
+    let attempts = match &ch.attempts {
+        None => 4,
+        Some(a) if *a.get_ref() == 0 || *a.get_ref() > 20 => {
+            c.err(&a.span(), item, "attempts must be between 1 and 20");
+            4
+        }
+        Some(a) => *a.get_ref(),
+    };
+    Some(ChannelSpec {
+        name: name.to_string(),
+        kind,
+        fallback: ch.fallback.as_ref().map(|f| f.get_ref().clone()),
+        attempts,
+        backoff: c.duration(&ch.backoff, Span::from_secs(1), item, "backoff"),
+    })
+}
+
+/// An `http` action: its url, method, headers (text a header can carry) and expected statuses.
+fn http_action(
+    c: &mut Checker,
+    item: Option<&str>,
+    span: &std::ops::Range<usize>,
+    a: &RawAction,
+) -> Option<ActionKind<String>> {
+    let Some(url) = &a.url else {
+        c.err(&a.kind.span(), item, "an http action needs url = \"http(s)://...\"");
+        return None;
+    };
+    if !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://")) {
+        c.err(&url.span(), item, format!("url must start with http:// or https://, got {:?}", url.get_ref()));
+    }
+    let method = match &a.method {
+        None => reqwest::Method::POST,
+        Some(m) => match m.get_ref().to_ascii_uppercase().parse::<reqwest::Method>() {
+            Ok(m) => m,
+            Err(_) => {
+                c.err(&m.span(), item, format!("method {:?} is not an HTTP method", m.get_ref()));
+                reqwest::Method::POST
+            }
+        },
+    };
+    // The config's own header text must make a header; values filled in are
+    // percent-encoded where needed (template::header), so they always do.
+    for (k, v) in &a.headers {
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            c.err(span, item, format!("header {k:?}: not a valid HTTP header name"));
+        }
+        let own_text = crate::template::own_text(v);
+        if reqwest::header::HeaderValue::from_str(&own_text).is_err() {
+            c.err(
+                span,
+                item,
+                format!(
+                    "header {k:?}: its text {v:?} has a character a header cannot carry (a control character such as CR or LF); write it percent-encoded"
+                ),
+            );
+        }
+    }
+    for s in &a.expect_status {
+        if !(100..=599).contains(s) {
+            c.err(span, item, format!("expect_status: {s} is not an HTTP status"));
+        }
+    }
+    Some(ActionKind::Http {
+        method,
+        url: url.get_ref().clone(),
+        headers: a.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        bearer: a.bearer_token_env.as_ref().map(|t| t.get_ref().clone()),
+        body: a.body.clone(),
+        expect_status: a.expect_status.clone(),
+    })
+}
+
+/// An `email` channel: SMTP, its security (no password in clear beyond loopback), from, to.
+fn email_channel(c: &mut Checker, item: Option<&str>, ch: &RawChannel) -> ChannelSpecKind {
+    let at = ch.kind.span();
+    let need = |c: &mut Checker, v: Option<String>, field: &str| {
+        v.unwrap_or_else(|| {
+            c.err(&at, item, format!("an email channel needs {field}"));
+            String::new()
+        })
+    };
+    let security = match &ch.smtp_security {
+        None => Security::StartTls,
+        Some(s) if c.one_of(s, &["starttls", "tls", "none"], item, "smtp_security") => match s.get_ref().as_str() {
+            "tls" => Security::Tls,
+            "none" => Security::None,
+            _ => Security::StartTls,
+        },
+        Some(_) => Security::StartTls,
+    };
+    if ch.to.is_empty() {
+        c.err(&at, item, "an email channel needs to = [\"oncall@example.com\"]");
+    }
+    if ch.smtp_user.is_some() != ch.smtp_password_env.is_some() {
+        c.err(&at, item, "authenticate with both smtp_user and smtp_password_env, or neither");
+    }
+    let host = ch.smtp.as_ref().map(|s| s.get_ref().rsplit_once(':').map_or(s.get_ref().as_str(), |(h, _)| h));
+    let loopback = host.is_some_and(|h| {
+        h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if matches!(security, Security::None)
+        && ch.smtp_password_env.is_some()
+        && !loopback
+        && !ch.smtp_allow_plaintext_password
+    {
+        c.err(
+            &at,
+            item,
+            "smtp_security = \"none\" would send the SMTP password in clear beyond loopback: use starttls or tls \
+             (or set smtp_allow_plaintext_password = true if this network is trusted)",
+        );
+    }
+    ChannelSpecKind::Email {
+        smtp: need(c, ch.smtp.as_ref().map(|s| s.get_ref().clone()), "smtp = \"host:port\""),
+        security,
+        from: need(c, ch.from.clone(), "from = \"rollwatch@example.com\""),
+        to: ch.to.clone(),
+        user: ch.smtp_user.clone(),
+        password_env: ch.smtp_password_env.as_ref().map(|p| p.get_ref().clone()),
+    }
 }
