@@ -47,7 +47,13 @@ impl Core {
         // nor sent by it (the leader raises its own).
         self.record(now, Event::Escalation(e))?;
         self.escalations += 1;
-        tracing::error!(%severity, finding, profile, "escalation");
+        // Logged at the level of its severity: a notice (acting resumed, etcd back) is news,
+        // not an error.
+        match severity {
+            Severity::S1 | Severity::S2 => tracing::error!(%severity, finding, profile, "escalation"),
+            Severity::S3 => tracing::warn!(%severity, finding, profile, "escalation"),
+            Severity::Notice => tracing::info!(%severity, finding, profile, "escalation"),
+        }
         vars.insert("severity".into(), severity.to_string());
         vars.insert("finding".into(), finding.to_string());
         vars.insert("response".into(), response.to_string());

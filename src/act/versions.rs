@@ -23,9 +23,15 @@ pub const MAX_VERSION_BYTES: usize = 256;
 pub fn check_version(version: &str) -> Result<(), String> {
     if version.is_empty() || version.len() > MAX_VERSION_BYTES || version.chars().any(char::is_control) {
         let shown: String = version.chars().take(40).flat_map(char::escape_default).collect();
+        // A value the health reader cut (it ends in `…`) was longer than what is left of it.
+        let cut = crate::source::health::MAX_STRING;
+        let size = if version.ends_with('…') && version.len() > cut {
+            format!("over {cut} bytes")
+        } else {
+            format!("{} bytes", version.len())
+        };
         return Err(format!(
-            "version must be 1 to {MAX_VERSION_BYTES} printable characters, not {} bytes ({shown:?}{})",
-            version.len(),
+            "version must be 1 to {MAX_VERSION_BYTES} printable characters, not {size} ({shown:?}{})",
             if version.chars().count() > 40 { "…" } else { "" }
         ));
     }

@@ -226,6 +226,7 @@ async fn a_2_mib_version_from_the_version_source_costs_no_lease() {
     service.deploy(&huge, 0);
     let stderr = || std::fs::read_to_string(a.dir.join("stderr")).unwrap_or_default();
     until("the reading refused", || stderr().contains("is not a version")).await;
+    assert!(stderr().contains("not over 1024 bytes"), "its size said as it is: {}", stderr());
     // 25 more version polls (200 ms; 5 s, ten lease rounds of 500 ms) later: the same term, quiet.
     let polls = |s: &serde_json::Value| {
         let api = s["targets"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "api").cloned());
