@@ -5,6 +5,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Dates log lines on rollwatch's timeline (see [`rollwatch::time::log_time`]), not the system
+/// clock: a clock stepped back or forward does not make the log disagree with the journal.
+struct Timeline;
+
+impl tracing_subscriber::fmt::time::FormatTime for Timeline {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        w.write_str(&rollwatch::time::log_time())
+    }
+}
+
 fn main() -> ExitCode {
     // Fault injection for the tests (tikv's `fail`): `FAILPOINTS=after-step-commit=sleep(3000)`
     // stalls a step between its fenced commit and its start. Debug builds only (what `cargo
@@ -15,7 +25,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Logs go to stderr; stdout carries the command's output and console channel messages.
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_timer(Timeline);
     match cli.log_format {
         rollwatch::cli::LogFormat::Json => logs.json().init(),
         // Colour only for a terminal: a log file or a pipe gets plain text. Every field and

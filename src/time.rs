@@ -214,6 +214,23 @@ impl Clock for SteadyClock {
     }
 }
 
+/// The timeline `run` keeps, once it has one: what log lines are dated by
+/// ([`log_time`]), so that a log line and the journal line it explains carry the same time.
+static LOG_TIMELINE: std::sync::OnceLock<SteadyClock> = std::sync::OnceLock::new();
+
+/// Dates log lines by `clock` from now on (once per process; later calls change nothing).
+pub fn date_logs_by(clock: SteadyClock) {
+    let _ = LOG_TIMELINE.set(clock);
+}
+
+/// Now for a log line: rollwatch's timeline once `run` has one, the system clock before (and
+/// for the other commands), as RFC 3339 UTC with milliseconds.
+pub fn log_time() -> String {
+    let now = LOG_TIMELINE.get().map_or_else(|| SystemClock.now(), |c| c.now());
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.0.max(0) as u64);
+    humantime::format_rfc3339_millis(when).to_string()
+}
+
 /// Where a timeline resumes after a restart, when the system clock reads `system`: where the
 /// last one would be now — the system clock less the disagreement `carried` from the last run
 /// (the time spent stopped as the system clock measured it) — but never before `last`, the

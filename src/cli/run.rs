@@ -122,6 +122,8 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
         }
     };
     let clock = crate::time::SteadyClock::starting_at(last.resume(SystemClock.now(), config.ha.is_none()));
+    // Log lines dated as the journal's, whatever the system clock does meanwhile.
+    crate::time::date_logs_by(clock);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)

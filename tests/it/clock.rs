@@ -148,6 +148,17 @@ async fn an_outage_after_a_step_back_is_rolled_back_at_once(step: u64) {
     let metric = s.metric("rollwatch_clock_system_ahead_seconds").unwrap();
     assert!((metric + step as f64).abs() < 5.0, "{metric}");
     assert_eq!(s.stderr().matches("the system clock stepped").count(), 1, "{}", s.stderr());
+    // Log lines are dated on the same timeline: none goes back across the step (threads may
+    // write a few milliseconds out of order).
+    let dates: Vec<std::time::SystemTime> =
+        s.stderr().lines().filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok()).collect();
+    assert!(dates.len() > 2, "{}", s.stderr());
+    let mut latest = dates[0];
+    for d in &dates {
+        let back = latest.duration_since(*d).unwrap_or_default();
+        assert!(back < std::time::Duration::from_secs(1), "a log line dated {back:?} back: {}", s.stderr());
+        latest = latest.max(*d);
+    }
     let notes = of_kind(&events, "clock");
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!((notes[0]["system_ahead_ms"].as_f64().unwrap() + step as f64 * 1000.0).abs() < 5000.0);
