@@ -125,7 +125,7 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
         tokio::select! {
             Some(queued) = engine.inputs.observations.recv() => engine.on_observation(&queued.obs),
             Some(updates) = engine.inputs.alert_updates.recv() => engine.on_alerts(updates),
-            _ = engine.inputs.ticker.tick() => engine.on_tick(),
+            scheduled = engine.inputs.ticker.tick() => engine.on_tick(scheduled),
             Some(news) = engine.inputs.procedures.recv() => engine.on_procedure_news(news),
             Some((command, reply)) = engine.inputs.commands.recv() => engine.on_command(command, reply),
             Some(()) = engine.inputs.reload.recv() => engine.on_reload(),
@@ -286,7 +286,9 @@ impl Engine {
         });
         let (mut dispatcher, procedures) =
             Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;
-        sync_evidence(&mut dispatcher, &mut ev);
+        if let Some(r) = dispatcher.take_restart() {
+            ev.restart_evidence(r.at, r.predates);
+        }
         // What was seen before the restart, from the current deploy's evidence on. A recording
         // keeps what this run sees only.
         let checkpoints = Checkpoints::new(recorder.is_none().then(|| config.state_dir.clone()));
@@ -314,8 +316,7 @@ impl Engine {
         let names: Vec<&str> = ev.profiles.iter().map(|p| p.name.as_str()).collect();
         journal.note(clock.now(), "started", &serde_json::json!({ "profiles": names }));
         tracing::info!(profiles = ?names, state_dir = %config.state_dir.display(), "rollwatch started");
-        let mut ticker = tokio::time::interval(config.eval_interval.as_std());
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let ticker = ticker_for(config.eval_interval, recorder.is_some());
         let mut engine = Engine {
             config,
             ev,
@@ -422,9 +423,15 @@ impl Engine {
     }
 
     /// An evaluation: rules and decisions, journalled when they change, acted on, published.
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self, scheduled: tokio::time::Instant) {
         let now = self.clock.now();
         self.watch_clock(now);
+        // A recording evaluates each tick at its scheduled time (however late it runs): the
+        // fixture's grid is that schedule, so its replay reads the windows the live run read.
+        let now = match self.recorder {
+            Some(_) => now.minus(Span(scheduled.elapsed().as_millis().min(i64::MAX as u128) as i64)),
+            None => now,
+        };
         self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
         self.ev.silence(self.dispatcher.silenced(now));
         let watch = Stopwatch::start();
@@ -511,8 +518,7 @@ impl Engine {
                 let keep = self.ev.metric_names().map(Arc::new);
                 self.tasks.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
                 if config.eval_interval != self.config.eval_interval {
-                    self.inputs.ticker = tokio::time::interval(config.eval_interval.as_std());
-                    self.inputs.ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                    self.inputs.ticker = ticker_for(config.eval_interval, self.recorder.is_some());
                 }
                 self.config = config;
                 tracing::info!(path = %self.config.path.display(), "config reloaded");
@@ -548,14 +554,16 @@ impl Engine {
             }
             Err(RecordError::Shared(e)) => self.dispatcher.stand_down(&e.to_string()),
         }
-        // A deploy seen while recording is the fixture's `[[deploy]]`: its replay restarts the
-        // evidence there too.
-        if let Some(deployed) =
-            sync_evidence(&mut self.dispatcher, &mut self.ev).and_then(|r| r.deployed.map(|v| (r.at, v)))
-            && let Some(recorder) = &self.recorder
-            && let Ok(mut r) = recorder.lock()
-        {
-            r.deploy(deployed.0, &deployed.1);
+        // A deploy seen while recording is the fixture's `[[deploy]]`, placed within the
+        // interval of the tick that applies it; the live evidence restarts where its replay
+        // will, so that both read the same windows.
+        if let Some(mut restart) = self.dispatcher.take_restart() {
+            if let (Some(version), Some(recorder)) = (&restart.deployed, &self.recorder)
+                && let Ok(mut r) = recorder.lock()
+            {
+                restart.at = r.deploy(restart.at, version);
+            }
+            self.ev.restart_evidence(restart.at, restart.predates);
         }
         self.snapshot.acting = self.dispatcher.status();
         self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
@@ -758,11 +766,13 @@ fn save_reporting(dir: &std::path::Path, bytes: &[u8], failing: &std::sync::atom
     }
 }
 
-/// The evaluator's evidence follows the dispatcher's deploys and restore points.
-fn sync_evidence(dispatcher: &mut Dispatcher, ev: &mut Evaluator) -> Option<crate::act::Restart> {
-    let r = dispatcher.take_restart()?;
-    ev.restart_evidence(r.at, r.predates);
-    Some(r)
+/// The evaluation ticker. A late tick is skipped (the next one reads the same data, later) —
+/// except while recording, where every tick of the grid is evaluated, late or not, at its
+/// scheduled time: the fixture has one column per tick of the schedule.
+fn ticker_for(every: Span, recording: bool) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(every.as_std());
+    ticker.set_missed_tick_behavior(if recording { MissedTickBehavior::Burst } else { MissedTickBehavior::Skip });
+    ticker
 }
 
 /// Loads the config file again, with its evaluator and targets (secrets through `env`).

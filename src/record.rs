@@ -88,11 +88,15 @@ impl Recorder {
     /// places it within that tick's interval, so that its replay applies it at the same tick.
     /// The live offset alone would not do: the grid puts tick k at k × interval, while the live
     /// tick k came late or early of that (a loaded machine, a skipped tick).
-    pub fn deploy(&mut self, at: Timestamp, version: &str) {
+    ///
+    /// Returns where the fixture places it, as a live time: the live run restarts its evidence
+    /// there too, so that live and replay read the same windows.
+    pub fn deploy(&mut self, at: Timestamp, version: &str) -> Timestamp {
         let start = *self.start.get_or_insert(at);
         let next = self.ticks as i64 * self.interval.0;
-        let offset = at.saturating_since(start).0.clamp(next - self.interval.0 + 1, next);
-        self.deploys.push((Span(offset.max(0)), version.to_string()));
+        let offset = at.saturating_since(start).0.clamp(next - self.interval.0 + 1, next).max(0);
+        self.deploys.push((Span(offset), version.to_string()));
+        start.plus(Span(offset))
     }
 
     /// Ticks recorded.

@@ -9,8 +9,8 @@
 //! - NaN samples, stale series and empty windows are *no data* (`None`), never 0;
 //! - `last`/`up` look back at most [`LOOKBACK`]; a stale marker ends a series until it is written again;
 //! - retention is per series: the longest reach (window + offset) of the selectors that match it,
-//!   plus a margin; a series no rule reads keeps only its latest sample (for status and
-//!   recording). Memory is bounded by configuration, not uptime; series that have received
+//!   plus a margin; a series no rule reads keeps the margin only (for status and recording,
+//!   which reads each tick at its scheduled time, however late it runs). Memory is bounded by configuration, not uptime; series that have received
 //!   nothing for longer than the longest retention are dropped;
 //! - the store knows when it was *watched* (fed by a running rollwatch: one stretch per run,
 //!   stretched by every evaluation). A window's coverage is the part of its span, from its floor
@@ -277,7 +277,7 @@ impl Store {
         self.matches = Vec::new();
         self.levels = Vec::new();
         for s in self.series.iter_mut().flatten() {
-            s.keep = 0;
+            s.keep = MARGIN.0;
         }
         for (i, (sel, keep)) in other.selectors.into_iter().zip(other.reach).enumerate() {
             let raw = Span(keep - MARGIN.0);
@@ -332,7 +332,7 @@ impl Store {
             return id;
         }
         let series =
-            Series { key: key.clone(), keep: 0, samples: VecDeque::new(), zero_since: None, checkpoints: None };
+            Series { key: key.clone(), keep: MARGIN.0, samples: VecDeque::new(), zero_since: None, checkpoints: None };
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id] = Some(series);
@@ -959,7 +959,7 @@ mod tests {
         }
         let len = |k: &SeriesKey| st.series[st.index[k]].as_ref().unwrap().samples.len();
         assert!(len(&short) <= 60 + 60 + 2, "window + margin: {}", len(&short));
-        assert!(len(&unread) <= 2, "a series no rule reads keeps its latest sample: {}", len(&unread));
+        assert!(len(&unread) <= 60 + 2, "a series no rule reads keeps the margin: {}", len(&unread));
         assert_eq!(
             st.latest(Timestamp(999 * S)).find(|(k, _)| **k == unread).map(|(_, l)| l),
             Some(Latest::Value(999.0))
