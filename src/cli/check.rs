@@ -16,10 +16,15 @@ pub enum Kind {
     Profile,
     Fixture,
     Config,
+    /// `rollwatch.toml` of several deployments (`deployments = [...]`).
+    Fleet,
+    /// One deployment file of a fleet (`name` and `profiles`).
+    Member,
 }
 
 /// Classifies a TOML file: fixtures have `series`/`expect`; configs have targets, policy,
-/// channels, actions or a state dir; everything else is a profile.
+/// channels, actions or a state dir; a fleet's has `deployments`, a deployment file of a fleet
+/// `name` and `profiles`; everything else is a profile.
 pub fn kind_of(file: &SourceFile) -> Kind {
     let Ok(table) = file.text.parse::<toml::Table>() else {
         return Kind::Profile;
@@ -27,6 +32,10 @@ pub fn kind_of(file: &SourceFile) -> Kind {
     let has = |k: &str| table.contains_key(k);
     if has("series") || has("expect") || has("interval") {
         Kind::Fixture
+    } else if has("deployments") {
+        Kind::Fleet
+    } else if has("name") && has("profiles") {
+        Kind::Member
     } else if ["target", "policy", "channels", "actions", "state_dir", "listen"].iter().any(|k| has(k)) {
         Kind::Config
     } else {
@@ -52,9 +61,17 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
             let loaded = crate::rules::deployment::from_source(file)?;
             note = loaded.config.ha.is_some().then_some(HA_NOTE);
         }
+        Kind::Fleet => {
+            crate::rules::deployment::load_fleet(path)?;
+        }
+        Kind::Member => note = Some(MEMBER_NOTE),
     }
     Ok((kind, note))
 }
+
+/// What `check` says of a fleet's deployment file named alone: it is checked with its fleet.
+const MEMBER_NOTE: &str =
+    "a deployment of a fleet: checked when `check` reads the fleet's rollwatch.toml (with what the fleet shares)";
 
 /// What `check` says of an `[ha]` section: it is checked, etcd is not contacted.
 const HA_NOTE: &str = "[ha]: replicas elect a leader on etcd at run time (check does not contact etcd)";

@@ -419,3 +419,39 @@ fn email_channel(c: &mut Checker, item: Option<&str>, ch: &RawChannel) -> Channe
         password_env: ch.smtp_password_env.as_ref().map(|p| p.get_ref().clone()),
     }
 }
+
+/// What a fleet's top file defines for every deployment: actions, channels and template
+/// overrides, checked there.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub actions: BTreeMap<String, ActionSpec>,
+    pub channels: Vec<ChannelSpec>,
+    pub templates: Vec<(String, String)>,
+    /// The file that defines them (for messages).
+    pub path: PathBuf,
+}
+
+/// Adds what the top file shares to a deployment's own acting spec: an action or channel the
+/// deployment defines again is an error at the deployment's definition (one name, one meaning);
+/// a template both override reads the deployment's.
+pub fn share(c: &mut Checker, raw: &RawConfig, acting: &mut ActingSpec, shared: &Shared) {
+    let top = shared.path.display();
+    for (name, a) in &shared.actions {
+        if let Some(own) = raw.actions.get(name) {
+            let item = format!("action {name:?}");
+            c.err(&own.span(), Some(&item), format!("also defined in {top}, for every deployment: rename one"));
+            continue;
+        }
+        acting.actions.insert(name.clone(), a.clone());
+    }
+    for ch in &shared.channels {
+        if let Some(own) = raw.channels.get(&ch.name) {
+            let item = format!("channel {:?}", ch.name);
+            c.err(&own.span(), Some(&item), format!("also defined in {top}, for every deployment: rename one"));
+            continue;
+        }
+        acting.channels.push(ch.clone());
+    }
+    let own = raw.templates.iter().map(|(k, v)| (k.clone(), v.get_ref().clone()));
+    acting.templates = Templates::with(shared.templates.iter().cloned().chain(own));
+}

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use super::LoadedProfile;
 use super::acting::ActingSpec;
 use super::profile::read_listed;
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawHa, RawTarget, RawVersion};
 use crate::diag::{Checker, Diagnostics, SourceFile};
 use crate::secret::Secret;
 use crate::source::{Auth, DEFAULT_MAX_BODY, Target, TargetKind};
 use crate::time::Span;
+use toml::Spanned;
 
 /// Kinds of target the poller knows.
 pub const TARGET_KINDS: &[&str] = &["health", "prometheus", "promql", "tcp"];
@@ -63,6 +64,19 @@ pub struct Config {
     pub ha: Option<HaSpec>,
     /// `version = { target, field }`: where the deployed version is read.
     pub version: Option<VersionSource>,
+    /// In a fleet (`deployments = [...]`): which deployment this is; `None` for a
+    /// `rollwatch.toml` that is one deployment.
+    pub member: Option<Member>,
+}
+
+/// A deployment of a fleet: its name, the fleet's top file, and what the top file shares.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    /// The top `rollwatch.toml` (a reload reads the fleet again from it).
+    pub fleet: PathBuf,
+    /// The actions, channels and templates every deployment may use.
+    pub shared: super::acting::Shared,
 }
 
 /// Where the deployed version is read: a field of a target's health response.
@@ -231,20 +245,54 @@ fn pem_holds(label: &str, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-impl Config {
-    /// Reads and checks a config and reads the profiles it names, adding every error to
-    /// `errors`; `None` when the file is not TOML of this shape. The config is returned even
-    /// with errors, so that the caller (`act::deployment`) reports the profiles' errors too.
-    pub fn read(file: &SourceFile, errors: &mut Diagnostics) -> Option<(Config, Vec<LoadedProfile>)> {
-        let raw = file.parse_toml::<RawConfig>(errors)?;
-        let mut c = Checker { file, errors };
+/// The process-wide keys as written: from `rollwatch.toml` alone, or from a fleet's top file.
+pub struct ProcessKeys<'a> {
+    pub state_dir: &'a Option<Spanned<String>>,
+    pub listen: &'a Option<Spanned<String>>,
+    pub api_token_env: &'a Option<Spanned<String>>,
+    pub eval_interval: &'a Option<Spanned<String>>,
+    pub max_connections: &'a Option<Spanned<u32>>,
+    pub alert_expiry: &'a Option<Spanned<String>>,
+    pub ha: &'a Option<Spanned<RawHa>>,
+}
 
-        let eval_interval = match &raw.eval_interval {
+impl<'a> ProcessKeys<'a> {
+    /// The keys of a one-deployment `rollwatch.toml`.
+    pub fn of(raw: &'a RawConfig) -> ProcessKeys<'a> {
+        ProcessKeys {
+            state_dir: &raw.state_dir,
+            listen: &raw.listen,
+            api_token_env: &raw.api_token_env,
+            eval_interval: &raw.eval_interval,
+            max_connections: &raw.max_connections,
+            alert_expiry: &raw.alert_expiry,
+            ha: &raw.ha,
+        }
+    }
+}
+
+/// The process-wide keys, checked: one set per process, whatever the number of deployments.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub eval_interval: Span,
+    pub alert_expiry: Option<Span>,
+    pub max_connections: usize,
+    pub api_token_env: Option<String>,
+    pub ha: Option<HaSpec>,
+}
+
+impl Process {
+    /// Checks the process-wide keys: durations, the listen address (beyond loopback only with
+    /// a token), `[ha]`.
+    pub fn check(c: &mut Checker, raw: ProcessKeys) -> Process {
+        let eval_interval = match raw.eval_interval {
             Some(e) => c.positive_duration(e, None, "eval_interval").unwrap_or(Span::from_secs(15)),
             None => Span::from_secs(15),
         };
         let alert_expiry = raw.alert_expiry.as_ref().and_then(|e| c.positive_duration(e, None, "alert_expiry"));
-        let max_connections = match &raw.max_connections {
+        let max_connections = match raw.max_connections {
             None => 256,
             Some(m) if (1..=65_536).contains(m.get_ref()) => *m.get_ref() as usize,
             Some(m) => {
@@ -253,26 +301,10 @@ impl Config {
             }
         };
         let state_dir = PathBuf::from(raw.state_dir.as_ref().map_or("/var/lib/rollwatch", |s| s.get_ref().as_str()));
-        let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
-        let listen = match &raw.listen {
-            None => default_listen,
-            Some(l) => l.get_ref().parse().unwrap_or_else(|e| {
-                c.err(&l.span(), None, format!("listen must be an address such as \"127.0.0.1:9464\": {e}"));
-                default_listen
-            }),
-        };
-
-        if !listen.ip().is_loopback() && raw.api_token_env.is_none() {
-            let span = raw.listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
-            c.err(
-                &span,
-                None,
-                "listening beyond loopback needs api_token_env: a forged alert must not roll back production",
-            );
-        }
+        let listen = check_listen(c, &raw);
         let api_token_env = raw.api_token_env.as_ref().map(|t| t.get_ref().clone());
-        let ha = raw.ha.as_ref().and_then(|h| ha_spec(&mut c, h));
-        if let (Some(spec), Some(raw_ha)) = (&ha, &raw.ha)
+        let ha = raw.ha.as_ref().and_then(|h| ha_spec(c, h));
+        if let (Some(spec), Some(raw_ha)) = (&ha, raw.ha)
             && spec.advertise.is_none()
             && listen.ip().is_unspecified()
         {
@@ -286,135 +318,190 @@ impl Config {
                 ),
             );
         }
+        Process { state_dir, listen, eval_interval, alert_expiry, max_connections, api_token_env, ha }
+    }
+}
 
-        let mut names = BTreeSet::new();
-        let mut targets = Vec::new();
-        for t in &raw.target {
-            let t = t.get_ref();
-            let item = format!("target {:?}", t.name.get_ref());
-            let item = Some(item.as_str());
-            if !names.insert(t.name.get_ref().clone()) {
-                c.err(&t.name.span(), item, "duplicate target name");
-            }
-            if t.kind.get_ref() == "alertmanager" {
-                // Accepted once and never polled: alerts are pushed, not pulled.
-                c.err(
-                    &t.kind.span(),
-                    item,
-                    "there is no alertmanager target: Alertmanager posts its alerts to POST /hooks/alertmanager \
-                     (see the README's Alertmanager section)",
-                );
-            } else {
-                c.one_of(&t.kind, TARGET_KINDS, item, "kind");
-            }
-            let needs = match t.kind.get_ref().as_str() {
-                "health" | "prometheus" | "promql" => Some(("url", t.url.is_some())),
-                "tcp" => Some(("address", t.address.is_some())),
-                _ => None,
-            };
-            if let Some((field, false)) = needs {
-                c.err(&t.kind.span(), item, format!("a {} target needs {field} = \"...\"", t.kind.get_ref()));
-            }
-            match (t.kind.get_ref().as_str(), &t.query) {
-                ("promql", None) => c.err(
-                    &t.kind.span(),
-                    item,
-                    "a promql target needs query = \"...\" (an instant query, e.g. 'sum(rate(http_requests_total[1m]))')",
-                ),
-                ("promql", Some(q)) if q.get_ref().trim().is_empty() => {
-                    c.err(&q.span(), item, "query must not be empty")
-                }
-                ("promql", _) => {}
-                (kind, Some(q)) => c.err(&q.span(), item, format!("query is for promql targets, not {kind}")),
-                _ => {}
-            }
-            if let Some(url) = &t.url
-                && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
-            {
-                c.err(&url.span(), item, format!("url must start with http:// or https://, got {:?}", url.get_ref()));
-            }
-            let interval = c.duration(&t.interval, Span::from_secs(5), item, "interval");
-            let timeout = c.duration(&t.timeout, Span::from_secs(2), item, "timeout");
-            if interval.is_zero() {
-                c.err(&t.name.span(), item, "interval must be longer than 0s");
-            }
-            if timeout.is_zero() {
-                let span = t.timeout.as_ref().map_or(t.name.span(), |s| s.span());
-                c.err(&span, item, "timeout must be longer than 0s: a 0s timeout reads a healthy target as down");
-            }
-            let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
-            let kind = match t.kind.get_ref().as_str() {
-                "health" => Some(TargetKind::Health { url }),
-                "prometheus" => Some(TargetKind::Prometheus { url }),
-                "promql" => Some(TargetKind::Promql {
-                    url,
-                    query: t.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default(),
-                }),
-                "tcp" => Some(TargetKind::Tcp {
-                    address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default(),
-                }),
-                _ => None,
-            };
-            let auth = match (&t.bearer_token_env, &t.basic_auth_user, &t.basic_auth_password_env) {
-                (None, None, None) => None,
-                (Some(token), None, None) => Some(AuthEnv::Bearer { token_env: token.get_ref().clone() }),
-                (None, Some(user), Some(pw)) => {
-                    Some(AuthEnv::Basic { username: user.clone(), password_env: pw.get_ref().clone() })
-                }
-                _ => {
-                    c.err(
-                        &t.name.span(),
-                        item,
-                        "authenticate with bearer_token_env, or with basic_auth_user and basic_auth_password_env",
-                    );
-                    None
-                }
-            };
-            let max_body = match &t.max_body {
-                None => DEFAULT_MAX_BODY,
-                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 1 << 30 => {
-                    c.err(&m.span(), item, "max_body must be between 1 byte and 1 GiB");
-                    DEFAULT_MAX_BODY
-                }
-                Some(m) => *m.get_ref() as usize,
-            };
-            let sample_limit = match &t.sample_limit {
-                None => crate::source::DEFAULT_SAMPLE_LIMIT,
-                Some(m) if *m.get_ref() == 0 || *m.get_ref() > 10_000_000 => {
-                    c.err(&m.span(), item, "sample_limit must be between 1 and 10,000,000");
-                    crate::source::DEFAULT_SAMPLE_LIMIT
-                }
-                Some(m) => *m.get_ref() as usize,
-            };
-            targets.push(TargetConfig {
-                name: t.name.get_ref().clone(),
-                kind,
-                interval,
-                timeout,
-                critical: t.critical,
-                max_body,
-                auth,
-                sample_limit,
-            });
+/// `listen`: an address; beyond loopback only with `api_token_env`.
+fn check_listen(c: &mut Checker, raw: &ProcessKeys) -> SocketAddr {
+    let default_listen = SocketAddr::from(([127, 0, 0, 1], 9464));
+    let listen = match raw.listen {
+        None => default_listen,
+        Some(l) => l.get_ref().parse().unwrap_or_else(|e| {
+            c.err(&l.span(), None, format!("listen must be an address such as \"127.0.0.1:9464\": {e}"));
+            default_listen
+        }),
+    };
+    if !listen.ip().is_loopback() && raw.api_token_env.is_none() {
+        let span = raw.listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+        c.err(
+            &span,
+            None,
+            "listening beyond loopback needs api_token_env: a forged alert must not roll back production",
+        );
+    }
+    listen
+}
+
+/// Checks every `[[target]]`: kinds, the fields each kind needs, durations, auth, limits;
+/// target names unique.
+fn check_targets(c: &mut Checker, raw: &[Spanned<RawTarget>]) -> Vec<TargetConfig> {
+    let mut names = BTreeSet::new();
+    let mut targets = Vec::new();
+    for t in raw {
+        let t = t.get_ref();
+        let item = format!("target {:?}", t.name.get_ref());
+        if !names.insert(t.name.get_ref().clone()) {
+            c.err(&t.name.span(), Some(&item), "duplicate target name");
         }
-        if let Some(v) = &raw.version
-            && !names.contains(v.get_ref().target.get_ref())
-        {
+        targets.push(check_target(c, t, &item));
+    }
+    targets
+}
+
+/// One `[[target]]`.
+fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
+    let item = Some(item);
+    if t.kind.get_ref() == "alertmanager" {
+        // Accepted once and never polled: alerts are pushed, not pulled.
+        c.err(
+            &t.kind.span(),
+            item,
+            "there is no alertmanager target: Alertmanager posts its alerts to POST /hooks/alertmanager \
+                 (see the README's Alertmanager section)",
+        );
+    } else {
+        c.one_of(&t.kind, TARGET_KINDS, item, "kind");
+    }
+    let needs = match t.kind.get_ref().as_str() {
+        "health" | "prometheus" | "promql" => Some(("url", t.url.is_some())),
+        "tcp" => Some(("address", t.address.is_some())),
+        _ => None,
+    };
+    if let Some((field, false)) = needs {
+        c.err(&t.kind.span(), item, format!("a {} target needs {field} = \"...\"", t.kind.get_ref()));
+    }
+    match (t.kind.get_ref().as_str(), &t.query) {
+        ("promql", None) => c.err(
+            &t.kind.span(),
+            item,
+            "a promql target needs query = \"...\" (an instant query, e.g. 'sum(rate(http_requests_total[1m]))')",
+        ),
+        ("promql", Some(q)) if q.get_ref().trim().is_empty() => c.err(&q.span(), item, "query must not be empty"),
+        ("promql", _) => {}
+        (kind, Some(q)) => c.err(&q.span(), item, format!("query is for promql targets, not {kind}")),
+        _ => {}
+    }
+    if let Some(url) = &t.url
+        && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+    {
+        c.err(&url.span(), item, format!("url must start with http:// or https://, got {:?}", url.get_ref()));
+    }
+    let interval = c.duration(&t.interval, Span::from_secs(5), item, "interval");
+    let timeout = c.duration(&t.timeout, Span::from_secs(2), item, "timeout");
+    if interval.is_zero() {
+        c.err(&t.name.span(), item, "interval must be longer than 0s");
+    }
+    if timeout.is_zero() {
+        let span = t.timeout.as_ref().map_or(t.name.span(), |s| s.span());
+        c.err(&span, item, "timeout must be longer than 0s: a 0s timeout reads a healthy target as down");
+    }
+    let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
+    let kind = match t.kind.get_ref().as_str() {
+        "health" => Some(TargetKind::Health { url }),
+        "prometheus" => Some(TargetKind::Prometheus { url }),
+        "promql" => {
+            Some(TargetKind::Promql { url, query: t.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default() })
+        }
+        "tcp" => Some(TargetKind::Tcp { address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default() }),
+        _ => None,
+    };
+    let auth = match (&t.bearer_token_env, &t.basic_auth_user, &t.basic_auth_password_env) {
+        (None, None, None) => None,
+        (Some(token), None, None) => Some(AuthEnv::Bearer { token_env: token.get_ref().clone() }),
+        (None, Some(user), Some(pw)) => {
+            Some(AuthEnv::Basic { username: user.clone(), password_env: pw.get_ref().clone() })
+        }
+        _ => {
             c.err(
-                &v.get_ref().target.span(),
-                Some("version"),
-                format!("no target named {:?}", v.get_ref().target.get_ref()),
+                &t.name.span(),
+                item,
+                "authenticate with bearer_token_env, or with basic_auth_user and basic_auth_password_env",
             );
+            None
         }
-        let acting = super::acting::check(&mut c, &raw);
+    };
+    let max_body = match &t.max_body {
+        None => DEFAULT_MAX_BODY,
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 1 << 30 => {
+            c.err(&m.span(), item, "max_body must be between 1 byte and 1 GiB");
+            DEFAULT_MAX_BODY
+        }
+        Some(m) => *m.get_ref() as usize,
+    };
+    let sample_limit = match &t.sample_limit {
+        None => crate::source::DEFAULT_SAMPLE_LIMIT,
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 10_000_000 => {
+            c.err(&m.span(), item, "sample_limit must be between 1 and 10,000,000");
+            crate::source::DEFAULT_SAMPLE_LIMIT
+        }
+        Some(m) => *m.get_ref() as usize,
+    };
+    TargetConfig {
+        name: t.name.get_ref().clone(),
+        kind,
+        interval,
+        timeout,
+        critical: t.critical,
+        max_body,
+        auth,
+        sample_limit,
+    }
+}
 
-        let profiles = read_listed(file, &raw.profiles, c.errors);
-        let version = raw.version.as_ref().map(|v| VersionSource {
-            target: v.get_ref().target.get_ref().clone(),
-            field: v.get_ref().field.get_ref().clone(),
-        });
+/// `version = { target, field }` names a defined target.
+fn check_version(
+    c: &mut Checker,
+    raw: &Option<Spanned<RawVersion>>,
+    targets: &[TargetConfig],
+) -> Option<VersionSource> {
+    let v = raw.as_ref()?.get_ref();
+    if !targets.iter().any(|t| t.name == *v.target.get_ref()) {
+        c.err(&v.target.span(), Some("version"), format!("no target named {:?}", v.target.get_ref()));
+    }
+    Some(VersionSource { target: v.target.get_ref().clone(), field: v.field.get_ref().clone() })
+}
+
+impl Config {
+    /// Reads and checks a config and reads the profiles it names, adding every error to
+    /// `errors`; `None` when the file is not TOML of this shape. The config is returned even
+    /// with errors, so that the caller (`act::deployment`) reports the profiles' errors too.
+    pub fn read(file: &SourceFile, errors: &mut Diagnostics) -> Option<(Config, Vec<LoadedProfile>)> {
+        let raw = file.parse_toml::<RawConfig>(errors)?;
+        let mut c = Checker { file, errors };
+        let process = Process::check(&mut c, ProcessKeys::of(&raw));
+        Some(Config::deployment(&mut c, raw, process, None))
+    }
+
+    /// A deployment's own part, checked in the file `c` reads: targets, the version source,
+    /// policy, actions, channels and templates (with what a fleet's top file shares, if any),
+    /// and the profiles it names, read.
+    pub fn deployment(
+        c: &mut Checker,
+        raw: RawConfig,
+        process: Process,
+        member: Option<Member>,
+    ) -> (Config, Vec<LoadedProfile>) {
+        let targets = check_targets(c, &raw.target);
+        let version = check_version(c, &raw.version, &targets);
+        let mut acting = super::acting::check(c, &raw);
+        if let Some(m) = &member {
+            super::acting::share(c, &raw, &mut acting, &m.shared);
+        }
+        let profiles = read_listed(c.file, &raw.profiles, c.errors);
+        let Process { state_dir, listen, eval_interval, alert_expiry, max_connections, api_token_env, ha } = process;
         let config = Config {
-            path: file.path.clone(),
+            path: c.file.path.clone(),
             version,
             raw,
             state_dir,
@@ -426,8 +513,9 @@ impl Config {
             api_token_env,
             acting,
             ha,
+            member,
         };
-        Some((config, profiles))
+        (config, profiles)
     }
 }
 

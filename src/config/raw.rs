@@ -263,3 +263,63 @@ pub struct RawAction {
     pub state: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
 }
+
+/// `rollwatch.toml` of a fleet: the process-wide keys, the deployment files, and channels,
+/// actions and templates every deployment may use. A deployment's own keys here are errors
+/// (they are kept, as values, only to say so at their place).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// Globs of deployment files, relative to this file (`["deploy/*.toml"]`).
+    pub deployments: Spanned<Vec<Spanned<String>>>,
+    /// The alert label that names an alert's deployment (default `deployment`).
+    pub route_alerts_by: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub api_token_env: Option<Spanned<String>>,
+    pub eval_interval: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub alert_expiry: Option<Spanned<String>>,
+    pub ha: Option<Spanned<RawHa>>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, Spanned<RawChannel>>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, Spanned<RawAction>>,
+    #[serde(default)]
+    pub templates: BTreeMap<String, Spanned<String>>,
+    /// Keys of a deployment, misplaced at the top.
+    pub name: Option<Spanned<toml::Value>>,
+    pub profiles: Option<Spanned<toml::Value>>,
+    pub version: Option<Spanned<toml::Value>>,
+    pub target: Option<Spanned<toml::Value>>,
+    pub policy: Option<Spanned<toml::Value>>,
+}
+
+/// One deployment file of a fleet: its name and its own keys. Process-wide keys here are
+/// errors (kept as values only to say so at their place).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub name: Option<Spanned<String>>,
+    pub profiles: Spanned<Vec<Spanned<String>>>,
+    pub version: Option<Spanned<RawVersion>>,
+    #[serde(default)]
+    pub target: Vec<Spanned<RawTarget>>,
+    pub policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, Spanned<RawChannel>>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, Spanned<RawAction>>,
+    #[serde(default)]
+    pub templates: BTreeMap<String, Spanned<String>>,
+    /// Process-wide keys, misplaced in a deployment file.
+    pub deployments: Option<Spanned<toml::Value>>,
+    pub route_alerts_by: Option<Spanned<toml::Value>>,
+    pub state_dir: Option<Spanned<toml::Value>>,
+    pub listen: Option<Spanned<toml::Value>>,
+    pub api_token_env: Option<Spanned<toml::Value>>,
+    pub eval_interval: Option<Spanned<toml::Value>>,
+    pub max_connections: Option<Spanned<toml::Value>>,
+    pub alert_expiry: Option<Spanned<toml::Value>>,
+    pub ha: Option<Spanned<toml::Value>>,
+}

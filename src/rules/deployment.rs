@@ -33,6 +33,16 @@ pub fn load(path: &Path) -> Result<Deployment, Diagnostics> {
 pub fn from_source(file: SourceFile) -> Result<Deployment, Diagnostics> {
     let mut errors = Diagnostics::default();
     let Some((config, profiles)) = Config::read(&file, &mut errors) else { return Err(errors) };
+    assemble(&file, config, profiles, errors)
+}
+
+/// A config's profiles compiled and cross-checked with it; every error, `errors` first.
+fn assemble(
+    file: &SourceFile,
+    config: Config,
+    profiles: Vec<LoadedProfile>,
+    mut errors: Diagnostics,
+) -> Result<Deployment, Diagnostics> {
     let (evaluator, procedures) = match compile(&profiles) {
         Ok(compiled) => compiled,
         Err(e) => {
@@ -40,16 +50,74 @@ pub fn from_source(file: SourceFile) -> Result<Deployment, Diagnostics> {
             return Err(errors);
         }
     };
-    check_procedures(
-        &mut Checker { file: &file, errors: &mut errors },
-        &config.raw,
-        &config.acting,
-        &evaluator,
-        &procedures,
-    );
-    check_targets_read(&mut Checker { file: &file, errors: &mut errors }, &config.raw, &evaluator);
+    check_procedures(&mut Checker { file, errors: &mut errors }, &config.raw, &config.acting, &evaluator, &procedures);
+    check_targets_read(&mut Checker { file, errors: &mut errors }, &config.raw, &evaluator);
     check_windows(&profiles, &evaluator, config.eval_interval, &mut errors);
     errors.into_result(Deployment { config, evaluator, procedures })
+}
+
+/// What `run` runs: one deployment, or a fleet's several.
+#[derive(Debug)]
+pub struct Fleet {
+    /// `Some(label)` for a fleet (`deployments = [...]`): the alert label that routes alerts;
+    /// `None` for a `rollwatch.toml` that is one deployment.
+    pub route_alerts_by: Option<String>,
+    /// One for a single deployment; a fleet's in file order, each named (`config.member`).
+    pub deployments: Vec<Deployment>,
+}
+
+impl Fleet {
+    /// The deployments' names (empty for a single, unnamed deployment).
+    pub fn names(&self) -> Vec<&str> {
+        self.deployments.iter().filter_map(|d| d.config.member.as_ref().map(|m| m.name.as_str())).collect()
+    }
+}
+
+/// Loads a `rollwatch.toml`: a fleet when it lists `deployments`, else one deployment (as
+/// [`load`]). Every error of every file at once, each deployment's naming it.
+pub fn load_fleet(path: &Path) -> Result<Fleet, Diagnostics> {
+    let file = SourceFile::read(path)?;
+    if !crate::config::fleet::is_fleet(&file) {
+        let one = from_source(file)?;
+        return Ok(Fleet { route_alerts_by: None, deployments: vec![one] });
+    }
+    let mut errors = Diagnostics::default();
+    let Some(spec) = crate::config::fleet::read(&file, &mut errors) else { return Err(errors) };
+    let mut deployments = Vec::new();
+    for m in spec.members {
+        let name = m.config.member.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        match assemble(&m.file, m.config, m.profiles, m.errors) {
+            Ok(d) => deployments.push(d),
+            Err(e) => errors.0.extend(crate::config::fleet::tag(e, &name).0),
+        }
+    }
+    errors.into_result(Fleet { route_alerts_by: Some(spec.route_alerts_by), deployments })
+}
+
+/// The one deployment a command concerns: `name` among a fleet's (required when there are
+/// several), or the config's only one.
+pub fn load_selected(path: &Path, name: Option<&str>) -> Result<Deployment, Diagnostics> {
+    let mut fleet = load_fleet(path)?;
+    let names: Vec<String> = fleet.names().into_iter().map(str::to_string).collect();
+    let at = |message: String| Err(crate::diag::Diagnostic::file(path, message).into());
+    match name {
+        None if fleet.deployments.len() == 1 => Ok(fleet.deployments.remove(0)),
+        None => at(format!(
+            "this config watches {} deployments ({}): say which with --deployment NAME",
+            names.len(),
+            names.join(", ")
+        )),
+        Some(n) if fleet.route_alerts_by.is_none() => at(format!(
+            "--deployment {n:?}: this config is one deployment without a name (no `deployments`); leave --deployment out"
+        )),
+        Some(n) => match names.iter().position(|x| x == n) {
+            Some(i) => Ok(fleet.deployments.remove(i)),
+            None => {
+                let hint = crate::diag::did_you_mean(n, names.iter().map(String::as_str));
+                at(format!("no deployment named {n:?}{hint} (deployments: {})", names.join(", ")))
+            }
+        },
+    }
 }
 
 /// Profiles compiled: rules and decision trees into an evaluator, procedures beside it; every
@@ -135,7 +203,8 @@ fn check_procedures(
     ev: &Evaluator,
     procedures: &BTreeMap<String, Procedures>,
 ) {
-    let defined: Vec<&str> = raw.actions.keys().map(String::as_str).collect();
+    // The config's own actions and, in a fleet, those its top file shares.
+    let defined: Vec<&str> = acting.actions.keys().map(String::as_str).collect();
     for p in &ev.profiles {
         for (outcome, steps) in procedures.get(&p.name).into_iter().flatten() {
             for (i, step) in steps.iter().enumerate() {
