@@ -79,6 +79,7 @@ fn dispatcher(c: &mut Criterion) {
         plans,
         redactor: Default::default(),
         config_path: "rollwatch.toml".into(),
+        deployment: None,
     };
     let ledger = rollwatch::act::ledger::Ledger::local(shared);
     let (mut d, _done) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();

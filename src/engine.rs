@@ -39,6 +39,8 @@ use crate::source::{Observation, SourceError, Target, TargetSeries};
 use crate::status::Snapshot;
 use crate::time::{CLOCK_DISAGREEMENT, Clock, Span, Stopwatch, Timestamp, human};
 
+pub mod fleet;
+
 /// Why the sidecar could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -54,6 +56,9 @@ pub enum EngineError {
     Record(#[from] crate::act::ledger::RecordError),
     #[error(transparent)]
     Coordinator(#[from] crate::coord::etcd::EtcdError),
+    /// One deployment of a fleet could not run.
+    #[error("deployment {name:?}: {source}")]
+    Deployment { name: String, source: Box<EngineError> },
 }
 
 /// How long a stop waits for a running rollback's steps (Kubernetes' default grace is 30 s).
@@ -85,6 +90,28 @@ pub struct Parts {
     pub commands: Option<mpsc::Receiver<CommandRequest>>,
     /// The state_dir's lock, when the caller took it already (before binding the listen port).
     pub lock: Option<crate::journal::StateLock>,
+    /// A fleet's deployment: the fleet's server reaches this engine through a [`server::Lane`]
+    /// (see [`lane`]); `listener` is then `None`.
+    pub served: Option<Served>,
+}
+
+/// What a deployment's engine reads from a fleet's server, the other ends of its
+/// [`server::Lane`]: where to publish its snapshot, its alerts, its commands, and the server's
+/// count of refused connections.
+pub struct Served {
+    pub status: watch::Sender<Arc<Snapshot>>,
+    pub alerts: mpsc::Receiver<Vec<crate::source::alertmanager::AlertUpdate>>,
+    pub commands: mpsc::Receiver<CommandRequest>,
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A lane for the server and what its engine reads (`Parts::served`).
+pub fn lane(refused: Arc<std::sync::atomic::AtomicU64>) -> (server::Lane, Served) {
+    let (status_tx, status) = watch::channel(Arc::new(Snapshot::default()));
+    let (alerts, alerts_rx) = mpsc::channel(64);
+    let (commands, commands_rx) = mpsc::channel(16);
+    let lane = server::Lane { status, alerts, commands };
+    (lane, Served { status: status_tx, alerts: alerts_rx, commands: commands_rx, refused })
 }
 
 impl Parts {
@@ -105,6 +132,7 @@ impl Parts {
             env: process_env(),
             commands: None,
             lock: None,
+            served: None,
         }
     }
 }
@@ -241,7 +269,12 @@ impl Engine {
             env,
             commands,
             lock,
+            served,
         } = parts;
+        let (commands, served) = match served {
+            Some(Served { status, alerts, commands, refused }) => (Some(commands), Some((status, alerts, refused))),
+            None => (commands, None),
+        };
         let reload = reload.unwrap_or_else(|| mpsc::channel(1).1);
         let (commands_tx, commands) = match commands {
             Some(rx) => (mpsc::channel(1).0, rx),
@@ -300,15 +333,25 @@ impl Engine {
         snapshot.watch_targets(&targets);
         snapshot.watch_thresholds(&ev);
         let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
-        let (status, status_rx) = watch::channel(Arc::new(snapshot.clone()));
-        let (alerts_tx, alert_updates) = mpsc::channel(64);
-        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (status, status_rx, alerts_tx, alert_updates, refused) = match served {
+            Some((status, alerts, refused)) => {
+                status.send_replace(Arc::new(snapshot.clone()));
+                let rx = status.subscribe();
+                (status, rx, mpsc::channel(1).0, alerts, refused)
+            }
+            None => {
+                let (status, status_rx) = watch::channel(Arc::new(snapshot.clone()));
+                let (alerts_tx, alert_updates) = mpsc::channel(64);
+                (status, status_rx, alerts_tx, alert_updates, Arc::new(std::sync::atomic::AtomicU64::new(0)))
+            }
+        };
         let (stop_server, server_stopped) = watch::channel(false);
         let server = listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
             let forward = coord.clone().map(|coord| server::Forward { coord, client: client.clone() });
-            let shared = Shared { status: status_rx, alerts: alerts_tx, commands: commands_tx, token, forward };
+            let lane = server::Lane { status: status_rx, alerts: alerts_tx, commands: commands_tx };
+            let shared = Shared { lanes: Arc::new(server::Lanes::one(lane)), token, forward };
             let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
             tokio::spawn(server::serve(listener, shared, server_stopped, limits, refused.clone()))
         });
@@ -656,12 +699,17 @@ fn acting_parts(
     );
     let redactor = crate::secret::Redactor::new(config.secret_vars().into_iter().filter_map(|v| env(v)));
     notifier.redact_with(redactor.clone());
+    if let Some(m) = &config.member {
+        notifier.name_deployment(m.name.clone());
+    }
     let acting = Acting {
         policy: spec.policy.clone(),
         actions: Arc::new(actions),
         plans,
         redactor,
-        config_path: std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone()),
+        config_path: std::path::absolute(config.member.as_ref().map_or(&config.path, |m| &m.fleet))
+            .unwrap_or_else(|_| config.path.clone()),
+        deployment: config.member.as_ref().map(|m| m.name.clone()),
     };
     Ok((acting, notifier))
 }
@@ -775,9 +823,13 @@ fn ticker_for(every: Span, recording: bool) -> tokio::time::Interval {
     ticker
 }
 
-/// Loads the config file again, with its evaluator and targets (secrets through `env`).
+/// Loads the config file again, with its evaluator and targets (secrets through `env`); a
+/// fleet's deployment, from the fleet's file (deployments added or removed wait for a restart).
 fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
-    let loaded = crate::rules::deployment::load(&config.path)?;
+    let loaded = match &config.member {
+        Some(m) => crate::rules::deployment::load_selected(&m.fleet, Some(&m.name))?,
+        None => crate::rules::deployment::load(&config.path)?,
+    };
     let targets = loaded.config.targets(|var| env(var))?;
     if loaded.config.state_dir != config.state_dir
         || loaded.config.listen != config.listen

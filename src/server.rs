@@ -30,12 +30,115 @@ pub mod slots;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Shared {
-    pub status: watch::Receiver<Arc<Snapshot>>,
-    pub alerts: mpsc::Sender<Vec<AlertUpdate>>,
-    pub commands: mpsc::Sender<CommandRequest>,
+    /// The deployments served: one, or a fleet's several.
+    pub lanes: Arc<Lanes>,
     pub token: Option<Secret>,
     /// With `[ha]`: requests that change state are sent on to the leader.
     pub forward: Option<Forward>,
+}
+
+/// One deployment's engine, as the server reaches it: its snapshot, its alerts, its commands.
+#[derive(Clone)]
+pub struct Lane {
+    pub status: watch::Receiver<Arc<Snapshot>>,
+    pub alerts: mpsc::Sender<Vec<AlertUpdate>>,
+    pub commands: mpsc::Sender<CommandRequest>,
+}
+
+/// The deployments this process serves: one unnamed (a `rollwatch.toml` without
+/// `deployments`), or a fleet's, by name, with the label that routes alerts among them.
+pub struct Lanes {
+    lanes: std::collections::BTreeMap<String, Lane>,
+    /// `Some(label)` in a fleet.
+    route_by: Option<String>,
+    /// Alerts that named no known deployment (applied to none).
+    unrouted: std::sync::atomic::AtomicU64,
+    /// The unknown deployment names already logged (bounded).
+    told: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// At most this many unknown deployment names are remembered as logged.
+const TOLD_CAP: usize = 1024;
+
+impl Lanes {
+    /// One deployment, as before fleets: every alert and command is its.
+    pub fn one(lane: Lane) -> Lanes {
+        Lanes {
+            lanes: [(String::new(), lane)].into(),
+            route_by: None,
+            unrouted: Default::default(),
+            told: Default::default(),
+        }
+    }
+
+    /// A fleet's deployments by name; alerts go to the one their label `route_by` names.
+    pub fn fleet(lanes: std::collections::BTreeMap<String, Lane>, route_by: String) -> Lanes {
+        Lanes { lanes, route_by: Some(route_by), unrouted: Default::default(), told: Default::default() }
+    }
+
+    /// The lane a request names (`deployment`), or why not: a fleet of several needs a name;
+    /// one deployment without a name takes none.
+    pub fn lane(&self, name: Option<&str>) -> Result<&Lane, (StatusCode, String)> {
+        let names = || self.lanes.keys().cloned().collect::<Vec<_>>().join(", ");
+        match (name.filter(|n| !n.is_empty()), &self.route_by) {
+            (None, _) if self.lanes.len() == 1 => Ok(self.lanes.values().next().expect("one lane")),
+            (None, _) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("say which deployment: ?deployment=NAME (or \"deployment\" in the body), one of {}", names()),
+            )),
+            (Some(n), None) => Err((
+                StatusCode::NOT_FOUND,
+                format!("no deployment named {n:?}: this rollwatch watches one deployment, without a name"),
+            )),
+            (Some(n), Some(_)) => self.lanes.get(n).ok_or_else(|| {
+                (StatusCode::NOT_FOUND, format!("no deployment named {n:?} (deployments: {})", names()))
+            }),
+        }
+    }
+
+    /// Alerts split among the deployments their routing label names; those naming no known
+    /// deployment are counted, logged once per name, and applied to none. One deployment
+    /// without a name takes every alert.
+    pub fn route(&self, updates: Vec<AlertUpdate>) -> Vec<(&Lane, Vec<AlertUpdate>)> {
+        let Some(label) = &self.route_by else {
+            return self.lanes.values().next().map(|l| (l, updates)).into_iter().collect();
+        };
+        let mut routed: std::collections::BTreeMap<&str, Vec<AlertUpdate>> = Default::default();
+        for u in updates {
+            let name = u.key.label(label).to_string();
+            match self.lanes.get_key_value(&name) {
+                Some((key, _)) => routed.entry(key.as_str()).or_default().push(u),
+                None => {
+                    self.unrouted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+                    if told.len() < TOLD_CAP && told.insert(name.clone()) {
+                        tracing::warn!(
+                            label = %label,
+                            deployment = %crate::template::terminal(&name),
+                            alert = %u.key,
+                            "an alert names no known deployment: applied to none (counted in rollwatch_alerts_unrouted_total)"
+                        );
+                    }
+                }
+            }
+        }
+        routed.into_iter().filter_map(|(n, u)| self.lanes.get(n).map(|l| (l, u))).collect()
+    }
+
+    /// Whether this serves a fleet (named deployments).
+    pub fn is_fleet(&self) -> bool {
+        self.route_by.is_some()
+    }
+
+    /// Alerts applied to no deployment so far.
+    pub fn unrouted(&self) -> u64 {
+        self.unrouted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The deployments by name, with their latest snapshots.
+    pub fn snapshots(&self) -> Vec<(String, Arc<Snapshot>)> {
+        self.lanes.iter().map(|(n, l)| (n.clone(), l.status.borrow().clone())).collect()
+    }
 }
 
 /// How a replica that does not lead sends commands and hooks on to the one that does.
@@ -60,6 +163,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/status/{name}", get(deployment_status))
         .route("/hooks/alertmanager", post(hook))
         .route("/hooks/deploy", post(deploy_hook))
         .route("/approve/{id}", post(approve))
@@ -333,15 +437,47 @@ impl hyper::body::Body for WhileSending {
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
-    let text = s.status.borrow().metrics();
+    let text = if s.lanes.is_fleet() {
+        crate::status::fleet::metrics(&s.lanes.snapshots(), s.lanes.unrouted())
+    } else {
+        s.lanes.snapshots().first().map(|(_, snap)| snap.metrics()).unwrap_or_default()
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// JSON for machines; a small HTML page when a browser asks.
+/// Whether a browser asks (for the HTML page rather than JSON).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
+/// JSON for machines; a small HTML page when a browser asks. A fleet's lists its deployments,
+/// each linking its own (`/status/NAME`).
 async fn status(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let snap = s.status.borrow().clone();
-    let wants_html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
-    if !wants_html {
+    if s.lanes.is_fleet() {
+        let list = crate::status::fleet::overview(&s.lanes.snapshots(), s.lanes.unrouted());
+        if wants_html(&headers) {
+            return Html(list.page()).into_response();
+        }
+        return axum::Json(list).into_response();
+    }
+    match s.lanes.lane(None) {
+        Ok(lane) => one_status(lane, &headers),
+        Err((code, text)) => (code, format!("{text}\n")).into_response(),
+    }
+}
+
+/// `/status/NAME`: one deployment's page (what `/status` is for one deployment).
+async fn deployment_status(State(s): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match s.lanes.lane(Some(&name)) {
+        Ok(lane) => one_status(lane, &headers),
+        Err((code, text)) => (code, format!("{text}\n")).into_response(),
+    }
+}
+
+/// One deployment's status, JSON or HTML.
+fn one_status(lane: &Lane, headers: &HeaderMap) -> Response {
+    let snap = lane.status.borrow().clone();
+    if !wants_html(headers) {
         return axum::Json(snap.as_ref().clone()).into_response();
     }
     let page = snap.page();
@@ -388,13 +524,23 @@ fn unauthorized(s: &Shared, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-/// Hands a command to the engine and answers with its reply.
-async fn command(s: &Shared, headers: &HeaderMap, cmd: Command) -> Response {
+/// Which deployment a command is for: `?deployment=NAME` (needed when there are several).
+#[derive(serde::Deserialize)]
+struct Which {
+    deployment: Option<String>,
+}
+
+/// Hands a command to the deployment's engine and answers with its reply.
+async fn command(s: &Shared, headers: &HeaderMap, which: &Which, cmd: Command) -> Response {
     if let Some(denied) = unauthorized(s, headers) {
         return denied;
     }
+    let lane = match s.lanes.lane(which.deployment.as_deref()) {
+        Ok(lane) => lane,
+        Err((code, text)) => return (code, format!("{text}\n")).into_response(),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if s.commands.send((cmd, tx)).await.is_err() {
+    if lane.commands.send((cmd, tx)).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match rx.await {
@@ -437,19 +583,21 @@ async fn approve(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<Answer>,
+    Query(w): Query<Which>,
     headers: HeaderMap,
 ) -> Response {
-    command(&s, &headers, Command::Approve { id, by: q.by() }).await
+    command(&s, &headers, &w, Command::Approve { id, by: q.by() }).await
 }
 
 async fn reject(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<Answer>,
+    Query(w): Query<Which>,
     headers: HeaderMap,
 ) -> Response {
     match q.reason.clone().filter(|r| !r.trim().is_empty()) {
-        Some(reason) => command(&s, &headers, Command::Reject { id, by: q.by(), reason }).await,
+        Some(reason) => command(&s, &headers, &w, Command::Reject { id, by: q.by(), reason }).await,
         None => bad_request(&s, &headers, "say why: ?reason=...".into()),
     }
 }
@@ -458,13 +606,14 @@ async fn mark(
     State(s): State<Shared>,
     Path(version): Path<String>,
     Query(q): Query<Answer>,
+    Query(w): Query<Which>,
     headers: HeaderMap,
 ) -> Response {
     let Some(state) = q.state.as_deref().and_then(crate::act::event::Mark::parse) else {
         return bad_request(&s, &headers, "state must be good or bad: ?state=good&reason=...".into());
     };
     match q.reason.clone().filter(|r| !r.trim().is_empty()) {
-        Some(reason) => command(&s, &headers, Command::Mark { version, state, by: q.by(), reason }).await,
+        Some(reason) => command(&s, &headers, &w, Command::Mark { version, state, by: q.by(), reason }).await,
         None => bad_request(&s, &headers, "say why: ?reason=...".into()),
     }
 }
@@ -473,13 +622,16 @@ async fn mark(
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     version: String,
+    /// In a fleet: which deployment (`{"deployment": "api", "version": "v2"}`).
+    #[serde(default)]
+    deployment: Option<String>,
     /// `hook` (a pipeline, the default) or `command` (`rollwatch deployed`).
     #[serde(default)]
     source: Option<String>,
 }
 
 /// `POST /hooks/deploy` with `{"version": "v2"}` as `application/json`.
-async fn deploy_hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn deploy_hook(State(s): State<Shared>, Query(w): Query<Which>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(denied) = unauthorized(&s, &headers) {
         return denied;
     }
@@ -488,7 +640,12 @@ async fn deploy_hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
             .into_response();
     }
     match parse_deploy(&body) {
-        Ok((version, source)) => command(&s, &headers, Command::Deployed { version, source }).await,
+        Ok((version, source)) => {
+            // A fleet's deploy names its deployment in the body (or as ?deployment=).
+            let named = serde_json::from_slice::<DeployBody>(&body).ok().and_then(|b| b.deployment);
+            let w = Which { deployment: named.or(w.deployment) };
+            command(&s, &headers, &w, Command::Deployed { version, source }).await
+        }
         Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     }
 }
@@ -508,25 +665,26 @@ pub fn parse_deploy(body: &[u8]) -> Result<(String, crate::act::event::DeploySou
     Ok((version, source))
 }
 
-async fn pause(State(s): State<Shared>, Query(q): Query<For>, headers: HeaderMap) -> Response {
+async fn pause(State(s): State<Shared>, Query(q): Query<For>, Query(w): Query<Which>, headers: HeaderMap) -> Response {
     match span_of(&q) {
-        Ok(for_) => command(&s, &headers, Command::Pause { for_ }).await,
+        Ok(for_) => command(&s, &headers, &w, Command::Pause { for_ }).await,
         Err(e) => bad_request(&s, &headers, e),
     }
 }
 
-async fn resume(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    command(&s, &headers, Command::Resume).await
+async fn resume(State(s): State<Shared>, Query(w): Query<Which>, headers: HeaderMap) -> Response {
+    command(&s, &headers, &w, Command::Resume).await
 }
 
 async fn silence(
     State(s): State<Shared>,
     Path(rule): Path<String>,
     Query(q): Query<For>,
+    Query(w): Query<Which>,
     headers: HeaderMap,
 ) -> Response {
     match span_of(&q) {
-        Ok(Some(for_)) => command(&s, &headers, Command::Silence { rule, for_ }).await,
+        Ok(Some(for_)) => command(&s, &headers, &w, Command::Silence { rule, for_ }).await,
         Ok(None) => bad_request(&s, &headers, "say how long: ?for=30m".into()),
         Err(e) => bad_request(&s, &headers, e),
     }
@@ -541,16 +699,22 @@ async fn annotate(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<RootCause>,
+    Query(w): Query<Which>,
     headers: HeaderMap,
 ) -> Response {
     match q.root_cause.filter(|r| !r.trim().is_empty()) {
-        Some(root_cause) => command(&s, &headers, Command::Annotate { id, root_cause }).await,
+        Some(root_cause) => command(&s, &headers, &w, Command::Annotate { id, root_cause }).await,
         None => bad_request(&s, &headers, "say what the root cause was: ?root_cause=...".into()),
     }
 }
 
-async fn unsilence(State(s): State<Shared>, Path(rule): Path<String>, headers: HeaderMap) -> Response {
-    command(&s, &headers, Command::Unsilence { rule }).await
+async fn unsilence(
+    State(s): State<Shared>,
+    Path(rule): Path<String>,
+    Query(w): Query<Which>,
+    headers: HeaderMap,
+) -> Response {
+    command(&s, &headers, &w, Command::Unsilence { rule }).await
 }
 
 async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -560,10 +724,19 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
     match alertmanager::parse(&body) {
         Ok(updates) => {
             let n = updates.len();
-            match s.alerts.send(updates).await {
-                Ok(()) => (StatusCode::OK, format!("accepted {n} alerts\n")).into_response(),
-                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+            let routed = s.lanes.route(updates);
+            let applied: usize = routed.iter().map(|(_, u)| u.len()).sum();
+            for (lane, updates) in routed {
+                if lane.alerts.send(updates).await.is_err() {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+                }
             }
+            let text = if applied == n {
+                format!("accepted {n} alerts\n")
+            } else {
+                format!("accepted {applied} of {n} alerts ({} name no known deployment)\n", n - applied)
+            };
+            (StatusCode::OK, text).into_response()
         }
         Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     }
@@ -586,7 +759,8 @@ mod tests {
         let (_status_tx, status) = watch::channel(Arc::new(Snapshot::default()));
         let (alerts, _) = mpsc::channel(1);
         let (commands, _) = mpsc::channel(1);
-        let shared = Shared { status, alerts, commands, token: None, forward: None };
+        let lanes = Arc::new(Lanes::one(Lane { status, alerts, commands }));
+        let shared = Shared { lanes, token: None, forward: None };
         let limits = Limits {
             max_connections: max,
             header_timeout: Duration::from_millis(300),
@@ -652,7 +826,8 @@ mod tests {
         let (alerts, _) = mpsc::channel(1);
         let (commands, _) = mpsc::channel(1);
         let token = Some(Secret("t".into()));
-        let shared = Shared { status, alerts, commands, token, forward: None };
+        let lanes = Arc::new(Lanes::one(Lane { status, alerts, commands }));
+        let shared = Shared { lanes, token, forward: None };
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(serve(listener, shared, shutdown, Limits::default(), Arc::default()));
         let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();

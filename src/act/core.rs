@@ -538,7 +538,7 @@ impl Core {
                 .state
                 .approvals
                 .keys()
-                .map(|id| (id.clone(), super::vars::answer_commands(&self.acting.config_path, id)))
+                .map(|id| (id.clone(), super::vars::answer_commands(&self.acting, id)))
                 .collect(),
             recent_rollbacks: super::history::recent(&self.state, 5),
             recent_escalations: self

@@ -46,6 +46,7 @@ fn acting(policy: Policy) -> Acting {
         plans: BTreeMap::from([("api".to_string(), plan)]),
         redactor: Default::default(),
         config_path: "rollwatch.toml".into(),
+        deployment: None,
     }
 }
 

@@ -65,4 +65,6 @@ pub struct Acting {
     pub redactor: crate::secret::Redactor,
     /// The config file, for the commands messages tell people to run.
     pub config_path: PathBuf,
+    /// In a fleet: the deployment's name (commands name it; messages say it).
+    pub deployment: Option<String>,
 }

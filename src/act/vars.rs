@@ -63,15 +63,19 @@ pub fn approval(acting: &Acting, s: &Start, outcome: Option<Outcome>, id: &str, 
     v.insert("approval_id".into(), id.to_string());
     v.insert("expires_in".into(), crate::time::human(acting.policy.approval_timeout));
     v.insert("target_version".into(), target.unwrap_or("none known").to_string());
-    let (approve, reject) = answer_commands(&acting.config_path, id);
+    let (approve, reject) = answer_commands(acting, id);
     v.insert("approve_command".into(), approve);
     v.insert("reject_command".into(), reject);
     v
 }
 
 /// The exact commands that grant and reject approval `id` (for messages and `/status`).
-pub fn answer_commands(config: &Path, id: &str) -> (String, String) {
-    let config = shell_word(config);
+pub fn answer_commands(acting: &Acting, id: &str) -> (String, String) {
+    let mut config = shell_word(&acting.config_path);
+    if let Some(name) = &acting.deployment {
+        // Names are letters, digits, `-`, `_` and `.`: one shell word as they are.
+        config = format!("{config} --deployment {name}");
+    }
     (format!("rollwatch approve -c {config} {id}"), format!("rollwatch reject -c {config} {id} --reason \"...\""))
 }
 

@@ -17,8 +17,9 @@ use crate::notify::{Console, Notifier};
 use crate::template::messages::blank_vars;
 use crate::time::{Clock, Span, SystemClock};
 
-fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
-    match crate::rules::deployment::load(path) {
+/// The config of the deployment a command concerns (`--deployment NAME` in a fleet).
+fn load(path: &Path, deployment: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
+    match crate::rules::deployment::load_selected(path, deployment) {
         Ok(loaded) => Ok(Some(loaded.config)),
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -28,8 +29,14 @@ fn load(path: &Path, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
 }
 
 /// `rollwatch report -c FILE ID [--format md|json]`: the incident report of one rollback.
-pub fn report(config: &Path, id: &str, format: ReportFormat, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let loaded = match crate::rules::deployment::load(config) {
+pub fn report(
+    config: &Path,
+    deployment: Option<&str>,
+    id: &str,
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let loaded = match crate::rules::deployment::load_selected(config, deployment) {
         Ok(loaded) => loaded,
         Err(errors) => {
             writeln!(out, "{errors}")?;
@@ -78,21 +85,31 @@ pub enum ReportFormat {
 }
 
 /// POSTs `path_and_query` to the running sidecar and prints its answer.
-pub fn post(config: &Path, path_and_query: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    post_body(config, path_and_query, None, out)
+pub fn post(
+    config: &Path,
+    deployment: Option<&str>,
+    path_and_query: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    post_body(config, deployment, path_and_query, None, out)
 }
 
 /// `rollwatch deployed -c FILE VERSION`: `POST /hooks/deploy` as a pipeline would.
-pub fn deployed(config: &Path, version: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn deployed(
+    config: &Path,
+    deployment: Option<&str>,
+    version: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let body = serde_json::json!({ "version": version, "source": "command" });
-    post_body(config, "/hooks/deploy", Some(body), out)
+    post_body(config, deployment, "/hooks/deploy", Some(body), out)
 }
 
 /// `rollwatch versions -c FILE [--json]`: every version the journal knows, latest deploy last
 /// (of versions deployed before the last [`RECENT_VERSIONS`](crate::act::versions::RECENT_VERSIONS),
 /// those with a verdict).
-pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+pub fn versions(config: &Path, deployment: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
     let list = history::versions(&state);
     let current = state.versions.current.clone();
@@ -126,11 +143,26 @@ pub fn versions(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Resul
 
 fn post_body(
     config: &Path,
+    deployment: Option<&str>,
     path_and_query: &str,
     body: Option<serde_json::Value>,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
+    // A fleet's deployment is named to the sidecar (in the body of a deploy, else the query).
+    let (path_and_query, body) = match &config.member {
+        None => (path_and_query.to_string(), body),
+        Some(m) => match body {
+            Some(mut b) => {
+                b["deployment"] = serde_json::json!(m.name);
+                (path_and_query.to_string(), Some(b))
+            }
+            None => {
+                let join = if path_and_query.contains('?') { '&' } else { '?' };
+                (format!("{path_and_query}{join}deployment={}", m.name), None)
+            }
+        },
+    };
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -163,12 +195,13 @@ fn post_body(
 /// `rollwatch notify -c FILE --channel NAME --template NAME [--var k=v]...`
 pub fn notify(
     config: &Path,
+    deployment: Option<&str>,
     channel: &str,
     template: &str,
     vars: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let (config, profiles) = match crate::rules::deployment::load(config) {
+    let (config, profiles) = match crate::rules::deployment::load_selected(config, deployment) {
         Ok(loaded) => {
             let profiles: Vec<String> = loaded.evaluator.profiles.iter().map(|p| p.name.clone()).collect();
             (loaded.config, profiles)
@@ -279,8 +312,8 @@ pub fn notify(
 }
 
 /// `rollwatch history -c FILE [--json]`
-pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+pub fn history(config: &Path, deployment: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
     let entries = history::entries(&state);
     let approvals = history::approvals(&state);
@@ -325,13 +358,19 @@ pub fn history(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
 
 /// Whether the config names replicas (`[ha]`); a config that does not load says no (the
 /// command it was asked for then reports the errors).
-pub fn has_ha(config: &Path) -> bool {
-    crate::rules::deployment::load(config).is_ok_and(|d| d.config.ha.is_some())
+pub fn has_ha(config: &Path, deployment: Option<&str>) -> bool {
+    crate::rules::deployment::load_selected(config, deployment).is_ok_and(|d| d.config.ha.is_some())
 }
 
 /// `rollwatch annotate -c FILE ID --root-cause TEXT`
-pub fn annotate(config: &Path, id: &str, root_cause: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, out)? else { return Ok(ExitCode::FAILURE) };
+pub fn annotate(
+    config: &Path,
+    deployment: Option<&str>,
+    id: &str,
+    root_cause: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
     // Dated on the sidecar's timeline (as it resumes), which may differ from the system clock.
     let now = SystemClock.now();
     let at = crate::journal::LastTimeline::read(&config.state_dir).map_or(now, |l| l.resume(now, config.ha.is_none()));

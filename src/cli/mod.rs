@@ -92,6 +92,9 @@ pub enum Command {
         /// Who approves (journalled and shown in history; default: your user name).
         #[arg(long)]
         by: Option<String>,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Reject a pending rollback: not asked again for this version until its decision clears.
     Reject {
@@ -106,6 +109,9 @@ pub enum Command {
         /// Who rejects (default: your user name).
         #[arg(long)]
         by: Option<String>,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Report a deploy to the running sidecar (as a pipeline would with POST /hooks/deploy).
     Deployed {
@@ -114,6 +120,9 @@ pub enum Command {
         config: PathBuf,
         /// The version now deployed.
         version: String,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// List the versions the journal knows: deployed when, good/bad/new, and the evidence.
     Versions {
@@ -123,6 +132,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Correct what a version is: good (a rollback target) or bad (never one). Asks the running sidecar.
     Mark {
@@ -140,6 +152,9 @@ pub enum Command {
         /// Who marks it (default: your user name).
         #[arg(long)]
         by: Option<String>,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Stop acting (decisions are still made and journalled as suppressed), for a while or until resumed.
     Pause {
@@ -149,12 +164,18 @@ pub enum Command {
         /// How long, e.g. "30m" (default: until `resume`).
         #[arg(long = "for", value_parser = parse_span)]
         duration: Option<crate::time::Span>,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Act again after `pause`.
     Resume {
         /// The running sidecar's rollwatch.toml (its listen address and API token).
         #[arg(short, long)]
         config: PathBuf,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Suppress rollbacks driven only by this rule, for a while.
     Silence {
@@ -166,6 +187,9 @@ pub enum Command {
         /// How long, e.g. "2h".
         #[arg(long = "for", value_parser = parse_span)]
         duration: crate::time::Span,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// End a silence early.
     Unsilence {
@@ -174,6 +198,9 @@ pub enum Command {
         config: PathBuf,
         /// The rule's name (as in /status and the profile).
         rule: String,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Send a notification template through a configured channel (for incident channels); no
     /// sidecar needed.
@@ -190,6 +217,9 @@ pub enum Command {
         /// A template value, e.g. --var reason="error spike" (repeatable).
         #[arg(long = "var")]
         vars: Vec<String>,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Print the rollback history (runbook 004's fields) from the journal.
     History {
@@ -199,6 +229,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Print a rollback's incident report from the journal: severity, versions, durations,
     /// verification, escalations, root cause and a timeline.
@@ -211,6 +244,9 @@ pub enum Command {
         /// `md` (Markdown) or `json`.
         #[arg(long, value_enum, default_value_t = act::ReportFormat::Md)]
         format: act::ReportFormat,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Record a rollback's root cause in the journal.
     Annotate {
@@ -222,6 +258,9 @@ pub enum Command {
         /// What caused the incident (shown in history and reports).
         #[arg(long)]
         root_cause: String,
+        /// In a fleet: which deployment (required when the config lists several).
+        #[arg(long)]
+        deployment: Option<String>,
     },
     /// Replay one fixture and print its timeline: rule state changes and decisions.
     Replay {
@@ -254,39 +293,57 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Record { config, duration, output, listen, state_dir, svg } => {
             run::record(&config, run::Recording { duration, output: &output, listen, state_dir, svg }, out)
         }
-        Command::Approve { config, id, by } => {
+        Command::Approve { config, id, by, deployment } => {
             let by = by.unwrap_or_else(user_name);
-            act::post(&config, &format!("/approve/{}?by={}", url_segment(&id), url_segment(&by)), out)
+            act::post(
+                &config,
+                deployment.as_deref(),
+                &format!("/approve/{}?by={}", url_segment(&id), url_segment(&by)),
+                out,
+            )
         }
-        Command::Reject { config, id, reason, by } => {
+        Command::Reject { config, id, reason, by, deployment } => {
             let by = by.unwrap_or_else(user_name);
             let query = format!("?by={}&reason={}", url_segment(&by), url_segment(&reason));
-            act::post(&config, &format!("/reject/{}{query}", url_segment(&id)), out)
+            act::post(&config, deployment.as_deref(), &format!("/reject/{}{query}", url_segment(&id)), out)
         }
-        Command::Deployed { config, version } => act::deployed(&config, &version, out),
-        Command::Versions { config, json } => act::versions(&config, json, out),
-        Command::Mark { config, version, state, reason, by } => {
+        Command::Deployed { config, version, deployment } => {
+            act::deployed(&config, deployment.as_deref(), &version, out)
+        }
+        Command::Versions { config, json, deployment } => act::versions(&config, deployment.as_deref(), json, out),
+        Command::Mark { config, version, state, reason, by, deployment } => {
             let by = by.unwrap_or_else(user_name);
             let query = format!("?state={state}&by={}&reason={}", url_segment(&by), url_segment(&reason));
-            act::post(&config, &format!("/versions/{}/mark{query}", url_segment(&version)), out)
+            act::post(&config, deployment.as_deref(), &format!("/versions/{}/mark{query}", url_segment(&version)), out)
         }
-        Command::Pause { config, duration } => act::post(&config, &format!("/pause{}", act::for_query(duration)), out),
-        Command::Resume { config } => act::post(&config, "/resume", out),
-        Command::Silence { config, rule, duration } => {
-            act::post(&config, &format!("/silence/{}{}", url_segment(&rule), act::for_query(Some(duration))), out)
+        Command::Pause { config, duration, deployment } => {
+            act::post(&config, deployment.as_deref(), &format!("/pause{}", act::for_query(duration)), out)
         }
-        Command::Unsilence { config, rule } => act::post(&config, &format!("/unsilence/{}", url_segment(&rule)), out),
-        Command::Notify { config, channel, template, vars } => act::notify(&config, &channel, &template, &vars, out),
-        Command::History { config, json } => act::history(&config, json, out),
-        Command::Report { config, id, format } => act::report(&config, &id, format, out),
-        Command::Annotate { config, id, root_cause } => {
+        Command::Resume { config, deployment } => act::post(&config, deployment.as_deref(), "/resume", out),
+        Command::Silence { config, rule, duration, deployment } => act::post(
+            &config,
+            deployment.as_deref(),
+            &format!("/silence/{}{}", url_segment(&rule), act::for_query(Some(duration))),
+            out,
+        ),
+        Command::Unsilence { config, rule, deployment } => {
+            act::post(&config, deployment.as_deref(), &format!("/unsilence/{}", url_segment(&rule)), out)
+        }
+        Command::Notify { config, channel, template, vars, deployment } => {
+            act::notify(&config, deployment.as_deref(), &channel, &template, &vars, out)
+        }
+        Command::History { config, json, deployment } => act::history(&config, deployment.as_deref(), json, out),
+        Command::Report { config, id, format, deployment } => {
+            act::report(&config, deployment.as_deref(), &id, format, out)
+        }
+        Command::Annotate { config, id, root_cause, deployment } => {
             // Among replicas the root cause goes to the leader (and through the shared log to
             // every replica's history); alone, straight into the journal.
-            if act::has_ha(&config) {
+            if act::has_ha(&config, deployment.as_deref()) {
                 let query = format!("?root_cause={}", url_segment(&root_cause));
-                act::post(&config, &format!("/annotate/{}{query}", url_segment(&id)), out)
+                act::post(&config, deployment.as_deref(), &format!("/annotate/{}{query}", url_segment(&id)), out)
             } else {
-                act::annotate(&config, &id, &root_cause, out)
+                act::annotate(&config, deployment.as_deref(), &id, &root_cause, out)
             }
         }
     }

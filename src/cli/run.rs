@@ -55,14 +55,25 @@ pub fn record(path: &Path, recording: Recording, out: &mut dyn Write) -> anyhow:
 }
 
 fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let crate::rules::deployment::Deployment { mut config, evaluator: ev, procedures } =
-        match crate::rules::deployment::load(path) {
-            Ok(loaded) => loaded,
-            Err(errors) => {
-                writeln!(out, "{errors}")?;
-                return Ok(ExitCode::FAILURE);
-            }
-        };
+    let mut loaded = match crate::rules::deployment::load_fleet(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            writeln!(out, "{errors}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(route_alerts_by) = loaded.route_alerts_by.take() {
+        if record.is_some() {
+            writeln!(
+                out,
+                "{}: `record` of a fleet is not built yet: record one deployment from a config of its own",
+                path.display()
+            )?;
+            return Ok(ExitCode::FAILURE);
+        }
+        return fleet(loaded.deployments, route_alerts_by, out);
+    }
+    let crate::rules::deployment::Deployment { mut config, evaluator: ev, procedures } = loaded.deployments.remove(0);
     if let Some(r) = &record {
         if let Some(listen) = r.listen {
             config.listen = listen;
@@ -194,6 +205,109 @@ fn sidecar(path: &Path, record: Option<Recording>, out: &mut dyn Write) -> anyho
         std::fs::write(r.output, recorder.fixture(&paths))
             .with_context(|| format!("writing {}", r.output.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run` of a fleet: each deployment's secrets, state_dir lock and timeline, then every
+/// deployment's engine behind one server until SIGTERM or SIGINT; SIGHUP reloads each.
+fn fleet(
+    deployments: Vec<crate::rules::deployment::Deployment>,
+    route_alerts_by: String,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let Some(first) = deployments.first() else { return Ok(ExitCode::FAILURE) };
+    let (listen, max_connections, api_token_env) =
+        (first.config.listen, first.config.max_connections, first.config.api_token_env.clone());
+    let top = first.config.member.as_ref().map_or_else(|| first.config.path.clone(), |m| m.fleet.clone());
+    let token = match &api_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(crate::secret::Secret(v)),
+            _ => {
+                writeln!(out, "{}: api_token_env names {var}, which is not set", top.display())?;
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    let mut ready = Vec::new();
+    let mut targets_total = 0;
+    for d in deployments {
+        let name = d.config.member.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let targets = match d.config.targets(|var| std::env::var(var).ok()) {
+            Ok(t) => t,
+            Err(errors) => {
+                writeln!(out, "{}", crate::config::fleet::tag(errors, &name))?;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        targets_total += targets.len();
+        let lock = match crate::journal::StateLock::take(&d.config.state_dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                writeln!(out, "{}: deployment {name:?}: {e}", top.display())?;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let last = match crate::journal::LastTimeline::read(&d.config.state_dir) {
+            Ok(last) => last,
+            Err(e) => {
+                writeln!(out, "{}: deployment {name:?}: {e}", top.display())?;
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let clock = crate::time::SteadyClock::starting_at(last.resume(SystemClock.now(), d.config.ha.is_none()));
+        ready.push((name, d, targets, lock, clock));
+    }
+    crate::act::process::contain();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
+        let names: Vec<&str> = ready.iter().map(|r| r.0.as_str()).collect();
+        writeln!(
+            out,
+            "rollwatch: watching {} deployment(s) ({}) with {targets_total} target(s); status at http://{addr}/status; journals in each deployment's state_dir",
+            names.len(),
+            names.join(", "),
+        )?;
+        out.flush()?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut listeners = tokio::task::JoinSet::new();
+        listeners.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            let _ = stop.send(true);
+        });
+        let mut reloads = Vec::new();
+        let mut members = Vec::new();
+        for (name, d, targets, lock, clock) in ready {
+            let (reload_tx, reload) = tokio::sync::mpsc::channel(1);
+            reloads.push(reload_tx);
+            let parts = engine::Parts {
+                reload: Some(reload),
+                lock: Some(lock),
+                clock: Arc::new(clock),
+                ..engine::Parts::new(d.evaluator, d.procedures, targets)
+            };
+            members.push(engine::fleet::Member { name, config: d.config, parts });
+        }
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            listeners.spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading every deployment's config");
+                    for r in &reloads {
+                        let _ = r.try_send(());
+                    }
+                }
+            });
+        }
+        let front = engine::fleet::Front { listener, token, route_alerts_by, max_connections };
+        let ran = engine::fleet::run(members, front, shutdown).await.map_err(anyhow::Error::from);
+        listeners.abort_all();
+        while listeners.join_next().await.is_some() {}
+        ran
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -173,6 +173,8 @@ struct Inner {
     /// Masks secrets in what channels answer (a Slack error body, an SMTP reply) before it is
     /// logged or journalled.
     redactor: std::sync::OnceLock<Redactor>,
+    /// In a fleet: the deployment every message is about (each message says it first).
+    deployment: std::sync::OnceLock<String>,
     /// Messages dropped from full queues.
     pub dropped: AtomicU64,
 }
@@ -233,6 +235,7 @@ impl Notifier {
             idle: Notify::new(),
             threads: std::sync::Mutex::default(),
             redactor: std::sync::OnceLock::new(),
+            deployment: std::sync::OnceLock::new(),
             dropped: AtomicU64::new(0),
         });
         let mut queues = BTreeMap::new();
@@ -284,6 +287,12 @@ impl Notifier {
         let _ = self.inner.redactor.set(redactor);
     }
 
+    /// Names the deployment every message is about (a fleet's): each message starts with
+    /// `[NAME] `, and a webhook's `vars` carry `deployment`.
+    pub fn name_deployment(&self, name: String) {
+        let _ = self.inner.deployment.set(name);
+    }
+
     /// Messages dropped from full queues so far.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::SeqCst)
@@ -292,6 +301,18 @@ impl Notifier {
     /// Queues `template` for every channel and returns at once: notifications never block actions.
     /// A full queue drops its oldest message (counted and journalled as `notify_dropped`).
     pub fn announce(&self, template: &str, vars: &Vars) {
+        let named;
+        let vars = match self.inner.deployment.get() {
+            Some(name) => {
+                named = {
+                    let mut v = vars.clone();
+                    v.insert("deployment".into(), name.clone());
+                    v
+                };
+                &named
+            }
+            None => vars,
+        };
         for (name, queue) in self.queues.iter() {
             // A channel that is only someone's fallback still gets announcements: it is a channel.
             self.inner.pending.fetch_add(1, Ordering::SeqCst);
@@ -387,7 +408,11 @@ async fn try_channel(inner: &Inner, channel: &Channel, template: &str, vars: &Va
         ChannelKind::Slack(_) => Escape::Slack,
         ChannelKind::Console | ChannelKind::Webhook { .. } | ChannelKind::Email(_) => Escape::Text,
     };
-    let text = inner.templates.render(template, vars, escape)?;
+    let mut text = inner.templates.render(template, vars, escape)?;
+    if let Some(name) = inner.deployment.get() {
+        // Deployment names are letters, digits, `-`, `_` and `.`: nothing to escape.
+        text = format!("[{name}] {text}");
+    }
     let attempts = channel.attempts.max(1);
     let mut backoff = channel.backoff.as_std();
     let mut last = SendFailure::transient("not tried");

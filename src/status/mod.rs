@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 
+pub mod fleet;
 pub mod page;
 
 use serde::Serialize;

@@ -251,6 +251,7 @@ fn start_with(
         plans: BTreeMap::from([(PROFILE.to_string(), plan.clone())]),
         redactor: rollwatch::secret::Redactor::new(["tok-S3CRET".to_string()]),
         config_path: dir.join("rollwatch.toml"),
+        deployment: None,
     };
     let ledger = match coordinator {
         Some(c) => rollwatch::act::ledger::Ledger::shared(journal, c, &lines),

@@ -15,6 +15,7 @@ mod data_quality;
 mod demo;
 mod end_to_end;
 mod endpoints;
+mod fleet;
 mod ha;
 mod ha_faults;
 mod hostile;

@@ -1,0 +1,193 @@
+//! A fleet's `/status` and `/metrics`: every deployment on one list (its version, its verdict,
+//! the rollback in flight), each linking its own page (`/status/NAME`, what `/status` is for
+//! one deployment); the metrics of every deployment merged into one exposition, each sample
+//! labelled `deployment="NAME"`, plus the alerts that named no known deployment.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use super::Snapshot;
+use crate::time::Timestamp;
+
+/// The fleet at a glance.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overview {
+    pub deployments: Vec<Row>,
+    /// Alerts that named no known deployment, applied to none.
+    pub alerts_unrouted_total: u64,
+}
+
+/// One deployment's line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub name: String,
+    /// Its own page (`/status/NAME`).
+    pub page: String,
+    pub version: Option<String>,
+    /// The gravest outcome of its profiles' latest decisions (`none` before the first tick).
+    pub verdict: String,
+    pub rollback_in_flight: Option<String>,
+    pub paused: bool,
+    pub may_act: bool,
+    pub ticks_total: u64,
+    pub at: Timestamp,
+}
+
+/// The overview of the deployments' latest snapshots.
+pub fn overview(snapshots: &[(String, Arc<Snapshot>)], unrouted: u64) -> Overview {
+    let deployments = snapshots
+        .iter()
+        .map(|(name, s)| Row {
+            name: name.clone(),
+            page: format!("/status/{name}"),
+            version: s.acting.version.clone(),
+            verdict: s.decisions.iter().map(|d| d.outcome).max().map_or("none".to_string(), |o| o.to_string()),
+            rollback_in_flight: s.acting.in_flight.as_ref().map(|f| f.rollback_id.clone()),
+            paused: s.acting.paused_until.is_some_and(|until| until > s.at),
+            may_act: s.may_act,
+            ticks_total: s.ticks_total,
+            at: s.at,
+        })
+        .collect();
+    Overview { deployments, alerts_unrouted_total: unrouted }
+}
+
+impl Overview {
+    /// The page for people: a table of deployments, each linking its page; refreshes itself.
+    pub fn page(&self) -> String {
+        use crate::template::html;
+        let mut out = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+             <meta name=\"viewport\" content=\"width=device-width\"><title>rollwatch: deployments</title>\
+             <style>body{font-family:sans-serif;margin:1em}td,th{padding:.2em .8em;text-align:left}\
+             .rollback{color:#b00;font-weight:bold}.consider{color:#b60}</style></head><body>\
+             <h1>rollwatch: deployments</h1><table><tr><th>deployment</th><th>version</th><th>verdict</th>\
+             <th>rollback in flight</th><th>acting</th></tr>",
+        );
+        for r in &self.deployments {
+            let acting = match (r.may_act, r.paused) {
+                (_, true) => "paused",
+                (true, false) => "yes",
+                (false, false) => "no",
+            };
+            let _ = write!(
+                out,
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{acting}</td></tr>",
+                html(&r.page),
+                html(&r.name),
+                html(r.version.as_deref().unwrap_or("unknown")),
+                html(&r.verdict),
+                html(&r.verdict),
+                html(r.rollback_in_flight.as_deref().unwrap_or("")),
+            );
+        }
+        let _ = write!(
+            out,
+            "</table><p>Alerts naming no known deployment: {}</p></body></html>",
+            self.alerts_unrouted_total
+        );
+        out
+    }
+}
+
+/// The deployments' metrics as one exposition: each family once (its `HELP` and `TYPE`, then
+/// every deployment's samples), each sample labelled with its deployment.
+pub fn metrics(snapshots: &[(String, Arc<Snapshot>)], unrouted: u64) -> String {
+    // Family name → (header lines, samples), in first-seen order.
+    let mut order: Vec<String> = Vec::new();
+    let mut families: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for (name, snap) in snapshots {
+        let text = snap.metrics();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+                current = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let entry = families.entry(current.clone()).or_insert_with(|| {
+                    order.push(current.clone());
+                    (Vec::new(), Vec::new())
+                });
+                if !entry.0.iter().any(|l| l == line) {
+                    entry.0.push(line.to_string());
+                }
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let sample = with_label(line, name);
+            let family = if current.is_empty() { sample_name(line).to_string() } else { current.clone() };
+            families
+                .entry(family.clone())
+                .or_insert_with(|| {
+                    order.push(family.clone());
+                    (Vec::new(), Vec::new())
+                })
+                .1
+                .push(sample);
+        }
+    }
+    let mut out = String::new();
+    for family in order {
+        let (headers, samples) = &families[&family];
+        for l in headers.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rollwatch_alerts_unrouted_total Alerts whose routing label named no known deployment (applied to none).\n\
+         # TYPE rollwatch_alerts_unrouted_total counter\nrollwatch_alerts_unrouted_total {unrouted}"
+    );
+    out
+}
+
+/// A sample's metric name (up to its labels or value).
+fn sample_name(line: &str) -> &str {
+    line.split(['{', ' ']).next().unwrap_or_default()
+}
+
+/// A sample line with `deployment="NAME"` added first among its labels. (Names are checked at
+/// load: letters, digits, `-`, `_`, `.`; nothing to escape.)
+fn with_label(line: &str, deployment: &str) -> String {
+    let name = sample_name(line);
+    let rest = &line[name.len()..];
+    match rest.strip_prefix('{') {
+        Some(labels) if labels.starts_with('}') => format!("{name}{{deployment=\"{deployment}\"{labels}"),
+        Some(labels) => format!("{name}{{deployment=\"{deployment}\",{labels}"),
+        None => format!("{name}{{deployment=\"{deployment}\"}}{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_names_its_deployment_and_each_family_is_listed_once() {
+        let a = Arc::new(Snapshot { ticks_total: 3, ..Snapshot::default() });
+        let b = Arc::new(Snapshot { ticks_total: 5, ..Snapshot::default() });
+        let text = metrics(&[("api".into(), a), ("web".into(), b)], 2);
+        let ticks: Vec<&str> = text.lines().filter(|l| l.starts_with("rollwatch_ticks_total")).collect();
+        assert_eq!(
+            ticks,
+            ["rollwatch_ticks_total{deployment=\"api\"} 3", "rollwatch_ticks_total{deployment=\"web\"} 5"],
+            "{text}"
+        );
+        let types = text.lines().filter(|l| *l == "# TYPE rollwatch_ticks_total counter").count();
+        assert_eq!(types, 1, "{text}");
+        assert!(text.contains("rollwatch_alerts_unrouted_total 2"), "{text}");
+        // Every sample line carries a deployment, but the unrouted count (process-wide).
+        for l in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("rollwatch_alerts_unrouted_total")) {
+            assert!(l.contains("deployment=\""), "{l}");
+        }
+    }
+
+    #[test]
+    fn a_label_goes_first_whatever_the_sample_has() {
+        assert_eq!(with_label("x 1", "a"), "x{deployment=\"a\"} 1");
+        assert_eq!(with_label("x{} 1", "a"), "x{deployment=\"a\"} 1");
+        assert_eq!(with_label("x{r=\"q\"} 1", "a"), "x{deployment=\"a\",r=\"q\"} 1");
+    }
+}
