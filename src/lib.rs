@@ -34,7 +34,8 @@
 //! - [`fixture`]: the fixture format, promtool's series notation, and replay on fixture time.
 //! - [`record`]: a live run written as a fixture (`rollwatch record`).
 //! - [`server`]: own endpoints — `/metrics`, `/healthz`, `/status`, the hooks, operator commands.
-//! - [`engine`]: the live pipeline — pollers → store → evaluator on ticks of its steady clock → dispatcher.
+//! - [`engine`]: the live pipeline — pollers → store → evaluator on ticks of its steady clock → dispatcher;
+//!   a fleet runs one engine per deployment behind one server (`engine::fleet`).
 //! - [`demo`]: a simulated deployment watched by the SOLVEREIGN profile through the real engine.
 //! - [`cli`]: the command line (`check`, `test`, `replay`, `run`, `record`, `demo`, `approve`, `pause`,
 //!   `resume`, `silence`, `notify`, `history`, `annotate`, …).
