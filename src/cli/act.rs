@@ -327,8 +327,11 @@ pub fn history(config: &Path, deployment: Option<&str>, json: bool, out: &mut dy
     }
     for e in entries {
         line(out, &format!("{}  ({})", e.summary(), e.date))?;
-        let hint =
-            format!("(not recorded: rollwatch annotate -c {} {} --root-cause \"...\")", config.path.display(), e.id);
+        let config_args = match &config.member {
+            Some(m) => format!("{} --deployment {}", m.fleet.display(), m.name),
+            None => config.path.display().to_string(),
+        };
+        let hint = format!("(not recorded: rollwatch annotate -c {config_args} {} --root-cause \"...\")", e.id);
         line(out, &format!("    root cause: {}", e.root_cause.as_deref().unwrap_or(&hint)))?;
         if let Some(t) = e.timing_line() {
             line(out, &format!("    timing: {t}"))?;

@@ -172,6 +172,12 @@ async fn outages_in_two_deployments_roll_back_each_once_and_nothing_else() {
     assert!(metrics.contains("rollwatch_ticks_total{deployment=\"api\"}"), "{metrics}");
     assert!(metrics.contains("rollwatch_ticks_total{deployment=\"web\"}"), "{metrics}");
     assert_eq!(metrics.matches("# TYPE rollwatch_ticks_total ").count(), 1, "{metrics}");
+    // The deployment's own history, from its own journal, saying how to annotate it.
+    let top = config.to_str().unwrap();
+    let (code, out, _) = common::rollwatch(&["history", "-c", top, "--deployment", "web"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rb-1") && out.contains("completed"), "{out}");
+    assert!(out.contains(&format!("rollwatch annotate -c {top} --deployment web rb-1")), "{out}");
     sidecar.stop();
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     assert!(stdout.contains("[api] 🔄 ROLLBACK IN PROGRESS"), "{stdout}");
