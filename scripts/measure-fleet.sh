@@ -36,10 +36,14 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer.request_queue_size = 1024
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        pass  # a poll cut short at the sidecar's stop
+S(("127.0.0.1", port), H).serve_forever()
 PY
-python3 "$dir/sim.py" "$dir" "$port" &
+python3 "$dir/sim.py" "$dir" "$port" 2>"$dir/sim.log" &
 wait_for "http://127.0.0.1:$port/d1/health"
 
 mkdir -p "$dir/deploy"
@@ -108,4 +112,5 @@ print(f'evaluations per deployment: min {min(ticks)}, max {max(ticks)} in {up:.0
 echo "rollback step in d1 ran $(python3 -c "print('never' if '$acted' == 'never' else f'{$acted - $down:.2f} s')") after the outage (a 5 s poll and a 5 s evaluation: at most ~10 s)"
 others=$(ls "$dir" | grep -c '^acted-' || true)
 echo "deployments that acted: $others (only d1 should)"
+echo "failed polls: $(echo "$metrics" | grep -E '^rollwatch_target_errors_total' | awk '{s += $2} END {print s + 0}') (d1's outage included)"
 kill -TERM "$pid"; wait "$pid"

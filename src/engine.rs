@@ -90,6 +90,9 @@ pub struct Parts {
     pub commands: Option<mpsc::Receiver<CommandRequest>>,
     /// The state_dir's lock, when the caller took it already (before binding the listen port).
     pub lock: Option<crate::journal::StateLock>,
+    /// The HTTP client for pollers, actions and notifications, when the caller shares one (a
+    /// fleet's engines share the process's); `None` builds one.
+    pub client: Option<reqwest::Client>,
     /// A fleet's deployment: the fleet's server reaches this engine through a [`server::Lane`]
     /// (see [`lane`]); `listener` is then `None`.
     pub served: Option<Served>,
@@ -132,6 +135,7 @@ impl Parts {
             env: process_env(),
             commands: None,
             lock: None,
+            client: None,
             served: None,
         }
     }
@@ -269,6 +273,7 @@ impl Engine {
             env,
             commands,
             lock,
+            client,
             served,
         } = parts;
         let (commands, served) = match served {
@@ -292,7 +297,10 @@ impl Engine {
         // Streamed, keeping the state events only (without the forgotten versions' deploys): a
         // large journal does not make a large restart.
         let history = crate::act::history::restore_lines(&journal.path())?;
-        let client = http_client()?;
+        let client = match client {
+            Some(c) => c,
+            None => http_client()?,
+        };
         let plans = Plan::build(&ev, &procedures);
         let (acting, notifier) = acting_parts(&config, plans, &env, &client, &console, &journal, &clock)?;
         // With [ha], acting events go to the shared log in etcd first (fenced by leadership).

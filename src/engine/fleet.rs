@@ -36,13 +36,15 @@ pub struct Front {
 /// cannot start (its state_dir, its journal) stops the others and is the error.
 pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // One client (one connection pool, one TLS configuration) for every deployment.
+    let client = crate::source::poller::http_client()?;
     let (stop_all, all_stop) = watch::channel(false);
     let mut lanes = BTreeMap::new();
     let mut engines = tokio::task::JoinSet::new();
     for m in members {
         let (l, served) = lane(refused.clone());
         lanes.insert(m.name.clone(), l);
-        let parts = Parts { served: Some(served), listener: None, ..m.parts };
+        let parts = Parts { served: Some(served), listener: None, client: Some(client.clone()), ..m.parts };
         let stop = all_stop.clone();
         let name = m.name;
         let config = m.config;
