@@ -76,42 +76,73 @@ impl Fleet {
 /// Loads a `rollwatch.toml`: a fleet when it lists `deployments`, else one deployment (as
 /// [`load`]). Every error of every file at once, each deployment's naming it.
 pub fn load_fleet(path: &Path) -> Result<Fleet, Diagnostics> {
+    let (route_alerts_by, members) = load_members(path)?;
+    let mut errors = Diagnostics::default();
+    let mut deployments = Vec::new();
+    for (_, loaded) in members {
+        match loaded {
+            Ok(d) => deployments.push(d),
+            Err(e) => errors.0.extend(e.0),
+        }
+    }
+    errors.into_result(Fleet { route_alerts_by, deployments })
+}
+
+/// A deployment's name and what loading it gave: itself, or its errors (naming it).
+type Loaded = (String, Result<Deployment, Diagnostics>);
+
+/// The route label (`None`: one deployment) and each deployment loaded on its own, so that
+/// one deployment's errors do not keep another from loading (a reload, a command naming it).
+/// Errors of the top file are the `Err`.
+fn load_members(path: &Path) -> Result<(Option<String>, Vec<Loaded>), Diagnostics> {
     let file = SourceFile::read(path)?;
     if !crate::config::fleet::is_fleet(&file) {
-        let one = from_source(file)?;
-        return Ok(Fleet { route_alerts_by: None, deployments: vec![one] });
+        return Ok((None, vec![(String::new(), from_source(file))]));
     }
     let mut errors = Diagnostics::default();
     let Some(spec) = crate::config::fleet::read(&file, &mut errors) else { return Err(errors) };
-    let mut deployments = Vec::new();
-    for m in spec.members {
-        let name = m.config.member.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        match assemble(&m.file, m.config, m.profiles, m.errors) {
-            Ok(d) => deployments.push(d),
-            Err(e) => errors.0.extend(crate::config::fleet::tag(e, &name).0),
+    if !errors.is_empty() {
+        // The top file's own errors (and deployment files that did not parse) concern all;
+        // each deployment's errors come with it.
+        for m in spec.members {
+            let name = m.config.member.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            if let Err(e) = assemble(&m.file, m.config, m.profiles, m.errors) {
+                errors.0.extend(crate::config::fleet::tag(e, &name).0);
+            }
         }
+        return Err(errors);
     }
-    errors.into_result(Fleet { route_alerts_by: Some(spec.route_alerts_by), deployments })
+    let members = spec
+        .members
+        .into_iter()
+        .map(|m| {
+            let name = m.config.member.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            let loaded =
+                assemble(&m.file, m.config, m.profiles, m.errors).map_err(|e| crate::config::fleet::tag(e, &name));
+            (name, loaded)
+        })
+        .collect();
+    Ok((Some(spec.route_alerts_by), members))
 }
 
 /// The one deployment a command concerns: `name` among a fleet's (required when there are
-/// several), or the config's only one.
+/// several), or the config's only one. Another deployment's errors do not stop it.
 pub fn load_selected(path: &Path, name: Option<&str>) -> Result<Deployment, Diagnostics> {
-    let mut fleet = load_fleet(path)?;
-    let names: Vec<String> = fleet.names().into_iter().map(str::to_string).collect();
+    let (route, mut members) = load_members(path)?;
+    let names: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
     let at = |message: String| Err(crate::diag::Diagnostic::file(path, message).into());
     match name {
-        None if fleet.deployments.len() == 1 => Ok(fleet.deployments.remove(0)),
+        None if members.len() == 1 => members.remove(0).1,
         None => at(format!(
             "this config watches {} deployments ({}): say which with --deployment NAME",
             names.len(),
             names.join(", ")
         )),
-        Some(n) if fleet.route_alerts_by.is_none() => at(format!(
+        Some(n) if route.is_none() => at(format!(
             "--deployment {n:?}: this config is one deployment without a name (no `deployments`); leave --deployment out"
         )),
         Some(n) => match names.iter().position(|x| x == n) {
-            Some(i) => Ok(fleet.deployments.remove(i)),
+            Some(i) => members.remove(i).1,
             None => {
                 let hint = crate::diag::did_you_mean(n, names.iter().map(String::as_str));
                 at(format!("no deployment named {n:?}{hint} (deployments: {})", names.join(", ")))

@@ -383,3 +383,65 @@ fn check_places_each_error_and_names_its_deployment() {
     let (code, out, _) = common::rollwatch(&["check", d.join("rollwatch.toml").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_each_deployment_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, web) = (Service::start(true).await, Service::start(true).await);
+    let listen = common::free_listen();
+    let config = fleet(dir.path(), &listen, &api, &web, "0");
+    let sidecar = common::Guard(common::spawn_run(dir.path(), &config));
+    status_of(&listen, "web", |s| s["acting"]["mode"] == "auto").await;
+    // web goes dry-run; api's file is broken: web reloads, api keeps its running config.
+    let web_file = dir.path().join("deploy").join("web.toml");
+    let text = std::fs::read_to_string(&web_file).unwrap().replace("[policy]\n", "[policy]\nmode = \"dry-run\"\n");
+    std::fs::write(&web_file, text).unwrap();
+    let api_file = dir.path().join("deploy").join("api.toml");
+    let text = std::fs::read_to_string(&api_file).unwrap().replace("interval = \"200ms\"", "interval = \"soon\"");
+    std::fs::write(&api_file, text).unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &sidecar.0.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    status_of(&listen, "web", |s| s["acting"]["mode"] == "dry-run").await;
+    common::wait_for_journal(&journal(dir.path(), "api"), "api's reload to fail", |e| {
+        e.iter().any(|e| e["event"] == "reload_failed")
+    })
+    .await;
+    let api_status = status_of(&listen, "api", |_| true).await;
+    assert_eq!(api_status["acting"]["mode"], "auto", "{api_status}");
+    let events = rollwatch::journal::Journal::read_back(&journal(dir.path(), "api")).unwrap();
+    let failed = common::of_kind(&events, "reload_failed")[0];
+    assert!(failed["errors"].as_str().unwrap().contains("deployment \"api\", target \"api\": interval"), "{failed}");
+    sidecar.stop();
+}
+
+#[test]
+fn ha_beside_deployments_is_refused_not_half_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("deploy")).unwrap();
+    common::write(d, "down.toml", common::down_profile(&[]));
+    common::write(
+        &d.join("deploy"),
+        "api.toml",
+        "name = \"api\"\nprofiles = [\"../down.toml\"]\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/health\"\n",
+    );
+    let top = common::write(
+        d,
+        "rollwatch.toml",
+        format!(
+            "deployments = [\"deploy/*.toml\"]\nstate_dir = {:?}\n\n[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/fleet\"\n",
+            d.join("state").display().to_string()
+        ),
+    );
+    let top = top.to_str().unwrap();
+    for command in ["check", "run"] {
+        let args: Vec<&str> = if command == "check" { vec!["check", top] } else { vec!["run", "-c", top] };
+        let (code, out, _) = common::rollwatch(&args);
+        assert_eq!(code, 1, "{command}: {out}");
+        assert!(
+            out.contains(&format!("{top}:4:1: [ha]: [ha] with `deployments` is not built yet")),
+            "{command}: {out}"
+        );
+    }
+    assert!(!d.join("state").exists(), "run started nothing");
+}
