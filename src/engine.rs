@@ -336,8 +336,12 @@ impl Engine {
         checkpoints.restore(&mut ev, clock.now(), &journal);
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
-        let mut snapshot =
-            Snapshot { may_act: dispatcher.leads(), ha: coord.as_ref().map(|c| c.status()), ..Snapshot::default() };
+        let mut snapshot = Snapshot {
+            deployment: config.member.as_ref().map(|m| m.name.clone()),
+            may_act: dispatcher.leads(),
+            ha: coord.as_ref().map(|c| c.status()),
+            ..Snapshot::default()
+        };
         snapshot.watch_targets(&targets);
         snapshot.watch_thresholds(&ev);
         let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);

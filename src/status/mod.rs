@@ -93,6 +93,9 @@ pub struct SloStatus {
 /// Everything `/status` and `/metrics` show.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// In a fleet: the deployment this is (its page says so); absent for one deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
     pub at: Timestamp,
     pub targets: Vec<TargetStatus>,
     pub signals: BTreeMap<String, Option<f64>>,

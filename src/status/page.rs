@@ -31,8 +31,13 @@ impl Snapshot {
         let _ = write!(
             p,
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-             <meta http-equiv=\"refresh\" content=\"5\"><title>rollwatch</title><style>{STYLE}</style></head><body>\
-             <h1>rollwatch <small>at {}</small></h1>",
+             <meta http-equiv=\"refresh\" content=\"5\"><title>rollwatch{}</title><style>{STYLE}</style></head><body>\
+             <h1>rollwatch{} <small>at {}</small></h1>",
+            self.deployment.as_deref().map(|d| format!(": {}", esc(d))).unwrap_or_default(),
+            self.deployment
+                .as_deref()
+                .map(|d| format!(": {} <small><a href=\"/status\">all deployments</a></small>", esc(d)))
+                .unwrap_or_default(),
             esc(&iso(now))
         );
         if let Some(e) = &a.journal_error {

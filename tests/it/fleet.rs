@@ -168,6 +168,22 @@ async fn outages_in_two_deployments_roll_back_each_once_and_nothing_else() {
     assert_eq!(names, ["api", "web"], "{overview}");
     assert_eq!(overview["deployments"][0]["page"], "/status/api", "{overview}");
     assert_eq!(overview["deployments"][0]["version"], "v2", "{overview}");
+    let page = get(&listen, "/status/web").await.unwrap();
+    let web: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(web["deployment"], "web", "{web}");
+    let html = |path: &'static str| {
+        let url = format!("http://{listen}{path}");
+        async move {
+            reqwest::Client::new().get(url).header("accept", "text/html").send().await.unwrap().text().await.unwrap()
+        }
+    };
+    let list = html("/status").await;
+    assert!(
+        list.contains("<a href=\"/status/api\">api</a>") && list.contains("<a href=\"/status/web\">web</a>"),
+        "{list}"
+    );
+    let page = html("/status/api").await;
+    assert!(page.contains("<title>rollwatch: api</title>"), "{page}");
     let metrics = get(&listen, "/metrics").await.unwrap();
     assert!(metrics.contains("rollwatch_ticks_total{deployment=\"api\"}"), "{metrics}");
     assert!(metrics.contains("rollwatch_ticks_total{deployment=\"web\"}"), "{metrics}");
