@@ -818,6 +818,53 @@ mod tests {
         }
     }
 
+    /// A lane whose receivers are dropped (only routing is looked at).
+    fn lane() -> Lane {
+        let (_status_tx, status) = watch::channel(Arc::new(Snapshot::default()));
+        Lane { status, alerts: mpsc::channel(1).0, commands: mpsc::channel(1).0 }
+    }
+
+    fn alert(labels: &[(&str, &str)]) -> AlertUpdate {
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        AlertUpdate { key: crate::selector::SeriesKey::new("ALERTS", labels), firing: true }
+    }
+
+    #[test]
+    fn a_fleet_names_its_deployment_and_one_deployment_needs_no_name() {
+        let one = Lanes::one(lane());
+        assert!(one.lane(None).is_ok());
+        assert_eq!(one.lane(Some("api")).err().map(|e| e.0), Some(StatusCode::NOT_FOUND));
+        let two = Lanes::fleet([("api".to_string(), lane()), ("web".to_string(), lane())].into(), "deployment".into());
+        let (code, text) = two.lane(None).err().unwrap();
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(text.contains("one of api, web"), "{text}");
+        assert!(two.lane(Some("web")).is_ok());
+        assert_eq!(two.lane(Some("db")).err().map(|e| e.0), Some(StatusCode::NOT_FOUND));
+        // A fleet of one needs no name either.
+        let single = Lanes::fleet([("api".to_string(), lane())].into(), "deployment".into());
+        assert!(single.lane(None).is_ok());
+    }
+
+    #[test]
+    fn alerts_are_routed_by_their_label_and_the_rest_counted_never_applied_to_all() {
+        let lanes = Lanes::fleet([("api".to_string(), lane()), ("web".to_string(), lane())].into(), "service".into());
+        let updates = vec![
+            alert(&[("alertname", "A"), ("service", "web")]),
+            alert(&[("alertname", "B"), ("service", "api")]),
+            alert(&[("alertname", "C"), ("service", "web")]),
+            alert(&[("alertname", "D"), ("service", "db")]),
+            alert(&[("alertname", "E"), ("deployment", "api")]),
+        ];
+        let routed = lanes.route(updates);
+        let sizes: Vec<usize> = routed.iter().map(|(_, u)| u.len()).collect();
+        assert_eq!(sizes, [1, 2], "api gets B, web gets A and C");
+        assert_eq!(lanes.unrouted(), 2, "D names an unknown deployment, E none (by this label)");
+        // One deployment without a name takes every alert, routing label or not.
+        let one = Lanes::one(lane());
+        assert_eq!(one.route(vec![alert(&[("alertname", "A"), ("deployment", "x")])]).len(), 1);
+        assert_eq!(one.unrouted(), 0);
+    }
+
     #[tokio::test]
     async fn a_post_without_its_token_is_refused_before_its_body_is_read() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
