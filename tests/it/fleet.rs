@@ -398,6 +398,14 @@ fn check_places_each_error_and_names_its_deployment() {
     common::write(d, "rollwatch.toml", "deployments = [\"deploy/*.toml\"]\n");
     let (code, out, _) = common::rollwatch(&["check", d.join("rollwatch.toml").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+    // Recording a fleet is not built: said, not half done.
+    let fixture = d.join("rec.toml");
+    let top = d.join("rollwatch.toml");
+    let (code, out, _) =
+        common::rollwatch(&["record", "-c", top.to_str().unwrap(), "--for", "1s", "-o", fixture.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`record` of a fleet is not built yet"), "{out}");
+    assert!(!fixture.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
