@@ -359,9 +359,28 @@ fn check_targets(c: &mut Checker, raw: &[Spanned<RawTarget>]) -> Vec<TargetConfi
     targets
 }
 
-/// One `[[target]]`.
+/// One `[[target]]`: its kind and what the kind needs, its timing, its auth, its limits.
 fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
     let item = Some(item);
+    let kind = target_kind(c, t, item);
+    let (interval, timeout) = target_timing(c, t, item);
+    let auth = target_auth(c, t, item);
+    let (max_body, sample_limit) = target_limits(c, t, item);
+    TargetConfig {
+        name: t.name.get_ref().clone(),
+        kind,
+        interval,
+        timeout,
+        critical: t.critical,
+        max_body,
+        auth,
+        sample_limit,
+    }
+}
+
+/// A target's `kind` and the fields it needs (`url`, `address`, `query`); `None` for a kind
+/// that is not polled or not known (already an error).
+fn target_kind(c: &mut Checker, t: &RawTarget, item: Option<&str>) -> Option<TargetKind> {
     if t.kind.get_ref() == "alertmanager" {
         // Accepted once and never polled: alerts are pushed, not pulled.
         c.err(
@@ -397,6 +416,20 @@ fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
     {
         c.err(&url.span(), item, format!("url must start with http:// or https://, got {:?}", url.get_ref()));
     }
+    let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
+    match t.kind.get_ref().as_str() {
+        "health" => Some(TargetKind::Health { url }),
+        "prometheus" => Some(TargetKind::Prometheus { url }),
+        "promql" => {
+            Some(TargetKind::Promql { url, query: t.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default() })
+        }
+        "tcp" => Some(TargetKind::Tcp { address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default() }),
+        _ => None,
+    }
+}
+
+/// `interval` and `timeout`, both longer than 0s.
+fn target_timing(c: &mut Checker, t: &RawTarget, item: Option<&str>) -> (Span, Span) {
     let interval = c.duration(&t.interval, Span::from_secs(5), item, "interval");
     let timeout = c.duration(&t.timeout, Span::from_secs(2), item, "timeout");
     if interval.is_zero() {
@@ -406,17 +439,12 @@ fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
         let span = t.timeout.as_ref().map_or(t.name.span(), |s| s.span());
         c.err(&span, item, "timeout must be longer than 0s: a 0s timeout reads a healthy target as down");
     }
-    let url = t.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
-    let kind = match t.kind.get_ref().as_str() {
-        "health" => Some(TargetKind::Health { url }),
-        "prometheus" => Some(TargetKind::Prometheus { url }),
-        "promql" => {
-            Some(TargetKind::Promql { url, query: t.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_default() })
-        }
-        "tcp" => Some(TargetKind::Tcp { address: t.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default() }),
-        _ => None,
-    };
-    let auth = match (&t.bearer_token_env, &t.basic_auth_user, &t.basic_auth_password_env) {
+    (interval, timeout)
+}
+
+/// A bearer token, or basic auth (a user and its password's variable), or none.
+fn target_auth(c: &mut Checker, t: &RawTarget, item: Option<&str>) -> Option<AuthEnv> {
+    match (&t.bearer_token_env, &t.basic_auth_user, &t.basic_auth_password_env) {
         (None, None, None) => None,
         (Some(token), None, None) => Some(AuthEnv::Bearer { token_env: token.get_ref().clone() }),
         (None, Some(user), Some(pw)) => {
@@ -430,7 +458,11 @@ fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
             );
             None
         }
-    };
+    }
+}
+
+/// `max_body` and `sample_limit`, within their bounds.
+fn target_limits(c: &mut Checker, t: &RawTarget, item: Option<&str>) -> (usize, usize) {
     let max_body = match &t.max_body {
         None => DEFAULT_MAX_BODY,
         Some(m) if *m.get_ref() == 0 || *m.get_ref() > 1 << 30 => {
@@ -447,16 +479,7 @@ fn check_target(c: &mut Checker, t: &RawTarget, item: &str) -> TargetConfig {
         }
         Some(m) => *m.get_ref() as usize,
     };
-    TargetConfig {
-        name: t.name.get_ref().clone(),
-        kind,
-        interval,
-        timeout,
-        critical: t.critical,
-        max_body,
-        auth,
-        sample_limit,
-    }
+    (max_body, sample_limit)
 }
 
 /// `version = { target, field }` names a defined target.
