@@ -612,6 +612,45 @@ impl Store {
         finite_or_none(value)
     }
 
+    /// Appends every sample of every matching series in the window to `out`, NaN dropped: a
+    /// gauge's values as sampled, or with `per_interval` a counter's rate between consecutive
+    /// samples (per second, a drop being a reset) — the baseline judge's samples.
+    pub fn values(&self, sel: SelectorId, at: At, len: Span, per_interval: bool, out: &mut Vec<f64>) {
+        let (start, end, floor) = at.window(len);
+        let start = floor.map_or(start, |f| start.max(f - 1));
+        for series in self.matching(sel) {
+            let mut prev: Option<Sample> = None;
+            for s in series.range(start, end).1 {
+                if s.is_stale() {
+                    prev = None;
+                    continue;
+                }
+                if !s.is_value() {
+                    continue;
+                }
+                if !per_interval {
+                    out.push(s.v);
+                    continue;
+                }
+                if let Some(p) = prev
+                    && s.t > p.t
+                {
+                    let inc = if s.v < p.v { s.v } else { s.v - p.v };
+                    let rate = inc / ((s.t - p.t) as f64 / 1000.0);
+                    if rate.is_finite() {
+                        out.push(rate);
+                    }
+                }
+                prev = Some(*s);
+            }
+        }
+    }
+
+    /// Whether any series matches `sel` now.
+    pub fn has_series(&self, sel: SelectorId) -> bool {
+        self.matching(sel).next().is_some()
+    }
+
     /// Latest value (within [`LOOKBACK`]) summed over matching series.
     pub fn last(&self, sel: SelectorId, at: At) -> Option<f64> {
         let floor = self.lookback_floor(at);

@@ -328,7 +328,15 @@ impl Compiler {
                 let (slot, index) = match self.call_slots.get(&key) {
                     Some(&found) => found,
                     None => {
-                        let slot = self.number_slot();
+                        // A judge's slot holds true/false (or no data), so `higher(...) > 1`
+                        // fails the trial evaluation as a type error.
+                        let slot = match spec.is_judge() {
+                            true => {
+                                self.trial.add(Value::Boolean(false));
+                                self.slots.add(Value::Empty)
+                            }
+                            false => self.number_slot(),
+                        };
                         self.call_slots.insert(key, (slot, self.calls.len()));
                         if let Some(unit) = spec.unit() {
                             self.units.insert(slot, unit);
