@@ -145,6 +145,16 @@ impl Compiler {
         self.calls.get(index).is_some_and(|(c, _, _)| c.window().is_some())
     }
 
+    /// What the candidate's figure of call `index` measures, when it is a baseline judge's
+    /// (`higher`'s samples; `ratio_higher`'s share): a judge rule's value.
+    pub fn judge_unit(&self, index: usize) -> Option<Unit> {
+        match self.calls.get(index)?.0 {
+            super::functions::CallOf::Judge { unit, .. } => Some(unit),
+            super::functions::CallOf::RatioJudge { .. } => Some(Unit::Share),
+            _ => None,
+        }
+    }
+
     /// Registers every call's selectors with `store`; returns the calls with their slots.
     pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize, Scope)>) {
         let calls = self.calls.into_iter().map(|(spec, slot, scope)| (spec.register(store), slot, scope)).collect();

@@ -336,7 +336,8 @@ impl Args<'_> {
     fn baseline(&self, i: usize) -> Result<Option<Selector>, String> {
         match &self.args[i] {
             Arg::Str(s) if s == "deploy" => Ok(None),
-            _ => self.selector(i).map(Some),
+            Arg::Str(_) => self.selector(i).map(Some),
+            Arg::Num(_) => Err(self.wrong_type(i, "a baseline selector string, or \"deploy\"")),
         }
     }
 

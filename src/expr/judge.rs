@@ -212,6 +212,16 @@ fn percent(x: f64) -> String {
 }
 
 impl Verdict {
+    /// The candidate's figure: its mean, or its ratio of bad events (a judge rule's value).
+    pub fn candidate(&self) -> Option<f64> {
+        let v = match self.figures {
+            Figures::Samples { candidate_mean, .. } => candidate_mean,
+            Figures::Ratios { candidate_bad, candidate_total, .. } => candidate_bad / candidate_total,
+            Figures::NoData { .. } => return None,
+        };
+        v.is_finite().then_some(v)
+    }
+
     /// `candidate mean 140ms vs baseline 100ms (+40%), Mann-Whitney p = 4e-15, 98% needed`.
     pub fn note(&self) -> String {
         let baseline = if self.before_deploy { "before the deploy" } else { "baseline" };
@@ -290,9 +300,11 @@ fn counts(store: &Store, bad: SelectorId, total: SelectorId, at: At, window: Spa
 
 impl Call {
     /// For a judge whose baseline is `"deploy"`: the candidate's own evidence over the window
-    /// just before `deploy`. `None` for any other call.
+    /// just before `deploy` (`[deploy − window, deploy)`). `None` for any other call.
     pub fn baseline_at(&self, store: &Store, deploy: Timestamp) -> Option<Baseline> {
-        let at = At::new(deploy);
+        // A deploy is dated when the new version could first have run: a sample at that very
+        // time is already the new version's.
+        let at = At::new(Timestamp(deploy.0 - 1));
         match *self {
             CallOf::Judge { cand, base: None, window, per_interval, .. } => {
                 let mut out = Vec::new();

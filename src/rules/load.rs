@@ -398,9 +398,13 @@ fn compile_rules(
                 Some(c) => (Some(Some(c.to_num())), c.unit(compiler)),
                 None => (None, None),
             },
+            // No comparison but a baseline comparison: the value is the candidate's figure.
             None => (
                 Some(when.as_ref().and_then(Compiled::comparison_left)),
-                when.as_ref().and_then(|w| w.comparison_left_unit(compiler)),
+                when.as_ref().and_then(|w| {
+                    w.comparison_left_unit(compiler)
+                        .or_else(|| w.calls_read.iter().find_map(|&c| compiler.judge_unit(c)))
+                }),
             ),
         };
         let for_ = match &raw.for_ {

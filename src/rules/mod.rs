@@ -387,7 +387,11 @@ impl Evaluator {
         let mut tick = Tick { transitions: std::mem::take(&mut self.restarted), ..Tick::default() };
         for (i, rule) in self.rules.iter().enumerate() {
             let truth = rule.cond.eval(&self.slots);
-            let value = rule.value.as_ref().and_then(|v| v.eval(&self.slots));
+            let value = match &rule.value {
+                Some(v) => v.eval(&self.slots),
+                // A bare baseline comparison reports the candidate's figure.
+                None => rule.windows.iter().find_map(|&c| self.verdicts.get(c)?.as_ref()?.candidate()),
+            };
             let before = self.states[i];
             // A window holding less than the rule requires: unknown, whatever `on_no_data`
             // says — partial data is no evidence either way, so the state holds.
