@@ -212,6 +212,16 @@ fn percent(x: f64) -> String {
 }
 
 impl Verdict {
+    /// The baseline's figure, as [`Verdict::candidate`].
+    pub fn baseline(&self) -> Option<f64> {
+        let v = match self.figures {
+            Figures::Samples { baseline_mean, .. } => baseline_mean,
+            Figures::Ratios { baseline_bad, baseline_total, .. } => baseline_bad / baseline_total,
+            Figures::NoData { .. } => return None,
+        };
+        v.is_finite().then_some(v)
+    }
+
     /// The candidate's figure: its mean, or its ratio of bad events (a judge rule's value).
     pub fn candidate(&self) -> Option<f64> {
         let v = match self.figures {

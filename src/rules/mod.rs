@@ -509,6 +509,11 @@ impl Evaluator {
             .collect()
     }
 
+    /// Whether `rule` compares with a baseline (reads a judge call).
+    pub fn judges(&self, rule: &Rule) -> bool {
+        rule.windows.iter().any(|&c| self.calls.get(c).is_some_and(|(call, _, _)| call.is_judge()))
+    }
+
     /// Every baseline comparison on the last tick, by rule (for the status page).
     pub fn verdicts(&self) -> Vec<(&Rule, &Verdict)> {
         self.rules
