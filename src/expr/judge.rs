@@ -258,8 +258,8 @@ impl Verdict {
             }
             Figures::Ratios { candidate_total, baseline_total, p: None, .. } => format!(
                 "too few events: candidate {}, {baseline} {} (at least {MIN_EVENTS} each)",
-                short(*candidate_total),
-                short(*baseline_total)
+                short(candidate_total.round()),
+                short(baseline_total.round())
             ),
             Figures::Ratios { candidate_bad, candidate_total, baseline_bad, baseline_total, p: Some(p) } => {
                 let (cr, br) = (candidate_bad / candidate_total, baseline_bad / baseline_total);
@@ -268,11 +268,11 @@ impl Verdict {
                 format!(
                     "candidate {} ({} of {}) vs {baseline} {} ({} of {}){times}, Fisher p = {}, {needed}",
                     percent(cr),
-                    short(*candidate_bad),
-                    short(*candidate_total),
+                    short(candidate_bad.round()),
+                    short(candidate_total.round()),
                     percent(br),
-                    short(*baseline_bad),
-                    short(*baseline_total),
+                    short(baseline_bad.round()),
+                    short(baseline_total.round()),
                     p_value(*p)
                 )
             }

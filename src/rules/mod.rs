@@ -488,11 +488,7 @@ impl Evaluator {
                     })
                     .map(|w| w.read(&self.slots).note())
                     .collect(),
-                judged: rules
-                    .iter()
-                    .filter(|&&i| self.states[i].phase() != Phase::Inactive)
-                    .flat_map(|&i| self.judged(&self.rules[i]))
-                    .collect(),
+                judged: rules.iter().flat_map(|&i| self.judged(&self.rules[i])).collect(),
             });
         }
         tick

@@ -77,7 +77,8 @@ pub struct Decision {
     /// ("availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×; …").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slo: Vec<String>,
-    /// For each firing or pending rule that compares with a baseline: the figures behind it
+    /// For each of the profile's rules that compares with a baseline, firing or not: the
+    /// figures behind its verdict, or why it has none
     /// ("canary-latency: candidate mean 140ms vs baseline 100ms (+40%), Mann-Whitney p = 4e-15,
     /// 98% needed").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -18,6 +18,7 @@ mod endpoints;
 mod ha;
 mod ha_faults;
 mod hostile;
+mod judge;
 mod layers;
 mod notify;
 mod peers;
