@@ -37,7 +37,7 @@ fn judge(c: &mut Criterion) {
     let text = r#"
 [[rule]]
 name = "canary-latency"
-when = 'higher("latency_seconds{track=\"canary\"}", "latency_seconds{track=\"stable\"}", "100m")'
+when = 'higher("latency_seconds{track=\"canary\"}", "latency_seconds{track=\"stable\"}", "100m", 0.05)'
 
 [[decide]]
 ask = "Canary slower?"
