@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::expr::judge::Scratch;
+use crate::expr::compare::Scratch;
 use crate::expr::{Baseline, Call, Cond, Num, Offset, Scope, Slots, Truth, Value, Verdict};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
