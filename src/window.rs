@@ -795,6 +795,37 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> Option<f64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn values_are_every_sample_or_per_interval_rates() {
+        let mut store = Store::new(Span(600_000));
+        let sel = store.add_selector(Selector::parse("m").unwrap());
+        let key = |i: &str| SeriesKey::new("m", [("i".to_string(), i.to_string())]);
+        // A gauge with a NaN: dropped. A counter with a reset and a stale marker.
+        for (t, v) in [(0, 1.0), (10_000, f64::NAN), (20_000, 3.0)] {
+            store.push(&key("a"), Timestamp(t), v);
+        }
+        let mut out = Vec::new();
+        store.values(sel, At::new(Timestamp(20_000)), Span(60_000), false, &mut out);
+        assert_eq!(out, vec![1.0, 3.0]);
+        let mut store = Store::new(Span(600_000));
+        let sel = store.add_selector(Selector::parse("m").unwrap());
+        for (t, v) in [(0, 10.0), (10_000, 30.0), (20_000, 5.0), (30_000, 15.0)] {
+            store.push(&key("b"), Timestamp(t), v);
+        }
+        store.mark_stale(&key("b"), Timestamp(40_000));
+        store.push(&key("b"), Timestamp(50_000), 100.0);
+        store.push(&key("b"), Timestamp(60_000), 110.0);
+        out.clear();
+        store.values(sel, At::new(Timestamp(60_000)), Span(120_000), true, &mut out);
+        // 20 in 10 s, a reset to 5 (5 in 10 s), 10 in 10 s; the stale marker breaks the run.
+        assert_eq!(out, vec![2.0, 0.5, 1.0, 1.0]);
+        // The floor: only samples at or after it.
+        out.clear();
+        store.values(sel, At::new(Timestamp(60_000)).since(Some(Timestamp(20_000))), Span(120_000), false, &mut out);
+        assert_eq!(out, vec![5.0, 15.0, 100.0, 110.0]);
+        assert!(store.has_series(sel));
+    }
+
     const S: i64 = 1000;
 
     fn key(s: &str) -> SeriesKey {

@@ -255,10 +255,14 @@ argv = ["true"]
     let stdout = dir.path().join("stdout");
     let message = wait_for("the rollback announced with the figures", 30.0, async || {
         let out = std::fs::read_to_string(&stdout).unwrap_or_default();
-        if out.contains("ROLLBACK IN PROGRESS") && out.contains("Mann-Whitney p = ") { Ok(out) } else { Err(out) }
+        // The message itself, from its title to its last line.
+        let message = out
+            .split_once("ROLLBACK IN PROGRESS")
+            .and_then(|(_, rest)| Some(rest.split_once("Updates will follow")?.0.to_string()));
+        message.filter(|m| m.contains("Mann-Whitney p = ")).ok_or(out)
     })
     .await;
-    assert!(message.contains("vs baseline"), "{message}");
+    assert!(message.contains("canary-latency-higher: candidate mean ") && message.contains("vs baseline"), "{message}");
     let page = reqwest::Client::new()
         .get(format!("http://{listen}/status"))
         .header("accept", "text/html")
