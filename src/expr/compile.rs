@@ -196,7 +196,17 @@ impl Compiler {
             (Ok(other), _) => {
                 return Err(vec![format!("{} must be {}, but this gives {other:?}", names.what, expected.noun())]);
             }
-            (Err(e), _) => return Err(vec![format!("type error: {e}")]),
+            (Err(e), _) => {
+                let judge =
+                    out.calls_read.iter().any(|&c| self.calls.get(c).is_some_and(|(spec, _, _)| spec.is_judge()));
+                let hint = match judge {
+                    true => {
+                        " (higher, lower and ratio_higher are true or false, not numbers: use them without comparing)"
+                    }
+                    false => "",
+                };
+                return Err(vec![format!("type error: {e}{hint}")]);
+            }
         }
         out.node = node;
         Ok(out)

@@ -62,7 +62,7 @@ fn check_places_each_judge_mistake() {
         "argument 2 of higher(candidate, baseline_or_\"deploy\", window[, tolerance[, confidence]]) must be a baseline selector string, or \"deploy\", got the number 3",
         "argument 6 of ratio_higher(candidate_bad, candidate_total, baseline_bad, baseline_total, window[, tolerance[, confidence]]) must be a tolerance (a number: 0.25 is 25% of the baseline), got the string \"0.25\"",
         "argument 4 of higher: the tolerance must not be negative, got -0.1",
-        "type error",
+        "type error: Expected a Value::Number or a Value::String, but got Boolean(false). (higher, lower and ratio_higher are true or false, not numbers: use them without comparing)",
     ];
     for (k, message) in expected.iter().enumerate() {
         let line = format!("{}{message}", at(k));
