@@ -111,3 +111,43 @@ impl Call {
         Some(Verdict { truth, figures, confidence, tolerance, before_deploy: deploy })
     }
 }
+
+/// What the evaluator keeps for its judge calls, by call index: each one's last verdict and the
+/// `"deploy"` baseline kept at the current deploy.
+#[derive(Debug, Default)]
+pub struct Judgements {
+    verdicts: Vec<Option<Verdict>>,
+    baselines: Vec<Option<Baseline>>,
+    scratch: Scratch,
+}
+
+impl Judgements {
+    /// Room for `calls` calls.
+    pub fn new(calls: usize) -> Judgements {
+        Judgements { verdicts: vec![None; calls], baselines: vec![None; calls], scratch: Scratch::default() }
+    }
+
+    /// Keeps what call `i` reads just before a deploy at `at` (judge calls with a `"deploy"`
+    /// baseline; nothing for any other).
+    pub fn keep_baseline(&mut self, i: usize, call: &Call, store: &Store, at: Timestamp) {
+        if let Some(slot) = self.baselines.get_mut(i) {
+            *slot = call.baseline_at(store, at);
+        }
+    }
+
+    /// Judges call `i` at `now` (see [`Call::judge`]), keeps the verdict and returns its truth.
+    pub fn judge(&mut self, i: usize, call: &Call, store: &Store, now: Timestamp, since: Option<Timestamp>) -> Truth {
+        let baseline = self.baselines.get(i).and_then(Option::as_ref);
+        let verdict = call.judge(store, now, since, baseline, &mut self.scratch);
+        let truth = verdict.as_ref().map_or(Truth::Unknown, |v| v.truth);
+        if let Some(slot) = self.verdicts.get_mut(i) {
+            *slot = verdict;
+        }
+        truth
+    }
+
+    /// Call `i`'s verdict on the last tick.
+    pub fn verdict(&self, i: usize) -> Option<&Verdict> {
+        self.verdicts.get(i)?.as_ref()
+    }
+}

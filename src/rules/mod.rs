@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::expr::compare::Scratch;
-use crate::expr::{Baseline, Call, Cond, Num, Offset, Scope, Slots, Truth, Value, Verdict};
+use crate::expr::compare::Judgements;
+use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value, Verdict};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
 pub use coverage::WindowCoverage;
@@ -161,10 +161,8 @@ pub struct Evaluator {
     /// The SLOs loaded, with the slots of their burn rates and budgets.
     slos: Vec<slo::SloWatch>,
     /// Per call, the baseline judge's verdict on the last tick (judge calls only).
-    verdicts: Vec<Option<Verdict>>,
     /// Per call, what a `"deploy"` baseline read just before the current deploy.
-    deploy_baselines: Vec<Option<Baseline>>,
-    scratch: Scratch,
+    judgements: Judgements,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -186,9 +184,7 @@ impl Evaluator {
         let n = rules.len();
         let deploy_values = vec![None; calls.len()];
         Evaluator {
-            verdicts: vec![None; calls.len()],
-            deploy_baselines: vec![None; calls.len()],
-            scratch: Scratch::default(),
+            judgements: Judgements::new(calls.len()),
             evidence_since: None,
             deploy_values,
             predated: vec![false; n],
@@ -303,7 +299,7 @@ impl Evaluator {
             if call.offset() == Offset::Deploy {
                 self.deploy_values[i] = call.eval(&self.store, at, None, Some(at));
             }
-            self.deploy_baselines[i] = call.baseline_at(&self.store, at);
+            self.judgements.keep_baseline(i, call, &self.store, at);
         }
     }
 
@@ -361,15 +357,12 @@ impl Evaluator {
         for (i, (call, slot, scope)) in self.calls.iter().enumerate() {
             if call.is_judge() {
                 let since = if *scope == Scope::Deployment { self.evidence_since } else { None };
-                let baseline = self.deploy_baselines[i].as_ref();
-                let verdict = call.judge(&self.store, now, since, baseline, &mut self.scratch);
-                let truth = match verdict.as_ref().map(|v| v.truth) {
-                    Some(Truth::True) => Value::Boolean(true),
-                    Some(Truth::False) => Value::Boolean(false),
-                    _ => Value::Empty,
+                let truth = match self.judgements.judge(i, call, &self.store, now, since) {
+                    Truth::True => Value::Boolean(true),
+                    Truth::False => Value::Boolean(false),
+                    Truth::Unknown => Value::Empty,
                 };
                 self.slots.set(*slot, truth);
-                self.verdicts[i] = verdict;
                 continue;
             }
             let value = if call.offset() == Offset::Deploy {
@@ -390,7 +383,7 @@ impl Evaluator {
             let value = match &rule.value {
                 Some(v) => v.eval(&self.slots),
                 // A bare baseline comparison reports the candidate's figure.
-                None => rule.windows.iter().find_map(|&c| self.verdicts.get(c)?.as_ref()?.candidate()),
+                None => rule.windows.iter().find_map(|&c| self.judgements.verdict(c)?.candidate()),
             };
             let before = self.states[i];
             // A window holding less than the rule requires: unknown, whatever `on_no_data`
@@ -500,7 +493,7 @@ impl Evaluator {
     pub fn judged(&self, rule: &Rule) -> Vec<String> {
         rule.windows
             .iter()
-            .filter_map(|&c| self.verdicts.get(c)?.as_ref())
+            .filter_map(|&c| self.judgements.verdict(c))
             .map(|v| format!("{}: {}", rule.name, v.note()))
             .collect()
     }
@@ -514,7 +507,7 @@ impl Evaluator {
     pub fn verdicts(&self) -> Vec<(&Rule, &Verdict)> {
         self.rules
             .iter()
-            .flat_map(|r| r.windows.iter().filter_map(|&c| self.verdicts.get(c)?.as_ref()).map(move |v| (r, v)))
+            .flat_map(|r| r.windows.iter().filter_map(|&c| self.judgements.verdict(c)).map(move |v| (r, v)))
             .collect()
     }
 
