@@ -204,8 +204,10 @@ pub fn p_value(p: f64) -> String {
     if p < 1e-4 { format!("{p:.0e}") } else { short(p) }
 }
 
+/// `40%`, `2.5%`, `0.33%`: a tenth of a percent, a hundredth under 1%.
 fn percent(x: f64) -> String {
-    format!("{}%", short((x * 1000.0).round() / 10.0))
+    let scale = if x.abs() < 0.01 { 10_000.0 } else { 1000.0 };
+    format!("{}%", short((x * scale).round() / (scale / 100.0)))
 }
 
 impl Verdict {
