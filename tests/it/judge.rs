@@ -148,33 +148,34 @@ fn replay_explains_and_draws_candidate_and_baseline() {
 
 /// A track's service: each scrape of `/metrics` answers the next latency of a small cycle
 /// (around 100 ms × `factor`/1000) and request counters growing by 100 a scrape, `errors` of
-/// them per thousand failing.
-async fn track(track: &'static str, factor: Arc<AtomicU64>) -> String {
+/// each thousand failing (no error series at all while there has been none, as a real service).
+async fn track(track: &'static str, factor: Arc<AtomicU64>, errors: Arc<AtomicU64>) -> String {
     let scrapes = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let addr = crate::common::serve_http(move |_| {
         let k = scrapes.fetch_add(1, Ordering::SeqCst);
         let latency = 0.1 * [0.9, 0.95, 1.0, 1.05, 1.1][(k % 5) as usize] * factor.load(Ordering::SeqCst) as f64 / 1000.0;
-        let total = 100 * (k + 1);
-        (
-            "200 OK",
-            format!(
-                "request_latency_seconds{{track=\"{track}\"}} {latency}\nhttp_requests_total{{track=\"{track}\",code=\"200\"}} {total}\n"
-            ),
-        )
+        let bad = failed.fetch_add(errors.load(Ordering::SeqCst) / 10, Ordering::SeqCst) + errors.load(Ordering::SeqCst) / 10;
+        let ok = 100 * (k + 1) - bad;
+        let mut body = format!(
+            "request_latency_seconds{{track=\"{track}\"}} {latency}\nhttp_requests_total{{track=\"{track}\",code=\"200\"}} {ok}\n"
+        );
+        if bad > 0 {
+            body.push_str(&format!("http_requests_total{{track=\"{track}\",code=\"500\"}} {bad}\n"));
+        }
+        ("200 OK", body)
     })
     .await;
     format!("http://{addr}/metrics")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_rolls_back_a_canary_slower_than_stable() {
-    let canary_factor = Arc::new(AtomicU64::new(1000));
-    let canary = track("canary", canary_factor.clone()).await;
-    let stable = track("stable", Arc::new(AtomicU64::new(1000))).await;
+/// `rollwatch run` of rules/canary.toml, with windows a live test can fill (4 s of 100 ms polls,
+/// 40 a side), over the two tracks' services; returns the running sidecar, its folder and its
+/// listen address.
+async fn run_canary(canary: &str, stable: &str) -> (Guard, tempfile::TempDir, String) {
     let health = crate::common::serve_http(|_| ("200 OK", r#"{"status":"ok","version":"v2"}"#.into())).await;
     let dir = tempfile::tempdir().unwrap();
     let listen = free_listen();
-    // rules/canary.toml with windows a live test can fill: 4 s of 100 ms polls, 40 a side.
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/canary.toml")).unwrap();
     let profile = shipped.replace("\"10m\")'", "\"4s\")'").replace("for = \"1m\"", "for = \"1s\"");
     assert_eq!(profile.matches("\"4s\")'").count(), 2, "{profile}");
@@ -228,6 +229,37 @@ argv = ["true"]
     let (code, out, err) = rollwatch(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     let guard = Guard(spawn_run(dir.path(), &config));
+    (guard, dir, listen)
+}
+
+/// The announced "ROLLBACK IN PROGRESS" message, once it carries `figure`.
+async fn announced(dir: &Path, figure: &str) -> String {
+    let stdout = dir.join("stdout");
+    wait_for("the rollback announced with the figures", 30.0, async || {
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        // The message itself, from its title to its last line.
+        let message = out
+            .split_once("ROLLBACK IN PROGRESS")
+            .and_then(|(_, rest)| Some(rest.split_once("Updates will follow")?.0.to_string()));
+        message.filter(|m| m.contains(figure)).ok_or(out)
+    })
+    .await
+}
+
+/// The decision's note of `rule`'s comparison.
+fn note<'a>(decision: &'a serde_json::Value, rule: &str) -> &'a str {
+    let notes: Vec<&str> = decision["judged"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(notes.len(), 2, "one note per comparison: {decision:#}");
+    notes.iter().find(|n| n.starts_with(&format!("{rule}: "))).copied().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_rolls_back_a_canary_slower_than_stable() {
+    let canary_factor = Arc::new(AtomicU64::new(1000));
+    let no_errors = Arc::new(AtomicU64::new(0));
+    let canary = track("canary", canary_factor.clone(), no_errors.clone()).await;
+    let stable = track("stable", Arc::new(AtomicU64::new(1000)), no_errors).await;
+    let (guard, dir, listen) = run_canary(&canary, &stable).await;
 
     // The same latency on both tracks: judged (not unknown), and not higher.
     let judged = |s: &serde_json::Value| {
@@ -246,22 +278,10 @@ argv = ["true"]
     // The canary 40% slower: rolled back, with the figures in the decision and the message.
     canary_factor.store(1400, Ordering::SeqCst);
     let s = status_when(&listen, "a rollback decision", |s| s["decisions"][0]["outcome"] == "rollback").await;
-    let d = &s["decisions"][0];
-    let notes: Vec<&str> = d["judged"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
-    assert_eq!(notes.len(), 2, "one note per comparison: {d:#}");
-    let note = notes.iter().find(|n| n.starts_with("canary-latency-higher: ")).copied().unwrap_or_default();
-    assert!(note.starts_with("canary-latency-higher: candidate mean "), "{d:#}");
-    assert!(note.contains("Mann-Whitney p = ") && note.ends_with("98% needed"), "{note}");
-    let stdout = dir.path().join("stdout");
-    let message = wait_for("the rollback announced with the figures", 30.0, async || {
-        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
-        // The message itself, from its title to its last line.
-        let message = out
-            .split_once("ROLLBACK IN PROGRESS")
-            .and_then(|(_, rest)| Some(rest.split_once("Updates will follow")?.0.to_string()));
-        message.filter(|m| m.contains("Mann-Whitney p = ")).ok_or(out)
-    })
-    .await;
+    let latency = note(&s["decisions"][0], "canary-latency-higher");
+    assert!(latency.starts_with("canary-latency-higher: candidate mean "), "{s:#}");
+    assert!(latency.contains("Mann-Whitney p = ") && latency.ends_with("98% needed"), "{latency}");
+    let message = announced(dir.path(), "Mann-Whitney p = ").await;
     assert!(message.contains("canary-latency-higher: candidate mean ") && message.contains("vs baseline"), "{message}");
     let page = reqwest::Client::new()
         .get(format!("http://{listen}/status"))
@@ -273,5 +293,34 @@ argv = ["true"]
         .await
         .unwrap();
     assert!(page.contains("Mann-Whitney p = "), "the status page shows the figures: {page}");
+    guard.stop();
+}
+
+/// kayenta#799 live: the stable track has never failed (no error series), the canary fails 5%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_rolls_back_a_failing_canary_when_stable_has_no_error_series() {
+    let same = Arc::new(AtomicU64::new(1000));
+    let canary_errors = Arc::new(AtomicU64::new(0));
+    let canary = track("canary", same.clone(), canary_errors.clone()).await;
+    let stable = track("stable", same, Arc::new(AtomicU64::new(0))).await;
+    let (guard, dir, listen) = run_canary(&canary, &stable).await;
+
+    // No errors anywhere: judged by counts (not unknown), and not higher.
+    let judged = |s: &serde_json::Value| {
+        s["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(|r| r["name"] == "canary-errors-higher" && r["unknown"] == false))
+    };
+    status_when(&listen, "both tracks' errors judged", judged).await;
+    let s = ticks_later(&listen, 10).await;
+    assert_eq!(s["decisions"][0]["outcome"], "monitor", "{s:#}");
+
+    canary_errors.store(50, Ordering::SeqCst);
+    let s = status_when(&listen, "a rollback decision", |s| s["decisions"][0]["outcome"] == "rollback").await;
+    let errors = note(&s["decisions"][0], "canary-errors-higher");
+    assert!(errors.starts_with("canary-errors-higher: candidate "), "{s:#}");
+    assert!(errors.contains("vs baseline 0% (0 of ") && errors.contains("Fisher p = "), "{errors}");
+    let message = announced(dir.path(), "Fisher p = ").await;
+    assert!(message.contains("canary-errors-higher: candidate "), "{message}");
     guard.stop();
 }
