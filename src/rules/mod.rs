@@ -160,8 +160,8 @@ pub struct Evaluator {
     short: Vec<bool>,
     /// The SLOs loaded, with the slots of their burn rates and budgets.
     slos: Vec<slo::SloWatch>,
-    /// Per call, the baseline judge's verdict on the last tick (judge calls only).
-    /// Per call, what a `"deploy"` baseline read just before the current deploy.
+    /// The baseline judge's calls: each one's verdict on the last tick, and what a `"deploy"`
+    /// baseline read just before the current deploy.
     judgements: Judgements,
 }
 
@@ -489,7 +489,7 @@ impl Evaluator {
 
     /// The baseline judge's figures behind `rule` on the last tick, one line per comparison it
     /// makes: `canary-latency: candidate mean 140ms vs baseline 100ms (+40%), Mann-Whitney
-    /// p = 4e-15, 98% needed`.
+    /// p = 5e-15, 98% needed`.
     pub fn judged(&self, rule: &Rule) -> Vec<String> {
         rule.windows
             .iter()
