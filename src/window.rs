@@ -646,6 +646,11 @@ impl Store {
         }
     }
 
+    /// A registered selector, as written.
+    pub fn selector(&self, sel: SelectorId) -> Option<&Selector> {
+        self.selectors.get(sel)
+    }
+
     /// Whether any series matches `sel` now.
     pub fn has_series(&self, sel: SelectorId) -> bool {
         self.matching(sel).next().is_some()

@@ -10,8 +10,10 @@ use crate::time::{Span, Timestamp};
 use crate::window::{At, SelectorId, Store};
 
 /// What a `"deploy"` baseline read just before the deploy, kept until the next one: the samples
-/// are gone from the store long before the version stops being judged.
-#[derive(Debug, Clone, PartialEq)]
+/// are gone from the store long before the version stops being judged (the checkpoint carries
+/// it across a restart).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Baseline {
     Samples(Vec<f64>),
     Counts { bad: f64, total: f64 },
@@ -144,6 +146,18 @@ impl Judgements {
             *slot = verdict;
         }
         truth
+    }
+
+    /// The `"deploy"` baselines kept, by call index.
+    pub fn baselines(&self) -> impl Iterator<Item = (usize, &Baseline)> {
+        self.baselines.iter().enumerate().filter_map(|(i, b)| Some((i, b.as_ref()?)))
+    }
+
+    /// Puts back the `"deploy"` baseline call `i` kept (from a checkpoint).
+    pub fn restore_baseline(&mut self, i: usize, baseline: Baseline) {
+        if let Some(slot) = self.baselines.get_mut(i) {
+            *slot = Some(baseline);
+        }
     }
 
     /// Call `i`'s verdict on the last tick.

@@ -840,5 +840,18 @@ then = "panic"
         );
         let value = ev.value("slower").unwrap();
         assert!((value - 0.2).abs() < 1e-9, "the candidate's mean: {value}");
+        // A config reload (the same rule in another place) keeps it too.
+        let mut reloaded = load(
+            "[[rule]]\nname = \"other\"\nwhen = 'up(\"api\") == 0'\n\
+             [[rule]]\nname = \"slower\"\nwhen = 'higher(\"latency_seconds\", \"deploy\", \"1m\")'\n",
+        )
+        .unwrap();
+        reloaded.adopt(ev);
+        let d = reloaded.tick(crate::time::Timestamp(600_000)).decisions.remove(0);
+        assert!(
+            d.judged.iter().any(|n| n.starts_with("slower: candidate mean 200ms vs before the deploy 100ms")),
+            "{:?}",
+            d.judged
+        );
     }
 }

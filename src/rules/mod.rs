@@ -235,6 +235,9 @@ impl Evaluator {
     /// keeps its samples under this evaluator's selectors, and each rule carries over the state
     /// of the old rule with the same name (as Prometheus' `CopyState`); new rules start inactive.
     pub fn adopt(&mut self, old: Evaluator) {
+        // Judges' "deploy" baselines, by the call as written (read before the store moves).
+        let kept: Vec<(String, crate::expr::Baseline)> =
+            old.judgements.baselines().map(|(i, b)| (old.call_key(i), b.clone())).collect();
         let fresh = std::mem::replace(&mut self.store, Store::new(Span::ZERO));
         self.store = old.store;
         self.store.adopt_selectors_of(fresh);
@@ -253,6 +256,17 @@ impl Evaluator {
         if let Some(at) = old.evidence_since {
             self.evidence_since = Some(at);
             self.take_deploy_values(at);
+            self.restore_baselines(kept);
+        }
+    }
+
+    /// Puts back judges' `"deploy"` baselines kept at the current deploy (by a running
+    /// evaluator, or in a checkpoint), matching calls as written.
+    fn restore_baselines(&mut self, kept: Vec<(String, crate::expr::Baseline)>) {
+        for (key, baseline) in kept {
+            if let Some(i) = (0..self.calls.len()).find(|&i| self.call_key(i) == key) {
+                self.judgements.restore_baseline(i, baseline);
+            }
         }
     }
 
@@ -496,6 +510,14 @@ impl Evaluator {
             .filter_map(|&c| self.judgements.verdict(c))
             .map(|v| format!("{}: {}", rule.name, v.note()))
             .collect()
+    }
+
+    /// Call `i` as written (its selectors' texts and arguments): what identifies it across a
+    /// restart, whatever order the calls were compiled in.
+    fn call_key(&self, i: usize) -> String {
+        let Some((call, _, scope)) = self.calls.get(i) else { return String::new() };
+        let texts = call.clone().map(|id| self.store.selector(id).map(|s| s.text.clone()).unwrap_or_default());
+        format!("{scope:?} {texts:?}")
     }
 
     /// Whether `rule` compares with a baseline (reads a judge call).
