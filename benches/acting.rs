@@ -100,6 +100,7 @@ fn dispatcher(c: &mut Criterion) {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         })
         .collect();
     d.on_version_observed(Timestamp(1), "v1").unwrap();

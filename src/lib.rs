@@ -21,7 +21,8 @@
 //! - [`window`]: per-series ring buffers and the window aggregates rules read.
 //! - [`source`]: the exposition parser, health JSON, promql, Alertmanager payloads, the pollers
 //!   and the queue to the evaluator.
-//! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation.
+//! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation,
+//!   the baseline judge's statistics.
 //! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).
 //! - [`rules`]: the rule state machine, the decision tree, and the evaluator that runs both each tick;
 //!   the deployment (a config with its profiles compiled and cross-checked);

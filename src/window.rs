@@ -612,6 +612,50 @@ impl Store {
         finite_or_none(value)
     }
 
+    /// Appends every sample of every matching series in the window to `out`, NaN dropped: a
+    /// gauge's values as sampled, or with `per_interval` a counter's rate between consecutive
+    /// samples (per second, a drop being a reset) — the baseline judge's samples.
+    pub fn values(&self, sel: SelectorId, at: At, len: Span, per_interval: bool, out: &mut Vec<f64>) {
+        let (start, end, floor) = at.window(len);
+        let start = floor.map_or(start, |f| start.max(f - 1));
+        for series in self.matching(sel) {
+            let mut prev: Option<Sample> = None;
+            for s in series.range(start, end).1 {
+                if s.is_stale() {
+                    prev = None;
+                    continue;
+                }
+                if !s.is_value() {
+                    continue;
+                }
+                if !per_interval {
+                    out.push(s.v);
+                    continue;
+                }
+                if let Some(p) = prev
+                    && s.t > p.t
+                {
+                    let inc = if s.v < p.v { s.v } else { s.v - p.v };
+                    let rate = inc / ((s.t - p.t) as f64 / 1000.0);
+                    if rate.is_finite() {
+                        out.push(rate);
+                    }
+                }
+                prev = Some(*s);
+            }
+        }
+    }
+
+    /// A registered selector, as written.
+    pub fn selector(&self, sel: SelectorId) -> Option<&Selector> {
+        self.selectors.get(sel)
+    }
+
+    /// Whether any series matches `sel` now.
+    pub fn has_series(&self, sel: SelectorId) -> bool {
+        self.matching(sel).next().is_some()
+    }
+
     /// Latest value (within [`LOOKBACK`]) summed over matching series.
     pub fn last(&self, sel: SelectorId, at: At) -> Option<f64> {
         let floor = self.lookback_floor(at);
@@ -755,6 +799,37 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_every_sample_or_per_interval_rates() {
+        let mut store = Store::new(Span(600_000));
+        let sel = store.add_selector(Selector::parse("m").unwrap());
+        let key = |i: &str| SeriesKey::new("m", [("i".to_string(), i.to_string())]);
+        // A gauge with a NaN: dropped. A counter with a reset and a stale marker.
+        for (t, v) in [(0, 1.0), (10_000, f64::NAN), (20_000, 3.0)] {
+            store.push(&key("a"), Timestamp(t), v);
+        }
+        let mut out = Vec::new();
+        store.values(sel, At::new(Timestamp(20_000)), Span(60_000), false, &mut out);
+        assert_eq!(out, vec![1.0, 3.0]);
+        let mut store = Store::new(Span(600_000));
+        let sel = store.add_selector(Selector::parse("m").unwrap());
+        for (t, v) in [(0, 10.0), (10_000, 30.0), (20_000, 5.0), (30_000, 15.0)] {
+            store.push(&key("b"), Timestamp(t), v);
+        }
+        store.mark_stale(&key("b"), Timestamp(40_000));
+        store.push(&key("b"), Timestamp(50_000), 100.0);
+        store.push(&key("b"), Timestamp(60_000), 110.0);
+        out.clear();
+        store.values(sel, At::new(Timestamp(60_000)), Span(120_000), true, &mut out);
+        // 20 in 10 s, a reset to 5 (5 in 10 s), 10 in 10 s; the stale marker breaks the run.
+        assert_eq!(out, vec![2.0, 0.5, 1.0, 1.0]);
+        // The floor: only samples at or after it.
+        out.clear();
+        store.values(sel, At::new(Timestamp(60_000)).since(Some(Timestamp(20_000))), Span(120_000), false, &mut out);
+        assert_eq!(out, vec![5.0, 15.0, 100.0, 110.0]);
+        assert!(store.has_series(sel));
+    }
 
     const S: i64 = 1000;
 

@@ -82,6 +82,7 @@ impl Bench {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         };
         // The version source is read on the same tick (an issue newer than its last reading
         // waits for the next one).

@@ -132,6 +132,7 @@ mod tests {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         }
     }
 

@@ -349,6 +349,7 @@ mod tests {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         }
     }
 

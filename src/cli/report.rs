@@ -57,6 +57,9 @@ pub fn decision(out: &mut dyn Write, d: &Decision, show_profile: bool) -> io::Re
     if !d.slo.is_empty() {
         write!(out, "  | slo: {}", d.slo.join("; "))?;
     }
+    if !d.judged.is_empty() {
+        write!(out, "  | baseline: {}", d.judged.join("; "))?;
+    }
     if d.predates_deploy() {
         write!(out, "  | predates the deploy: {} (escalate, not roll back)", d.predates.join(", "))?;
     }

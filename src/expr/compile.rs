@@ -145,6 +145,16 @@ impl Compiler {
         self.calls.get(index).is_some_and(|(c, _, _)| c.window().is_some())
     }
 
+    /// What the candidate's figure of call `index` measures, when it is a baseline judge's
+    /// (`higher`'s samples; `ratio_higher`'s share): a judge rule's value.
+    pub fn judge_unit(&self, index: usize) -> Option<Unit> {
+        match self.calls.get(index)?.0 {
+            super::functions::CallOf::Judge { unit, .. } => Some(unit),
+            super::functions::CallOf::RatioJudge { .. } => Some(Unit::Share),
+            _ => None,
+        }
+    }
+
     /// Registers every call's selectors with `store`; returns the calls with their slots.
     pub fn finish(self, store: &mut Store) -> (Slots, Vec<(Call, usize, Scope)>) {
         let calls = self.calls.into_iter().map(|(spec, slot, scope)| (spec.register(store), slot, scope)).collect();
@@ -186,7 +196,17 @@ impl Compiler {
             (Ok(other), _) => {
                 return Err(vec![format!("{} must be {}, but this gives {other:?}", names.what, expected.noun())]);
             }
-            (Err(e), _) => return Err(vec![format!("type error: {e}")]),
+            (Err(e), _) => {
+                let judge =
+                    out.calls_read.iter().any(|&c| self.calls.get(c).is_some_and(|(spec, _, _)| spec.is_judge()));
+                let hint = match judge {
+                    true => {
+                        " (higher, lower and ratio_higher are true or false, not numbers: use them without comparing)"
+                    }
+                    false => "",
+                };
+                return Err(vec![format!("type error: {e}{hint}")]);
+            }
         }
         out.node = node;
         Ok(out)
@@ -328,7 +348,15 @@ impl Compiler {
                 let (slot, index) = match self.call_slots.get(&key) {
                     Some(&found) => found,
                     None => {
-                        let slot = self.number_slot();
+                        // A judge's slot holds true/false (or no data), so `higher(...) > 1`
+                        // fails the trial evaluation as a type error.
+                        let slot = match spec.is_judge() {
+                            true => {
+                                self.trial.add(Value::Boolean(false));
+                                self.slots.add(Value::Empty)
+                            }
+                            false => self.number_slot(),
+                        };
                         self.call_slots.insert(key, (slot, self.calls.len()));
                         if let Some(unit) = spec.unit() {
                             self.units.insert(slot, unit);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::judge::{CONFIDENCE, Direction, TOLERANCE};
 use super::slo::{SloParams, SloSpec};
 use crate::diag::did_you_mean;
 use crate::selector::Selector;
@@ -30,7 +31,13 @@ pub const FUNCTION_NAMES: &[&str] = &[
     "burn_rate",
     "budget_remaining",
     "budget_spent",
+    "higher",
+    "lower",
+    "ratio_higher",
 ];
+
+/// The baseline judge's functions: true, false or unknown, never a number.
+pub const JUDGE_FUNCTION_NAMES: &[&str] = &["higher", "lower", "ratio_higher"];
 
 /// The functions that read an SLO by name (`burn_rate("availability", "1h")`).
 pub const SLO_FUNCTION_NAMES: &[&str] = &["burn_rate", "budget_remaining", "budget_spent"];
@@ -178,6 +185,28 @@ pub enum CallOf<S> {
         window: Span,
         params: SloParams,
     },
+    /// `higher`/`lower`: the candidate's samples against the baseline's (`None`: the
+    /// candidate's own, just before its deploy). `per_interval`: a counter, compared by its
+    /// per-interval rates; `unit`: what its samples measure.
+    Judge {
+        direction: Direction,
+        cand: S,
+        base: Option<S>,
+        window: Span,
+        tolerance: f64,
+        confidence: f64,
+        per_interval: bool,
+        unit: Unit,
+    },
+    /// `ratio_higher`: bad/total counts against the baseline's (`None`: before the deploy).
+    RatioJudge {
+        cand_bad: S,
+        cand_total: S,
+        base: Option<(S, S)>,
+        window: Span,
+        tolerance: f64,
+        confidence: f64,
+    },
 }
 
 /// A call as written, selectors parsed but not yet registered.
@@ -204,6 +233,27 @@ impl<S> CallOf<S> {
                 let num = f(num);
                 CallOf::Slo { what, num, den: f(den), window, params }
             }
+            CallOf::Judge { direction, cand, base, window, tolerance, confidence, per_interval, unit } => {
+                let cand = f(cand);
+                CallOf::Judge {
+                    direction,
+                    cand,
+                    base: base.map(&mut f),
+                    window,
+                    tolerance,
+                    confidence,
+                    per_interval,
+                    unit,
+                }
+            }
+            CallOf::RatioJudge { cand_bad, cand_total, base, window, tolerance, confidence } => {
+                let (cand_bad, cand_total) = (f(cand_bad), f(cand_total));
+                let base = base.map(|(b, t)| {
+                    let b = f(b);
+                    (b, f(t))
+                });
+                CallOf::RatioJudge { cand_bad, cand_total, base, window, tolerance, confidence }
+            }
         }
     }
 }
@@ -218,6 +268,10 @@ fn signature(name: &str) -> &'static str {
         "up" | "down_for" => "(target_or_selector)",
         "burn_rate" => "(\"slo-name\", window)",
         "budget_remaining" | "budget_spent" => "(\"slo-name\")",
+        "higher" | "lower" => "(candidate, baseline_or_\"deploy\", window[, tolerance[, confidence]])",
+        "ratio_higher" => {
+            "(candidate_bad, candidate_total, baseline_bad, baseline_total, window[, tolerance[, confidence]])"
+        }
         _ => "(\"rule-name\")",
     }
 }
@@ -276,6 +330,43 @@ impl Args<'_> {
                 span => Ok(Offset::Ago(span)),
             },
         }
+    }
+
+    /// A baseline selector, or `"deploy"` (`None`): the candidate's own evidence before it.
+    fn baseline(&self, i: usize) -> Result<Option<Selector>, String> {
+        match &self.args[i] {
+            Arg::Str(s) if s == "deploy" => Ok(None),
+            Arg::Str(_) => self.selector(i).map(Some),
+            Arg::Num(_) => Err(self.wrong_type(i, "a baseline selector string, or \"deploy\"")),
+        }
+    }
+
+    /// The judge's optional `tolerance` (≥ 0) and `confidence` (strictly between 0 and 1) at
+    /// `i` and `i + 1`.
+    fn judge_params(&self, i: usize) -> Result<(f64, f64), String> {
+        let tolerance = match self.args.get(i) {
+            None => TOLERANCE,
+            Some(_) => self.number(i, "a tolerance (a number: 0.25 is 25% of the baseline)")?,
+        };
+        if tolerance < 0.0 {
+            return Err(format!(
+                "argument {} of {}: the tolerance must not be negative, got {tolerance}",
+                i + 1,
+                self.name
+            ));
+        }
+        let confidence = match self.args.get(i + 1) {
+            None => CONFIDENCE,
+            Some(_) => self.number(i + 1, "a confidence between 0 and 1 (0.98)")?,
+        };
+        if !(confidence > 0.0 && confidence < 1.0) {
+            return Err(format!(
+                "argument {} of {}: the confidence must lie strictly between 0 and 1 (0.98 is 98%), got {confidence}",
+                i + 2,
+                self.name
+            ));
+        }
+        Ok((tolerance, confidence))
     }
 
     fn number(&self, i: usize, wanted: &str) -> Result<f64, String> {
@@ -375,6 +466,36 @@ impl CallOf<Selector> {
                 let sel = a.target(0)?;
                 Ok(if name == "up" { CallOf::Up { sel } } else { CallOf::DownFor { sel } })
             }
+            "higher" | "lower" => {
+                a.arity(3, 5)?;
+                let cand = a.selector(0)?;
+                let base = a.baseline(1)?;
+                let (window, (tolerance, confidence)) = (a.window(2)?, a.judge_params(3)?);
+                let counter = |n: &str| ["_total", "_count", "_sum", "_bucket"].iter().any(|s| n.ends_with(s));
+                let per_interval = cand.name.as_deref().is_some_and(counter);
+                let unit = match (per_interval, cand.name.as_deref()) {
+                    (false, Some(n)) => Unit::of(n),
+                    _ => Unit::Plain,
+                };
+                let direction = if name == "higher" { Direction::Higher } else { Direction::Lower };
+                Ok(CallOf::Judge { direction, cand, base, window, tolerance, confidence, per_interval, unit })
+            }
+            "ratio_higher" => {
+                a.arity(5, 7)?;
+                let (cand_bad, cand_total) = (a.selector(0)?, a.selector(1)?);
+                let base = match (a.baseline(2)?, a.baseline(3)?) {
+                    (Some(b), Some(t)) => Some((b, t)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(
+                            "ratio_higher: \"deploy\" as the baseline goes in both baseline arguments (3 and 4)"
+                                .to_string(),
+                        );
+                    }
+                };
+                let (window, (tolerance, confidence)) = (a.window(4)?, a.judge_params(5)?);
+                Ok(CallOf::RatioJudge { cand_bad, cand_total, base, window, tolerance, confidence })
+            }
             other => Err(format!("{other} is not a window function")),
         }
     }
@@ -443,6 +564,7 @@ impl CallOf<Selector> {
             // What the store's retention must span; the series themselves keep raw samples
             // for the shortest window only and checkpoints beyond (see `register`).
             CallOf::Slo { params, .. } => params.period,
+            CallOf::Judge { window, .. } | CallOf::RatioJudge { window, .. } => windowed(*window, Offset::NONE),
         }
     }
 
@@ -459,6 +581,8 @@ impl CallOf<Selector> {
             CallOf::Rate { .. } | CallOf::Increase { .. } | CallOf::Up { .. } => Some(Unit::Plain),
             CallOf::Over { how: Over::Count, .. } => Some(Unit::Plain),
             CallOf::Over { sel, .. } | CallOf::Last { sel, .. } | CallOf::Quantile { sel, .. } => named(sel),
+            // True or false, not a number.
+            CallOf::Judge { .. } | CallOf::RatioJudge { .. } => None,
         }
     }
 
@@ -482,9 +606,16 @@ impl<S> CallOf<S> {
             | CallOf::Ratio { window, .. }
             | CallOf::Over { window, .. }
             | CallOf::Quantile { window, .. }
-            | CallOf::Slo { window, .. } => Some(*window),
+            | CallOf::Slo { window, .. }
+            | CallOf::Judge { window, .. }
+            | CallOf::RatioJudge { window, .. } => Some(*window),
             CallOf::Last { .. } | CallOf::Up { .. } | CallOf::DownFor { .. } => None,
         }
+    }
+
+    /// Whether this is a baseline judge's call (a truth, not a number).
+    pub fn is_judge(&self) -> bool {
+        matches!(self, CallOf::Judge { .. } | CallOf::RatioJudge { .. })
     }
 
     /// The call's offset (`up`/`down_for` have none).
@@ -496,7 +627,11 @@ impl<S> CallOf<S> {
             | CallOf::Over { offset, .. }
             | CallOf::Last { offset, .. }
             | CallOf::Quantile { offset, .. } => *offset,
-            CallOf::Up { .. } | CallOf::DownFor { .. } | CallOf::Slo { .. } => Offset::NONE,
+            CallOf::Up { .. }
+            | CallOf::DownFor { .. }
+            | CallOf::Slo { .. }
+            | CallOf::Judge { .. }
+            | CallOf::RatioJudge { .. } => Offset::NONE,
         }
     }
 }
@@ -570,6 +705,8 @@ impl CallOf<SelectorId> {
                     }
                 }
             }
+            // Judged by `judge`, not valued.
+            CallOf::Judge { .. } | CallOf::RatioJudge { .. } => None,
         }
     }
 }

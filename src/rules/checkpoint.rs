@@ -14,6 +14,10 @@
 //! sample — the store's own size, bounded by the same retention and sample limits. A file that
 //! does not check out is refused whole; reading never allocates more than the file holds.
 //!
+//! The header also carries what each judge call with a `"deploy"` baseline kept at the current
+//! deploy (samples or counts, by the call as written), put back when the evidence starts at the
+//! same deploy: the samples before a deploy older than the window are no longer in the store.
+//!
 //! Restoring invents nothing: the time between the checkpoint and the restart was not watched,
 //! so it is missing data in every window's coverage, and `last`/`up`/`down_for` do not look
 //! back across it. Rule states come back by rule name — a deployment's rules only when the
@@ -29,7 +33,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{Evaluator, RuleState};
-use crate::expr::{Offset, Scope, Value};
+use crate::expr::{Baseline, Offset, Scope, Value};
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
 use crate::window::{LOOKBACK, SavedLevel, SavedTotals};
@@ -57,6 +61,10 @@ struct Header {
     ticks: u64,
     watched: Vec<(i64, i64)>,
     rules: Vec<SavedRule>,
+    /// What each judge call with a `"deploy"` baseline kept at the current deploy, by the call
+    /// as written: the store no longer holds the samples before a deploy older than its window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    baselines: Vec<(String, Baseline)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +158,7 @@ pub fn encode(ev: &Evaluator, now: Timestamp) -> Vec<u8> {
                 predated: ev.predated[i],
             })
             .collect(),
+        baselines: ev.judgements.baselines().map(|(i, b)| (ev.call_key(i), b.clone())).collect(),
     };
     // Plain data: serializing it cannot fail; if it did, the file would be refused at start.
     let json = serde_json::to_vec(&header).unwrap_or_default();
@@ -509,6 +518,11 @@ impl Evaluator {
         if let Some(at) = self.evidence_since {
             self.take_deploy_values(at);
         }
+        // A judge's "deploy" baseline as kept at the deploy, when it is the same deploy (the
+        // restored samples may no longer reach back before it).
+        if same_evidence {
+            self.restore_baselines(header.baselines);
+        }
         Ok(restored)
     }
 }
@@ -792,6 +806,64 @@ when = 'last("mem") > 0.9'
         assert_eq!(back.state("errors"), Some(RuleState::Inactive));
         assert!(back.state("node-memory").unwrap().is_firing());
         assert_eq!(back.store().len(), 3, "the samples come back all the same (windows start at the deploy)");
+    }
+
+    /// A judge's `"deploy"` baseline outlives the samples it was read from, across a restart.
+    #[test]
+    fn a_restart_keeps_a_judge_s_deploy_baseline() {
+        let judge = || {
+            let text = "[[rule]]\nname = \"slower\"\nwhen = 'higher(\"latency_seconds\", \"deploy\", \"1m\")'\n";
+            let file = SourceFile { path: "p.toml".into(), text: text.to_string() };
+            super::super::load::build(&[LoadedProfile::from_source(file).unwrap()]).unwrap()
+        };
+        let mut ev = judge();
+        let lat = key("latency_seconds");
+        let jitter = |i: i64| [0.9, 0.95, 1.0, 1.05, 1.1][(i % 5) as usize];
+        // 100 ms until the deploy at 5 min, 200 ms after it, a sample a second, until 10 min.
+        for i in 0..600i64 {
+            if i == 300 {
+                ev.restart_evidence(Timestamp(i * S), true);
+            }
+            ev.store_mut().push(&lat, Timestamp(i * S), if i < 300 { 0.1 } else { 0.2 } * jitter(i));
+            ev.tick(Timestamp(i * S));
+        }
+        assert!(ev.state("slower").unwrap().is_firing());
+        let bytes = encode(&ev, Timestamp(599 * S));
+        // Restarted a little later on the same deploy: the samples before it are long gone.
+        let mut back = judge();
+        back.restart_evidence(Timestamp(300 * S), false);
+        back.restore(&bytes, Timestamp(600 * S)).unwrap();
+        back.store_mut().push(&lat, Timestamp(600 * S), 0.2);
+        let d = back.tick(Timestamp(600 * S)).decisions.remove(0);
+        assert!(
+            d.judged[0].starts_with("slower: candidate mean 200ms vs before the deploy 100ms (+100")
+                && d.judged[0].contains("Mann-Whitney p = "),
+            "{:?}",
+            d.judged
+        );
+        // Without the kept baseline (a checkpoint from before this was kept), it is unknown.
+        let mut fresh = judge();
+        fresh.restart_evidence(Timestamp(300 * S), false);
+        fresh.restore(&back_without_baselines(&bytes), Timestamp(600 * S)).unwrap();
+        fresh.store_mut().push(&lat, Timestamp(600 * S), 0.2);
+        let d = fresh.tick(Timestamp(600 * S)).decisions.remove(0);
+        assert!(d.unknown.contains(&"slower".to_string()), "{d:?}");
+    }
+
+    /// The same checkpoint with its header's kept baselines removed (and the hash made right).
+    fn back_without_baselines(bytes: &[u8]) -> Vec<u8> {
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
+        assert!(header["baselines"].as_array().is_some_and(|b| b.len() == 1), "{header}");
+        header.as_object_mut().unwrap().remove("baselines");
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut out = bytes[..8].to_vec();
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&bytes[12 + len..bytes.len() - 8]);
+        let hash = fnv1a(&out);
+        out.extend_from_slice(&hash.to_le_bytes());
+        out
     }
 
     #[test]

@@ -398,9 +398,13 @@ fn compile_rules(
                 Some(c) => (Some(Some(c.to_num())), c.unit(compiler)),
                 None => (None, None),
             },
+            // No comparison but a baseline comparison: the value is the candidate's figure.
             None => (
                 Some(when.as_ref().and_then(Compiled::comparison_left)),
-                when.as_ref().and_then(|w| w.comparison_left_unit(compiler)),
+                when.as_ref().and_then(|w| {
+                    w.comparison_left_unit(compiler)
+                        .or_else(|| w.calls_read.iter().find_map(|&c| compiler.judge_unit(c)))
+                }),
             ),
         };
         let for_ = match &raw.for_ {
@@ -793,5 +797,61 @@ then = "panic"
         assert!(text.contains("p.toml:8:1: unknown field `sevrity`"), "{text}");
         assert!(text.contains("p.toml:7:8: rule \"s\": unknown signal or variable \"nope\""), "{text}");
         assert_eq!(e.len(), 3, "{text}");
+    }
+
+    /// A `"deploy"` baseline is what the version's selectors read just before its deploy, kept
+    /// while the store forgets those samples; no deploy known is unknown, and the verdict is
+    /// three-valued through `!` and `&&` like any condition.
+    #[test]
+    fn a_deploy_baseline_is_kept_at_the_deploy() {
+        let mut ev = load(
+            "[[rule]]\nname = \"slower\"\nwhen = 'higher(\"latency_seconds\", \"deploy\", \"1m\")'\n\
+             [[rule]]\nname = \"not-slower\"\nwhen = '!higher(\"latency_seconds\", \"deploy\", \"1m\") && 1 > 0'\n\
+             [[decide]]\nask = \"Slower?\"\nif = 'firing(\"slower\")'\nthen = \"consider\"\n",
+        )
+        .unwrap();
+        let lat = crate::selector::SeriesKey::parse("latency_seconds").unwrap();
+        let jitter = |i: i64| [0.9, 0.95, 1.0, 1.05, 1.1][(i % 5) as usize];
+        let mut last = None;
+        // 10 minutes at 1 s: 100 ms before the deploy at 5 min, 200 ms after it.
+        for i in 0..600i64 {
+            let t = crate::time::Timestamp(i * 1000);
+            if i == 300 {
+                ev.restart_evidence(t, true);
+            }
+            let v = if i < 300 { 0.1 } else { 0.2 } * jitter(i);
+            ev.store_mut().push(&lat, t, v);
+            let d = ev.tick(t).decisions.remove(0);
+            if i < 300 {
+                assert!(d.unknown.contains(&"slower".to_string()), "no deploy known at {i} s: {d:?}");
+                assert!(d.judged[0].contains("no data for the baseline"), "{:?}", d.judged);
+            }
+            last = Some(d);
+        }
+        // Five minutes after the deploy the store no longer holds the minute before it.
+        let d = last.unwrap();
+        assert!(ev.state("slower").unwrap().is_firing(), "{d:?}");
+        assert!(!ev.state("not-slower").unwrap().is_firing());
+        assert!(
+            d.judged[0]
+                .starts_with("slower: candidate mean 200ms vs before the deploy 100ms (+100%), Mann-Whitney p = "),
+            "{:?}",
+            d.judged
+        );
+        let value = ev.value("slower").unwrap();
+        assert!((value - 0.2).abs() < 1e-9, "the candidate's mean: {value}");
+        // A config reload (the same rule in another place) keeps it too.
+        let mut reloaded = load(
+            "[[rule]]\nname = \"other\"\nwhen = 'up(\"api\") == 0'\n\
+             [[rule]]\nname = \"slower\"\nwhen = 'higher(\"latency_seconds\", \"deploy\", \"1m\")'\n",
+        )
+        .unwrap();
+        reloaded.adopt(ev);
+        let d = reloaded.tick(crate::time::Timestamp(600_000)).decisions.remove(0);
+        assert!(
+            d.judged.iter().any(|n| n.starts_with("slower: candidate mean 200ms vs before the deploy 100ms")),
+            "{:?}",
+            d.judged
+        );
     }
 }

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value};
+use crate::expr::compare::Judgements;
+use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value, Verdict};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
 pub use coverage::WindowCoverage;
@@ -159,6 +160,9 @@ pub struct Evaluator {
     short: Vec<bool>,
     /// The SLOs loaded, with the slots of their burn rates and budgets.
     slos: Vec<slo::SloWatch>,
+    /// The baseline judge's calls: each one's verdict on the last tick, and what a `"deploy"`
+    /// baseline read just before the current deploy.
+    judgements: Judgements,
 }
 
 /// How often the store drops series that stopped reporting.
@@ -180,6 +184,7 @@ impl Evaluator {
         let n = rules.len();
         let deploy_values = vec![None; calls.len()];
         Evaluator {
+            judgements: Judgements::new(calls.len()),
             evidence_since: None,
             deploy_values,
             predated: vec![false; n],
@@ -230,6 +235,9 @@ impl Evaluator {
     /// keeps its samples under this evaluator's selectors, and each rule carries over the state
     /// of the old rule with the same name (as Prometheus' `CopyState`); new rules start inactive.
     pub fn adopt(&mut self, old: Evaluator) {
+        // Judges' "deploy" baselines, by the call as written (read before the store moves).
+        let kept: Vec<(String, crate::expr::Baseline)> =
+            old.judgements.baselines().map(|(i, b)| (old.call_key(i), b.clone())).collect();
         let fresh = std::mem::replace(&mut self.store, Store::new(Span::ZERO));
         self.store = old.store;
         self.store.adopt_selectors_of(fresh);
@@ -248,6 +256,17 @@ impl Evaluator {
         if let Some(at) = old.evidence_since {
             self.evidence_since = Some(at);
             self.take_deploy_values(at);
+            self.restore_baselines(kept);
+        }
+    }
+
+    /// Puts back judges' `"deploy"` baselines kept at the current deploy (by a running
+    /// evaluator, or in a checkpoint), matching calls as written.
+    fn restore_baselines(&mut self, kept: Vec<(String, crate::expr::Baseline)>) {
+        for (key, baseline) in kept {
+            if let Some(i) = (0..self.calls.len()).find(|&i| self.call_key(i) == key) {
+                self.judgements.restore_baseline(i, baseline);
+            }
         }
     }
 
@@ -294,6 +313,7 @@ impl Evaluator {
             if call.offset() == Offset::Deploy {
                 self.deploy_values[i] = call.eval(&self.store, at, None, Some(at));
             }
+            self.judgements.keep_baseline(i, call, &self.store, at);
         }
     }
 
@@ -349,6 +369,16 @@ impl Evaluator {
         }
         self.ticks += 1;
         for (i, (call, slot, scope)) in self.calls.iter().enumerate() {
+            if call.is_judge() {
+                let since = if *scope == Scope::Deployment { self.evidence_since } else { None };
+                let truth = match self.judgements.judge(i, call, &self.store, now, since) {
+                    Truth::True => Value::Boolean(true),
+                    Truth::False => Value::Boolean(false),
+                    Truth::Unknown => Value::Empty,
+                };
+                self.slots.set(*slot, truth);
+                continue;
+            }
             let value = if call.offset() == Offset::Deploy {
                 self.deploy_values[i]
             } else {
@@ -364,7 +394,11 @@ impl Evaluator {
         let mut tick = Tick { transitions: std::mem::take(&mut self.restarted), ..Tick::default() };
         for (i, rule) in self.rules.iter().enumerate() {
             let truth = rule.cond.eval(&self.slots);
-            let value = rule.value.as_ref().and_then(|v| v.eval(&self.slots));
+            let value = match &rule.value {
+                Some(v) => v.eval(&self.slots),
+                // A bare baseline comparison reports the candidate's figure.
+                None => rule.windows.iter().find_map(|&c| self.judgements.verdict(c)?.candidate()),
+            };
             let before = self.states[i];
             // A window holding less than the rule requires: unknown, whatever `on_no_data`
             // says — partial data is no evidence either way, so the state holds.
@@ -461,9 +495,42 @@ impl Evaluator {
                     })
                     .map(|w| w.read(&self.slots).note())
                     .collect(),
+                judged: rules.iter().flat_map(|&i| self.judged(&self.rules[i])).collect(),
             });
         }
         tick
+    }
+
+    /// The baseline judge's figures behind `rule` on the last tick, one line per comparison it
+    /// makes: `canary-latency: candidate mean 140ms vs baseline 100ms (+40%), Mann-Whitney
+    /// p = 5e-15, 98% needed`.
+    pub fn judged(&self, rule: &Rule) -> Vec<String> {
+        rule.windows
+            .iter()
+            .filter_map(|&c| self.judgements.verdict(c))
+            .map(|v| format!("{}: {}", rule.name, v.note()))
+            .collect()
+    }
+
+    /// Call `i` as written (its selectors' texts and arguments): what identifies it across a
+    /// restart, whatever order the calls were compiled in.
+    fn call_key(&self, i: usize) -> String {
+        let Some((call, _, scope)) = self.calls.get(i) else { return String::new() };
+        let texts = call.clone().map(|id| self.store.selector(id).map(|s| s.text.clone()).unwrap_or_default());
+        format!("{scope:?} {texts:?}")
+    }
+
+    /// Whether `rule` compares with a baseline (reads a judge call).
+    pub fn judges(&self, rule: &Rule) -> bool {
+        rule.windows.iter().any(|&c| self.calls.get(c).is_some_and(|(call, _, _)| call.is_judge()))
+    }
+
+    /// Every baseline comparison on the last tick, by rule (for the status page).
+    pub fn verdicts(&self) -> Vec<(&Rule, &Verdict)> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.windows.iter().filter_map(|&c| self.judgements.verdict(c)).map(move |v| (r, v)))
+            .collect()
     }
 
     /// The windows `rule`'s condition reads that hold less than their whole span at `now`

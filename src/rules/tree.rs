@@ -77,6 +77,12 @@ pub struct Decision {
     /// ("availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×; …").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slo: Vec<String>,
+    /// For each of the profile's rules that compares with a baseline, firing or not: the
+    /// figures behind its verdict, or why it has none
+    /// ("canary-latency: candidate mean 140ms vs baseline 100ms (+40%), Mann-Whitney p = 4e-15,
+    /// 98% needed").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judged: Vec<String>,
 }
 
 impl Tree {
@@ -128,7 +134,7 @@ impl Decision {
         for c in &self.coverage {
             text.push_str(&format!("; {}: {c}", c.rule));
         }
-        for note in &self.slo {
+        for note in self.slo.iter().chain(&self.judged) {
             text.push_str(&format!("; {note}"));
         }
         text
@@ -170,6 +176,7 @@ mod tests {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
         assert_eq!(d.explained(), d.explanation(), "every window full");

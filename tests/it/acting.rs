@@ -151,6 +151,7 @@ impl Harness {
             silenced: vec![],
             coverage: vec![],
             slo: vec![],
+            judged: vec![],
         };
         if let Some(v) = version {
             self.d.on_version_observed(self.clock.now(), v).unwrap();
@@ -874,6 +875,7 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         silenced: vec![],
         coverage: vec![],
         slo: vec![],
+        judged: vec![],
     };
     h.d.on_version_observed(h.clock.now(), "v2").unwrap();
     h.d.on_tick(h.clock.now(), &[d]).unwrap();

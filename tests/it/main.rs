@@ -19,6 +19,7 @@ mod fleet;
 mod ha;
 mod ha_faults;
 mod hostile;
+mod judge;
 mod layers;
 mod notify;
 mod peers;
