@@ -79,7 +79,7 @@ fn memory() {
         held as f64 / SERIES as f64 / 1024.0
     );
     assert!(held / SERIES <= 100 * 1024, "over 100 KB per series");
-    let readings = ev.slo_readings();
+    let readings = ev.slo_readings(Timestamp(DAYS * 86_400_000));
     println!("  burn rates: {:?}", readings[0].1.burn_rates.iter().map(|b| b.burn_rate).collect::<Vec<_>>());
 }
 

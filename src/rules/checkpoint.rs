@@ -762,7 +762,7 @@ when = 'last("mem") > 0.9'
         }
         let now = Timestamp(end * MIN);
         ev.tick(now);
-        let before = ev.slo_readings();
+        let before = ev.slo_readings(now);
         let rate = |r: &[(usize, slo::SloReading)], w: &str| {
             let w = crate::time::parse_duration(w).unwrap();
             r[0].1.burn_rates.iter().find(|b| b.window == w).and_then(|b| b.burn_rate)
@@ -776,7 +776,7 @@ when = 'last("mem") > 0.9'
         back.restart_evidence(Timestamp(0), false);
         back.restore(&bytes, now).unwrap();
         back.tick(now);
-        let after = back.slo_readings();
+        let after = back.slo_readings(now);
         for w in ["1d", "3d", "6h", "1h"] {
             let (b, a) = (rate(&before, w), rate(&after, w));
             assert!(b.is_some() && a.is_some_and(|a| (a - b.unwrap()).abs() < 1e-9), "{w}: {b:?} before, {a:?} after");
@@ -790,7 +790,7 @@ when = 'last("mem") > 0.9'
             fresh.store_mut().restore_series(&s.key, &s.samples, s.zero_since);
         }
         fresh.tick(now);
-        assert_ne!(rate(&fresh.slo_readings(), "3d"), rate(&before, "3d"), "the test sees what checkpoints add");
+        assert_ne!(rate(&fresh.slo_readings(now), "3d"), rate(&before, "3d"), "the test sees what checkpoints add");
     }
 
     #[test]

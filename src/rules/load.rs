@@ -746,6 +746,47 @@ then = "panic"
         out
     }
 
+    /// Right after a deploy the version's windows are empty: a rule read as `ok` without data
+    /// is not thereby seen quiet, so an incident that was firing before the deploy and goes on
+    /// after it still predates it — whether or not a tick fell in that empty moment.
+    #[test]
+    fn an_empty_window_after_a_deploy_does_not_end_what_predates_it() {
+        let mut ev = load(
+            "[signals]\nerror_rate = 'ratio(\"req{code=\\\"500\\\"}\", \"req\", \"1m\")'\n\
+             [[rule]]\nname = \"burn\"\nwhen = 'error_rate > 0.05'\non_no_data = \"ok\"\n\
+             [[decide]]\nask = \"Burning?\"\nif = 'firing(\"burn\")'\nthen = \"rollback\"\n",
+        )
+        .unwrap();
+        let (ok, bad) = (
+            crate::selector::SeriesKey::parse("req{code=\"200\"}").unwrap(),
+            crate::selector::SeriesKey::parse("req{code=\"500\"}").unwrap(),
+        );
+        let feed = |ev: &mut Evaluator, i: i64| {
+            let t = crate::time::Timestamp(i * 15_000);
+            ev.store_mut().push(&ok, t, 90.0 * i as f64);
+            ev.store_mut().push(&bad, t, 10.0 * i as f64);
+            t
+        };
+        for i in 0..=8 {
+            let t = feed(&mut ev, i);
+            ev.tick(t);
+        }
+        assert!(ev.state("burn").unwrap().is_firing());
+        // Deployed at 2m 1s; a tick at 2m 2s has no sample since: the window is empty.
+        ev.restart_evidence(crate::time::Timestamp(121_000), true);
+        let d = ev.tick(crate::time::Timestamp(122_000)).decisions.remove(0);
+        assert!(!ev.state("burn").unwrap().is_firing(), "no data, read as ok: {}", d.explained());
+        // The errors go on on the new version: still the incident from before the deploy.
+        for i in 9..=12 {
+            let t = feed(&mut ev, i);
+            let d = ev.tick(t).decisions.remove(0);
+            if ev.state("burn").unwrap().is_firing() {
+                assert_eq!(d.predates, vec!["burn".to_string()], "at {}: {}", t.0, d.explained());
+            }
+        }
+        assert!(ev.state("burn").unwrap().is_firing());
+    }
+
     #[test]
     fn a_window_holding_minutes_fires_only_with_its_coverage_told() {
         // Without min_coverage: firing on 15 seconds of a 10-minute window, and saying so.

@@ -317,9 +317,16 @@ impl Evaluator {
         }
     }
 
-    /// Every SLO's budget and burn rates after the last tick, with the index of its profile.
-    pub fn slo_readings(&self) -> Vec<(usize, slo::SloReading)> {
-        self.slos.iter().map(|w| (w.profile, w.read(&self.slots))).collect()
+    /// Every SLO's budget and burn rates after the tick at `now`, with the index of its profile.
+    pub fn slo_readings(&self, now: Timestamp) -> Vec<(usize, slo::SloReading)> {
+        self.slos.iter().map(|w| (w.profile, w.read(&self.slots, self.slo_seen(w, now)))).collect()
+    }
+
+    /// How much of an SLO's period its budget is computed on at `now`, when less than all of it.
+    fn slo_seen(&self, w: &slo::SloWatch, now: Timestamp) -> Option<Span> {
+        let (window, covered) =
+            window_coverage(self.calls.get(w.remaining_call)?, &self.store, now, self.evidence_since)?;
+        (covered < window).then_some(covered)
     }
 
     /// Every rule with its current state and value, in evaluation order.
@@ -426,7 +433,12 @@ impl Evaluator {
             self.states[i] = after;
             self.values[i] = value;
             self.truths[i] = timing.on_no_data.apply(truth);
-            if self.truths[i] == Truth::False {
+            // Seen quiet clears what predated the deploy. A deployment's rule without data is
+            // not seen quiet, whatever its `on_no_data`: its windows start at the deploy, and no
+            // data yet on the new version is not the incident's end. (An environment rule read
+            // as an alert is: its alert resolved is its series gone.)
+            let unseen = truth == Truth::Unknown && rule.scope == Scope::Deployment;
+            if self.truths[i] == Truth::False && !unseen {
                 self.predated[i] = false;
             }
             let heard = !self.silenced.contains(&rule.name);
@@ -493,7 +505,7 @@ impl Evaluator {
                     .filter(|w| {
                         w.profile == pi && w.rules().iter().any(|r| self.state(r).is_some_and(|s| s.is_firing()))
                     })
-                    .map(|w| w.read(&self.slots).note())
+                    .map(|w| w.read(&self.slots, self.slo_seen(w, now)).note())
                     .collect(),
                 judged: rules.iter().flat_map(|&i| self.judged(&self.rules[i])).collect(),
             });

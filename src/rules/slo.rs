@@ -6,7 +6,7 @@
 //! then compiled like any other, so `[[decide]]` reads them with `firing("availability-page")`.
 //!
 //! What the evaluator keeps per SLO ([`SloWatch`]) is the slots of its burn rates and budgets,
-//! read after each tick for decisions ("this version burned 2.1% of the 30-day budget in
+//! read after each tick for decisions ("this version burned 1.0% of the 30-day budget in
 //! 12 min, burn rate 36×"), the status page and `/metrics`.
 
 use std::collections::{HashMap, HashSet};
@@ -244,6 +244,8 @@ pub struct SloWatch {
     pub scope: Scope,
     pub windows: [AlertWindow; 4],
     remaining: usize,
+    /// The call behind `remaining` (its window's coverage says how much of the period it saw).
+    pub(super) remaining_call: usize,
     spent: usize,
     /// The burn rate over the period since the deploy (deployment scope), for "burn rate 36×".
     burn_since: usize,
@@ -259,18 +261,19 @@ pub fn watches(slos: &[Slo], compiler: &mut Compiler) -> Vec<SloWatch> {
     for slo in slos {
         let name = &slo.spec.name;
         compiler.scope = slo.scope;
-        let mut slot = |text: String| -> Option<usize> {
+        let mut call = |text: String| -> Option<(usize, usize)> {
             let c = compiler.compile(&text, &names, Expected::Number).ok()?;
-            compiler.call_slot(*c.calls_read.first()?)
+            let call = *c.calls_read.first()?;
+            Some((call, compiler.call_slot(call)?))
         };
         let burn: Option<Vec<(Span, usize)>> = window_spans()
             .into_iter()
-            .map(|w| slot(format!("burn_rate(\"{name}\", \"{w}\")")).map(|s| (w, s)))
+            .map(|w| call(format!("burn_rate(\"{name}\", \"{w}\")")).map(|(_, s)| (w, s)))
             .collect();
-        let (Some(remaining), Some(spent), Some(burn_since), Some(burn)) = (
-            slot(format!("budget_remaining(\"{name}\")")),
-            slot(format!("budget_spent(\"{name}\")")),
-            slot(format!("burn_rate(\"{name}\", \"{}\")", slo.spec.period)),
+        let (Some((remaining_call, remaining)), Some(spent), Some(burn_since), Some(burn)) = (
+            call(format!("budget_remaining(\"{name}\")")),
+            call(format!("budget_spent(\"{name}\")")).map(|(_, s)| s),
+            call(format!("burn_rate(\"{name}\", \"{}\")", slo.spec.period)).map(|(_, s)| s),
             burn,
         ) else {
             continue;
@@ -283,6 +286,7 @@ pub fn watches(slos: &[Slo], compiler: &mut Compiler) -> Vec<SloWatch> {
             scope: slo.scope,
             windows: alert_windows(slo.spec.period),
             remaining,
+            remaining_call,
             spent,
             burn_since,
             burn,
@@ -299,6 +303,10 @@ pub struct SloReading {
     #[serde(serialize_with = "span_text")]
     pub period: Span,
     pub budget_remaining: Option<f64>,
+    /// How much of the period `budget_remaining` is computed on, when less than the period
+    /// (a young service, or data lost): its error ratio stands for the period's.
+    #[serde(serialize_with = "opt_span_text", skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Span>,
     /// The share of the period's budget the current version spent since its deploy.
     pub budget_spent: Option<f64>,
     /// The burn rate since the deploy (over the data there is, up to the period).
@@ -316,6 +324,13 @@ pub struct BurnReading {
     pub alert: &'static str,
 }
 
+fn opt_span_text<S: serde::Serializer>(s: &Option<Span>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_str(&s.to_string()),
+        None => ser.serialize_none(),
+    }
+}
+
 fn span_text<S: serde::Serializer>(s: &Span, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(&s.to_string())
 }
@@ -328,9 +343,11 @@ fn number(slots: &Slots, slot: usize) -> Option<f64> {
 }
 
 impl SloWatch {
-    /// Its values in `slots` (after a tick).
-    pub fn read(&self, slots: &Slots) -> SloReading {
+    /// Its values in `slots` (after a tick); `seen`: how much of the period its data covers,
+    /// when less than the period.
+    pub fn read(&self, slots: &Slots, seen: Option<Span>) -> SloReading {
         SloReading {
+            seen,
             name: self.name.clone(),
             objective: self.objective,
             period: self.period,
@@ -368,7 +385,7 @@ impl SloWatch {
 pub const SUBJECT: &str = "this version";
 
 impl SloReading {
-    /// "availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×;
+    /// "availability: this version burned 1.0% of the 30-day budget in 12 min, burn rate 36×;
     /// 97.9% of the budget remains" — what a decision says about an SLO whose rules fire.
     pub fn note(&self) -> String {
         let pct = |v: f64| format!("{}%", crate::template::Unit::Plain.show((v * 10_000.0).round() / 100.0));
@@ -387,7 +404,16 @@ impl SloReading {
             _ => text.push_str(" no burn since the deploy;"),
         }
         match self.budget_remaining {
-            Some(r) => text.push_str(&format!(" {} of the budget remains", pct(r))),
+            Some(r) => {
+                text.push_str(&format!(" {} of the budget remains", pct(r)));
+                if let Some(seen) = self.seen {
+                    text.push_str(&format!(
+                        " (on {} of data, not the {} period)",
+                        crate::time::human(seen),
+                        period_text(self.period)
+                    ));
+                }
+            }
             None => text.push_str(" budget remaining unknown (no traffic)"),
         }
         text

@@ -74,7 +74,7 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coverage: Vec<super::coverage::WindowCoverage>,
     /// For each SLO whose page or ticket rule fires: what the version spent of its budget
-    /// ("availability: this version burned 2.1% of the 30-day budget in 12 min, burn rate 36×; …").
+    /// ("availability: this version burned 1.0% of the 30-day budget in 12 min, burn rate 36×; …").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slo: Vec<String>,
     /// For each of the profile's rules that compares with a baseline, firing or not: the
@@ -141,7 +141,7 @@ impl Decision {
     }
 
     /// [`explained`](Self::explained), the version named where the SLO notes say "this
-    /// version" (`v2 burned 2.1% of the 30-day budget …`): what the acting core tells people.
+    /// version" (`v2 burned 1.0% of the 30-day budget …`): what the acting core tells people.
     pub fn explained_for(&self, version: Option<&str>) -> String {
         let Some(version) = version else { return self.explained() };
         let named = Decision {

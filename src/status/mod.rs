@@ -223,7 +223,7 @@ impl Snapshot {
             }
         }
         let mut slos = Vec::new();
-        for (pi, reading) in ev.slo_readings() {
+        for (pi, reading) in ev.slo_readings(now) {
             let mut budget_history = self
                 .slos
                 .iter_mut()

@@ -267,6 +267,8 @@ fn replay_says_what_the_version_burned() {
         page.contains("slo: availability: this version burned 2.01% of the 30-day budget in 6h 58m, burn rate 2.1×"),
         "{page}"
     );
+    // The budget left is computed on the data there is: said, when that is less than the period.
+    assert!(page.contains("of the budget remains (on 6h 58m of data, not the 30-day period)"), "{page}");
     // `--svg` draws each alert window's burn rate against its factor.
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("burn.svg");
