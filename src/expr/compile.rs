@@ -105,6 +105,9 @@ pub struct Compiler {
     units: HashMap<usize, Unit>,
     /// The SLOs loaded, by name: what `burn_rate("name", …)` and the budget functions read.
     pub slos: HashMap<String, SloSpec>,
+    /// The rules an `[[slo]]` with errors would have generated: a tree reading one is not told
+    /// again (the SLO's own error says what is wrong).
+    pub broken_rules: std::collections::HashSet<String>,
 }
 
 impl Compiler {
@@ -320,6 +323,7 @@ impl Compiler {
                     read_slot(node, if name == "firing" { firing } else { pending });
                     out.rules_read.push(rule);
                 }
+                None if self.broken_rules.contains(&rule) => {}
                 None => errors.push(format!(
                     "{name}({rule:?}): no rule named {rule:?} is loaded{}",
                     did_you_mean(&rule, names.rules.keys().map(String::as_str))

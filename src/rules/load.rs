@@ -182,6 +182,7 @@ pub fn build(profiles: &[LoadedProfile]) -> Result<Evaluator, Diagnostics> {
     let expanded = slo::expand(profiles, &mut errors);
     let mut compiler = Compiler::new();
     compiler.slos = expanded.table();
+    compiler.broken_rules = expanded.broken_rules.clone();
     let slots = Slots::allocate(profiles, &expanded, &mut compiler, &mut errors);
     let mut signals: Vec<Signal> = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();

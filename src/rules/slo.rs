@@ -40,6 +40,8 @@ pub struct Slo {
 pub struct Expanded {
     pub slos: Vec<Slo>,
     pub rules: Vec<Vec<Spanned<RawRule>>>,
+    /// The rules the SLOs with errors would have generated (their errors are reported once).
+    pub broken_rules: HashSet<String>,
 }
 
 impl Expanded {
@@ -60,7 +62,11 @@ pub fn expand(profiles: &[LoadedProfile], errors: &mut Diagnostics) -> Expanded 
         let mut generated = Vec::new();
         for raw in &p.raw.slo {
             let raw = raw.get_ref();
-            let Some(slo) = check(&mut ctx, raw, pi) else { continue };
+            let Some(slo) = check(&mut ctx, raw, pi) else {
+                let name = raw.name.get_ref();
+                out.broken_rules.extend([rule_name(name, "page"), rule_name(name, "ticket")]);
+                continue;
+            };
             let name = &slo.spec.name;
             let item = format!("slo {name:?}");
             let here = {

@@ -228,6 +228,18 @@ fn check_places_every_slo_mistake() {
         )),
         "{out}"
     );
+    // One mistake in an SLO a tree reads: one error, not one more per question reading its rules.
+    let one = write(
+        dir.path(),
+        "one.toml",
+        "[[slo]]\nname = \"availability\"\nobjective = \"100%\"\nerrors = 'e'\ntotal = 't'\n\
+         [[decide]]\nask = \"Page?\"\nif = 'firing(\"availability-page\")'\nthen = \"rollback\"\n\
+         [[decide]]\nask = \"Ticket?\"\nif = 'firing(\"availability-ticket\")'\nthen = \"consider\"\n",
+    );
+    let (code, out, _) = rollwatch(&["check", one.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("objective must lie strictly between 0 and 1"), "{out}");
+    assert!(!out.contains("no rule named"), "no follow-on error: {out}");
     let (code, out, err) = rollwatch(&["check", "rules/slo.toml", "examples/slo.toml"]);
     assert_eq!(code, 0, "{out}{err}");
 }
