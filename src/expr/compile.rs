@@ -202,13 +202,13 @@ impl Compiler {
             (Err(e), _) => {
                 let judge =
                     out.calls_read.iter().any(|&c| self.calls.get(c).is_some_and(|(spec, _, _)| spec.is_judge()));
-                let hint = match judge {
-                    true => {
-                        " (higher, lower and ratio_higher are true or false, not numbers: use them without comparing)"
-                    }
-                    false => "",
-                };
-                return Err(vec![format!("type error: {e}{hint}")]);
+                // The reason a person can act on first; evalexpr's words after it.
+                return Err(vec![match judge {
+                    true => format!(
+                        "higher, lower and ratio_higher are true or false, not numbers: use them without comparing (type error: {e})"
+                    ),
+                    false => format!("type error: {e}"),
+                }]);
             }
         }
         out.node = node;

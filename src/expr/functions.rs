@@ -299,6 +299,18 @@ impl Args<'_> {
         }
     }
 
+    /// A compared selector: the candidate's own series — `"deploy"` is a baseline only.
+    fn candidate(&self, i: usize) -> Result<Selector, String> {
+        match &self.args[i] {
+            Arg::Str(s) if s.trim().eq_ignore_ascii_case("deploy") => Err(format!(
+                "argument {} of {}: \"deploy\" names a baseline, not a candidate: give the candidate's selector here",
+                i + 1,
+                self.name
+            )),
+            _ => self.selector(i),
+        }
+    }
+
     fn selector(&self, i: usize) -> Result<Selector, String> {
         let text = self.string(i, "a selector string such as \"http_requests_total{code=~\\\"5..\\\"}\"")?;
         Selector::parse(text).map_err(|e| format!("argument {} of {}: {e} in {text:?}", i + 1, self.name))
@@ -333,9 +345,15 @@ impl Args<'_> {
     }
 
     /// A baseline selector, or `"deploy"` (`None`): the candidate's own evidence before it.
+    /// `"Deploy"` is not a metric someone meant: refused with the word it is close to.
     fn baseline(&self, i: usize) -> Result<Option<Selector>, String> {
         match &self.args[i] {
             Arg::Str(s) if s == "deploy" => Ok(None),
+            Arg::Str(s) if s.trim().eq_ignore_ascii_case("deploy") => Err(format!(
+                "argument {} of {}: {s:?} is not a baseline; did you mean \"deploy\" (the version's own evidence before its deploy)?",
+                i + 1,
+                self.name
+            )),
             Arg::Str(_) => self.selector(i).map(Some),
             Arg::Num(_) => Err(self.wrong_type(i, "a baseline selector string, or \"deploy\"")),
         }
@@ -468,7 +486,7 @@ impl CallOf<Selector> {
             }
             "higher" | "lower" => {
                 a.arity(3, 5)?;
-                let cand = a.selector(0)?;
+                let cand = a.candidate(0)?;
                 let base = a.baseline(1)?;
                 let (window, (tolerance, confidence)) = (a.window(2)?, a.judge_params(3)?);
                 let counter = |n: &str| ["_total", "_count", "_sum", "_bucket"].iter().any(|s| n.ends_with(s));
@@ -482,7 +500,7 @@ impl CallOf<Selector> {
             }
             "ratio_higher" => {
                 a.arity(5, 7)?;
-                let (cand_bad, cand_total) = (a.selector(0)?, a.selector(1)?);
+                let (cand_bad, cand_total) = (a.candidate(0)?, a.candidate(1)?);
                 let base = match (a.baseline(2)?, a.baseline(3)?) {
                     (Some(b), Some(t)) => Some((b, t)),
                     (None, None) => None,

@@ -40,6 +40,8 @@ fn check_places_each_judge_mistake() {
         ("tolerance-type", r#"ratio_higher("e", "t", "e2", "t2", "10m", "0.25")"#),
         ("negative-tolerance", r#"higher("lat", "deploy", "10m", -0.1)"#),
         ("compared", r#"higher("lat", "deploy", "10m") > 1"#),
+        ("deploy-typo", r#"higher("lat", "Deploy", "10m")"#),
+        ("deploy-candidate", r#"ratio_higher("deploy", "t", "deploy", "deploy", "10m")"#),
     ];
     let mut text = String::from("default = \"monitor\"\n");
     for (name, when) in rules {
@@ -62,7 +64,9 @@ fn check_places_each_judge_mistake() {
         "argument 2 of higher(candidate, baseline_or_\"deploy\", window[, tolerance[, confidence]]) must be a baseline selector string, or \"deploy\", got the number 3",
         "argument 6 of ratio_higher(candidate_bad, candidate_total, baseline_bad, baseline_total, window[, tolerance[, confidence]]) must be a tolerance (a number: 0.25 is 25% of the baseline), got the string \"0.25\"",
         "argument 4 of higher: the tolerance must not be negative, got -0.1",
-        "type error: Expected a Value::Number or a Value::String, but got Boolean(false). (higher, lower and ratio_higher are true or false, not numbers: use them without comparing)",
+        "higher, lower and ratio_higher are true or false, not numbers: use them without comparing (type error: Expected a Value::Number or a Value::String, but got Boolean(false).)",
+        "argument 2 of higher: \"Deploy\" is not a baseline; did you mean \"deploy\" (the version's own evidence before its deploy)?",
+        "argument 1 of ratio_higher: \"deploy\" names a baseline, not a candidate: give the candidate's selector here",
     ];
     for (k, message) in expected.iter().enumerate() {
         let line = format!("{}{message}", at(k));
