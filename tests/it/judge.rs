@@ -115,6 +115,18 @@ fn shipped_judge_fixtures_pass_and_a_wrong_verdict_fails() {
         assert!(out.contains("0 passed, 1 failed"), "{out}");
         assert!(out.contains(test) && out.contains("98% needed"), "{out}");
     }
+    // `unknown = [...]` pins the third answer: too few samples is unknown (the shipped fixture
+    // expects it at 1m), and expecting it where the judge has its samples fails.
+    let text = std::fs::read_to_string(root.join("fixtures/canary-latency-40pct-higher.toml")).unwrap();
+    assert!(text.contains("unknown = [\"canary-latency-higher\"]"), "{text}");
+    let profile = root.join("rules/canary.toml").display().to_string();
+    let wrong = text
+        .replace("profiles = [\"../rules/canary.toml\"]", &format!("profiles = [{profile:?}]"))
+        .replace("at = \"1m\"\nunknown", "at = \"2m15s\"\nunknown");
+    let path = write(dir.path(), "known.toml", wrong);
+    let (code, out, err) = rollwatch(&["test", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("unknown \"canary-latency-higher\"") && out.contains("known: "), "{out}");
 }
 
 #[test]
