@@ -137,28 +137,30 @@ impl Snapshot {
             );
         }
         p.push_str("</table>");
-        // Signals with sparklines.
-        p.push_str("<h2>Signals</h2><table id=\"signals\"><tr><th>signal</th><th>now</th><th>recent</th><th class=\"wide\">thresholds</th></tr>");
-        for (name, value) in &self.signals {
-            let unit = self.unit(name);
-            let history =
-                self.signal_history.get(name).map(|h| h.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
-            let thresholds = self.thresholds.get(name).map(Vec::as_slice).unwrap_or_default();
-            let listed: Vec<String> = thresholds
-                .iter()
-                .map(|(rule, cmp, v)| format!("{} {} {}", esc(rule), esc(cmp), unit.show(*v)))
-                .collect();
-            let _ = write!(
-                p,
-                "<tr class=\"signal\" data-signal=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"wide\">{}</td></tr>",
-                esc(name),
-                esc(name),
-                value.map(|v| unit.show(v)).unwrap_or_else(|| "no data".into()),
-                sparkline(&history, thresholds),
-                listed.join("<br>")
-            );
+        // Signals with sparklines (none: no table — an SLO-only profile reads no signal).
+        if !self.signals.is_empty() {
+            p.push_str("<h2>Signals</h2><table id=\"signals\"><tr><th>signal</th><th>now</th><th>recent</th><th class=\"wide\">thresholds</th></tr>");
+            for (name, value) in &self.signals {
+                let unit = self.unit(name);
+                let history =
+                    self.signal_history.get(name).map(|h| h.iter().copied().collect::<Vec<_>>()).unwrap_or_default();
+                let thresholds = self.thresholds.get(name).map(Vec::as_slice).unwrap_or_default();
+                let listed: Vec<String> = thresholds
+                    .iter()
+                    .map(|(rule, cmp, v)| format!("{} {} {}", esc(rule), esc(cmp), unit.show(*v)))
+                    .collect();
+                let _ = write!(
+                    p,
+                    "<tr class=\"signal\" data-signal=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"wide\">{}</td></tr>",
+                    esc(name),
+                    esc(name),
+                    value.map(|v| unit.show(v)).unwrap_or_else(|| "no data".into()),
+                    sparkline(&history, thresholds),
+                    listed.join("<br>")
+                );
+            }
+            p.push_str("</table>");
         }
-        p.push_str("</table>");
         // SLOs: budget remaining, burn rate per alert window against its factor, budget sparkline.
         if !self.slos.is_empty() {
             p.push_str("<h2>SLOs</h2><table id=\"slos\"><tr><th>SLO</th><th>budget remaining</th><th>budget</th><th class=\"wide\">burn rate (alert factor)</th></tr>");

@@ -381,6 +381,7 @@ kind = "console"
         .unwrap();
     assert!(page.contains("<h2>SLOs</h2>") && page.contains("data-slo=\"availability\""), "{page}");
     assert!(page.contains("class=\"sparkline\""), "{page}");
+    assert!(!page.contains("<h2>Signals</h2>"), "no empty Signals table for a profile without signals: {page}");
     // For people, the version by its name.
     assert!(page.contains("availability: v2 burned "), "{page}");
     guard.stop();
