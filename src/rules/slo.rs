@@ -328,6 +328,17 @@ pub struct BurnReading {
     pub burn_rate: Option<f64>,
     pub factor: f64,
     pub alert: &'static str,
+    /// The other row the window is part of, with its smaller factor (6h: the page's long
+    /// window at 6×, and the 3-day ticket's short one at 1×).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub also: Option<AlsoRow>,
+}
+
+/// A second alert row of one window: its factor and alert.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AlsoRow {
+    pub factor: f64,
+    pub alert: &'static str,
 }
 
 fn opt_span_text<S: serde::Serializer>(s: &Option<Span>, ser: S) -> Result<S::Ok, S::Error> {
@@ -364,16 +375,21 @@ impl SloWatch {
                 .burn
                 .iter()
                 .map(|&(window, slot)| {
-                    let row = self
-                        .windows
-                        .iter()
-                        .filter(|w| w.long == window || w.short == window)
-                        .max_by(|a, b| a.factor.total_cmp(&b.factor));
+                    let rows = || self.windows.iter().filter(|w| w.long == window || w.short == window);
+                    let row = rows().max_by(|a, b| a.factor.total_cmp(&b.factor));
+                    let low = rows().min_by(|a, b| a.factor.total_cmp(&b.factor));
+                    let also = match (row, low) {
+                        (Some(r), Some(l)) if l.factor < r.factor => {
+                            Some(AlsoRow { factor: l.factor, alert: l.alert.suffix() })
+                        }
+                        _ => None,
+                    };
                     BurnReading {
                         window,
                         burn_rate: number(slots, slot),
                         factor: row.map_or(f64::NAN, |w| w.factor),
                         alert: row.map_or("", |w| w.alert.suffix()),
+                        also,
                     }
                 })
                 .collect(),

@@ -172,15 +172,20 @@ impl Snapshot {
                     .burn_rates
                     .iter()
                     .map(|b| {
-                        let over = b.burn_rate.is_some_and(|v| v > b.factor);
+                        // Over the lower factor of the window's rows: that row's alert is over.
+                        let lowest = b.also.as_ref().map_or(b.factor, |a| a.factor);
+                        let over = b.burn_rate.is_some_and(|v| v > lowest);
+                        let factor = |f: f64| crate::template::number((f * 100.0).round() / 100.0);
+                        let also =
+                            b.also.as_ref().map(|a| format!(", {}× {}", factor(a.factor), a.alert)).unwrap_or_default();
                         format!(
-                            "<span class=\"{}\">{}: {} ({}× {})</span>",
+                            "<span class=\"{}\">{}: {} ({}× {}{also})</span>",
                             if over { "over" } else { "under" },
                             b.window,
                             b.burn_rate
                                 .map(|v| format!("{}×", crate::template::number((v * 100.0).round() / 100.0)))
                                 .unwrap_or_else(|| "no data".into()),
-                            crate::template::number((b.factor * 100.0).round() / 100.0),
+                            factor(b.factor),
                             b.alert
                         )
                     })

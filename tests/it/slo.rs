@@ -358,6 +358,9 @@ kind = "console"
     let slo = &s["slos"][0];
     assert_eq!(slo["name"], "availability");
     assert!(slo["budget_remaining"].as_f64().unwrap() < 0.0, "{slo:#}");
+    // 6h is the page's long window (6×) and the 3-day ticket's short one (1×): both said.
+    let six = slo["burn_rates"].as_array().unwrap().iter().find(|b| b["window"] == "6h").unwrap();
+    assert_eq!((six["factor"].as_f64(), six["also"]["factor"].as_f64()), (Some(6.0), Some(1.0)), "{six}");
     let five = slo["burn_rates"].as_array().unwrap().iter().find(|b| b["window"] == "5m").unwrap();
     assert!((five["burn_rate"].as_f64().unwrap() - 100.0).abs() < 1.0, "{five}");
     assert_eq!(five["factor"], 14.4);
@@ -382,6 +385,7 @@ kind = "console"
     assert!(page.contains("<h2>SLOs</h2>") && page.contains("data-slo=\"availability\""), "{page}");
     assert!(page.contains("class=\"sparkline\""), "{page}");
     assert!(!page.contains("<h2>Signals</h2>"), "no empty Signals table for a profile without signals: {page}");
+    assert!(page.contains("(6× page, 1× ticket)"), "{page}");
     // For people, the version by its name.
     assert!(page.contains("availability: v2 burned "), "{page}");
     guard.stop();
