@@ -529,6 +529,32 @@ fn replay_plots_every_shipped_fixture() {
     assert!(thresholds > 0 && spans > 0 && deploys > 0, "thresholds {thresholds}, spans {spans}, deploys {deploys}");
 }
 
+/// A long replay is drawn to the pixel: 20,000 ticks make a chart of a few thousand points (the
+/// first, lowest, highest and last of each pixel column), not 20,000 — and a lone spike stays.
+#[test]
+fn a_long_replay_is_thinned_to_the_pixel_and_keeps_its_spikes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", "[signals]\nload = 'last(\"load\")'\n\n[[rule]]\nname = \"hot\"\nwhen = 'load > 50'\n");
+    let fixture = write(
+        dir.path(),
+        "long.toml",
+        "profiles = [\"p.toml\"]\ninterval = \"10s\"\n\n[series]\n'load' = \"1x10000 99 1x9999\"\n\n[[expect]]\nat = \"0s\"\nnot_firing = [\"hot\"]\n",
+    );
+    let svg = dir.path().join("long.svg");
+    let (code, out, err) =
+        rollwatch(&["replay", fixture.to_str().unwrap(), "--changes", "--svg", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let line = text.lines().find(|l| l.contains("class=\"series\"")).expect(&text);
+    let points: Vec<&str> = line.split("points=\"").nth(1).unwrap().trim_end_matches("\"/>").split(' ').collect();
+    assert!(points.len() < 4 * 900, "{} points for 20,000 ticks", points.len());
+    assert!(text.len() < 200_000, "{} bytes", text.len());
+    // The spike (99 among 1s) is still drawn: its y is the chart's highest point.
+    let ys: Vec<f64> = points.iter().filter_map(|p| p.split(',').nth(1)?.parse().ok()).collect();
+    let (top, bottom) = ys.iter().fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(*y), hi.max(*y)));
+    assert!(bottom - top > 100.0, "the spike is drawn: y from {top} to {bottom}");
+}
+
 /// Issue 19, item 11 (plots): two rules on one signal with the same threshold, both pending and
 /// firing at once, two deploys 15 s apart and a signal that never has data. Each rule shades its
 /// own lane (no pending/firing band lies over another rule's, so no colour blends), no label
