@@ -149,6 +149,7 @@ impl Core {
             out.push(Effect::RestartEvidence(Restart { at, predates: false, deployed: None }));
         }
         let rejected = state.rejected_now();
+        let told = Told { predates: Core::predates_told(&state), ..Told::default() };
         let mut d = Core {
             acting,
             lead: Leadership::new(ledger.is_shared()),
@@ -157,7 +158,7 @@ impl Core {
             state,
             in_flight: None,
             seen: Sighting::default(),
-            told: Told::default(),
+            told,
             escalations: 0,
             monitor_since: BTreeMap::new(),
             rejected,

@@ -219,3 +219,23 @@ fn a_failed_step_ends_the_rollback_as_failed_and_escalates_s1() {
     assert!(!effects.iter().any(|e| matches!(e, Effect::RestartEvidence(_))), "nothing was restored");
     assert_eq!(b.journalled("escalation"), 1);
 }
+
+/// An "incident predates deploy" escalation in the journal since the current deploy is not told
+/// again after a restart; one from before a later deploy, or about another version, is.
+#[test]
+fn a_restart_does_not_tell_again_that_an_incident_predates_the_deploy() {
+    use serde_json::json;
+    let escalation = |at: i64, version: &str| {
+        json!({"at": at, "event": "escalation", "severity": "S2", "profile": "api", "rollback_id": null,
+               "finding": format!("incident predates deploy of {version}: errors already firing before it"),
+               "response": "r"})
+    };
+    let deploy = |at: i64, to: &str| json!({"at": at, "event": "deploy", "from": null, "to": to, "source": "hook"});
+    let told = |lines: &[serde_json::Value]| Core::predates_told(&crate::act::state::State::restore(lines).0);
+    let after = [deploy(100, "v2"), escalation(200, "v2")];
+    assert_eq!(told(&after), ["api".to_string()].into());
+    let other_version = [deploy(100, "v2"), escalation(200, "v1")];
+    assert!(told(&other_version).is_empty());
+    let redeployed = [deploy(100, "v2"), escalation(200, "v2"), deploy(300, "v2")];
+    assert!(told(&redeployed).is_empty(), "a new deploy is judged anew");
+}

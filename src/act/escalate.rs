@@ -2,6 +2,8 @@
 //! incident older than the deploy, S3 slow) journalled and announced on every channel, and
 //! blindness — every rule's inputs unknown for `blind_after` — which is never all-clear.
 
+use std::collections::BTreeSet;
+
 use super::core::Core;
 use super::event::*;
 use super::ledger::RecordError;
@@ -92,6 +94,19 @@ impl Core {
         Ok(())
     }
 
+    /// The profiles already told, by an escalation in the journal since the current deploy,
+    /// that their incident predates it: a restart does not tell them again.
+    pub(super) fn predates_told(state: &super::state::State) -> BTreeSet<String> {
+        let Some(version) = &state.versions.current else { return BTreeSet::new() };
+        let prefix = predates_finding(version);
+        state
+            .escalations
+            .iter()
+            .filter(|(at, e)| e.finding.starts_with(&prefix) && state.versions.deployed_at.is_none_or(|d| *at >= d))
+            .map(|(_, e)| e.profile.clone())
+            .collect()
+    }
+
     /// An incident older than the deploy: rolling the new version back would not fix it.
     /// Escalated S2 once, until its rules are seen quiet.
     pub(super) fn predates(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
@@ -101,11 +116,17 @@ impl Core {
         let version = self.state.versions.current.clone().unwrap_or_else(|| "unknown".into());
         let start = self.start_of(d);
         let finding = format!(
-            "incident predates deploy of {version}: {} already firing before it and not seen quiet since; not rolling back",
+            "{}{} already firing before it and not seen quiet since; not rolling back",
+            predates_finding(&version),
             d.because.join(", ")
         );
         let response = "Deeper investigation: the deploy did not cause this; rolling back would not fix it.";
         let vars = vars::base(&self.acting, &start);
         self.escalate(now, Severity::S2, &finding, response, &d.profile, None, vars)
     }
+}
+
+/// How an "incident predates deploy" escalation's finding begins, for `version`.
+fn predates_finding(version: &str) -> String {
+    format!("incident predates deploy of {version}: ")
 }

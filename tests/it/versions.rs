@@ -608,8 +608,12 @@ async fn approvals_name_their_target_and_answers_are_announced_with_who() {
     })
     .await;
     assert!(s.stdout().contains("Rollback to: v1"), "the target is named: {}", s.stdout());
-    let asked = bodies.lock().unwrap().iter().find(|b| b["template"] == "rollback_approval_needed").cloned();
-    let asked = asked.expect("the approval reached the webhook");
+    // The webhook's worker delivers in its own time, beside the console's.
+    let asked = common::wait_for("the approval on the webhook", common::DEADLINE, async || {
+        let found = bodies.lock().unwrap().iter().find(|b| b["template"] == "rollback_approval_needed").cloned();
+        found.ok_or("not yet")
+    })
+    .await;
     assert_eq!(asked["vars"]["outcome"], "consider", "{asked:#}");
     assert_eq!(asked["vars"]["target_version"], "v1", "{asked:#}");
 
