@@ -130,25 +130,26 @@ impl Decision {
     /// `… → rollback; errors-1h: 1h window: 1 min of data`. For people (logs, messages, pages);
     /// [`explanation`](Self::explanation) is the same decision as long as the path holds.
     pub fn explained(&self) -> String {
-        let mut text = self.explanation();
-        for c in &self.coverage {
-            text.push_str(&format!("; {}: {c}", c.rule));
-        }
-        for note in self.slo.iter().chain(&self.judged) {
-            text.push_str(&format!("; {note}"));
-        }
-        text
+        self.explained_for(None)
     }
 
     /// [`explained`](Self::explained), the version named where the SLO notes say "this
     /// version" (`v2 burned 1.0% of the 30-day budget …`): what the acting core tells people.
     pub fn explained_for(&self, version: Option<&str>) -> String {
-        let Some(version) = version else { return self.explained() };
-        let named = Decision {
-            slo: self.slo.iter().map(|n| n.replacen(super::slo::SUBJECT, version, 1)).collect(),
-            ..self.clone()
-        };
-        named.explained()
+        let mut text = self.explanation();
+        for c in &self.coverage {
+            text.push_str(&format!("; {}: {c}", c.rule));
+        }
+        for note in &self.slo {
+            match version {
+                Some(v) => text.push_str(&format!("; {}", note.replacen(super::slo::SUBJECT, v, 1))),
+                None => text.push_str(&format!("; {note}")),
+            }
+        }
+        for note in &self.judged {
+            text.push_str(&format!("; {note}"));
+        }
+        text
     }
 }
 
