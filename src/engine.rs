@@ -96,6 +96,9 @@ pub struct Parts {
     /// A fleet's deployment: the fleet's server reaches this engine through a [`server::Lane`]
     /// (see [`lane`]); `listener` is then `None`.
     pub served: Option<Served>,
+    /// A fleet shared among replicas: what the share says this replica is to hold of this
+    /// deployment ([`crate::coord::share`]). Parked, the engine polls and evaluates nothing.
+    pub holding: Option<watch::Receiver<crate::coord::share::Holding>>,
 }
 
 /// What a deployment's engine reads from a fleet's server, the other ends of its
@@ -137,6 +140,7 @@ impl Parts {
             lock: None,
             client: None,
             served: None,
+            holding: None,
         }
     }
 }
@@ -162,6 +166,7 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
             Some((command, reply)) = engine.inputs.commands.recv() => engine.on_command(command, reply),
             Some(()) = engine.inputs.reload.recv() => engine.on_reload(),
             Some(update) = engine.inputs.coord_updates.recv() => engine.on_coord(update),
+            Ok(()) = changed(&mut engine.inputs.holding) => engine.on_holding(),
             _ = engine.checkpoints.ticker.tick() => engine.checkpoints.write(&engine.ev, engine.clock.now()),
             _ = shutdown.changed() => break,
         }
@@ -210,12 +215,24 @@ struct Inputs {
     commands: mpsc::Receiver<CommandRequest>,
     reload: mpsc::Receiver<()>,
     coord_updates: mpsc::Receiver<crate::coord::Update>,
+    /// In a fleet shared among replicas: the share's word on this deployment.
+    holding: Option<watch::Receiver<crate::coord::share::Holding>>,
+}
+
+/// The next change of `holding` (never, without one).
+async fn changed<T>(holding: &mut Option<watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
+    match holding {
+        Some(h) => h.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The tasks the engine started, and how to stop them: pollers (one set, replaced on reload)
 /// and their queue, the own server and its refused-connection count, the coordinator's task.
 struct Tasks {
     pollers: Option<Pollers>,
+    /// The targets (polled again when a parked deployment comes to be held here).
+    targets: Vec<Target>,
     /// Pollers a reload replaced, while they stop.
     retiring: tokio::task::JoinSet<()>,
     queue: crate::source::queue::Sender,
@@ -275,6 +292,7 @@ impl Engine {
             lock,
             client,
             served,
+            holding,
         } = parts;
         let (commands, served) = match served {
             Some(Served { status, alerts, commands, refused }) => (Some(commands), Some((status, alerts, refused))),
@@ -310,7 +328,10 @@ impl Engine {
                 let recent = acting.policy.max_rollbacks as usize;
                 let compactor: crate::coord::Compactor =
                     Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
-                let c = Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?;
+                let mut c = Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?;
+                if let (Some(m), Some(_)) = (&config.member, &holding) {
+                    c = c.in_fleet(&m.name);
+                }
                 Some(Arc::new(c.with_journal(journal.path(), &history)))
             }
             None => None,
@@ -344,7 +365,11 @@ impl Engine {
         };
         snapshot.watch_targets(&targets);
         snapshot.watch_thresholds(&ev);
-        let pollers = Pollers::start(targets, ev.metric_names().map(Arc::new), &client, &clock, &queue);
+        // Parked (a fleet's deployment another replica is to hold), nothing is polled.
+        let pollers = match holding.is_some() {
+            true => None,
+            false => Some(Pollers::start(targets.clone(), ev.metric_names().map(Arc::new), &client, &clock, &queue)),
+        };
         let (status, status_rx, alerts_tx, alert_updates, refused) = match served {
             Some((status, alerts, refused)) => {
                 status.send_replace(Arc::new(snapshot.clone()));
@@ -361,7 +386,9 @@ impl Engine {
         let server = listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(?addr, "serving /metrics, /healthz, /status, /hooks/alertmanager");
-            let forward = coord.clone().map(|coord| server::Forward { coord, client: client.clone() });
+            let forward = coord
+                .clone()
+                .map(|coord| server::Forward { leaders: server::Leaders::One(coord), client: client.clone() });
             let lane = server::Lane { status: status_rx, alerts: alerts_tx, commands: commands_tx };
             let shared = Shared { lanes: Arc::new(server::Lanes::one(lane)), token, forward };
             let limits = server::Limits { max_connections: config.max_connections, ..server::Limits::default() };
@@ -390,9 +417,19 @@ impl Engine {
             coord,
             clock_said: None,
             checkpoints,
-            inputs: Inputs { observations, alert_updates, ticker, procedures, commands, reload, coord_updates },
+            inputs: Inputs {
+                observations,
+                alert_updates,
+                ticker,
+                procedures,
+                commands,
+                reload,
+                coord_updates,
+                holding,
+            },
             tasks: Tasks {
-                pollers: Some(pollers),
+                pollers,
+                targets,
                 retiring: tokio::task::JoinSet::new(),
                 queue,
                 server,
@@ -481,6 +518,14 @@ impl Engine {
     fn on_tick(&mut self, scheduled: tokio::time::Instant) {
         let now = self.clock.now();
         self.watch_clock(now);
+        if self.parked() {
+            // Another replica evaluates and acts on it; this one shows who.
+            self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
+            self.snapshot.may_act = false;
+            self.snapshot.at = now;
+            self.publish();
+            return;
+        }
         // A recording evaluates each tick at its scheduled time (however late it runs): the
         // fixture's grid is that schedule, so its replay reads the windows the live run read.
         let now = match self.recorder {
@@ -571,7 +616,11 @@ impl Engine {
                 self.snapshot.watch_thresholds(&self.ev);
                 self.snapshot.decisions.clear();
                 let keep = self.ev.metric_names().map(Arc::new);
-                self.tasks.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
+                self.tasks.targets = targets.clone();
+                if !self.parked() {
+                    self.tasks.pollers =
+                        Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
+                }
                 if config.eval_interval != self.config.eval_interval {
                     self.inputs.ticker = ticker_for(config.eval_interval, self.recorder.is_some());
                 }
@@ -590,7 +639,50 @@ impl Engine {
     fn on_coord(&mut self, update: crate::coord::Update) {
         let result = off_runtime(|| self.dispatcher.on_coord(update));
         self.after_acting(result);
+        self.poll_or_park();
         self.publish();
+    }
+
+    /// The share's word on this deployment of a fleet shared among replicas: its coordinator
+    /// stands for it (or gives it up) at once, and the targets are polled while it is to be
+    /// held here or still led here.
+    fn on_holding(&mut self) {
+        let Some(holding) = self.inputs.holding.as_mut().map(|h| h.borrow_and_update().clone()) else { return };
+        if let Some(c) = &self.coord {
+            c.assign(holding.mine, holding.holder.clone());
+        }
+        self.poll_or_park();
+        self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
+        self.publish();
+    }
+
+    /// Whether this fleet deployment is parked here: another replica is to hold it.
+    fn parked(&self) -> bool {
+        self.inputs.holding.is_some() && self.tasks.pollers.is_none()
+    }
+
+    /// Polls while this replica is to hold the deployment or still leads it; parks otherwise
+    /// (the windows keep what they saw; they age out).
+    fn poll_or_park(&mut self) {
+        let Some(holding) = &self.inputs.holding else { return };
+        let wanted = holding.borrow().mine || self.dispatcher.leads();
+        match (wanted, self.tasks.pollers.is_some()) {
+            (true, false) => {
+                tracing::info!("held here: polling its targets");
+                let keep = self.ev.metric_names().map(Arc::new);
+                let targets = self.tasks.targets.clone();
+                self.tasks.pollers = Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
+            }
+            (false, true) => {
+                tracing::info!("held by another replica: parked, not polling");
+                self.snapshot.decisions.clear();
+                if let Some(old) = self.tasks.pollers.take() {
+                    while self.tasks.retiring.try_join_next().is_some() {}
+                    self.tasks.retiring.spawn(old.stop());
+                }
+            }
+            _ => {}
+        }
     }
 
     /// After the dispatcher ran: a journal failure stops acting (never watching), a write the

@@ -141,11 +141,19 @@ impl Lanes {
     }
 }
 
-/// How a replica that does not lead sends commands and hooks on to the one that does.
+/// How a replica that does not act sends commands and hooks on to the one that does.
 #[derive(Clone)]
 pub struct Forward {
-    pub coord: Arc<crate::coord::Coordinator>,
+    pub leaders: Leaders,
     pub client: reqwest::Client,
+}
+
+/// Who acts, among replicas: the leader of the one deployment, or each deployment's holder in
+/// a fleet shared among replicas.
+#[derive(Clone)]
+pub enum Leaders {
+    One(Arc<crate::coord::Coordinator>),
+    Fleet(Arc<crate::coord::share::Share>),
 }
 
 /// Marks a request one replica sent on to another (it is not sent on again).
@@ -191,57 +199,71 @@ async fn authorize(State(s): State<Shared>, req: axum::extract::Request, next: a
 }
 
 /// Among replicas, a request that changes state (a command, a deploy, alerts) goes to the
-/// leader, whichever replica it reached (behind a Service it reaches any): a follower checks
-/// it as it would its own, sends it on once and answers with the leader's reply — a command is
-/// applied once, by the replica that acts. Alerts are also applied where they arrive (every
-/// replica watches). Without a leader (an election under way, etcd down): 503, try again.
+/// replica that acts on its deployment, whichever replica it reached (behind a Service it
+/// reaches any): a replica that does not act checks it as it would its own, sends it on once
+/// and answers with the actor's reply — a command is applied once, by the replica that acts.
+/// Alerts are also applied where they arrive; in a shared fleet they go to every replica (an
+/// alert may name deployments held by several), each applying those of its own deployments.
+/// Without an actor (an election under way, etcd down): 503, try again.
 async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let Some(f) = s.forward.clone() else { return next.run(req).await };
-    if req.method() != axum::http::Method::POST || f.coord.leading() {
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let alerts = req.uri().path() == "/hooks/alertmanager";
+    let named = Query::<Which>::try_from_uri(req.uri()).ok().and_then(|q| q.0.deployment);
+    if matches!(f.leaders, Leaders::One(_)) && f.acts_here(&s, None) {
         return next.run(req).await;
     }
     if let Some(denied) = unauthorized(&s, req.headers()) {
         return denied;
     }
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let alerts = req.uri().path() == "/hooks/alertmanager";
-    let status = f.coord.status();
-    if req.headers().contains_key(FORWARDED_BY) {
-        if alerts {
-            return next.run(req).await;
-        }
-        let text = format!("replica {} does not lead either (the leader is changing): try again\n", status.replica);
-        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
-    }
+    let forwarded = req.headers().contains_key(FORWARDED_BY);
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, FORWARD_LIMIT).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response();
     };
     let local = || next.run(axum::extract::Request::from_parts(parts.clone(), axum::body::Body::from(bytes.clone())));
-    let leader = status.leader.clone().filter(|l| l.replica != status.replica);
-    let Some(leader) = leader else {
+    let me = f.me();
+    if alerts && let Leaders::Fleet(share) = &f.leaders {
+        let answer = local().await;
+        if !forwarded {
+            for peer in share.peers() {
+                let request = f.request(&peer.address, &path, &parts.headers, &me, bytes.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = request.send().await {
+                        tracing::warn!(replica = %peer.replica, error = %crate::error_chain(&e), "alerts not passed on to a replica: it applies them when Alertmanager sends them again");
+                    }
+                });
+            }
+        }
+        return answer;
+    }
+    // A fleet's deploy hook names its deployment in the body.
+    let named = named.or_else(|| serde_json::from_slice::<DeployBody>(&bytes).ok().and_then(|b| b.deployment));
+    if f.acts_here(&s, named.as_deref()) || s.lanes.lane(named.as_deref()).is_err() {
+        return local().await;
+    }
+    if forwarded {
+        if alerts {
+            return local().await;
+        }
+        let text = format!("replica {me} does not act on it either (its holder is changing): try again\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    }
+    let Some(leader) = f.leader(named.as_deref()) else {
         if alerts {
             let _ = local().await;
         }
-        let why = status.error.map(|e| format!(" ({e})")).unwrap_or_default();
-        let text = format!("no replica leads now{why}: nothing done, try again\n");
+        let text = format!("no replica acts on it now{}: nothing done, try again\n", f.why_none());
         return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
     };
     // Two tries at most, each short: a leader stalled (stopped, overloaded) must not hold the
     // caller — the second try goes to whoever leads by then.
     let mut leader = leader;
     for attempt in 0..2 {
-        let mut request = f
-            .client
-            .post(format!("{}{path}", leader.address.trim_end_matches('/')))
-            .header(FORWARDED_BY, status.replica.clone())
-            .timeout(FORWARD_ATTEMPT)
-            .body(bytes.clone());
-        for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
-            if let Some(v) = parts.headers.get(&name) {
-                request = request.header(name, v);
-            }
-        }
+        let request = f.request(&leader.address, &path, &parts.headers, &me, bytes.clone());
         match request.send().await {
             Ok(r) => {
                 if alerts {
@@ -251,13 +273,13 @@ async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: a
                 let text = r.text().await.unwrap_or_default();
                 return (code, [("x-rollwatch-leader", leader.replica)], text).into_response();
             }
-            Err(e) if !alerts && f.coord.leading() => {
+            Err(e) if !alerts && f.acts_here(&s, named.as_deref()) => {
                 // This replica came to lead while it waited: it answers itself.
                 tracing::info!(error = %e, "the old leader did not answer; this replica leads now and answers");
                 return local().await;
             }
             Err(e) => {
-                let next = f.coord.status().leader.filter(|l| *l != leader && l.replica != status.replica);
+                let next = f.leader(named.as_deref()).filter(|l| *l != leader);
                 if attempt == 0
                     && let Some(next) = next
                 {
@@ -290,6 +312,65 @@ async fn to_leader(State(s): State<Shared>, req: axum::extract::Request, next: a
         }
     }
     (StatusCode::SERVICE_UNAVAILABLE, "no replica answered: try again\n").into_response()
+}
+
+impl Forward {
+    /// This replica's name.
+    fn me(&self) -> String {
+        match &self.leaders {
+            Leaders::One(c) => c.me().replica.clone(),
+            Leaders::Fleet(share) => share.me().replica.clone(),
+        }
+    }
+
+    /// Whether this replica acts on the deployment named (`None`: the only one).
+    fn acts_here(&self, s: &Shared, name: Option<&str>) -> bool {
+        match &self.leaders {
+            Leaders::One(c) => c.leading(),
+            Leaders::Fleet(_) => s.lanes.lane(name).is_ok_and(|l| l.status.borrow().may_act),
+        }
+    }
+
+    /// Who acts on the deployment named, when another replica does, as last seen.
+    fn leader(&self, name: Option<&str>) -> Option<crate::coord::Leader> {
+        let me = self.me();
+        let leader = match &self.leaders {
+            Leaders::One(c) => c.status().leader,
+            Leaders::Fleet(share) => name.and_then(|n| share.holder(n)),
+        };
+        leader.filter(|l| l.replica != me)
+    }
+
+    /// Why nobody acts, when the coordinator knows (etcd's error).
+    fn why_none(&self) -> String {
+        match &self.leaders {
+            Leaders::One(c) => c.status().error.map(|e| format!(" ({e})")).unwrap_or_default(),
+            Leaders::Fleet(_) => String::new(),
+        }
+    }
+
+    /// The request sent on to the replica at `address`, marked as sent on by `me`.
+    fn request(
+        &self,
+        address: &str,
+        path: &str,
+        headers: &HeaderMap,
+        me: &str,
+        body: Bytes,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", address.trim_end_matches('/')))
+            .header(FORWARDED_BY, me)
+            .timeout(FORWARD_ATTEMPT)
+            .body(body);
+        for name in [header::CONTENT_TYPE, header::AUTHORIZATION] {
+            if let Some(v) = headers.get(&name) {
+                request = request.header(name, v);
+            }
+        }
+        request
+    }
 }
 
 /// How much of rollwatch the own server may use, and how a flood of connections that send

@@ -62,12 +62,17 @@ pub fn check_file(path: &Path) -> Result<(Kind, Option<&'static str>), Diagnosti
             note = loaded.config.ha.is_some().then_some(HA_NOTE);
         }
         Kind::Fleet => {
-            crate::rules::deployment::load_fleet(path)?;
+            let fleet = crate::rules::deployment::load_fleet(path)?;
+            note = fleet.deployments.first().and_then(|d| d.config.ha.as_ref()).map(|_| FLEET_HA_NOTE);
         }
         Kind::Member => note = Some(MEMBER_NOTE),
     }
     Ok((kind, note))
 }
+
+/// What `check` says of a fleet with `[ha]`.
+const FLEET_HA_NOTE: &str =
+    "[ha]: the replicas share the deployments out on etcd at run time, each held by one (check does not contact etcd)";
 
 /// What `check` says of a fleet's deployment file named alone: it is checked with its fleet.
 const MEMBER_NOTE: &str =

@@ -100,13 +100,6 @@ pub fn read(file: &SourceFile, errors: &mut Diagnostics) -> Option<FleetSpec> {
         ha: &raw.ha,
     };
     let process = Process::check(&mut c, keys);
-    if let Some(ha) = &raw.ha {
-        c.err(
-            &ha.span(),
-            Some("[ha]"),
-            "[ha] with `deployments` is not built yet: run the fleet as one replica, or one rollwatch per deployment with [ha]",
-        );
-    }
     let route_alerts_by = match &raw.route_alerts_by {
         None => DEFAULT_ROUTE_LABEL.to_string(),
         Some(l) => {

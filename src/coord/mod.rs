@@ -30,6 +30,7 @@
 //!   a stall between the two ends in "not started", never in a late start.
 
 pub mod etcd;
+pub mod share;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -198,7 +199,11 @@ struct Cursor {
 /// One replica's part in the election and the shared log.
 pub struct Coordinator {
     etcd: Etcd,
+    /// Where this deployment's log lives (`{key}`, or `{key}/deployments/NAME` in a fleet).
     key: String,
+    /// The leader key: `{key}/leader`, or `{key}/leaders/NAME` in a fleet (one range holds every
+    /// deployment's holder: [`share`]).
+    leader_key: String,
     me: Leader,
     ttl: Duration,
     clock: Arc<dyn Clock>,
@@ -219,6 +224,19 @@ pub struct Coordinator {
     trust: Mutex<Trust>,
     /// How many terms this process has led (see [`Term`]).
     terms: std::sync::atomic::AtomicU64,
+    /// In a fleet shared among replicas: whether this replica is to hold this deployment
+    /// ([`share`] says), and who holds it as the share last read; woken when that changes.
+    assigned: Mutex<Assigned>,
+    wake: tokio::sync::Notify,
+}
+
+/// What the fleet's share says of one deployment here (see [`Coordinator::assign`]).
+#[derive(Debug, Clone)]
+struct Assigned {
+    /// Stand for its leader key (always, alone with one deployment).
+    mine: bool,
+    /// Who holds it, as the share last read (a parked coordinator reads nothing itself).
+    holder: Option<(Leader, Term)>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -260,9 +278,11 @@ impl Coordinator {
         let replica = spec.replica.clone().unwrap_or_else(default_replica);
         let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
         let status = HaStatus { replica: replica.clone(), ..HaStatus::default() };
+        let key = spec.key.trim_end_matches('/').to_string();
         Ok(Coordinator {
             etcd,
-            key: spec.key.trim_end_matches('/').to_string(),
+            leader_key: format!("{key}/leader"),
+            key,
             me: Leader { replica, address },
             ttl,
             clock,
@@ -276,7 +296,39 @@ impl Coordinator {
             journal_seq: Arc::default(),
             trust: Mutex::new(Trust::default()),
             terms: std::sync::atomic::AtomicU64::new(0),
+            assigned: Mutex::new(Assigned { mine: true, holder: None }),
+            wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// One deployment of a fleet shared among replicas ([`share`]): its log under
+    /// `{key}/deployments/NAME`, its leader key `{key}/leaders/NAME`, and it stands for it only
+    /// while the share assigns it here ([`assign`](Self::assign)) — parked otherwise, it asks
+    /// etcd nothing.
+    pub fn in_fleet(mut self, name: &str) -> Coordinator {
+        let base = self.key.clone();
+        self.key = share::deployment_key(&base, name);
+        self.leader_key = share::leader_key(&base, name);
+        self.assigned = Mutex::new(Assigned { mine: false, holder: None });
+        self
+    }
+
+    /// What the share says now: whether this replica is to hold the deployment, and who holds
+    /// it as read (the holder's term, the leader key's create revision). A change wakes the
+    /// coordinator at once: a dead replica's deployment is taken over without waiting a round.
+    pub fn assign(&self, mine: bool, holder: Option<(Leader, i64)>) {
+        let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let woke = a.mine != mine;
+        a.mine = mine;
+        a.holder = holder.map(|(l, t)| (l, Term(t, 0)));
+        drop(a);
+        if woke {
+            self.wake.notify_one();
+        }
+    }
+
+    fn assigned(&self) -> Assigned {
+        self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// This replica's journal: its lines of the shared log (with their `seq`) rebuild the log
@@ -350,7 +402,7 @@ impl Coordinator {
     }
 
     fn leader_key(&self) -> String {
-        format!("{}/leader", self.key)
+        self.leader_key.clone()
     }
 
     fn events_prefix(&self) -> String {
@@ -595,7 +647,7 @@ impl Coordinator {
         };
         let key = self.leader_key();
         let view_ops = self.view_ops();
-        let standing = self.eligible.load(std::sync::atomic::Ordering::SeqCst) & self.clock_ok();
+        let standing = self.eligible.load(std::sync::atomic::Ordering::SeqCst) & self.assigned().mine & self.clock_ok();
         if !standing {
             // Not standing: read who leads; holding the key, give it up (the lease's revocation
             // deletes it at once).
@@ -854,10 +906,31 @@ impl Coordinator {
             if !first {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
+                    _ = self.wake.notified() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
             first = false;
+            // A fleet's deployment that another replica is to hold: parked, it asks etcd
+            // nothing (its lease given up), and follows the holder the share read.
+            let assigned = self.assigned();
+            if !assigned.mine && leading.is_none() {
+                if let Some(id) = lease.take()
+                    && let Err(e) = self.etcd.revoke(id).await
+                {
+                    tracing::debug!(error = %e, "could not revoke a parked deployment's lease; it expires within the ttl");
+                }
+                let leader = assigned.holder.as_ref().map(|(l, _)| l.clone());
+                let now_following = (leader.clone(), None);
+                if following.as_ref() != Some(&now_following) {
+                    following = Some(now_following);
+                    let _ = updates.send(Update::Follow { leader: leader.clone(), not_standing: None }).await;
+                }
+                self.set_status(Role::Follower, leader, assigned.holder.map(|(_, t)| t), None);
+                down = false;
+                failing = None;
+                continue;
+            }
             let sent = Stopwatch::start();
             // Read before the round: a line this replica commits meanwhile is in the log too.
             let local = self.journal_seq.load(std::sync::atomic::Ordering::SeqCst);

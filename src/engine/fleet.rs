@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::{EngineError, Parts, lane, run as run_one};
 use crate::config::deploy::Config;
+use crate::coord::share::{Holding, Share};
 use crate::secret::Secret;
 use crate::server::{self, Lanes, Shared};
 
@@ -41,10 +42,26 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
     let (stop_all, all_stop) = watch::channel(false);
     let mut lanes = BTreeMap::new();
     let mut engines = tokio::task::JoinSet::new();
+    // With [ha], the deployments are shared out among the replicas.
+    let share = match members.first().and_then(|m| m.config.ha.clone().map(|ha| (ha, m))) {
+        Some((ha, m)) => {
+            let names = members.iter().map(|m| m.name.clone()).collect();
+            let share = Share::new(&ha, m.config.listen, m.parts.env.as_ref(), m.parts.clock.clone(), names)?;
+            tracing::info!(replica = %share.me().replica, address = %share.me().address, "sharing the fleet among replicas on etcd");
+            Some(Arc::new(share))
+        }
+        None => None,
+    };
+    let mut tell = BTreeMap::new();
     for m in members {
         let (l, served) = lane(refused.clone());
+        let holding = share.as_ref().map(|_| {
+            let (tx, rx) = watch::channel(Holding::default());
+            tell.insert(m.name.clone(), (tx, l.status.clone()));
+            rx
+        });
         lanes.insert(m.name.clone(), l);
-        let parts = Parts { served: Some(served), listener: None, client: Some(client.clone()), ..m.parts };
+        let parts = Parts { served: Some(served), listener: None, client: Some(client.clone()), holding, ..m.parts };
         let stop = all_stop.clone();
         let name = m.name;
         let config = m.config;
@@ -54,8 +71,17 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
             (name, ran)
         });
     }
-    let shared =
-        Shared { lanes: Arc::new(Lanes::fleet(lanes, front.route_alerts_by)), token: front.token, forward: None };
+    let (stop_share, share_stopped) = watch::channel(false);
+    let sharing = share.clone().map(|share| {
+        let statuses: BTreeMap<_, _> = tell.iter().map(|(n, (_, status))| (n.clone(), status.clone())).collect();
+        // A deployment whose rollback is in flight here is never given up.
+        let busy =
+            Box::new(move |name: &str| statuses.get(name).is_some_and(|s| s.borrow().acting.in_flight.is_some()));
+        let tell = tell.into_iter().map(|(n, (tx, _))| (n, tx)).collect();
+        tokio::spawn(share.run(tell, busy, share_stopped))
+    });
+    let forward = share.map(|share| server::Forward { leaders: server::Leaders::Fleet(share), client: client.clone() });
+    let shared = Shared { lanes: Arc::new(Lanes::fleet(lanes, front.route_alerts_by)), token: front.token, forward };
     let (stop_server, server_stopped) = watch::channel(false);
     let limits = server::Limits { max_connections: front.max_connections, ..server::Limits::default() };
     let server = tokio::spawn(server::serve(front.listener, shared, server_stopped, limits, refused));
@@ -78,5 +104,10 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
     }
     let _ = stop_server.send(true);
     let _ = server.await;
+    // Last: this replica leaves the share (its deployments' leases are revoked by their engines).
+    let _ = stop_share.send(true);
+    if let Some(task) = sharing {
+        let _ = task.await;
+    }
     failed.map_or(Ok(()), Err)
 }

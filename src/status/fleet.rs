@@ -30,6 +30,8 @@ pub struct Row {
     pub rollback_in_flight: Option<String>,
     pub paused: bool,
     pub may_act: bool,
+    /// Among replicas (`[ha]`): the replica that holds it (polls and acts on it), as known here.
+    pub held_by: Option<String>,
     pub ticks_total: u64,
     pub at: Timestamp,
 }
@@ -46,6 +48,7 @@ pub fn overview(snapshots: &[(String, Arc<Snapshot>)], unrouted: u64) -> Overvie
             rollback_in_flight: s.acting.in_flight.as_ref().map(|f| f.rollback_id.clone()),
             paused: s.acting.paused_until.is_some_and(|until| until > s.at),
             may_act: s.may_act,
+            held_by: s.ha.as_ref().and_then(|h| h.leader.as_ref()).map(|l| l.replica.clone()),
             ticks_total: s.ticks_total,
             at: s.at,
         })
@@ -63,7 +66,7 @@ impl Overview {
              <style>body{font-family:sans-serif;margin:1em}td,th{padding:.2em .8em;text-align:left}\
              .rollback{color:#b00;font-weight:bold}.consider{color:#b60}</style></head><body>\
              <h1>rollwatch: deployments</h1><table><tr><th>deployment</th><th>version</th><th>verdict</th>\
-             <th>rollback in flight</th><th>acting</th></tr>",
+             <th>rollback in flight</th><th>acting</th><th>held by</th></tr>",
         );
         for r in &self.deployments {
             let acting = match (r.may_act, r.paused) {
@@ -73,13 +76,14 @@ impl Overview {
             };
             let _ = write!(
                 out,
-                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{acting}</td></tr>",
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{acting}</td><td>{}</td></tr>",
                 html(&r.page),
                 html(&r.name),
                 html(r.version.as_deref().unwrap_or("unknown")),
                 html(&r.verdict),
                 html(&r.verdict),
                 html(r.rollback_in_flight.as_deref().unwrap_or("")),
+                html(r.held_by.as_deref().unwrap_or("")),
             );
         }
         let _ = write!(

@@ -12,13 +12,14 @@ use crate::common;
 
 /// A service: `GET /health` answers 200 while healthy, 503 otherwise; `GET /version` says v2;
 /// `POST /rollback` makes it healthy (and is counted).
-struct Service {
-    rollbacks: Arc<AtomicU64>,
-    addr: String,
+pub(crate) struct Service {
+    pub(crate) rollbacks: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    pub(crate) addr: String,
 }
 
 impl Service {
-    async fn start(healthy: bool) -> Service {
+    pub(crate) async fn start(healthy: bool) -> Service {
         let flag = Arc::new(AtomicBool::new(healthy));
         let rollbacks = Arc::new(AtomicU64::new(0));
         let (h, r) = (flag.clone(), rollbacks.clone());
@@ -36,13 +37,18 @@ impl Service {
             }
         })
         .await;
-        Service { rollbacks, addr }
+        Service { rollbacks, healthy: flag, addr }
+    }
+
+    /// An outage: `/health` answers 503 until the service is rolled back.
+    pub(crate) fn fail(&self) {
+        self.healthy.store(false, Ordering::SeqCst);
     }
 }
 
 /// The profile: `api` down → roll back (a slow step, then the service's rollback); an alert
 /// `KeyFeatureBroken` is a rule of its own (it only fires: no question asks it).
-fn profile() -> String {
+pub(crate) fn profile() -> String {
     let mut text = common::down_profile(&["slow", "undo"]);
     text.push_str(
         "\n[[rule]]\nname = \"feature-broken\"\nwhen = 'last(\"ALERTS{alertname=\\\"KeyFeatureBroken\\\"}\") == 1'\n",
@@ -51,7 +57,7 @@ fn profile() -> String {
 }
 
 /// One deployment's file: its two targets, its policy and actions.
-fn deployment(name: &str, service: &Service, slow: &str) -> String {
+pub(crate) fn deployment(name: &str, service: &Service, slow: &str) -> String {
     format!(
         r#"name = "{name}"
 profiles = ["../rules/down.toml"]
@@ -107,7 +113,7 @@ fn fleet(dir: &Path, listen: &str, api: &Service, web: &Service, slow_api: &str)
 }
 
 /// `GET http://listen/PATH`, as text.
-async fn get(listen: &str, path: &str) -> Result<String, String> {
+pub(crate) async fn get(listen: &str, path: &str) -> Result<String, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build().unwrap();
     let answer = client.get(format!("http://{listen}{path}")).send().await.map_err(|e| e.to_string())?;
@@ -115,7 +121,11 @@ async fn get(listen: &str, path: &str) -> Result<String, String> {
 }
 
 /// One deployment's `/status/NAME` as JSON, once `ready` holds.
-async fn status_of(listen: &str, name: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub(crate) async fn status_of(
+    listen: &str,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     common::wait_for(&format!("/status/{name}"), common::DEADLINE, async || {
         let text = get(listen, &format!("/status/{name}")).await.map_err(serde_json::Value::String)?;
         let s: serde_json::Value = serde_json::from_str(&text).map_err(|e| serde_json::Value::String(e.to_string()))?;
@@ -238,7 +248,7 @@ async fn an_outage_in_one_deployment_rolls_back_only_it_and_the_other_is_evaluat
 
 /// Posts an Alertmanager webhook with one `KeyFeatureBroken` alert labelled
 /// `deployment=NAME`; returns the hook's answer.
-async fn post_alert(listen: &str, deployment: &str) -> String {
+pub(crate) async fn post_alert(listen: &str, deployment: &str) -> String {
     let body = format!(
         r#"{{"version":"4","groupKey":"g","status":"firing","receiver":"rollwatch","groupLabels":{{}},
         "commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://am","truncatedAlerts":0,
@@ -257,7 +267,7 @@ async fn post_alert(listen: &str, deployment: &str) -> String {
 }
 
 /// The state of rule `rule` in a deployment's status.
-fn rule_state(s: &serde_json::Value, rule: &str) -> String {
+pub(crate) fn rule_state(s: &serde_json::Value, rule: &str) -> String {
     s["rules"]
         .as_array()
         .unwrap()
@@ -439,7 +449,7 @@ async fn sighup_reloads_each_deployment_from_its_file() {
 }
 
 #[test]
-fn ha_beside_deployments_is_refused_not_half_run() {
+fn ha_beside_deployments_is_checked_in_the_top_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("deploy")).unwrap();
@@ -449,23 +459,27 @@ fn ha_beside_deployments_is_refused_not_half_run() {
         "api.toml",
         "name = \"api\"\nprofiles = [\"../down.toml\"]\n\n[[target]]\nname = \"api\"\nkind = \"health\"\nurl = \"http://127.0.0.1:1/health\"\n",
     );
-    let top = common::write(
-        d,
-        "rollwatch.toml",
-        format!(
-            "deployments = [\"deploy/*.toml\"]\nstate_dir = {:?}\n\n[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/fleet\"\n",
-            d.join("state").display().to_string()
-        ),
-    );
+    let top_with = |ttl: &str| {
+        common::write(
+            d,
+            "rollwatch.toml",
+            format!(
+                "deployments = [\"deploy/*.toml\"]\nstate_dir = {:?}\n\n[ha]\netcd = [\"http://127.0.0.1:2379\"]\nkey = \"/rollwatch/fleet\"\nttl = \"{ttl}\"\n",
+                d.join("state").display().to_string()
+            ),
+        )
+    };
+    let top = top_with("10s");
     let top = top.to_str().unwrap();
-    for command in ["check", "run"] {
-        let args: Vec<&str> = if command == "check" { vec!["check", top] } else { vec!["run", "-c", top] };
+    let (code, out, _) = common::rollwatch(&["check", top]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[ha]: the replicas share the deployments out on etcd"), "{out}");
+    // A lease too short for a busy replica: placed in the top file, and nothing runs.
+    top_with("1s");
+    for args in [vec!["check", top], vec!["run", "-c", top]] {
         let (code, out, _) = common::rollwatch(&args);
-        assert_eq!(code, 1, "{command}: {out}");
-        assert!(
-            out.contains(&format!("{top}:4:1: [ha]: [ha] with `deployments` is not built yet")),
-            "{command}: {out}"
-        );
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(&format!("{top}:7:7: [ha]: ttl")), "{args:?}: {out}");
     }
     assert!(!d.join("state").exists(), "run started nothing");
 }

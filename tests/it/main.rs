@@ -16,6 +16,7 @@ mod demo;
 mod end_to_end;
 mod endpoints;
 mod fleet;
+mod fleet_ha;
 mod ha;
 mod ha_faults;
 mod hostile;

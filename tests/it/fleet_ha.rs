@@ -1,0 +1,215 @@
+//! A fleet shared among replicas on a real etcd (Debian's `etcd-server`): `rollwatch run`
+//! processes, each with the same fleet of six deployments (its own copy of the files, its own
+//! state_dir and listen address), read through their `/metrics` and `/status`. A replica alone
+//! holds every deployment; two more join and each gets a fair share, every deployment held by
+//! exactly one; a parked deployment is not evaluated; outages in two deployments roll each back
+//! once and nothing else; a replica SIGKILLed has its deployments taken over within the ttl and
+//! 2 s and acted on once; an alert sent to any replica reaches the deployment its label names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::Ordering;
+
+use crate::common::{self, DEADLINE, wait_for};
+use crate::fleet::{Service, deployment, get, post_alert, profile, rule_state, status_of};
+use crate::ha::Etcd;
+use rollwatch::time::Stopwatch;
+
+/// The deployments of the fleet.
+const NAMES: [&str; 6] = ["d0", "d1", "d2", "d3", "d4", "d5"];
+
+/// The lease's ttl, in seconds.
+const TTL: f64 = 2.0;
+
+/// One replica of the fleet: its dir, listen address and process.
+struct Replica {
+    name: String,
+    listen: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Writes the fleet (`services` by deployment, in [`NAMES`]' order) under `root/name` with
+    /// `[ha]` on `etcd`, and starts it.
+    fn start(root: &Path, name: &str, services: &[Service], etcd: &str) -> Replica {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("deploy")).unwrap();
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        common::write(&dir.join("rules"), "down.toml", profile());
+        for (d, service) in NAMES.iter().zip(services) {
+            common::write(&dir.join("deploy"), &format!("{d}.toml"), deployment(d, service, "0"));
+        }
+        let listen = common::free_listen();
+        let config = common::write(
+            &dir,
+            "rollwatch.toml",
+            format!(
+                "deployments = [\"deploy/*.toml\"]\nstate_dir = {state:?}\nlisten = \"{listen}\"\neval_interval = \"200ms\"\n\n\
+                 [channels.console]\nkind = \"console\"\n\n\
+                 [ha]\netcd = [\"{etcd}\"]\nkey = \"/rollwatch/fleet\"\nttl = \"{TTL}s\"\nreplica = \"{name}\"\n",
+                state = dir.join("state").display().to_string()
+            ),
+        );
+        let child = common::spawn_run(&dir, &config);
+        Replica { name: name.to_string(), listen, dir, child: Some(child) }
+    }
+
+    /// The deployments it acts on, as its `/metrics` says (`rollwatch_leader{deployment=…} 1`).
+    async fn holds(&self) -> Result<Vec<String>, String> {
+        let metrics = get(&self.listen, "/metrics").await?;
+        Ok(metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("rollwatch_leader{deployment=\""))
+            .filter_map(|l| l.strip_suffix("\"} 1"))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            common::sigterm(c);
+        }
+        self.kill();
+    }
+}
+
+/// Who holds each deployment, by every replica's word: each deployment's holders.
+async fn holders(replicas: &[&Replica]) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut held: BTreeMap<String, Vec<String>> = NAMES.iter().map(|n| (n.to_string(), vec![])).collect();
+    for r in replicas {
+        for d in r.holds().await? {
+            held.entry(d).or_default().push(r.name.clone());
+        }
+    }
+    Ok(held)
+}
+
+/// Waits until every deployment is held by exactly one of `replicas`, none holding more than
+/// `most`; returns who holds what.
+async fn held_once(replicas: &[&Replica], most: usize, what: &str) -> BTreeMap<String, String> {
+    wait_for(what, DEADLINE, async || {
+        let held = holders(replicas).await?;
+        let once = held.values().all(|h| h.len() == 1);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for h in held.values().flatten() {
+            *counts.entry(h).or_default() += 1;
+        }
+        if once && counts.values().all(|c| *c <= most) {
+            Ok(held.into_iter().map(|(d, h)| (d, h[0].clone())).collect())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    })
+    .await
+}
+
+fn ticks(s: &serde_json::Value) -> u64 {
+    s["ticks_total"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_dead_replicas_taken_over() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let mut services = Vec::new();
+    for _ in NAMES {
+        services.push(Service::start(true).await);
+    }
+    let service = |d: &str| &services[NAMES.iter().position(|n| *n == d).unwrap()];
+
+    // Alone, one replica holds the whole fleet; two that join get a fair share each:
+    // none holds more than ⌈6/3⌉ + 1.
+    let a = Replica::start(root.path(), "a", &services, &etcd.url());
+    held_once(&[&a], 6, "replica a alone to hold every deployment").await;
+    let b = Replica::start(root.path(), "b", &services, &etcd.url());
+    let mut c = Replica::start(root.path(), "c", &services, &etcd.url());
+    let held = wait_for("each replica to hold a share", DEADLINE, async || {
+        let held = held_once(&[&a, &b, &c], 3, "every deployment held once").await;
+        let by: Vec<usize> =
+            ["a", "b", "c"].iter().map(|r| held.values().filter(|h| h.as_str() == *r).count()).collect();
+        if by.iter().all(|n| *n >= 1) { Ok(held) } else { Err(format!("{held:?}")) }
+    })
+    .await;
+
+    // A deployment parked here is not evaluated here; its holder evaluates it.
+    let (parked_at, d) = (if held["d0"] == "a" { &b } else { &a }, "d0");
+    let holder = [&a, &b, &c].into_iter().find(|r| r.name == held[d]).unwrap();
+    let parked = ticks(&status_of(&parked_at.listen, d, |_| true).await);
+    let from = ticks(&status_of(&holder.listen, d, |_| true).await);
+    status_of(&holder.listen, d, |s| ticks(s) >= from + 5).await;
+    let still = status_of(&parked_at.listen, d, |_| true).await;
+    assert_eq!(ticks(&still), parked, "a parked deployment is not evaluated: {still}");
+    assert_eq!(still["ha"]["leader"]["replica"], held[d], "its page names the holder: {still}");
+    let list: serde_json::Value = serde_json::from_str(&get(&parked_at.listen, "/status").await.unwrap()).unwrap();
+    let row = list["deployments"].as_array().unwrap().iter().find(|r| r["name"] == d).unwrap().clone();
+    assert_eq!(row["held_by"], held[d], "{list}");
+
+    // Outages in two deployments: each rolled back once, by its holder, and nothing else.
+    for d in ["d1", "d4"] {
+        service(d).fail();
+    }
+    for d in ["d1", "d4"] {
+        wait_for(&format!("{d} to be rolled back"), DEADLINE, async || {
+            let n = service(d).rollbacks.load(Ordering::SeqCst);
+            if n >= 1 { Ok(()) } else { Err(n) }
+        })
+        .await;
+    }
+    for d in ["d1", "d4"] {
+        let holder = [&a, &b, &c].into_iter().find(|r| r.name == held[d]).unwrap();
+        let from = ticks(&status_of(&holder.listen, d, |_| true).await);
+        status_of(&holder.listen, d, |s| ticks(s) >= from + 5).await;
+    }
+    for (d, s) in NAMES.iter().zip(&services) {
+        let want = u64::from(["d1", "d4"].contains(d));
+        assert_eq!(s.rollbacks.load(Ordering::SeqCst), want, "{d} rolled back {want} time(s)");
+    }
+
+    // Replica c killed: its deployments are taken over by a and b within the ttl + 2 s.
+    let of_c: Vec<String> = held.iter().filter(|(_, h)| h.as_str() == "c").map(|(d, _)| d.clone()).collect();
+    assert!(!of_c.is_empty());
+    c.kill();
+    let killed = Stopwatch::start();
+    let after = held_once(&[&a, &b], 6, "c's deployments to be taken over").await;
+    let took = killed.elapsed_secs();
+    assert!(took <= TTL + 2.0, "taken over in {took:.1} s, more than the ttl + 2 s");
+    eprintln!("c's deployments {of_c:?} taken over in {took:.2} s");
+    // Acted on once by the new holder: an outage in one of them.
+    let taken = &of_c[0];
+    let before: Vec<u64> = services.iter().map(|s| s.rollbacks.load(Ordering::SeqCst)).collect();
+    service(taken).fail();
+    wait_for(&format!("{taken} to be rolled back by its new holder"), DEADLINE, async || {
+        let n = service(taken).rollbacks.load(Ordering::SeqCst);
+        if n >= 1 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    let new_holder = [&a, &b].into_iter().find(|r| r.name == after[taken]).unwrap();
+    let from = ticks(&status_of(&new_holder.listen, taken, |_| true).await);
+    status_of(&new_holder.listen, taken, |s| ticks(s) >= from + 5).await;
+    for (i, (d, s)) in NAMES.iter().zip(&services).enumerate() {
+        let want = before[i] + u64::from(d == taken);
+        assert_eq!(s.rollbacks.load(Ordering::SeqCst), want, "{d}");
+    }
+    let journal = new_holder.dir.join("state").join(taken).join("journal.jsonl");
+    let events = rollwatch::journal::Journal::read_back(&journal).unwrap();
+    assert_eq!(common::of_kind(&events, "rollback_started").len(), 1, "{taken}: one rollback in its journal");
+
+    // An alert sent to a replica that does not hold its deployment reaches the holder.
+    let (d, held_by) = after.iter().find(|(_, h)| h.as_str() == "b").map(|(d, h)| (d.clone(), h.clone())).unwrap();
+    assert_eq!(held_by, "b");
+    let answer = post_alert(&a.listen, &d).await;
+    assert!(answer.contains("accepted"), "{answer}");
+    status_of(&b.listen, &d, |s| rule_state(s, "feature-broken") == "\"firing\"").await;
+}
