@@ -1,4 +1,5 @@
-# Shared by the measurement scripts (sourced): a free loopback port, and waiting for a URL.
+# Shared by the measurement scripts (sourced): a free loopback port, waiting for a URL, a
+# process's CPU time and peak memory.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() {
   for _ in $(seq 100); do
@@ -36,3 +37,8 @@ if = 'firing("down")'
 then = "rollback"
 TOML
 }
+# A process's CPU time so far, in clock ticks (user + system).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# A process's peak resident memory (VmHWM).
+peak_rss() { grep VmHWM "/proc/$1/status" | tr -s ' ' | cut -d' ' -f2-; }

@@ -64,5 +64,5 @@ if [ -z "$answered" ]; then
   exit 1
 fi
 echo "rollwatch run: answering /healthz after $(seconds "$started" "$ready") s"
-echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
+echo "peak RSS: $(peak_rss $pid)"
 kill -TERM "$pid"; wait "$pid"

@@ -8,72 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
+. scripts/fleet-sim.sh
 n=${1:-500}
 seconds=${2:-120}
 bin=$(release_binary)
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
-# The simulator: /NAME/health answers 200 unless the file down-NAME exists; /NAME/version a
-# version. Threaded, one request per connection.
-port=$(free_port)
-cat > "$dir/sim.py" <<'PY'
-import http.server, os, sys
-root, port = sys.argv[1], int(sys.argv[2])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        parts = self.path.strip("/").split("/")
-        name = parts[0]
-        if parts[-1] == "version":
-            body, code = b'{"status":"ok","version":"v1"}', 200
-        elif os.path.exists(os.path.join(root, "down-" + name)):
-            body, code = b"down", 503
-        else:
-            body, code = b"ok", 200
-        self.send_response(code)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024
-    daemon_threads = True
-    def handle_error(self, request, client_address):
-        pass  # a poll cut short at the sidecar's stop
-S(("127.0.0.1", port), H).serve_forever()
-PY
-python3 "$dir/sim.py" "$dir" "$port" 2>"$dir/sim.log" &
-wait_for "http://127.0.0.1:$port/d1/health"
-
-mkdir -p "$dir/deploy"
-down_profile "$dir/profile.toml"
-printf '\n[[procedure.rollback]]\nrun = "undo"\n' >> "$dir/profile.toml"
-for i in $(seq "$n"); do
-  cat > "$dir/deploy/d$i.toml" <<TOML
-name = "d$i"
-profiles = ["../profile.toml"]
-version = { target = "app", field = "version" }
-
-[[target]]
-name = "api"
-kind = "health"
-url = "http://127.0.0.1:$port/d$i/health"
-interval = "5s"
-timeout = "2s"
-
-[[target]]
-name = "app"
-kind = "health"
-url = "http://127.0.0.1:$port/d$i/version"
-interval = "5s"
-timeout = "2s"
-
-[actions.undo]
-kind = "exec"
-argv = ["/bin/sh", "-c", "date +%s.%N > $dir/acted-d$i"]
-TOML
-done
+fleet_simulator "$dir"
+fleet_deployments "$dir" "$n" "$port"
 rwport=$(free_port)
 cat > "$dir/rollwatch.toml" <<TOML
 deployments = ["deploy/*.toml"]
@@ -88,11 +31,10 @@ started=$(date +%s.%N)
 wait_for "http://127.0.0.1:$rwport/healthz"
 # CPU from here: the start (reading n configs, n journals) is not the steady state.
 sleep 10
-ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
-cpu0=$(ticks); t0=$(date +%s.%N)
+cpu0=$(cpu_ticks $pid); t0=$(date +%s.%N)
 sleep "$seconds"
-cpu1=$(ticks); t1=$(date +%s.%N)
+cpu1=$(cpu_ticks $pid); t1=$(date +%s.%N)
 touch "$dir/down-d1"
 down=$(date +%s.%N)
 for _ in $(seq 600); do [ -f "$dir/acted-d1" ] && break; sleep 0.05; done
@@ -100,7 +42,7 @@ acted=$(cat "$dir/acted-d1" 2>/dev/null || echo never)
 now=$(date +%s.%N)
 metrics=$(curl -s "http://127.0.0.1:$rwport/metrics")
 echo "deployments: $n, targets: $((2 * n)), polled every 5 s, evaluated every 5 s"
-echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
+echo "peak RSS: $(peak_rss $pid)"
 python3 -c "print(f'CPU over {$t1 - $t0:.0f} s of steady state: {100 * ($cpu1 - $cpu0) / $hz / ($t1 - $t0):.1f}% of one core')"
 echo "$metrics" | python3 -c "
 import sys, re

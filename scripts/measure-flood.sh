@@ -57,7 +57,7 @@ for _ in $(seq 300); do [ -f "$dir/acted" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted" 2>/dev/null || echo never)
 now=$(date +%s.%N)
 metrics=$(curl -s "http://127.0.0.1:$rwport/metrics")
-echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
+echo "peak RSS: $(peak_rss $pid)"
 echo "rollback step ran $(python3 -c "print('never' if '$acted' == 'never' else f'{$acted - $down:.2f} s')") after the outage"
 echo "evaluations: $(echo "$metrics" | grep -E '^rollwatch_ticks_total' | awk '{print $2}') in $(python3 -c "print(f'{$now - $started:.1f}')") s"
 echo "$metrics" | grep -E '^rollwatch_(series |target_series_dropped_total\{target="big"\}|target_polls_total\{target="big"\})'

@@ -56,7 +56,7 @@ if [ -z "$answered" ]; then
   exit 1
 fi
 echo "answering /healthz after $(python3 -c "print(f'{$ready - $started:.2f}')") s"
-echo "peak RSS: $(grep VmHWM "/proc/$pid/status" | tr -s ' ')"
+echo "peak RSS: $(peak_rss $pid)"
 if [ -f "$dir/state/journal.1.jsonl" ]; then
   echo "after compaction: journal $(du -k "$dir/state/journal.jsonl" | cut -f1) KB, rotated $(du -m "$dir/state/journal.1.jsonl" | cut -f1) MB"
 else

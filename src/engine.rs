@@ -98,7 +98,7 @@ pub struct Parts {
     pub served: Option<Served>,
     /// A fleet shared among replicas: what the share says this replica is to hold of this
     /// deployment ([`crate::coord::share`]). Parked, the engine polls and evaluates nothing.
-    pub holding: Option<watch::Receiver<crate::coord::share::Holding>>,
+    pub holding: Option<crate::coord::share::Member>,
 }
 
 /// What a deployment's engine reads from a fleet's server, the other ends of its
@@ -328,10 +328,13 @@ impl Engine {
                 let recent = acting.policy.max_rollbacks as usize;
                 let compactor: crate::coord::Compactor =
                     Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
-                let mut c = Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?;
-                if let (Some(m), Some(_)) = (&config.member, &holding) {
-                    c = c.in_fleet(&m.name);
-                }
+                let c = match (&config.member, &holding) {
+                    (Some(m), Some(h)) => {
+                        Coordinator::with_etcd(h.etcd.sibling(), spec, config.listen, clock.clone(), compactor)
+                            .in_fleet(&m.name, h.lease.clone())
+                    }
+                    _ => Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?,
+                };
                 Some(Arc::new(c.with_journal(journal.path(), &history)))
             }
             None => None,
@@ -425,7 +428,7 @@ impl Engine {
                 commands,
                 reload,
                 coord_updates,
-                holding,
+                holding: holding.map(|h| h.holding),
             },
             tasks: Tasks {
                 pollers,
@@ -647,13 +650,23 @@ impl Engine {
     /// stands for it (or gives it up) at once, and the targets are polled while it is to be
     /// held here or still led here.
     fn on_holding(&mut self) {
-        let Some(holding) = self.inputs.holding.as_mut().map(|h| h.borrow_and_update().clone()) else { return };
-        if let Some(c) = &self.coord {
-            c.assign(holding.mine, holding.holder.clone());
+        if let Some(h) = self.inputs.holding.as_mut() {
+            h.borrow_and_update();
         }
+        self.assign();
         self.poll_or_park();
         self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
         self.publish();
+    }
+
+    /// Tells the coordinator what the share says — but a deployment whose rollback is in flight
+    /// here is kept until the rollback ends (its steps and verification are never cut short by
+    /// a move; the share does not ask for it, this covers a rollback that began meanwhile).
+    fn assign(&self) {
+        let (Some(holding), Some(c)) = (&self.inputs.holding, &self.coord) else { return };
+        let holding = holding.borrow().clone();
+        let busy = self.snapshot.acting.in_flight.is_some() && self.dispatcher.leads();
+        c.assign(holding.mine || busy, holding.holder);
     }
 
     /// Whether this fleet deployment is parked here: another replica is to hold it.
@@ -713,6 +726,7 @@ impl Engine {
             self.ev.restart_evidence(restart.at, restart.predates);
         }
         self.snapshot.acting = self.dispatcher.status();
+        self.assign();
         self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
         self.snapshot.may_act = self.dispatcher.leads() && self.coord.as_ref().is_none_or(|c| c.leading());
     }

@@ -310,7 +310,7 @@ impl Stopwatch {
 
 /// A moment on this process's monotonic clock (a lease's safe end): it keeps running while
 /// the process is stopped, so a replica resumed after SIGSTOP sees its deadline passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(std::time::Instant);
 
 impl Deadline {

@@ -218,6 +218,21 @@ impl Etcd {
         })
     }
 
+    /// Another client of the same cluster sharing this one's connection pool and TLS setup
+    /// (a fleet's coordinators: one pool, not one per deployment); what it observes of etcd
+    /// (revisions, the cluster id, the clock) and its auth token are its own.
+    pub fn sibling(&self) -> Etcd {
+        Etcd {
+            client: self.client.clone(),
+            endpoints: self.endpoints.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+            auth: self.auth.clone(),
+            token: Mutex::new(None),
+            timeout: self.timeout,
+            observed: Mutex::new(Observed::default()),
+        }
+    }
+
     /// One gateway call, on the endpoint that answered last, then on each other in turn.
     async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let n = self.endpoints.len().max(1);

@@ -228,6 +228,9 @@ pub struct Coordinator {
     /// ([`share`] says), and who holds it as the share last read; woken when that changes.
     assigned: Mutex<Assigned>,
     wake: tokio::sync::Notify,
+    /// In a fleet shared among replicas: the replica's lease, kept by the share, to which the
+    /// leader key is bound (none: a lease of its own, renewed every round).
+    shared_lease: Option<Arc<share::SharedLease>>,
 }
 
 /// What the fleet's share says of one deployment here (see [`Coordinator::assign`]).
@@ -250,6 +253,13 @@ pub fn seq_of(line: &Value) -> u64 {
     line.get("seq").and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// How long one request to etcd may take: at most a quarter of the lease (three missed
+/// renewals still leave time to stop acting before the lease can expire).
+pub fn request_timeout(spec: &HaSpec) -> Duration {
+    let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
+    (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(3))
+}
+
 /// This replica's default name: the host name and the pid.
 pub fn default_replica() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -270,16 +280,24 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
         compactor: Compactor,
     ) -> Result<Coordinator, EtcdError> {
+        let etcd = Etcd::new(spec, env, request_timeout(spec))?;
+        Ok(Coordinator::with_etcd(etcd, spec, listen, clock, compactor))
+    }
+
+    /// A coordinator on a client of its own (a fleet's: [`Etcd::sibling`] of the share's).
+    pub fn with_etcd(
+        etcd: Etcd,
+        spec: &HaSpec,
+        listen: std::net::SocketAddr,
+        clock: Arc<dyn Clock>,
+        compactor: Compactor,
+    ) -> Coordinator {
         let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
-        // A request may take at most a quarter of the lease: three missed renewals still leave
-        // time to stop acting before the lease can expire.
-        let timeout = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(3));
-        let etcd = Etcd::new(spec, env, timeout)?;
         let replica = spec.replica.clone().unwrap_or_else(default_replica);
         let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
         let status = HaStatus { replica: replica.clone(), ..HaStatus::default() };
         let key = spec.key.trim_end_matches('/').to_string();
-        Ok(Coordinator {
+        Coordinator {
             etcd,
             leader_key: format!("{key}/leader"),
             key,
@@ -298,19 +316,30 @@ impl Coordinator {
             terms: std::sync::atomic::AtomicU64::new(0),
             assigned: Mutex::new(Assigned { mine: true, holder: None }),
             wake: tokio::sync::Notify::new(),
-        })
+            shared_lease: None,
+        }
     }
 
     /// One deployment of a fleet shared among replicas ([`share`]): its log under
-    /// `{key}/deployments/NAME`, its leader key `{key}/leaders/NAME`, and it stands for it only
-    /// while the share assigns it here ([`assign`](Self::assign)) — parked otherwise, it asks
-    /// etcd nothing.
-    pub fn in_fleet(mut self, name: &str) -> Coordinator {
+    /// `{key}/deployments/NAME`, its leader key `{key}/leaders/NAME` bound to the replica's
+    /// `lease` (kept alive by the share: a round renews nothing, and leadership counts only
+    /// while that lease is certain), and it stands for it only while the share assigns it here
+    /// ([`assign`](Self::assign)) — parked otherwise, it asks etcd nothing. It gives the key up
+    /// by deleting it (fenced by its term), not by revoking the lease its other keys share.
+    pub fn in_fleet(mut self, name: &str, lease: Arc<share::SharedLease>) -> Coordinator {
         let base = self.key.clone();
         self.key = share::deployment_key(&base, name);
         self.leader_key = share::leader_key(&base, name);
         self.assigned = Mutex::new(Assigned { mine: false, holder: None });
+        self.shared_lease = Some(lease);
         self
+    }
+
+    /// Gives up the leader key held under `term` (a fleet's deployment: the lease is shared).
+    async fn give_up(&self, term: i64) -> Result<(), EtcdError> {
+        let key = self.leader_key();
+        let end = format!("{key}\0");
+        self.etcd.txn(&[Compare::Created(key.clone(), term)], &[Op::DeleteRange(key, end)], &[]).await.map(drop)
     }
 
     /// What the share says now: whether this replica is to hold the deployment, and who holds
@@ -633,8 +662,12 @@ impl Coordinator {
         lease: &mut Option<i64>,
     ) -> Result<(Option<Term>, Option<(Leader, Term)>, LogView), EtcdError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
-        let id = match *lease {
-            Some(id) if self.etcd.keepalive(id).await?.is_some() => id,
+        let id = match (&self.shared_lease, *lease) {
+            (Some(shared), _) => match shared.current() {
+                Some((id, _)) => id,
+                None => return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into())),
+            },
+            (None, Some(id)) if self.etcd.keepalive(id).await?.is_some() => id,
             _ => {
                 if lease.is_some() {
                     tracing::warn!(replica = %self.me.replica, "lease expired at etcd; taking a new one");
@@ -656,10 +689,15 @@ impl Coordinator {
             let r = self.etcd.txn(&[], &reads, &[]).await?;
             let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
             let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
-            if holder.as_ref().is_some_and(|kv| kv.lease == id) {
+            if let Some(kv) = holder.as_ref().filter(|kv| kv.lease == id) {
                 self.lose("not standing for election");
-                self.etcd.revoke(id).await?;
-                *lease = None;
+                match self.shared_lease {
+                    Some(_) => self.give_up(kv.create_revision).await?,
+                    None => {
+                        self.etcd.revoke(id).await?;
+                        *lease = None;
+                    }
+                }
                 tracing::warn!(replica = %self.me.replica, "leader key given up");
                 return Ok((None, None, view));
             }
@@ -920,6 +958,15 @@ impl Coordinator {
                 {
                     tracing::debug!(error = %e, "could not revoke a parked deployment's lease; it expires within the ttl");
                 }
+                // Its key still bound to this replica's lease (a term that ended on an error):
+                // given up, or nobody else could take the deployment.
+                if let Some((l, term)) = &assigned.holder
+                    && l.replica == self.me.replica
+                    && self.shared_lease.is_some()
+                    && let Err(e) = self.give_up(term.0).await
+                {
+                    tracing::warn!(error = %e, "could not give up the leader key of a deployment held by another replica now");
+                }
                 let leader = assigned.holder.as_ref().map(|(l, _)| l.clone());
                 let now_following = (leader.clone(), None);
                 if following.as_ref() != Some(&now_following) {
@@ -1009,8 +1056,14 @@ impl Coordinator {
                 }
             }
         }
-        // A stop ends leadership quietly: the lease is revoked for the next replica.
+        // A stop ends leadership quietly: the lease is revoked (a fleet's deployment: its key
+        // deleted) for the next replica.
         *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let (Some(_), Some(term)) = (&self.shared_lease, leading)
+            && let Err(e) = self.give_up(term.0).await
+        {
+            tracing::warn!(error = %e, "could not give the leader key up at stop; it goes with this replica's lease");
+        }
         if let Some(id) = lease
             && let Err(e) = self.etcd.revoke(id).await
         {
@@ -1069,7 +1122,14 @@ impl Coordinator {
         leading: &mut Option<Term>,
         updates: &mpsc::Sender<Update>,
     ) -> Result<(), EtcdError> {
-        let until = sent.deadline(self.ttl * 2 / 3);
+        let mut until = sent.deadline(self.ttl * 2 / 3);
+        if let Some(shared) = &self.shared_lease {
+            // The key lives as long as the replica's lease: certain no longer than it is.
+            match shared.current() {
+                Some((_, lease_until)) => until = until.min(lease_until),
+                None => return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into())),
+            }
+        }
         // The term as this process numbers it: the same while it goes on, new otherwise.
         let term = match *leading {
             Some(t) if t.0 == term.0 => t,

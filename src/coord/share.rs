@@ -10,8 +10,9 @@
 //!   while its clock agrees with etcd's (one that may not lead counts for nobody's share).
 //! - **The share.** Every round (a quarter of the ttl, at most a second) one transaction renews
 //!   that key and reads both ranges; [`plan`] says which deployments this replica is to hold:
-//!   what it holds, up to `⌈N/R⌉` of N among R replicas, claiming unheld ones in its own order
-//!   (rendezvous hashing: replicas prefer different ones), giving up the excess when a replica
+//!   what it holds, up to `⌈N/R⌉` of N among R replicas; each unheld deployment goes to the
+//!   replica with room that prefers it most (rendezvous hashing), so that every replica reading
+//!   the same view makes the same claims and none race; the excess is given up when a replica
 //!   holds fewer (one that joined) — never a deployment whose rollback is in flight — and
 //!   claiming any deployment nobody has held for `2 × ttl`, whatever its share (a replica that
 //!   counts but does not take its share must not leave one unwatched). Each coordinator is told
@@ -58,6 +59,33 @@ pub struct Holding {
     pub holder: Option<(Leader, i64)>,
 }
 
+/// What a deployment's engine gets of the share: its word on the deployment, and a client of
+/// the cluster for the deployment's coordinator.
+pub struct Member {
+    pub holding: watch::Receiver<Holding>,
+    pub etcd: Etcd,
+    pub lease: Arc<SharedLease>,
+}
+
+/// This replica's lease, which the share keeps alive: its key in `{key}/replicas/` and every
+/// leader key it holds are bound to it, so that one renewal keeps them all and a dead replica's
+/// keys all go at once. Read by each deployment's coordinator ([`Coordinator::in_fleet`]).
+#[derive(Debug, Default)]
+pub struct SharedLease(Mutex<Option<(i64, crate::time::Deadline)>>);
+
+impl SharedLease {
+    /// The lease and until when it is certain (two thirds of the ttl after the renewal was
+    /// sent: it cannot have expired at etcd before), while it is.
+    pub fn current(&self) -> Option<(i64, crate::time::Deadline)> {
+        let lease = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lease.filter(|(_, until)| !until.passed())
+    }
+
+    fn set(&self, lease: Option<(i64, crate::time::Deadline)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = lease;
+    }
+}
+
 /// This replica's part in sharing a fleet.
 pub struct Share {
     etcd: Etcd,
@@ -68,6 +96,7 @@ pub struct Share {
     names: Vec<String>,
     /// As last read: the replicas up, and each deployment's holder.
     seen: Mutex<Seen>,
+    lease: Arc<SharedLease>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -92,8 +121,7 @@ impl Share {
         names: Vec<String>,
     ) -> Result<Share, EtcdError> {
         let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
-        let timeout = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(3));
-        let etcd = Etcd::new(spec, env, timeout)?;
+        let etcd = Etcd::new(spec, env, super::request_timeout(spec))?;
         let replica = spec.replica.clone().unwrap_or_else(super::default_replica);
         let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
         Ok(Share {
@@ -104,11 +132,18 @@ impl Share {
             clock,
             names,
             seen: Mutex::default(),
+            lease: Arc::default(),
         })
     }
 
     pub fn me(&self) -> &Leader {
         &self.me
+    }
+
+    /// What one deployment's engine needs of the share: a client of the same cluster (one
+    /// connection pool) and this replica's lease.
+    pub fn member(&self, holding: watch::Receiver<Holding>) -> Member {
+        Member { holding, etcd: self.etcd.sibling(), lease: self.lease.clone() }
     }
 
     /// Who holds `name`, as last read.
@@ -138,17 +173,24 @@ impl Share {
         let mine = format!("{}{}", replicas_prefix(&self.base), self.me.replica);
         let mut ops = Vec::new();
         if standing {
+            let sent = Stopwatch::start();
             let id = match *lease {
                 Some(id) if self.etcd.keepalive(id).await?.is_some() => id,
                 _ => {
+                    if lease.is_some() {
+                        tracing::warn!(replica = %self.me.replica, "this replica's lease expired at etcd: every deployment it held is given up; taking a new one");
+                        self.lease.set(None);
+                    }
                     let id = self.etcd.grant(self.ttl.as_secs().max(2) as i64).await?;
                     *lease = Some(id);
                     id
                 }
             };
+            self.lease.set(Some((id, sent.deadline(self.ttl * 2 / 3))));
             let value = serde_json::to_vec(&self.me).unwrap_or_default();
             ops.push(Op::Put { key: mine, value, lease: Some(id) });
         } else if let Some(id) = lease.take() {
+            self.lease.set(None);
             self.etcd.revoke(id).await?;
         }
         let (replicas, leaders) = (replicas_prefix(&self.base), leaders_prefix(&self.base));
@@ -214,11 +256,9 @@ impl Share {
                         replicas.remove(&self.me.replica);
                     }
                     let view = View { me: &self.me.replica, replicas: &replicas, holders: &holders };
-                    let next = plan(&self.names, &view, &claimed, &*busy, &stranded);
-                    for n in next.difference(&claimed_and_held(&claimed, &holders, &self.me.replica)) {
-                        if !holders.contains_key(n) {
-                            tracing::info!(deployment = %n, "claiming: this replica is to hold it");
-                        }
+                    let next = plan(&self.names, &view, &*busy, &stranded);
+                    for n in next.iter().filter(|n| !holders.contains_key(*n) && !claimed.contains(*n)) {
+                        tracing::info!(deployment = %n, "claiming: this replica is to hold it");
                     }
                     for n in self.names.iter().filter(|n| holders.get(*n) == Some(&self.me.replica)) {
                         if !next.contains(n) {
@@ -248,18 +288,13 @@ impl Share {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        self.lease.set(None);
         if let Some(id) = lease
             && let Err(e) = self.etcd.revoke(id).await
         {
             tracing::warn!(error = %e, "could not withdraw this replica from the share at stop; it expires within the ttl");
         }
     }
-}
-
-fn claimed_and_held(claimed: &BTreeSet<String>, holders: &BTreeMap<String, String>, me: &str) -> BTreeSet<String> {
-    let mut all = claimed.clone();
-    all.extend(holders.iter().filter(|(_, h)| *h == me).map(|(n, _)| n.clone()));
-    all
 }
 
 /// What a round read: this replica, the replicas up (this one among them when it may lead),
@@ -270,27 +305,25 @@ pub struct View<'a> {
     pub holders: &'a BTreeMap<String, String>,
 }
 
-/// The deployments of `names` this replica is to hold, given what it reads (`view`), what it
-/// claimed and nobody holds yet (`claimed`), which of its deployments have a rollback in flight
-/// (`busy`), and which nobody has held for long (`stranded`). See the module's "The share".
+/// The deployments of `names` this replica is to hold, given what it reads (`view`), which of
+/// its deployments have a rollback in flight (`busy`), and which nobody has held for long
+/// (`stranded`). See the module's "The share". Every replica reading the same view computes the
+/// same claims: each unheld deployment goes to the replica with room that prefers it most, so
+/// replicas claiming at once do not race for the same ones.
 pub fn plan(
     names: &[String],
     view: &View,
-    claimed: &BTreeSet<String>,
     busy: &dyn Fn(&str) -> bool,
     stranded: &BTreeSet<String>,
 ) -> BTreeSet<String> {
     let me = view.me;
     let held = |n: &String| view.holders.get(n).map(String::as_str);
-    // What it holds, and its claims still open (a claim another replica won is dropped).
-    let mut mine: BTreeSet<String> =
-        names.iter().filter(|n| held(n) == Some(me) || (held(n).is_none() && claimed.contains(*n))).cloned().collect();
+    let mut mine: BTreeSet<String> = names.iter().filter(|n| held(n) == Some(me)).cloned().collect();
     if !view.replicas.contains(me) {
         // It may not lead: it claims nothing (its coordinators give up what they hold).
-        return mine.into_iter().filter(|n| held(n) == Some(me)).collect();
+        return mine;
     }
     let share = names.len().div_ceil(view.replicas.len().max(1));
-    // Others that hold fewer than their share can take what this one holds beyond its own.
     let mut counts: BTreeMap<&str, usize> = view.replicas.iter().map(|r| (r.as_str(), 0)).collect();
     for n in names {
         if let Some(h) = held(n)
@@ -299,22 +332,26 @@ pub fn plan(
             *c += 1;
         }
     }
+    // What it holds beyond its share, others that hold fewer can take: given up in this
+    // replica's order (least preferred first), never one with a rollback in flight.
     let room: usize = counts.iter().filter(|(r, _)| **r != me).map(|(_, c)| share.saturating_sub(*c)).sum();
     let excess = mine.len().saturating_sub(share).min(room);
     if excess > 0 {
-        // Open claims first, then held ones in this replica's order (least preferred first);
-        // never one with a rollback in flight.
-        let mut order: Vec<&String> = mine.iter().filter(|n| held(n) != Some(me) || !busy(n)).collect();
-        order.sort_by_key(|n| (held(n) == Some(me), weight(me, n)));
+        let mut order: Vec<&String> = mine.iter().filter(|n| !busy(n)).collect();
+        order.sort_by_key(|n| weight(me, n));
         let give: Vec<String> = order.into_iter().take(excess).cloned().collect();
         for n in give {
             mine.remove(&n);
         }
     }
-    let mut unheld: Vec<&String> = names.iter().filter(|n| held(n).is_none() && !mine.contains(*n)).collect();
-    unheld.sort_by_key(|n| std::cmp::Reverse(weight(me, n)));
-    for n in unheld {
-        if mine.len() < share || stranded.contains(n) {
+    // Each unheld deployment to the replica with room that prefers it most.
+    let mut room: BTreeMap<&str, usize> = counts.iter().map(|(r, c)| (*r, share.saturating_sub(*c))).collect();
+    for n in names.iter().filter(|n| held(n).is_none()) {
+        let to = room.iter().filter(|(_, left)| **left > 0).max_by_key(|(r, _)| weight(r, n)).map(|(r, _)| *r);
+        if let Some(r) = to {
+            room.entry(r).and_modify(|left| *left -= 1);
+        }
+        if to == Some(me) || stranded.contains(n) {
             mine.insert(n.clone());
         }
     }
@@ -349,18 +386,15 @@ mod tests {
     /// coordinators win what nobody holds (first come) and give up what it no longer wants.
     fn settle(names: &[String], replicas: &[&str], holders: &mut BTreeMap<String, String>) {
         let up = set(replicas);
-        let mut claimed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for _ in 0..50 {
             let before = holders.clone();
             for r in replicas {
                 let view = View { me: r, replicas: &up, holders: &holders.clone() };
-                let c = claimed.entry(r.to_string()).or_default();
-                let next = plan(names, &view, c, &|_| false, &BTreeSet::new());
+                let next = plan(names, &view, &|_| false, &BTreeSet::new());
                 holders.retain(|n, h| h != r || next.contains(n));
                 for n in &next {
                     holders.entry(n.clone()).or_insert_with(|| r.to_string());
                 }
-                *c = next.into_iter().filter(|n| holders.get(n).is_none_or(|h| h != r)).collect();
             }
             if *holders == before {
                 return;
@@ -419,7 +453,7 @@ mod tests {
         let mut order = all.clone();
         order.sort_by_key(|n| weight("a", n));
         let in_flight = set(&[order[0].as_str(), order[1].as_str()]);
-        let kept = plan(&all, &view, &BTreeSet::new(), &|n| in_flight.contains(n), &BTreeSet::new());
+        let kept = plan(&all, &view, &|n| in_flight.contains(n), &BTreeSet::new());
         assert_eq!(kept.len(), 2);
         assert!(in_flight.is_subset(&kept), "{kept:?}");
         // b holds two and may not claim a third; stranded, it does.
@@ -427,7 +461,7 @@ mod tests {
             [("d000", "b"), ("d001", "b")].iter().map(|(n, h)| (n.to_string(), h.to_string())).collect();
         let view = View { me: "b", replicas: &up, holders: &holders };
         let stranded = set(&["d002"]);
-        let mine = plan(&all[..3], &view, &BTreeSet::new(), &|_| false, &stranded);
+        let mine = plan(&all[..3], &view, &|_| false, &stranded);
         assert_eq!(mine, set(&["d000", "d001", "d002"]));
     }
 
@@ -437,6 +471,19 @@ mod tests {
         let up = set(&["b"]);
         let holders: BTreeMap<String, String> = [("d000".to_string(), "a".to_string())].into();
         let view = View { me: "a", replicas: &up, holders: &holders };
-        assert_eq!(plan(&all, &view, &set(&["d001"]), &|_| false, &set(&["d002"])), set(&["d000"]));
+        assert_eq!(plan(&all, &view, &|_| false, &set(&["d002"])), set(&["d000"]));
+    }
+
+    #[test]
+    fn replicas_reading_the_same_view_claim_disjoint_deployments() {
+        let all = names(60);
+        let up = set(&["a", "b", "c"]);
+        let holders = BTreeMap::new();
+        let claims: Vec<BTreeSet<String>> = ["a", "b", "c"]
+            .iter()
+            .map(|r| plan(&all, &View { me: r, replicas: &up, holders: &holders }, &|_| false, &BTreeSet::new()))
+            .collect();
+        assert_eq!(claims.iter().map(BTreeSet::len).sum::<usize>(), 60);
+        assert!(claims.iter().all(|c| c.len() == 20), "{claims:?}");
     }
 }

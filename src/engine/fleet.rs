@@ -55,10 +55,10 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
     let mut tell = BTreeMap::new();
     for m in members {
         let (l, served) = lane(refused.clone());
-        let holding = share.as_ref().map(|_| {
+        let holding = share.as_ref().map(|share| {
             let (tx, rx) = watch::channel(Holding::default());
             tell.insert(m.name.clone(), (tx, l.status.clone()));
-            rx
+            share.member(rx)
         });
         lanes.insert(m.name.clone(), l);
         let parts = Parts { served: Some(served), listener: None, client: Some(client.clone()), holding, ..m.parts };

@@ -212,4 +212,21 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     let answer = post_alert(&a.listen, &d).await;
     assert!(answer.contains("accepted"), "{answer}");
     status_of(&b.listen, &d, |s| rule_state(s, "feature-broken") == "\"firing\"").await;
+    // A command given to a replica that does not hold its deployment is applied by the holder;
+    // so is a deploy reported to it through the hook.
+    let config = a.dir.join("rollwatch.toml");
+    let config = config.to_str().unwrap();
+    let (code, out, _) = common::rollwatch(&["pause", "-c", config, "--deployment", &d, "--for", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    status_of(&b.listen, &d, |s| !s["acting"]["paused_until"].is_null()).await;
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/hooks/deploy", a.listen))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"deployment": "{d}", "version": "v3"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{answer:?}");
+    assert_eq!(answer.headers()["x-rollwatch-leader"], "b");
+    status_of(&b.listen, &d, |s| s["acting"]["version"] == "v3").await;
 }
