@@ -53,22 +53,22 @@ TOML
 done
 started=$(date +%s.%N)
 
-# Who holds what, by each replica's /metrics: prints "SECONDS_WAITED COUNT COUNT …" once every
-# deployment is held by exactly one of the replicas given (their listen addresses).
+# Who holds what, by each replica's /status (its deployments that may act): prints
+# "SECONDS_WAITED COUNT COUNT …" once every deployment is held by exactly one of the replicas
+# given (their listen addresses).
 held_once() {
   python3 - "$n" "$@" <<'PY'
-import sys, time, urllib.request
+import json, sys, time, urllib.request
 n, listens = int(sys.argv[1]), sys.argv[2:]
 start = time.time()
 while True:
     holders, counts = {}, []
     for l in listens:
         try:
-            text = urllib.request.urlopen(f"http://{l}/metrics", timeout=5).read().decode()
+            rows = json.load(urllib.request.urlopen(f"http://{l}/status", timeout=5))["deployments"]
         except Exception:
-            text = ""
-        mine = [x[len('rollwatch_leader{deployment="'):].split('"')[0] for x in text.splitlines()
-                if x.startswith('rollwatch_leader{deployment="') and x.endswith("} 1")]
+            rows = []
+        mine = [r["name"] for r in rows if r["may_act"]]
         counts.append(len(mine))
         for d in mine:
             holders.setdefault(d, []).append(l)
@@ -78,7 +78,7 @@ while True:
     if time.time() - start > 600:
         print("never", *counts)
         break
-    time.sleep(0.05)
+    time.sleep(0.1)
 PY
 }
 
@@ -129,7 +129,7 @@ echo "rollback step in d1 ran $(python3 -c "print('never' if '$acted' == 'never'
 
 # The last replica SIGKILLed: its deployments held again by the others.
 last=$((replicas - 1))
-victim_held=$(curl -s "http://${listens[$last]}/metrics" | grep -E '^rollwatch_leader\{deployment="[^"]+"\} 1$' | sed -E 's/.*deployment="([^"]+)".*/\1/')
+victim_held=$(curl -s "http://${listens[$last]}/status" | python3 -c "import json, sys; print('\\n'.join(r['name'] for r in json.load(sys.stdin)['deployments'] if r['may_act']))")
 kill -KILL "${pids[$last]}"; killed=$(date +%s.%N)
 unset 'pids[$last]'
 survivors=("${listens[@]:0:$last}")
@@ -142,5 +142,7 @@ for _ in $(seq 600); do [ -f "$dir/acted-$d" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted-$d" 2>/dev/null || echo never)
 echo "rollback step in $d (taken over) ran $(python3 -c "print('never' if '$acted' == 'never' else f'{$acted - $down:.2f} s')") after its outage"
 echo "deployments that acted: $(ls "$dir" | grep -c '^acted-' || true) (d1 and $d should)"
+echo "failed polls: $(for l in "${survivors[@]}"; do curl -s "http://$l/metrics"; done | grep -E '^rollwatch_target_errors_total' | awk '{s += $2} END {print s + 0}') (the outages included)"
+grep -h "claiming" "$dir"/r*/rollwatch.log | head -1 | cut -c1-40 || true
 for p in "${pids[@]}"; do kill -TERM "$p"; done
 for p in "${pids[@]}"; do wait "$p" || true; done

@@ -8,7 +8,7 @@
 //!   from one replica to another is a change of leader, fenced like one.
 //! - **Who is up.** Each replica keeps `{key}/replicas/NAME` (its address) on a lease of its own
 //!   while its clock agrees with etcd's (one that may not lead counts for nobody's share).
-//! - **The share.** Every round (a quarter of the ttl, at most a second) one transaction renews
+//! - **The share.** Every round (a quarter of the ttl, at most half a second) one transaction renews
 //!   that key and reads both ranges; [`plan`] says which deployments this replica is to hold:
 //!   what it holds, up to `⌈N/R⌉` of N among R replicas; each unheld deployment goes to the
 //!   replica with room that prefers it most (rendezvous hashing), so that every replica reading
@@ -157,9 +157,9 @@ impl Share {
         seen.replicas.values().filter(|l| l.replica != self.me.replica).cloned().collect()
     }
 
-    /// How often the share is read: a quarter of the ttl, at most a second.
+    /// How often the share is read: a quarter of the ttl, at most half a second.
     fn every(&self) -> Duration {
-        (self.ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(1))
+        (self.ttl / 4).clamp(Duration::from_millis(200), Duration::from_millis(500))
     }
 
     /// Whether this replica's clock agrees with etcd's closely enough for it to lead.

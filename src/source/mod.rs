@@ -38,7 +38,7 @@ pub enum Auth {
 }
 
 /// What kind of target, with its address.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Hash)]
 pub enum TargetKind {
     /// HTTP GET; up = a 2xx status within the timeout; JSON fields become series.
     Health { url: String },

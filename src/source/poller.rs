@@ -228,12 +228,15 @@ async fn read_capped(mut response: reqwest::Response, max: usize, timeout: Span)
     Ok(body)
 }
 
-/// A stable offset in `[0, interval/10)` from the target's name, so targets with the same
-/// interval do not all poll at the same instant.
-pub fn jitter(name: &str, interval: Span) -> Span {
+/// A stable offset in `[0, interval)` from the target's name and address, so that targets with
+/// the same interval do not all poll at the same instant — nor a fleet's deployments, whose
+/// targets share names, nor the deployments a replica takes over at once (as Prometheus spreads
+/// its scrapes by hashing each target).
+pub fn jitter(target: &Target) -> Span {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    let spread = (interval.0 / 10).max(1) as u64;
+    target.name.hash(&mut h);
+    target.kind.hash(&mut h);
+    let spread = target.interval.0.max(1) as u64;
     Span((h.finish() % spread) as i64)
 }
 
@@ -246,7 +249,7 @@ pub async fn run_target(
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::select! {
-        _ = tokio::time::sleep(jitter(&target.name, target.interval).as_std()) => {}
+        _ = tokio::time::sleep(jitter(&target).as_std()) => {}
         _ = shutdown.changed() => return,
     }
     let mut ticker = tokio::time::interval(target.interval.as_std());
