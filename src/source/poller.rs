@@ -270,3 +270,36 @@ pub async fn run_target(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(name: &str, url: &str) -> Target {
+        Target {
+            name: name.into(),
+            kind: super::super::TargetKind::Health { url: url.into() },
+            interval: Span::from_secs(5),
+            timeout: Span::from_secs(2),
+            critical: false,
+            max_body: 1 << 20,
+            auth: None,
+            keep: None,
+            sample_limit: super::super::DEFAULT_SAMPLE_LIMIT,
+        }
+    }
+
+    /// A fleet's deployments name their targets alike: their offsets still spread over the
+    /// interval (500 health checks taken over at once must not poll in one burst).
+    #[test]
+    fn targets_of_one_name_at_different_addresses_spread_over_the_interval() {
+        let offsets: Vec<i64> =
+            (0..500).map(|i| jitter(&health("api", &format!("http://sim/d{i}/health"))).0).collect();
+        assert!(offsets.iter().all(|o| (0..5_000).contains(o)));
+        let seconds: std::collections::BTreeSet<i64> = offsets.iter().map(|o| o / 1_000).collect();
+        assert_eq!(seconds.len(), 5, "every second of the interval has some: {seconds:?}");
+        let same = offsets.iter().filter(|o| **o == offsets[0]).count();
+        assert!(same < 5, "{same} of 500 at one offset");
+        assert_eq!(jitter(&health("api", "http://a")), jitter(&health("api", "http://a")), "stable");
+    }
+}

@@ -224,8 +224,9 @@ async fn a_dead_target_never_delays_a_live_one() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let mut slow = prom(&dead);
     slow.name = "dead".into();
+    // Polled every 200 ms (its first poll within that, whatever its offset) but stuck 5 s.
     slow.timeout = Span(5_000);
-    slow.interval = Span(10_000);
+    slow.interval = Span(200);
     for t in [prom(&live), slow] {
         tokio::spawn(run_target(t, client.clone(), Arc::new(SystemClock), tx.clone(), shutdown.clone()));
     }
