@@ -17,6 +17,10 @@
 //!   claiming any deployment nobody has held for `2 × ttl`, whatever its share (a replica that
 //!   counts but does not take its share must not leave one unwatched). Each coordinator is told
 //!   ([`Coordinator::assign`]) and the engine starts or stops polling.
+//! - **etcd out of reach.** While the share cannot be read, each deployment stays where it is;
+//!   after a ttl, every replica watches every deployment (nobody can tell who watches what),
+//!   and each coordinator says that etcd cannot be reached and that nobody acts, until etcd
+//!   answers and each deployment goes back to one replica.
 //! - **A dead replica.** Its leases expire within the ttl; its deployments' leader keys go with
 //!   them, the next round sees them unheld and the survivors' share grown, and each is claimed
 //!   by one survivor at once (the coordinator is woken, not left to its next round).
@@ -226,15 +230,18 @@ impl Share {
         let mut lease = None;
         let mut claimed: BTreeSet<String> = BTreeSet::new();
         let mut unheld_since: BTreeMap<String, Stopwatch> = BTreeMap::new();
-        let mut failing = false;
+        // Since when the share cannot be read, and whether every deployment is watched here
+        // because of it.
+        let mut failing: Option<Stopwatch> = None;
+        let mut watching_all = false;
         let stranded_after = Span((self.ttl * 2).as_millis() as i64);
         loop {
             let standing = self.clock_ok();
             match self.round(&mut lease, standing).await {
                 Ok(seen) => {
-                    if failing {
-                        tracing::info!("the fleet's share can be read again");
-                        failing = false;
+                    if failing.take().is_some() {
+                        tracing::info!("the fleet's share can be read again: each deployment goes back to one replica");
+                        watching_all = false;
                     }
                     let holders: BTreeMap<String, String> =
                         seen.holders.iter().map(|(n, (l, _))| (n.clone(), l.replica.clone())).collect();
@@ -266,20 +273,25 @@ impl Share {
                         }
                     }
                     claimed = next.iter().filter(|n| !holders.contains_key(*n)).cloned().collect();
-                    for (name, sender) in &tell {
-                        let holding = Holding { mine: next.contains(name), holder: seen.holders.get(name).cloned() };
-                        sender.send_if_modified(|h| {
-                            let changed = *h != holding;
-                            *h = holding;
-                            changed
-                        });
-                    }
+                    tell_each(&tell, |name| Holding {
+                        mine: next.contains(name),
+                        holder: seen.holders.get(name).cloned(),
+                    });
                     *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
                 }
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "the fleet's share cannot be read: every deployment stays where it is");
-                        failing = true;
+                    let since = failing.get_or_insert_with(|| {
+                        tracing::warn!(error = %e, "the fleet's share cannot be read: every deployment stays where it is for now");
+                        Stopwatch::start()
+                    });
+                    // Nobody can tell who watches what: every replica watches every deployment
+                    // (polls and evaluates; each coordinator says etcd cannot be reached and
+                    // nobody acts) until etcd answers — never a deployment left unwatched.
+                    if !watching_all && since.elapsed().as_std() > self.ttl {
+                        tracing::error!(error = %e, "the fleet's share cannot be read for longer than the ttl: watching every deployment here, acting on none until etcd answers");
+                        watching_all = true;
+                        let holders = self.seen.lock().unwrap_or_else(|p| p.into_inner()).holders.clone();
+                        tell_each(&tell, |name| Holding { mine: true, holder: holders.get(name).cloned() });
                     }
                 }
             }
@@ -294,6 +306,18 @@ impl Share {
         {
             tracing::warn!(error = %e, "could not withdraw this replica from the share at stop; it expires within the ttl");
         }
+    }
+}
+
+/// Tells each deployment's engine what the share says of it (only a change wakes it).
+fn tell_each(tell: &BTreeMap<String, watch::Sender<Holding>>, holding: impl Fn(&str) -> Holding) {
+    for (name, sender) in tell {
+        let holding = holding(name);
+        sender.send_if_modified(|h| {
+            let changed = *h != holding;
+            *h = holding;
+            changed
+        });
     }
 }
 

@@ -230,3 +230,58 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     assert_eq!(answer.headers()["x-rollwatch-leader"], "b");
     status_of(&b.listen, &d, |s| s["acting"]["version"] == "v3").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_acts_until_it_answers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(root.path());
+    let mut services = Vec::new();
+    for _ in NAMES {
+        services.push(Service::start(true).await);
+    }
+    let a = Replica::start(root.path(), "a", &services, &etcd.url());
+    let b = Replica::start(root.path(), "b", &services, &etcd.url());
+    let held = held_once(&[&a, &b], 4, "every deployment held once").await;
+    let d = held.iter().find(|(_, h)| h.as_str() == "b").map(|(d, _)| d.clone()).unwrap();
+    let service = &services[NAMES.iter().position(|n| *n == d).unwrap()];
+    let parked = ticks(&status_of(&a.listen, &d, |_| true).await);
+
+    // etcd gone: a watches b's deployment too (it is evaluated there again), and says why
+    // it does not act.
+    etcd.kill();
+    let watched = status_of(&a.listen, &d, |s| ticks(s) >= parked + 3 && s["ha"]["role"] == "unreachable").await;
+    assert_eq!(watched["may_act"], false, "{watched}");
+    // An outage meanwhile: nobody acts on it, and people are told that nobody can.
+    service.fail();
+    for r in [&a, &b] {
+        let from = ticks(&status_of(&r.listen, &d, |_| true).await);
+        status_of(&r.listen, &d, |s| ticks(s) >= from + 5).await;
+    }
+    assert_eq!(service.rollbacks.load(Ordering::SeqCst), 0, "nobody acts while etcd is out of reach");
+    let told = |r: &Replica| std::fs::read_to_string(r.dir.join("stdout")).unwrap_or_default();
+    assert!(
+        [&a, &b].iter().any(|r| told(r).contains(&format!("[{d}]")) && told(r).contains("no replica acts")),
+        "a: {}\nb: {}",
+        told(&a),
+        told(&b)
+    );
+
+    // etcd back: each deployment goes back to one replica, and the outage is rolled back once.
+    etcd.restart();
+    wait_for("the outage to be rolled back once etcd answers", DEADLINE, async || {
+        let n = service.rollbacks.load(Ordering::SeqCst);
+        if n >= 1 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    let after = held_once(&[&a, &b], 4, "every deployment held once again").await;
+    let holder = if after[&d] == "a" { &a } else { &b };
+    let from = ticks(&status_of(&holder.listen, &d, |_| true).await);
+    status_of(&holder.listen, &d, |s| ticks(s) >= from + 5).await;
+    assert_eq!(service.rollbacks.load(Ordering::SeqCst), 1, "rolled back once");
+    for (n, s) in NAMES.iter().zip(&services) {
+        if *n != d {
+            assert_eq!(s.rollbacks.load(Ordering::SeqCst), 0, "{n}");
+        }
+    }
+}
