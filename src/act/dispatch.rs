@@ -50,7 +50,6 @@ impl Dispatcher {
     /// Restores the state from the journal's `lines` and reports any rollback found started
     /// but unfinished (escalated S1, never re-run). The receiver yields the procedures' news;
     /// the restart is where the evidence starts (the journalled deploy), if known.
-    #[allow(clippy::type_complexity)]
     pub fn new(
         acting: Acting,
         notifier: Notifier,

@@ -348,8 +348,7 @@ impl Evaluator {
 
     /// How much of an SLO's period its budget is computed on at `now`, when less than all of it.
     fn slo_seen(&self, w: &slo::SloWatch, now: Timestamp) -> Option<Span> {
-        let (window, covered) =
-            window_coverage(self.calls.get(w.remaining_call)?, &self.evidence, now)?;
+        let (window, covered) = window_coverage(self.calls.get(w.remaining_call)?, &self.evidence, now)?;
         (covered < window).then_some(covered)
     }
 
@@ -587,7 +586,11 @@ impl Evaluator {
 
 /// A window call's `(window, covered)` at `now`: deployment-scoped calls from the current
 /// version's evidence on. `None` for calls without a window.
-fn window_coverage((call, _, scope): &(Call, usize, Scope), evidence: &Evidence, now: Timestamp) -> Option<(Span, Span)> {
+fn window_coverage(
+    (call, _, scope): &(Call, usize, Scope),
+    evidence: &Evidence,
+    now: Timestamp,
+) -> Option<(Span, Span)> {
     let since = if *scope == Scope::Deployment { evidence.since() } else { None };
     call.coverage(evidence.store(), now, since, evidence.since())
 }

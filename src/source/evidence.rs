@@ -172,7 +172,8 @@ mod tests {
         ev.observe(&obs(0, true));
         assert_eq!(ev.store().last(m, At::new(Timestamp(0))), Some(5.0));
         assert_eq!(ev.fields()["api"], vec![("version".to_string(), "v1".to_string())]);
-        let alert = AlertUpdate { key: SeriesKey::new("ALERTS", [("alertname".to_string(), "X".to_string())]), firing: true };
+        let alert =
+            AlertUpdate { key: SeriesKey::new("ALERTS", [("alertname".to_string(), "X".to_string())]), firing: true };
         assert_eq!(ev.update_alerts(vec![alert.clone()], Timestamp(0)).len(), 1);
         assert!(ev.update_alerts(vec![alert], Timestamp(1000)).is_empty(), "a re-sent alert is no change");
         ev.restart(Timestamp(500));

@@ -213,8 +213,7 @@ impl Harness {
     }
 }
 
-type Started =
-    (Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, mpsc::UnboundedReceiver<String>, Option<Restart>);
+type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, mpsc::UnboundedReceiver<String>, Option<Restart>);
 
 fn start(
     dir: &std::path::Path,
@@ -292,7 +291,7 @@ async fn evidence_restarts_come_back_with_the_input_that_decided_them() {
     h.advance(Span::from_secs(60));
     let tick = h.d.on_tick(h.clock.now(), &[]);
     assert_eq!(tick.restart, None);
-    h.tick(Outcome::Rollback, &["errors"], None);
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
     let restore_point = loop {
         let news = tokio::time::timeout(Duration::from_secs(20), h.done.recv()).await.expect("procedure ended");
         let done = matches!(news, Some(ProcedureNews::Done(_)));
@@ -654,7 +653,9 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     let refused = h.command(Command::Pause { for_: None }).unwrap_err();
     assert!(refused.contains("waiting for the election on etcd"), "{refused}");
 
-    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into(), tell: true }).result().unwrap();
+    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into(), tell: true })
+        .result()
+        .unwrap();
     let told = h.messages().await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].contains("S1: no replica acts: etcd unreachable: connection refused"), "{told:?}");
