@@ -5,9 +5,10 @@
 //! the targets' series, the alerts, where the version's evidence starts) and is the sole owner of
 //! the rule states (no locks); sources write the evidence through the evaluator's named methods
 //! ([`observe`](Evaluator::observe), [`update_alerts`](Evaluator::update_alerts), …), which hand
-//! it to the evidence's own. Replay and the live sidecar drive the same evaluator. [`coverage`] tells how much of a window holds data (a rule
-//! may require a share: `min_coverage`), and [`checkpoint`] keeps windows and rule states across
-//! a restart of rollwatch. [`slo`] turns `[[slo]]` into rules and reads SLOs' budgets.
+//! it to the evidence's own. Replay and the live sidecar drive the same evaluator. [`coverage`]
+//! tells how much of a window holds data (a rule may require a share: `min_coverage`), and
+//! [`checkpoint`] keeps windows and rule states across a restart of rollwatch. [`slo`] turns
+//! `[[slo]]` into rules and reads SLOs' budgets.
 
 pub mod checkpoint;
 pub mod coverage;
