@@ -82,7 +82,7 @@ fn dispatcher(c: &mut Criterion) {
         deployment: None,
     };
     let ledger = rollwatch::act::ledger::Ledger::local(shared);
-    let (mut d, _done) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();
+    let (mut d, _done, _) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();
     let decisions: Vec<Decision> = names
         .iter()
         .map(|p| Decision {
@@ -103,10 +103,10 @@ fn dispatcher(c: &mut Criterion) {
             judged: vec![],
         })
         .collect();
-    d.on_version_observed(Timestamp(1), "v1").unwrap();
-    d.on_tick(Timestamp(1), &decisions).unwrap();
+    d.on_version_observed(Timestamp(1), "v1").result().unwrap();
+    d.on_tick(Timestamp(1), &decisions).result().unwrap();
     c.bench_function("dispatcher tick, 5 profiles, nothing to do", |b| {
-        b.iter(|| d.on_tick(Timestamp(2), black_box(&decisions)).unwrap())
+        b.iter(|| d.on_tick(Timestamp(2), black_box(&decisions)).result().unwrap())
     });
 }
 

@@ -55,7 +55,7 @@ fn keys() -> Vec<SeriesKey> {
 fn push_all(ev: &mut Evaluator, keys: &[SeriesKey], k: i64) {
     let t = Timestamp(k * STEP_MS);
     for (i, key) in keys.iter().enumerate() {
-        ev.store_mut().push(key, t, (k * (1 + i as i64 % 7)) as f64);
+        ev.sample(key, t, (k * (1 + i as i64 % 7)) as f64);
     }
 }
 

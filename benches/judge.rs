@@ -50,8 +50,8 @@ then = "rollback"
     let (canary, stable) = (key("canary"), key("stable"));
     for i in 0..N {
         let t = Timestamp(i as i64 * 15_000);
-        ev.store_mut().push(&canary, t, cand[i]);
-        ev.store_mut().push(&stable, t, base[i]);
+        ev.sample(&canary, t, cand[i]);
+        ev.sample(&stable, t, base[i]);
     }
     let now = Timestamp((N as i64 - 1) * 15_000);
     let tick = ev.tick(now);

@@ -62,7 +62,7 @@ fn memory() {
         value += 3.0;
         let t = Timestamp(s * 1000);
         for k in &keys {
-            ev.store_mut().push(k, t, value);
+            ev.sample(k, t, value);
         }
         if s % 15 == 0 {
             ev.tick(t);

@@ -1,9 +1,12 @@
-//! The live pipeline: pollers → observations → window store → evaluator on ticks of rollwatch's
-//! own timeline ([`crate::time::SteadyClock`], which a step of the system clock does not move) →
-//! decisions, logged and journalled when they change → the dispatcher, which acts on them;
-//! alerts from the webhook become `ALERTS` series; approvals, pauses and silences arrive as
-//! commands; a [`Snapshot`] after every tick feeds `/status` and `/metrics`. The evaluator is the
-//! same one `test` replays; only the clock and the source of samples differ.
+//! The live pipeline: pollers → observations → the evidence (window store, targets' series,
+//! alerts: [`crate::source::Evidence`], held by the evaluator and written through its named
+//! methods) → evaluator on ticks of rollwatch's own timeline ([`crate::time::SteadyClock`], which
+//! a step of the system clock does not move) → decisions, logged and journalled when they change
+//! → the dispatcher, which acts on them and returns where the evidence restarts (a deploy, a
+//! restore point: applied at once, in `after_acting`); alerts from the webhook become `ALERTS`
+//! series in the evidence; approvals, pauses and silences arrive as commands; a [`Snapshot`]
+//! after every tick feeds `/status` and `/metrics`. The evaluator is the same one `test`
+//! replays; only the clock and the source of samples differ.
 //!
 //! [`run`] reads like that diagram: `Engine::build` (state_dir lock, journal opened, compacted and
 //! restored, acting parts, pollers, the own server), a loop whose every arm calls one named
@@ -23,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 use crate::act::action::Action;
 use crate::act::event::Event;
 use crate::act::ledger::{Ledger, RecordError};
-use crate::act::{Acting, CommandRequest, Dispatcher, Plan};
+use crate::act::{Acted, Acting, CommandRequest, Dispatcher, Plan, Restart};
 use crate::config::deploy::Config;
 use crate::config::procedures::Procedures;
 use crate::coord::Coordinator;
@@ -33,9 +36,8 @@ use crate::rules::deployment::Deployment;
 use crate::rules::{Evaluator, Tick, checkpoint};
 use crate::secret::{Env, Secret, process_env};
 use crate::server::{self, Shared};
-use crate::source::alertmanager::Alerts;
 use crate::source::poller::{http_client, run_target};
-use crate::source::{Observation, SourceError, Target, TargetSeries};
+use crate::source::{Observation, SourceError, Target};
 use crate::status::Snapshot;
 use crate::time::{CLOCK_DISAGREEMENT, Clock, Span, Stopwatch, Timestamp, human};
 
@@ -257,8 +259,6 @@ struct Engine {
     status: watch::Sender<Arc<Snapshot>>,
     events: Option<mpsc::UnboundedSender<TickEvent>>,
     recorder: Option<Arc<std::sync::Mutex<crate::record::Recorder>>>,
-    series: TargetSeries,
-    alerts: Alerts,
     /// With `[ha]`: the coordinator, its news, its task and how to stop it.
     coord: Option<Arc<Coordinator>>,
     /// The disagreement with the system clock last reported, and since when (rollwatch's time).
@@ -349,9 +349,10 @@ impl Engine {
             tracing::info!(replica = %c.me().replica, address = %c.me().address, "electing on etcd");
             tokio::spawn(c.clone().run(coord_tx, coord_stopped))
         });
-        let (mut dispatcher, procedures) =
+        let (dispatcher, procedures, restart) =
             Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;
-        if let Some(r) = dispatcher.take_restart() {
+        // The evidence starts at the journalled deploy.
+        if let Some(r) = restart {
             ev.restart_evidence(r.at, r.predates);
         }
         // What was seen before the restart, from the current deploy's evidence on. A recording
@@ -415,8 +416,6 @@ impl Engine {
             status,
             events,
             recorder,
-            series: TargetSeries::default(),
-            alerts: Alerts::default(),
             coord,
             clock_said: None,
             checkpoints,
@@ -492,23 +491,24 @@ impl Engine {
         });
     }
 
-    /// A poll: into the store and the snapshot; a version reading may be a deploy.
+    /// A poll: into the evidence and the snapshot; a version reading may be a deploy.
     fn on_observation(&mut self, obs: &Observation) {
-        self.series.apply(obs, self.ev.store_mut());
+        self.ev.observe(obs);
         self.snapshot.record_poll(obs);
         if let Some(version) = version_of(&self.config, obs) {
-            let result = off_runtime(|| self.dispatcher.on_version_observed(obs.at, &version));
-            self.after_acting(result);
+            let acted = off_runtime(|| self.dispatcher.on_version_observed(obs.at, &version));
+            self.after_acting(acted);
         } else if self.config.version.as_ref().is_some_and(|v| obs.target == v.target) {
             self.dispatcher.on_version_unreadable(obs.at);
         }
     }
 
-    /// Alerts from the hook become `ALERTS` series; changes are journalled, not repeats.
+    /// Alerts from the hook become `ALERTS` series in the evidence; changes are journalled, not
+    /// repeats.
     fn on_alerts(&mut self, updates: Vec<crate::source::alertmanager::AlertUpdate>) {
         let now = self.clock.now();
         tracing::debug!(count = updates.len(), "alerts received");
-        let changed = self.alerts.update(updates, now, self.ev.store_mut());
+        let changed = self.ev.update_alerts(updates, now);
         if !changed.is_empty() {
             tracing::info!(count = changed.len(), "alerts changed");
             let list: Vec<_> =
@@ -535,7 +535,7 @@ impl Engine {
             Some(_) => now.minus(Span(scheduled.elapsed().as_millis().min(i64::MAX as u128) as i64)),
             None => now,
         };
-        self.alerts.refresh(now, self.config.alert_expiry, self.ev.store_mut());
+        self.ev.refresh_alerts(now, self.config.alert_expiry);
         self.ev.silence(self.dispatcher.silenced(now));
         let watch = Stopwatch::start();
         let tick = self.ev.tick(now);
@@ -545,14 +545,14 @@ impl Engine {
         if let Some(error) = self.journal.failing() {
             self.dispatcher.journal_failed(now, &error);
         }
-        let result = off_runtime(|| self.dispatcher.on_tick(now, &tick.decisions));
-        self.after_acting(result);
+        let acted = off_runtime(|| self.dispatcher.on_tick(now, &tick.decisions));
+        self.after_acting(acted);
         if let Some(recorder) = &self.recorder
             && let Ok(mut r) = recorder.lock()
         {
             r.observe(self.ev.store(), now, &tick.decisions);
         }
-        self.snapshot.update(&self.ev, &tick, &self.alerts, &self.series, now);
+        self.snapshot.update(&self.ev, &tick, now);
         self.publish();
         if let Some(events) = &self.events {
             let signals = self.snapshot.signals.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -562,8 +562,8 @@ impl Engine {
 
     /// News of a procedure's steps (a step's state, a step finished, its end).
     fn on_procedure_news(&mut self, news: crate::act::procedure::ProcedureNews) {
-        let result = off_runtime(|| self.dispatcher.on_news(news));
-        self.after_acting(result);
+        let acted = off_runtime(|| self.dispatcher.on_news(news));
+        self.after_acting(acted);
         self.publish();
     }
 
@@ -574,7 +574,8 @@ impl Engine {
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     ) {
         tracing::info!(?command, "command received");
-        let answer = match off_runtime(|| self.dispatcher.command(command)) {
+        let Acted { result, restart } = off_runtime(|| self.dispatcher.command(command));
+        let answer = match result {
             Ok(answer) => answer,
             Err(e) => {
                 let refused = Err(match &e {
@@ -583,11 +584,11 @@ impl Engine {
                     }
                     RecordError::Shared(_) => format!("not done: this replica no longer leads ({e}); try again"),
                 });
-                self.after_acting(Err(e));
+                self.after_acting(Acted { result: Err(e), restart: None });
                 refused
             }
         };
-        self.after_acting(Ok(()));
+        self.after_acting(Acted { result: Ok(()), restart });
         self.publish();
         let _ = reply.send(answer);
     }
@@ -640,8 +641,8 @@ impl Engine {
 
     /// The coordinator's news (leading, following, the leader's log, etcd trouble).
     fn on_coord(&mut self, update: crate::coord::Update) {
-        let result = off_runtime(|| self.dispatcher.on_coord(update));
-        self.after_acting(result);
+        let acted = off_runtime(|| self.dispatcher.on_coord(update));
+        self.after_acting(acted);
         self.poll_or_park();
         self.publish();
     }
@@ -699,10 +700,10 @@ impl Engine {
     }
 
     /// After the dispatcher ran: a journal failure stops acting (never watching), a write the
-    /// shared log refused ends this replica's leadership, and the evaluator's evidence follows
-    /// the dispatcher's deploys and restore points.
-    fn after_acting(&mut self, result: Result<(), RecordError>) {
-        match result {
+    /// shared log refused ends this replica's leadership, and the evidence restarts where the
+    /// input decided (a deploy, a restore point).
+    fn after_acting(&mut self, acted: Acted) {
+        match acted.result {
             Ok(()) => {}
             Err(RecordError::Journal(e)) => {
                 self.dispatcher.journal_failed(self.dispatcher.now(), &crate::error_chain(&e));
@@ -714,21 +715,25 @@ impl Engine {
             }
             Err(RecordError::Shared(e)) => self.dispatcher.stand_down(&e.to_string()),
         }
-        // A deploy seen while recording is the fixture's `[[deploy]]`, placed within the
-        // interval of the tick that applies it; the live evidence restarts where its replay
-        // will, so that both read the same windows.
-        if let Some(mut restart) = self.dispatcher.take_restart() {
-            if let (Some(version), Some(recorder)) = (&restart.deployed, &self.recorder)
-                && let Ok(mut r) = recorder.lock()
-            {
-                restart.at = r.deploy(restart.at, version);
-            }
-            self.ev.restart_evidence(restart.at, restart.predates);
+        if let Some(restart) = acted.restart {
+            self.restart_evidence(restart);
         }
         self.snapshot.acting = self.dispatcher.status();
         self.assign();
         self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
         self.snapshot.may_act = self.dispatcher.leads() && self.coord.as_ref().is_none_or(|c| c.leading());
+    }
+
+    /// The evidence restarts at a deploy or a restore point. A deploy seen while recording is
+    /// the fixture's `[[deploy]]`, placed within the interval of the tick that applies it; the
+    /// live evidence restarts where its replay will, so that both read the same windows.
+    fn restart_evidence(&mut self, mut restart: Restart) {
+        if let (Some(version), Some(recorder)) = (&restart.deployed, &self.recorder)
+            && let Ok(mut r) = recorder.lock()
+        {
+            restart.at = r.deploy(restart.at, version);
+        }
+        self.ev.restart_evidence(restart.at, restart.predates);
     }
 
     /// Sends the snapshot to `/status` and `/metrics`.
@@ -747,8 +752,8 @@ impl Engine {
             let until_done = async {
                 while let Some(news) = self.inputs.procedures.recv().await {
                     let done = matches!(news, crate::act::procedure::ProcedureNews::Done(_));
-                    let result = off_runtime(|| self.dispatcher.on_news(news));
-                    self.after_acting(result);
+                    let acted = off_runtime(|| self.dispatcher.on_news(news));
+                    self.after_acting(acted);
                     if done {
                         break;
                     }

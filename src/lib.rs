@@ -20,7 +20,7 @@
 //!   `state_dir` lock.
 //! - [`window`]: per-series ring buffers and the window aggregates rules read.
 //! - [`source`]: the exposition parser, health JSON, promql, Alertmanager payloads, the pollers
-//!   and the queue to the evaluator.
+//!   and the queue to the evaluator, and the evidence they write (one owner of what was seen).
 //! - [`expr`]: evalexpr integration — window functions, load-time compilation, three-valued evaluation,
 //!   the baseline judge's statistics.
 //! - [`config`]: TOML loading into specs (profiles, `rollwatch.toml`, policy, actions, channels).

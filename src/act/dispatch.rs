@@ -1,7 +1,8 @@
 //! The dispatcher: the acting [`Core`] and its [`Executor`] together, as the engine (and the
 //! acting tests) drive them. Each input goes to the core, then the effects it queued go to the
-//! executor, in order; the evidence restarts among them wait for the engine
-//! ([`take_restart`](Dispatcher::take_restart)), which owns the evidence.
+//! executor, in order; the evidence restarts among them the executor hands back, and the input
+//! returns them to its caller ([`Acted::restart`]; at start, [`Dispatcher::new`]), which applies
+//! them to the evidence at once.
 
 use std::sync::Arc;
 
@@ -24,13 +25,31 @@ use crate::time::{Clock, Timestamp};
 pub struct Dispatcher {
     core: Core,
     exec: Executor,
-    /// The last evidence restart the executor handed back, until the engine takes it.
-    restart: Option<Restart>,
+}
+
+/// What an input left for its caller: its result, and where the evidence must restart when the
+/// input decided so — also when it failed part way (what was recorded before the failure
+/// stands).
+#[derive(Debug)]
+#[must_use = "a restart of the evidence must reach the evidence"]
+pub struct Acted<T = ()> {
+    pub result: Result<T, RecordError>,
+    /// The last evidence restart the input's effects asked for: no evaluation runs between an
+    /// input's restarts, so the evidence restarts once, at the last.
+    pub restart: Option<Restart>,
+}
+
+impl<T> Acted<T> {
+    /// The input's result, for callers without evidence (the acting tests, benchmarks).
+    pub fn result(self) -> Result<T, RecordError> {
+        self.result
+    }
 }
 
 impl Dispatcher {
     /// Restores the state from the journal's `lines` and reports any rollback found started
-    /// but unfinished (escalated S1, never re-run). The receiver yields the procedures' news.
+    /// but unfinished (escalated S1, never re-run). The receiver yields the procedures' news;
+    /// the restart is where the evidence starts (the journalled deploy), if known.
     pub fn new(
         acting: Acting,
         notifier: Notifier,
@@ -38,30 +57,37 @@ impl Dispatcher {
         client: reqwest::Client,
         clock: Arc<dyn Clock>,
         lines: &[serde_json::Value],
-    ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>), RecordError> {
+    ) -> Result<(Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, Option<Restart>), RecordError> {
         let (exec, news) = Executor::new(notifier, ledger.clone(), client, clock.clone());
         let core = Core::new(acting, ledger, clock, lines);
-        let mut d = Dispatcher { core, exec, restart: None };
-        d.execute();
-        Ok((d, news))
+        let mut d = Dispatcher { core, exec };
+        let restart = d.execute();
+        Ok((d, news, restart))
     }
 
-    /// Hands what the core queued to the executor.
-    fn execute(&mut self) {
+    /// Hands what the core queued to the executor; returns the last evidence restart among
+    /// the effects.
+    fn execute(&mut self) -> Option<Restart> {
         let effects = self.core.take_effects();
         if effects.is_empty() {
-            return;
+            return None;
         }
-        if let Some(r) = self.exec.apply(effects).pop() {
-            self.restart = Some(r);
-        }
+        self.exec.apply(effects).pop()
     }
 
     /// Runs `input` on the core, then its effects (also when it failed part way).
-    fn with<R>(&mut self, input: impl FnOnce(&mut Core) -> R) -> R {
-        let r = input(&mut self.core);
-        self.execute();
-        r
+    fn with<T>(&mut self, input: impl FnOnce(&mut Core) -> Result<T, RecordError>) -> Acted<T> {
+        let result = input(&mut self.core);
+        let restart = self.execute();
+        Acted { result, restart }
+    }
+
+    /// Runs an input that cannot restart the evidence (rollwatch's own failure: acting stops,
+    /// what was seen stays), then its effects.
+    fn without_restart(&mut self, input: impl FnOnce(&mut Core)) {
+        input(&mut self.core);
+        let restart = self.execute();
+        debug_assert!(restart.is_none(), "an input that stops acting restarted the evidence");
     }
 
     /// Takes a reloaded config's actions, policy, plans and channels; state and the rollback
@@ -82,11 +108,11 @@ impl Dispatcher {
         self.exec.note_tick(transitions, changed);
     }
 
-    pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Result<(), RecordError> {
+    pub fn on_tick(&mut self, now: Timestamp, decisions: &[Decision]) -> Acted {
         self.with(|c| c.on_tick(now, decisions))
     }
 
-    pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Result<(), RecordError> {
+    pub fn on_version_observed(&mut self, now: Timestamp, version: &str) -> Acted {
         self.with(|c| c.on_version_observed(now, version))
     }
 
@@ -95,24 +121,24 @@ impl Dispatcher {
     }
 
     /// News from the running procedure.
-    pub fn on_news(&mut self, news: ProcedureNews) -> Result<(), RecordError> {
+    pub fn on_news(&mut self, news: ProcedureNews) -> Acted {
         self.with(|c| c.on_news(news))
     }
 
-    pub fn command(&mut self, cmd: super::Command) -> Result<Result<String, String>, RecordError> {
+    pub fn command(&mut self, cmd: super::Command) -> Acted<Result<String, String>> {
         self.with(|c| c.command(cmd))
     }
 
-    pub fn on_coord(&mut self, update: Update) -> Result<(), RecordError> {
+    pub fn on_coord(&mut self, update: Update) -> Acted {
         self.with(|c| c.on_coord(update))
     }
 
     pub fn journal_failed(&mut self, now: Timestamp, error: &str) {
-        self.with(|c| c.journal_failed(now, error));
+        self.without_restart(|c| c.journal_failed(now, error));
     }
 
     pub fn stand_down(&mut self, reason: &str) {
-        self.with(|c| c.stand_down(reason));
+        self.without_restart(|c| c.stand_down(reason));
     }
 
     pub fn journal_error(&self) -> Option<&str> {
@@ -145,11 +171,5 @@ impl Dispatcher {
 
     pub fn notifier(&self) -> &Notifier {
         self.exec.notifier()
-    }
-
-    /// Where the evaluator's evidence must restart, once (a deploy, a restore point, the
-    /// journalled deploy at start).
-    pub fn take_restart(&mut self) -> Option<Restart> {
-        self.restart.take()
     }
 }

@@ -47,7 +47,8 @@ pub enum Effect {
     Note { at: Timestamp, kind: &'static str, data: serde_json::Value },
     /// Run a rollback's steps.
     Start(Box<StartSteps>),
-    /// Restart the evaluator's evidence.
+    /// Restart the evidence: not the executor's to apply — the input returns it to its caller
+    /// ([`Acted::restart`](super::dispatch::Acted::restart)).
     RestartEvidence(Restart),
     /// Among replicas: leave the leadership to another (this one cannot keep its record).
     StepAside,

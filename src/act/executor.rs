@@ -38,7 +38,7 @@ impl Executor {
     }
 
     /// Applies `effects` in order; returns the evidence restarts among them, oldest first (the
-    /// evidence is the engine's).
+    /// evidence is not the executor's: the dispatcher returns them to the input's caller).
     pub fn apply(&mut self, effects: Vec<Effect>) -> Vec<Restart> {
         let mut restarts = Vec::new();
         for effect in effects {

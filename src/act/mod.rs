@@ -37,6 +37,6 @@ pub mod versions;
 pub use crate::config::policy::{Mode, Policy};
 pub use crate::time::{human, iso};
 pub use commands::{Command, CommandRequest};
-pub use dispatch::Dispatcher;
+pub use dispatch::{Acted, Dispatcher};
 pub use effect::Restart;
 pub use plan::{Acting, Plan};

@@ -144,7 +144,7 @@ pub fn encode(ev: &Evaluator, now: Timestamp) -> Vec<u8> {
     let store = ev.store();
     let header = Header {
         written_at: now.0,
-        evidence_since: ev.evidence_since.map(|t| t.0),
+        evidence_since: ev.evidence_since().map(|t| t.0),
         ticks: ev.ticks,
         watched: store.watched().map(|(a, b)| (a.0, b.0)).collect(),
         rules: ev
@@ -480,21 +480,17 @@ impl Evaluator {
         while let Some((key, zero_since, totals)) = reader.next_series(&mut samples)? {
             restored.series += 1;
             restored.samples += samples.len() as u64;
-            self.store.restore_series(&key, &samples, zero_since);
-            if let Some(totals) = &totals
-                && totals.last_t <= written_at.0
-            {
-                self.store.restore_totals(&key, totals);
-            }
+            let totals = totals.as_ref().filter(|totals| totals.last_t <= written_at.0);
+            self.evidence.restore_series(&key, &samples, zero_since, totals);
         }
         let header = reader.header;
         let watched: Vec<(Timestamp, Timestamp)> =
             header.watched.iter().map(|&(a, b)| (Timestamp(a), Timestamp(b))).collect();
         let last_seen = watched.last().map_or(written_at, |&(_, b)| b.min(written_at));
         restored.gap = now.saturating_since(last_seen);
-        self.store.resume(watched, now);
+        self.evidence.resume(watched, now);
 
-        let same_evidence = header.evidence_since.map(Timestamp) == self.evidence_since;
+        let same_evidence = header.evidence_since.map(Timestamp) == self.evidence_since();
         for saved in header.rules {
             let Some(i) = self.rules.iter().position(|r| r.name == saved.name) else { continue };
             let rule = &self.rules[i];
@@ -515,7 +511,7 @@ impl Evaluator {
         }
         self.ticks = self.ticks.max(header.ticks);
         // `"deploy"` offsets read the window before the deploy: the restored samples hold it.
-        if let Some(at) = self.evidence_since {
+        if let Some(at) = self.evidence_since() {
             self.take_deploy_values(at);
         }
         // A judge's "deploy" baseline as kept at the deploy, when it is the same deploy (the
@@ -631,9 +627,9 @@ when = 'last("mem") > 0.9'
         let mut t = from;
         while t <= to {
             let n = (t / (15 * S)) as f64;
-            ev.store_mut().push(&ok, Timestamp(t), 90.0 * n);
-            ev.store_mut().push(&bad, Timestamp(t), 10.0 * n);
-            ev.store_mut().push(&mem, Timestamp(t), 0.95);
+            ev.sample(&ok, Timestamp(t), 90.0 * n);
+            ev.sample(&bad, Timestamp(t), 10.0 * n);
+            ev.sample(&mem, Timestamp(t), 0.95);
             ev.tick(Timestamp(t));
             t += 15 * S;
         }
@@ -644,7 +640,7 @@ when = 'last("mem") > 0.9'
         let mut ev = evaluator();
         ev.restart_evidence(Timestamp(0), false);
         feed(&mut ev, 0, 300 * S);
-        ev.store_mut().mark_stale(&key("mem"), Timestamp(300 * S + 1));
+        ev.stale(&key("mem"), Timestamp(300 * S + 1));
         let bytes = encode(&ev, Timestamp(301 * S));
         let d = decode(&bytes).unwrap();
         assert_eq!(d.written_at, Timestamp(301 * S));
@@ -757,8 +753,8 @@ when = 'last("mem") > 0.9'
         for m in 0..=end {
             good += 1000.0;
             errors += if m <= 24 * 60 { 5.0 } else { 0.0 };
-            ev.store_mut().push(&ok, Timestamp(m * MIN), good);
-            ev.store_mut().push(&bad, Timestamp(m * MIN), errors);
+            ev.sample(&ok, Timestamp(m * MIN), good);
+            ev.sample(&bad, Timestamp(m * MIN), errors);
         }
         let now = Timestamp(end * MIN);
         ev.tick(now);
@@ -787,7 +783,7 @@ when = 'last("mem") > 0.9'
         fresh.restart_evidence(Timestamp(0), false);
         let d1 = decode(&bytes).unwrap();
         for s in &d1.series {
-            fresh.store_mut().restore_series(&s.key, &s.samples, s.zero_since);
+            fresh.evidence.restore_series(&s.key, &s.samples, s.zero_since, None);
         }
         fresh.tick(now);
         assert_ne!(rate(&fresh.slo_readings(now), "3d"), rate(&before, "3d"), "the test sees what checkpoints add");
@@ -824,7 +820,7 @@ when = 'last("mem") > 0.9'
             if i == 300 {
                 ev.restart_evidence(Timestamp(i * S), true);
             }
-            ev.store_mut().push(&lat, Timestamp(i * S), if i < 300 { 0.1 } else { 0.2 } * jitter(i));
+            ev.sample(&lat, Timestamp(i * S), if i < 300 { 0.1 } else { 0.2 } * jitter(i));
             ev.tick(Timestamp(i * S));
         }
         assert!(ev.state("slower").unwrap().is_firing());
@@ -833,7 +829,7 @@ when = 'last("mem") > 0.9'
         let mut back = judge();
         back.restart_evidence(Timestamp(300 * S), false);
         back.restore(&bytes, Timestamp(600 * S)).unwrap();
-        back.store_mut().push(&lat, Timestamp(600 * S), 0.2);
+        back.sample(&lat, Timestamp(600 * S), 0.2);
         let d = back.tick(Timestamp(600 * S)).decisions.remove(0);
         assert!(
             d.judged[0].starts_with("slower: candidate mean 200ms vs before the deploy 100ms (+100")
@@ -845,7 +841,7 @@ when = 'last("mem") > 0.9'
         let mut fresh = judge();
         fresh.restart_evidence(Timestamp(300 * S), false);
         fresh.restore(&back_without_baselines(&bytes), Timestamp(600 * S)).unwrap();
-        fresh.store_mut().push(&lat, Timestamp(600 * S), 0.2);
+        fresh.sample(&lat, Timestamp(600 * S), 0.2);
         let d = fresh.tick(Timestamp(600 * S)).decisions.remove(0);
         assert!(d.unknown.contains(&"slower".to_string()), "{d:?}");
     }

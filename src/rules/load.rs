@@ -645,7 +645,7 @@ then = "rollback"
         )
         .unwrap();
         let key = crate::selector::SeriesKey::new("m", Vec::<(String, String)>::new());
-        ev.store_mut().push(&key, crate::time::Timestamp(0), 5.0);
+        ev.sample(&key, crate::time::Timestamp(0), 5.0);
         let d = ev.tick(crate::time::Timestamp(0)).decisions.remove(0);
         assert_eq!(d.outcome, crate::rules::Outcome::Rollback);
         let firing: Vec<&str> = d.firing.iter().map(|r| r.rule.as_str()).collect();
@@ -739,8 +739,8 @@ then = "panic"
         let mut out = Vec::new();
         for i in 0..=44i64 {
             let t = crate::time::Timestamp(i * 15_000);
-            ev.store_mut().push(&ok, t, 90.0 * i as f64);
-            ev.store_mut().push(&bad, t, 10.0 * i as f64);
+            ev.sample(&ok, t, 90.0 * i as f64);
+            ev.sample(&bad, t, 10.0 * i as f64);
             let d = ev.tick(t).decisions.remove(0);
             out.push((i * 15, d, ev.state("burn").unwrap().is_firing()));
         }
@@ -764,8 +764,8 @@ then = "panic"
         );
         let feed = |ev: &mut Evaluator, i: i64| {
             let t = crate::time::Timestamp(i * 15_000);
-            ev.store_mut().push(&ok, t, 90.0 * i as f64);
-            ev.store_mut().push(&bad, t, 10.0 * i as f64);
+            ev.sample(&ok, t, 90.0 * i as f64);
+            ev.sample(&bad, t, 10.0 * i as f64);
             t
         };
         for i in 0..=8 {
@@ -862,7 +862,7 @@ then = "panic"
                 ev.restart_evidence(t, true);
             }
             let v = if i < 300 { 0.1 } else { 0.2 } * jitter(i);
-            ev.store_mut().push(&lat, t, v);
+            ev.sample(&lat, t, v);
             let d = ev.tick(t).decisions.remove(0);
             if i < 300 {
                 assert!(d.unknown.contains(&"slower".to_string()), "no deploy known at {i} s: {d:?}");

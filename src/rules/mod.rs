@@ -1,10 +1,14 @@
 //! Rules and decisions: [`state`] is the per-rule state machine, [`tree`] the decision tree,
 //! [`load`] compiles profiles, and the [`Evaluator`] here runs one tick — window calls →
 //! signals → rules in dependency order → one decision per profile — on the time it is given.
-//! It is the sole owner of the window store and the rule states (no locks): replay and the live
-//! sidecar drive the same evaluator. [`coverage`] tells how much of a window holds data (a rule
-//! may require a share: `min_coverage`), and [`checkpoint`] keeps windows and rule states across
-//! a restart of rollwatch. [`slo`] turns `[[slo]]` into rules and reads SLOs' budgets.
+//! It holds the [`Evidence`] its rules read (the window store with their selectors registered,
+//! the targets' series, the alerts, where the version's evidence starts) and is the sole owner of
+//! the rule states (no locks); sources write the evidence through the evaluator's named methods
+//! ([`observe`](Evaluator::observe), [`update_alerts`](Evaluator::update_alerts), …), which hand
+//! it to the evidence's own. Replay and the live sidecar drive the same evaluator. [`coverage`]
+//! tells how much of a window holds data (a rule may require a share: `min_coverage`), and
+//! [`checkpoint`] keeps windows and rule states across a restart of rollwatch. [`slo`] turns
+//! `[[slo]]` into rules and reads SLOs' budgets.
 
 pub mod checkpoint;
 pub mod coverage;
@@ -20,6 +24,9 @@ use std::path::PathBuf;
 
 use crate::expr::compare::Judgements;
 use crate::expr::{Call, Cond, Num, Offset, Scope, Slots, Truth, Value, Verdict};
+use crate::selector::SeriesKey;
+use crate::source::alertmanager::AlertUpdate;
+use crate::source::{Evidence, Observation};
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
 pub use coverage::WindowCoverage;
@@ -128,7 +135,7 @@ pub struct Tick {
     pub decisions: Vec<Decision>,
 }
 
-/// Runs rules over the window store on the time it is given.
+/// Runs rules over the evidence on the time it is given.
 #[derive(Debug)]
 pub struct Evaluator {
     pub profiles: Vec<Profile>,
@@ -136,17 +143,16 @@ pub struct Evaluator {
     pub rules: Vec<Rule>,
     calls: Vec<(Call, usize, Scope)>,
     slots: Slots,
-    store: Store,
+    /// What the rules read: the window store (their selectors registered in it), the targets'
+    /// series, the alerts, where the version's evidence starts.
+    evidence: Evidence,
     states: Vec<RuleState>,
     values: Vec<Option<f64>>,
     truths: Vec<Truth>,
     /// Rule indices per profile, in the order the profile lists them.
     by_profile: Vec<Vec<usize>>,
-    next_gc: Timestamp,
     /// Ticks evaluated so far.
     pub ticks: u64,
-    /// Where the current version's evidence starts (its deploy, or a rollback's restore point).
-    evidence_since: Option<Timestamp>,
     /// Per call, its value over the window just before that deploy (`"deploy"` offsets only).
     deploy_values: Vec<Option<f64>>,
     /// Per rule, whether it was firing before the current deploy and has not been seen
@@ -165,9 +171,6 @@ pub struct Evaluator {
     judgements: Judgements,
 }
 
-/// How often the store drops series that stopped reporting.
-const GC_EVERY: Span = Span(60_000);
-
 impl Evaluator {
     fn new(
         profiles: Vec<Profile>,
@@ -185,7 +188,6 @@ impl Evaluator {
         let deploy_values = vec![None; calls.len()];
         Evaluator {
             judgements: Judgements::new(calls.len()),
-            evidence_since: None,
             deploy_values,
             predated: vec![false; n],
             restarted: vec![],
@@ -197,28 +199,54 @@ impl Evaluator {
             rules,
             calls,
             slots,
-            store,
+            evidence: Evidence::new(store),
             states: vec![RuleState::Inactive; n],
             values: vec![None; n],
             truths: vec![Truth::Unknown; n],
             by_profile,
-            next_gc: Timestamp(i64::MIN),
             ticks: 0,
         }
     }
 
     /// The metric names the loaded rules can read (`None`: any); sources drop the rest.
     pub fn metric_names(&self) -> Option<std::collections::HashSet<String>> {
-        self.store.selector_names()
+        self.evidence.store().selector_names()
     }
 
+    /// What the rules read (the window store, the targets' fields, the alerts), to read.
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
+    }
+
+    /// The window store, to read.
     pub fn store(&self) -> &Store {
-        &self.store
+        self.evidence.store()
     }
 
-    /// Where sources write samples.
-    pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
+    /// A poll's observation into the evidence ([`Evidence::observe`]).
+    pub fn observe(&mut self, obs: &Observation) {
+        self.evidence.observe(obs);
+    }
+
+    /// An Alertmanager webhook's updates at `now` into the evidence; returns the changes
+    /// ([`Evidence::update_alerts`]).
+    pub fn update_alerts(&mut self, updates: Vec<AlertUpdate>, now: Timestamp) -> Vec<AlertUpdate> {
+        self.evidence.update_alerts(updates, now)
+    }
+
+    /// The alerts' upkeep before a tick ([`Evidence::refresh_alerts`]).
+    pub fn refresh_alerts(&mut self, now: Timestamp, expiry: Option<Span>) {
+        self.evidence.refresh_alerts(now, expiry);
+    }
+
+    /// A fixture's sample ([`Evidence::sample`]).
+    pub fn sample(&mut self, key: &SeriesKey, at: Timestamp, value: f64) {
+        self.evidence.sample(key, at, value);
+    }
+
+    /// A fixture's stale marker ([`Evidence::stale`]).
+    pub fn stale(&mut self, key: &SeriesKey, at: Timestamp) {
+        self.evidence.stale(key, at);
     }
 
     /// A rule's current state, by name.
@@ -238,9 +266,7 @@ impl Evaluator {
         // Judges' "deploy" baselines, by the call as written (read before the store moves).
         let kept: Vec<(String, crate::expr::Baseline)> =
             old.judgements.baselines().map(|(i, b)| (old.call_key(i), b.clone())).collect();
-        let fresh = std::mem::replace(&mut self.store, Store::new(Span::ZERO));
-        self.store = old.store;
-        self.store.adopt_selectors_of(fresh);
+        self.evidence.adopt(old.evidence);
         for (i, rule) in self.rules.iter().enumerate() {
             if let Some(j) = old.rules.iter().position(|r| r.name == rule.name) {
                 self.states[i] = old.states[j];
@@ -253,8 +279,7 @@ impl Evaluator {
         for (i, rule) in self.rules.iter().enumerate() {
             self.predated[i] = old.rules.iter().position(|r| r.name == rule.name).is_some_and(|j| old.predated[j]);
         }
-        if let Some(at) = old.evidence_since {
-            self.evidence_since = Some(at);
+        if let Some(at) = self.evidence.since() {
             self.take_deploy_values(at);
             self.restore_baselines(kept);
         }
@@ -272,7 +297,7 @@ impl Evaluator {
 
     /// Where the current version's evidence starts, if a deploy is known.
     pub fn evidence_since(&self) -> Option<Timestamp> {
-        self.evidence_since
+        self.evidence.since()
     }
 
     /// The deployed version's evidence starts at `at` (a deploy, or a rollback's restore point):
@@ -285,7 +310,7 @@ impl Evaluator {
     /// about the new version, even if its evaluation came before the new version was read.)
     pub fn restart_evidence(&mut self, at: Timestamp, predates: bool) {
         self.take_deploy_values(at);
-        self.evidence_since = Some(at);
+        self.evidence.restart(at);
         for (i, rule) in self.rules.iter().enumerate() {
             let before = matches!(self.states[i], RuleState::Firing { active_since, .. } if active_since <= at);
             self.predated[i] = predates && self.ticks > 0 && before;
@@ -311,9 +336,9 @@ impl Evaluator {
     fn take_deploy_values(&mut self, at: Timestamp) {
         for (i, (call, _, _)) in self.calls.iter().enumerate() {
             if call.offset() == Offset::Deploy {
-                self.deploy_values[i] = call.eval(&self.store, at, None, Some(at));
+                self.deploy_values[i] = call.eval(self.evidence.store(), at, None, Some(at));
             }
-            self.judgements.keep_baseline(i, call, &self.store, at);
+            self.judgements.keep_baseline(i, call, self.evidence.store(), at);
         }
     }
 
@@ -324,8 +349,7 @@ impl Evaluator {
 
     /// How much of an SLO's period its budget is computed on at `now`, when less than all of it.
     fn slo_seen(&self, w: &slo::SloWatch, now: Timestamp) -> Option<Span> {
-        let (window, covered) =
-            window_coverage(self.calls.get(w.remaining_call)?, &self.store, now, self.evidence_since)?;
+        let (window, covered) = window_coverage(self.calls.get(w.remaining_call)?, &self.evidence, now)?;
         (covered < window).then_some(covered)
     }
 
@@ -369,16 +393,13 @@ impl Evaluator {
 
     /// Evaluates everything at `now`: the one place rule states change.
     pub fn tick(&mut self, now: Timestamp) -> Tick {
-        self.store.watch(now);
-        if now >= self.next_gc {
-            self.store.collect_garbage(now);
-            self.next_gc = now.plus(GC_EVERY);
-        }
+        self.evidence.watch(now);
         self.ticks += 1;
+        let (store, evidence_since) = (self.evidence.store(), self.evidence.since());
         for (i, (call, slot, scope)) in self.calls.iter().enumerate() {
             if call.is_judge() {
-                let since = if *scope == Scope::Deployment { self.evidence_since } else { None };
-                let truth = match self.judgements.judge(i, call, &self.store, now, since) {
+                let since = if *scope == Scope::Deployment { evidence_since } else { None };
+                let truth = match self.judgements.judge(i, call, store, now, since) {
                     Truth::True => Value::Boolean(true),
                     Truth::False => Value::Boolean(false),
                     Truth::Unknown => Value::Empty,
@@ -389,8 +410,8 @@ impl Evaluator {
             let value = if call.offset() == Offset::Deploy {
                 self.deploy_values[i]
             } else {
-                let since = if *scope == Scope::Deployment { self.evidence_since } else { None };
-                call.eval(&self.store, now, since, self.evidence_since)
+                let since = if *scope == Scope::Deployment { evidence_since } else { None };
+                call.eval(store, now, since, evidence_since)
             };
             self.slots.set_number(*slot, value);
         }
@@ -411,7 +432,7 @@ impl Evaluator {
             // says — partial data is no evidence either way, so the state holds.
             self.short[i] = rule.min_coverage.is_some_and(|min| {
                 rule.windows.iter().any(|&c| {
-                    window_coverage(&self.calls[c], &self.store, now, self.evidence_since)
+                    window_coverage(&self.calls[c], &self.evidence, now)
                         .is_some_and(|(window, covered)| coverage::share(window, covered) < min)
                 })
             });
@@ -528,7 +549,8 @@ impl Evaluator {
     /// restart, whatever order the calls were compiled in.
     fn call_key(&self, i: usize) -> String {
         let Some((call, _, scope)) = self.calls.get(i) else { return String::new() };
-        let texts = call.clone().map(|id| self.store.selector(id).map(|s| s.text.clone()).unwrap_or_default());
+        let texts =
+            call.clone().map(|id| self.evidence.store().selector(id).map(|s| s.text.clone()).unwrap_or_default());
         format!("{scope:?} {texts:?}")
     }
 
@@ -551,7 +573,7 @@ impl Evaluator {
         rule.windows
             .iter()
             .filter_map(|&c| {
-                let (window, covered) = window_coverage(&self.calls[c], &self.store, now, self.evidence_since)?;
+                let (window, covered) = window_coverage(&self.calls[c], &self.evidence, now)?;
                 let offset = match self.calls[c].0.offset() {
                     Offset::Ago(span) if span.is_zero() => None,
                     Offset::Ago(span) => Some(span.to_string()),
@@ -567,10 +589,9 @@ impl Evaluator {
 /// version's evidence on. `None` for calls without a window.
 fn window_coverage(
     (call, _, scope): &(Call, usize, Scope),
-    store: &Store,
+    evidence: &Evidence,
     now: Timestamp,
-    evidence_since: Option<Timestamp>,
 ) -> Option<(Span, Span)> {
-    let since = if *scope == Scope::Deployment { evidence_since } else { None };
-    call.coverage(store, now, since, evidence_since)
+    let since = if *scope == Scope::Deployment { evidence.since() } else { None };
+    call.coverage(evidence.store(), now, since, evidence.since())
 }

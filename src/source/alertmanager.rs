@@ -76,7 +76,7 @@ pub struct Alerts {
 impl Alerts {
     /// Applies a webhook's updates at `now`: firing alerts (re)start, resolved ones end.
     /// Returns the changes (a new firing alert, a firing one resolved): a re-sent alert is none.
-    pub fn update(&mut self, updates: Vec<AlertUpdate>, now: Timestamp, store: &mut Store) -> Vec<AlertUpdate> {
+    pub(super) fn update(&mut self, updates: Vec<AlertUpdate>, now: Timestamp, store: &mut Store) -> Vec<AlertUpdate> {
         let mut changed = Vec::new();
         for u in updates {
             if u.firing {
@@ -94,7 +94,7 @@ impl Alerts {
 
     /// Called every tick: keeps firing alerts present as 1; with an `expiry`, ends those not
     /// re-sent for that long.
-    pub fn refresh(&mut self, now: Timestamp, expiry: Option<Span>, store: &mut Store) {
+    pub(super) fn refresh(&mut self, now: Timestamp, expiry: Option<Span>, store: &mut Store) {
         self.last_sent.retain(|key, sent| {
             if expiry.is_some_and(|e| now.saturating_since(*sent) > e) {
                 store.mark_stale(key, now);

@@ -6,12 +6,15 @@
 //!   [`Observation`] per poll; a failed poll is data (`up=0` with its reason), never a crash.
 //! - [`TargetSeries`] (here): applies observations to the store, marking a target's series stale
 //!   while it is down, so they read as *unknown*, never stale-but-healthy.
+//! - [`evidence`]: the one owner of what was seen — the window store, the targets' series, the
+//!   firing alerts, where the version's evidence starts; sources write to it through its methods.
 //!
 //! - [`queue`]: pollers → evaluator, bounded by samples.
 //! - [`promql`]: the `/api/v1/query` response → samples.
 //! - [`alertmanager`]: webhook payloads → `ALERTS` series.
 
 pub mod alertmanager;
+pub mod evidence;
 pub mod exposition;
 pub mod health;
 pub mod poller;
@@ -25,6 +28,7 @@ use crate::secret::Secret;
 use crate::selector::SeriesKey;
 use crate::time::{Span, Timestamp};
 use crate::window::Store;
+pub use evidence::Evidence;
 pub use poller::{probe, run_target};
 
 /// Default cap on a response body: the read stops there; nothing larger is buffered.
@@ -181,7 +185,8 @@ pub struct TargetSeries {
 }
 
 impl TargetSeries {
-    pub fn apply(&mut self, obs: &Observation, store: &mut Store) {
+    /// Writes `obs` into `store` (for [`Evidence::observe`]).
+    pub(in crate::source) fn apply(&mut self, obs: &Observation, store: &mut Store) {
         let mut labels = vec![("target".to_string(), obs.target.clone())];
         if obs.critical {
             labels.push(("critical".to_string(), "true".to_string()));

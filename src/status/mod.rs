@@ -11,9 +11,8 @@ use serde::Serialize;
 
 use crate::rules::{Decision, Evaluator, Tick};
 use crate::selector::escape_label_value;
-use crate::source::alertmanager::Alerts;
 use crate::source::exposition::format_value;
-use crate::source::{Observation, Target, TargetSeries};
+use crate::source::{Observation, Target};
 use crate::template::Unit;
 use crate::time::Timestamp;
 
@@ -206,13 +205,15 @@ impl Snapshot {
         changed
     }
 
-    /// The evaluator's view after a tick: decisions, signals, rules, alerts, target fields.
-    pub fn update(&mut self, ev: &Evaluator, tick: &Tick, alerts: &Alerts, series: &TargetSeries, now: Timestamp) {
+    /// The evaluator's view after a tick: decisions, signals, rules, and from its evidence the
+    /// alerts and the targets' fields.
+    pub fn update(&mut self, ev: &Evaluator, tick: &Tick, now: Timestamp) {
+        let evidence = ev.evidence();
         self.at = now;
         self.ticks_total = ev.ticks;
-        self.series = ev.store().len();
+        self.series = evidence.store().len();
         self.decisions = tick.decisions.clone();
-        self.firing_alerts = alerts.firing();
+        self.firing_alerts = evidence.firing_alerts();
         self.signals = ev.signal_values().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
         self.signal_history.retain(|name, _| self.signals.contains_key(name));
         for (name, value) in &self.signals {
@@ -266,7 +267,7 @@ impl Snapshot {
             })
             .collect();
         for t in &mut self.targets {
-            t.fields = series.strings.get(&t.name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
+            t.fields = evidence.fields().get(&t.name).map(|f| f.iter().cloned().collect()).unwrap_or_default();
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rollwatch::act::action::{Action, ActionKind};
 use rollwatch::act::procedure::ProcedureNews;
-use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy};
+use rollwatch::act::{Acting, Command, Dispatcher, Mode, Plan, Policy, Restart};
 use rollwatch::config::procedures::Step;
 use rollwatch::journal::{Journal, SharedJournal};
 use rollwatch::notify::{Channel, ChannelKind, Console, Notifier, Templates};
@@ -26,6 +26,8 @@ struct Harness {
     dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     d: Dispatcher,
+    /// Where the evidence starts, as the dispatcher's start found it in the journal.
+    started_at: Option<Restart>,
     done: mpsc::UnboundedReceiver<ProcedureNews>,
     console: mpsc::UnboundedReceiver<String>,
     policy: Policy,
@@ -76,8 +78,8 @@ impl Harness {
             environment: vec![],
         };
         let clock = Arc::new(ManualClock::starting_at(Timestamp(START)));
-        let (d, done, console) = start(dir.path(), &clock, &policy, &actions, &plan);
-        Harness { dir, clock, d, done, console, policy, actions, plan }
+        let (d, done, console, started_at) = start(dir.path(), &clock, &policy, &actions, &plan);
+        Harness { dir, clock, d, started_at, done, console, policy, actions, plan }
     }
 
     /// The undo names its explicit target: `undo FROM to TARGET`.
@@ -91,8 +93,9 @@ impl Harness {
 
     /// A new dispatcher on the same journal, as after a crash.
     fn restart(&mut self) {
-        let (d, done, console) = start(self.dir.path(), &self.clock, &self.policy, &self.actions, &self.plan);
-        (self.d, self.done, self.console) = (d, done, console);
+        let (d, done, console, started_at) =
+            start(self.dir.path(), &self.clock, &self.policy, &self.actions, &self.plan);
+        (self.d, self.done, self.console, self.started_at) = (d, done, console, started_at);
     }
 
     /// The dispatcher as one of several replicas (`[ha]`): its acting log is shared through a
@@ -114,7 +117,7 @@ impl Harness {
             Box::new(|lines, _| lines),
         )
         .unwrap();
-        let (d, done, console) = start_with(
+        let (d, done, console, started_at) = start_with(
             self.dir.path(),
             &self.clock,
             &self.policy,
@@ -122,7 +125,7 @@ impl Harness {
             &self.plan,
             Some(Arc::new(coordinator)),
         );
-        (self.d, self.done, self.console) = (d, done, console);
+        (self.d, self.done, self.console, self.started_at) = (d, done, console, started_at);
         self
     }
 
@@ -154,9 +157,9 @@ impl Harness {
             judged: vec![],
         };
         if let Some(v) = version {
-            self.d.on_version_observed(self.clock.now(), v).unwrap();
+            self.d.on_version_observed(self.clock.now(), v).result().unwrap();
         }
-        self.d.on_tick(self.clock.now(), &[d]).unwrap();
+        self.d.on_tick(self.clock.now(), &[d]).result().unwrap();
     }
 
     /// Hands the procedure task's news to the dispatcher until the task ends.
@@ -165,7 +168,7 @@ impl Harness {
             let news = tokio::time::timeout(Duration::from_secs(20), self.done.recv()).await.expect("procedure ended");
             let news = news.expect("the procedure task reports its end");
             let done = matches!(news, ProcedureNews::Done(_));
-            self.d.on_news(news).unwrap();
+            self.d.on_news(news).result().unwrap();
             if done {
                 break;
             }
@@ -206,11 +209,11 @@ impl Harness {
     }
 
     fn command(&mut self, cmd: Command) -> Result<String, String> {
-        self.d.command(cmd).unwrap()
+        self.d.command(cmd).result().unwrap()
     }
 }
 
-type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, mpsc::UnboundedReceiver<String>);
+type Started = (Dispatcher, mpsc::UnboundedReceiver<ProcedureNews>, mpsc::UnboundedReceiver<String>, Option<Restart>);
 
 fn start(
     dir: &std::path::Path,
@@ -258,8 +261,51 @@ fn start_with(
         Some(c) => rollwatch::act::ledger::Ledger::shared(journal, c, &lines),
         None => rollwatch::act::ledger::Ledger::local(journal),
     };
-    let (d, done) = Dispatcher::new(acting, notifier, ledger, client, clock, &lines).unwrap();
-    (d, done, console)
+    let (d, done, started_at) = Dispatcher::new(acting, notifier, ledger, client, clock, &lines).unwrap();
+    (d, done, console, started_at)
+}
+
+/// Where the evidence restarts comes back with the input that decided it, for its caller to
+/// apply at once: the first version seen, a new version seen (a deploy while watching: what was
+/// firing then predates it, and a recording writes the version), the restore point at the end of
+/// the steps, and at a start the journalled deploy. An input that decides none returns none — no
+/// mailbox keeps an older one for later.
+#[tokio::test]
+async fn evidence_restarts_come_back_with_the_input_that_decided_them() {
+    let mut h = Harness::new(quick_policy());
+    assert_eq!(h.started_at, None, "a first start: no deploy known");
+    let t0 = h.clock.now();
+    let first = h.d.on_version_observed(t0, "v1");
+    assert_eq!(first.restart, Some(Restart { at: t0, predates: false, deployed: None }));
+    first.result.unwrap();
+    h.advance(Span::from_secs(60));
+    let same = h.d.on_version_observed(h.clock.now(), "v1");
+    assert_eq!(same.restart, None, "the same version again is no deploy");
+    h.tick(Outcome::Monitor, &[], None);
+    h.advance(Span::from_secs(5));
+    let deploy = h.d.on_version_observed(h.clock.now(), "v2");
+    // Dated just after the last reading of v1.
+    let v2_at = Timestamp(t0.0 + 60_000 + 1);
+    assert_eq!(deploy.restart, Some(Restart { at: v2_at, predates: true, deployed: Some("v2".into()) }));
+    deploy.result.unwrap();
+    h.advance(Span::from_secs(60));
+    let tick = h.d.on_tick(h.clock.now(), &[]);
+    assert_eq!(tick.restart, None);
+    h.tick(Outcome::Rollback, &["errors"], Some("v2"));
+    let restore_point = loop {
+        let news = tokio::time::timeout(Duration::from_secs(20), h.done.recv()).await.expect("procedure ended");
+        let done = matches!(news, Some(ProcedureNews::Done(_)));
+        let acted = h.d.on_news(news.expect("the procedure task reports its end"));
+        acted.result.unwrap();
+        if done {
+            break acted.restart;
+        }
+        assert_eq!(acted.restart, None, "a step's news moves no evidence");
+    };
+    assert_eq!(restore_point, Some(Restart { at: h.clock.now(), predates: false, deployed: None }));
+    assert_eq!(h.runs(), vec!["undo v2", "check"]);
+    h.restart();
+    assert_eq!(h.started_at, Some(Restart { at: v2_at, predates: false, deployed: None }), "the journalled deploy");
 }
 
 fn quick_policy() -> Policy {
@@ -607,7 +653,9 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     let refused = h.command(Command::Pause { for_: None }).unwrap_err();
     assert!(refused.contains("waiting for the election on etcd"), "{refused}");
 
-    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into(), tell: true }).unwrap();
+    h.d.on_coord(Update::Unreachable { error: "etcd unreachable: connection refused".into(), tell: true })
+        .result()
+        .unwrap();
     let told = h.messages().await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].contains("S1: no replica acts: etcd unreachable: connection refused"), "{told:?}");
@@ -624,7 +672,7 @@ async fn a_replica_that_does_not_lead_acts_on_nothing_and_etcd_trouble_is_told_t
     assert!(reminded.len() == 1 && reminded[0].contains("no replica acts for 16m"), "{reminded:?}");
 
     let leader = Leader { replica: "b".into(), address: "http://10.0.0.6:9464".into() };
-    h.d.on_coord(Update::Follow { leader: Some(leader), not_standing: None }).unwrap();
+    h.d.on_coord(Update::Follow { leader: Some(leader), not_standing: None }).result().unwrap();
     let back = h.messages().await;
     assert!(back.iter().any(|m| m.contains("etcd reachable again after 16m")), "{back:?}");
     let refused = h.command(Command::Resume).unwrap_err();
@@ -877,8 +925,8 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
         slo: vec![],
         judged: vec![],
     };
-    h.d.on_version_observed(h.clock.now(), "v2").unwrap();
-    h.d.on_tick(h.clock.now(), &[d]).unwrap();
+    h.d.on_version_observed(h.clock.now(), "v2").result().unwrap();
+    h.d.on_tick(h.clock.now(), &[d]).result().unwrap();
     assert!(h.events("rollback_started").is_empty());
     let reason = h.events("suppressed")[0]["reason"].as_str().unwrap().to_string();
     assert!(reason.starts_with("silenced: errors until "), "{reason}");

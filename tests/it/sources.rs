@@ -282,8 +282,9 @@ async fn series_no_rule_reads_are_dropped_and_sample_limit_rejects_a_poll_whole(
     assert!(e.to_string().contains("600001 samples, more than sample_limit (100000)"), "{e}");
     let mut store = rollwatch::window::Store::new(Span(600_000));
     let up = store.add_selector(rollwatch::selector::Selector::parse(r#"up{target="app"}"#).unwrap());
-    rollwatch::source::TargetSeries::default().apply(&obs, &mut store);
-    assert_eq!(store.up(up, rollwatch::window::At::new(obs.at)), None, "unknown, not down");
+    let mut evidence = rollwatch::source::Evidence::new(store);
+    evidence.observe(&obs);
+    assert_eq!(evidence.store().up(up, rollwatch::window::At::new(obs.at)), None, "unknown, not down");
 }
 
 /// A timeout that expires while rollwatch's own scheduling lag exceeds it is rollwatch's fault:
