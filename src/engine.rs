@@ -612,16 +612,15 @@ impl Engine {
                 self.dispatcher.reconfigure(acting, notifier);
                 let old = std::mem::replace(&mut self.ev, ev);
                 self.ev.adopt(old);
-                if let Some(old) = self.tasks.pollers.take() {
-                    while self.tasks.retiring.try_join_next().is_some() {}
-                    self.tasks.retiring.spawn(old.stop());
-                }
+                // Polling before, polling after (a parked deployment of a shared fleet stays so).
+                let polling = self.tasks.pollers.is_some();
+                self.retire_pollers();
                 self.snapshot.watch_targets(&targets);
                 self.snapshot.watch_thresholds(&self.ev);
                 self.snapshot.decisions.clear();
                 let keep = self.ev.metric_names().map(Arc::new);
                 self.tasks.targets = targets.clone();
-                if !self.parked() {
+                if polling {
                     self.tasks.pollers =
                         Some(Pollers::start(targets, keep, &self.client, &self.clock, &self.tasks.queue));
                 }
@@ -690,12 +689,18 @@ impl Engine {
             (false, true) => {
                 tracing::info!("held by another replica: parked, not polling");
                 self.snapshot.decisions.clear();
-                if let Some(old) = self.tasks.pollers.take() {
-                    while self.tasks.retiring.try_join_next().is_some() {}
-                    self.tasks.retiring.spawn(old.stop());
-                }
+                self.retire_pollers();
             }
             _ => {}
+        }
+    }
+
+    /// Stops the pollers without waiting for them (they are joined at the next retirement or
+    /// at the engine's stop).
+    fn retire_pollers(&mut self) {
+        if let Some(old) = self.tasks.pollers.take() {
+            while self.tasks.retiring.try_join_next().is_some() {}
+            self.tasks.retiring.spawn(old.stop());
         }
     }
 

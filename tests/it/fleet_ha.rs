@@ -156,6 +156,17 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     let row = list["deployments"].as_array().unwrap().iter().find(|r| r["name"] == d).unwrap().clone();
     assert_eq!(row["held_by"], held[d], "{list}");
 
+    // SIGHUP reloads every deployment: what a replica holds it still polls and evaluates.
+    let pid = a.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let journal = a.dir.join("state").join(NAMES[0]).join("journal.jsonl");
+    common::wait_for_journal(&journal, "a's reload", |e| e.iter().any(|e| e["event"] == "reloaded")).await;
+    for (d, h) in held.iter().filter(|(_, h)| h.as_str() == "a") {
+        let from = ticks(&status_of(&a.listen, d, |_| true).await);
+        let s = status_of(&a.listen, d, |s| ticks(s) >= from + 5).await;
+        assert_eq!(s["may_act"], true, "{d} held by {h} after SIGHUP: {s}");
+    }
+
     // Outages in two deployments: each rolled back once, by its holder, and nothing else.
     for d in ["d1", "d4"] {
         service(d).fail();
