@@ -196,7 +196,9 @@ impl Pollers {
         let mut tasks = tokio::task::JoinSet::new();
         for mut t in targets {
             t.keep = keep.clone();
-            tasks.spawn(run_target(t, client.clone(), clock.clone(), queue.clone(), stopped.clone()));
+            // In the deployment's span (a fleet's log lines name their deployment).
+            let poll = run_target(t, client.clone(), clock.clone(), queue.clone(), stopped.clone());
+            tasks.spawn(tracing::Instrument::in_current_span(poll));
         }
         Pollers { tasks, stop }
     }
@@ -347,7 +349,7 @@ impl Engine {
         let (coord_tx, coord_updates) = mpsc::channel(64);
         let coord_task = coord.as_ref().map(|c| {
             tracing::info!(replica = %c.me().replica, address = %c.me().address, "electing on etcd");
-            tokio::spawn(c.clone().run(coord_tx, coord_stopped))
+            tokio::spawn(tracing::Instrument::in_current_span(c.clone().run(coord_tx, coord_stopped)))
         });
         let (dispatcher, procedures, restart) =
             Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;

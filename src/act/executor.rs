@@ -90,7 +90,7 @@ impl Executor {
     /// Spawns a task the executor owns (reaping those already done).
     fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         while self.tasks.try_join_next().is_some() {}
-        self.tasks.spawn(task);
+        self.tasks.spawn(tracing::Instrument::in_current_span(task));
     }
 
     pub fn notifier(&self) -> &Notifier {

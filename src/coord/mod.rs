@@ -690,7 +690,13 @@ impl Coordinator {
             let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
             let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
             if let Some(kv) = holder.as_ref().filter(|kv| kv.lease == id) {
-                self.lose("not standing for election");
+                if self.shared_lease.is_some() && !self.assigned().mine {
+                    // A move of a shared fleet's deployment, planned: not an error.
+                    *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tracing::info!(replica = %self.me.replica, "giving this deployment up: another replica is to hold it (the fleet is shared out again)");
+                } else {
+                    self.lose("not standing for election");
+                }
                 match self.shared_lease {
                     Some(_) => self.give_up(kv.create_revision).await?,
                     None => {

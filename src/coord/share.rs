@@ -171,6 +171,25 @@ impl Share {
         self.etcd.observed().skew(self.clock.now()).is_none_or(|s| s.abs() <= MAX_SKEW.0)
     }
 
+    /// Says once when this replica's clock keeps it out of the share, and when it is back.
+    fn tell_clock(&self, standing: bool, told: &mut bool) {
+        if standing == *told {
+            if standing {
+                tracing::warn!(replica = %self.me.replica, "this replica's clock agrees with etcd's again: it takes its share of the fleet");
+            } else {
+                let skew = self.etcd.observed().skew(self.clock.now()).unwrap_or(0);
+                tracing::error!(
+                    replica = %self.me.replica,
+                    "this replica's clock is {} {} etcd's (more than {} apart): it holds no deployment of the fleet; it watches only those nobody holds, to say that it cannot act",
+                    crate::time::human(Span(skew.abs())),
+                    if skew > 0 { "ahead of" } else { "behind" },
+                    crate::time::human(MAX_SKEW)
+                );
+            }
+            *told = !standing;
+        }
+    }
+
     /// One round: this replica's key renewed (or withdrawn, while its clock may not lead), the
     /// replicas and holders read.
     async fn round(&self, lease: &mut Option<i64>, standing: bool) -> Result<Seen, EtcdError> {
@@ -235,8 +254,10 @@ impl Share {
         let mut failing: Option<Stopwatch> = None;
         let mut watching_all = false;
         let stranded_after = Span((self.ttl * 2).as_millis() as i64);
+        let mut skew_told = false;
         loop {
             let standing = self.clock_ok();
+            self.tell_clock(standing, &mut skew_told);
             match self.round(&mut lease, standing).await {
                 Ok(seen) => {
                     if failing.take().is_some() {
@@ -344,7 +365,9 @@ pub fn plan(
     let held = |n: &String| view.holders.get(n).map(String::as_str);
     let mut mine: BTreeSet<String> = names.iter().filter(|n| held(n) == Some(me)).cloned().collect();
     if !view.replicas.contains(me) {
-        // It may not lead: it claims nothing (its coordinators give up what they hold).
+        // It may not lead (its clock): it claims nothing — but watches what nobody has held
+        // for long, to say that it cannot act (its coordinators give up what they hold).
+        mine.extend(names.iter().filter(|n| held(n).is_none() && stranded.contains(*n)).cloned());
         return mine;
     }
     let share = names.len().div_ceil(view.replicas.len().max(1));
@@ -490,12 +513,14 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_that_may_not_lead_claims_nothing() {
+    fn a_replica_that_may_not_lead_claims_nothing_but_watches_what_nobody_holds() {
         let all = names(3);
         let up = set(&["b"]);
         let holders: BTreeMap<String, String> = [("d000".to_string(), "a".to_string())].into();
         let view = View { me: "a", replicas: &up, holders: &holders };
-        assert_eq!(plan(&all, &view, &|_| false, &set(&["d002"])), set(&["d000"]));
+        assert_eq!(plan(&all, &view, &|_| false, &BTreeSet::new()), set(&["d000"]));
+        // Nobody has held d002 for long: it watches it (to say it cannot act).
+        assert_eq!(plan(&all, &view, &|_| false, &set(&["d002"])), set(&["d000", "d002"]));
     }
 
     #[test]

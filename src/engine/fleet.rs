@@ -66,7 +66,8 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
         let name = m.name;
         let config = m.config;
         engines.spawn(async move {
-            let span = tracing::info_span!("deployment", name = %name);
+            // At every level: a fleet's warnings and errors name their deployment.
+            let span = tracing::error_span!("deployment", name = %name);
             let ran = tracing::Instrument::instrument(run_one(config, parts, stop), span).await;
             (name, ran)
         });

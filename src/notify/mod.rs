@@ -247,7 +247,7 @@ impl Notifier {
             let inner = inner.clone();
             let name = name.clone();
             let stop = stop.clone();
-            workers.spawn(async move {
+            workers.spawn(tracing::Instrument::in_current_span(async move {
                 loop {
                     let next = queue.jobs.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                     let Some(job) = next else {
@@ -268,7 +268,7 @@ impl Notifier {
                         inner.idle.notify_waiters();
                     }
                 }
-            });
+            }));
         }
         workers.close();
         Notifier { inner, queues: Arc::new(queues), workers, stop }
