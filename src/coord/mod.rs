@@ -654,6 +654,12 @@ impl Coordinator {
         skewed.is_none()
     }
 
+    /// Whether this replica stands for the leader key now: its journal takes writes, the share
+    /// assigns it the deployment (always, alone), and its clock agrees with etcd's.
+    fn standing(&self) -> bool {
+        self.eligible.load(std::sync::atomic::Ordering::SeqCst) & self.assigned().mine & self.clock_ok()
+    }
+
     /// One round: the lease renewed (or a new one), then the leader key tried; with it, the
     /// log's view.
     #[allow(clippy::type_complexity)]
@@ -665,6 +671,8 @@ impl Coordinator {
         let id = match (&self.shared_lease, *lease) {
             (Some(shared), _) => match shared.current() {
                 Some((id, _)) => id,
+                // Not standing, it only reads (no key can be bound to lease 0).
+                None if !self.standing() => 0,
                 None => return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into())),
             },
             (None, Some(id)) if self.etcd.keepalive(id).await?.is_some() => id,
@@ -680,7 +688,8 @@ impl Coordinator {
         };
         let key = self.leader_key();
         let view_ops = self.view_ops();
-        let standing = self.eligible.load(std::sync::atomic::Ordering::SeqCst) & self.assigned().mine & self.clock_ok();
+        // After the renewal, as ever: its answer is what says etcd's clock.
+        let standing = self.standing();
         if !standing {
             // Not standing: read who leads; holding the key, give it up (the lease's revocation
             // deletes it at once).
@@ -995,7 +1004,6 @@ impl Coordinator {
                         if leading.take().is_some() {
                             self.lose(&why);
                         }
-                        following = None;
                         let told = {
                             let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
                             let told = t.distrust.is_some();
@@ -1003,10 +1011,28 @@ impl Coordinator {
                             told
                         };
                         if !told {
+                            following = None;
                             let _ = updates.send(Update::Distrust { why: why.clone(), lost }).await;
                         }
                         let leader = holder.as_ref().map(|(l, _)| l.clone());
-                        self.set_status(Role::Rebuilding, leader, holder.map(|(_, t)| t), Some(why));
+                        // A replica whose clock keeps it from leading cannot close the rebuild
+                        // either: it says why, as a follower that may not stand does (and so
+                        // tells a wanted rollback that nobody acts on, when nobody leads).
+                        let skew = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some(skew) = &skew {
+                            let now_following = (leader.clone(), Some(skew.clone()));
+                            if following.as_ref() != Some(&now_following) {
+                                following = Some(now_following);
+                                let update =
+                                    Update::Follow { leader: leader.clone(), not_standing: Some(skew.clone()) };
+                                let _ = updates.send(update).await;
+                            }
+                        }
+                        let error = match skew {
+                            Some(skew) => format!("{why}; {skew}"),
+                            None => why,
+                        };
+                        self.set_status(Role::Rebuilding, leader, holder.map(|(_, t)| t), Some(error));
                         Ok(())
                     }
                     Ok(Ok(new_epoch)) => {

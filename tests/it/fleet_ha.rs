@@ -34,6 +34,11 @@ impl Replica {
     /// Writes the fleet (`services` by deployment, in [`NAMES`]' order) under `root/name` with
     /// `[ha]` on `etcd`, and starts it.
     fn start(root: &Path, name: &str, services: &[Service], etcd: &str) -> Replica {
+        Replica::start_env(root, name, services, etcd, &[])
+    }
+
+    /// The same, its process with `env` added.
+    fn start_env(root: &Path, name: &str, services: &[Service], etcd: &str, env: &[(&str, &str)]) -> Replica {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("deploy")).unwrap();
         std::fs::create_dir_all(dir.join("rules")).unwrap();
@@ -52,7 +57,7 @@ impl Replica {
                 state = dir.join("state").display().to_string()
             ),
         );
-        let child = common::spawn_run(&dir, &config);
+        let child = common::spawn_run_env(&dir, &config, env);
         Replica { name: name.to_string(), listen, dir, child: Some(child) }
     }
 
@@ -295,4 +300,42 @@ async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_
             assert_eq!(s.rollbacks.load(Ordering::SeqCst), 0, "{n}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_keeps_it_out_of_the_share_alone_watches_and_tells_that_nobody_acts() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(Path::new(lib).exists(), "libfaketime is not installed: scripts/test.sh installs it");
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let mut services = Vec::new();
+    for _ in NAMES {
+        services.push(Service::start(true).await);
+    }
+    let ahead = [("LD_PRELOAD", lib), ("FAKETIME", "+1h"), ("DONT_FAKE_MONOTONIC", "1"), ("FAKETIME_NO_CACHE", "1")];
+    let skewed = Replica::start_env(root.path(), "skewed", &services, &etcd.url(), &ahead);
+    // Nobody holds the fleet: after 2 × ttl the skewed replica watches it, saying why it
+    // cannot act.
+    let d = NAMES[2];
+    let s = status_of(&skewed.listen, d, |s| {
+        ticks(s) >= 3 && s["ha"]["error"].as_str().is_some_and(|e| e.contains("ahead of etcd's"))
+    })
+    .await;
+    assert_eq!(s["may_act"], false, "{s}");
+    services[2].fail();
+    let stdout = || std::fs::read_to_string(skewed.dir.join("stdout")).unwrap_or_default();
+    wait_for("the wanted rollback told by the skewed replica", DEADLINE, async || {
+        let out = stdout();
+        if out.contains(&format!("[{d}]")) && out.contains("rollback wanted for") && out.contains("no replica may act")
+        {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    let stderr = std::fs::read_to_string(skewed.dir.join("stderr")).unwrap_or_default();
+    assert!(stderr.contains("it holds no deployment of the fleet"), "{stderr}");
+    assert!(services.iter().all(|s| s.rollbacks.load(Ordering::SeqCst) == 0), "nobody acts");
 }
