@@ -407,7 +407,7 @@ impl Coordinator {
         let ms = |d: Duration| human(Span(d.as_millis() as i64));
         match lead {
             Some((t, until)) if t == term => {
-                let left = until.remaining();
+                let left = self.certain_until(until).map_or(Duration::ZERO, |u| u.remaining());
                 let age = committed.elapsed();
                 if left <= margin {
                     Err(format!(
@@ -460,17 +460,27 @@ impl Coordinator {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Until when a term whose round said `until` is certain: then, and in a shared fleet no
+    /// later than the replica's lease as the share renews it now (read at each check: the share
+    /// renews it more often than a deployment's round comes); `None` once that lease is not.
+    fn certain_until(&self, until: crate::time::Deadline) -> Option<crate::time::Deadline> {
+        match &self.shared_lease {
+            None => Some(until),
+            Some(shared) => shared.current().map(|(_, lease)| lease.min(until)),
+        }
+    }
+
     /// Whether this replica may act under `term` now: it leads under that term and its last
     /// renewal is recent enough that the lease cannot have expired.
     pub fn may_act(&self, term: Term) -> bool {
         let lead = *self.lead.lock().unwrap_or_else(|p| p.into_inner());
-        lead.is_some_and(|(t, until)| t == term && !until.passed())
+        lead.is_some_and(|(t, until)| t == term && self.certain_until(until).is_some_and(|u| !u.passed()))
     }
 
     /// Whether this replica leads now (for `rollwatch_leader`).
     pub fn leading(&self) -> bool {
         let lead = *self.lead.lock().unwrap_or_else(|p| p.into_inner());
-        lead.is_some_and(|(_, until)| !until.passed())
+        lead.is_some_and(|(_, until)| self.certain_until(until).is_some_and(|u| !u.passed()))
     }
 
     fn set_status(&self, role: Role, leader: Option<Leader>, term: Option<Term>, error: Option<String>) {
@@ -1154,13 +1164,9 @@ impl Coordinator {
         leading: &mut Option<Term>,
         updates: &mpsc::Sender<Update>,
     ) -> Result<(), EtcdError> {
-        let mut until = sent.deadline(self.ttl * 2 / 3);
-        if let Some(shared) = &self.shared_lease {
-            // The key lives as long as the replica's lease: certain no longer than it is.
-            match shared.current() {
-                Some((_, lease_until)) => until = until.min(lease_until),
-                None => return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into())),
-            }
+        let until = sent.deadline(self.ttl * 2 / 3);
+        if self.certain_until(until).is_none() {
+            return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into()));
         }
         // The term as this process numbers it: the same while it goes on, new otherwise.
         let term = match *leading {
