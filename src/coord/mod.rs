@@ -256,8 +256,20 @@ pub fn seq_of(line: &Value) -> u64 {
 /// How long one request to etcd may take: at most a quarter of the lease (three missed
 /// renewals still leave time to stop acting before the lease can expire).
 pub fn request_timeout(spec: &HaSpec) -> Duration {
-    let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
-    (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(3))
+    (lease_ttl(spec) / 4).clamp(Duration::from_millis(250), Duration::from_secs(3))
+}
+
+/// The lease's time to live `[ha]` asks for (never under 2 s).
+pub fn lease_ttl(spec: &HaSpec) -> Duration {
+    Duration::from_millis(spec.ttl.0.max(2_000) as u64)
+}
+
+/// Who this replica is among replicas: its `replica` name (default: the host name and the pid)
+/// and where the others reach it (`advertise`, default: its `listen` address).
+pub fn identity(spec: &HaSpec, listen: std::net::SocketAddr) -> Leader {
+    let replica = spec.replica.clone().unwrap_or_else(default_replica);
+    let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
+    Leader { replica, address }
 }
 
 /// This replica's default name: the host name and the pid.
@@ -292,16 +304,15 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
         compactor: Compactor,
     ) -> Coordinator {
-        let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
-        let replica = spec.replica.clone().unwrap_or_else(default_replica);
-        let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
-        let status = HaStatus { replica: replica.clone(), ..HaStatus::default() };
+        let ttl = lease_ttl(spec);
+        let me = identity(spec, listen);
+        let status = HaStatus { replica: me.replica.clone(), ..HaStatus::default() };
         let key = spec.key.trim_end_matches('/').to_string();
         Coordinator {
             etcd,
             leader_key: format!("{key}/leader"),
             key,
-            me: Leader { replica, address },
+            me,
             ttl,
             clock,
             lead: Mutex::new(None),

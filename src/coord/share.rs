@@ -124,15 +124,12 @@ impl Share {
         clock: Arc<dyn Clock>,
         names: Vec<String>,
     ) -> Result<Share, EtcdError> {
-        let ttl = Duration::from_millis(spec.ttl.0.max(2_000) as u64);
         let etcd = Etcd::new(spec, env, super::request_timeout(spec))?;
-        let replica = spec.replica.clone().unwrap_or_else(super::default_replica);
-        let address = spec.advertise.clone().unwrap_or_else(|| format!("http://{listen}"));
         Ok(Share {
             etcd,
             base: spec.key.trim_end_matches('/').to_string(),
-            me: Leader { replica, address },
-            ttl,
+            me: super::identity(spec, listen),
+            ttl: super::lease_ttl(spec),
             clock,
             names,
             seen: Mutex::default(),
