@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -316,7 +317,8 @@ pub fn compact(dir: &Path, max_bytes: u64, keep: impl Fn(&serde_json::Value) -> 
 }
 
 /// Lines waiting for the writer; beyond it, records that may be lost ([`SharedJournal::note`])
-/// are dropped and counted, and durable appends wait.
+/// are dropped and counted. Durable appends are always queued: each caller waits for its own
+/// fsync, so there are never more of them than callers.
 pub const QUEUE_LINES: usize = 4096;
 
 /// At most this many bytes go into one write and one fsync.
@@ -339,7 +341,7 @@ enum Request {
 /// stops acting while it cannot record.
 #[derive(Clone)]
 pub struct SharedJournal {
-    queue: std::sync::mpsc::SyncSender<Request>,
+    queue: Queue,
     failing: Arc<Mutex<Option<String>>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     path: PathBuf,
@@ -351,10 +353,63 @@ impl std::fmt::Debug for SharedJournal {
     }
 }
 
+/// The requests waiting for the writer, counted. Not `sync_channel(QUEUE_LINES)`: its array
+/// of slots is allocated whole at once (196 KB a journal, most of a fleet's memory, one journal
+/// per deployment); this channel allocates as lines wait and frees as they are written.
+#[derive(Clone)]
+struct Queue {
+    tx: std::sync::mpsc::Sender<Request>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn new() -> (Queue, Requests) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        (Queue { tx, waiting: waiting.clone() }, Requests { rx, waiting })
+    }
+
+    /// Queues a request whatever is waiting; false when the writer is gone.
+    fn send(&self, request: Request) -> bool {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(request).is_ok()
+    }
+
+    /// Queues a request unless [`QUEUE_LINES`] wait already; false when it was not queued.
+    fn offer(&self, request: Request) -> bool {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUE_LINES {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.tx.send(request).is_ok()
+    }
+}
+
+/// The writer's end of a [`Queue`].
+struct Requests {
+    rx: std::sync::mpsc::Receiver<Request>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Requests {
+    fn taken(&self, request: Request) -> Request {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        request
+    }
+
+    fn recv(&self) -> Option<Request> {
+        self.rx.recv().ok().map(|r| self.taken(r))
+    }
+
+    fn try_recv(&self) -> Option<Request> {
+        self.rx.try_recv().ok().map(|r| self.taken(r))
+    }
+}
+
 impl SharedJournal {
     /// Starts the writer thread, which owns `journal` until every clone is dropped.
     pub fn new(journal: Journal) -> SharedJournal {
-        let (queue, requests) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let (queue, requests) = Queue::new();
         let failing: Arc<Mutex<Option<String>>> = Arc::default();
         let path = journal.path.clone();
         let state = failing.clone();
@@ -374,7 +429,7 @@ impl SharedJournal {
 
     /// Notes dropped because the writer fell behind by [`QUEUE_LINES`].
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Appends one serde-tagged event and waits until it is durable (see
@@ -390,17 +445,8 @@ impl SharedJournal {
         let line = serde_json::to_vec(&Tagged { at, event }).map_err(|e| self.error(io::Error::other(e)))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let request = Request::Line(line, Some(Box::new(move |r| drop(tx.send(r)))));
-        match self.queue.try_send(request) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(request)) => {
-                // The writer is behind: wait for room on a blocking thread.
-                let queue = self.queue.clone();
-                let sent = tokio::task::spawn_blocking(move || queue.send(request).is_ok()).await;
-                if !sent.unwrap_or(false) {
-                    return self.settle(None);
-                }
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return self.settle(None),
+        if !self.queue.send(request) {
+            return self.settle(None);
         }
         self.settle(rx.await.ok())
     }
@@ -436,8 +482,8 @@ impl SharedJournal {
             Ok(line) => line,
             Err(e) => return tracing::error!(error = %e, event, "cannot serialize a journal record"),
         };
-        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.queue.try_send(Request::Line(line, None)) {
-            let before = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.queue.offer(Request::Line(line, None)) {
+            let before = self.dropped.fetch_add(1, Ordering::Relaxed);
             if before.is_power_of_two() || before == 0 {
                 tracing::error!(dropped = before + 1, event, "journal writer behind: record dropped");
             }
@@ -447,7 +493,7 @@ impl SharedJournal {
     /// Waits until every line queued so far is written (at a stop).
     pub fn flush(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.queue.send(Request::Flush(Box::new(move |r| drop(tx.send(r))))).is_ok() {
+        if self.queue.send(Request::Flush(Box::new(move |r| drop(tx.send(r))))) {
             let _ = rx.recv();
         }
     }
@@ -459,7 +505,7 @@ impl SharedJournal {
     fn durable(&self, line: Vec<u8>) -> Result<(), JournalError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let reply: Reply = Box::new(move |r| drop(tx.send(r)));
-        if self.queue.send(Request::Line(line, Some(reply))).is_err() {
+        if !self.queue.send(Request::Line(line, Some(reply))) {
             return self.settle(None);
         }
         self.settle(rx.recv().ok())
@@ -482,13 +528,9 @@ impl SharedJournal {
 /// The writer thread: waits for a line, takes every other line already waiting (up to
 /// [`BATCH_BYTES`]), writes them whole with one fsync, answers each waiter, and records the
 /// outcome in `failing`. Ends when every sender is gone, returning how many writes it made.
-fn write_groups(
-    mut journal: Journal,
-    requests: &std::sync::mpsc::Receiver<Request>,
-    failing: &Mutex<Option<String>>,
-) -> usize {
+fn write_groups(mut journal: Journal, requests: &Requests, failing: &Mutex<Option<String>>) -> usize {
     let mut commits = 0;
-    while let Ok(first) = requests.recv() {
+    while let Some(first) = requests.recv() {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
         let mut flushes = Vec::new();
@@ -505,7 +547,7 @@ fn write_groups(
             if batch.len() >= BATCH_BYTES {
                 break;
             }
-            next = requests.try_recv().ok();
+            next = requests.try_recv();
         }
         let result = if batch.is_empty() {
             Ok(())
@@ -681,17 +723,30 @@ mod tests {
     }
 
     #[test]
+    fn notes_beyond_the_queue_are_refused_and_durable_lines_always_wait() {
+        let (queue, requests) = Queue::new();
+        let offered = (0..QUEUE_LINES + 10).filter(|_| queue.offer(Request::Line(Vec::new(), None))).count();
+        assert_eq!(offered, QUEUE_LINES, "notes beyond {QUEUE_LINES} waiting are refused");
+        assert!(queue.send(Request::Line(Vec::new(), None)), "a durable line is queued however many wait");
+        assert!(requests.try_recv().is_some() && requests.try_recv().is_some());
+        assert!(queue.offer(Request::Line(Vec::new(), None)), "a line written makes room for a note");
+        assert!(!queue.offer(Request::Line(Vec::new(), None)));
+        drop(requests);
+        assert!(!queue.send(Request::Line(Vec::new(), None)), "the writer gone: not queued");
+    }
+
+    #[test]
     fn lines_waiting_together_are_written_with_one_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let path = journal.path().to_path_buf();
-        let (queue, requests) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let (queue, requests) = Queue::new();
         let (answers_tx, answers) = std::sync::mpsc::channel();
         for i in 0..100 {
             let line = serde_json::to_vec(&serde_json::json!({"at": i, "event": "decision"})).unwrap();
             let tx = answers_tx.clone();
             let reply: Option<Reply> = (i % 10 == 0).then(|| Box::new(move |r| drop(tx.send(r))) as Reply);
-            queue.send(Request::Line(line, reply)).unwrap();
+            assert!(queue.send(Request::Line(line, reply)));
         }
         drop(queue);
         drop(answers_tx);
