@@ -99,8 +99,15 @@ pub struct Parts {
     /// (see [`lane`]); `listener` is then `None`.
     pub served: Option<Served>,
     /// A fleet shared among replicas: what the share says this replica is to hold of this
-    /// deployment ([`crate::coord::share`]). Parked, the engine polls and evaluates nothing.
+    /// deployment ([`crate::coord::share`]). The engine runs while the deployment is held here
+    /// ([`run_while_held`]).
     pub holding: Option<crate::coord::share::Member>,
+    /// `evaluator` is the one this deployment's engine had when it was parked here (a fleet
+    /// shared among replicas): it keeps what it saw, and the checkpoint is not read into it.
+    pub resumes: bool,
+    /// Alerts that came while no engine ran (a fleet's deployment parked here), each with when
+    /// it came: put into the evidence at the start, oldest first, as if they had come then.
+    pub alerts: Vec<(Timestamp, crate::source::alertmanager::AlertUpdate)>,
 }
 
 /// What a deployment's engine reads from a fleet's server, the other ends of its
@@ -143,6 +150,8 @@ impl Parts {
             client: None,
             served: None,
             holding: None,
+            resumes: false,
+            alerts: Vec::new(),
         }
     }
 }
@@ -157,9 +166,29 @@ pub struct TickEvent {
 }
 
 /// Runs until `shutdown` becomes true.
-pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
+pub async fn run(config: Config, parts: Parts, shutdown: watch::Receiver<bool>) -> Result<(), EngineError> {
+    run_while_held(config, parts, shutdown).await.map(drop)
+}
+
+/// Runs until `shutdown` becomes true or — a fleet's deployment shared among replicas
+/// (`Parts::holding`) — until it is parked here (another replica is to hold it, and this one
+/// neither leads it nor has a rollback of it in flight): then returns, stopped, the config and
+/// the parts its next engine is built from, when the deployment is held here again.
+pub async fn run_while_held(
+    config: Config,
+    parts: Parts,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<(Config, Parts)>, EngineError> {
     let mut engine = Engine::build(config, parts)?;
-    loop {
+    let shared = engine.inputs.holding.is_some();
+    if shared {
+        // What the share says now (the fleet built this engine because of it).
+        engine.on_holding();
+    }
+    let parked = loop {
+        if shared && engine.parked() {
+            break true;
+        }
         tokio::select! {
             Some(queued) = engine.inputs.observations.recv() => engine.on_observation(&queued.obs),
             Some(updates) = engine.inputs.alert_updates.recv() => engine.on_alerts(updates),
@@ -170,11 +199,11 @@ pub async fn run(config: Config, parts: Parts, mut shutdown: watch::Receiver<boo
             Some(update) = engine.inputs.coord_updates.recv() => engine.on_coord(update),
             Ok(()) = changed(&mut engine.inputs.holding) => engine.on_holding(),
             _ = engine.checkpoints.ticker.tick() => engine.checkpoints.write(&engine.ev, engine.clock.now()),
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => break false,
         }
-    }
-    engine.stop().await;
-    Ok(())
+    };
+    let kept = engine.stop(parked).await;
+    Ok(parked.then_some(kept))
 }
 
 /// The pollers: one task per target, in one set, stopped together (a reload replaces them all).
@@ -256,6 +285,8 @@ struct Engine {
     client: reqwest::Client,
     console: Console,
     journal: SharedJournal,
+    /// Each profile's procedures (handed back at a stop, for the next engine).
+    procedures: BTreeMap<String, Procedures>,
     dispatcher: Dispatcher,
     snapshot: Snapshot,
     status: watch::Sender<Arc<Snapshot>>,
@@ -271,7 +302,17 @@ struct Engine {
     inputs: Inputs,
     /// The tasks it started (pollers, the server, the coordinator) and how to stop them.
     tasks: Tasks,
-    _lock: crate::journal::StateLock,
+    /// What a stop hands back as it is, for the next engine of this deployment.
+    kept: Kept,
+}
+
+/// What an engine holds only to hand it back at its stop ([`Engine::stop`]).
+struct Kept {
+    lock: crate::journal::StateLock,
+    /// A fleet's deployment: its lane's ends are handed back (`Parts::served`).
+    served: bool,
+    /// A fleet shared among replicas: the share's client and lease.
+    share: Option<(crate::coord::etcd::Etcd, Arc<crate::coord::share::SharedLease>)>,
 }
 
 impl Engine {
@@ -295,7 +336,14 @@ impl Engine {
             client,
             served,
             holding,
+            resumes,
+            alerts: meanwhile,
         } = parts;
+        let is_served = served.is_some();
+        let (holding, share) = match holding {
+            Some(crate::coord::share::Member { holding, etcd, lease }) => (Some(holding), Some((etcd, lease))),
+            None => (None, None),
+        };
         let (commands, served) = match served {
             Some(Served { status, alerts, commands, refused }) => (Some(commands), Some((status, alerts, refused))),
             None => (commands, None),
@@ -323,6 +371,7 @@ impl Engine {
         };
         let plans = Plan::build(&ev, &procedures);
         let (acting, notifier) = acting_parts(&config, plans, &env, &client, &console, &journal, &clock)?;
+        let kept_procedures = procedures;
         // With [ha], acting events go to the shared log in etcd first (fenced by leadership).
         let coord = match &config.ha {
             Some(spec) => {
@@ -330,10 +379,10 @@ impl Engine {
                 let recent = acting.policy.max_rollbacks as usize;
                 let compactor: crate::coord::Compactor =
                     Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
-                let c = match (&config.member, &holding) {
-                    (Some(m), Some(h)) => {
-                        Coordinator::with_etcd(h.etcd.sibling(), spec, config.listen, clock.clone(), compactor)
-                            .in_fleet(&m.name, h.lease.clone())
+                let c = match (&config.member, &share) {
+                    (Some(m), Some((etcd, lease))) => {
+                        Coordinator::with_etcd(etcd.sibling(), spec, config.listen, clock.clone(), compactor)
+                            .in_fleet(&m.name, lease.clone())
                     }
                     _ => Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?,
                 };
@@ -351,7 +400,7 @@ impl Engine {
             tracing::info!(replica = %c.me().replica, address = %c.me().address, "electing on etcd");
             tokio::spawn(tracing::Instrument::in_current_span(c.clone().run(coord_tx, coord_stopped)))
         });
-        let (dispatcher, procedures, restart) =
+        let (dispatcher, procedure_news, restart) =
             Dispatcher::new(acting, notifier, ledger, client.clone(), clock.clone(), &history)?;
         // The evidence starts at the journalled deploy.
         if let Some(r) = restart {
@@ -360,16 +409,25 @@ impl Engine {
         // What was seen before the restart, from the current deploy's evidence on. A recording
         // keeps what this run sees only.
         let checkpoints = Checkpoints::new(recorder.is_none().then(|| config.state_dir.clone()));
-        checkpoints.restore(&mut ev, clock.now(), &journal);
+        if !resumes {
+            checkpoints.restore(&mut ev, clock.now(), &journal);
+        }
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
+        // A fleet deployment held here again goes on from what its lane last showed (its
+        // counters carry on); otherwise from nothing.
+        let before = served.as_ref().map(|(status, _, _)| status.borrow().as_ref().clone()).unwrap_or_default();
+        let targets_as_before = before.targets.iter().map(|t| &t.name).eq(targets.iter().map(|t| &t.name));
         let mut snapshot = Snapshot {
             deployment: config.member.as_ref().map(|m| m.name.clone()),
             may_act: dispatcher.leads(),
             ha: coord.as_ref().map(|c| c.status()),
-            ..Snapshot::default()
+            acting: dispatcher.status(),
+            ..before
         };
-        snapshot.watch_targets(&targets);
+        if !targets_as_before {
+            snapshot.watch_targets(&targets);
+        }
         snapshot.watch_thresholds(&ev);
         // Parked (a fleet's deployment another replica is to hold), nothing is polled.
         let pollers = match holding.is_some() {
@@ -413,6 +471,7 @@ impl Engine {
             client,
             console,
             journal,
+            procedures: kept_procedures,
             dispatcher,
             snapshot,
             status,
@@ -425,11 +484,11 @@ impl Engine {
                 observations,
                 alert_updates,
                 ticker,
-                procedures,
+                procedures: procedure_news,
                 commands,
                 reload,
                 coord_updates,
-                holding: holding.map(|h| h.holding),
+                holding,
             },
             tasks: Tasks {
                 pollers,
@@ -442,10 +501,13 @@ impl Engine {
                 coord_task,
                 stop_coord,
             },
-            _lock: lock,
+            kept: Kept { lock, served: is_served, share },
         };
         let now = engine.clock.now();
         engine.watch_clock(now);
+        for came in meanwhile.chunk_by(|a, b| a.0 == b.0) {
+            engine.on_alerts_at(came.iter().map(|(_, u)| u.clone()).collect(), came[0].0);
+        }
         Ok(engine)
     }
 
@@ -508,7 +570,11 @@ impl Engine {
     /// Alerts from the hook become `ALERTS` series in the evidence; changes are journalled, not
     /// repeats.
     fn on_alerts(&mut self, updates: Vec<crate::source::alertmanager::AlertUpdate>) {
-        let now = self.clock.now();
+        self.on_alerts_at(updates, self.clock.now());
+    }
+
+    /// [`on_alerts`](Self::on_alerts) for alerts that came at `now`.
+    fn on_alerts_at(&mut self, updates: Vec<crate::source::alertmanager::AlertUpdate>, now: Timestamp) {
         tracing::debug!(count = updates.len(), "alerts received");
         let changed = self.ev.update_alerts(updates, now);
         if !changed.is_empty() {
@@ -523,14 +589,6 @@ impl Engine {
     fn on_tick(&mut self, scheduled: tokio::time::Instant) {
         let now = self.clock.now();
         self.watch_clock(now);
-        if self.parked() {
-            // Another replica evaluates and acts on it; this one shows who.
-            self.snapshot.ha = self.coord.as_ref().map(|c| c.status());
-            self.snapshot.may_act = false;
-            self.snapshot.at = now;
-            self.publish();
-            return;
-        }
         // A recording evaluates each tick at its scheduled time (however late it runs): the
         // fixture's grid is that schedule, so its replay reads the windows the live run read.
         let now = match self.recorder {
@@ -607,11 +665,12 @@ impl Engine {
                     EngineError::Config(d) => d,
                     other => crate::diag::Diagnostic::file(&c.path, other.to_string()).into(),
                 })?;
-            Ok((c, e, t, acting))
+            Ok((c, e, procedures, t, acting))
         });
         match reloaded {
-            Ok((config, ev, targets, (acting, notifier))) => {
+            Ok((config, ev, procedures, targets, (acting, notifier))) => {
                 self.dispatcher.reconfigure(acting, notifier);
+                self.procedures = procedures;
                 let old = std::mem::replace(&mut self.ev, ev);
                 self.ev.adopt(old);
                 // Polling before, polling after (a parked deployment of a shared fleet stays so).
@@ -751,8 +810,9 @@ impl Engine {
 
     /// Stops in order: the running steps get their grace, then the pollers and the server stop,
     /// notifications get a moment and the rest is journalled as not sent, every task is joined,
-    /// and the journal is flushed.
-    async fn stop(mut self) {
+    /// and the journal is flushed. Hands back the config and what the next engine of this
+    /// deployment is built from (`parked`: another replica holds it now; this one may again).
+    async fn stop(mut self, parked: bool) -> (Config, Parts) {
         if self.dispatcher.steps_running() {
             // Killing `kubectl rollout undo` halfway helps nobody: let the steps end first.
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: waiting for the running rollback's steps first");
@@ -788,9 +848,47 @@ impl Engine {
         if let Some(id) = &in_flight {
             tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
         }
-        self.journal.note(self.clock.now(), "stopped", &serde_json::json!({ "in_flight": in_flight }));
+        let event = if parked { "parked" } else { "stopped" };
+        self.journal.note(self.clock.now(), event, &serde_json::json!({ "in_flight": in_flight }));
         off_runtime(|| self.journal.flush());
-        tracing::info!("rollwatch stopped");
+        if parked {
+            tracing::info!(
+                "held by another replica: this deployment's engine stopped here until it is held here again"
+            );
+        } else {
+            tracing::info!("rollwatch stopped");
+        }
+        let served = self.kept.served.then(|| Served {
+            status: self.status,
+            alerts: self.inputs.alert_updates,
+            commands: self.inputs.commands,
+            refused: self.tasks.refused,
+        });
+        let holding = match (self.inputs.holding, self.kept.share) {
+            (Some(holding), Some((etcd, lease))) => Some(crate::coord::share::Member { holding, etcd, lease }),
+            _ => None,
+        };
+        let parts = Parts {
+            evaluator: self.ev,
+            procedures: self.procedures,
+            targets: self.tasks.targets,
+            clock: self.clock,
+            listener: None,
+            token: None,
+            events: self.events,
+            reload: Some(self.inputs.reload),
+            recorder: self.recorder,
+            console: self.console,
+            env: self.env,
+            commands: None,
+            lock: Some(self.kept.lock),
+            client: Some(self.client),
+            served,
+            holding,
+            resumes: true,
+            alerts: Vec::new(),
+        };
+        (self.config, parts)
     }
 }
 

@@ -2,7 +2,8 @@
 //! own pollers, evaluator, acting core, journal (under `state_dir/NAME/`) and ticker, so that one
 //! deployment's outage, slow target or failed step never delays another's evaluation or
 //! rollback; one server in front of them all ([`server::Lanes`]), which routes commands by
-//! `?deployment=NAME` and alerts by their routing label.
+//! `?deployment=NAME` and alerts by their routing label. Shared among replicas, a deployment
+//! has an engine here only while it is held here ([`slot`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,11 +11,16 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{EngineError, Parts, lane, run as run_one};
+use super::{EngineError, Parts, lane, run as run_one, run_while_held};
 use crate::config::deploy::Config;
 use crate::coord::share::{Holding, Share};
+use crate::coord::{HaStatus, Role};
 use crate::secret::Secret;
+use crate::selector::SeriesKey;
 use crate::server::{self, Lanes, Shared};
+use crate::source::alertmanager::AlertUpdate;
+use crate::status::Snapshot;
+use crate::time::Timestamp;
 
 /// One deployment of the fleet, ready to run.
 pub struct Member {
@@ -65,10 +71,14 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
         let stop = all_stop.clone();
         let name = m.name;
         let config = m.config;
+        let me = share.as_ref().map(|s| s.me().replica.clone());
         engines.spawn(async move {
             // At every level: a fleet's warnings and errors name their deployment.
             let span = tracing::error_span!("deployment", name = %name);
-            let ran = tracing::Instrument::instrument(run_one(config, parts, stop), span).await;
+            let ran = match me {
+                Some(me) => tracing::Instrument::instrument(slot(config, parts, me, stop), span).await,
+                None => tracing::Instrument::instrument(run_one(config, parts, stop), span).await,
+            };
             (name, ran)
         });
     }
@@ -111,4 +121,112 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
         let _ = task.await;
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// At most this many alerts are kept for a deployment parked here (the latest news of each);
+/// beyond it, new alerts are not kept, and that is said once.
+pub const PARKED_ALERTS: usize = 10_000;
+
+/// One deployment of a fleet shared among replicas, for as long as the fleet runs: an engine
+/// while the deployment is held here, none while it is parked here — then its lane shows who
+/// holds it, keeps the alerts that come meanwhile for the engine that holds it here next, and
+/// answers a command that reaches it with who holds the deployment. Memory and work follow
+/// the deployments held here, not the fleet.
+async fn slot(
+    config: Config,
+    mut parts: Parts,
+    me: String,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    let mut config = config;
+    loop {
+        let Some(alerts) = parked(&config, &mut parts, &me, &mut stop).await else { return Ok(()) };
+        parts.alerts = alerts;
+        match run_while_held(config, parts, stop.clone()).await? {
+            Some((c, p)) => (config, parts) = (c, p),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Waits, with no engine, until the share says this replica is to hold the deployment; returns
+/// the alerts that came meanwhile (oldest first), or `None` at the fleet's stop.
+async fn parked(
+    config: &Config,
+    parts: &mut Parts,
+    me: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<(Timestamp, AlertUpdate)>> {
+    let name = config.member.as_ref().map_or("", |m| m.name.as_str());
+    let (Some(member), Some(served)) = (parts.holding.as_mut(), parts.served.as_mut()) else { return Some(Vec::new()) };
+    let mut kept: BTreeMap<SeriesKey, (Timestamp, bool)> = BTreeMap::new();
+    let mut full_told = false;
+    loop {
+        let holding = member.holding.borrow_and_update().clone();
+        if holding.mine {
+            let mut alerts: Vec<_> =
+                kept.into_iter().map(|(key, (at, firing))| (at, AlertUpdate { key, firing })).collect();
+            alerts.sort_by_key(|(at, _)| *at);
+            return Some(alerts);
+        }
+        show_parked(&served.status, &holding, me, parts.clock.now());
+        tokio::select! {
+            changed = member.holding.changed() => changed.ok()?,
+            Some(updates) = served.alerts.recv() => {
+                let now = parts.clock.now();
+                for u in updates {
+                    if kept.len() >= PARKED_ALERTS && !kept.contains_key(&u.key) {
+                        if !std::mem::replace(&mut full_told, true) {
+                            tracing::warn!(kept = PARKED_ALERTS, "parked here: too many alerts to keep for this deployment; newer ones are not kept (its holder has them)");
+                        }
+                        continue;
+                    }
+                    kept.insert(u.key, (now, u.firing));
+                }
+            }
+            Some((_, reply)) = served.commands.recv() => {
+                let _ = reply.send(Err(not_held_here(name, me, &holding)));
+            }
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+/// The lane of a deployment parked here: what it showed last, with who holds it now; nothing
+/// decided here, and nothing this replica may do.
+fn show_parked(status: &watch::Sender<Arc<Snapshot>>, holding: &Holding, me: &str, now: Timestamp) {
+    status.send_if_modified(|s| {
+        let ha = HaStatus {
+            replica: me.to_string(),
+            role: Role::Follower,
+            leader: holding.holder.as_ref().map(|(l, _)| l.clone()),
+            term: holding.holder.as_ref().map(|(_, t)| *t),
+            error: None,
+            since: s.ha.as_ref().filter(|h| h.role == Role::Follower).and_then(|h| h.since).or(Some(now)),
+        };
+        if s.ha.as_ref() == Some(&ha) && !s.may_act && s.decisions.is_empty() {
+            return false;
+        }
+        let mut parked = s.as_ref().clone();
+        parked.ha = Some(ha);
+        parked.may_act = false;
+        parked.decisions.clear();
+        parked.at = now;
+        *s = Arc::new(parked);
+        true
+    });
+}
+
+/// Why a command that reached a deployment parked here is not done (the server forwards
+/// commands to the holder it knows; this one came before the share was read, or meanwhile).
+fn not_held_here(name: &str, me: &str, holding: &Holding) -> String {
+    match &holding.holder {
+        Some((l, _)) if l.replica != me => format!(
+            "not done here: deployment {name:?} is held by replica {} ({}), not by this one ({me}); send it there",
+            l.replica, l.address
+        ),
+        _ => format!(
+            "not done: no replica holds deployment {name:?} at the moment (the fleet is being shared out); try again in a few seconds"
+        ),
+    }
 }

@@ -161,10 +161,12 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     let row = list["deployments"].as_array().unwrap().iter().find(|r| r["name"] == d).unwrap().clone();
     assert_eq!(row["held_by"], held[d], "{list}");
 
-    // SIGHUP reloads every deployment: what a replica holds it still polls and evaluates.
+    // SIGHUP reloads every deployment held here (one parked here is loaded when it is held here
+    // again): what a replica holds it still polls and evaluates.
     let pid = a.child.as_ref().unwrap().id().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    let journal = a.dir.join("state").join(NAMES[0]).join("journal.jsonl");
+    let mine = held.iter().find(|(_, h)| h.as_str() == "a").map(|(d, _)| d.clone()).unwrap();
+    let journal = a.dir.join("state").join(&mine).join("journal.jsonl");
     common::wait_for_journal(&journal, "a's reload", |e| e.iter().any(|e| e["event"] == "reloaded")).await;
     for (d, h) in held.iter().filter(|(_, h)| h.as_str() == "a") {
         let from = ticks(&status_of(&a.listen, d, |_| true).await);
@@ -196,12 +198,21 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     // Replica c killed: its deployments are taken over by a and b within the ttl + 2 s.
     let of_c: Vec<String> = held.iter().filter(|(_, h)| h.as_str() == "c").map(|(d, _)| d.clone()).collect();
     assert!(!of_c.is_empty());
+    // An alert about one of them, sent to a: every replica has it — its holder in its evidence,
+    // the others kept for when they hold it.
+    let alerted = of_c.last().unwrap().clone();
+    let answer = post_alert(&a.listen, &alerted).await;
+    assert!(answer.contains("accepted"), "{answer}");
+    status_of(&c.listen, &alerted, |s| rule_state(s, "feature-broken") == "\"firing\"").await;
     c.kill();
     let killed = Stopwatch::start();
     let after = held_once(&[&a, &b], 6, "c's deployments to be taken over").await;
     let took = killed.elapsed_secs();
     assert!(took <= TTL + 2.0, "taken over in {took:.1} s, more than the ttl + 2 s");
     eprintln!("c's deployments {of_c:?} taken over in {took:.2} s");
+    // The alert that came while it was parked is in its new holder's evidence.
+    let alerted_by = [&a, &b].into_iter().find(|r| r.name == after[&alerted]).unwrap();
+    status_of(&alerted_by.listen, &alerted, |s| rule_state(s, "feature-broken") == "\"firing\"").await;
     // Acted on once by the new holder: an outage in one of them.
     let taken = &of_c[0];
     let before: Vec<u64> = services.iter().map(|s| s.rollbacks.load(Ordering::SeqCst)).collect();
