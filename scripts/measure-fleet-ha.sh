@@ -8,7 +8,8 @@
 # memory and CPU over SECONDS of steady state (and etcd's CPU); the evaluations each holder made
 # against those due; how long an outage took to be rolled back; then SIGKILLs the last replica
 # and prints how long its deployments took to be held again (goal: within the ttl + 2 s) and how
-# long an outage in one of them took to be rolled back by its new holder.
+# long an outage in one of them took to be rolled back by its new holder. KEEP=1 keeps the
+# working directory (logs, journals) and prints where.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
@@ -20,7 +21,7 @@ ttl=${4:-10s}
 bin=$(release_binary)
 command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server)" >&2; exit 1; }
 dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; if [ -n "${KEEP:-}" ]; then echo "kept: $dir"; else rm -rf "$dir"; fi' EXIT
 
 client=$(free_port); peer=$(free_port)
 etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$client" \
@@ -123,7 +124,7 @@ print(f'evaluations of the held deployments: {made:.0f} made, {due:.0f} due ({10
 
 # An outage in d1, rolled back by its holder.
 touch "$dir/down-d1"; down=$(date +%s.%N)
-for _ in $(seq 600); do [ -f "$dir/acted-d1" ] && break; sleep 0.05; done
+for _ in $(seq 600); do [ -s "$dir/acted-d1" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted-d1" 2>/dev/null || echo never)
 echo "rollback step in d1 ran $(python3 -c "print('never' if '$acted' == 'never' else f'{$acted - $down:.2f} s')") after the outage"
 
@@ -138,7 +139,7 @@ echo "r$replicas SIGKILLed holding $(echo "$victim_held" | grep -c . || true) de
 # An outage in one of them, rolled back by its new holder.
 d=$(echo "$victim_held" | grep -v '^d1$' | head -1)
 touch "$dir/down-$d"; down=$(date +%s.%N)
-for _ in $(seq 600); do [ -f "$dir/acted-$d" ] && break; sleep 0.05; done
+for _ in $(seq 600); do [ -s "$dir/acted-$d" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted-$d" 2>/dev/null || echo never)
 echo "rollback step in $d (taken over) ran $(python3 -c "print('never' if '$acted' == 'never' else f'{$acted - $down:.2f} s')") after its outage"
 echo "deployments that acted: $(ls "$dir" | grep -c '^acted-' || true) (d1 and $d should)"

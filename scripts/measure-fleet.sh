@@ -37,7 +37,7 @@ sleep "$seconds"
 cpu1=$(cpu_ticks $pid); t1=$(date +%s.%N)
 touch "$dir/down-d1"
 down=$(date +%s.%N)
-for _ in $(seq 600); do [ -f "$dir/acted-d1" ] && break; sleep 0.05; done
+for _ in $(seq 600); do [ -s "$dir/acted-d1" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted-d1" 2>/dev/null || echo never)
 now=$(date +%s.%N)
 metrics=$(curl -s "http://127.0.0.1:$rwport/metrics")

@@ -53,7 +53,7 @@ started=$(date +%s.%N)
 sleep "$before"
 rm "$dir/health"
 down=$(date +%s.%N)
-for _ in $(seq 300); do [ -f "$dir/acted" ] && break; sleep 0.05; done
+for _ in $(seq 300); do [ -s "$dir/acted" ] && break; sleep 0.05; done
 acted=$(cat "$dir/acted" 2>/dev/null || echo never)
 now=$(date +%s.%N)
 metrics=$(curl -s "http://127.0.0.1:$rwport/metrics")

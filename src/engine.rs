@@ -312,7 +312,7 @@ struct Kept {
     /// A fleet's deployment: its lane's ends are handed back (`Parts::served`).
     served: bool,
     /// A fleet shared among replicas: the share's client and lease.
-    share: Option<(crate::coord::etcd::Etcd, Arc<crate::coord::share::SharedLease>)>,
+    share: Option<(crate::coord::etcd::Etcd, Arc<crate::coord::share::SharedLease>, String)>,
 }
 
 impl Engine {
@@ -341,7 +341,9 @@ impl Engine {
         } = parts;
         let is_served = served.is_some();
         let (holding, share) = match holding {
-            Some(crate::coord::share::Member { holding, etcd, lease }) => (Some(holding), Some((etcd, lease))),
+            Some(crate::coord::share::Member { holding, etcd, lease, base }) => {
+                (Some(holding), Some((etcd, lease, base)))
+            }
             None => (None, None),
         };
         let (commands, served) = match served {
@@ -380,7 +382,7 @@ impl Engine {
                 let compactor: crate::coord::Compactor =
                     Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
                 let c = match (&config.member, &share) {
-                    (Some(m), Some((etcd, lease))) => {
+                    (Some(m), Some((etcd, lease, _))) => {
                         Coordinator::with_etcd(etcd.sibling(), spec, config.listen, clock.clone(), compactor)
                             .in_fleet(&m.name, lease.clone())
                     }
@@ -865,7 +867,9 @@ impl Engine {
             refused: self.tasks.refused,
         });
         let holding = match (self.inputs.holding, self.kept.share) {
-            (Some(holding), Some((etcd, lease))) => Some(crate::coord::share::Member { holding, etcd, lease }),
+            (Some(holding), Some((etcd, lease, base))) => {
+                Some(crate::coord::share::Member { holding, etcd, lease, base })
+            }
             _ => None,
         };
         let parts = Parts {

@@ -5,8 +5,8 @@
 //! values are base64 on the wire, 64-bit integers arrive as strings, and fields at their default
 //! (a `false` `succeeded`, a `0` TTL) are left out — this module hides all three.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -111,7 +111,16 @@ pub struct Etcd {
     token: Mutex<Option<String>>,
     timeout: Duration,
     observed: Mutex<Observed>,
+    /// A sibling's calls wait for one of these permits ([`SIBLING_CALLS`], shared by the
+    /// siblings of one client): a fleet's coordinators keep a few connections busy rather
+    /// than one each (about 50 KB a connection).
+    limit: Option<Arc<tokio::sync::Semaphore>>,
+    siblings: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many calls of a client's siblings (a fleet's coordinators) are in flight at
+/// once; the client itself (the fleet's share, which keeps the replica's lease) never waits.
+pub const SIBLING_CALLS: usize = 16;
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +182,7 @@ impl Etcd {
         };
         let mut builder = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(SIBLING_CALLS + 1)
             .connect_timeout(timeout)
             .user_agent(concat!("rollwatch/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &spec.ca_file {
@@ -215,6 +225,8 @@ impl Etcd {
             token: Mutex::new(None),
             timeout,
             observed: Mutex::new(Observed::default()),
+            limit: None,
+            siblings: Arc::new(tokio::sync::Semaphore::new(SIBLING_CALLS)),
         })
     }
 
@@ -230,6 +242,8 @@ impl Etcd {
             token: Mutex::new(None),
             timeout: self.timeout,
             observed: Mutex::new(Observed::default()),
+            limit: Some(self.siblings.clone()),
+            siblings: self.siblings.clone(),
         }
     }
 
@@ -260,6 +274,10 @@ impl Etcd {
             if let Some(token) = token {
                 request = request.header(reqwest::header::AUTHORIZATION, token);
             }
+            let _permit = match &self.limit {
+                Some(limit) => limit.acquire().await.ok(),
+                None => None,
+            };
             let before = self.observed.lock().unwrap_or_else(|p| p.into_inner()).revision;
             let response = request
                 .send()
@@ -346,6 +364,12 @@ impl Etcd {
                 None => o.cluster_id = Some(id),
             }
         }
+    }
+
+    /// How far `now` is ahead of etcd's clock as of its last answer ([`Observed::skew`]);
+    /// `None` before any answer. Takes nothing (unlike [`observed`](Self::observed)).
+    pub fn skew(&self, now: crate::time::Timestamp) -> Option<i64> {
+        self.observed.lock().unwrap_or_else(|p| p.into_inner()).skew(now)
     }
 
     /// What etcd's answers said of it so far; `went_back` is taken (reported once).

@@ -348,9 +348,7 @@ impl Coordinator {
 
     /// Gives up the leader key held under `term` (a fleet's deployment: the lease is shared).
     async fn give_up(&self, term: i64) -> Result<(), EtcdError> {
-        let key = self.leader_key();
-        let end = format!("{key}\0");
-        self.etcd.txn(&[Compare::Created(key.clone(), term)], &[Op::DeleteRange(key, end)], &[]).await.map(drop)
+        share::give_up(&self.etcd, &self.leader_key(), term).await
     }
 
     /// What the share says now: whether this replica is to hold the deployment, and who holds
@@ -654,7 +652,7 @@ impl Coordinator {
     /// Whether this replica's clock is within [`MAX_SKEW`] of etcd's (as of etcd's last
     /// answer); told once when it stops or starts being.
     fn clock_ok(&self) -> bool {
-        let skew = self.etcd.observed().skew(self.clock.now());
+        let skew = self.etcd.skew(self.clock.now());
         let why = skew.filter(|s| s.abs() > MAX_SKEW.0).map(|s| {
             format!(
                 "this replica's clock is {} {} etcd's (more than {} apart): it does not lead",
@@ -689,11 +687,18 @@ impl Coordinator {
         lease: &mut Option<i64>,
     ) -> Result<(Option<Term>, Option<(Leader, Term)>, LogView), EtcdError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
+        // Without a lease of its own yet, a round only reads.
+        let mut may_stand = true;
         let id = match (&self.shared_lease, *lease) {
             (Some(shared), _) => match shared.current() {
                 Some((id, _)) => id,
-                // Not standing, it only reads (no key can be bound to lease 0).
-                None if !self.standing() => 0,
+                // Not standing, or etcd's clock not seen yet by this coordinator (this round
+                // sees it: a replica whose clock is wrong must learn it), it only reads — no key
+                // can be bound to lease 0.
+                None if !self.standing() || self.etcd.skew(self.clock.now()).is_none() => {
+                    may_stand = false;
+                    0
+                }
                 None => return Err(EtcdError::Unreachable("this replica's lease on etcd is not certain".into())),
             },
             (None, Some(id)) if self.etcd.keepalive(id).await?.is_some() => id,
@@ -710,7 +715,7 @@ impl Coordinator {
         let key = self.leader_key();
         let view_ops = self.view_ops();
         // After the renewal, as ever: its answer is what says etcd's clock.
-        let standing = self.standing();
+        let standing = may_stand && self.standing();
         if !standing {
             // Not standing: read who leads; holding the key, give it up (the lease's revocation
             // deletes it at once).
@@ -976,6 +981,9 @@ impl Coordinator {
         // its lease (2/3 ttl) before it says nobody acts.
         let mut failing: Option<Stopwatch> = None;
         let mut first = true;
+        // The term under which the last round found this replica holding the leader key (it may
+        // hold it before it leads: the log is read first).
+        let mut held: Option<Term> = None;
         loop {
             if !first {
                 tokio::select! {
@@ -1018,56 +1026,59 @@ impl Coordinator {
             // Read before the round: a line this replica commits meanwhile is in the log too.
             let local = self.journal_seq.load(std::sync::atomic::Ordering::SeqCst);
             let result = match self.round(&mut lease).await {
-                Ok((term, holder, view)) => match self.check_trust(term, &view, local).await {
-                    Err(e) => Err(e),
-                    Ok(Err((why, lost))) => {
-                        // Nobody acts on a log that cannot be trusted: not even its leader.
-                        if leading.take().is_some() {
-                            self.lose(&why);
-                        }
-                        let told = {
-                            let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
-                            let told = t.distrust.is_some();
-                            t.distrust = Some(why.clone());
-                            told
-                        };
-                        if !told {
-                            following = None;
-                            let _ = updates.send(Update::Distrust { why: why.clone(), lost }).await;
-                        }
-                        let leader = holder.as_ref().map(|(l, _)| l.clone());
-                        // A replica whose clock keeps it from leading cannot close the rebuild
-                        // either: it says why, as a follower that may not stand does (and so
-                        // tells a wanted rollback that nobody acts on, when nobody leads).
-                        let skew = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        if let Some(skew) = &skew {
-                            let now_following = (leader.clone(), Some(skew.clone()));
-                            if following.as_ref() != Some(&now_following) {
-                                following = Some(now_following);
-                                let update =
-                                    Update::Follow { leader: leader.clone(), not_standing: Some(skew.clone()) };
-                                let _ = updates.send(update).await;
+                Ok((term, holder, view)) => {
+                    held = term;
+                    match self.check_trust(term, &view, local).await {
+                        Err(e) => Err(e),
+                        Ok(Err((why, lost))) => {
+                            // Nobody acts on a log that cannot be trusted: not even its leader.
+                            if leading.take().is_some() {
+                                self.lose(&why);
                             }
+                            let told = {
+                                let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+                                let told = t.distrust.is_some();
+                                t.distrust = Some(why.clone());
+                                told
+                            };
+                            if !told {
+                                following = None;
+                                let _ = updates.send(Update::Distrust { why: why.clone(), lost }).await;
+                            }
+                            let leader = holder.as_ref().map(|(l, _)| l.clone());
+                            // A replica whose clock keeps it from leading cannot close the rebuild
+                            // either: it says why, as a follower that may not stand does (and so
+                            // tells a wanted rollback that nobody acts on, when nobody leads).
+                            let skew = self.skewed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            if let Some(skew) = &skew {
+                                let now_following = (leader.clone(), Some(skew.clone()));
+                                if following.as_ref() != Some(&now_following) {
+                                    following = Some(now_following);
+                                    let update =
+                                        Update::Follow { leader: leader.clone(), not_standing: Some(skew.clone()) };
+                                    let _ = updates.send(update).await;
+                                }
+                            }
+                            let error = match skew {
+                                Some(skew) => format!("{why}; {skew}"),
+                                None => why,
+                            };
+                            self.set_status(Role::Rebuilding, leader, holder.map(|(_, t)| t), Some(error));
+                            Ok(())
                         }
-                        let error = match skew {
-                            Some(skew) => format!("{why}; {skew}"),
-                            None => why,
-                        };
-                        self.set_status(Role::Rebuilding, leader, holder.map(|(_, t)| t), Some(error));
-                        Ok(())
-                    }
-                    Ok(Ok(new_epoch)) => {
-                        let was_distrusted =
-                            self.trust.lock().unwrap_or_else(|p| p.into_inner()).distrust.take().is_some();
-                        if new_epoch || was_distrusted {
-                            // A log rebuilt (or first seen): read whole, lead anew from it.
-                            leading = None;
-                            following = None;
-                            self.log.lock().await.synced = false;
+                        Ok(Ok(new_epoch)) => {
+                            let was_distrusted =
+                                self.trust.lock().unwrap_or_else(|p| p.into_inner()).distrust.take().is_some();
+                            if new_epoch || was_distrusted {
+                                // A log rebuilt (or first seen): read whole, lead anew from it.
+                                leading = None;
+                                following = None;
+                                self.log.lock().await.synced = false;
+                            }
+                            self.act_on_round(term, holder, sent, &mut leading, &mut following, &updates).await
                         }
-                        self.act_on_round(term, holder, sent, &mut leading, &mut following, &updates).await
                     }
-                },
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -1110,9 +1121,9 @@ impl Coordinator {
             }
         }
         // A stop ends leadership quietly: the lease is revoked (a fleet's deployment: its key
-        // deleted) for the next replica.
+        // deleted, led or only held — the replica's lease lives on) for the next replica.
         *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if let (Some(_), Some(term)) = (&self.shared_lease, leading)
+        if let (Some(_), Some(term)) = (&self.shared_lease, leading.or(held))
             && let Err(e) = self.give_up(term.0).await
         {
             tracing::warn!(error = %e, "could not give the leader key up at stop; it goes with this replica's lease");

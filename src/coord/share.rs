@@ -15,7 +15,9 @@
 //!   the same view makes the same claims and none race; the excess is given up when a replica
 //!   holds fewer (one that joined) — never a deployment whose rollback is in flight — and
 //!   claiming any deployment nobody has held for `2 × ttl`, whatever its share (a replica that
-//!   counts but does not take its share must not leave one unwatched). Each coordinator is told
+//!   counts but does not take its share must not leave one unwatched). For its first ttl a
+//!   replica claims nothing, so that replicas started together see each other before they
+//!   claim (one that saw itself alone would claim the whole fleet). Each coordinator is told
 //!   ([`Coordinator::assign`]) and the engine starts or stops polling.
 //! - **etcd out of reach.** While the share cannot be read, each deployment stays where it is;
 //!   after a ttl, every replica watches every deployment (nobody can tell who watches what),
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::etcd::{Etcd, EtcdError, Op, prefix_end};
+use super::etcd::{Compare, Etcd, EtcdError, Op, prefix_end};
 use super::{Leader, MAX_SKEW};
 use crate::config::deploy::HaSpec;
 use crate::time::{Clock, Span, Stopwatch};
@@ -69,6 +71,23 @@ pub struct Member {
     pub holding: watch::Receiver<Holding>,
     pub etcd: Etcd,
     pub lease: Arc<SharedLease>,
+    /// The fleet's key in etcd (`[ha] key`).
+    pub base: String,
+}
+
+impl Member {
+    /// Gives up the leader key of `name` held under `term` (its create revision): a key this
+    /// replica holds for a deployment that no engine here stands for.
+    pub async fn give_up(&self, name: &str, term: i64) -> Result<(), EtcdError> {
+        give_up(&self.etcd, &leader_key(&self.base, name), term).await
+    }
+}
+
+/// Deletes the leader key `key` if it is still the one created under `term` (fenced: a key
+/// another replica created since is left alone).
+pub async fn give_up(etcd: &Etcd, key: &str, term: i64) -> Result<(), EtcdError> {
+    let end = format!("{key}\0");
+    etcd.txn(&[Compare::Created(key.to_string(), term)], &[Op::DeleteRange(key.to_string(), end)], &[]).await.map(drop)
 }
 
 /// This replica's lease, which the share keeps alive: its key in `{key}/replicas/` and every
@@ -144,7 +163,7 @@ impl Share {
     /// What one deployment's engine needs of the share: a client of the same cluster (one
     /// connection pool) and this replica's lease.
     pub fn member(&self, holding: watch::Receiver<Holding>) -> Member {
-        Member { holding, etcd: self.etcd.sibling(), lease: self.lease.clone() }
+        Member { holding, etcd: self.etcd.sibling(), lease: self.lease.clone(), base: self.base.clone() }
     }
 
     /// Who holds `name`, as last read.
@@ -165,7 +184,7 @@ impl Share {
 
     /// Whether this replica's clock agrees with etcd's closely enough for it to lead.
     fn clock_ok(&self) -> bool {
-        self.etcd.observed().skew(self.clock.now()).is_none_or(|s| s.abs() <= MAX_SKEW.0)
+        self.etcd.skew(self.clock.now()).is_none_or(|s| s.abs() <= MAX_SKEW.0)
     }
 
     /// Says once when this replica's clock keeps it out of the share, and when it is back.
@@ -174,7 +193,7 @@ impl Share {
             if standing {
                 tracing::warn!(replica = %self.me.replica, "this replica's clock agrees with etcd's again: it takes its share of the fleet");
             } else {
-                let skew = self.etcd.observed().skew(self.clock.now()).unwrap_or(0);
+                let skew = self.etcd.skew(self.clock.now()).unwrap_or(0);
                 tracing::error!(
                     replica = %self.me.replica,
                     "this replica's clock is {} {} etcd's (more than {} apart): it holds no deployment of the fleet; it watches only those nobody holds, to say that it cannot act",
@@ -252,6 +271,12 @@ impl Share {
         let mut watching_all = false;
         let stranded_after = Span((self.ttl * 2).as_millis() as i64);
         let mut skew_told = false;
+        // For its first ttl a replica claims nothing: replicas started together see each other
+        // first (one that saw itself alone would claim the whole fleet, then give most of it
+        // up). A replica that restarts loses nothing by it: the deployments it held stay bound
+        // to its old lease for as long.
+        let started = Stopwatch::start();
+        let mut warming = true;
         loop {
             let standing = self.clock_ok();
             self.tell_clock(standing, &mut skew_told);
@@ -281,7 +306,12 @@ impl Share {
                         replicas.remove(&self.me.replica);
                     }
                     let view = View { me: &self.me.replica, replicas: &replicas, holders: &holders };
-                    let next = plan(&self.names, &view, &*busy, &stranded);
+                    let mut next = plan(&self.names, &view, &*busy, &stranded);
+                    if warming && started.elapsed().as_std() < self.ttl {
+                        next.retain(|n| holders.get(n) == Some(&self.me.replica));
+                    } else if std::mem::take(&mut warming) {
+                        tracing::info!(replicas = replicas.len(), "taking this replica's share of the fleet");
+                    }
                     for n in next.iter().filter(|n| !holders.contains_key(*n) && !claimed.contains(*n)) {
                         tracing::info!(deployment = %n, "claiming: this replica is to hold it");
                     }

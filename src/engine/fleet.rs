@@ -142,7 +142,9 @@ async fn slot(
     loop {
         let Some(alerts) = parked(&config, &mut parts, &me, &mut stop).await else { return Ok(()) };
         parts.alerts = alerts;
-        match run_while_held(config, parts, stop.clone()).await? {
+        // Boxed: the engine's state is allocated while it runs, not kept in every slot's task
+        // (about 34 KB each) while its deployment is parked.
+        match Box::pin(run_while_held(config, parts, stop.clone())).await? {
             Some((c, p)) => (config, parts) = (c, p),
             None => return Ok(()),
         }
@@ -170,8 +172,17 @@ async fn parked(
             return Some(alerts);
         }
         show_parked(&served.status, &holding, me, parts.clock.now());
+        // Its leader key still bound to this replica (an engine's give-up at its stop failed):
+        // given up here, fenced by its term, or nobody else could take the deployment.
+        let stuck = holding.holder.as_ref().filter(|(l, _)| l.replica == me).map(|(_, term)| *term);
+        if let Some(term) = stuck
+            && let Err(e) = member.give_up(name, term).await
+        {
+            tracing::warn!(error = %e, "could not give up the leader key of a deployment parked here; trying again");
+        }
         tokio::select! {
             changed = member.holding.changed() => changed.ok()?,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if stuck.is_some() => {}
             Some(updates) = served.alerts.recv() => {
                 let now = parts.clock.now();
                 for u in updates {
