@@ -161,15 +161,11 @@ async fn parked(
 ) -> Option<Vec<(Timestamp, AlertUpdate)>> {
     let name = config.member.as_ref().map_or("", |m| m.name.as_str());
     let (Some(member), Some(served)) = (parts.holding.as_mut(), parts.served.as_mut()) else { return Some(Vec::new()) };
-    let mut kept: BTreeMap<SeriesKey, (Timestamp, bool)> = BTreeMap::new();
-    let mut full_told = false;
+    let mut kept = Meanwhile::default();
     loop {
         let holding = member.holding.borrow_and_update().clone();
         if holding.mine {
-            let mut alerts: Vec<_> =
-                kept.into_iter().map(|(key, (at, firing))| (at, AlertUpdate { key, firing })).collect();
-            alerts.sort_by_key(|(at, _)| *at);
-            return Some(alerts);
+            return Some(kept.oldest_first());
         }
         show_parked(&served.status, &holding, me, parts.clock.now());
         // Its leader key still bound to this replica (an engine's give-up at its stop failed):
@@ -183,23 +179,45 @@ async fn parked(
         tokio::select! {
             changed = member.holding.changed() => changed.ok()?,
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if stuck.is_some() => {}
-            Some(updates) = served.alerts.recv() => {
-                let now = parts.clock.now();
-                for u in updates {
-                    if kept.len() >= PARKED_ALERTS && !kept.contains_key(&u.key) {
-                        if !std::mem::replace(&mut full_told, true) {
-                            tracing::warn!(kept = PARKED_ALERTS, "parked here: too many alerts to keep for this deployment; newer ones are not kept (its holder has them)");
-                        }
-                        continue;
-                    }
-                    kept.insert(u.key, (now, u.firing));
-                }
-            }
+            Some(updates) = served.alerts.recv() => kept.keep(updates, parts.clock.now()),
             Some((_, reply)) = served.commands.recv() => {
                 let _ = reply.send(Err(not_held_here(name, me, &holding)));
             }
             _ = stop.wait_for(|s| *s) => return None,
         }
+    }
+}
+
+/// The alerts that came for a deployment parked here: the latest news of each, with when it
+/// came; at most [`PARKED_ALERTS`].
+#[derive(Default)]
+struct Meanwhile {
+    alerts: BTreeMap<SeriesKey, (Timestamp, bool)>,
+    full_told: bool,
+}
+
+impl Meanwhile {
+    fn keep(&mut self, updates: Vec<AlertUpdate>, now: Timestamp) {
+        for u in updates {
+            if self.alerts.len() >= PARKED_ALERTS && !self.alerts.contains_key(&u.key) {
+                if !std::mem::replace(&mut self.full_told, true) {
+                    tracing::warn!(
+                        kept = PARKED_ALERTS,
+                        "parked here: too many alerts to keep for this deployment; newer ones are not kept (its holder has them)"
+                    );
+                }
+                continue;
+            }
+            self.alerts.insert(u.key, (now, u.firing));
+        }
+    }
+
+    /// What was kept, oldest first.
+    fn oldest_first(self) -> Vec<(Timestamp, AlertUpdate)> {
+        let mut alerts: Vec<_> =
+            self.alerts.into_iter().map(|(key, (at, firing))| (at, AlertUpdate { key, firing })).collect();
+        alerts.sort_by_key(|(at, _)| *at);
+        alerts
     }
 }
 
@@ -239,5 +257,46 @@ fn not_held_here(name: &str, me: &str, holding: &Holding) -> String {
         _ => format!(
             "not done: no replica holds deployment {name:?} at the moment (the fleet is being shared out); try again in a few seconds"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::Leader;
+
+    fn alert(name: &str, firing: bool) -> AlertUpdate {
+        let key = SeriesKey::new("ALERTS", [("alertname".to_string(), name.to_string())]);
+        AlertUpdate { key, firing }
+    }
+
+    #[test]
+    fn alerts_kept_while_parked_are_the_latest_of_each_oldest_first_and_bounded() {
+        let mut kept = Meanwhile::default();
+        kept.keep(vec![alert("A", true), alert("B", true)], Timestamp(1_000));
+        kept.keep(vec![alert("A", false)], Timestamp(5_000));
+        let back = kept.oldest_first();
+        assert_eq!(back, vec![(Timestamp(1_000), alert("B", true)), (Timestamp(5_000), alert("A", false))]);
+
+        let mut full = Meanwhile::default();
+        full.keep((0..PARKED_ALERTS + 5).map(|i| alert(&format!("a{i}"), true)).collect(), Timestamp(1));
+        full.keep(vec![alert("a0", false)], Timestamp(2));
+        let back = full.oldest_first();
+        assert_eq!(back.len(), PARKED_ALERTS, "no more than {PARKED_ALERTS}");
+        assert_eq!(back.last(), Some(&(Timestamp(2), alert("a0", false))), "news of one kept still counts");
+    }
+
+    #[test]
+    fn a_command_to_a_parked_deployment_says_who_holds_it() {
+        let holder = |replica: &str| Holding {
+            mine: false,
+            holder: Some((Leader { replica: replica.into(), address: "http://10.0.0.2:9464".into() }, 7)),
+        };
+        let said = not_held_here("api", "r1", &holder("r2"));
+        assert!(said.contains("held by replica r2 (http://10.0.0.2:9464)") && said.contains("send it there"), "{said}");
+        let said = not_held_here("api", "r1", &Holding::default());
+        assert!(said.contains("no replica holds deployment \"api\""), "{said}");
+        let said = not_held_here("api", "r1", &holder("r1"));
+        assert!(said.contains("no replica holds"), "a key of this replica's that no engine here stands for: {said}");
     }
 }
