@@ -335,7 +335,8 @@ enum Request {
 
 /// One journal shared by the tasks that write to it. Appends go to one writer thread, off the
 /// async runtime, which commits in groups: every line waiting is written in one write and made
-/// durable with one fsync. A durable append ([`append_event`](Self::append_event)) returns once
+/// durable with one fsync. The thread runs while lines come (it ends after [`LINGER`] without
+/// one, and starts again with the next): an idle journal — most of a fleet's — has none. A durable append ([`append_event`](Self::append_event)) returns once
 /// its line is fsynced; a [`note`](Self::note) does not wait. The writer remembers whether the
 /// last write failed (a full or read-only disk), for `/status` and for the dispatcher, which
 /// stops acting while it cannot record.
@@ -360,28 +361,83 @@ impl std::fmt::Debug for SharedJournal {
 struct Queue {
     tx: std::sync::mpsc::Sender<Request>,
     waiting: Arc<AtomicUsize>,
+    /// Who writes what is queued (`None`: the caller reads the [`Requests`] itself, in tests).
+    writer: Option<Arc<Writer>>,
 }
+
+/// How long the writer thread waits for another line before it ends.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Queue {
     fn new() -> (Queue, Requests) {
         let (tx, rx) = std::sync::mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
-        (Queue { tx, waiting: waiting.clone() }, Requests { rx, waiting })
+        (Queue { tx, waiting: waiting.clone(), writer: None }, Requests { rx, waiting })
     }
 
     /// Queues a request whatever is waiting; false when the writer is gone.
     fn send(&self, request: Request) -> bool {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(request).is_ok()
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let sent = self.tx.send(request).is_ok();
+        self.wake();
+        sent
     }
 
     /// Queues a request unless [`QUEUE_LINES`] wait already; false when it was not queued.
     fn offer(&self, request: Request) -> bool {
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUE_LINES {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= QUEUE_LINES {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        self.tx.send(request).is_ok()
+        let sent = self.tx.send(request).is_ok();
+        self.wake();
+        sent
+    }
+
+    /// Starts the writer thread unless it runs.
+    fn wake(&self) {
+        let Some(writer) = &self.writer else { return };
+        if writer.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let w = writer.clone();
+        if let Err(e) =
+            std::thread::Builder::new().name("journal".into()).spawn(move || w.write_while_waiting(w.linger))
+        {
+            // No thread to be had: the caller writes (and waits for the disk) itself.
+            tracing::error!(error = %e, "cannot start the journal writer thread: writing on the caller's thread");
+            writer.write_while_waiting(std::time::Duration::ZERO);
+        }
+    }
+}
+
+/// The writer's side of a journal: what is queued, the file, the last write's error, and
+/// whether a thread writes now.
+struct Writer {
+    requests: Mutex<Requests>,
+    journal: Mutex<Journal>,
+    failing: Arc<Mutex<Option<String>>>,
+    running: std::sync::atomic::AtomicBool,
+    /// How long its thread waits for another line ([`LINGER`]).
+    linger: std::time::Duration,
+}
+
+impl Writer {
+    /// Writes what comes until nothing has come for `linger` (or every sender is gone); a
+    /// line queued as it ends is written by it or by the thread its sender starts.
+    fn write_while_waiting(&self, linger: std::time::Duration) {
+        loop {
+            let waiting = {
+                let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+                let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+                write_groups(&mut journal, &requests, &self.failing, linger);
+                requests.waiting.clone()
+            };
+            self.running.store(false, Ordering::SeqCst);
+            if waiting.load(Ordering::SeqCst) == 0 || self.running.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
     }
 }
 
@@ -397,8 +453,9 @@ impl Requests {
         request
     }
 
-    fn recv(&self) -> Option<Request> {
-        self.rx.recv().ok().map(|r| self.taken(r))
+    /// The next request, waiting at most `linger` for it.
+    fn recv(&self, linger: std::time::Duration) -> Option<Request> {
+        self.rx.recv_timeout(linger).ok().map(|r| self.taken(r))
     }
 
     fn try_recv(&self) -> Option<Request> {
@@ -407,18 +464,22 @@ impl Requests {
 }
 
 impl SharedJournal {
-    /// Starts the writer thread, which owns `journal` until every clone is dropped.
+    /// The journal, written by a thread of its own while lines come.
     pub fn new(journal: Journal) -> SharedJournal {
-        let (queue, requests) = Queue::new();
+        SharedJournal::lingering(journal, LINGER)
+    }
+
+    fn lingering(journal: Journal, linger: std::time::Duration) -> SharedJournal {
+        let (mut queue, requests) = Queue::new();
         let failing: Arc<Mutex<Option<String>>> = Arc::default();
         let path = journal.path.clone();
-        let state = failing.clone();
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || {
-                write_groups(journal, &requests, &state);
-            })
-            .expect("spawning the journal writer thread");
+        queue.writer = Some(Arc::new(Writer {
+            requests: Mutex::new(requests),
+            journal: Mutex::new(journal),
+            failing: failing.clone(),
+            running: std::sync::atomic::AtomicBool::new(false),
+            linger,
+        }));
         SharedJournal { queue, failing, dropped: Arc::default(), path }
     }
 
@@ -527,10 +588,16 @@ impl SharedJournal {
 
 /// The writer thread: waits for a line, takes every other line already waiting (up to
 /// [`BATCH_BYTES`]), writes them whole with one fsync, answers each waiter, and records the
-/// outcome in `failing`. Ends when every sender is gone, returning how many writes it made.
-fn write_groups(mut journal: Journal, requests: &Requests, failing: &Mutex<Option<String>>) -> usize {
+/// outcome in `failing`. Ends when no line came for `linger` or every sender is gone,
+/// returning how many writes it made.
+fn write_groups(
+    journal: &mut Journal,
+    requests: &Requests,
+    failing: &Mutex<Option<String>>,
+    linger: std::time::Duration,
+) -> usize {
     let mut commits = 0;
-    while let Some(first) = requests.recv() {
+    while let Some(first) = requests.recv(linger) {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
         let mut flushes = Vec::new();
@@ -751,12 +818,37 @@ mod tests {
         drop(queue);
         drop(answers_tx);
         let failing = Mutex::new(None);
-        assert_eq!(write_groups(journal, &requests, &failing), 1, "one write, one fsync for 100 waiting lines");
+        let mut journal = journal;
+        assert_eq!(
+            write_groups(&mut journal, &requests, &failing, LINGER),
+            1,
+            "one write, one fsync for 100 waiting lines"
+        );
         assert_eq!(answers.iter().filter(Result::is_ok).count(), 10, "every durable append answered Ok");
         let back = Journal::read_back(&path).unwrap();
         let order: Vec<i64> = back.iter().map(|l| l["at"].as_i64().unwrap()).collect();
         assert_eq!(order, (0..100).collect::<Vec<_>>(), "in the order queued");
         assert!(failing.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_writer_thread_ends_when_idle_and_starts_again_with_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::lingering(Journal::open(dir.path()).unwrap(), std::time::Duration::from_millis(20));
+        let writer = shared.queue.writer.clone().unwrap();
+        assert!(!writer.running.load(Ordering::SeqCst), "no thread before the first line");
+        shared.append(Timestamp(1), "paused", &serde_json::json!({})).unwrap();
+        let waited = crate::time::Stopwatch::start();
+        while writer.running.load(Ordering::SeqCst) {
+            assert!(waited.elapsed_secs() < 10.0, "the writer thread never ended");
+            std::thread::yield_now();
+        }
+        shared.append(Timestamp(2), "resumed", &serde_json::json!({})).unwrap();
+        shared.note(Timestamp(3), "decision", &serde_json::json!({}));
+        shared.flush();
+        let back = Journal::read_back(&shared.path()).unwrap();
+        let events: Vec<_> = back.iter().map(|l| l["event"].as_str().unwrap().to_string()).collect();
+        assert_eq!(events, ["paused", "resumed", "decision"]);
     }
 
     #[test]

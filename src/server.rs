@@ -812,10 +812,13 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
                     return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
                 }
             }
+            let alerts = if n == 1 { "alert" } else { "alerts" };
             let text = if applied == n {
-                format!("accepted {n} alerts\n")
+                format!("accepted {n} {alerts}\n")
             } else {
-                format!("accepted {applied} of {n} alerts ({} name no known deployment)\n", n - applied)
+                let unknown = n - applied;
+                let names = if unknown == 1 { "names" } else { "name" };
+                format!("accepted {applied} of {n} {alerts} ({unknown} {names} no known deployment)\n")
             };
             (StatusCode::OK, text).into_response()
         }

@@ -346,7 +346,7 @@ impl Etcd {
         let revision = int(header.get("revision"));
         if revision > 0 && revision < before {
             o.went_back = Some(format!(
-                "{endpoint} answered at revision {revision} after revision {before}: etcd lost data (restored from an older snapshot, wiped, or a new cluster)"
+                "{endpoint} answered at revision {revision} after revision {before}: etcd lost its data (restored from an older snapshot, wiped, or a new cluster)"
             ));
             o.revision = revision;
         } else {
@@ -356,7 +356,7 @@ impl Etcd {
             match &o.cluster_id {
                 Some(known) if *known != id => {
                     o.went_back = Some(format!(
-                        "{endpoint} belongs to cluster {id}, not {known}: a different etcd cluster, whose data is not the shared log's"
+                        "{endpoint} belongs to cluster {id}, not {known}: etcd lost its data (a different etcd cluster: wiped or replaced), and its data is not the shared log's"
                     ));
                     o.cluster_id = Some(id);
                 }

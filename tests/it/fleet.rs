@@ -287,7 +287,7 @@ async fn alerts_go_to_the_deployment_their_label_names_and_an_unknown_one_to_non
     let sidecar = common::Guard(common::spawn_run(dir.path(), &config));
     status_of(&listen, "web", |s| ticks(s) > 0).await;
     let answer = post_alert(&listen, "web").await;
-    assert_eq!(answer.trim(), "accepted 1 alerts");
+    assert_eq!(answer.trim(), "accepted 1 alert");
     status_of(&listen, "web", |s| rule_state(s, "feature-broken") == "\"firing\"").await;
     // api never saw it.
     let from = ticks(&status_of(&listen, "api", |s| ticks(s) > 0).await);
@@ -296,7 +296,7 @@ async fn alerts_go_to_the_deployment_their_label_names_and_an_unknown_one_to_non
     // An alert for no known deployment: applied to none, counted, logged once.
     for _ in 0..2 {
         let answer = post_alert(&listen, "nope").await;
-        assert!(answer.contains("accepted 0 of 1 alerts"), "{answer}");
+        assert!(answer.contains("accepted 0 of 1 alert (1 names no known deployment)"), "{answer}");
     }
     let metrics = get(&listen, "/metrics").await.unwrap();
     assert!(metrics.contains("\nrollwatch_alerts_unrouted_total 2\n"), "{metrics}");
