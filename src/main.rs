@@ -5,6 +5,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's malloc gives threads up to eight arenas per core, and memory freed in one is not
+/// reused by another: a fleet's engines, whose tasks move between the runtime's threads and
+/// its blocking pool, left a third of a replica's memory in half-empty arenas (120 MB against
+/// 100 MB with two, 600 deployments held 300 here). Two arenas, set before any thread starts.
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; called first thing in main, before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Dates log lines on rollwatch's timeline (see [`rollwatch::time::log_time`]), not the system
 /// clock: a clock stepped back or forward does not make the log disagree with the journal.
 struct Timeline;
@@ -16,6 +29,7 @@ impl tracing_subscriber::fmt::time::FormatTime for Timeline {
 }
 
 fn main() -> ExitCode {
+    few_malloc_arenas();
     // Fault injection for the tests (tikv's `fail`): `FAILPOINTS=after-step-commit=sleep(3000)`
     // stalls a step between its fenced commit and its start. Debug builds only (what `cargo
     // test` runs): a release binary never reads FAILPOINTS, so no environment can stall it.
