@@ -258,6 +258,7 @@ fn fleet(
         let clock = crate::time::SteadyClock::starting_at(last.resume(SystemClock.now(), d.config.ha.is_none()));
         ready.push((name, d, targets, lock, clock));
     }
+    let shared = ready.first().is_some_and(|r| r.1.config.ha.is_some());
     crate::act::process::contain();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -267,9 +268,10 @@ fn fleet(
         let names: Vec<&str> = ready.iter().map(|r| r.0.as_str()).collect();
         writeln!(
             out,
-            "rollwatch: watching {} deployment(s) ({}) with {targets_total} target(s); status at http://{addr}/status; journals in each deployment's state_dir",
+            "rollwatch: watching {} deployment(s) ({}) with {targets_total} target(s){}; status at http://{addr}/status; journals in each deployment's state_dir",
             names.len(),
             names.join(", "),
+            if shared { " shared among replicas on etcd: this one polls only those it holds" } else { "" },
         )?;
         out.flush()?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -845,7 +845,10 @@ impl Coordinator {
             Op::DeleteRange(self.epoch_key(), format!("{}\0", self.epoch_key())),
         ];
         let r = self.etcd.txn(&[Compare::Created(self.rebuild_key(), 0)], &ops, &[]).await?;
-        if r.succeeded {
+        if r.succeeded && why.starts_with("a new shared log") {
+            // The first start on a new key: expected, not a fault.
+            tracing::info!(replica = %self.me.replica, why, "a new shared log: nobody acts until the replicas' journals are merged into it (a few seconds)");
+        } else if r.succeeded {
             tracing::error!(replica = %self.me.replica, why, "the shared log is not trusted: nobody acts until it is rebuilt from the replicas' journals");
         }
         Ok(())

@@ -125,6 +125,8 @@ pub struct Share {
 #[derive(Debug, Default, Clone)]
 struct Seen {
     replicas: BTreeMap<String, Leader>,
+    /// Each replica's lease: one incarnation of it (a replica restarted has a new one).
+    leases: BTreeMap<String, i64>,
     holders: BTreeMap<String, (Leader, i64)>,
 }
 
@@ -240,6 +242,7 @@ impl Share {
         let mut seen = Seen::default();
         for kv in ranges.next().unwrap_or_default() {
             if let Ok(l) = serde_json::from_slice::<Leader>(&kv.value) {
+                seen.leases.insert(l.replica.clone(), kv.lease);
                 seen.replicas.insert(l.replica.clone(), l);
             }
         }
@@ -277,6 +280,10 @@ impl Share {
         // to its old lease for as long.
         let started = Stopwatch::start();
         let mut warming = true;
+        // Since when each replica (each incarnation of it) is seen: one seen for less than a
+        // ttl claims nothing yet, so nothing is given up to it before then (or its share would
+        // go unwatched until it claims).
+        let mut first_seen: BTreeMap<(String, i64), Stopwatch> = BTreeMap::new();
         loop {
             let standing = self.clock_ok();
             self.tell_clock(standing, &mut skew_told);
@@ -305,8 +312,31 @@ impl Share {
                     } else {
                         replicas.remove(&self.me.replica);
                     }
+                    first_seen.retain(|(r, lease), _| seen.leases.get(r) == Some(lease));
+                    for (r, lease) in &seen.leases {
+                        first_seen.entry((r.clone(), *lease)).or_insert_with(Stopwatch::start);
+                    }
+                    let settled: BTreeSet<String> = replicas
+                        .iter()
+                        .filter(|r| {
+                            **r == self.me.replica
+                                || seen
+                                    .leases
+                                    .get(*r)
+                                    .and_then(|l| first_seen.get(&((*r).clone(), *l)))
+                                    .is_some_and(|since| since.elapsed().as_std() >= self.ttl)
+                        })
+                        .cloned()
+                        .collect();
                     let view = View { me: &self.me.replica, replicas: &replicas, holders: &holders };
                     let mut next = plan(&self.names, &view, &*busy, &stranded);
+                    if settled.len() < replicas.len() {
+                        // Kept until the replicas that joined claim: what the share among the
+                        // settled ones keeps here.
+                        let view = View { me: &self.me.replica, replicas: &settled, holders: &holders };
+                        let keep = plan(&self.names, &view, &*busy, &stranded);
+                        next.extend(keep.into_iter().filter(|n| holders.get(n) == Some(&self.me.replica)));
+                    }
                     if warming && started.elapsed().as_std() < self.ttl {
                         next.retain(|n| holders.get(n) == Some(&self.me.replica));
                     } else if std::mem::take(&mut warming) {

@@ -233,13 +233,21 @@ fn show_parked(status: &watch::Sender<Arc<Snapshot>>, holding: &Holding, me: &st
             error: None,
             since: s.ha.as_ref().filter(|h| h.role == Role::Follower).and_then(|h| h.since).or(Some(now)),
         };
-        if s.ha.as_ref() == Some(&ha) && !s.may_act && s.decisions.is_empty() {
+        let holder = match &holding.holder {
+            Some((l, _)) if l.replica != me => format!("replica {} ({}) holds it", l.replica, l.address),
+            _ => "no replica holds it at the moment".to_string(),
+        };
+        let standby = Some(format!(
+            "parked here: {holder}; this page shows what this replica saw when it last held it, if it did (its holder's page is current)"
+        ));
+        if s.ha.as_ref() == Some(&ha) && !s.may_act && s.decisions.is_empty() && s.acting.standby == standby {
             return false;
         }
         let mut parked = s.as_ref().clone();
         parked.ha = Some(ha);
         parked.may_act = false;
         parked.decisions.clear();
+        parked.acting.standby = standby;
         parked.at = now;
         *s = Arc::new(parked);
         true
