@@ -77,6 +77,15 @@ impl Core {
                 };
                 self.stand_down(&reason);
             }
+            Update::HandedOver => {
+                if self.lead.term.take().is_some() {
+                    tracing::info!(
+                        "handed over: another replica is to hold this deployment (the fleet is shared out again)"
+                    );
+                    self.out.note(now, "handed_over", serde_json::json!({}));
+                }
+                self.stand_down("parked: another replica is to hold this deployment (the fleet is shared out again)");
+            }
             Update::Log(lines) => self.apply_shared(&lines)?,
             Update::Reset(lines) => self.restore_shared(&lines)?,
             Update::Distrust { why, lost } => {

@@ -121,6 +121,9 @@ pub enum Update {
     /// The shared log cannot be trusted; nobody acts until it is rebuilt. `lost`: etcd lost
     /// data this replica knew (told on every channel), not a new log.
     Distrust { why: String, lost: bool },
+    /// A fleet's deployment this replica led is given to another replica by the share (a
+    /// planned move, not a fault): this replica stops acting on it.
+    HandedOver,
 }
 
 /// Whom this replica follows (nobody yet: `None`), and why it does not stand, as last told.
@@ -725,7 +728,8 @@ impl Coordinator {
             let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
             let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
             if let Some(kv) = holder.as_ref().filter(|kv| kv.lease == id) {
-                if self.shared_lease.is_some() && !self.assigned().mine {
+                let planned = self.shared_lease.is_some() && !self.assigned().mine;
+                if planned {
                     // A move of a shared fleet's deployment, planned: not an error.
                     *self.lead.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::info!(replica = %self.me.replica, "giving this deployment up: another replica is to hold it (the fleet is shared out again)");
@@ -739,7 +743,9 @@ impl Coordinator {
                         *lease = None;
                     }
                 }
-                tracing::warn!(replica = %self.me.replica, "leader key given up");
+                if !planned {
+                    tracing::warn!(replica = %self.me.replica, "leader key given up");
+                }
                 return Ok((None, None, view));
             }
             let holder = holder.and_then(|kv| {
@@ -1159,6 +1165,14 @@ impl Coordinator {
     ) -> Result<(), EtcdError> {
         if let Some(term) = term {
             return self.lead_round(term, sent, leading, updates).await;
+        }
+        if self.shared_lease.is_some() && !self.assigned().mine && leading.take().is_some() {
+            // The share gave the deployment to another replica, and this one gave its key up:
+            // planned, not a loss (the next round follows whoever claims it).
+            *following = None;
+            let _ = updates.send(Update::HandedOver).await;
+            self.set_status(Role::Follower, None, None, None);
+            return Ok(());
         }
         if holder.as_ref().is_some_and(|(l, _)| l.replica == self.me.replica) {
             tracing::error!(replica = %self.me.replica, "another replica leads under this replica's name: give each its own `replica`");

@@ -119,6 +119,15 @@ async fn held_once(replicas: &[&Replica], most: usize, what: &str) -> BTreeMap<S
     .await
 }
 
+/// When `replica`'s journal of deployment `d` last recorded `event` (ms since the epoch),
+/// waiting until it has.
+async fn last_at(replica: &Replica, d: &str, event: &str) -> i64 {
+    let journal = replica.dir.join("state").join(d).join("journal.jsonl");
+    let what = format!("{}'s journal of {d} to record {event}", replica.name);
+    let events = common::wait_for_journal(&journal, &what, |e| e.iter().any(|e| e["event"] == event)).await;
+    common::of_kind(&events, event).last().and_then(|e| e["at"].as_i64()).unwrap()
+}
+
 fn ticks(s: &serde_json::Value) -> u64 {
     s["ticks_total"].as_u64().unwrap_or(0)
 }
@@ -147,6 +156,20 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
         if by.iter().all(|n| *n >= 1) { Ok(held) } else { Err(format!("{held:?}")) }
     })
     .await;
+
+    // A move is planned, not a fault: a hands each moved deployment over without an error, and
+    // its new holder leads it within the ttl (the joiner does not leave it unwatched meanwhile).
+    for (d, h) in held.iter().filter(|(_, h)| h.as_str() != "a") {
+        let new_holder = [&b, &c].into_iter().find(|r| &r.name == h).unwrap();
+        let given = last_at(&a, d, "handed_over").await;
+        let led = last_at(new_holder, d, "leading").await;
+        let gap = (led - given) as f64 / 1000.0;
+        eprintln!("{d}: handed over by a, led by {h} {gap:.2} s later");
+        assert!(gap < TTL, "{d} unled for {gap:.2} s between a's hand-over and {h}'s lead");
+    }
+    let log = std::fs::read_to_string(a.dir.join("stderr")).unwrap();
+    assert!(!log.contains("not leading any more"), "a planned move is not logged as a loss: {log}");
+    assert!(!log.contains("leadership lost"), "a planned move is not logged as a loss: {log}");
 
     // A deployment parked here is not evaluated here; its holder evaluates it.
     let (parked_at, d) = (if held["d0"] == "a" { &b } else { &a }, "d0");
