@@ -23,6 +23,9 @@
 //!   after a ttl, every replica watches every deployment (nobody can tell who watches what),
 //!   and each coordinator says that etcd cannot be reached and that nobody acts, until etcd
 //!   answers and each deployment goes back to one replica.
+//! - **A replica that stops** first withdraws its key ([`Phase::Leaving`]): the others' share
+//!   grows at once, and they take each deployment as its engine here stops and gives its key
+//!   up, not once the last one has (a rollback in flight is let finish, its key kept).
 //! - **A dead replica.** Its leases expire within the ttl; its deployments' leader keys go with
 //!   them, the next round sees them unheld and the survivors' share grown, and each is claimed
 //!   by one survivor at once (the coordinator is woken, not left to its next round).
@@ -107,6 +110,21 @@ impl SharedLease {
     fn set(&self, lease: Option<(i64, crate::time::Deadline)>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = lease;
     }
+}
+
+/// Where this replica is in the share, as the fleet tells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking its share of the fleet.
+    #[default]
+    Sharing,
+    /// Stopping: its key is withdrawn at once, so that the others' share grows and they take
+    /// what it lets go without waiting for its last deployment to stop; its lease is kept
+    /// alive for the deployments whose rollback is still in flight here (their keys are bound
+    /// to it).
+    Leaving,
+    /// Stopped: its lease is revoked.
+    Stopped,
 }
 
 /// This replica's part in sharing a fleet.
@@ -211,7 +229,7 @@ impl Share {
     /// One round: this replica's key renewed (or withdrawn, while its clock may not lead), the
     /// replicas and holders read.
     async fn round(&self, lease: &mut Option<i64>, standing: bool) -> Result<Seen, EtcdError> {
-        let mine = format!("{}{}", replicas_prefix(&self.base), self.me.replica);
+        let mine = self.replica_key();
         let mut ops = Vec::new();
         if standing {
             let sent = Stopwatch::start();
@@ -255,15 +273,44 @@ impl Share {
         Ok(seen)
     }
 
-    /// Shares the fleet until `stop`: tells each deployment's engine (`tell`, by name) what it
-    /// is to hold; `busy(name)`: whether the deployment has a rollback in flight here (never
-    /// given up then). At a stop, this replica's key is withdrawn. While etcd cannot be read,
-    /// each deployment stays as it was (its coordinator says what it can and cannot do).
+    /// This replica's key in `{key}/replicas/`.
+    fn replica_key(&self) -> String {
+        format!("{}{}", replicas_prefix(&self.base), self.me.replica)
+    }
+
+    /// A round while this replica leaves ([`Phase::Leaving`]): its lease renewed (never a new
+    /// one), its key withdrawn once (`withdrawn`).
+    async fn leave_round(&self, lease: &mut Option<i64>, withdrawn: &mut bool) -> Result<(), EtcdError> {
+        if let Some(id) = *lease {
+            let sent = Stopwatch::start();
+            if self.etcd.keepalive(id).await?.is_some() {
+                self.lease.set(Some((id, sent.deadline(self.ttl * 2 / 3))));
+            } else {
+                *lease = None;
+                self.lease.set(None);
+            }
+        }
+        if !*withdrawn {
+            let mine = self.replica_key();
+            let end = format!("{mine}\0");
+            self.etcd.txn(&[], &[Op::DeleteRange(mine, end)], &[]).await?;
+            *withdrawn = true;
+            tracing::info!(replica = %self.me.replica, "leaving the share: the other replicas take what this one lets go");
+        }
+        Ok(())
+    }
+
+    /// Shares the fleet until [`Phase::Stopped`]: tells each deployment's engine (`tell`, by
+    /// name) what it is to hold; `busy(name)`: whether the deployment has a rollback in flight
+    /// here (never given up then). While [`Phase::Leaving`], it only withdraws this replica's
+    /// key and keeps its lease alive (the engines are stopping); at the stop, the lease is
+    /// revoked. While etcd cannot be read, each deployment stays as it was (its coordinator
+    /// says what it can and cannot do).
     pub async fn run(
         self: Arc<Self>,
         tell: BTreeMap<String, watch::Sender<Holding>>,
         busy: Box<dyn Fn(&str) -> bool + Send + Sync>,
-        mut stop: watch::Receiver<bool>,
+        mut phase: watch::Receiver<Phase>,
     ) {
         let mut lease = None;
         let mut claimed: BTreeSet<String> = BTreeSet::new();
@@ -284,7 +331,23 @@ impl Share {
         // ttl claims nothing yet, so nothing is given up to it before then (or its share would
         // go unwatched until it claims).
         let mut first_seen: BTreeMap<(String, i64), Stopwatch> = BTreeMap::new();
+        let mut withdrawn = false;
         loop {
+            let now = *phase.borrow_and_update();
+            match now {
+                Phase::Stopped => break,
+                Phase::Leaving => {
+                    if let Err(e) = self.leave_round(&mut lease, &mut withdrawn).await {
+                        tracing::warn!(error = %e, "leaving the share: etcd did not answer; trying again");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.every()) => {}
+                        changed = phase.changed() => if changed.is_err() { break },
+                    }
+                    continue;
+                }
+                Phase::Sharing => {}
+            }
             let standing = self.clock_ok();
             self.tell_clock(standing, &mut skew_told);
             match self.round(&mut lease, standing).await {
@@ -375,7 +438,7 @@ impl Share {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.every()) => {}
-                _ = stop.wait_for(|s| *s) => break,
+                changed = phase.changed() => if changed.is_err() { break },
             }
         }
         self.lease.set(None);

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{EngineError, Parts, lane, run as run_one, run_while_held};
 use crate::config::deploy::Config;
-use crate::coord::share::{Holding, Share};
+use crate::coord::share::{Holding, Phase, Share};
 use crate::coord::{HaStatus, Role};
 use crate::secret::Secret;
 use crate::selector::SeriesKey;
@@ -82,14 +82,14 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
             (name, ran)
         });
     }
-    let (stop_share, share_stopped) = watch::channel(false);
+    let (share_phase, phase) = watch::channel(Phase::Sharing);
     let sharing = share.clone().map(|share| {
         let statuses: BTreeMap<_, _> = tell.iter().map(|(n, (_, status))| (n.clone(), status.clone())).collect();
         // A deployment whose rollback is in flight here is never given up.
         let busy =
             Box::new(move |name: &str| statuses.get(name).is_some_and(|s| s.borrow().acting.in_flight.is_some()));
         let tell = tell.into_iter().map(|(n, (tx, _))| (n, tx)).collect();
-        tokio::spawn(share.run(tell, busy, share_stopped))
+        tokio::spawn(share.run(tell, busy, phase))
     });
     let forward = share.map(|share| server::Forward { leaders: server::Leaders::Fleet(share), client: client.clone() });
     let shared = Shared { lanes: Arc::new(Lanes::fleet(lanes, front.route_alerts_by)), token: front.token, forward };
@@ -107,6 +107,9 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
         _ = shutdown.wait_for(|stop| *stop) => {}
         Some(Ok(ended)) = engines.join_next() => note(ended),
     }
+    // This replica leaves the share first: the others take what each engine lets go as it
+    // stops, not once the last one (a rollback in flight) has.
+    let _ = share_phase.send(Phase::Leaving);
     let _ = stop_all.send(true);
     while let Some(joined) = engines.join_next().await {
         if let Ok(ended) = joined {
@@ -115,8 +118,8 @@ pub async fn run(members: Vec<Member>, front: Front, mut shutdown: watch::Receiv
     }
     let _ = stop_server.send(true);
     let _ = server.await;
-    // Last: this replica leaves the share (its deployments' leases are revoked by their engines).
-    let _ = stop_share.send(true);
+    // Last: this replica's lease is revoked (each engine gave up its deployment's key).
+    let _ = share_phase.send(Phase::Stopped);
     if let Some(task) = sharing {
         let _ = task.await;
     }

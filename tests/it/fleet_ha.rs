@@ -39,12 +39,24 @@ impl Replica {
 
     /// The same, its process with `env` added.
     fn start_env(root: &Path, name: &str, services: &[Service], etcd: &str, env: &[(&str, &str)]) -> Replica {
+        Replica::start_with(root, name, services, etcd, env, "0")
+    }
+
+    /// The same, each rollback's first step taking `slow` seconds.
+    fn start_with(
+        root: &Path,
+        name: &str,
+        services: &[Service],
+        etcd: &str,
+        env: &[(&str, &str)],
+        slow: &str,
+    ) -> Replica {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("deploy")).unwrap();
         std::fs::create_dir_all(dir.join("rules")).unwrap();
         common::write(&dir.join("rules"), "down.toml", profile());
         for (d, service) in NAMES.iter().zip(services) {
-            common::write(&dir.join("deploy"), &format!("{d}.toml"), deployment(d, service, "0"));
+            common::write(&dir.join("deploy"), &format!("{d}.toml"), deployment(d, service, slow));
         }
         let listen = common::free_listen();
         let config = common::write(
@@ -372,4 +384,57 @@ async fn a_replica_whose_clock_keeps_it_out_of_the_share_alone_watches_and_tells
     let stderr = std::fs::read_to_string(skewed.dir.join("stderr")).unwrap_or_default();
     assert!(stderr.contains("it holds no deployment of the fleet"), "{stderr}");
     assert!(services.iter().all(|s| s.rollbacks.load(Ordering::SeqCst) == 0), "nobody acts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopping_with_a_rollback_in_flight_lets_its_other_deployments_go_at_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path());
+    let mut services = Vec::new();
+    for _ in NAMES {
+        services.push(Service::start(true).await);
+    }
+    // Each rollback's first step takes 6 s.
+    let mut a = Replica::start_with(root.path(), "a", &services, &etcd.url(), &[], "6");
+    held_once(&[&a], 6, "replica a alone to hold every deployment").await;
+    let b = Replica::start_with(root.path(), "b", &services, &etcd.url(), &[], "6");
+    let held = held_once(&[&a, &b], 3, "every deployment held once, three each").await;
+    let of_a: Vec<String> = held.iter().filter(|(_, h)| h.as_str() == "a").map(|(d, _)| d.clone()).collect();
+    assert_eq!(of_a.len(), 3, "{held:?}");
+
+    // An outage in one of a's deployments: its rollback is in flight on a when a is told to stop.
+    let busy = of_a[0].clone();
+    let service = &services[NAMES.iter().position(|n| *n == busy).unwrap()];
+    service.fail();
+    status_of(&a.listen, &busy, |s| !s["acting"]["in_flight"].is_null()).await;
+    let mut child = a.child.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopping = Stopwatch::start();
+
+    // a lets its other deployments go as it stops, and b takes them while a still lets the
+    // step finish (before, a's key stayed until its last deployment stopped, and b waited
+    // with its share full).
+    let others: Vec<&String> = of_a.iter().filter(|d| **d != busy).collect();
+    wait_for("b to hold a's deployments without a rollback in flight", DEADLINE, async || {
+        let holds = b.holds().await?;
+        if others.iter().all(|d| holds.contains(d)) { Ok(()) } else { Err(format!("{holds:?}")) }
+    })
+    .await;
+    let took = stopping.elapsed_secs();
+    eprintln!("a's deployments {others:?} held by b {took:.2} s after a was told to stop");
+    assert!(child.try_wait().unwrap().is_none(), "a still runs its rollback's step");
+    assert!(took < TTL + 1.0, "held by b {took:.2} s after a was told to stop");
+
+    // The rollback in flight ends on a, which then stops; b holds every deployment, and the
+    // outage was rolled back once.
+    assert!(child.wait().unwrap().success(), "a stopped cleanly");
+    held_once(&[&b], 6, "b to hold every deployment").await;
+    assert_eq!(service.rollbacks.load(Ordering::SeqCst), 1, "rolled back once, by a");
+    let from = ticks(&status_of(&b.listen, &busy, |_| true).await);
+    status_of(&b.listen, &busy, |s| ticks(s) >= from + 5).await;
+    for (n, s) in NAMES.iter().zip(&services) {
+        assert_eq!(s.rollbacks.load(Ordering::SeqCst), u64::from(*n == busy), "{n}");
+    }
 }
