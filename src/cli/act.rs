@@ -70,6 +70,9 @@ pub fn report(
         }
         Err(e) => {
             writeln!(out, "{}: {e}", journal.display())?;
+            if let Some(note) = held_elsewhere(&loaded.config) {
+                line(out, &note)?;
+            }
             Ok(ExitCode::FAILURE)
         }
     }
@@ -114,10 +117,17 @@ pub fn versions(config: &Path, deployment: Option<&str>, json: bool, out: &mut d
     let list = history::versions(&state);
     let current = state.versions.current.clone();
     let target = state.versions.target().map(str::to_string);
+    let elsewhere = held_elsewhere(&config);
     if json {
-        let value = serde_json::json!({ "current": current, "target": target, "versions": list });
+        let mut value = serde_json::json!({ "current": current, "target": target, "versions": list });
+        if let Some(note) = elsewhere {
+            value["note"] = serde_json::json!(note);
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(note) = &elsewhere {
+        line(out, note)?;
     }
     if list.is_empty() {
         writeln!(out, "no deploys in {}", config.state_dir.join("journal.jsonl").display())?;
@@ -163,10 +173,7 @@ fn post_body(
             }
         },
     };
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = local_addr(&config);
     let token = match &config.api_token_env {
         None => None,
         Some(var) => Some(std::env::var(var).with_context(|| format!("api_token_env names {var}, which is not set"))?),
@@ -190,6 +197,42 @@ fn post_body(
     })?;
     lines(out, &text)?;
     Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Where this machine's `rollwatch run` of `config` answers.
+fn local_addr(config: &Config) -> std::net::SocketAddr {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// For a deployment of a fleet shared among replicas that another replica holds now (as this
+/// machine's `rollwatch run` says): that this journal is as of when this replica last held it,
+/// and where the current one is. `None` alone, for one this replica holds, or when nobody answers.
+fn held_elsewhere(config: &Config) -> Option<String> {
+    let (Some(_), Some(member)) = (&config.ha, &config.member) else { return None };
+    let url = format!("http://{}/status/{}", local_addr(config), member.name);
+    let runtime = tokio::runtime::Runtime::new().ok()?;
+    let page: serde_json::Value = runtime.block_on(async {
+        let client = crate::source::poller::http_client().ok()?;
+        let resp = client.get(&url).timeout(std::time::Duration::from_secs(2)).send().await.ok()?;
+        resp.json().await.ok()
+    })?;
+    let here = page["ha"]["replica"].as_str()?;
+    if page["may_act"] == true {
+        return None;
+    }
+    let holder = match (page["ha"]["leader"]["replica"].as_str(), page["ha"]["leader"]["address"].as_str()) {
+        (Some(r), _) if r == here => return None,
+        (Some(r), Some(a)) => format!("replica {r} ({a}) holds it"),
+        _ => "no replica holds it at the moment".to_string(),
+    };
+    Some(format!(
+        "note: this replica ({here}) does not hold deployment {:?}: {holder}. This journal is as of when {here} last held it; run the command there for what is current.",
+        member.name
+    ))
 }
 
 /// `rollwatch notify -c FILE --channel NAME --template NAME [--var k=v]...`
@@ -317,10 +360,17 @@ pub fn history(config: &Path, deployment: Option<&str>, json: bool, out: &mut dy
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
     let entries = history::entries(&state);
     let approvals = history::approvals(&state);
+    let elsewhere = held_elsewhere(&config);
     if json {
-        let value = serde_json::json!({ "rollbacks": entries, "approvals": approvals });
+        let mut value = serde_json::json!({ "rollbacks": entries, "approvals": approvals });
+        if let Some(note) = elsewhere {
+            value["note"] = serde_json::json!(note);
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(note) = &elsewhere {
+        line(out, note)?;
     }
     if entries.is_empty() {
         writeln!(out, "no rollbacks in {}", config.state_dir.join("journal.jsonl").display())?;

@@ -195,6 +195,18 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     let list: serde_json::Value = serde_json::from_str(&get(&parked_at.listen, "/status").await.unwrap()).unwrap();
     let row = list["deployments"].as_array().unwrap().iter().find(|r| r["name"] == d).unwrap().clone();
     assert_eq!(row["held_by"], held[d], "{list}");
+    // `versions` and `history` read this replica's journal: on a replica that parks the
+    // deployment they say so, and name its holder.
+    let config = parked_at.dir.join("rollwatch.toml");
+    for command in ["versions", "history"] {
+        let (code, out, _) = common::rollwatch(&[command, "-c", config.to_str().unwrap(), "--deployment", d]);
+        assert_eq!(code, 0, "{out}");
+        let said = format!("this replica ({}) does not hold deployment \"{d}\": replica {} (", parked_at.name, held[d]);
+        assert!(out.contains(&said), "{command} on {}: {out}", parked_at.name);
+    }
+    let config = holder.dir.join("rollwatch.toml");
+    let (_, out, _) = common::rollwatch(&["history", "-c", config.to_str().unwrap(), "--deployment", d]);
+    assert!(!out.contains("does not hold"), "its holder's history is current: {out}");
 
     // SIGHUP reloads every deployment held here (one parked here is loaded when it is held here
     // again): what a replica holds it still polls and evaluates.
