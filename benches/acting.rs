@@ -69,6 +69,7 @@ fn dispatcher(c: &mut Criterion) {
                     labels: BTreeMap::new(),
                     reads: vec![],
                     environment: vec![],
+                    summaries: BTreeMap::new(),
                 },
             )
         })

@@ -472,7 +472,7 @@ impl Core {
     pub(super) fn start_of(&self, d: &Decision) -> Start {
         let plan = self.acting.plans.get(&d.profile);
         let level_label = |r: &str| plan.and_then(|p| p.labels.get(r)).and_then(|l| l.get("level")).cloned();
-        Start::from_decision(d, self.state.versions.current.clone(), level_label)
+        Start::from_decision(d, self.state.versions.current.clone(), level_label, |r| plan?.summary(r))
     }
 
     fn dry_run(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {

@@ -36,9 +36,13 @@ fn acting(policy: Policy) -> Acting {
         procedures: BTreeMap::from([("rollback".to_string(), rollback)]),
         consider_auto_after: None,
         rules: vec!["errors".into()],
-        labels: BTreeMap::new(),
+        labels: BTreeMap::from([("errors".into(), BTreeMap::from([("team".into(), "payments".into())]))]),
         reads: vec![("errors".into(), vec!["signal:error_rate".into()])],
         environment: vec![],
+        summaries: BTreeMap::from([(
+            "errors".into(),
+            ("Error rate {{value}} above 5% ({{rule}}, {{labels.team}})".into(), crate::template::Unit::Share),
+        )]),
     };
     Acting {
         policy,
@@ -140,6 +144,9 @@ fn a_rollback_decided_starts_its_steps_once_and_completes_on_quiet() {
     let effects = b.tick(Outcome::Rollback);
     assert_eq!(started(&effects), vec!["rb-1"], "one procedure started: {effects:?}");
     assert_eq!(b.journalled("rollback_started"), 1, "recorded before it is started");
+    let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
+    let rb = lines.iter().find(|l| l["event"] == "rollback_started").unwrap();
+    assert_eq!(rb["reason"], "Error rate 8% above 5% (errors, payments)", "the issue is the rule's summary: {rb}");
     // The same decision on the next tick starts nothing more: a rollback is in flight.
     b.clock.advance(Span::from_secs(1));
     assert!(started(&b.tick(Outcome::Rollback)).is_empty());

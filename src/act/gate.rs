@@ -23,7 +23,15 @@ pub struct Start {
 impl Start {
     /// From a decision about `version`; `level_label` gives a rule's `level` label, for a
     /// decision whose question sets no level.
-    pub fn from_decision(d: &Decision, version: Option<String>, level_label: impl Fn(&str) -> Option<String>) -> Start {
+    /// `level_label(rule)`: the rule's `level` label; `summary(rule)`: what the rule says for
+    /// people (its `summary`), when it has one — the issue is then those, else the question
+    /// that held and the firing rules' values.
+    pub fn from_decision(
+        d: &Decision,
+        version: Option<String>,
+        level_label: impl Fn(&str) -> Option<String>,
+        summary: impl Fn(&crate::rules::RuleValue) -> Option<String>,
+    ) -> Start {
         let asked = d.path.iter().rev().find(|a| a.yes).map(|a| a.ask.trim_end_matches('?').to_string());
         // What the decision is because of: the firing rules its question read (all firing rules
         // when the tree could not say).
@@ -31,7 +39,12 @@ impl Start {
             d.firing.iter().filter(|r| d.because.is_empty() || d.because.contains(&r.rule)).collect();
         let values: Vec<String> =
             cause.iter().map(|r| format!("{} = {}", r.rule, crate::template::show(&r.rule, r.value))).collect();
+        let summaries: Vec<Option<String>> = cause.iter().map(|r| summary(r)).collect();
         let reason = match asked {
+            _ if summaries.iter().any(Option::is_some) => {
+                let said = summaries.into_iter().zip(&values).map(|(s, v)| s.unwrap_or_else(|| v.clone()));
+                said.collect::<Vec<_>>().join("; ")
+            }
             Some(q) => format!("{q} ({})", values.join(", ")),
             None => values.join(", "),
         };
@@ -161,6 +174,36 @@ mod tests {
             explanation: "e".into(),
             firing: vec!["err".into()],
         }
+    }
+
+    #[test]
+    fn the_issue_is_the_firing_rules_summaries_else_the_question_and_their_values() {
+        use crate::rules::tree::Answer;
+        use crate::rules::{Decision, Outcome, RuleValue};
+        let d = Decision {
+            at: crate::time::Timestamp(0),
+            profile: "api".into(),
+            outcome: Outcome::Rollback,
+            level: None,
+            path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: true }],
+            by_default: false,
+            firing: vec![
+                RuleValue { rule: "errors".into(), value: Some(0.08) },
+                RuleValue { rule: "latency".into(), value: Some(2.0) },
+            ],
+            because: vec!["errors".into(), "latency".into()],
+            unknown: vec![],
+            pending: vec![],
+            predates: vec![],
+            silenced: vec![],
+            coverage: vec![],
+            slo: vec![],
+            judged: vec![],
+        };
+        let none = Start::from_decision(&d, None, |_| None, |_| None);
+        assert_eq!(none.reason, "Is error rate > 5% (errors = 0.08, latency = 2s)");
+        let some = Start::from_decision(&d, None, |_| None, |r| (r.rule == "errors").then(|| "Error rate 8%".into()));
+        assert_eq!(some.reason, "Error rate 8%; latency = 2s", "a rule without a summary shows its value");
     }
 
     fn rolled_back(state: &mut State, at: i64, id: &str, version: &str, result: RollbackResult) {

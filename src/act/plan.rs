@@ -23,6 +23,8 @@ pub struct Plan {
     pub reads: Vec<(String, Vec<String>)>,
     /// The rules with `scope = "environment"`: what they report is not the version's fault.
     pub environment: Vec<String>,
+    /// Each rule's `summary`, with what its value measures (to show it).
+    pub summaries: BTreeMap<String, (String, crate::template::Unit)>,
 }
 
 impl Plan {
@@ -43,10 +45,24 @@ impl Plan {
                         .filter(|r| r.scope == crate::expr::Scope::Environment)
                         .map(|r| r.name.clone())
                         .collect(),
+                    summaries: mine().filter_map(|r| Some((r.name.clone(), (r.summary.clone()?, r.unit)))).collect(),
                 };
                 (p.name.clone(), plan)
             })
             .collect()
+    }
+
+    /// What a firing rule says for people: its `summary`, `{{value}}`, `{{rule}}` and
+    /// `{{labels.NAME}}` filled in (checked when the profile loaded); `None` without one.
+    pub fn summary(&self, r: &crate::rules::RuleValue) -> Option<String> {
+        let (text, unit) = self.summaries.get(&r.rule)?;
+        let mut vars = crate::template::Vars::new();
+        vars.insert("value".into(), r.value.map_or_else(|| "no data".into(), |v| unit.show(v)));
+        vars.insert("rule".into(), r.rule.clone());
+        for (k, v) in self.labels.get(&r.rule).into_iter().flatten() {
+            vars.insert(format!("labels.{k}"), v.clone());
+        }
+        crate::template::render(text, &vars, crate::template::Escape::None).ok()
     }
 
     /// Whether every rule in `firing` (a decision's cause) judges the environment.

@@ -65,7 +65,7 @@ pub struct RawRule {
     pub keep_firing_for: Option<Spanned<String>>,
     pub on_no_data: Option<Spanned<String>>,
     pub severity: Option<Spanned<String>>,
-    pub summary: Option<String>,
+    pub summary: Option<Spanned<String>>,
     pub value: Option<Spanned<String>>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

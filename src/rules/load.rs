@@ -436,6 +436,25 @@ fn compile_rules(
                 "warning".to_string()
             }
         };
+        // What its messages say of it: `{{value}}`, `{{rule}}` and `{{labels.NAME}}` filled in.
+        let summary = raw.summary.as_ref().map(|text| {
+            let names =
+                crate::template::placeholders(text.get_ref()).map_err(|e| e.to_string()).and_then(|names| match names
+                    .iter()
+                    .find(|n| !matches!(**n, "value" | "rule") && !n.starts_with("labels."))
+                {
+                    Some(n) => Err(format!("unknown placeholder {{{{{n}}}}}")),
+                    None => Ok(()),
+                });
+            if let Err(e) = names {
+                ctx.err(
+                    &text.span(),
+                    Some(&item),
+                    format!("summary: {e} (a summary may name {{{{value}}}}, {{{{rule}}}} and {{{{labels.NAME}}}})"),
+                );
+            }
+            text.get_ref().clone()
+        });
         let min_coverage = raw.min_coverage.as_ref().and_then(|v| {
             crate::rules::coverage::parse_min_coverage(v.get_ref()).map_err(|e| ctx.err(&v.span(), Some(&item), e)).ok()
         });
@@ -479,7 +498,7 @@ fn compile_rules(
             value,
             timing: Timing { for_, keep_firing_for, on_no_data },
             severity,
-            summary: raw.summary.clone(),
+            summary,
             labels: raw.labels.clone(),
             firing_slot,
             pending_slot,
@@ -696,6 +715,20 @@ then = "panic"
         // Errors come in file order.
         let lines: Vec<usize> = e.0.iter().filter_map(|d| d.line).map(|(l, _)| l).collect();
         assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    }
+
+    #[test]
+    fn a_summary_names_only_what_a_rule_has_and_is_checked_with_its_place() {
+        let e = load(
+            "[[rule]]\nname = \"a\"\nwhen = 'up(\"api\") == 0'\nsummary = \"api {{target}} down\"\n\
+             [[rule]]\nname = \"b\"\nwhen = 'up(\"api\") == 0'\nsummary = \"api down {{value\"\n\
+             [[rule]]\nname = \"c\"\nwhen = 'up(\"api\") == 0'\nsummary = \"{{rule}}: {{value}} ({{labels.team}})\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("p.toml:4:11: rule \"a\": summary: unknown placeholder {{target}} (a summary may name {{value}}, {{rule}} and {{labels.NAME}})"), "{text}");
+        assert!(text.contains("p.toml:8:11: rule \"b\": summary: unclosed placeholder"), "{text}");
+        assert_eq!(e.0.len(), 2, "{text}");
     }
 
     #[test]

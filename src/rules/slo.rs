@@ -219,14 +219,14 @@ fn rules_for(slo: &Slo) -> Vec<Spanned<RawRule>> {
                 // No traffic is no burn, as in Prometheus (0/0 is NaN, and NaN > x is false).
                 on_no_data: Some(at("ok".into())),
                 severity: Some(at(alert.severity().into())),
-                summary: Some(format!(
+                summary: Some(at(format!(
                     "SLO {name}: error budget burning {{{{value}}}}× over {} ({} at {}× over {} and {})",
                     first.long,
                     alert.suffix(),
                     factor_text(first.factor),
                     first.long,
                     first.short
-                )),
+                ))),
                 value: Some(at(format!("burn_rate(\"{name}\", \"{}\")", first.long))),
                 labels: [("slo".to_string(), name.clone())].into_iter().collect(),
                 scope: Some(at(match slo.scope {

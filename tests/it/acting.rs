@@ -76,6 +76,7 @@ impl Harness {
             labels: BTreeMap::new(),
             reads: vec![("errors".into(), vec!["signal:error_rate".into()]), ("down".into(), vec!["up".into()])],
             environment: vec![],
+            summaries: BTreeMap::new(),
         };
         let clock = Arc::new(ManualClock::starting_at(Timestamp(START)));
         let (d, done, console, started_at) = start(dir.path(), &clock, &policy, &actions, &plan);

@@ -239,6 +239,9 @@ async fn a_hostile_version_reaches_people_escaped_and_headers_encoded() {
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     assert!(stdout.contains("ROLLBACK COMPLETE"), "{stdout}");
     assert!(stdout.contains(&format!("Rolling back profile from {SEEN} (target: v1)")), "{stdout}");
+    // The issue is what the firing rule's summary says, its value filled in as a share.
+    let issue = stdout.lines().find_map(|l| l.trim().strip_prefix("Issue: ")).unwrap_or_default();
+    assert!(issue.starts_with("errors at ") && issue.ends_with('%'), "the rule's summary: {stdout}");
     assert_terminal_safe("the console channel", &stdout);
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(stderr.contains("deploy reported, but the version source reads another version"), "{stderr}");
