@@ -411,7 +411,9 @@ impl Engine {
         // What was seen before the restart, from the current deploy's evidence on. A recording
         // keeps what this run sees only.
         let checkpoints = Checkpoints::new(recorder.is_none().then(|| config.state_dir.clone()));
-        if !resumes {
+        if resumes {
+            ev.resume_after_gap(clock.now());
+        } else {
             checkpoints.restore(&mut ev, clock.now(), &journal);
         }
 

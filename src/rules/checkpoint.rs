@@ -733,6 +733,27 @@ when = 'last("mem") > 0.9'
         assert!(back.state("errors").unwrap().is_firing(), "at 675 s: 600 s pending");
     }
 
+    /// A fleet's deployment held here again after another replica held it: the evaluator kept
+    /// goes on with its samples, the time it was parked unwatched, every rule inactive again.
+    #[test]
+    fn a_deployment_held_again_starts_its_rules_again_and_does_not_count_the_gap_as_watched() {
+        let mut ev = evaluator();
+        ev.restart_evidence(Timestamp(0), false);
+        feed(&mut ev, 0, 300 * S);
+        assert!(ev.state("errors").unwrap().is_pending() && ev.state("node-memory").unwrap().is_firing());
+
+        ev.resume_after_gap(Timestamp(400 * S));
+        assert_eq!(ev.state("errors"), Some(RuleState::Inactive), "a state from before says nothing of now");
+        assert_eq!(ev.state("node-memory"), Some(RuleState::Inactive));
+        let errors = ev.rules.iter().find(|r| r.name == "errors").unwrap().clone();
+        feed(&mut ev, 415 * S, 415 * S);
+        let cov = ev.rule_coverage(&errors, Timestamp(415 * S));
+        assert_eq!(cov[0].covered, Span(15 * S), "the 1m window (355s, 415s]: only the 15 s since it was held again");
+        // What is seen from now on fires again; `for` counts from now.
+        assert_eq!(ev.state("errors"), Some(RuleState::Pending { since: Timestamp(415 * S) }));
+        assert!(ev.state("node-memory").unwrap().is_firing());
+    }
+
     /// An SLO's long windows keep only checkpoints of their counters beyond the shortest
     /// window: a restart keeps those too, so the 1-day and 3-day burn rates read as before.
     #[test]

@@ -333,6 +333,34 @@ impl Evaluator {
         }
     }
 
+    /// This evaluator goes on at `now` after a time it was not fed (a fleet's deployment held
+    /// here again after another replica held it): the time since it was last watched is missing
+    /// data, and every rule starts again inactive — a state from before says nothing of now
+    /// (the replica that held it meanwhile may have seen it clear), so a rule fires again only
+    /// on what is seen from now on (its `for` included). The samples seen before stay history.
+    pub fn resume_after_gap(&mut self, now: Timestamp) {
+        let watched: Vec<(Timestamp, Timestamp)> = self.evidence.store().watched().collect();
+        self.evidence.resume(watched, now);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if self.states[i].phase() != Phase::Inactive {
+                self.restarted.push(Transition {
+                    at: now,
+                    rule: rule.name.clone(),
+                    from: self.states[i].phase(),
+                    to: Phase::Inactive,
+                    value: None,
+                });
+            }
+            self.states[i] = RuleState::Inactive;
+            self.values[i] = None;
+            self.truths[i] = Truth::Unknown;
+            self.predated[i] = false;
+            self.short[i] = false;
+            self.slots.set(rule.firing_slot, Value::Boolean(false));
+            self.slots.set(rule.pending_slot, Value::Boolean(false));
+        }
+    }
+
     fn take_deploy_values(&mut self, at: Timestamp) {
         for (i, (call, _, _)) in self.calls.iter().enumerate() {
             if call.offset() == Offset::Deploy {
