@@ -411,10 +411,14 @@ impl Engine {
         // What was seen before the restart, from the current deploy's evidence on. A recording
         // keeps what this run sees only.
         let checkpoints = Checkpoints::new(recorder.is_none().then(|| config.state_dir.clone()));
-        if resumes {
-            ev.resume_after_gap(clock.now());
-        } else {
+        if !resumes {
             checkpoints.restore(&mut ev, clock.now(), &journal);
+        }
+        // Shared among replicas, a deployment held here (again) was held by another replica
+        // meanwhile: what this one last saw of it (kept, or its checkpoint) goes on with the
+        // time since unwatched and every rule inactive.
+        if resumes || holding.is_some() {
+            ev.resume_after_gap(clock.now());
         }
 
         let (queue, observations) = crate::source::queue::queue(crate::source::queue::QUEUE_SAMPLES);
