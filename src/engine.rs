@@ -312,7 +312,7 @@ struct Kept {
     /// A fleet's deployment: its lane's ends are handed back (`Parts::served`).
     served: bool,
     /// A fleet shared among replicas: the share's client and lease.
-    share: Option<(crate::coord::etcd::Etcd, Arc<crate::coord::share::SharedLease>, String)>,
+    share: Option<crate::coord::share::Seat>,
 }
 
 impl Engine {
@@ -341,8 +341,8 @@ impl Engine {
         } = parts;
         let is_served = served.is_some();
         let (holding, share) = match holding {
-            Some(crate::coord::share::Member { holding, etcd, lease, base }) => {
-                (Some(holding), Some((etcd, lease, base)))
+            Some(crate::coord::share::Member { holding, seat }) => {
+                (Some(holding), Some(seat))
             }
             None => (None, None),
         };
@@ -382,9 +382,9 @@ impl Engine {
                 let compactor: crate::coord::Compactor =
                     Box::new(move |lines, now| crate::act::ledger::compact_shared_keeping(lines, now, recent));
                 let c = match (&config.member, &share) {
-                    (Some(m), Some((etcd, lease, _))) => {
-                        Coordinator::with_etcd(etcd.sibling(), spec, config.listen, clock.clone(), compactor)
-                            .in_fleet(&m.name, lease.clone())
+                    (Some(m), Some(seat)) => {
+                        Coordinator::with_etcd(seat.etcd.sibling(), spec, config.listen, clock.clone(), compactor)
+                            .in_fleet(&m.name, seat.lease.clone())
                     }
                     _ => Coordinator::new(spec, config.listen, env.as_ref(), clock.clone(), compactor)?,
                 };
@@ -873,9 +873,7 @@ impl Engine {
             refused: self.tasks.refused,
         });
         let holding = match (self.inputs.holding, self.kept.share) {
-            (Some(holding), Some((etcd, lease, base))) => {
-                Some(crate::coord::share::Member { holding, etcd, lease, base })
-            }
+            (Some(holding), Some(seat)) => Some(crate::coord::share::Member { holding, seat }),
             _ => None,
         };
         let parts = Parts {

@@ -68,17 +68,23 @@ pub struct Holding {
     pub holder: Option<(Leader, i64)>,
 }
 
-/// What a deployment's engine gets of the share: its word on the deployment, and a client of
-/// the cluster for the deployment's coordinator.
+/// What a deployment's engine gets of the share: its word on the deployment, and this
+/// replica's seat in it.
 pub struct Member {
     pub holding: watch::Receiver<Holding>,
+    pub seat: Seat,
+}
+
+/// This replica's seat in the share, for a deployment's coordinator: a client of the cluster
+/// (the share's connection pool), this replica's lease, and the fleet's key.
+pub struct Seat {
     pub etcd: Etcd,
     pub lease: Arc<SharedLease>,
     /// The fleet's key in etcd (`[ha] key`).
     pub base: String,
 }
 
-impl Member {
+impl Seat {
     /// Gives up the leader key of `name` held under `term` (its create revision): a key this
     /// replica holds for a deployment that no engine here stands for.
     pub async fn give_up(&self, name: &str, term: i64) -> Result<(), EtcdError> {
@@ -183,7 +189,8 @@ impl Share {
     /// What one deployment's engine needs of the share: a client of the same cluster (one
     /// connection pool) and this replica's lease.
     pub fn member(&self, holding: watch::Receiver<Holding>) -> Member {
-        Member { holding, etcd: self.etcd.sibling(), lease: self.lease.clone(), base: self.base.clone() }
+        let seat = Seat { etcd: self.etcd.sibling(), lease: self.lease.clone(), base: self.base.clone() };
+        Member { holding, seat }
     }
 
     /// Who holds `name`, as last read.

@@ -175,7 +175,7 @@ async fn parked(
         // given up here, fenced by its term, or nobody else could take the deployment.
         let stuck = holding.holder.as_ref().filter(|(l, _)| l.replica == me).map(|(_, term)| *term);
         if let Some(term) = stuck
-            && let Err(e) = member.give_up(name, term).await
+            && let Err(e) = member.seat.give_up(name, term).await
         {
             tracing::warn!(error = %e, "could not give up the leader key of a deployment parked here; trying again");
         }
