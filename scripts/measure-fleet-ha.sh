@@ -9,7 +9,7 @@
 # against those due; how long an outage took to be rolled back; then SIGKILLs the last replica
 # and prints how long its deployments took to be held again (goal: within the ttl + 2 s) and how
 # long an outage in one of them took to be rolled back by its new holder. KEEP=1 keeps the
-# working directory (logs, journals) and prints where.
+# working directory (logs, journals) and prints where; BIN=PATH measures another build (to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/loopback.sh
@@ -18,7 +18,7 @@ n=${1:-1500}
 replicas=${2:-3}
 seconds=${3:-120}
 ttl=${4:-10s}
-bin=$(release_binary)
+bin=${BIN:-$(release_binary)}  # BIN=path: another build, to compare
 command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server)" >&2; exit 1; }
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; sleep 1; if [ -n "${KEEP:-}" ]; then echo "kept: $dir"; else rm -rf "$dir"; fi' EXIT
@@ -105,12 +105,14 @@ for l in lines:
 print(sum(ticks.values()), len(ticks))
 "
 }
+# Requests etcd answered (its gRPC counters: the JSON gateway's calls included).
+etcd_calls() { curl -s "http://127.0.0.1:$client/metrics" | awk '/^grpc_server_handled_total/ && /grpc_code="OK"/ {s += $2} END {print s + 0}'; }
 hz=$(getconf CLK_TCK)
 cpu0=(); for p in "${pids[@]}" "$etcd_pid"; do cpu0+=("$(cpu_ticks "$p")"); done
-read -r ev0 _ <<<"$(ticks_held)"; t0=$(date +%s.%N)
+read -r ev0 _ <<<"$(ticks_held)"; calls0=$(etcd_calls); t0=$(date +%s.%N)
 sleep "$seconds"
 cpu1=(); for p in "${pids[@]}" "$etcd_pid"; do cpu1+=("$(cpu_ticks "$p")"); done
-read -r ev1 evn <<<"$(ticks_held)"; t1=$(date +%s.%N)
+read -r ev1 evn <<<"$(ticks_held)"; calls1=$(etcd_calls); t1=$(date +%s.%N)
 i=0
 for p in "${pids[@]}" "$etcd_pid"; do
   who=$([ "$p" = "$etcd_pid" ] && echo etcd || echo "r$((i + 1))")
@@ -118,6 +120,7 @@ for p in "${pids[@]}" "$etcd_pid"; do
   echo "$who: peak RSS $(peak_rss "$p"), CPU $cpu% of one core over $(python3 -c "print(f'{$t1 - $t0:.0f}')") s"
   i=$((i + 1))
 done
+echo "etcd answered $(python3 -c "print(f'{($calls1 - $calls0) / ($t1 - $t0):.0f}')") requests a second"
 python3 -c "
 made, due = $ev1 - $ev0, $evn * ($t1 - $t0) / 5
 print(f'evaluations of the held deployments: {made:.0f} made, {due:.0f} due ({100 * made / due:.1f}%)')"

@@ -283,6 +283,20 @@ impl Clock for TokioClock {
     }
 }
 
+/// The next moment after now on a grid of `every` shared by the whole process (tokio's clock,
+/// paused in tests): tasks that wait for it go round together (a fleet's coordinators, whose
+/// reads then go to etcd in one transaction).
+#[allow(clippy::disallowed_methods)]
+pub fn next_on_grid(every: std::time::Duration) -> tokio::time::Instant {
+    static ANCHOR: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let anchor = *ANCHOR.get_or_init(tokio::time::Instant::now);
+    let now = tokio::time::Instant::now();
+    let every = every.max(std::time::Duration::from_millis(1));
+    let rounds = now.saturating_duration_since(anchor).as_nanos() / every.as_nanos() + 1;
+    let after = u64::try_from(every.as_nanos().saturating_mul(rounds)).unwrap_or(u64::MAX);
+    anchor.checked_add(std::time::Duration::from_nanos(after)).unwrap_or(now + every)
+}
+
 /// Measures how long something took on the monotonic clock (probe durations, evaluation time).
 #[derive(Debug, Clone, Copy)]
 pub struct Stopwatch(std::time::Instant);

@@ -116,6 +116,86 @@ pub struct Etcd {
     /// than one each (about 50 KB a connection).
     limit: Option<Arc<tokio::sync::Semaphore>>,
     siblings: Arc<tokio::sync::Semaphore>,
+    /// The reads of this client's siblings, sent together ([`read`](Self::read)); made with
+    /// the first sibling.
+    together: Arc<std::sync::OnceLock<Arc<Together>>>,
+    /// This client's own: its siblings' reads go through it.
+    coalesced: bool,
+}
+
+/// At most this many operations go in one transaction (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// How long reads wait for others to go with them ([`Etcd::read`]): a fleet's coordinators
+/// read at the same moments, so a few milliseconds gather most.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Reads of a fleet's coordinators made at about the same time, sent to etcd as one
+/// transaction of up to [`MAX_TXN_OPS`] operations: one request where there were dozens, for
+/// etcd and for this process. Each reader notes what the answer says of etcd (its revision,
+/// cluster and clock) as if it had asked alone.
+struct Together {
+    /// The client that sends them (a sibling of the share's, sharing its pool and permits).
+    client: Arc<Etcd>,
+    queue: Mutex<Gathering>,
+}
+
+#[derive(Default)]
+struct Gathering {
+    waiting: Vec<Reader>,
+    /// A task sends what waits (until nothing does).
+    sending: bool,
+}
+
+/// A read waiting to be sent, and where its answer goes.
+type Reader = (Vec<Op>, tokio::sync::oneshot::Sender<Result<Heard, EtcdError>>);
+
+/// One reader's part of a coalesced answer, and the answer's header, endpoint and date.
+struct Heard {
+    ranges: Vec<Vec<Kv>>,
+    revision: i64,
+    seen: Seen,
+}
+
+/// What an answer said of etcd, for [`Etcd::observe`].
+#[derive(Clone)]
+struct Seen {
+    endpoint: String,
+    header: Value,
+    date: Option<std::time::SystemTime>,
+}
+
+impl Together {
+    /// Sends what waits, in transactions of up to [`MAX_TXN_OPS`] operations (at once, as the
+    /// client's permits allow), until nothing does.
+    async fn send(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(GATHER).await;
+            let waiting = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    q.sending = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let mut batches: Vec<Vec<_>> = vec![];
+            let mut ops = 0;
+            for w in waiting {
+                if batches.is_empty() || ops + w.0.len() > MAX_TXN_OPS {
+                    batches.push(vec![]);
+                    ops = 0;
+                }
+                ops += w.0.len();
+                if let Some(b) = batches.last_mut() {
+                    b.push(w);
+                }
+            }
+            for batch in batches {
+                tokio::spawn(self.client.clone().send_together(batch));
+            }
+        }
+    }
 }
 
 /// At most this many calls of a client's siblings (a fleet's coordinators) are in flight at
@@ -227,6 +307,8 @@ impl Etcd {
             observed: Mutex::new(Observed::default()),
             limit: None,
             siblings: Arc::new(tokio::sync::Semaphore::new(SIBLING_CALLS)),
+            together: Arc::default(),
+            coalesced: false,
         })
     }
 
@@ -244,11 +326,78 @@ impl Etcd {
             observed: Mutex::new(Observed::default()),
             limit: Some(self.siblings.clone()),
             siblings: self.siblings.clone(),
+            together: self.together.clone(),
+            coalesced: true,
+        }
+    }
+
+    /// Reads (`Get`, `GetRange`, `LastKey` only): one transaction's ranges, in order. A
+    /// sibling's go with the others' made at about the same time ([`Together`]); a client's
+    /// own, alone.
+    pub async fn read(&self, ops: Vec<Op>) -> Result<TxnResult, EtcdError> {
+        let reads_only = ops.iter().all(|op| matches!(op, Op::Get(_) | Op::GetRange(..) | Op::LastKey(..)));
+        if !self.coalesced || !reads_only || ops.len() > MAX_TXN_OPS {
+            return self.txn(&[], &ops, &[]).await;
+        }
+        let together = self.together.get_or_init(|| {
+            let mut client = self.sibling();
+            client.coalesced = false;
+            client.together = Arc::default();
+            Arc::new(Together { client: Arc::new(client), queue: Mutex::default() })
+        });
+        let before = self.observed.lock().unwrap_or_else(|p| p.into_inner()).revision;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = together.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push((ops, tx));
+            !std::mem::replace(&mut q.sending, true)
+        };
+        if start {
+            tokio::spawn(together.clone().send());
+        }
+        let heard = rx.await.map_err(|_| EtcdError::Unreachable("the read was dropped unanswered".into()))??;
+        self.observe(&heard.seen.endpoint, before, &heard.seen.header, heard.seen.date);
+        Ok(TxnResult { succeeded: true, revision: heard.revision, ranges: heard.ranges })
+    }
+
+    /// Sends reads gathered together ([`Together`]) as one transaction and answers each reader
+    /// its ranges. Refused whole (an etcd with a lower `--max-txn-ops`), each is sent alone.
+    async fn send_together(self: Arc<Self>, batch: Vec<Reader>) {
+        let all: Vec<Op> = batch.iter().flat_map(|(ops, _)| ops.iter().cloned()).collect();
+        match self.txn_seen(&[], &all, &[]).await {
+            Ok((r, seen)) => {
+                let mut ranges = r.ranges.into_iter();
+                for (ops, reply) in batch {
+                    let mine: Vec<Vec<Kv>> = ranges.by_ref().take(ops.len()).collect();
+                    let heard = match mine.len() == ops.len() {
+                        true => Ok(Heard { ranges: mine, revision: r.revision, seen: seen.clone() }),
+                        false => Err(EtcdError::Protocol("a transaction answered fewer ranges than it read".into())),
+                    };
+                    let _ = reply.send(heard);
+                }
+            }
+            Err(EtcdError::Refused(e)) if batch.len() > 1 => {
+                tracing::debug!(error = %e, "reads sent together refused; sending each alone");
+                for (ops, reply) in batch {
+                    let heard = self.txn_seen(&[], &ops, &[]).await;
+                    let _ = reply.send(heard.map(|(r, seen)| Heard { ranges: r.ranges, revision: r.revision, seen }));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 
     /// One gateway call, on the endpoint that answered last, then on each other in turn.
     async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        self.call_seen(path, body).await.map(|(v, _)| v)
+    }
+
+    /// [`call`](Self::call), with what the answer said of etcd.
+    async fn call_seen(&self, path: &str, body: &Value) -> Result<(Value, Seen), EtcdError> {
         let n = self.endpoints.len().max(1);
         let first = self.current.load(Ordering::Relaxed);
         let mut last = EtcdError::Unreachable("no endpoints".into());
@@ -266,7 +415,7 @@ impl Etcd {
         Err(last)
     }
 
-    async fn call_at(&self, at: usize, path: &str, body: &Value) -> Result<Value, EtcdError> {
+    async fn call_at(&self, at: usize, path: &str, body: &Value) -> Result<(Value, Seen), EtcdError> {
         let endpoint = &self.endpoints[at];
         for attempt in 0..2 {
             let token = self.token(endpoint).await?;
@@ -325,7 +474,9 @@ impl Etcd {
                 return Err(EtcdError::Refused(format!("{endpoint}{path}: HTTP {status}")));
             }
             self.observe(endpoint, before, &value, date);
-            return Ok(value);
+            let header = value.get("header").or_else(|| value.get("result").and_then(|r| r.get("header")));
+            let seen = Seen { endpoint: endpoint.clone(), header: json!({ "header": header }), date };
+            return Ok((value, seen));
         }
         Err(EtcdError::Refused(format!("{endpoint}: authentication failed")))
     }
@@ -435,6 +586,16 @@ impl Etcd {
 
     /// A transaction: `success` runs when every comparison holds, `failure` otherwise.
     pub async fn txn(&self, compare: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, EtcdError> {
+        self.txn_seen(compare, success, failure).await.map(|(r, _)| r)
+    }
+
+    /// [`txn`](Self::txn), with what the answer said of etcd.
+    async fn txn_seen(
+        &self,
+        compare: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<(TxnResult, Seen), EtcdError> {
         let compare: Vec<Value> = compare
             .iter()
             .map(|c| match c {
@@ -468,7 +629,7 @@ impl Etcd {
                 .collect()
         };
         let body = json!({"compare": compare, "success": ops(success), "failure": ops(failure)});
-        let v = self.call("/v3/kv/txn", &body).await?;
+        let (v, seen) = self.call_seen("/v3/kv/txn", &body).await?;
         let succeeded = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
         let revision = int(v.get("header").and_then(|h| h.get("revision")));
         let mut ranges = vec![];
@@ -477,7 +638,7 @@ impl Etcd {
                 ranges.push(kvs(range)?);
             }
         }
-        Ok(TxnResult { succeeded, revision, ranges })
+        Ok((TxnResult { succeeded, revision, ranges }, seen))
     }
 }
 

@@ -688,6 +688,7 @@ impl Coordinator {
     async fn round(
         &self,
         lease: &mut Option<i64>,
+        held: Option<Term>,
     ) -> Result<(Option<Term>, Option<(Leader, Term)>, LogView), EtcdError> {
         let ttl_secs = self.ttl.as_secs().max(2) as i64;
         // Without a lease of its own yet, a round only reads.
@@ -724,7 +725,7 @@ impl Coordinator {
             // deletes it at once).
             let mut reads = vec![Op::Get(key.clone())];
             reads.extend(view_ops);
-            let r = self.etcd.txn(&[], &reads, &[]).await?;
+            let r = self.etcd.read(reads).await?;
             let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
             let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
             if let Some(kv) = holder.as_ref().filter(|kv| kv.lease == id) {
@@ -752,6 +753,20 @@ impl Coordinator {
                 serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, Term(kv.create_revision, 0)))
             });
             return Ok((None, holder, view));
+        }
+        // A fleet's deployment held at the last round: whether it still is, read (among the
+        // fleet's reads of the moment: one transaction for many deployments); the key gone,
+        // it stands for it again below.
+        if held.is_some() && self.shared_lease.is_some() {
+            let mut reads = vec![Op::Get(key.clone())];
+            reads.extend(self.view_ops());
+            let r = self.etcd.read(reads).await?;
+            let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
+            if let Some(kv) = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next()) {
+                let term = Term(kv.create_revision, 0);
+                let holder = serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, term));
+                return Ok(((kv.lease == id).then_some(term), holder, view));
+            }
         }
         let me = serde_json::to_vec(&self.me).unwrap_or_default();
         let put = Op::Put { key: key.clone(), value: me, lease: Some(id) };
@@ -961,7 +976,7 @@ impl Coordinator {
     /// replica's, it may commit under the term returned — without the shared log read first.
     pub async fn elect_once(&self, lease: &mut Option<i64>) -> Result<Option<Term>, EtcdError> {
         let sent = Stopwatch::start();
-        let (term, _, _) = self.round(lease).await?;
+        let (term, _, _) = self.round(lease, None).await?;
         let term = term.map(|t| Term(t.0, self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1));
         if let Some(term) = term {
             let (log, upto, _) = self.read_log(0, true).await?;
@@ -995,8 +1010,14 @@ impl Coordinator {
         let mut held: Option<Term> = None;
         loop {
             if !first {
+                // A fleet's coordinators go round together (their reads then go to etcd
+                // together: [`Etcd::read`]); one deployment's, every `every` from its last.
+                let next = match self.shared_lease {
+                    Some(_) => tokio::time::sleep_until(crate::time::next_on_grid(every)),
+                    None => tokio::time::sleep(every),
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = next => {}
                     _ = self.wake.notified() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
@@ -1034,7 +1055,7 @@ impl Coordinator {
             let sent = Stopwatch::start();
             // Read before the round: a line this replica commits meanwhile is in the log too.
             let local = self.journal_seq.load(std::sync::atomic::Ordering::SeqCst);
-            let result = match self.round(&mut lease).await {
+            let result = match self.round(&mut lease, held).await {
                 Ok((term, holder, view)) => {
                     held = term;
                     match self.check_trust(term, &view, local).await {
