@@ -341,9 +341,7 @@ impl Engine {
         } = parts;
         let is_served = served.is_some();
         let (holding, share) = match holding {
-            Some(crate::coord::share::Member { holding, seat }) => {
-                (Some(holding), Some(seat))
-            }
+            Some(crate::coord::share::Member { holding, seat }) => (Some(holding), Some(seat)),
             None => (None, None),
         };
         let (commands, served) = match served {
@@ -852,10 +850,38 @@ impl Engine {
         if let Some(task) = self.tasks.coord_task.take() {
             let _ = task.await;
         }
-        let in_flight = self.dispatcher.status().in_flight.map(|f| f.rollback_id);
-        if let Some(id) = &in_flight {
-            tracing::error!(rollback = %id, "stopping with a rollback in flight: it will be reported, not re-run, at the next start");
+        let acting = self.dispatcher.status();
+        let next = match self.kept.share.is_some() || self.coord.is_some() {
+            true => "the replica that leads it next",
+            false => "this sidecar at its next start",
+        };
+        match &acting.in_flight {
+            Some(f) if f.phase == crate::act::inflight::Phase::Verifying => tracing::warn!(
+                rollback = %f.rollback_id,
+                "stopping while a rollback is verified (its steps are done): {next} goes on verifying it"
+            ),
+            Some(f) => tracing::error!(
+                rollback = %f.rollback_id,
+                "stopping with a rollback's steps unfinished: {next} reports it interrupted, never re-runs it"
+            ),
+            None => {}
         }
+        let in_flight = acting.in_flight.as_ref().map(|f| f.rollback_id.clone());
+        // Its page and metrics say at once that this replica acts on it no more (a fleet's
+        // lane outlives its engine: the process may take a while yet to stop).
+        self.snapshot.may_act = false;
+        self.snapshot.acting = acting;
+        self.snapshot.acting.standby = Some(match parked {
+            true => "parked here: another replica holds it".to_string(),
+            false => "stopped: this replica is shutting down".to_string(),
+        });
+        if let Some(ha) = self.snapshot.ha.as_mut() {
+            ha.role = crate::coord::Role::Follower;
+            if ha.leader.as_ref().is_some_and(|l| l.replica == ha.replica) {
+                ha.leader = None;
+            }
+        }
+        self.publish();
         let event = if parked { "parked" } else { "stopped" };
         self.journal.note(self.clock.now(), event, &serde_json::json!({ "in_flight": in_flight }));
         off_runtime(|| self.journal.flush());

@@ -438,6 +438,9 @@ async fn a_replica_stopping_with_a_rollback_in_flight_lets_its_other_deployments
     eprintln!("a's deployments {others:?} held by b {took:.2} s after a was told to stop");
     assert!(child.try_wait().unwrap().is_none(), "a still runs its rollback's step");
     assert!(took < TTL + 1.0, "held by b {took:.2} s after a was told to stop");
+    // Meanwhile a says it acts on them no more (its lanes outlive their engines).
+    let still = a.holds().await.unwrap();
+    assert!(others.iter().all(|d| !still.contains(d)), "a still says it acts on {still:?}");
 
     // The rollback in flight ends on a, which then stops; b holds every deployment, and the
     // outage was rolled back once.
