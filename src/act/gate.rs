@@ -231,6 +231,31 @@ mod tests {
     const H: i64 = 3_600_000;
 
     #[test]
+    fn an_escalation_counts_as_told_until_the_next_rollback_starts() {
+        use crate::act::event::{Escalation, Severity};
+        let mut state = State::default();
+        let finding = "loop guard: 2 rollbacks in the last 6h; rollwatch stopped acting";
+        let escalate = |state: &mut State, at: i64| {
+            let e = Escalation {
+                severity: Severity::S1,
+                finding: finding.into(),
+                response: "r".into(),
+                profile: "api".into(),
+                rollback_id: None,
+            };
+            state.apply(Timestamp(at), &Event::Escalation(e)).unwrap();
+        };
+        rolled_back(&mut state, H, "rb-1", "v2", RollbackResult::Completed);
+        assert!(!state.escalated_since_last_rollback("api", finding));
+        escalate(&mut state, 2 * H);
+        assert!(state.escalated_since_last_rollback("api", finding), "told: a new leader does not tell it again");
+        assert!(!state.escalated_since_last_rollback("web", finding), "another profile's is its own");
+        assert!(!state.escalated_since_last_rollback("api", "loop guard: 3 rollbacks in the last 6h"));
+        rolled_back(&mut state, 3 * H, "rb-2", "v3", RollbackResult::Completed);
+        assert!(!state.escalated_since_last_rollback("api", finding), "a rollback since: told again when it trips");
+    }
+
+    #[test]
     fn the_gate_holds_in_order_and_says_why() {
         let policy = Policy::default();
         let mut state = State::default();

@@ -326,7 +326,8 @@ impl Core {
             Gate::Act => None,
             Gate::Hold(reason) => Some(reason),
             Gate::LoopGuard(finding) => {
-                if !self.told.loop_guard {
+                // Once, until a rollback starts — across a restart or a change of leader too.
+                if !self.told.loop_guard && !self.state.escalated_since_last_rollback(&s.profile, &finding) {
                     self.told.loop_guard = true;
                     let mut vars = blank_vars();
                     vars.insert("profile".into(), s.profile.clone());

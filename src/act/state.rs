@@ -225,6 +225,16 @@ impl State {
         Ok(())
     }
 
+    /// Whether `finding` was escalated for `profile` since the last rollback started: told
+    /// already — by this replica before a restart, or by the leader before this one — and not
+    /// to be told again until a rollback starts.
+    pub fn escalated_since_last_rollback(&self, profile: &str, finding: &str) -> bool {
+        let last = self.rollbacks.iter().map(|r| r.at).max();
+        self.escalations
+            .iter()
+            .any(|(at, e)| e.profile == profile && e.finding == finding && last.is_none_or(|l| *at >= l))
+    }
+
     fn rollback_mut(&mut self, id: &str) -> Result<&mut Rollback, String> {
         self.rollbacks
             .iter_mut()
