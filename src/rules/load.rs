@@ -438,19 +438,18 @@ fn compile_rules(
         };
         // What its messages say of it: `{{value}}`, `{{rule}}` and `{{labels.NAME}}` filled in.
         let summary = raw.summary.as_ref().map(|text| {
-            let names =
-                crate::template::placeholders(text.get_ref()).map_err(|e| e.to_string()).and_then(|names| match names
-                    .iter()
-                    .find(|n| !matches!(**n, "value" | "rule") && !n.starts_with("labels."))
-                {
-                    Some(n) => Err(format!("unknown placeholder {{{{{n}}}}}")),
-                    None => Ok(()),
-                });
-            if let Err(e) = names {
+            let known = |n: &str| {
+                matches!(n, "value" | "rule") || n.strip_prefix("labels.").is_some_and(|l| raw.labels.contains_key(l))
+            };
+            let wrong: Vec<String> = match crate::template::placeholders(text.get_ref()) {
+                Ok(names) => names.iter().filter(|n| !known(n)).map(|n| format!("unknown placeholder {{{{{n}}}}}")).collect(),
+                Err(e) => vec![e.to_string()],
+            };
+            for e in wrong {
                 ctx.err(
                     &text.span(),
                     Some(&item),
-                    format!("summary: {e} (a summary may name {{{{value}}}}, {{{{rule}}}} and {{{{labels.NAME}}}})"),
+                    format!("summary: {e} (a summary may name {{{{value}}}}, {{{{rule}}}} and {{{{labels.NAME}}}} of the rule's labels)"),
                 );
             }
             text.get_ref().clone()
@@ -722,13 +721,22 @@ then = "panic"
         let e = load(
             "[[rule]]\nname = \"a\"\nwhen = 'up(\"api\") == 0'\nsummary = \"api {{target}} down\"\n\
              [[rule]]\nname = \"b\"\nwhen = 'up(\"api\") == 0'\nsummary = \"api down {{value\"\n\
-             [[rule]]\nname = \"c\"\nwhen = 'up(\"api\") == 0'\nsummary = \"{{rule}}: {{value}} ({{labels.team}})\"\n",
+             [[rule]]\nname = \"c\"\nwhen = 'up(\"api\") == 0'\nsummary = \"{{rule}}: {{ value }} ({{labels.team}})\"\nlabels = {team = \"a\"}\n\
+             [[rule]]\nname = \"d\"\nwhen = 'up(\"api\") == 0'\nsummary = \"{{valeu}} {{labels.team}}\"\n",
         )
         .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("p.toml:4:11: rule \"a\": summary: unknown placeholder {{target}} (a summary may name {{value}}, {{rule}} and {{labels.NAME}})"), "{text}");
-        assert!(text.contains("p.toml:8:11: rule \"b\": summary: unclosed placeholder"), "{text}");
-        assert_eq!(e.0.len(), 2, "{text}");
+        let said = |line: u32, rule: &str, what: &str| format!("p.toml:{line}:11: rule \"{rule}\": summary: {what}");
+        let want = said(
+            4,
+            "a",
+            "unknown placeholder {{target}} (a summary may name {{value}}, {{rule}} and {{labels.NAME}} of the rule's labels)",
+        );
+        assert!(text.contains(&want), "{text}");
+        assert!(text.contains(&said(8, "b", "unclosed placeholder")), "{text}");
+        assert!(text.contains(&said(17, "d", "unknown placeholder {{valeu}}")), "each bad one: {text}");
+        assert!(text.contains(&said(17, "d", "unknown placeholder {{labels.team}}")), "a label the rule lacks: {text}");
+        assert_eq!(e.0.len(), 4, "{text}");
     }
 
     #[test]
