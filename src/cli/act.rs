@@ -69,10 +69,10 @@ pub fn report(
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            writeln!(out, "{}: {e}", journal.display())?;
             if let Some(note) = held_elsewhere(&loaded.config) {
                 line(out, &note)?;
             }
+            writeln!(out, "{}: {e}", journal.display())?;
             Ok(ExitCode::FAILURE)
         }
     }
@@ -230,7 +230,7 @@ fn held_elsewhere(config: &Config) -> Option<String> {
         _ => "no replica holds it at the moment".to_string(),
     };
     Some(format!(
-        "note: this replica ({here}) does not hold deployment {:?}: {holder}. This journal is as of when {here} last held it; run the command there for what is current.",
+        "note: this replica ({here}) does not hold deployment {:?}: {holder}. This journal is as of when {here} last held it (empty if it never did); run the command there for what is current.",
         member.name
     ))
 }

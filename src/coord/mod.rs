@@ -815,18 +815,19 @@ impl Coordinator {
                 let since = t.rebuild.as_ref().map(|(_, s)| *s).unwrap_or_else(Stopwatch::start);
                 (since, t.merged.as_ref() == Some(&id))
             };
-            if !merged && self.merge(rebuild.create_revision).await? {
+            // A new log is routine (said as information); one rebuilt after a loss is not.
+            let lost = !why.starts_with("a new shared log");
+            if !merged && self.merge(rebuild.create_revision, lost).await? {
                 self.trust.lock().unwrap_or_else(|p| p.into_inner()).merged = Some(id.clone());
             }
             let merged = self.trust.lock().unwrap_or_else(|p| p.into_inner()).merged.as_ref() == Some(&id);
             if let Some(term) = term
                 && merged
                 && since.elapsed().as_std() >= self.quiet()
-                && self.close_rebuild(term, rebuild.create_revision).await?
+                && self.close_rebuild(term, rebuild.create_revision, lost).await?
             {
                 return Ok(Ok(true));
             }
-            let lost = !why.starts_with("a new shared log");
             return Ok(Err((
                 format!("{why}; rebuilding the shared state from the replicas' journals (started by {by})"),
                 lost,
@@ -877,8 +878,8 @@ impl Coordinator {
 
     /// Merges this replica's journal lines of the shared log into it (rebuild `rebuild`): the
     /// union by seq, compacted, written as the snapshot. Whether it is merged (nothing to add,
-    /// or written).
-    async fn merge(&self, rebuild: i64) -> Result<bool, EtcdError> {
+    /// or written). `lost`: a rebuild after etcd lost data (a new log's is routine).
+    async fn merge(&self, rebuild: i64, lost: bool) -> Result<bool, EtcdError> {
         let Some(path) = self.journal.clone() else { return Ok(true) };
         let read =
             tokio::task::spawn_blocking(move || crate::journal::Journal::read_back_kept(&path, |l| seq_of(l) > 0))
@@ -947,14 +948,17 @@ impl Coordinator {
         let guard =
             [Compare::Created(self.rebuild_key(), rebuild), Compare::Modified(self.compacted_key(), compacted_rev)];
         let r = self.etcd.txn(&guard, &ops, &[]).await?;
-        if r.succeeded {
+        if r.succeeded && lost {
             tracing::warn!(replica = %self.me.replica, added, upto, "this replica's journal merged into the shared log");
+        } else if r.succeeded {
+            tracing::info!(replica = %self.me.replica, added, upto, "this replica's journal merged into the new shared log");
         }
         Ok(r.succeeded)
     }
 
     /// Closes rebuild `rebuild` as the leader of `term`: a new epoch. Whether it closed.
-    async fn close_rebuild(&self, term: Term, rebuild: i64) -> Result<bool, EtcdError> {
+    /// `lost`: a rebuild after etcd lost data (a new log's is routine).
+    async fn close_rebuild(&self, term: Term, rebuild: i64, lost: bool) -> Result<bool, EtcdError> {
         let epoch = json!({"by": self.me.replica, "term": term.0, "at": self.clock.now().0}).to_string();
         let ops = [
             Op::DeleteRange(self.rebuild_key(), format!("{}\0", self.rebuild_key())),
@@ -962,8 +966,12 @@ impl Coordinator {
         ];
         let guard = [Compare::Created(self.leader_key(), term.0), Compare::Created(self.rebuild_key(), rebuild)];
         let r = self.etcd.txn(&guard, &ops, &[]).await?;
-        if r.succeeded {
+        if r.succeeded && lost {
             tracing::warn!(replica = %self.me.replica, term = term.0, "shared log rebuilt: a new epoch");
+        } else if r.succeeded {
+            tracing::info!(replica = %self.me.replica, term = term.0, "new shared log opened: a new epoch");
+        }
+        if r.succeeded {
             let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
             t.epoch = Some(epoch);
             t.rebuild = None;
