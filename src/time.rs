@@ -283,17 +283,23 @@ impl Clock for TokioClock {
     }
 }
 
+/// How many moments [`next_on_grid`] spreads a period over.
+pub const GRID_SLOTS: u64 = 8;
+
 /// The next moment after now on a grid of `every` shared by the whole process (tokio's clock,
-/// paused in tests): tasks that wait for it go round together (a fleet's coordinators, whose
-/// reads then go to etcd in one transaction).
+/// paused in tests), in slot `slot` of [`GRID_SLOTS`] within it: tasks of one slot go round
+/// together (a fleet's coordinators, whose reads then go to etcd in one transaction), and the
+/// slots spread the whole over the period (not all at one moment).
 #[allow(clippy::disallowed_methods)]
-pub fn next_on_grid(every: std::time::Duration) -> tokio::time::Instant {
+pub fn next_on_grid(every: std::time::Duration, slot: u64) -> tokio::time::Instant {
     static ANCHOR: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let anchor = *ANCHOR.get_or_init(tokio::time::Instant::now);
     let now = tokio::time::Instant::now();
     let every = every.max(std::time::Duration::from_millis(1));
-    let rounds = now.saturating_duration_since(anchor).as_nanos() / every.as_nanos() + 1;
-    let after = u64::try_from(every.as_nanos().saturating_mul(rounds)).unwrap_or(u64::MAX);
+    let offset = every.as_nanos() * u128::from(slot % GRID_SLOTS) / u128::from(GRID_SLOTS);
+    let since = now.saturating_duration_since(anchor).as_nanos();
+    let rounds = since.saturating_sub(offset) / every.as_nanos() + 1;
+    let after = u64::try_from(every.as_nanos().saturating_mul(rounds) + offset).unwrap_or(u64::MAX);
     anchor.checked_add(std::time::Duration::from_nanos(after)).unwrap_or(now + every)
 }
 

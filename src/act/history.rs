@@ -63,7 +63,12 @@ impl Entry {
         let t = &self.timings;
         let parts: Vec<String> = [
             t.detect_seconds.map(|d| format!("detected {} after the deploy", s(d))),
-            t.held_seconds.map(|d| format!("started {} after the decision (held back or awaiting approval)", s(d))),
+            t.held_seconds.map(|d| {
+                format!(
+                    "started {} after the decision (held back, waiting for the version source, or awaiting approval)",
+                    s(d)
+                )
+            }),
             t.steps_seconds.map(|d| format!("steps {}", s(d))),
             t.recovery_seconds.map(|d| format!("recovered {} after the first sign", s(d))),
         ]

@@ -124,6 +124,25 @@ impl Ledger {
         }
     }
 
+    /// Waits, at most a ttl, until this replica's lead under `term` is certain well beyond a
+    /// step's margin: a round that took long (etcd slow to answer, a takeover) leaves it short
+    /// for a moment, and a step committed then would be refused for nothing — failing the
+    /// rollback on rollwatch's own hiccup. [`may_start`](Self::may_start) still decides; alone,
+    /// or not leading under `term`, at once.
+    pub async fn await_certain(&self, term: Option<Term>) {
+        let (Some(c), Some(term)) = (&self.shared, term) else { return };
+        let margin = c.step_margin();
+        let waiting = crate::time::Stopwatch::start();
+        while waiting.elapsed().as_std() < c.ttl() {
+            match c.lease_left(term) {
+                Some(left) if left <= margin + margin / 2 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
     fn mirror_own(&self, at: Timestamp, event: &Event, committed: Value) -> Result<(), RecordError> {
         let seq = seq_of(&committed);
         self.journal.append_event(at, &Sequenced { seq, event })?;

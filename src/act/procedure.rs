@@ -160,6 +160,9 @@ impl Procedure {
             output: None,
             duration_ms: None,
         };
+        // A lead just won or renewed late is certain for a moment only: wait for the next
+        // renewal rather than commit a step that could not start.
+        self.ledger.await_certain(self.term).await;
         let committed = crate::time::Stopwatch::start();
         self.ledger
             .append_event_async(self.clock.now(), &Event::StepStarted(event.clone()), self.term)

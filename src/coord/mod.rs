@@ -368,6 +368,12 @@ impl Coordinator {
         }
     }
 
+    /// This deployment's slot on the fleet's grid of rounds ([`crate::time::next_on_grid`]):
+    /// from its name, so that a replica's coordinators spread over the period in a few groups.
+    fn grid_slot(&self) -> u64 {
+        self.leader_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+
     fn assigned(&self) -> Assigned {
         self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -409,17 +415,25 @@ impl Coordinator {
         self.ttl / 4
     }
 
+    /// How long this replica's lead under `term` is certain for yet (zero once it is not);
+    /// `None` when it does not lead under `term`.
+    pub fn lease_left(&self, term: Term) -> Option<Duration> {
+        let lead = *self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        match lead {
+            Some((t, until)) if t == term => Some(self.certain_until(until).map_or(Duration::ZERO, |u| u.remaining())),
+            _ => None,
+        }
+    }
+
     /// Whether a step whose start was committed under `term` (the commit sent at `committed`)
     /// may start now: this replica still leads under `term`, its lease is certain for longer
     /// than [`step_margin`](Self::step_margin), and the commit is younger than it. Checked
     /// immediately before the step starts; a stall in between ends in "not started".
     pub fn may_start(&self, term: Term, committed: Stopwatch) -> Result<(), String> {
         let margin = self.step_margin();
-        let lead = *self.lead.lock().unwrap_or_else(|p| p.into_inner());
         let ms = |d: Duration| human(Span(d.as_millis() as i64));
-        match lead {
-            Some((t, until)) if t == term => {
-                let left = self.certain_until(until).map_or(Duration::ZERO, |u| u.remaining());
+        match self.lease_left(term) {
+            Some(left) => {
                 let age = committed.elapsed();
                 if left <= margin {
                     Err(format!(
@@ -1021,7 +1035,7 @@ impl Coordinator {
                 // A fleet's coordinators go round together (their reads then go to etcd
                 // together: [`Etcd::read`]); one deployment's, every `every` from its last.
                 let next = match self.shared_lease {
-                    Some(_) => tokio::time::sleep_until(crate::time::next_on_grid(every)),
+                    Some(_) => tokio::time::sleep_until(crate::time::next_on_grid(every, self.grid_slot())),
                     None => tokio::time::sleep(every),
                 };
                 tokio::select! {
@@ -1261,6 +1275,11 @@ impl Coordinator {
         let last = log.iter().map(seq_of).max().unwrap_or(0).max(upto);
         *cursor = Cursor { next: last + 1, seen: last, snapshot_upto: upto, synced: true };
         drop(cursor);
+        // Where a test makes winning a lead slow (FAILPOINTS `before-lead=return(MS)`, waited
+        // without holding up the runtime): it is then certain for a moment only.
+        if let Some(ms) = fail::eval("before-lead", |ms| ms.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0)) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         tracing::info!(replica = %self.me.replica, term = term.0, lines = log.len(), "leading: acting state restored from etcd");
         // Leadership first, then the news: the new leader's first writes (a rollback found
         // unfinished, reported) may follow the news at once.

@@ -259,6 +259,11 @@ impl Share {
             self.lease.set(None);
             self.etcd.revoke(id).await?;
         }
+        self.read_with(ops).await
+    }
+
+    /// `ops`, then the replicas up and the holders read, in one transaction.
+    async fn read_with(&self, mut ops: Vec<Op>) -> Result<Seen, EtcdError> {
         let (replicas, leaders) = (replicas_prefix(&self.base), leaders_prefix(&self.base));
         ops.push(Op::GetRange(replicas.clone(), prefix_end(&replicas)));
         ops.push(Op::GetRange(leaders.clone(), prefix_end(&leaders)));
@@ -286,7 +291,8 @@ impl Share {
     }
 
     /// A round while this replica leaves ([`Phase::Leaving`]): its lease renewed (never a new
-    /// one), its key withdrawn once (`withdrawn`).
+    /// one), its key withdrawn once (`withdrawn`), who holds what read (commands that reach
+    /// it meanwhile are sent on to the holders).
     async fn leave_round(&self, lease: &mut Option<i64>, withdrawn: &mut bool) -> Result<(), EtcdError> {
         if let Some(id) = *lease {
             let sent = Stopwatch::start();
@@ -297,13 +303,16 @@ impl Share {
                 self.lease.set(None);
             }
         }
+        let mut ops = vec![];
         if !*withdrawn {
             let mine = self.replica_key();
-            let end = format!("{mine}\0");
-            self.etcd.txn(&[], &[Op::DeleteRange(mine, end)], &[]).await?;
-            *withdrawn = true;
+            ops.push(Op::DeleteRange(mine.clone(), format!("{mine}\0")));
+        }
+        let seen = self.read_with(ops).await?;
+        if !std::mem::replace(withdrawn, true) {
             tracing::info!(replica = %self.me.replica, "leaving the share: the other replicas take what this one lets go");
         }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         Ok(())
     }
 

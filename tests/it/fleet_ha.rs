@@ -314,8 +314,14 @@ async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_
     for _ in NAMES {
         services.push(Service::start(true).await);
     }
-    let a = Replica::start(root.path(), "a", &services, &etcd.url());
-    let b = Replica::start(root.path(), "b", &services, &etcd.url());
+    // Each lead is won slowly (1.1 s between the round and the lead: FAILPOINTS), so that a
+    // lead won when etcd answers again is certain for a moment only (about 0.2 s of a 2 s ttl,
+    // less than a step's margin of 0.5 s, until the next renewal): the rollback decided then
+    // waits for the renewal; it does not fail its first step "not started" (and then wait out
+    // its cooldown, the outage never rolled back).
+    let slow = [("FAILPOINTS", "before-lead=return(1100)")];
+    let a = Replica::start_env(root.path(), "a", &services, &etcd.url(), &slow);
+    let b = Replica::start_env(root.path(), "b", &services, &etcd.url(), &slow);
     let held = held_once(&[&a, &b], 4, "every deployment held once").await;
     let d = held.iter().find(|(_, h)| h.as_str() == "b").map(|(d, _)| d.clone()).unwrap();
     let service = &services[NAMES.iter().position(|n| *n == d).unwrap()];

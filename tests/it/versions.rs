@@ -703,6 +703,9 @@ async fn a_held_rollback_shows_its_hold_in_the_report_and_history() {
     assert!(held < initiated, "{md}");
     let (code, history, _) = s.cli(&["history"]);
     assert_eq!(code, 0);
-    assert!(history.contains("after the decision (held back or awaiting approval)"), "{history}");
+    assert!(
+        history.contains("after the decision (held back, waiting for the version source, or awaiting approval)"),
+        "{history}"
+    );
     s.stop();
 }
