@@ -42,6 +42,9 @@ pub struct Incident {
     pub approved_by: Option<String>,
     pub root_cause: Option<String>,
     pub timeline: Vec<Moment>,
+    /// A fleet's deployment it was of (set by the caller, who knows the config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// One line of the timeline.
@@ -223,6 +226,7 @@ pub fn incident(
         approved_by,
         root_cause,
         timeline,
+        deployment: None,
     })
 }
 
@@ -266,7 +270,13 @@ impl Incident {
             "{}\n\n",
             self.root_cause.as_deref().map_or_else(
                 // In a code span, where escapes are not read: the id is rollwatch's own (`rb-N`).
-                || format!("Not recorded yet (`rollwatch annotate -c FILE {} --root-cause ...`).", self.rollback_id),
+                || {
+                    let deployment = self.deployment.as_ref().map(|d| format!(" --deployment {d}")).unwrap_or_default();
+                    format!(
+                        "Not recorded yet (`rollwatch annotate -c FILE{deployment} {} --root-cause ...`).",
+                        self.rollback_id
+                    )
+                },
                 markdown
             )
         ));

@@ -61,7 +61,8 @@ pub fn report(
     let lines =
         crate::journal::Journal::read_back_kept(&journal, |l| l["event"].as_str().is_some_and(|e| KINDS.contains(&e)))?;
     match crate::act::report::incident(&lines, id, &severities) {
-        Ok(incident) => {
+        Ok(mut incident) => {
+            incident.deployment = loaded.config.member.as_ref().map(|m| m.name.clone());
             match format {
                 ReportFormat::Md => write!(out, "{}", incident.markdown())?,
                 ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&incident)?)?,

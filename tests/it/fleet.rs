@@ -204,6 +204,9 @@ async fn outages_in_two_deployments_roll_back_each_once_and_nothing_else() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("rb-1") && out.contains("completed"), "{out}");
     assert!(out.contains(&format!("rollwatch annotate -c {top} --deployment web rb-1")), "{out}");
+    let (code, out, _) = common::rollwatch(&["report", "-c", top, "--deployment", "web", "rb-1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("`rollwatch annotate -c FILE --deployment web rb-1 --root-cause ...`"), "{out}");
     sidecar.stop();
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     assert!(stdout.contains("[api] 🔄 ROLLBACK IN PROGRESS"), "{stdout}");
