@@ -81,6 +81,7 @@ fn dispatcher(c: &mut Criterion) {
         redactor: Default::default(),
         config_path: "rollwatch.toml".into(),
         deployment: None,
+        version_source: false,
     };
     let ledger = rollwatch::act::ledger::Ledger::local(shared);
     let (mut d, _done, _) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();

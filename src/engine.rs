@@ -972,6 +972,7 @@ fn acting_parts(
         config_path: std::path::absolute(config.member.as_ref().map_or(&config.path, |m| &m.fleet))
             .unwrap_or_else(|_| config.path.clone()),
         deployment: config.member.as_ref().map(|m| m.name.clone()),
+        version_source: config.version.is_some(),
     };
     Ok((acting, notifier))
 }

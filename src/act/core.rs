@@ -444,10 +444,15 @@ impl Core {
         }
         // An issue that began after the version source's last poll may be a new version's, not
         // yet read: wait for the next poll (at most its interval) rather than act on the old one.
-        if let Some(polled) = self.seen.polled_at
-            && let Some(since) = self.issue_since.get(&d.profile).copied()
-            && since > polled
-        {
+        // Before its first poll, the version is not known at all: a rollback started then would
+        // have no version to be held back by, and a first sight of the version after it would
+        // read as a deploy since (its cooldown skipped: a second rollback of the same version).
+        let since = self.issue_since.get(&d.profile).copied().unwrap_or(d.at);
+        let unread = match self.seen.polled_at {
+            None => self.acting.version_source,
+            Some(polled) => since > polled,
+        };
+        if unread {
             if self.told.version_wait.insert((d.profile.clone(), since)) {
                 tracing::info!(profile = %d.profile, outcome = %d.outcome, "decided; waiting for the version source's next poll to know which version this is about");
                 let note = serde_json::json!({ "profile": d.profile, "outcome": d.outcome, "issue_since": since });

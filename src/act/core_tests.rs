@@ -51,6 +51,7 @@ fn acting(policy: Policy) -> Acting {
         redactor: Default::default(),
         config_path: "rollwatch.toml".into(),
         deployment: None,
+        version_source: false,
     }
 }
 
@@ -189,6 +190,24 @@ fn a_rollback_decided_starts_its_steps_once_and_completes_on_quiet() {
     let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
     let last = lines.iter().rev().find(|l| l["event"] == "suppressed").unwrap();
     assert!(last["reason"].as_str().is_some_and(|r| r.contains("already rolled back by rb-1")), "{last}");
+}
+
+#[test]
+fn nothing_is_acted_on_before_the_version_source_is_first_read() {
+    let mut b = Bench::new();
+    b.core.acting.version_source = true;
+    b.clock.advance(Span::from_secs(10));
+    let effects = b.tick(Outcome::Rollback);
+    assert!(started(&effects).is_empty(), "the version is not known yet: {effects:?}");
+    assert!(effects.iter().any(|e| matches!(e, Effect::Note { kind: "waiting_for_version", .. })), "{effects:?}");
+    // Read: the rollback is of that version (and a first sight of it is no deploy since).
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.core.take_effects();
+    b.clock.advance(Span::from_secs(1));
+    assert_eq!(started(&b.tick(Outcome::Rollback)), vec!["rb-1"]);
+    let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
+    let rb = lines.iter().find(|l| l["event"] == "rollback_started").unwrap();
+    assert_eq!(rb["version_from"], "v1", "{rb}");
 }
 
 #[test]

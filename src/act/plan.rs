@@ -83,4 +83,7 @@ pub struct Acting {
     pub config_path: PathBuf,
     /// In a fleet: the deployment's name (commands name it; messages say it).
     pub deployment: Option<String>,
+    /// Whether a version source is configured (`version = {...}`): then nothing is acted on
+    /// before its first reading (a rollback of an unknown version has no key to be held by).
+    pub version_source: bool,
 }

@@ -257,6 +257,7 @@ fn start_with(
         redactor: rollwatch::secret::Redactor::new(["tok-S3CRET".to_string()]),
         config_path: dir.join("rollwatch.toml"),
         deployment: None,
+        version_source: false,
     };
     let ledger = match coordinator {
         Some(c) => rollwatch::act::ledger::Ledger::shared(journal, c, &lines),
