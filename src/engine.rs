@@ -851,7 +851,7 @@ impl Engine {
             let _ = task.await;
         }
         let acting = self.dispatcher.status();
-        let next = match self.kept.share.is_some() || self.coord.is_some() {
+        let next = match self.coord.is_some() {
             true => "the replica that leads it next",
             false => "this sidecar at its next start",
         };

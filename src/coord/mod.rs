@@ -666,6 +666,15 @@ impl Coordinator {
         }
     }
 
+    /// The leader key as it is and the log's view, read (among a fleet's reads of the moment).
+    async fn read_leader(&self) -> Result<(Option<Kv>, LogView), EtcdError> {
+        let mut reads = vec![Op::Get(self.leader_key())];
+        reads.extend(self.view_ops());
+        let r = self.etcd.read(reads).await?;
+        let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
+        Ok((r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next()), view))
+    }
+
     /// Whether this replica's clock is within [`MAX_SKEW`] of etcd's (as of etcd's last
     /// answer); told once when it stops or starts being.
     fn clock_ok(&self) -> bool {
@@ -737,11 +746,7 @@ impl Coordinator {
         if !standing {
             // Not standing: read who leads; holding the key, give it up (the lease's revocation
             // deletes it at once).
-            let mut reads = vec![Op::Get(key.clone())];
-            reads.extend(view_ops);
-            let r = self.etcd.read(reads).await?;
-            let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
-            let holder = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next());
+            let (holder, view) = self.read_leader().await?;
             if let Some(kv) = holder.as_ref().filter(|kv| kv.lease == id) {
                 let planned = self.shared_lease.is_some() && !self.assigned().mine;
                 if planned {
@@ -772,11 +777,8 @@ impl Coordinator {
         // fleet's reads of the moment: one transaction for many deployments); the key gone,
         // it stands for it again below.
         if held.is_some() && self.shared_lease.is_some() {
-            let mut reads = vec![Op::Get(key.clone())];
-            reads.extend(self.view_ops());
-            let r = self.etcd.read(reads).await?;
-            let view = self.view(&r.ranges[1.min(r.ranges.len())..]);
-            if let Some(kv) = r.ranges.into_iter().next().and_then(|kvs| kvs.into_iter().next()) {
+            let (holder, view) = self.read_leader().await?;
+            if let Some(kv) = holder {
                 let term = Term(kv.create_revision, 0);
                 let holder = serde_json::from_slice::<Leader>(&kv.value).ok().map(|l| (l, term));
                 return Ok(((kv.lease == id).then_some(term), holder, view));

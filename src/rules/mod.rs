@@ -311,26 +311,33 @@ impl Evaluator {
     pub fn restart_evidence(&mut self, at: Timestamp, predates: bool) {
         self.take_deploy_values(at);
         self.evidence.restart(at);
-        for (i, rule) in self.rules.iter().enumerate() {
+        for i in 0..self.rules.len() {
             let before = matches!(self.states[i], RuleState::Firing { active_since, .. } if active_since <= at);
             self.predated[i] = predates && self.ticks > 0 && before;
-            if rule.scope == Scope::Deployment {
-                if self.states[i].phase() != Phase::Inactive {
-                    self.restarted.push(Transition {
-                        at,
-                        rule: rule.name.clone(),
-                        from: self.states[i].phase(),
-                        to: Phase::Inactive,
-                        value: None,
-                    });
-                }
-                self.states[i] = RuleState::Inactive;
-                self.values[i] = None;
-                self.truths[i] = Truth::Unknown;
-                self.slots.set(rule.firing_slot, Value::Boolean(false));
-                self.slots.set(rule.pending_slot, Value::Boolean(false));
+            if self.rules[i].scope == Scope::Deployment {
+                self.restart_rule(i, at);
             }
         }
+    }
+
+    /// Rule `i` starts again inactive at `at` (its end reported with the next tick's
+    /// transitions).
+    fn restart_rule(&mut self, i: usize, at: Timestamp) {
+        let rule = &self.rules[i];
+        if self.states[i].phase() != Phase::Inactive {
+            self.restarted.push(Transition {
+                at,
+                rule: rule.name.clone(),
+                from: self.states[i].phase(),
+                to: Phase::Inactive,
+                value: None,
+            });
+        }
+        self.states[i] = RuleState::Inactive;
+        self.values[i] = None;
+        self.truths[i] = Truth::Unknown;
+        self.slots.set(rule.firing_slot, Value::Boolean(false));
+        self.slots.set(rule.pending_slot, Value::Boolean(false));
     }
 
     /// This evaluator goes on at `now` after a time it was not fed (a fleet's deployment held
@@ -341,23 +348,10 @@ impl Evaluator {
     pub fn resume_after_gap(&mut self, now: Timestamp) {
         let watched: Vec<(Timestamp, Timestamp)> = self.evidence.store().watched().collect();
         self.evidence.resume(watched, now);
-        for (i, rule) in self.rules.iter().enumerate() {
-            if self.states[i].phase() != Phase::Inactive {
-                self.restarted.push(Transition {
-                    at: now,
-                    rule: rule.name.clone(),
-                    from: self.states[i].phase(),
-                    to: Phase::Inactive,
-                    value: None,
-                });
-            }
-            self.states[i] = RuleState::Inactive;
-            self.values[i] = None;
-            self.truths[i] = Truth::Unknown;
+        for i in 0..self.rules.len() {
+            self.restart_rule(i, now);
             self.predated[i] = false;
             self.short[i] = false;
-            self.slots.set(rule.firing_slot, Value::Boolean(false));
-            self.slots.set(rule.pending_slot, Value::Boolean(false));
         }
     }
 
