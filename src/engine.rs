@@ -210,6 +210,8 @@ pub async fn run_while_held(
 struct Pollers {
     tasks: tokio::task::JoinSet<()>,
     stop: watch::Sender<bool>,
+    /// Per target, a poll asked for now (besides its interval's).
+    now: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 impl Pollers {
@@ -223,13 +225,23 @@ impl Pollers {
     ) -> Pollers {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        let mut now = std::collections::HashMap::new();
         for mut t in targets {
             t.keep = keep.clone();
+            let asked = Arc::new(tokio::sync::Notify::new());
+            now.insert(t.name.clone(), asked.clone());
             // In the deployment's span (a fleet's log lines name their deployment).
-            let poll = run_target(t, client.clone(), clock.clone(), queue.clone(), stopped.clone());
+            let poll = run_target(t, client.clone(), clock.clone(), queue.clone(), stopped.clone(), asked);
             tasks.spawn(tracing::Instrument::in_current_span(poll));
         }
-        Pollers { tasks, stop }
+        Pollers { tasks, stop, now }
+    }
+
+    /// Polls `target` now (after the poll it is making, if any), besides its interval's.
+    fn poll_now(&self, target: &str) {
+        if let Some(asked) = self.now.get(target) {
+            asked.notify_one();
+        }
     }
 
     /// Stops every poller and waits for them.
@@ -569,7 +581,8 @@ impl Engine {
             let acted = off_runtime(|| self.dispatcher.on_version_observed(obs.at, &version));
             self.after_acting(acted);
         } else if self.config.version.as_ref().is_some_and(|v| obs.target == v.target) {
-            self.dispatcher.on_version_unreadable(obs.at);
+            let acted = self.dispatcher.on_version_unreadable(obs.at);
+            self.after_acting(acted);
         }
     }
 
@@ -640,7 +653,7 @@ impl Engine {
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     ) {
         tracing::info!(?command, "command received");
-        let Acted { result, restart } = off_runtime(|| self.dispatcher.command(command));
+        let (result, rest) = off_runtime(|| self.dispatcher.command(command)).answer();
         let answer = match result {
             Ok(answer) => answer,
             Err(e) => {
@@ -650,11 +663,11 @@ impl Engine {
                     }
                     RecordError::Shared(_) => format!("not done: this replica no longer leads ({e}); try again"),
                 });
-                self.after_acting(Acted { result: Err(e), restart: None });
+                self.after_acting(Acted::failed(e));
                 refused
             }
         };
-        self.after_acting(Acted { result: Ok(()), restart });
+        self.after_acting(rest);
         self.publish();
         let _ = reply.send(answer);
     }
@@ -789,6 +802,15 @@ impl Engine {
         }
         if let Some(restart) = acted.restart {
             self.restart_evidence(restart);
+        }
+        if acted.read_version
+            && let (Some(v), Some(pollers)) = (&self.config.version, &self.tasks.pollers)
+        {
+            pollers.poll_now(&v.target);
+        }
+        if acted.evaluate {
+            // The next tick at once (the grid moves with it): no evaluation is added.
+            self.inputs.ticker.reset_immediately();
         }
         self.snapshot.acting = self.dispatcher.status();
         self.assign();

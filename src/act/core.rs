@@ -329,7 +329,7 @@ impl Core {
         }
         self.seen.refused = false;
         let previous_read = self.seen.read_at.replace(now);
-        self.seen.polled_at = Some(now);
+        self.polled(now);
         if !self.leads() {
             self.seen.observed = Some(version.to_string());
             return Ok(());
@@ -364,7 +364,17 @@ impl Core {
     /// A poll of the version source that read no version (the target down, the field missing):
     /// not a change, but the version is as known as it will be for now.
     pub fn on_version_unreadable(&mut self, now: Timestamp) {
+        self.polled(now);
+    }
+
+    /// The version source was polled at `now`: a decision waiting for a poll after its issue
+    /// began is evaluated again at once, not at the next tick.
+    fn polled(&mut self, now: Timestamp) {
         self.seen.polled_at = Some(now);
+        if self.seen.waiting.is_some_and(|since| now >= since) {
+            self.seen.waiting = None;
+            self.out.push(Effect::Evaluate);
+        }
     }
 
     /// `to` is deployed now (seen by the version source, or reported). Returns whether it was
@@ -443,7 +453,7 @@ impl Core {
             return self.predates(now, d);
         }
         // An issue that began after the version source's last poll may be a new version's, not
-        // yet read: wait for the next poll (at most its interval) rather than act on the old one.
+        // yet read: wait for a poll after it (asked for at once) rather than act on the old one.
         // Before its first poll, the version is not known at all: a rollback started then would
         // have no version to be held back by, and a first sight of the version after it would
         // read as a deploy since (its cooldown skipped: a second rollback of the same version).
@@ -453,10 +463,14 @@ impl Core {
             Some(polled) => since > polled,
         };
         if unread {
+            self.seen.waiting = self.seen.waiting.max(Some(since));
             if self.told.version_wait.insert((d.profile.clone(), since)) {
-                tracing::info!(profile = %d.profile, outcome = %d.outcome, "decided; waiting for the version source's next poll to know which version this is about");
+                tracing::info!(profile = %d.profile, outcome = %d.outcome, "decided; reading the version source at once to know which version this is about");
                 let note = serde_json::json!({ "profile": d.profile, "outcome": d.outcome, "issue_since": since });
                 self.out.note(now, "waiting_for_version", note);
+                // Asked at once: waiting for its next scheduled poll would add up to its interval
+                // (and the tick after it) to the time an outage takes to be rolled back.
+                self.out.push(Effect::ReadVersion);
             }
             return Ok(());
         }

@@ -200,9 +200,18 @@ fn nothing_is_acted_on_before_the_version_source_is_first_read() {
     let effects = b.tick(Outcome::Rollback);
     assert!(started(&effects).is_empty(), "the version is not known yet: {effects:?}");
     assert!(effects.iter().any(|e| matches!(e, Effect::Note { kind: "waiting_for_version", .. })), "{effects:?}");
-    // Read: the rollback is of that version (and a first sight of it is no deploy since).
+    assert_eq!(effects.iter().filter(|e| matches!(e, Effect::ReadVersion)).count(), 1, "read at once: {effects:?}");
+    // Asked once per wait: the next tick waits without asking again.
+    b.clock.advance(Span(200));
+    let effects = b.tick(Outcome::Rollback);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::ReadVersion | Effect::Evaluate)), "{effects:?}");
+    // Read: evaluated again at once; the rollback is of that version (and a first sight of it
+    // is no deploy since).
     b.core.on_version_observed(b.now(), "v1").unwrap();
-    b.core.take_effects();
+    let effects = b.core.take_effects();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Evaluate)), "the wait is over: {effects:?}");
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    assert!(!b.core.take_effects().iter().any(|e| matches!(e, Effect::Evaluate)), "nothing waits any more");
     b.clock.advance(Span::from_secs(1));
     assert_eq!(started(&b.tick(Outcome::Rollback)), vec!["rb-1"]);
     let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();

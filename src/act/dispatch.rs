@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::core::Core;
 pub use super::core::{ActingStatus, RecentEscalation};
-use super::effect::Restart;
+use super::effect::{Asks, Restart};
 use super::executor::Executor;
 pub use super::inflight::Phase;
 use super::ledger::{Ledger, RecordError};
@@ -37,12 +37,33 @@ pub struct Acted<T = ()> {
     /// The last evidence restart the input's effects asked for: no evaluation runs between an
     /// input's restarts, so the evidence restarts once, at the last.
     pub restart: Option<Restart>,
+    /// Read the version source now: a decision waits to know which version it is about.
+    pub read_version: bool,
+    /// Evaluate now: the version reading a decision waited for came.
+    pub evaluate: bool,
 }
 
 impl<T> Acted<T> {
+    fn of(result: Result<T, RecordError>, asks: Asks) -> Acted<T> {
+        Acted { result, restart: asks.restart, read_version: asks.read_version, evaluate: asks.evaluate }
+    }
+
     /// The input's result, for callers without evidence (the acting tests, benchmarks).
     pub fn result(self) -> Result<T, RecordError> {
         self.result
+    }
+
+    /// The input's result apart, and what its effects ask of the caller.
+    pub fn answer(self) -> (Result<T, RecordError>, Acted) {
+        let asks = Asks { restart: self.restart, read_version: self.read_version, evaluate: self.evaluate };
+        (self.result, Acted::of(Ok(()), asks))
+    }
+}
+
+impl Acted {
+    /// An input that failed and asked nothing else.
+    pub fn failed(e: RecordError) -> Acted {
+        Acted::of(Err(e), Asks::default())
     }
 }
 
@@ -61,33 +82,31 @@ impl Dispatcher {
         let (exec, news) = Executor::new(notifier, ledger.clone(), client, clock.clone());
         let core = Core::new(acting, ledger, clock, lines);
         let mut d = Dispatcher { core, exec };
-        let restart = d.execute();
+        let restart = d.execute().restart;
         Ok((d, news, restart))
     }
 
-    /// Hands what the core queued to the executor; returns the last evidence restart among
-    /// the effects.
-    fn execute(&mut self) -> Option<Restart> {
+    /// Hands what the core queued to the executor; returns what the effects ask of the caller.
+    fn execute(&mut self) -> Asks {
         let effects = self.core.take_effects();
         if effects.is_empty() {
-            return None;
+            return Asks::default();
         }
-        self.exec.apply(effects).pop()
+        self.exec.apply(effects)
     }
 
     /// Runs `input` on the core, then its effects (also when it failed part way).
     fn with<T>(&mut self, input: impl FnOnce(&mut Core) -> Result<T, RecordError>) -> Acted<T> {
         let result = input(&mut self.core);
-        let restart = self.execute();
-        Acted { result, restart }
+        Acted::of(result, self.execute())
     }
 
     /// Runs an input that cannot restart the evidence (rollwatch's own failure: acting stops,
     /// what was seen stays), then its effects.
     fn without_restart(&mut self, input: impl FnOnce(&mut Core)) {
         input(&mut self.core);
-        let restart = self.execute();
-        debug_assert!(restart.is_none(), "an input that stops acting restarted the evidence");
+        let asks = self.execute();
+        debug_assert!(asks.restart.is_none(), "an input that stops acting restarted the evidence");
     }
 
     /// Takes a reloaded config's actions, policy, plans and channels; state and the rollback
@@ -116,8 +135,11 @@ impl Dispatcher {
         self.with(|c| c.on_version_observed(now, version))
     }
 
-    pub fn on_version_unreadable(&mut self, now: Timestamp) {
-        self.core.on_version_unreadable(now);
+    pub fn on_version_unreadable(&mut self, now: Timestamp) -> Acted {
+        self.with(|c| {
+            c.on_version_unreadable(now);
+            Ok(())
+        })
     }
 
     /// News from the running procedure.

@@ -54,6 +54,23 @@ pub enum Effect {
     StepAside,
     /// Among replicas: stand for the leadership again.
     Rejoin,
+    /// Read the version source now: a decision waits to know which version its issue is about
+    /// (returned to the input's caller, [`Acted::read_version`](super::dispatch::Acted::read_version)).
+    ReadVersion,
+    /// Evaluate now: the version reading a decision waited for came (returned to the input's
+    /// caller, [`Acted::evaluate`](super::dispatch::Acted::evaluate)).
+    Evaluate,
+}
+
+/// What an input's effects ask of the evidence, the pollers and the evaluator: not the
+/// executor's to apply, it hands them back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Asks {
+    /// The last evidence restart asked for: no evaluation runs between an input's restarts, so
+    /// the evidence restarts once, at the last.
+    pub restart: Option<Restart>,
+    pub read_version: bool,
+    pub evaluate: bool,
 }
 
 /// The effects queued by one input, in order.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::effect::{Effect, Restart};
+use super::effect::{Asks, Effect};
 use super::ledger::Ledger;
 use super::procedure::{Procedure, ProcedureNews};
 use crate::notify::Notifier;
@@ -37,10 +37,10 @@ impl Executor {
         (Executor { notifier, ledger, client, clock, news, tasks: tokio::task::JoinSet::new() }, news_rx)
     }
 
-    /// Applies `effects` in order; returns the evidence restarts among them, oldest first (the
-    /// evidence is not the executor's: the dispatcher returns them to the input's caller).
-    pub fn apply(&mut self, effects: Vec<Effect>) -> Vec<Restart> {
-        let mut restarts = Vec::new();
+    /// Applies `effects` in order; returns what they ask of the evidence, the pollers and the
+    /// evaluator (not the executor's: the dispatcher returns it to the input's caller).
+    pub fn apply(&mut self, effects: Vec<Effect>) -> Asks {
+        let mut asks = Asks::default();
         for effect in effects {
             match effect {
                 Effect::Announce { template, vars } => self.notifier.announce(&template, &vars),
@@ -61,7 +61,9 @@ impl Executor {
                     };
                     self.spawn(procedure.run());
                 }
-                Effect::RestartEvidence(r) => restarts.push(r),
+                Effect::RestartEvidence(r) => asks.restart = Some(r),
+                Effect::ReadVersion => asks.read_version = true,
+                Effect::Evaluate => asks.evaluate = true,
                 Effect::StepAside => {
                     if let Some(c) = self.ledger.coordinator() {
                         c.step_aside();
@@ -74,7 +76,7 @@ impl Executor {
                 }
             }
         }
-        restarts
+        asks
     }
 
     /// A reloaded config's channels: the old ones finish what they were sending (a few

@@ -285,6 +285,9 @@ pub struct Sighting {
     /// version the issue is about.
     pub read_at: Option<Timestamp>,
     pub polled_at: Option<Timestamp>,
+    /// The latest start of an issue whose decision waits for a poll of the version source after
+    /// it (the source was asked at once; the poll that comes asks for an evaluation at once).
+    pub waiting: Option<Timestamp>,
     pub bake: Bake,
 }
 

@@ -240,24 +240,30 @@ pub fn jitter(target: &Target) -> Span {
     Span((h.finish() % spread) as i64)
 }
 
-/// Polls `target` every interval until `shutdown` turns true or the receiver is gone.
+/// Polls `target` every interval, and whenever `now` is notified, until `shutdown` turns true
+/// or the receiver is gone.
 pub async fn run_target(
     target: Target,
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
     tx: super::queue::Sender,
     mut shutdown: watch::Receiver<bool>,
+    now: Arc<tokio::sync::Notify>,
 ) {
     tokio::select! {
         _ = tokio::time::sleep(jitter(&target).as_std()) => {}
+        _ = now.notified() => {}
         _ = shutdown.changed() => return,
     }
     let mut ticker = tokio::time::interval(target.interval.as_std());
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
+        // A poll asked for while one was being made is made after it (the permit waits).
         tokio::select! {
-            _ = ticker.tick() => {}
+            biased;
             _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+            _ = now.notified() => {}
         }
         let obs = tokio::select! {
             obs = probe(&client, &target, clock.as_ref()) => obs,

@@ -228,7 +228,8 @@ async fn a_dead_target_never_delays_a_live_one() {
     slow.timeout = Span(5_000);
     slow.interval = Span(200);
     for t in [prom(&live), slow] {
-        tokio::spawn(run_target(t, client.clone(), Arc::new(SystemClock), tx.clone(), shutdown.clone()));
+        let now = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(run_target(t, client.clone(), Arc::new(SystemClock), tx.clone(), shutdown.clone(), now));
     }
     drop(tx);
     // Ten polls of the live target (every 50 ms) arrive while the dead one is stuck in its
@@ -250,6 +251,29 @@ async fn a_dead_target_never_delays_a_live_one() {
     // Every task ends on shutdown: the channel closes.
     let rest = tokio::time::timeout(Duration::from_secs(5), async { while rx.recv().await.is_some() {} }).await;
     assert!(rest.is_ok(), "pollers stop on shutdown");
+}
+
+/// A poll asked for now is made at once, whatever the target's interval and offset: a
+/// decision waiting to know which version it is about does not wait for the next scheduled one.
+#[tokio::test]
+async fn a_poll_asked_for_now_is_made_at_once() {
+    let (url, hits) = serve(|_| Reply::Http(200, "", b"m 1\n".to_vec())).await;
+    let client = http_client().unwrap();
+    let (tx, mut rx) = rollwatch::source::queue::queue(rollwatch::source::queue::QUEUE_SAMPLES);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let mut t = prom(&url);
+    t.interval = Span::from_secs(3_600);
+    let now = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(run_target(t, client, Arc::new(SystemClock), tx, shutdown, now.clone()));
+    for asked in 1..=3 {
+        now.notify_one();
+        let obs = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(obs.expect("polled when asked, not an hour later").expect("the poller runs").obs.up);
+        // The first ask replaces the wait for the target's offset, and its poll is the
+        // interval's first: no other poll is made.
+        assert_eq!(hits.load(Ordering::SeqCst), asked, "one poll per ask");
+    }
+    stop.send(true).unwrap();
 }
 
 /// Memory is bounded by configuration, whatever a target sends: series no rule reads are

@@ -97,6 +97,40 @@ async fn errors_seen_before_the_new_version_is_read_are_the_new_versions() {
     s.stop();
 }
 
+/// A decision waiting to know which version its issue is about reads the version source at
+/// once, and is evaluated again as soon as the reading comes: the version source polled every
+/// hour (its first poll anywhere in that hour) delays no rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_waiting_for_the_version_reads_it_at_once() {
+    let service = VersionedService::start("v1", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = common::free_listen();
+    let config = versioned_config(dir.path(), &service, &listen, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("/health\"\ninterval = \"200ms\"", "/health\"\ninterval = \"1h\"");
+    assert!(text.contains("/health\"\ninterval = \"1h\""), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut s = Sidecar { child: spawn_run(dir.path(), &config), dir, config, listen };
+    // v1 as CI reports it (the version source not read yet), baked.
+    common::ticks_later(&s.listen, 1).await;
+    let (code, out, err) = s.cli(&["deployed", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    s.baked("v1").await;
+    let watch = rollwatch::time::Stopwatch::start();
+    service.deploy("v2", 500);
+    let events = s.wait("a rollback", |e| !of_kind(e, "rollback_started").is_empty()).await;
+    let took = watch.elapsed_secs();
+    assert!(!of_kind(&events, "waiting_for_version").is_empty(), "the decision waited: {events:#?}");
+    let started = of_kind(&events, "rollback_started");
+    assert_eq!((started[0]["version_from"].as_str(), started[0]["target_version"].as_str()), (Some("v2"), Some("v1")));
+    // The 2 s error window (filled again once the first reading restarted the evidence), and
+    // twice a poll of the version source asked for at once.
+    assert!(took < 15.0, "rolled back {took:.1} s after the outage began (the version source polled hourly)");
+    s.wait("the rollback finished", finished).await;
+    assert_eq!(service.rollbacks(), vec!["v1".to_string()]);
+    s.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regression_rolls_back_to_the_last_version_that_ran_healthy() {
     let service = VersionedService::start("v1", 0).await;
