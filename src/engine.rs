@@ -1112,7 +1112,9 @@ fn ticker_for(every: Span, recording: bool) -> tokio::time::Interval {
 /// fleet's deployment, from the fleet's file (deployments added or removed wait for a restart).
 fn load_again(config: &Config, env: &Env) -> Result<(Deployment, Vec<Target>), crate::diag::Diagnostics> {
     let loaded = match &config.member {
-        Some(m) => crate::rules::deployment::load_selected(&m.fleet, Some(&m.name))?,
+        Some(m) => {
+            crate::rules::deployment::load_selected(&m.fleet, Some(&m.name)).map_err(crate::diag::Diagnostics::from)?
+        }
         None => crate::rules::deployment::load(&config.path)?,
     };
     let targets = loaded.config.targets(|var| env(var))?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::event::{Annotated, Closed, Deploy, Event, VersionBaked, VersionChanged, VersionMarked};
+use super::event::{Annotated, Closed, Deploy, Event, RollbackResult, VersionBaked, VersionChanged, VersionMarked};
 use super::state::State;
 use super::versions::VersionInfo;
 use crate::journal::{Journal, JournalError};
@@ -21,7 +21,11 @@ pub struct Entry {
     pub date: String,
     pub profile: String,
     pub version_from: Option<String>,
+    /// The version it rolled back to: the one seen after its steps, else (steps done) its
+    /// target; none for a rollback that failed or was interrupted before one was seen.
     pub version_to: Option<String>,
+    /// The version it set out to restore.
+    pub target_version: Option<String>,
     pub reason: String,
     /// `completed`, `failed`, `issue_persists`, `unverified`, `interrupted`, or `in_flight`.
     pub result: String,
@@ -78,6 +82,15 @@ impl Entry {
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 
+    /// Where it went, for people: the version it rolled back to, else `v1 not reached`, else `?`.
+    pub fn to(&self) -> String {
+        match (&self.version_to, &self.target_version) {
+            (Some(to), _) => to.clone(),
+            (None, Some(target)) => format!("{target} not reached"),
+            (None, None) => "?".to_string(),
+        }
+    }
+
     /// One line for people: `rb-1 api v1.2.4 → v1.2.3, completed in 2m 5s: Is error rate > 5% (…)`.
     pub fn summary(&self) -> String {
         format!(
@@ -85,7 +98,7 @@ impl Entry {
             self.id,
             self.profile,
             self.version_from.as_deref().unwrap_or("?"),
-            self.version_to.as_deref().unwrap_or("?"),
+            self.to(),
             self.result,
             self.duration.as_deref().unwrap_or("-"),
             self.reason
@@ -179,7 +192,17 @@ fn entry(state: &State, r: &super::state::Rollback) -> Entry {
         date: iso(r.at),
         profile: r.started.profile.clone(),
         version_from: r.started.version_from.clone(),
-        version_to: finished.and_then(|f| f.version_to.clone()).or_else(|| r.started.target_version.clone()),
+        version_to: match finished {
+            None => r.started.target_version.clone(),
+            Some(f) => f.version_to.clone().or_else(|| {
+                let steps_done = matches!(
+                    f.result,
+                    RollbackResult::Completed | RollbackResult::IssuePersists | RollbackResult::Unverified
+                );
+                r.started.target_version.clone().filter(|_| steps_done)
+            }),
+        },
+        target_version: r.started.target_version.clone(),
         reason: r.started.reason.clone(),
         result: finished.map_or("in_flight", |f| f.result.key()).to_string(),
         duration_minutes: finished.map(|f| (f.duration_ms as f64 / 60_000.0 * 10.0).round() / 10.0),
@@ -292,5 +315,46 @@ mod tests {
         assert_eq!(full.versions.target(), Some("v0"));
         assert_eq!(entries(&restored), entries(&full));
         assert_eq!(full.versions.get("v500").map(|v| v.state.to_string()).as_deref(), Some("bad"));
+    }
+
+    /// A rollback that never reached its target (interrupted, failed) says so; one whose steps
+    /// were done goes to its target when no version was seen after them; one in flight shows
+    /// where it goes.
+    #[test]
+    fn only_a_rollback_whose_steps_were_done_went_to_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut line =
+            |at: i64, event: &str, rest: &str| writeln!(f, r#"{{"at":{at},"event":"{event}",{rest}}}"#).unwrap();
+        line(1, "deploy", r#""from":null,"to":"v1","source":"first_sight""#);
+        line(2, "deploy", r#""from":"v1","to":"v2","source":"hook""#);
+        let results = ["interrupted", "failed", "completed", "unverified"];
+        for (i, result) in results.iter().enumerate() {
+            let id = format!("rb-{}", i + 1);
+            let started = format!(
+                r#""rollback_id":"{id}","profile":"p","key":"p@v2","version_from":"v2","target_version":"v1","level":null,"reason":"r","explanation":"e","firing":["x"],"approval_id":null"#
+            );
+            line(10 + 10 * i as i64, "rollback_started", &started);
+            let finished =
+                format!(r#""rollback_id":"{id}","result":"{result}","duration_ms":1,"version_to":null,"error":null"#);
+            line(11 + 10 * i as i64, "rollback_finished", &finished);
+        }
+        let started = r#""rollback_id":"rb-5","profile":"p","key":"p@v2","version_from":"v2","target_version":"v1","level":null,"reason":"r","explanation":"e","firing":["x"],"approval_id":null"#;
+        line(100, "rollback_started", started);
+        drop(f);
+        let to: Vec<(String, Option<String>, String)> =
+            entries(&state(&path).unwrap()).iter().map(|e| (e.result.clone(), e.version_to.clone(), e.to())).collect();
+        let v1 = || Some("v1".to_string());
+        assert_eq!(
+            to,
+            vec![
+                ("interrupted".into(), None, "v1 not reached".into()),
+                ("failed".into(), None, "v1 not reached".into()),
+                ("completed".into(), v1(), "v1".into()),
+                ("unverified".into(), v1(), "v1".into()),
+                ("in_flight".into(), v1(), "v1".into()),
+            ]
+        );
     }
 }

@@ -17,15 +17,30 @@ use crate::notify::{Console, Notifier};
 use crate::template::messages::blank_vars;
 use crate::time::{Clock, Span, SystemClock};
 
-/// The config of the deployment a command concerns (`--deployment NAME` in a fleet).
-fn load(path: &Path, deployment: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Option<Config>> {
+/// The deployment a command concerns (`--deployment NAME` in a fleet); else its errors are
+/// written and the exit code returned: 2 for a `--deployment` left out or naming none (a usage
+/// error), 1 for a config's errors.
+fn load_deployment(
+    path: &Path,
+    deployment: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Result<crate::rules::deployment::Deployment, ExitCode>> {
+    use crate::rules::deployment::NotLoaded;
     match crate::rules::deployment::load_selected(path, deployment) {
-        Ok(loaded) => Ok(Some(loaded.config)),
-        Err(errors) => {
-            writeln!(out, "{errors}")?;
-            Ok(None)
+        Ok(loaded) => Ok(Ok(loaded)),
+        Err(e) => {
+            writeln!(out, "{e}")?;
+            Ok(Err(match e {
+                NotLoaded::Unselected(_) => ExitCode::from(2),
+                NotLoaded::Invalid(_) => ExitCode::FAILURE,
+            }))
         }
     }
+}
+
+/// The config of the deployment a command concerns, as [`load_deployment`].
+fn load(path: &Path, deployment: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Result<Config, ExitCode>> {
+    Ok(load_deployment(path, deployment, out)?.map(|d| d.config))
 }
 
 /// `rollwatch report -c FILE ID [--format md|json]`: the incident report of one rollback.
@@ -36,12 +51,9 @@ pub fn report(
     format: ReportFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let loaded = match crate::rules::deployment::load_selected(config, deployment) {
+    let loaded = match load_deployment(config, deployment, out)? {
         Ok(loaded) => loaded,
-        Err(errors) => {
-            writeln!(out, "{errors}")?;
-            return Ok(ExitCode::FAILURE);
-        }
+        Err(code) => return Ok(code),
     };
     let severities = loaded.evaluator.rules.iter().map(|r| (r.name.clone(), r.severity.clone())).collect();
     const KINDS: &[&str] = &[
@@ -113,7 +125,10 @@ pub fn deployed(
 /// (of versions deployed before the last [`RECENT_VERSIONS`](crate::act::versions::RECENT_VERSIONS),
 /// those with a verdict).
 pub fn versions(config: &Path, deployment: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
+    let config = match load(config, deployment, out)? {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
     let list = history::versions(&state);
     let current = state.versions.current.clone();
@@ -159,7 +174,10 @@ fn post_body(
     body: Option<serde_json::Value>,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
+    let config = match load(config, deployment, out)? {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     // A fleet's deployment is named to the sidecar (in the body of a deploy, else the query).
     let (path_and_query, body) = match &config.member {
         None => (path_and_query.to_string(), body),
@@ -245,15 +263,12 @@ pub fn notify(
     vars: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let (config, profiles) = match crate::rules::deployment::load_selected(config, deployment) {
+    let (config, profiles) = match load_deployment(config, deployment, out)? {
         Ok(loaded) => {
             let profiles: Vec<String> = loaded.evaluator.profiles.iter().map(|p| p.name.clone()).collect();
             (loaded.config, profiles)
         }
-        Err(errors) => {
-            writeln!(out, "{errors}")?;
-            return Ok(ExitCode::FAILURE);
-        }
+        Err(code) => return Ok(code),
     };
     let spec = &config.acting;
     if spec.templates.get(template).is_none() {
@@ -357,7 +372,10 @@ pub fn notify(
 
 /// `rollwatch history -c FILE [--json]`
 pub fn history(config: &Path, deployment: Option<&str>, json: bool, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
+    let config = match load(config, deployment, out)? {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     let state = history::state(&config.state_dir.join("journal.jsonl"))?;
     let entries = history::entries(&state);
     let approvals = history::approvals(&state);
@@ -424,7 +442,10 @@ pub fn annotate(
     root_cause: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config, deployment, out)? else { return Ok(ExitCode::FAILURE) };
+    let config = match load(config, deployment, out)? {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     // Dated on the sidecar's timeline (as it resumes), which may differ from the system clock.
     let now = SystemClock.now();
     let at = crate::journal::LastTimeline::read(&config.state_dir).map_or(now, |l| l.resume(now, config.ha.is_none()));

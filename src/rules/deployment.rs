@@ -125,14 +125,40 @@ fn load_members(path: &Path) -> Result<(Option<String>, Vec<Loaded>), Diagnostic
     Ok((Some(spec.route_alerts_by), members))
 }
 
+/// Why [`load_selected`] loaded no deployment.
+#[derive(Debug, thiserror::Error)]
+pub enum NotLoaded {
+    /// The config's errors (or the selected deployment's).
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// `--deployment` left out where the config has several, or naming none of them: the
+    /// command line's error, not the config's.
+    #[error("{0}")]
+    Unselected(Diagnostics),
+}
+
+impl From<Diagnostics> for NotLoaded {
+    fn from(errors: Diagnostics) -> NotLoaded {
+        NotLoaded::Invalid(errors)
+    }
+}
+
+impl From<NotLoaded> for Diagnostics {
+    fn from(e: NotLoaded) -> Diagnostics {
+        match e {
+            NotLoaded::Invalid(d) | NotLoaded::Unselected(d) => d,
+        }
+    }
+}
+
 /// The one deployment a command concerns: `name` among a fleet's (required when there are
 /// several), or the config's only one. Another deployment's errors do not stop it.
-pub fn load_selected(path: &Path, name: Option<&str>) -> Result<Deployment, Diagnostics> {
+pub fn load_selected(path: &Path, name: Option<&str>) -> Result<Deployment, NotLoaded> {
     let (route, mut members) = load_members(path)?;
     let names: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
-    let at = |message: String| Err(crate::diag::Diagnostic::file(path, message).into());
+    let at = |message: String| Err(NotLoaded::Unselected(crate::diag::Diagnostic::file(path, message).into()));
     match name {
-        None if members.len() == 1 => members.remove(0).1,
+        None if members.len() == 1 => Ok(members.remove(0).1?),
         None => at(format!(
             "this config watches {} deployments ({}): say which with --deployment NAME",
             names.len(),
@@ -142,7 +168,7 @@ pub fn load_selected(path: &Path, name: Option<&str>) -> Result<Deployment, Diag
             "--deployment {n:?}: this config is one deployment without a name (no `deployments`); leave --deployment out"
         )),
         Some(n) => match names.iter().position(|x| x == n) {
-            Some(i) => members.remove(i).1,
+            Some(i) => Ok(members.remove(i).1?),
             None => {
                 let hint = crate::diag::did_you_mean(n, names.iter().map(String::as_str));
                 at(format!("no deployment named {n:?}{hint} (deployments: {})", names.join(", ")))

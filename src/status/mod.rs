@@ -561,6 +561,7 @@ mod tests {
             profile: "api".into(),
             version_from: Some("v2".into()),
             version_to: Some("v1".into()),
+            target_version: Some("v1".into()),
             reason: "r".into(),
             result: "in_flight".into(),
             duration_minutes: None,

@@ -267,7 +267,7 @@ impl Snapshot {
                             esc(&r.id),
                             esc(&r.profile),
                             esc(r.version_from.as_deref().unwrap_or("?")),
-                            esc(r.version_to.as_deref().unwrap_or("?")),
+                            esc(&r.to()),
                             esc(&r.date),
                             if r.steps.is_empty() { "none yet".to_string() } else { esc(&r.steps.join("; ")) },
                         );
@@ -297,7 +297,7 @@ impl Snapshot {
                 esc(&e.id),
                 esc(&e.date),
                 esc(e.version_from.as_deref().unwrap_or("?")),
-                esc(e.version_to.as_deref().unwrap_or("?")),
+                esc(&e.to()),
                 esc(&e.result.replace('_', " ")),
                 e.duration.as_deref().map(|d| format!(" in {}", esc(d))).unwrap_or_default(),
                 esc(&e.reason)

@@ -322,12 +322,15 @@ async fn commands_name_their_deployment() {
     let sidecar = common::Guard(common::spawn_run(dir.path(), Path::new(&config)));
     status_of(&listen, "web", |s| ticks(s) > 0).await;
     status_of(&listen, "api", |s| ticks(s) > 0).await;
-    // Without --deployment, a fleet of two asks which.
-    let (code, out, _) = common::rollwatch(&["pause", "-c", &config]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("say which with --deployment NAME") && out.contains("api, web"), "{out}");
+    // Without --deployment, a fleet of two asks which: a usage error (exit 2), whatever the
+    // command.
+    for command in ["pause", "history", "versions"] {
+        let (code, out, _) = common::rollwatch(&[command, "-c", &config]);
+        assert_eq!(code, 2, "{command}: {out}");
+        assert!(out.contains("say which with --deployment NAME") && out.contains("api, web"), "{command}: {out}");
+    }
     let (code, out, _) = common::rollwatch(&["pause", "-c", &config, "--deployment", "wbe"]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "{out}");
     assert!(out.contains("no deployment named \"wbe\" (did you mean web?)"), "{out}");
     // Paused: web only.
     let (code, out, _) = common::rollwatch(&["pause", "-c", &config, "--deployment", "web", "--for", "1h"]);
