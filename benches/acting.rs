@@ -85,26 +85,7 @@ fn dispatcher(c: &mut Criterion) {
     };
     let ledger = rollwatch::act::ledger::Ledger::local(shared);
     let (mut d, _done, _) = Dispatcher::new(acting, notifier, ledger, client, clock, &[]).unwrap();
-    let decisions: Vec<Decision> = names
-        .iter()
-        .map(|p| Decision {
-            at: Timestamp(1),
-            profile: p.to_string(),
-            outcome: Outcome::Monitor,
-            level: None,
-            path: vec![],
-            by_default: true,
-            firing: vec![],
-            because: vec![],
-            unknown: vec![],
-            pending: vec![],
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
-        })
-        .collect();
+    let decisions: Vec<Decision> = names.iter().map(|p| Decision::new(Timestamp(1), p, Outcome::Monitor)).collect();
     d.on_version_observed(Timestamp(1), "v1").result().unwrap();
     d.on_tick(Timestamp(1), &decisions).result().unwrap();
     c.bench_function("dispatcher tick, 5 profiles, nothing to do", |b| {

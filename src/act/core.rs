@@ -51,6 +51,8 @@ pub struct ActingStatus {
     /// `until resumed` or `until <date>` while paused.
     pub paused: Option<String>,
     pub silences: BTreeMap<String, Timestamp>,
+    /// Per profile, why its decision is held back (told once; see [`State::suppressed`]).
+    pub suppressed: BTreeMap<String, String>,
     /// Rollbacks in the journal by result (`in_flight` for the unfinished one).
     pub rollbacks: BTreeMap<String, u64>,
     pub escalations_total: u64,
@@ -118,8 +120,6 @@ pub struct Core {
 /// What was told once, and is told again only when it changes.
 #[derive(Debug, Default)]
 pub(super) struct Told {
-    /// Per profile, the last suppression journalled (journalled again only when it changes).
-    pub(super) suppressed: BTreeMap<String, String>,
     /// Per profile, since when every rule has been unknown, and whether that was notified.
     pub(super) blind: BTreeMap<String, (Timestamp, bool)>,
     /// Keys already journalled as dry runs.
@@ -445,8 +445,13 @@ impl Core {
 
     fn decide(&mut self, now: Timestamp, d: &Decision) -> Result<(), RecordError> {
         if d.outcome == Outcome::Monitor {
-            self.told.suppressed.remove(&d.profile);
             self.told.predates.remove(&d.profile);
+            // Cleared, as far as is known: a decision that reads nothing (a restart, a takeover
+            // whose windows fill again) does not end it, or it would be told again at once.
+            if d.pending.is_empty() && d.unknown.is_empty() && self.state.suppressed.contains_key(&d.profile) {
+                // Journalled (and shared): the leader after this one tells a new suppression.
+                self.record(now, Event::SuppressionEnded(SuppressionEnded { profile: d.profile.clone() }))?;
+            }
             return Ok(());
         }
         if d.predates_deploy() {
@@ -526,11 +531,10 @@ impl Core {
         explanation: &str,
         reason: String,
     ) -> Result<(), RecordError> {
-        if self.told.suppressed.get(profile) == Some(&reason) {
+        if self.state.suppressed.get(profile) == Some(&reason) {
             return Ok(());
         }
         tracing::warn!(profile, %outcome, reason = %reason, "decision not acted on");
-        self.told.suppressed.insert(profile.to_string(), reason.clone());
         // Told on every channel — unless a rollback is already in flight (that is the news).
         if outcome == Outcome::Rollback && self.in_flight.is_none() {
             self.announce_suppressed(profile, &reason, explanation);
@@ -572,6 +576,7 @@ impl Core {
                 if u.0 == i64::MAX { "until resumed".to_string() } else { format!("until {}", super::iso(u)) }
             }),
             silences: self.state.silences.clone(),
+            suppressed: self.state.suppressed.clone(),
             rollbacks,
             escalations_total: self.escalations,
             journal_error: self.journal_error().map(str::to_string),

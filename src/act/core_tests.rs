@@ -73,21 +73,10 @@ impl Bench {
     fn tick(&mut self, outcome: Outcome) -> Vec<Effect> {
         let firing = if outcome == Outcome::Monitor { vec![] } else { vec!["errors"] };
         let d = Decision {
-            at: self.now(),
-            profile: "api".into(),
-            outcome,
-            level: None,
             path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: outcome != Outcome::Monitor }],
-            by_default: outcome == Outcome::Monitor,
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
             because: firing.iter().map(|r| r.to_string()).collect(),
-            unknown: vec![],
-            pending: vec![],
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
+            ..Decision::new(self.now(), "api", outcome)
         };
         // The version source is read on the same tick (an issue newer than its last reading
         // waits for the next one).
@@ -273,4 +262,37 @@ fn a_restart_does_not_tell_again_that_an_incident_predates_the_deploy() {
     assert!(told(&other_version).is_empty());
     let redeployed = [deploy(100, "v2"), escalation(200, "v2"), deploy(300, "v2")];
     assert!(told(&redeployed).is_empty(), "a new deploy is judged anew");
+}
+
+/// A suppression told before a restart (or by the leader before a takeover: the same lines,
+/// from the shared log) is not told again while its decision holds; once the decision clears
+/// (journalled), a new one is.
+#[test]
+fn a_suppression_told_before_a_restart_is_not_told_again() {
+    let mut b = Bench::new();
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.core.take_effects();
+    b.core.command(Command::Pause { for_: Some(Span::from_secs(3_600)) }).unwrap().unwrap();
+    b.clock.advance(Span::from_secs(10));
+    assert_eq!(announced(&b.tick(Outcome::Rollback)), vec!["rollback_suppressed"]);
+    assert_eq!(b.journalled("suppressed"), 1);
+
+    let Bench { dir, clock, core } = b;
+    drop(core);
+    let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+    let ledger = Ledger::local(SharedJournal::new(Journal::open(dir.path()).unwrap()));
+    let policy = Policy { verify_stable: Span::ZERO, bake: Span::from_secs(60), ..Policy::default() };
+    let as_clock: Arc<dyn Clock> = clock.clone();
+    let mut b = Bench { core: Core::new(acting(policy), ledger, as_clock, &lines), dir, clock };
+    b.core.take_effects();
+    b.clock.advance(Span::from_secs(10));
+    assert!(announced(&b.tick(Outcome::Rollback)).is_empty(), "told before the restart");
+    assert_eq!(b.journalled("suppressed"), 1);
+
+    b.clock.advance(Span::from_secs(10));
+    b.tick(Outcome::Monitor);
+    assert_eq!(b.journalled("suppression_ended"), 1);
+    b.clock.advance(Span::from_secs(10));
+    assert_eq!(announced(&b.tick(Outcome::Rollback)), vec!["rollback_suppressed"], "a new suppression");
+    assert_eq!(b.journalled("suppressed"), 2);
 }

@@ -31,6 +31,7 @@ pub enum Event {
     Annotated(Annotated),
     Escalation(Escalation),
     Suppressed(Suppressed),
+    SuppressionEnded(SuppressionEnded),
     DryRun(DryRun),
     Blind(Blind),
     Sighted(Sighted),
@@ -44,12 +45,7 @@ impl Event {
     pub fn restores_state(&self) -> bool {
         !matches!(
             self,
-            Event::Other
-                | Event::Suppressed(_)
-                | Event::DryRun(_)
-                | Event::Blind(_)
-                | Event::Sighted(_)
-                | Event::JournalRecovered(_)
+            Event::Other | Event::DryRun(_) | Event::Blind(_) | Event::Sighted(_) | Event::JournalRecovered(_)
         )
     }
 
@@ -378,6 +374,14 @@ pub struct Suppressed {
     pub outcome: Outcome,
     pub reason: String,
     pub explanation: String,
+}
+
+/// `suppression_ended`: the decision a suppression held back cleared (`monitor`); a new one is
+/// told again. With `suppressed`, state: what a new leader (or this replica after a restart)
+/// knows was told already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuppressionEnded {
+    pub profile: String,
 }
 
 /// `dry_run`: what would have run.

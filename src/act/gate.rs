@@ -181,24 +181,13 @@ mod tests {
         use crate::rules::tree::Answer;
         use crate::rules::{Decision, Outcome, RuleValue};
         let d = Decision {
-            at: crate::time::Timestamp(0),
-            profile: "api".into(),
-            outcome: Outcome::Rollback,
-            level: None,
             path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: true }],
-            by_default: false,
             firing: vec![
                 RuleValue { rule: "errors".into(), value: Some(0.08) },
                 RuleValue { rule: "latency".into(), value: Some(2.0) },
             ],
             because: vec!["errors".into(), "latency".into()],
-            unknown: vec![],
-            pending: vec![],
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
+            ..Decision::new(crate::time::Timestamp(0), "api", Outcome::Rollback)
         };
         let none = Start::from_decision(&d, None, |_| None, |_| None);
         assert_eq!(none.reason, "Is error rate > 5% (errors = 0.08, latency = 2s)");

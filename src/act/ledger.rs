@@ -257,10 +257,13 @@ pub fn compact_shared_keeping(lines: Vec<Value>, _now: Timestamp, recent_rollbac
         }
     }
     let recent_closed: BTreeSet<String> = closed_approvals.iter().rev().take(SHARED_RECENT).cloned().collect();
-    // The last pause event, each rule's last silence event, the latest escalations.
+    // The last pause event, each rule's last silence event, the latest escalations, each
+    // profile's last suppression (when not ended).
     let mut last_pause = None;
     let mut last_silence: BTreeMap<&str, usize> = BTreeMap::new();
     let mut escalations = vec![];
+    // Each profile's suppression told and not ended.
+    let mut last_suppression: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, (_, e)) in events.iter().enumerate() {
         match e {
             Event::Paused(_) | Event::Resumed(_) => last_pause = Some(i),
@@ -268,6 +271,10 @@ pub fn compact_shared_keeping(lines: Vec<Value>, _now: Timestamp, recent_rollbac
                 last_silence.insert(&s.rule, i);
             }
             Event::Escalation(_) => escalations.push(i),
+            Event::Suppressed(super::event::Suppressed { profile, .. })
+            | Event::SuppressionEnded(super::event::SuppressionEnded { profile }) => {
+                last_suppression.insert(profile, i);
+            }
             _ => {}
         }
     }
@@ -290,6 +297,8 @@ pub fn compact_shared_keeping(lines: Vec<Value>, _now: Timestamp, recent_rollbac
         | Event::VersionBaked(super::event::VersionBaked { version, .. })
         | Event::VersionMarked(super::event::VersionMarked { version, .. }) => versions.contains(version),
         Event::Escalation(_) => recent_escalations.contains(&i),
+        Event::Suppressed(x) => last_suppression.get(x.profile.as_str()) == Some(&i),
+        Event::SuppressionEnded(_) => false,
         _ => false,
     };
     let kept: Vec<bool> = events.iter().enumerate().map(|(i, (_, e))| keep(i, e)).collect();
@@ -356,6 +365,17 @@ mod tests {
             push(at + 7, "paused", json!({"until": null}));
             push(at + 8, "resumed", json!({}));
             push(at + 9, "silenced", json!({"rule": format!("r{}", n % 7), "until": 10_000_000}));
+            // Suppressions of three profiles, each ended but the last of "p2".
+            let profile = format!("p{}", n % 3);
+            let reason = format!("cooldown after rb-{n}");
+            push(
+                at + 10,
+                "suppressed",
+                json!({"profile": profile, "outcome": "rollback", "reason": reason, "explanation": "e"}),
+            );
+            if n != 999 {
+                push(at + 11, "suppression_ended", json!({"profile": profile}));
+            }
         }
         push(2_000_000, "paused", json!({"until": null}));
         push(
@@ -376,6 +396,8 @@ mod tests {
         assert_eq!(after.last_of("api").map(|r| r.at), before.last_of("api").map(|r| r.at));
         assert_eq!(after.paused_until, before.paused_until);
         assert_eq!(after.silences, before.silences);
+        assert_eq!(after.suppressed, before.suppressed);
+        assert_eq!(before.suppressed.len(), 1, "{:?}", before.suppressed);
         assert_eq!(after.approvals, before.approvals);
         let open: Vec<_> = after.unfinished().map(|r| (r.started.rollback_id.clone(), r.open_steps.clone())).collect();
         let was: Vec<_> = before.unfinished().map(|r| (r.started.rollback_id.clone(), r.open_steps.clone())).collect();

@@ -355,7 +355,7 @@ impl Core {
             } else {
                 format!("no rollback target: no good version other than {current} is known")
             };
-            if self.told.suppressed.get(&s.profile) != Some(&reason) {
+            if self.state.suppressed.get(&s.profile) != Some(&reason) {
                 self.suppress(now, &s.profile, Outcome::Rollback, &s.explanation, reason.clone())?;
                 let mut vars = blank_vars();
                 vars.insert("profile".into(), s.profile.clone());
@@ -369,7 +369,6 @@ impl Core {
             return Ok(Err(reason));
         }
         self.told.loop_guard = false;
-        self.told.suppressed.remove(&s.profile);
         let id = self.state.new_rollback_id();
         let started = RollbackStarted {
             rollback_id: id.clone(),

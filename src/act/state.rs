@@ -90,6 +90,9 @@ pub struct State {
     pub versions: Versions,
     /// The latest escalations (at most [`RECENT_ESCALATIONS`]), oldest first.
     pub escalations: std::collections::VecDeque<(Timestamp, Escalation)>,
+    /// Per profile, why its decision is not acted on, as told on every channel: told once, by
+    /// whichever replica led (ended when the decision clears or a rollback starts).
+    pub suppressed: BTreeMap<String, String>,
     /// Events applied so far: the order of the facts, whichever replica's clock dated them.
     pub applied: u64,
     /// [`State::applied`] when the current version's deploy was applied.
@@ -148,6 +151,7 @@ impl State {
         match event {
             Event::RollbackStarted(started) => {
                 self.next_rollback = self.next_rollback.max(number(&started.rollback_id) + 1);
+                self.suppressed.remove(&started.profile);
                 self.rollbacks.push(Rollback {
                     at,
                     seq,
@@ -214,12 +218,13 @@ impl State {
                     self.escalations.pop_front();
                 }
             }
-            Event::Suppressed(_)
-            | Event::DryRun(_)
-            | Event::Blind(_)
-            | Event::Sighted(_)
-            | Event::JournalRecovered(_)
-            | Event::Other => {}
+            Event::Suppressed(x) => {
+                self.suppressed.insert(x.profile.clone(), x.reason.clone());
+            }
+            Event::SuppressionEnded(x) => {
+                self.suppressed.remove(&x.profile);
+            }
+            Event::DryRun(_) | Event::Blind(_) | Event::Sighted(_) | Event::JournalRecovered(_) | Event::Other => {}
         }
         self.applied = seq;
         Ok(())

@@ -118,21 +118,10 @@ mod tests {
 
     fn tick(firing: &[&str], pending: &[&str], unknown: &[&str]) -> Decision {
         Decision {
-            at: Timestamp(0),
-            profile: "p".into(),
-            outcome: Outcome::Monitor,
-            level: None,
-            path: vec![],
-            by_default: true,
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: None }).collect(),
-            because: vec![],
             unknown: unknown.iter().map(|r| r.to_string()).collect(),
             pending: pending.iter().map(|r| r.to_string()).collect(),
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
+            ..Decision::new(Timestamp(0), "p", Outcome::Monitor)
         }
     }
 

@@ -85,6 +85,30 @@ pub struct Decision {
     pub judged: Vec<String>,
 }
 
+impl Decision {
+    /// `outcome` for `profile` at `at`, with nothing asked, firing, pending or unknown (the
+    /// default taken for `monitor`): the rest is set by who builds it.
+    pub fn new(at: Timestamp, profile: &str, outcome: Outcome) -> Decision {
+        Decision {
+            at,
+            profile: profile.to_string(),
+            outcome,
+            level: None,
+            path: vec![],
+            by_default: outcome == Outcome::Monitor,
+            firing: vec![],
+            because: vec![],
+            unknown: vec![],
+            pending: vec![],
+            predates: vec![],
+            silenced: vec![],
+            coverage: vec![],
+            slo: vec![],
+            judged: vec![],
+        }
+    }
+}
+
 impl Tree {
     /// Walks the questions. Questions read rule states only, which are always known.
     pub fn decide(&self, slots: &Slots) -> (Outcome, Option<String>, Vec<Answer>, bool) {
@@ -160,24 +184,11 @@ mod tests {
     #[test]
     fn explanation_reads_like_the_runbook() {
         let d = Decision {
-            at: Timestamp(0),
-            profile: "p".into(),
-            outcome: Outcome::Rollback,
-            level: None,
             path: vec![
                 Answer { ask: "Is system down?".into(), yes: false },
                 Answer { ask: "Is error rate > 5%?".into(), yes: true },
             ],
-            by_default: false,
-            firing: vec![],
-            because: vec![],
-            unknown: vec![],
-            pending: vec![],
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
+            ..Decision::new(Timestamp(0), "p", Outcome::Rollback)
         };
         assert_eq!(d.explanation(), "Is system down? no → Is error rate > 5%? YES → rollback");
         assert_eq!(d.explained(), d.explanation(), "every window full");

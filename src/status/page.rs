@@ -71,6 +71,10 @@ impl Snapshot {
             }
             p.push_str("</p>");
         }
+        // Held back: why each profile's decision is not acted on.
+        for (profile, reason) in &a.suppressed {
+            let _ = write!(p, "<p class=\"alert suppressed\"><b>HELD BACK</b> {}: {}</p>", esc(profile), esc(reason));
+        }
         // Replicas: this one's role and who leads.
         if let Some(ha) = &self.ha {
             let leader = ha

@@ -141,21 +141,10 @@ impl Harness {
     /// A tick whose decision also names rules with unknown inputs.
     fn tick_with(&mut self, outcome: Outcome, firing: &[&str], unknown: &[&str], version: Option<&str>) {
         let d = Decision {
-            at: self.clock.now(),
-            profile: PROFILE.into(),
-            outcome,
-            level: None,
             path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: outcome != Outcome::Monitor }],
-            by_default: outcome == Outcome::Monitor,
             firing: firing.iter().map(|r| RuleValue { rule: r.to_string(), value: Some(0.08) }).collect(),
-            because: vec![],
             unknown: unknown.iter().map(|r| r.to_string()).collect(),
-            pending: vec![],
-            predates: vec![],
-            silenced: vec![],
-            coverage: vec![],
-            slo: vec![],
-            judged: vec![],
+            ..Decision::new(self.clock.now(), PROFILE, outcome)
         };
         if let Some(v) = version {
             self.d.on_version_observed(self.clock.now(), v).result().unwrap();
@@ -911,21 +900,10 @@ async fn a_silence_matches_the_rules_the_deciding_question_read() {
     h.command(Command::Silence { rule: "errors".into(), for_: Span::from_secs(600) }).unwrap();
     // "down" fires too, but the question that chose rollback read only "errors".
     let d = Decision {
-        at: h.clock.now(),
-        profile: PROFILE.into(),
-        outcome: Outcome::Rollback,
-        level: None,
         path: vec![Answer { ask: "Is error rate > 5%?".into(), yes: true }],
-        by_default: false,
         firing: ["errors", "down"].iter().map(|r| RuleValue { rule: r.to_string(), value: Some(1.0) }).collect(),
         because: vec!["errors".into()],
-        unknown: vec![],
-        pending: vec![],
-        predates: vec![],
-        silenced: vec![],
-        coverage: vec![],
-        slo: vec![],
-        judged: vec![],
+        ..Decision::new(h.clock.now(), PROFILE, Outcome::Rollback)
     };
     h.d.on_version_observed(h.clock.now(), "v2").result().unwrap();
     h.d.on_tick(h.clock.now(), &[d]).result().unwrap();

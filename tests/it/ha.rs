@@ -339,6 +339,17 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
     // A silence set on the leader, to outlive it.
     let (code, _, body) = post(&replicas[l].listen, "/silence/error-rate-elevated?for=1h");
     assert_eq!(code, 200, "{body}");
+    // v2 again: held back by rb-1's cooldown, and told so, by the leader.
+    service.deploy("v2", 500);
+    let held = |e: &[serde_json::Value]| {
+        of_kind(e, "suppressed")
+            .iter()
+            .filter(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
+            .count()
+    };
+    wait_for_journal(&replicas[1 - l].journal(), "v2 (again) held back by the cooldown, mirrored", |e| held(e) == 1)
+        .await;
+    assert!(replicas[l].stdout().contains("suppressed: cooldown after rb-1"), "told by the leader");
 
     replicas[l].kill();
     let failover = Stopwatch::start();
@@ -355,12 +366,14 @@ async fn a_killed_leader_is_replaced_within_the_ttl_and_its_cooldown_kept() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"bad\""), "v2 bad on the new leader too: {out}");
 
-    // The cooldown of the dead leader's rollback holds v2 back when it is deployed again.
-    service.deploy("v2", 500); // v2 again: the cooldown guards the versions of rb-1
-    let events = wait_for_journal(&other.journal(), "v2 (again) held back by the cooldown", |e| {
-        of_kind(e, "suppressed").iter().any(|s| s["reason"].as_str().is_some_and(|r| r.contains("cooldown after rb-1")))
-    })
-    .await;
+    // The cooldown of the dead leader's rollback holds v2 back on the new leader too, and what
+    // the dead leader told is not told again: 15 ticks (3 s) of the new leader deciding it.
+    ticks_later(&other.listen, 15).await;
+    let status = other.status();
+    assert_eq!(status["decisions"][0]["outcome"], "rollback", "v2 still decided against: {status}");
+    let events = rollwatch::journal::Journal::read_back(&other.journal()).unwrap();
+    assert_eq!(held(&events), 1, "held back, told once: {:#?}", of_kind(&events, "suppressed"));
+    assert!(!other.stdout().contains("suppressed"), "the new leader told it again: {}", other.stdout());
     assert_eq!(service.rollbacks(), vec!["v1".to_string()], "no second undo: {events:#?}");
 }
 
