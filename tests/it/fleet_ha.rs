@@ -22,6 +22,31 @@ const NAMES: [&str; 6] = ["d0", "d1", "d2", "d3", "d4", "d5"];
 /// The lease's ttl, in seconds.
 const TTL: f64 = 2.0;
 
+/// What every test here starts with: a real etcd and one loopback service per deployment.
+struct Fleet {
+    root: tempfile::TempDir,
+    etcd: Etcd,
+    services: Vec<Service>,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(root.path());
+        let mut services = Vec::new();
+        for _ in NAMES {
+            services.push(Service::start(true).await);
+        }
+        Fleet { root, etcd, services }
+    }
+}
+
+/// The service deployment `d` watches.
+fn service_of<'a>(services: &'a [Service], d: &str) -> &'a Service {
+    &services[NAMES.iter().position(|n| *n == d).unwrap()]
+}
+
 /// One replica of the fleet: its dir, listen address and process.
 struct Replica {
     name: String,
@@ -146,14 +171,8 @@ fn ticks(s: &serde_json::Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_dead_replicas_taken_over() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(root.path());
-    let mut services = Vec::new();
-    for _ in NAMES {
-        services.push(Service::start(true).await);
-    }
-    let service = |d: &str| &services[NAMES.iter().position(|n| *n == d).unwrap()];
+    let Fleet { root, etcd, services } = Fleet::start().await;
+    let service = |d: &str| service_of(&services, d);
 
     // Alone, one replica holds the whole fleet; two that join get a fair share each:
     // none holds more than ⌈6/3⌉ + 1.
@@ -307,13 +326,7 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_acts_until_it_answers() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    let mut etcd = Etcd::start(root.path());
-    let mut services = Vec::new();
-    for _ in NAMES {
-        services.push(Service::start(true).await);
-    }
+    let Fleet { root, mut etcd, services } = Fleet::start().await;
     // Each lead is won slowly (1.1 s between the round and the lead: FAILPOINTS), so that a
     // lead won when etcd answers again is certain for a moment only (about 0.2 s of a 2 s ttl,
     // less than a step's margin of 0.5 s, until the next renewal): the rollback decided then
@@ -324,7 +337,7 @@ async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_
     let b = Replica::start_env(root.path(), "b", &services, &etcd.url(), &slow);
     let held = held_once(&[&a, &b], 4, "every deployment held once").await;
     let d = held.iter().find(|(_, h)| h.as_str() == "b").map(|(d, _)| d.clone()).unwrap();
-    let service = &services[NAMES.iter().position(|n| *n == d).unwrap()];
+    let service = service_of(&services, &d);
     let parked = ticks(&status_of(&a.listen, &d, |_| true).await);
 
     // etcd gone: a watches b's deployment too (it is evaluated there again), and says why
@@ -368,15 +381,9 @@ async fn with_etcd_out_of_reach_every_replica_watches_every_deployment_and_none_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_clock_keeps_it_out_of_the_share_alone_watches_and_tells_that_nobody_acts() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
     assert!(Path::new(lib).exists(), "libfaketime is not installed: scripts/test.sh installs it");
-    let root = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(root.path());
-    let mut services = Vec::new();
-    for _ in NAMES {
-        services.push(Service::start(true).await);
-    }
+    let Fleet { root, etcd, services } = Fleet::start().await;
     let ahead = [("LD_PRELOAD", lib), ("FAKETIME", "+1h"), ("DONT_FAKE_MONOTONIC", "1"), ("FAKETIME_NO_CACHE", "1")];
     let skewed = Replica::start_env(root.path(), "skewed", &services, &etcd.url(), &ahead);
     // Nobody holds the fleet: after 2 × ttl the skewed replica watches it, saying why it
@@ -406,13 +413,7 @@ async fn a_replica_whose_clock_keeps_it_out_of_the_share_alone_watches_and_tells
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopping_with_a_rollback_in_flight_lets_its_other_deployments_go_at_once() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(root.path());
-    let mut services = Vec::new();
-    for _ in NAMES {
-        services.push(Service::start(true).await);
-    }
+    let Fleet { root, etcd, services } = Fleet::start().await;
     // Each rollback's first step takes 6 s.
     let mut a = Replica::start_with(root.path(), "a", &services, &etcd.url(), &[], "6");
     held_once(&[&a], 6, "replica a alone to hold every deployment").await;
@@ -423,7 +424,7 @@ async fn a_replica_stopping_with_a_rollback_in_flight_lets_its_other_deployments
 
     // An outage in one of a's deployments: its rollback is in flight on a when a is told to stop.
     let busy = of_a[0].clone();
-    let service = &services[NAMES.iter().position(|n| *n == busy).unwrap()];
+    let service = service_of(&services, &busy);
     service.fail();
     status_of(&a.listen, &busy, |s| !s["acting"]["in_flight"].is_null()).await;
     let mut child = a.child.take().unwrap();
