@@ -82,10 +82,13 @@ impl Entry {
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 
-    /// Where it went, for people: the version it rolled back to, else `v1 not reached`, else `?`.
+    /// Where it went, for people: the version it rolled back to; else its target `not reached`
+    /// (a step failed) or `not confirmed` (interrupted: its step may have run to the end with
+    /// nobody watching); else `?`.
     pub fn to(&self) -> String {
         match (&self.version_to, &self.target_version) {
             (Some(to), _) => to.clone(),
+            (None, Some(target)) if self.result == "interrupted" => format!("{target} not confirmed"),
             (None, Some(target)) => format!("{target} not reached"),
             (None, None) => "?".to_string(),
         }
@@ -349,7 +352,7 @@ mod tests {
         assert_eq!(
             to,
             vec![
-                ("interrupted".into(), None, "v1 not reached".into()),
+                ("interrupted".into(), None, "v1 not confirmed".into()),
                 ("failed".into(), None, "v1 not reached".into()),
                 ("completed".into(), v1(), "v1".into()),
                 ("unverified".into(), v1(), "v1".into()),

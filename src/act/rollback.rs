@@ -16,7 +16,11 @@ use super::verify::{Verdict, Verification, rules_to_verify};
 use crate::config::procedures::Step;
 use crate::rules::{Decision, Outcome};
 use crate::template::messages::blank_vars;
-use crate::time::{Timestamp, human};
+use crate::time::{Span, Timestamp, human};
+
+/// While a rollback is verified and its restored version not yet seen, the version source is
+/// read at once after the steps, then at least this often.
+const RESTORE_READ_EVERY: Span = Span(5_000);
 
 impl Core {
     /// A rollback found started but unfinished: reported S1, never re-run.
@@ -119,6 +123,12 @@ impl Core {
         let Some(f) = &mut self.in_flight else { return Ok(()) };
         let Some(d) = decisions.iter().find(|d| d.profile == f.profile) else { return Ok(()) };
         let Some(v) = &mut f.verification else { return Ok(()) };
+        // The restored version is read as soon as it shows: a version source on a long interval
+        // would leave the restore point (and the version deployed now) unknown meanwhile.
+        let unread = |p: Timestamp| p < v.restore_at || now.saturating_since(p) >= RESTORE_READ_EVERY;
+        if v.version_to.is_none() && self.acting.version_source && self.seen.polled_at.is_none_or(unread) {
+            self.out.push(Effect::ReadVersion);
+        }
         let stable = self.acting.policy.verify_stable;
         let verify_for = self.acting.policy.verify_for;
         match v.observe(now, d, stable) {

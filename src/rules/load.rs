@@ -829,6 +829,51 @@ then = "panic"
         assert!(ev.state("burn").unwrap().is_firing());
     }
 
+    /// A deploy read late is dated back, to just after the old version's last reading: a rule
+    /// that turned pending since then goes on pending from when it did (its `for` is not
+    /// started again at the reading), and fires when it would have; one pending from before is
+    /// started again (and the incident is the old version's).
+    #[test]
+    fn a_rule_pending_since_a_deploy_dated_back_goes_on_from_when_it_turned() {
+        let mut ev = load(
+            "[signals]\nerrors = 'last(\"errors\")'\n\
+             [[rule]]\nname = \"errors\"\nwhen = 'errors > 1'\nfor = \"5s\"\n\
+             [[decide]]\nask = \"Errors?\"\nif = 'firing(\"errors\")'\nthen = \"rollback\"\n",
+        )
+        .unwrap();
+        let key = crate::selector::SeriesKey::parse("errors").unwrap();
+        let feed = |ev: &mut Evaluator, s: i64, v: f64| {
+            let t = crate::time::Timestamp(s * 1_000);
+            ev.sample(&key, t, v);
+            ev.tick(t)
+        };
+        for s in 0..10 {
+            feed(&mut ev, s, 0.0);
+        }
+        // The new version runs from 10 s (read only at 13 s); errors from 11 s.
+        for s in 11..=13 {
+            feed(&mut ev, s, 5.0);
+        }
+        assert_eq!(ev.state("errors").unwrap().phase(), crate::rules::state::Phase::Pending);
+        ev.restart_evidence(crate::time::Timestamp(10_001), true);
+        assert_eq!(
+            ev.state("errors").unwrap().phase(),
+            crate::rules::state::Phase::Pending,
+            "pending since 11 s goes on"
+        );
+        for s in 14..16 {
+            feed(&mut ev, s, 5.0);
+        }
+        let d = feed(&mut ev, 16, 5.0).decisions.remove(0);
+        assert_eq!(d.outcome, Outcome::Rollback, "fires at 16 s, 5 s after 11 s: {}", d.explained());
+        assert!(d.predates.is_empty(), "the new version's: {}", d.explained());
+
+        // Pending since before the deploy point: started again.
+        let t = crate::time::Timestamp(15_500);
+        ev.restart_evidence(t, true);
+        assert_eq!(ev.state("errors").unwrap().phase(), crate::rules::state::Phase::Inactive);
+    }
+
     #[test]
     fn a_window_holding_minutes_fires_only_with_its_coverage_told() {
         // Without min_coverage: firing on 15 seconds of a 10-minute window, and saying so.

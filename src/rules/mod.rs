@@ -302,7 +302,8 @@ impl Evaluator {
 
     /// The deployed version's evidence starts at `at` (a deploy, or a rollback's restore point):
     /// windows of deployment-scoped rules start there, their states restart (a pending `for`
-    /// does not carry over), and `"deploy"` offsets read the window just before it. With
+    /// does not carry over) unless they turned active after `at` (a deploy dated back: that is
+    /// the new version's), and `"deploy"` offsets read the window just before it. With
     /// `predates` (a deploy seen while running), the rules firing at the last evaluation whose
     /// condition held since `at` or before are remembered: until seen inactive, what they report
     /// is older than this version. (A deploy is dated when the version could first have run —
@@ -314,7 +315,15 @@ impl Evaluator {
         for i in 0..self.rules.len() {
             let before = matches!(self.states[i], RuleState::Firing { active_since, .. } if active_since <= at);
             self.predated[i] = predates && self.ticks > 0 && before;
-            if self.rules[i].scope == Scope::Deployment {
+            // A deploy dated back (just after the old version's last reading): a rule that
+            // became active since then did so on what is now the new version's evidence — it
+            // goes on (its `for` is not started again); the others start again inactive.
+            let since = match self.states[i] {
+                RuleState::Pending { since } => Some(since),
+                RuleState::Firing { active_since, .. } => Some(active_since),
+                RuleState::Inactive => None,
+            };
+            if self.rules[i].scope == Scope::Deployment && since.is_none_or(|s| s <= at) {
                 self.restart_rule(i, at);
             }
         }

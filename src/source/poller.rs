@@ -240,6 +240,16 @@ pub fn jitter(target: &Target) -> Span {
     Span((h.finish() % spread) as i64)
 }
 
+/// The first poll comes within this (or the interval, when shorter): a target polled every
+/// 10 minutes is not unknown for up to 10 minutes after a start or a takeover.
+pub const FIRST_POLL_WITHIN: Span = Span(5_000);
+
+/// Where a target's first poll comes after its poller starts: its [`jitter`] folded into
+/// [`FIRST_POLL_WITHIN`]; later polls follow every interval from there.
+pub fn first_offset(target: &Target) -> Span {
+    Span(jitter(target).0 % target.interval.0.clamp(1, FIRST_POLL_WITHIN.0))
+}
+
 /// Polls `target` every interval, and whenever `now` is notified, until `shutdown` turns true
 /// or the receiver is gone.
 pub async fn run_target(
@@ -251,7 +261,7 @@ pub async fn run_target(
     now: Arc<tokio::sync::Notify>,
 ) {
     tokio::select! {
-        _ = tokio::time::sleep(jitter(&target).as_std()) => {}
+        _ = tokio::time::sleep(first_offset(&target).as_std()) => {}
         _ = now.notified() => {}
         _ = shutdown.changed() => return,
     }
@@ -307,5 +317,23 @@ mod tests {
         let same = offsets.iter().filter(|o| **o == offsets[0]).count();
         assert!(same < 5, "{same} of 500 at one offset");
         assert_eq!(jitter(&health("api", "http://a")), jitter(&health("api", "http://a")), "stable");
+    }
+
+    /// A target on a long interval is first polled within seconds of its poller's start (at
+    /// start, or a takeover), still spread: nothing is unknown for its whole interval.
+    #[test]
+    fn a_long_interval_is_first_polled_within_seconds_and_still_spread() {
+        let offsets: Vec<i64> = (0..500)
+            .map(|i| {
+                let mut t = health("version", &format!("http://sim/d{i}/version"));
+                t.interval = Span::from_secs(3_600);
+                first_offset(&t).0
+            })
+            .collect();
+        assert!(offsets.iter().all(|o| (0..FIRST_POLL_WITHIN.0).contains(o)), "{offsets:?}");
+        let seconds: std::collections::BTreeSet<i64> = offsets.iter().map(|o| o / 1_000).collect();
+        assert_eq!(seconds.len(), 5, "spread over the first 5 s: {seconds:?}");
+        let short = health("api", "http://sim/d1/health");
+        assert_eq!(first_offset(&short), jitter(&short), "an interval of 5 s keeps its offset");
     }
 }

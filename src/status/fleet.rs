@@ -29,6 +29,8 @@ pub struct Row {
     pub verdict: String,
     pub rollback_in_flight: Option<String>,
     pub paused: bool,
+    /// Why its decision is held back (each profile's reason, `; `-joined), when it is.
+    pub held_back: Option<String>,
     pub may_act: bool,
     /// Among replicas (`[ha]`): the replica that holds it (polls and acts on it), as known here.
     pub held_by: Option<String>,
@@ -47,6 +49,8 @@ pub fn overview(snapshots: &[(String, Arc<Snapshot>)], unrouted: u64) -> Overvie
             verdict: s.decisions.iter().map(|d| d.outcome).max().map_or("none".to_string(), |o| o.to_string()),
             rollback_in_flight: s.acting.in_flight.as_ref().map(|f| f.rollback_id.clone()),
             paused: s.acting.paused_until.is_some_and(|until| until > s.at),
+            held_back: (!s.acting.suppressed.is_empty())
+                .then(|| s.acting.suppressed.values().cloned().collect::<Vec<_>>().join("; ")),
             may_act: s.may_act,
             held_by: s.ha.as_ref().and_then(|h| h.leader.as_ref()).map(|l| l.replica.clone()),
             ticks_total: s.ticks_total,
@@ -69,10 +73,11 @@ impl Overview {
              <th>rollback in flight</th><th>acting</th><th>held by</th></tr>",
         );
         for r in &self.deployments {
-            let acting = match (r.may_act, r.paused) {
-                (_, true) => "paused",
-                (true, false) => "yes",
-                (false, false) => "no",
+            let acting = match (r.may_act, r.paused, &r.held_back) {
+                (_, true, _) => "paused".to_string(),
+                (true, false, Some(why)) => format!("held back: {}", html(why)),
+                (true, false, None) => "yes".to_string(),
+                (false, false, _) => "no".to_string(),
             };
             let _ = write!(
                 out,
@@ -186,6 +191,17 @@ mod tests {
         for l in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("rollwatch_alerts_unrouted_total")) {
             assert!(l.contains("deployment=\""), "{l}");
         }
+    }
+
+    /// A deployment whose rollback is held back says why on the fleet's page, escaped.
+    #[test]
+    fn a_held_back_deployment_says_why_on_the_fleet_page() {
+        let mut held = Snapshot { may_act: true, ..Snapshot::default() };
+        held.acting.suppressed.insert("api".into(), "cooldown after rb-1 until <soon>".into());
+        let free = Snapshot { may_act: true, ..Snapshot::default() };
+        let page = overview(&[("api".into(), Arc::new(held)), ("web".into(), Arc::new(free))], 0).page();
+        assert!(page.contains("<td>held back: cooldown after rb-1 until &lt;soon&gt;</td>"), "{page}");
+        assert!(page.contains("<td>yes</td>"), "{page}");
     }
 
     #[test]

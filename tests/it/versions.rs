@@ -99,7 +99,7 @@ async fn errors_seen_before_the_new_version_is_read_are_the_new_versions() {
 
 /// A decision waiting to know which version its issue is about reads the version source at
 /// once, and is evaluated again as soon as the reading comes: the version source polled every
-/// hour (its first poll anywhere in that hour) delays no rollback.
+/// hour delays no rollback; nor does it leave the restored version unknown after the rollback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_waiting_for_the_version_reads_it_at_once() {
     let service = VersionedService::start("v1", 0).await;
@@ -111,10 +111,9 @@ async fn a_decision_waiting_for_the_version_reads_it_at_once() {
     assert!(text.contains("/health\"\ninterval = \"1h\""), "{text}");
     std::fs::write(&config, text).unwrap();
     let mut s = Sidecar { child: spawn_run(dir.path(), &config), dir, config, listen };
-    // v1 as CI reports it (the version source not read yet), baked.
-    common::ticks_later(&s.listen, 1).await;
-    let (code, out, err) = s.cli(&["deployed", "v1"]);
-    assert_eq!(code, 0, "{out}{err}");
+    // Its first poll comes within seconds of the start (not anywhere in the hour); then v1 bakes.
+    common::status_when(&s.listen, "the version source's first reading", |st| st["acting"]["version_seen"] == "v1")
+        .await;
     s.baked("v1").await;
     let watch = rollwatch::time::Stopwatch::start();
     service.deploy("v2", 500);
@@ -126,8 +125,16 @@ async fn a_decision_waiting_for_the_version_reads_it_at_once() {
     // The 2 s error window (filled again once the first reading restarted the evidence), and
     // twice a poll of the version source asked for at once.
     assert!(took < 15.0, "rolled back {took:.1} s after the outage began (the version source polled hourly)");
-    s.wait("the rollback finished", finished).await;
+    let events = s.wait("the rollback finished", finished).await;
     assert_eq!(service.rollbacks(), vec!["v1".to_string()]);
+    let done = of_kind(&events, "rollback_finished");
+    assert_eq!(
+        (done[0]["result"].as_str(), done[0]["version_to"].as_str()),
+        (Some("completed"), Some("v1")),
+        "{done:?}"
+    );
+    let status = common::status(&s.listen).await.unwrap();
+    assert_eq!(status["acting"]["version"], "v1", "the version deployed now: {status}");
     s.stop();
 }
 
