@@ -267,7 +267,8 @@ impl Checker<'_> {
 pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
     known
         .into_iter()
-        .map(|k| (strsim::levenshtein(name, k), k))
+        // Case aside: `API` for `api` is one letter case away, not three edits.
+        .map(|k| (strsim::levenshtein(&name.to_lowercase(), &k.to_lowercase()), k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min()
         .map(|(_, k)| format!(" (did you mean {k}?)"))
@@ -286,6 +287,13 @@ mod tests {
         assert_eq!(f.position(9), (2, 3), "é is one column");
         let d = f.error_at(6, Some("rule \"r\""), "boom");
         assert_eq!(d.to_string(), "x.toml:2:1: rule \"r\": boom");
+    }
+
+    #[test]
+    fn a_name_in_another_case_is_suggested() {
+        assert_eq!(did_you_mean("API", ["api", "web"]), " (did you mean api?)");
+        assert_eq!(did_you_mean("wbe", ["api", "web"]), " (did you mean web?)");
+        assert_eq!(did_you_mean("payments", ["api", "web"]), "");
     }
 
     #[test]

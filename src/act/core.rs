@@ -384,7 +384,7 @@ impl Core {
         if from.as_deref() == Some(to) {
             return Ok(false);
         }
-        tracing::info!(from = ?from, to, ?source, "deploy");
+        tracing::info!(from = from.as_deref().unwrap_or("none"), to, ?source, "deploy");
         if let Some(seen) = self.seen.observed.as_ref().filter(|seen| *seen != to && source != DeploySource::Version) {
             tracing::warn!(to, seen = %seen, "deploy reported, but the version source reads another version: it bakes only once seen");
         }

@@ -412,7 +412,7 @@ impl Core {
             let closed = ApprovalClosed { approval_id, how: Closed::Superseded, by: None, reason: None };
             self.record(now, Event::ApprovalClosed(closed))?;
         }
-        tracing::warn!(rollback = %id, profile = %s.profile, reason = %s.reason, target = ?started.target_version, "ROLLBACK IN PROGRESS");
+        tracing::warn!(rollback = %id, profile = %s.profile, reason = %s.reason, target = started.target_version.as_deref().unwrap_or("none known"), "ROLLBACK IN PROGRESS");
         let vars = vars::rollback(&self.acting, &started);
         let steps = self.steps_of(&s.profile, "rollback", s.level.as_deref());
         let split = steps.iter().rposition(|s| matches!(s, Step::Run { .. })).map_or(0, |i| i + 1);
