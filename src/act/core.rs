@@ -139,7 +139,8 @@ impl Core {
     /// but unfinished (escalated S1, never re-run).
     pub fn new(acting: Acting, ledger: Ledger, clock: Arc<dyn Clock>, lines: &[serde_json::Value]) -> Core {
         // A small clock skew is fine; a line dated beyond it is reported (and kept: it guards acting).
-        let latest = clock.now().plus(Span::from_secs(5 * 60));
+        let started = clock.now();
+        let latest = started.plus(Span::from_secs(5 * 60));
         let (state, errors) = State::restore_before(lines, latest);
         for e in errors {
             tracing::warn!(error = %e, "journal event skipped while restoring");
@@ -157,7 +158,7 @@ impl Core {
             clock,
             state,
             in_flight: None,
-            seen: Sighting::default(),
+            seen: Sighting { watching_since: Some(started), ..Sighting::default() },
             told,
             escalations: 0,
             monitor_since: BTreeMap::new(),
@@ -343,8 +344,18 @@ impl Core {
             // could have run, so that what went wrong since is judged as the new version's.
             // A rollback's restore is dated when it is seen (its point: the first observation
             // of a new version after the steps).
+            // Never before the last rollback's end, though: a restore read after its rollback
+            // completed is not dated before that completion.
+            let finished = self.state.rollbacks.last().and_then(|r| r.finished.as_ref()).map(|(at, _)| *at);
+            // A first sight is dated at the start of this replica's watching: what it saw since
+            // may be the new version's (a rule pending since then goes on).
             let at = match (source, previous_read) {
-                (DeploySource::Version, Some(p)) if self.in_flight.is_none() => p.plus(Span(1)).min(now),
+                (DeploySource::Version, Some(p)) if self.in_flight.is_none() => {
+                    p.plus(Span(1)).max(finished.unwrap_or(Timestamp(0))).min(now)
+                }
+                (DeploySource::FirstSight, _) if self.in_flight.is_none() => {
+                    self.seen.watching_since.unwrap_or(now).max(finished.unwrap_or(Timestamp(0))).min(now)
+                }
                 _ => now,
             };
             self.deployed(at, version, source)?;

@@ -120,6 +120,7 @@ fn announced(effects: &[Effect]) -> Vec<String> {
 #[test]
 fn a_rollback_decided_starts_its_steps_once_and_completes_on_quiet() {
     let mut b = Bench::new();
+    b.core.acting.version_source = true;
     b.core.on_version_observed(b.now(), "v1").unwrap();
     b.core.take_effects();
     b.clock.advance(Span::from_secs(1));
@@ -160,13 +161,23 @@ fn a_rollback_decided_starts_its_steps_once_and_completes_on_quiet() {
     b.core.on_news(ProcedureNews::Done(ProcedureDone { rollback_id: "rb-1".into(), result: Ok(()) })).unwrap();
     let done = b.core.take_effects();
     assert!(done.iter().any(|e| matches!(e, Effect::RestartEvidence(_))), "the restore point restarts the evidence");
+    assert!(done.iter().any(|e| matches!(e, Effect::ReadVersion)), "the restored version is read at once: {done:?}");
     assert_eq!(b.core.status().in_flight.map(|f| f.phase), Some(crate::act::inflight::Phase::Verifying));
 
-    // Quiet: verified, completed, announced (the steps after the last run).
+    // Quiet: verified, completed, announced (the steps after the last run). The version source
+    // still reads v2 (a rollout not finished): that is not said to be what was restored.
     b.clock.advance(Span::from_secs(5));
     let effects = b.tick(Outcome::Monitor);
     assert_eq!(announced(&effects), vec!["rollback_complete"]);
+    let restored = effects.iter().find_map(|e| match e {
+        Effect::Announce { vars, .. } => vars.get("version_to").cloned(),
+        _ => None,
+    });
+    assert!(restored.as_deref().is_some_and(|r| r.contains("still reads v2")), "{restored:?}");
     assert_eq!(b.journalled("rollback_finished"), 1);
+    let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
+    let finished = lines.iter().find(|l| l["event"] == "rollback_finished").unwrap();
+    assert!(finished["version_to"].is_null(), "v2 is not what was restored: {finished}");
     assert!(b.core.status().in_flight.is_none());
 
     // The version source still reads v2 (this bench saw no restore) and it is decided bad
@@ -295,4 +306,36 @@ fn a_suppression_told_before_a_restart_is_not_told_again() {
     b.clock.advance(Span::from_secs(10));
     assert_eq!(announced(&b.tick(Outcome::Rollback)), vec!["rollback_suppressed"], "a new suppression");
     assert_eq!(b.journalled("suppressed"), 2);
+}
+
+/// A version first seen after a start (or a takeover) that differs from the journal's is a
+/// deploy at first sight, dated at the start of this watching: what was seen since may be the
+/// new version's (a rule pending since then is not started again by the reading).
+#[test]
+fn a_first_sight_is_dated_at_the_start_of_the_watching() {
+    let mut b = Bench::new();
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.core.take_effects();
+    let Bench { dir, clock, core } = b;
+    drop(core);
+    clock.advance(Span::from_secs(60));
+    let lines = Journal::read_back(&dir.path().join("journal.jsonl")).unwrap();
+    let ledger = Ledger::local(SharedJournal::new(Journal::open(dir.path()).unwrap()));
+    let policy = Policy { verify_stable: Span::ZERO, bake: Span::from_secs(60), ..Policy::default() };
+    let as_clock: Arc<dyn Clock> = clock.clone();
+    let started = clock.now();
+    let mut b = Bench { core: Core::new(acting(policy), ledger, as_clock, &lines), dir, clock };
+    b.core.take_effects();
+    b.clock.advance(Span::from_secs(3));
+    b.core.on_version_observed(b.now(), "v2").unwrap();
+    let effects = b.core.take_effects();
+    let restart = effects.iter().find_map(|e| match e {
+        Effect::RestartEvidence(r) => Some(r.at),
+        _ => None,
+    });
+    assert_eq!(restart, Some(started), "{effects:?}");
+    let lines = Journal::read_back(&b.dir.path().join("journal.jsonl")).unwrap();
+    let deploy = lines.iter().rfind(|l| l["event"] == "deploy").unwrap();
+    assert_eq!((deploy["to"].as_str(), deploy["source"].as_str()), (Some("v2"), Some("first_sight")), "{deploy}");
+    assert_eq!(deploy["seen_at"], b.now().0, "read 3 s after it is dated: {deploy}");
 }

@@ -20,18 +20,23 @@ use crate::time::{Span, Timestamp, human};
 
 /// While a rollback is verified and its restored version not yet seen, the version source is
 /// read at once after the steps, then at least this often.
-const RESTORE_READ_EVERY: Span = Span(5_000);
+const RESTORE_READ_EVERY: Span = Span(2_000);
 
 impl Core {
     /// A rollback found started but unfinished: reported S1, never re-run.
     /// `by` says what interrupted it (`a restart`, `a change of leader`).
     pub(super) fn interrupted(&mut self, r: Rollback, by: &str) -> Result<(), RecordError> {
         let now = self.clock.now();
+        // Steps as people count them (`history`'s numbers): 1, 2, … over the steps that ran.
+        let number = |step: usize| {
+            r.steps_done.iter().map(|s| s.step).filter(|s| *s < step).collect::<std::collections::BTreeSet<_>>().len()
+                + 1
+        };
         let open: Vec<String> =
-            r.open_steps.iter().map(|(n, action, role)| format!("step {n} {role} {action:?}")).collect();
+            r.open_steps.iter().map(|(n, action, role)| format!("step {} {role} {action:?}", number(*n))).collect();
         let last = if open.is_empty() {
             match r.steps_done.last() {
-                Some(s) => format!("after step {} ({:?}) finished", s.step, s.action),
+                Some(s) => format!("after step {} ({:?}) finished", number(s.step), s.action),
                 None => "before its first step".to_string(),
             }
         } else {
@@ -155,12 +160,22 @@ impl Core {
     pub(super) fn complete(&mut self, now: Timestamp) -> Result<(), RecordError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
-        let version_to = f.verification.as_ref().and_then(Verification::observed_after);
+        // What the version source shows after the steps — unless it still shows the version
+        // rolled back from (a rollout not finished yet): that is not what was restored.
+        let seen = f.verification.as_ref().and_then(Verification::observed_after);
+        let still_from = self.acting.version_source && seen.is_some() && seen == f.version_from;
+        let version_to = seen.filter(|_| !still_from);
         f.vars.insert("duration".into(), human(duration));
-        f.vars.insert(
-            "version_to".into(),
-            version_to.clone().or_else(|| f.target_version.clone()).unwrap_or_else(|| "unknown".into()),
-        );
+        let target = f.target_version.as_deref().unwrap_or("unknown");
+        let told = match &version_to {
+            Some(v) => v.clone(),
+            None if still_from => format!(
+                "{target} (not shown by the version source yet: it still reads {})",
+                f.version_from.as_deref().unwrap_or("?")
+            ),
+            None => target.to_string(),
+        };
+        f.vars.insert("version_to".into(), told);
         let finished = RollbackFinished {
             rollback_id: f.rollback_id.clone(),
             result: RollbackResult::Completed,
@@ -291,6 +306,10 @@ impl Core {
                 if f.acts {
                     self.out.push(Effect::RestartEvidence(Restart { at: now, predates: false, deployed: None }));
                     self.seen.bake.restart();
+                    // The restored version, read now (then while verifying: `verify_in_flight`).
+                    if self.acting.version_source {
+                        self.out.push(Effect::ReadVersion);
+                    }
                 }
                 if nothing_to_verify {
                     return self.complete(now);

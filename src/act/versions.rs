@@ -288,6 +288,9 @@ pub struct Sighting {
     /// The latest start of an issue whose decision waits for a poll of the version source after
     /// it (the source was asked at once; the poll that comes asks for an evaluation at once).
     pub waiting: Option<Timestamp>,
+    /// Since when this replica's acting watches (its start, or its engine's at a takeover): a
+    /// version first seen was deployed then at the latest, as far as its evidence goes.
+    pub watching_since: Option<Timestamp>,
     pub bake: Bake,
 }
 

@@ -34,6 +34,10 @@ pub struct Row {
     pub may_act: bool,
     /// Among replicas (`[ha]`): the replica that holds it (polls and acts on it), as known here.
     pub held_by: Option<String>,
+    /// Among replicas: whether this replica holds it. One held elsewhere shows no version,
+    /// verdict or hold here — what this replica last saw of it is not current (its holder's
+    /// page is).
+    pub held_here: Option<bool>,
     pub ticks_total: u64,
     pub at: Timestamp,
 }
@@ -42,19 +46,28 @@ pub struct Row {
 pub fn overview(snapshots: &[(String, Arc<Snapshot>)], unrouted: u64) -> Overview {
     let deployments = snapshots
         .iter()
-        .map(|(name, s)| Row {
-            name: name.clone(),
-            page: format!("/status/{name}"),
-            version: s.acting.version.clone(),
-            verdict: s.decisions.iter().map(|d| d.outcome).max().map_or("none".to_string(), |o| o.to_string()),
-            rollback_in_flight: s.acting.in_flight.as_ref().map(|f| f.rollback_id.clone()),
-            paused: s.acting.paused_until.is_some_and(|until| until > s.at),
-            held_back: (!s.acting.suppressed.is_empty())
-                .then(|| s.acting.suppressed.values().cloned().collect::<Vec<_>>().join("; ")),
-            may_act: s.may_act,
-            held_by: s.ha.as_ref().and_then(|h| h.leader.as_ref()).map(|l| l.replica.clone()),
-            ticks_total: s.ticks_total,
-            at: s.at,
+        .map(|(name, s)| {
+            let held_by = s.ha.as_ref().and_then(|h| h.leader.as_ref()).map(|l| l.replica.clone());
+            let held_here = s.ha.as_ref().map(|h| held_by.as_ref().is_none_or(|by| *by == h.replica));
+            let current = held_here != Some(false);
+            Row {
+                name: name.clone(),
+                page: format!("/status/{name}"),
+                version: s.acting.version.clone().filter(|_| current),
+                verdict: match s.decisions.iter().map(|d| d.outcome).max() {
+                    Some(o) if current => o.to_string(),
+                    _ => "none".to_string(),
+                },
+                rollback_in_flight: s.acting.in_flight.as_ref().map(|f| f.rollback_id.clone()).filter(|_| current),
+                paused: current && s.acting.paused_until.is_some_and(|until| until > s.at),
+                held_back: (current && !s.acting.suppressed.is_empty())
+                    .then(|| s.acting.suppressed.values().cloned().collect::<Vec<_>>().join("; ")),
+                may_act: s.may_act,
+                held_by,
+                held_here,
+                ticks_total: s.ticks_total,
+                at: s.at,
+            }
         })
         .collect();
     Overview { deployments, alerts_unrouted_total: unrouted }
@@ -73,20 +86,23 @@ impl Overview {
              <th>rollback in flight</th><th>acting</th><th>held by</th></tr>",
         );
         for r in &self.deployments {
+            let elsewhere = r.held_here == Some(false);
             let acting = match (r.may_act, r.paused, &r.held_back) {
+                _ if elsewhere => "no: held by another replica".to_string(),
                 (_, true, _) => "paused".to_string(),
                 (true, false, Some(why)) => format!("held back: {}", html(why)),
                 (true, false, None) => "yes".to_string(),
                 (false, false, _) => "no".to_string(),
             };
+            let see = format!("see {}", r.held_by.as_deref().unwrap_or("its holder"));
             let _ = write!(
                 out,
                 "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{acting}</td><td>{}</td></tr>",
                 html(&r.page),
                 html(&r.name),
-                html(r.version.as_deref().unwrap_or("unknown")),
+                html(if elsewhere { &see } else { r.version.as_deref().unwrap_or("unknown") }),
                 html(&r.verdict),
-                html(&r.verdict),
+                html(if elsewhere { &see } else { &r.verdict }),
                 html(r.rollback_in_flight.as_deref().unwrap_or("")),
                 html(r.held_by.as_deref().unwrap_or("")),
             );
@@ -202,6 +218,32 @@ mod tests {
         let page = overview(&[("api".into(), Arc::new(held)), ("web".into(), Arc::new(free))], 0).page();
         assert!(page.contains("<td>held back: cooldown after rb-1 until &lt;soon&gt;</td>"), "{page}");
         assert!(page.contains("<td>yes</td>"), "{page}");
+    }
+
+    /// A deployment another replica holds shows none of what this replica last saw of it (its
+    /// version then, its verdict, its hold): it names its holder.
+    #[test]
+    fn a_deployment_held_elsewhere_shows_nothing_stale() {
+        let ha = |leader: &str| crate::coord::HaStatus {
+            replica: "r2".into(),
+            role: crate::coord::Role::Follower,
+            leader: Some(crate::coord::Leader { replica: leader.into(), address: "http://r".into() }),
+            term: None,
+            error: None,
+            since: None,
+        };
+        let mut parked = Snapshot { ha: Some(ha("r1")), ..Snapshot::default() };
+        parked.acting.version = Some("v1".into());
+        parked.acting.suppressed.insert("api".into(), "cooldown after rb-1".into());
+        let mut mine = Snapshot { ha: Some(ha("r2")), may_act: true, ..Snapshot::default() };
+        mine.acting.version = Some("v7".into());
+        let o = overview(&[("api".into(), Arc::new(parked)), ("web".into(), Arc::new(mine))], 0);
+        assert_eq!((o.deployments[0].held_here, o.deployments[0].version.as_deref()), (Some(false), None));
+        assert_eq!(o.deployments[0].held_back, None);
+        assert_eq!((o.deployments[1].held_here, o.deployments[1].version.as_deref()), (Some(true), Some("v7")));
+        let page = o.page();
+        assert!(page.contains("<td>see r1</td>") && !page.contains("cooldown"), "{page}");
+        assert!(page.contains("no: held by another replica"), "{page}");
     }
 
     #[test]

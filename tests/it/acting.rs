@@ -704,7 +704,7 @@ async fn a_restart_reports_an_unfinished_rollback_and_never_reruns_it() {
     let finished = h.events("rollback_finished");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["result"], "interrupted");
-    assert!(finished[0]["error"].as_str().unwrap().contains("after step 2 (\"check\") finished"), "{finished:?}");
+    assert!(finished[0]["error"].as_str().unwrap().contains("after step 1 (\"check\") finished"), "{finished:?}");
     assert_eq!(h.events("escalation")[0]["severity"], "S1");
     // The same decision after the restart does not run anything again.
     h.tick(Outcome::Rollback, &["errors"], Some("v2"));

@@ -147,7 +147,7 @@ async fn killed_during_the_first_step() {
         finished["error"]
             .as_str()
             .unwrap()
-            .contains("during step 2 run \"step1\" (its start recorded, its end not: it may or may not have run)"),
+            .contains("during step 1 run \"step1\" (its start recorded, its end not: it may or may not have run)"),
         "{finished}"
     );
 }
@@ -176,7 +176,7 @@ async fn killed_while_verifying() {
     sigkill(&mut first);
     restart_and_check(&s, true).await;
     let finished = s.events().into_iter().find(|e| e["event"] == "rollback_finished").unwrap();
-    assert!(finished["error"].as_str().unwrap().contains("after step 3 (\"step2\") finished"), "{finished}");
+    assert!(finished["error"].as_str().unwrap().contains("after step 2 (\"step2\") finished"), "{finished}");
     assert_eq!(s.steps(), vec!["start step1", "end step1", "start step2", "end step2"]);
 }
 

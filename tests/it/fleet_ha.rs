@@ -214,6 +214,7 @@ async fn a_fleet_is_shared_among_replicas_each_deployment_acted_on_once_and_a_de
     let list: serde_json::Value = serde_json::from_str(&get(&parked_at.listen, "/status").await.unwrap()).unwrap();
     let row = list["deployments"].as_array().unwrap().iter().find(|r| r["name"] == d).unwrap().clone();
     assert_eq!(row["held_by"], held[d], "{list}");
+    assert_eq!((row["held_here"].as_bool(), row["version"].is_null()), (Some(false), true), "nothing stale: {list}");
     // `versions` and `history` read this replica's journal: on a replica that parks the
     // deployment they say so, and name its holder.
     let config = parked_at.dir.join("rollwatch.toml");
