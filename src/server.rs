@@ -91,7 +91,8 @@ impl Lanes {
                 format!("no deployment named {n:?}: this rollwatch watches one deployment, without a name"),
             )),
             (Some(n), Some(_)) => self.lanes.get(n).ok_or_else(|| {
-                (StatusCode::NOT_FOUND, format!("no deployment named {n:?} (deployments: {})", names()))
+                let hint = crate::diag::did_you_mean(n, self.lanes.keys().map(String::as_str));
+                (StatusCode::NOT_FOUND, format!("no deployment named {n:?}{hint} (deployments: {})", names()))
             }),
         }
     }

@@ -874,6 +874,39 @@ then = "panic"
         assert_eq!(ev.state("errors").unwrap().phase(), crate::rules::state::Phase::Inactive);
     }
 
+    /// A rule firing since a deploy dated back is pending again from when it turned: it fires
+    /// at once on the new version's evidence if its condition holds there, and not at all if
+    /// that evidence says otherwise (its window held the old version's samples too).
+    #[test]
+    fn a_rule_firing_since_a_deploy_dated_back_fires_again_only_on_the_new_evidence() {
+        use crate::rules::state::Phase;
+        let key = crate::selector::SeriesKey::parse("errors").unwrap();
+        for (after, phase) in [(5.0, Phase::Firing), (0.0, Phase::Inactive)] {
+            let mut ev = load(
+                "[signals]\nerrors = 'last(\"errors\")'\n\
+                 [[rule]]\nname = \"errors\"\nwhen = 'errors > 1'\nfor = \"2s\"\n\
+                 [[decide]]\nask = \"Errors?\"\nif = 'firing(\"errors\")'\nthen = \"rollback\"\n",
+            )
+            .unwrap();
+            let feed = |ev: &mut Evaluator, s: i64, v: f64| {
+                let t = crate::time::Timestamp(s * 1_000);
+                ev.sample(&key, t, v);
+                ev.tick(t)
+            };
+            for s in 0..=10 {
+                feed(&mut ev, s, 0.0);
+            }
+            for s in 11..=14 {
+                feed(&mut ev, s, 5.0);
+            }
+            assert_eq!(ev.state("errors").unwrap().phase(), Phase::Firing);
+            ev.restart_evidence(crate::time::Timestamp(10_500), true);
+            assert_eq!(ev.state("errors").unwrap().phase(), Phase::Pending, "pending from 11 s");
+            let d = feed(&mut ev, 15, after).decisions.remove(0);
+            assert_eq!(ev.state("errors").unwrap().phase(), phase, "{}", d.explained());
+        }
+    }
+
     #[test]
     fn a_window_holding_minutes_fires_only_with_its_coverage_told() {
         // Without min_coverage: firing on 15 seconds of a 10-minute window, and saying so.

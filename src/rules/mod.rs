@@ -302,8 +302,9 @@ impl Evaluator {
 
     /// The deployed version's evidence starts at `at` (a deploy, or a rollback's restore point):
     /// windows of deployment-scoped rules start there, their states restart (a pending `for`
-    /// does not carry over) unless they turned active after `at` (a deploy dated back: that is
-    /// the new version's), and `"deploy"` offsets read the window just before it. With
+    /// does not carry over) — but a rule that turned active after `at` (a deploy dated back)
+    /// is pending from when it turned, and fires again at once if its condition holds on the
+    /// new evidence — and `"deploy"` offsets read the window just before it. With
     /// `predates` (a deploy seen while running), the rules firing at the last evaluation whose
     /// condition held since `at` or before are remembered: until seen inactive, what they report
     /// is older than this version. (A deploy is dated when the version could first have run —
@@ -316,15 +317,21 @@ impl Evaluator {
             let before = matches!(self.states[i], RuleState::Firing { active_since, .. } if active_since <= at);
             self.predated[i] = predates && self.ticks > 0 && before;
             // A deploy dated back (just after the old version's last reading): a rule that
-            // became active since then did so on what is now the new version's evidence — it
-            // goes on (its `for` is not started again); the others start again inactive.
+            // became active since then may be the new version's — it stays pending from when it
+            // turned (its `for` is not started again), and fires at once only if its condition
+            // holds on the new version's own evidence (its windows included the old version's);
+            // the others start again inactive.
             let since = match self.states[i] {
                 RuleState::Pending { since } => Some(since),
                 RuleState::Firing { active_since, .. } => Some(active_since),
                 RuleState::Inactive => None,
             };
-            if self.rules[i].scope == Scope::Deployment && since.is_none_or(|s| s <= at) {
-                self.restart_rule(i, at);
+            if self.rules[i].scope != Scope::Deployment {
+                continue;
+            }
+            match since {
+                Some(since) if since > at => self.demote_rule(i, at, since),
+                _ => self.restart_rule(i, at),
             }
         }
     }
@@ -347,6 +354,26 @@ impl Evaluator {
         self.truths[i] = Truth::Unknown;
         self.slots.set(rule.firing_slot, Value::Boolean(false));
         self.slots.set(rule.pending_slot, Value::Boolean(false));
+    }
+
+    /// Rule `i`, active since `since`, is pending from then again (a firing rule's end reported
+    /// with the next tick's transitions): it fires again only on a condition true from now on.
+    fn demote_rule(&mut self, i: usize, at: Timestamp, since: Timestamp) {
+        let rule = &self.rules[i];
+        if self.states[i].phase() == Phase::Firing {
+            self.restarted.push(Transition {
+                at,
+                rule: rule.name.clone(),
+                from: Phase::Firing,
+                to: Phase::Pending,
+                value: None,
+            });
+        }
+        self.states[i] = RuleState::Pending { since };
+        self.values[i] = None;
+        self.truths[i] = Truth::Unknown;
+        self.slots.set(rule.firing_slot, Value::Boolean(false));
+        self.slots.set(rule.pending_slot, Value::Boolean(true));
     }
 
     /// This evaluator goes on at `now` after a time it was not fed (a fleet's deployment held

@@ -359,6 +359,9 @@ async fn commands_name_their_deployment() {
     let resp = post(r#"{"version": "v4"}"#).await.unwrap();
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().await.unwrap().contains("say which deployment"));
+    let resp = post(r#"{"deployment": "WEB", "version": "v4"}"#).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.text().await.unwrap().contains("no deployment named \"WEB\" (did you mean web?)"));
     common::wait_for_journal(&journal(dir.path(), "web"), "web's deploy of v4", |e| {
         e.iter().any(|e| e["event"] == "deploy" && e["to"] == "v4")
     })
