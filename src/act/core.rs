@@ -117,6 +117,10 @@ pub struct Core {
     pub(super) out: Effects,
 }
 
+/// How recent a reading of the version source must be for a decision to be acted on, or a
+/// version to be found good: older, the source is read first (at once, a few milliseconds).
+const VERSION_FRESH: Span = Span(5_000);
+
 /// What was told once, and is told again only when it changes.
 #[derive(Debug, Default)]
 pub(super) struct Told {
@@ -302,6 +306,7 @@ impl Core {
         }
         self.expire(now)?;
         self.verify_in_flight(now, decisions)?;
+        self.read_restore(now);
         self.clear_approvals(now, decisions)?;
         for d in decisions {
             self.watch_blindness(now, d)?;
@@ -331,6 +336,9 @@ impl Core {
         self.seen.refused = false;
         let previous_read = self.seen.read_at.replace(now);
         self.polled(now);
+        if self.seen.restore_unseen.as_ref().is_some_and(|(_, from)| from != version) {
+            self.seen.restore_unseen = None;
+        }
         if !self.leads() {
             self.seen.observed = Some(version.to_string());
             return Ok(());
@@ -370,6 +378,11 @@ impl Core {
             self.seen.bake.restart();
         }
         Ok(())
+    }
+
+    /// Whether the version source (if any) was polled within [`VERSION_FRESH`] of `now`.
+    fn version_fresh(&self, now: Timestamp) -> bool {
+        !self.acting.version_source || self.seen.polled_at.is_some_and(|p| now.saturating_since(p) <= VERSION_FRESH)
     }
 
     /// A poll of the version source that read no version (the target down, the field missing):
@@ -448,6 +461,12 @@ impl Core {
         if let Some(since) = self.seen.bake.observe(now, decisions, rules_of, self.acting.policy.bake)
             && self.leads()
         {
+            // Good only if it is still the version running: read so recently that another
+            // deployed meanwhile would have been seen (its clean run could be the successor's).
+            if !self.version_fresh(now) {
+                self.out.push(Effect::ReadVersion);
+                return Ok(());
+            }
             tracing::info!(version, since = %crate::time::iso(since), "version baked: good");
             self.record(now, Event::VersionBaked(VersionBaked { version, since }))?;
         }
@@ -473,19 +492,26 @@ impl Core {
         // Before its first poll, the version is not known at all: a rollback started then would
         // have no version to be held back by, and a first sight of the version after it would
         // read as a deploy since (its cooldown skipped: a second rollback of the same version).
+        // And a decision acted on — whenever it comes: after a pause, an approval — is about the
+        // version running now: the version source read within VERSION_FRESH (a version deployed
+        // during a hold is then seen before anything is acted on).
         let since = self.issue_since.get(&d.profile).copied().unwrap_or(d.at);
         let unread = match self.seen.polled_at {
             None => self.acting.version_source,
-            Some(polled) => since > polled,
+            Some(polled) => since > polled || !self.version_fresh(now),
         };
         if unread {
-            self.seen.waiting = self.seen.waiting.max(Some(since));
+            let until = if self.seen.polled_at.is_some_and(|p| since <= p) { now } else { since };
+            let asked = self.seen.waiting.is_some();
+            self.seen.waiting = self.seen.waiting.max(Some(until));
             if self.told.version_wait.insert((d.profile.clone(), since)) {
                 tracing::info!(profile = %d.profile, outcome = %d.outcome, "decided; reading the version source at once to know which version this is about");
                 let note = serde_json::json!({ "profile": d.profile, "outcome": d.outcome, "issue_since": since });
                 self.out.note(now, "waiting_for_version", note);
-                // Asked at once: waiting for its next scheduled poll would add up to its interval
-                // (and the tick after it) to the time an outage takes to be rolled back.
+            }
+            // Asked at once: waiting for its next scheduled poll would add up to its interval
+            // (and the tick after it) to the time an outage takes to be rolled back.
+            if !asked {
                 self.out.push(Effect::ReadVersion);
             }
             return Ok(());

@@ -339,3 +339,31 @@ fn a_first_sight_is_dated_at_the_start_of_the_watching() {
     assert_eq!((deploy["to"].as_str(), deploy["source"].as_str()), (Some("v2"), Some("first_sight")), "{deploy}");
     assert_eq!(deploy["seen_at"], b.now().0, "read 3 s after it is dated: {deploy}");
 }
+
+/// A decision acted on is about the version running now: a reading of the version source older
+/// than a few seconds (a long hold: a pause, with the source on a long interval) is renewed
+/// first — a fix deployed meanwhile is seen before anything is rolled back.
+#[test]
+fn a_decision_is_acted_on_only_with_a_recent_reading_of_the_version() {
+    let mut b = Bench::new();
+    b.core.acting.version_source = true;
+    b.core.on_version_observed(b.now(), "v1").unwrap();
+    b.clock.advance(Span::from_secs(1));
+    b.core.on_version_observed(b.now(), "v2").unwrap();
+    b.core.take_effects();
+    b.clock.advance(Span::from_secs(30));
+    let d = Decision {
+        firing: vec![RuleValue { rule: "errors".into(), value: Some(0.08) }],
+        ..Decision::new(b.now(), "api", Outcome::Rollback)
+    };
+    b.core.on_tick(b.now(), std::slice::from_ref(&d)).unwrap();
+    let effects = b.core.take_effects();
+    assert!(started(&effects).is_empty(), "acted on a reading 30 s old: {effects:?}");
+    assert!(effects.iter().any(|e| matches!(e, Effect::ReadVersion)), "{effects:?}");
+    // The reading says v3 (a fix): a deploy, and nothing of v2's is acted on.
+    b.clock.advance(Span(5));
+    b.core.on_version_observed(b.now(), "v3").unwrap();
+    let effects = b.core.take_effects();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Evaluate)), "{effects:?}");
+    assert_eq!(b.core.status().version.as_deref(), Some("v3"));
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::event::{Annotated, Closed, Deploy, Event, RollbackResult, VersionBaked, VersionChanged, VersionMarked};
+use super::event::{Annotated, Closed, Deploy, Event, VersionBaked, VersionChanged, VersionMarked};
 use super::state::State;
 use super::versions::VersionInfo;
 use crate::journal::{Journal, JournalError};
@@ -82,14 +82,14 @@ impl Entry {
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 
-    /// Where it went, for people: the version it rolled back to; else its target `not reached`
-    /// (a step failed) or `not confirmed` (interrupted: its step may have run to the end with
-    /// nobody watching); else `?`.
+    /// Where it went, for people: the version seen after it; else its target `not reached` (a
+    /// step failed) or `not confirmed` (no version source, its restore not shown yet, or
+    /// interrupted: its step may have run to the end with nobody watching); else `?`.
     pub fn to(&self) -> String {
         match (&self.version_to, &self.target_version) {
             (Some(to), _) => to.clone(),
-            (None, Some(target)) if self.result == "interrupted" => format!("{target} not confirmed"),
-            (None, Some(target)) => format!("{target} not reached"),
+            (None, Some(target)) if self.result == "failed" => format!("{target} not reached"),
+            (None, Some(target)) => format!("{target} not confirmed"),
             (None, None) => "?".to_string(),
         }
     }
@@ -195,15 +195,10 @@ fn entry(state: &State, r: &super::state::Rollback) -> Entry {
         date: iso(r.at),
         profile: r.started.profile.clone(),
         version_from: r.started.version_from.clone(),
+        // In flight, where it goes; finished, only what the version source showed after it.
         version_to: match finished {
             None => r.started.target_version.clone(),
-            Some(f) => f.version_to.clone().or_else(|| {
-                let steps_done = matches!(
-                    f.result,
-                    RollbackResult::Completed | RollbackResult::IssuePersists | RollbackResult::Unverified
-                );
-                r.started.target_version.clone().filter(|_| steps_done)
-            }),
+            Some(f) => f.version_to.clone(),
         },
         target_version: r.started.target_version.clone(),
         reason: r.started.reason.clone(),
@@ -320,11 +315,11 @@ mod tests {
         assert_eq!(full.versions.get("v500").map(|v| v.state.to_string()).as_deref(), Some("bad"));
     }
 
-    /// A rollback that never reached its target (interrupted, failed) says so; one whose steps
-    /// were done goes to its target when no version was seen after them; one in flight shows
-    /// where it goes.
+    /// A rollback whose step failed did not reach its target; one whose restore no reading
+    /// showed (interrupted, or completed before it showed) did not confirm it; one in flight
+    /// shows where it goes.
     #[test]
-    fn only_a_rollback_whose_steps_were_done_went_to_its_target() {
+    fn a_rollback_went_to_its_target_only_as_far_as_a_reading_showed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut f = std::fs::File::create(&path).unwrap();
@@ -354,8 +349,8 @@ mod tests {
             vec![
                 ("interrupted".into(), None, "v1 not confirmed".into()),
                 ("failed".into(), None, "v1 not reached".into()),
-                ("completed".into(), v1(), "v1".into()),
-                ("unverified".into(), v1(), "v1".into()),
+                ("completed".into(), None, "v1 not confirmed".into()),
+                ("unverified".into(), None, "v1 not confirmed".into()),
                 ("in_flight".into(), v1(), "v1".into()),
             ]
         );

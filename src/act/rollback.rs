@@ -157,6 +157,17 @@ impl Core {
         }
     }
 
+    /// After a rollback completed before its restore showed: the version source is read every
+    /// [`RESTORE_READ_EVERY`] until it shows another version (or `verify_for` has passed).
+    pub(super) fn read_restore(&mut self, now: Timestamp) {
+        let Some((until, _)) = &self.seen.restore_unseen else { return };
+        if now >= *until {
+            self.seen.restore_unseen = None;
+        } else if self.seen.polled_at.is_none_or(|p| now.saturating_since(p) >= RESTORE_READ_EVERY) {
+            self.out.push(Effect::ReadVersion);
+        }
+    }
+
     pub(super) fn complete(&mut self, now: Timestamp) -> Result<(), RecordError> {
         let Some(mut f) = self.in_flight.take() else { return Ok(()) };
         let duration = now.saturating_since(f.started_at);
@@ -165,6 +176,10 @@ impl Core {
         let seen = f.verification.as_ref().and_then(Verification::observed_after);
         let still_from = self.acting.version_source && seen.is_some() && seen == f.version_from;
         let version_to = seen.filter(|_| !still_from);
+        if still_from && let Some(from) = &f.version_from {
+            // Read on for the restore a while (a rollout not finished): `read_restore`.
+            self.seen.restore_unseen = Some((now.plus(self.acting.policy.verify_for), from.clone()));
+        }
         f.vars.insert("duration".into(), human(duration));
         let target = f.target_version.as_deref().unwrap_or("unknown");
         let told = match &version_to {

@@ -131,6 +131,8 @@ impl Core {
             tracing::error!(rollback = %f.rollback_id, "rollback in flight left to the next leader: reported there, never re-run");
         }
         self.lead.standby = Some(reason.to_string());
+        // A reading asked for as leader is not waited for any more (asked again when leading).
+        self.seen.waiting = None;
     }
 
     /// The leader's new lines: into the state and the journal.

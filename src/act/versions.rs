@@ -291,6 +291,9 @@ pub struct Sighting {
     /// Since when this replica's acting watches (its start, or its engine's at a takeover): a
     /// version first seen was deployed then at the latest, as far as its evidence goes.
     pub watching_since: Option<Timestamp>,
+    /// A rollback completed while the version source still read the version rolled back from:
+    /// until when it is read every few seconds for the restore, and that version.
+    pub restore_unseen: Option<(Timestamp, String)>,
     pub bake: Bake,
 }
 

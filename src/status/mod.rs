@@ -591,7 +591,11 @@ mod tests {
             ..Snapshot::default()
         };
         let page = snap.page();
+        assert!(!page.contains("NOT HELD HERE"), "one deployment's follower watches it: {page}");
         assert!(page.contains("<b id=\"role\">follower</b>"), "{page}");
+        let parked = Snapshot { deployment: Some("api".into()), ..snap.clone() };
+        let page = parked.page();
+        assert!(page.contains("<b>NOT HELD HERE</b>: replica a holds this deployment"), "{page}");
         assert!(page.contains("<b id=\"leader\">a (http://10.0.0.5:9464)</b>"), "{page}");
         assert!(page.contains("rollback <b>rb-3</b> of api (v2 → v1) in flight <b>on the leader</b>"), "{page}");
         assert!(page.contains("2 run undo: HTTP 200"), "{page}");

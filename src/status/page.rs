@@ -40,6 +40,21 @@ impl Snapshot {
                 .unwrap_or_default(),
             esc(&iso(now))
         );
+        // A fleet's deployment another replica holds: this page is what this replica last saw.
+        if self.deployment.is_some()
+            && let Some(ha) = &self.ha
+            && let Some(l) = ha.leader.as_ref().filter(|l| l.replica != ha.replica)
+        {
+            let _ = write!(
+                p,
+                "<p class=\"alert\" id=\"parked\"><b>NOT HELD HERE</b>: replica {} holds this deployment \
+                 (<a href=\"{}/status/{}\">its page</a>); what follows is what this replica saw when it \
+                 last held it, not current.</p>",
+                esc(&l.replica),
+                esc(&l.address),
+                esc(self.deployment.as_deref().unwrap_or_default())
+            );
+        }
         if let Some(e) = &a.journal_error {
             let _ = write!(
                 p,
