@@ -270,6 +270,11 @@ mod tests {
     use crate::act::versions::RECENT_VERSIONS;
     use std::io::Write;
 
+    /// Writes one journal line: `at`, `event` and the rest of its fields (JSON, unbraced).
+    fn write_line(f: &mut std::fs::File, at: i64, event: &str, rest: &str) {
+        writeln!(f, r#"{{"at":{at},"event":"{event}",{rest}}}"#).unwrap();
+    }
+
     /// A restart restores from fewer lines what `versions` reads from all of them: the same
     /// versions, verdicts, target, rollbacks.
     #[test]
@@ -277,8 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut f = std::fs::File::create(&path).unwrap();
-        let mut line =
-            |at: i64, event: &str, rest: &str| writeln!(f, r#"{{"at":{at},"event":"{event}",{rest}}}"#).unwrap();
+        let mut line = |at: i64, event: &str, rest: &str| write_line(&mut f, at, event, rest);
         line(1, "deploy", r#""from":null,"to":"v0","source":"first_sight""#);
         line(2, "version_baked", r#""version":"v0","since":1"#);
         line(3, "decision", r#""profile":"p","outcome":"monitor""#);
@@ -323,8 +327,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let mut f = std::fs::File::create(&path).unwrap();
-        let mut line =
-            |at: i64, event: &str, rest: &str| writeln!(f, r#"{{"at":{at},"event":"{event}",{rest}}}"#).unwrap();
+        let mut line = |at: i64, event: &str, rest: &str| write_line(&mut f, at, event, rest);
         line(1, "deploy", r#""from":null,"to":"v1","source":"first_sight""#);
         line(2, "deploy", r#""from":"v1","to":"v2","source":"hook""#);
         let results = ["interrupted", "failed", "completed", "unverified"];
